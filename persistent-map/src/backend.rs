@@ -1,0 +1,180 @@
+//! The storage backend trait: where a map's entries live when the process is gone.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::{PersistentError, Result};
+
+/// One write of a batch handed to [`StorageBackend::apply_batch`].
+///
+/// ```
+/// use persistent_map::BatchOp;
+///
+/// let ops: Vec<BatchOp<String, u32>> = vec![
+///     BatchOp::Save("apples".to_string(), 3),
+///     BatchOp::Delete("pears".to_string()),
+/// ];
+/// assert_eq!(ops[1].key(), "pears");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchOp<K, V> {
+    /// Store `value` under `key`, replacing any previous value.
+    Save(K, V),
+    /// Remove `key` (a key that is not stored is not an error).
+    Delete(K),
+}
+
+impl<K, V> BatchOp<K, V> {
+    /// The key this write touches.
+    pub fn key(&self) -> &K {
+        match self {
+            BatchOp::Save(key, _) | BatchOp::Delete(key) => key,
+        }
+    }
+}
+
+/// A trait for implementing storage backends for [`PersistentMap`](crate::PersistentMap).
+///
+/// A backend stores what the map holds in memory. The map calls it in a way that makes a simple
+/// backend correct:
+///
+/// - Writes to one key are never concurrent: the map waits for `save`/`delete` of a key to
+///   resolve before it hands the backend the next write of that key. Writes to different keys
+///   may arrive concurrently (a backend that commits them together gets group commit for free).
+/// - `Ok` from `save`, `delete` or [`apply_batch`](Self::apply_batch) is the map's
+///   acknowledgement to its caller: return it only once the write is as durable as the backend
+///   promises. `Err` must mean the write was not done; the map then leaves its memory unchanged.
+/// - `load_all` (or [`load_each`](Self::load_each)) is called when the map opens and on
+///   [`PersistentMap::load`](crate::PersistentMap::load), never concurrently with a write from
+///   that map.
+///
+/// The three required methods and `flush` have exactly the signatures of persistent-map 0.1.3,
+/// so a backend written for it compiles unchanged. The other provided methods have defaults
+/// built on the required ones; override them when the backend can do better.
+///
+/// # Examples
+///
+/// Implementing a custom backend:
+///
+/// ```
+/// use persistent_map::{StorageBackend, PersistentError, Result};
+/// use std::collections::HashMap;
+/// use serde::{Serialize, de::DeserializeOwned};
+/// use std::hash::Hash;
+/// use std::sync::Mutex;
+///
+/// /// Keeps entries as JSON text, as a file-based backend would.
+/// #[derive(Default)]
+/// struct JsonLinesBackend {
+///     rows: Mutex<HashMap<String, String>>,
+/// }
+///
+/// #[async_trait::async_trait]
+/// impl<K, V> StorageBackend<K, V> for JsonLinesBackend
+/// where
+///     K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+///     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+/// {
+///     async fn load_all(&self) -> Result<HashMap<K, V>, PersistentError> {
+///         let rows = self.rows.lock().unwrap();
+///         let mut map = HashMap::with_capacity(rows.len());
+///         for (key, value) in rows.iter() {
+///             map.insert(serde_json::from_str(key)?, serde_json::from_str(value)?);
+///         }
+///         Ok(map)
+///     }
+///
+///     async fn save(&self, key: K, value: V) -> Result<(), PersistentError> {
+///         let (key, value) = (serde_json::to_string(&key)?, serde_json::to_string(&value)?);
+///         self.rows.lock().unwrap().insert(key, value);
+///         Ok(())
+///     }
+///
+///     async fn delete(&self, key: &K) -> Result<(), PersistentError> {
+///         self.rows.lock().unwrap().remove(&serde_json::to_string(key)?);
+///         Ok(())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> persistent_map::Result<()> {
+/// let map = persistent_map::PersistentMap::new(JsonLinesBackend::default()).await?;
+/// map.insert("answer".to_string(), 42).await?;
+/// assert_eq!(map.get(&"answer".to_string()), Some(42));
+/// # Ok(())
+/// # }
+/// ```
+#[async_trait::async_trait]
+pub trait StorageBackend<K, V>
+where
+    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Load all key-value pairs from the storage backend.
+    ///
+    /// This method is called when initializing a `PersistentMap` to populate the in-memory map
+    /// with existing data (through the default [`load_each`](Self::load_each)). A stored entry
+    /// that cannot be decoded is an error; it must not be skipped or deleted.
+    async fn load_all(&self) -> Result<HashMap<K, V>, PersistentError>;
+
+    /// Save a key-value pair to the storage backend, replacing any value stored under `key`.
+    ///
+    /// This method is called whenever a key-value pair is inserted into the map. `Ok` means the
+    /// pair is stored (durably, for a durable backend); `Err` means nothing was changed.
+    async fn save(&self, key: K, value: V) -> Result<(), PersistentError>;
+
+    /// Delete a key-value pair from the storage backend.
+    ///
+    /// This method is called whenever a key is removed from the map. Deleting a key that is not
+    /// stored is not an error. `Err` means nothing was changed.
+    async fn delete(&self, key: &K) -> Result<(), PersistentError>;
+
+    /// Flush any buffered writes to the storage backend.
+    ///
+    /// This method is optional and has a default implementation that does nothing. Backends that
+    /// buffer writes should override this method to ensure data is persisted.
+    async fn flush(&self) -> Result<(), PersistentError> {
+        Ok(())
+    }
+
+    /// Apply `ops` in order, ideally atomically: all of them or none.
+    ///
+    /// The map calls this for its batch operations, with at most one write per key. The default
+    /// applies the writes one at a time with `save` and `delete`, which is not atomic: when a
+    /// write fails after others succeeded it returns [`PersistentError::PartialBatch`] saying how
+    /// many were applied, so the map can keep its memory equal to storage. A plain error (not
+    /// `PartialBatch`) must mean that nothing was applied; backends with transactions override
+    /// this method to make that always so.
+    async fn apply_batch(&self, ops: &[BatchOp<K, V>]) -> Result<(), PersistentError> {
+        for (applied, op) in ops.iter().enumerate() {
+            let result = match op {
+                BatchOp::Save(key, value) => self.save(key.clone(), value.clone()).await,
+                BatchOp::Delete(key) => self.delete(key).await,
+            };
+            if let Err(error) = result {
+                return Err(match applied {
+                    0 => error,
+                    _ => PersistentError::PartialBatch {
+                        applied,
+                        source: Box::new(error),
+                    },
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Hand every stored entry to `sink`, one at a time.
+    ///
+    /// The map loads through this method so that a large store need not be held twice (once in
+    /// a `HashMap`, once in the map) while it opens. The default calls `load_all`; backends that
+    /// can stream rows override it.
+    async fn load_each(&self, sink: &mut (dyn FnMut(K, V) + Send)) -> Result<(), PersistentError> {
+        for (key, value) in self.load_all().await? {
+            sink(key, value);
+        }
+        Ok(())
+    }
+}

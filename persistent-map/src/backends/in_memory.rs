@@ -1,0 +1,116 @@
+//! A backend that keeps its store in process memory.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::{BatchOp, PersistentError, Result, StorageBackend};
+
+/// A backend that stores entries in process memory, so nothing survives the process.
+///
+/// It keeps a real copy of what was written, as a disk would: a second map opened on a clone of
+/// the backend (clones share one store) loads what the first one wrote. That makes it the
+/// backend for tests and for maps that are persistent only within a process. Batches are atomic.
+/// The copy costs memory as much again as the map's own.
+///
+/// ```
+/// use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> persistent_map::Result<()> {
+/// let backend = InMemoryBackend::new();
+/// let map: PersistentMap<String, u32, _> = PersistentMap::new(backend.clone()).await?;
+/// map.insert("visits".to_string(), 1).await?;
+/// drop(map);
+///
+/// let reopened: PersistentMap<String, u32, _> = PersistentMap::new(backend).await?;
+/// assert_eq!(reopened.get(&"visits".to_string()), Some(1));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Default)]
+pub struct InMemoryBackend {
+    /// One `HashMap<K, V>` per key and value type, keyed by their `TypeId`s.
+    stores: Arc<Mutex<HashMap<(TypeId, TypeId), Box<dyn Any + Send>>>>,
+}
+
+impl InMemoryBackend {
+    /// Creates an empty store.
+    ///
+    /// ```
+    /// let backend = persistent_map::in_memory::InMemoryBackend::new();
+    /// # let _ = backend;
+    /// ```
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with_store<K, V, R>(&self, f: impl FnOnce(&mut HashMap<K, V>) -> R) -> R
+    where
+        K: Eq + Hash + Send + 'static,
+        V: Send + 'static,
+    {
+        let mut stores = lock(&self.stores);
+        let store = stores
+            .entry((TypeId::of::<K>(), TypeId::of::<V>()))
+            .or_insert_with(|| Box::new(HashMap::<K, V>::new()));
+        let store = store
+            .downcast_mut::<HashMap<K, V>>()
+            .expect("the store under (TypeId K, TypeId V) is always a HashMap<K, V>");
+        f(store)
+    }
+}
+
+/// The store's data stays consistent even if a panic poisoned the lock: every change is a single
+/// `HashMap` call.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl fmt::Debug for InMemoryBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InMemoryBackend")
+            .field("stores", &lock(&self.stores).len())
+            .finish()
+    }
+}
+
+#[async_trait::async_trait]
+impl<K, V> StorageBackend<K, V> for InMemoryBackend
+where
+    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    async fn load_all(&self) -> Result<HashMap<K, V>, PersistentError> {
+        Ok(self.with_store(|store: &mut HashMap<K, V>| store.clone()))
+    }
+
+    async fn save(&self, key: K, value: V) -> Result<(), PersistentError> {
+        self.with_store(|store| store.insert(key, value));
+        Ok(())
+    }
+
+    async fn delete(&self, key: &K) -> Result<(), PersistentError> {
+        self.with_store(|store: &mut HashMap<K, V>| store.remove(key));
+        Ok(())
+    }
+
+    async fn apply_batch(&self, ops: &[BatchOp<K, V>]) -> Result<(), PersistentError> {
+        self.with_store(|store| {
+            for op in ops {
+                match op {
+                    BatchOp::Save(key, value) => store.insert(key.clone(), value.clone()),
+                    BatchOp::Delete(key) => store.remove(key),
+                };
+            }
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,3 @@
+pub mod in_memory;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;

@@ -1,0 +1,438 @@
+//! The SQLite backend: one table per map, in a file that several maps can share.
+//!
+//! Each table has the columns of persistent-map 0.1.3: `key TEXT PRIMARY KEY` holding the key's
+//! `Display` text and `value TEXT` holding the value as JSON, so `sqlite3 app.db` shows the data
+//! and a 0.1.3 database opens as it is.
+//!
+//! All SQLite work runs on one thread per database file that owns the connection; the async
+//! methods only send it work and wait. Writes that arrive while a commit is syncing are committed
+//! together in the next transaction (group commit), so concurrent writers share fsyncs.
+//!
+//! ```
+//! use persistent_map::sqlite::{Durability, SqliteBackend};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> persistent_map::Result<()> {
+//! # let dir = tempfile::tempdir()?;
+//! # let path = dir.path().join("app.db");
+//! let kv = SqliteBackend::new(&path).await?; // table `kv`
+//! let cache = SqliteBackend::builder(&path)
+//!     .table("cache")
+//!     .durability(Durability::Normal) // survives a process crash, not a power cut
+//!     .open()
+//!     .await?;
+//! assert_eq!(kv.table(), "kv");
+//! assert_eq!(cache.durability(), Durability::Normal);
+//! # Ok(())
+//! # }
+//! ```
+
+mod load;
+mod open;
+mod writer;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::Hash;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use self::writer::{RawOp, TableSql, Writer};
+use crate::{BatchOp, PersistentError, PersistentKey, Result, StorageBackend};
+
+/// How much a commit must survive before a write is acknowledged.
+///
+/// Both levels use SQLite's write-ahead log (WAL). The level is chosen per backend; backends
+/// sharing a file may differ, and a commit that serves several of them uses the strongest level
+/// any of its writes asked for.
+///
+/// ```
+/// use persistent_map::sqlite::Durability;
+///
+/// assert_eq!(Durability::default(), Durability::Full);
+/// assert!(Durability::Normal < Durability::Full);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Durability {
+    /// `synchronous=NORMAL`: a commit is written to the log but not synced. An acknowledged
+    /// write survives the process crashing or being killed; a power cut or OS crash can lose the
+    /// last commits (never corrupting the file). Commits cost no fsync, so writes are much faster.
+    Normal,
+    /// `synchronous=FULL`, the default: every commit is synced to disk (fsync) before it is
+    /// acknowledged, so an acknowledged write survives a power cut.
+    #[default]
+    Full,
+}
+
+impl Durability {
+    fn pragma_value(self) -> &'static str {
+        match self {
+            Durability::Normal => "NORMAL",
+            Durability::Full => "FULL",
+        }
+    }
+}
+
+/// A [`StorageBackend`] that stores a map in one table of a SQLite database file.
+///
+/// Open one with [`new`](Self::new) (table `kv`, as persistent-map 0.1.3),
+/// [`with_table`](Self::with_table), [`for_key`](Self::for_key) (the key type's own table), or
+/// [`builder`](Self::builder) for options. Every backend on the same file in this process shares
+/// one connection and writer thread, so maps on one file never fail with `database is locked`.
+/// Clones share the table.
+///
+/// Errors name what was wrong: a path that cannot be opened, a file that is not a SQLite
+/// database (refused, and left untouched), an invalid table name, a stored row whose key or value
+/// no longer parses (with the table and the raw key).
+///
+/// ```
+/// use persistent_map::{sqlite::SqliteBackend, PersistentMap};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> persistent_map::Result<()> {
+/// # let dir = tempfile::tempdir()?;
+/// # let path = dir.path().join("app.db");
+/// let users = PersistentMap::<u64, String, _>::new(SqliteBackend::with_table(&path, "users").await?).await?;
+/// let flags = PersistentMap::<String, bool, _>::new(SqliteBackend::with_table(&path, "flags").await?).await?;
+/// users.insert(1, "ada".to_string()).await?;
+/// flags.insert("beta".to_string(), true).await?;
+/// assert_eq!(users.backend().path(), flags.backend().path());
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct SqliteBackend {
+    writer: Arc<Writer>,
+    table: Arc<TableSql>,
+    durability: Durability,
+}
+
+impl SqliteBackend {
+    /// Opens (or creates) the database at `path` and its table `kv`, as persistent-map 0.1.3.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// let backend = persistent_map::sqlite::SqliteBackend::new(dir.path().join("app.db")).await?;
+    /// assert_eq!(backend.table(), "kv");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn new(path: impl AsRef<Path>) -> Result<Self> {
+        Self::builder(path).open().await
+    }
+
+    /// Opens (or creates) the database at `path` and the table `table`, which must be
+    /// `[A-Za-z_][A-Za-z0-9_]*` and not start with `sqlite_`.
+    ///
+    /// ```
+    /// use persistent_map::{sqlite::SqliteBackend, PersistentError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("app.db");
+    /// let backend = SqliteBackend::with_table(&path, "sessions").await?;
+    /// assert_eq!(backend.table(), "sessions");
+    ///
+    /// let err = SqliteBackend::with_table(&path, "bad name").await.unwrap_err();
+    /// assert!(matches!(err, PersistentError::InvalidTableName { .. }));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn with_table(path: impl AsRef<Path>, table: &str) -> Result<Self> {
+        Self::builder(path).table(table).open().await
+    }
+
+    /// Opens (or creates) the database at `path` and the table of the key type `K`,
+    /// [`K::TABLE_NAME`](PersistentKey::TABLE_NAME).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// let backend = persistent_map::sqlite::SqliteBackend::for_key::<String>(dir.path().join("a.db")).await?;
+    /// assert_eq!(backend.table(), "kv");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn for_key<K: PersistentKey>(path: impl AsRef<Path>) -> Result<Self> {
+        Self::builder(path).table(K::TABLE_NAME).open().await
+    }
+
+    /// Starts configuring a backend on the database at `path`: table `kv`, [`Durability::Full`],
+    /// a 5 second busy timeout, until told otherwise.
+    ///
+    /// ```
+    /// use persistent_map::sqlite::{Durability, SqliteBackend};
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// let backend = SqliteBackend::builder(dir.path().join("app.db"))
+    ///     .table("events")
+    ///     .durability(Durability::Normal)
+    ///     .busy_timeout(Duration::from_secs(30))
+    ///     .open()
+    ///     .await?;
+    /// # let _ = backend;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder(path: impl AsRef<Path>) -> SqliteBuilder {
+        SqliteBuilder {
+            path: path.as_ref().to_path_buf(),
+            table: "kv".to_owned(),
+            durability: Durability::default(),
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The database file, as given to the first backend opened on it in this process.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("app.db");
+    /// let backend = persistent_map::sqlite::SqliteBackend::new(&path).await?;
+    /// assert_eq!(backend.path(), path);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn path(&self) -> &Path {
+        self.writer.path()
+    }
+
+    /// The table this backend stores its map in.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// let backend = persistent_map::sqlite::SqliteBackend::with_table(dir.path().join("a.db"), "t").await?;
+    /// assert_eq!(backend.table(), "t");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn table(&self) -> &str {
+        &self.table.name
+    }
+
+    /// How durable an acknowledged write of this backend is.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// use persistent_map::sqlite::{Durability, SqliteBackend};
+    /// let backend = SqliteBackend::new(dir.path().join("a.db")).await?;
+    /// assert_eq!(backend.durability(), Durability::Full);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    async fn write(&self, ops: Vec<RawOp>) -> Result<()> {
+        self.writer.write(&self.table, ops, self.durability).await
+    }
+}
+
+impl fmt::Debug for SqliteBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteBackend")
+            .field("path", &self.path())
+            .field("table", &self.table())
+            .field("durability", &self.durability)
+            .finish()
+    }
+}
+
+/// Options for a [`SqliteBackend`]; made by [`SqliteBackend::builder`].
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `.open().await`"]
+pub struct SqliteBuilder {
+    path: PathBuf,
+    table: String,
+    durability: Durability,
+    busy_timeout: Duration,
+}
+
+impl SqliteBuilder {
+    /// The table to store the map in (default `kv`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// let backend = persistent_map::sqlite::SqliteBackend::builder(dir.path().join("a.db"))
+    ///     .table("orders")
+    ///     .open()
+    ///     .await?;
+    /// assert_eq!(backend.table(), "orders");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn table(mut self, table: impl Into<String>) -> Self {
+        self.table = table.into();
+        self
+    }
+
+    /// How durable a write must be before it is acknowledged (default [`Durability::Full`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// use persistent_map::sqlite::{Durability, SqliteBackend};
+    /// let fast = SqliteBackend::builder(dir.path().join("a.db"))
+    ///     .durability(Durability::Normal)
+    ///     .open()
+    ///     .await?;
+    /// assert_eq!(fast.durability(), Durability::Normal);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// How long a commit waits for another process that holds the file's write lock before it
+    /// fails with `database is locked` (default 5 seconds). It is set when the file's connection
+    /// opens, so it is the first backend's value on a file that counts.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// let backend = persistent_map::sqlite::SqliteBackend::builder(dir.path().join("a.db"))
+    ///     .busy_timeout(std::time::Duration::from_secs(60))
+    ///     .open()
+    ///     .await?;
+    /// # let _ = backend;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+
+    /// Opens the database (creating the file if missing) and the table (creating it if missing).
+    ///
+    /// Fails, changing nothing on disk, if the table name is invalid, the path cannot be opened,
+    /// the file is not a SQLite database, or the table exists without `key` and `value` columns.
+    ///
+    /// ```
+    /// use persistent_map::{sqlite::SqliteBackend, PersistentError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// let not_a_db = dir.path().join("notes.txt");
+    /// std::fs::write(&not_a_db, "my notes")?;
+    /// let err = SqliteBackend::builder(&not_a_db).open().await.unwrap_err();
+    /// assert!(matches!(err, PersistentError::NotADatabase { .. }));
+    /// assert_eq!(std::fs::read_to_string(&not_a_db)?, "my notes");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn open(self) -> Result<SqliteBackend> {
+        crate::validate_table_name(&self.table)?;
+        let SqliteBuilder {
+            path,
+            table,
+            durability,
+            busy_timeout,
+        } = self;
+        let writer = tokio::task::spawn_blocking(move || open::writer_for(&path, busy_timeout))
+            .await
+            .map_err(|join_error| PersistentError::Backend(join_error.into()))??;
+        let table = Arc::new(TableSql::new(&table));
+        let name = table.name.clone();
+        writer
+            .run(move |connection| load::ensure_table(connection, &name))
+            .await?;
+        Ok(SqliteBackend {
+            writer,
+            table,
+            durability,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl<K, V> StorageBackend<K, V> for SqliteBackend
+where
+    K: Eq
+        + Hash
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static
+        + ToString
+        + FromStr,
+    <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    async fn load_all(&self) -> Result<HashMap<K, V>, PersistentError> {
+        let mut entries = HashMap::new();
+        self.load_each(&mut |key, value| {
+            entries.insert(key, value);
+        })
+        .await?;
+        Ok(entries)
+    }
+
+    async fn save(&self, key: K, value: V) -> Result<(), PersistentError> {
+        self.write(vec![encode(&BatchOp::Save(key, value))?]).await
+    }
+
+    async fn delete(&self, key: &K) -> Result<(), PersistentError> {
+        self.write(vec![RawOp::Delete {
+            key: key.to_string(),
+        }])
+        .await
+    }
+
+    /// Returns once every write queued before it on this file is committed.
+    async fn flush(&self) -> Result<(), PersistentError> {
+        self.writer.run(|_| Ok(())).await
+    }
+
+    /// Commits all of `ops` in one transaction: all or nothing.
+    async fn apply_batch(&self, ops: &[BatchOp<K, V>]) -> Result<(), PersistentError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let ops = ops.iter().map(encode).collect::<Result<Vec<_>>>()?;
+        self.write(ops).await
+    }
+
+    async fn load_each(&self, sink: &mut (dyn FnMut(K, V) + Send)) -> Result<(), PersistentError> {
+        load::load_each(&self.writer, &self.table.name, sink).await
+    }
+}
+
+fn encode<K: ToString, V: Serialize>(op: &BatchOp<K, V>) -> Result<RawOp> {
+    Ok(match op {
+        BatchOp::Save(key, value) => RawOp::Upsert {
+            key: key.to_string(),
+            value: serde_json::to_string(value)?,
+        },
+        BatchOp::Delete(key) => RawOp::Delete {
+            key: key.to_string(),
+        },
+    })
+}

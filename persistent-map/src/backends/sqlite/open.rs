@@ -1,0 +1,173 @@
+//! Opening a database file: checks before SQLite touches it, connection settings, and the
+//! registry that gives each file one writer per process.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::writer::Writer;
+use crate::{PersistentError, Result};
+
+/// The first 16 bytes of every SQLite database file.
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// Writers by canonical path. Entries are weak so that a file's writer stops once its last
+/// backend is dropped.
+static WRITERS: Mutex<Option<HashMap<PathBuf, Weak<Writer>>>> = Mutex::new(None);
+
+/// Returns the writer of the file at `path`, starting it if this process has none.
+///
+/// Blocking: call it off the async worker threads.
+pub(super) fn writer_for(path: &Path, busy_timeout: Duration) -> Result<Arc<Writer>> {
+    if path.as_os_str() == ":memory:" {
+        // A private in-memory database per backend: there is no file to share.
+        return start_writer(path, busy_timeout);
+    }
+    check_file(path)?;
+    let canonical = canonical_path(path)?;
+    let mut writers = WRITERS.lock().unwrap_or_else(PoisonError::into_inner);
+    let writers = writers.get_or_insert_with(HashMap::new);
+    if let Some(writer) = writers.get(&canonical).and_then(Weak::upgrade) {
+        return Ok(writer);
+    }
+    let writer = start_writer(path, busy_timeout)?;
+    writers.retain(|_, writer| writer.strong_count() > 0);
+    writers.insert(canonical, Arc::downgrade(&writer));
+    Ok(writer)
+}
+
+fn start_writer(path: &Path, busy_timeout: Duration) -> Result<Arc<Writer>> {
+    let connection = connect(path, busy_timeout)?;
+    let writer = Writer::spawn(connection, path.to_path_buf())
+        .map_err(|error| open_failure(path, "cannot start the writer thread", error))?;
+    Ok(Arc::new(writer))
+}
+
+/// Refuses, before SQLite opens it, anything that is not a SQLite database or an empty file: a
+/// file of another kind must stay byte-for-byte as it is.
+fn check_file(path: &Path) -> Result<()> {
+    if path.as_os_str().is_empty() {
+        return Err(open_error(path, "the path is empty"));
+    }
+    let metadata = match std::fs::metadata(path) {
+        Ok(metadata) => metadata,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return check_parent_dir(path);
+        }
+        Err(error) => return Err(open_failure(path, "cannot read its metadata", error)),
+    };
+    if metadata.is_dir() {
+        return Err(open_error(path, "it is a directory"));
+    }
+    if metadata.len() == 0 {
+        // SQLite treats an empty file as an empty database.
+        return Ok(());
+    }
+    let mut header = [0u8; 16];
+    let read = std::fs::File::open(path)
+        .and_then(|mut file| file.read_exact(&mut header))
+        .map_err(|error| match error.kind() {
+            std::io::ErrorKind::UnexpectedEof => PersistentError::NotADatabase {
+                path: path.to_path_buf(),
+            },
+            _ => open_failure(path, "cannot read it", error),
+        });
+    read?;
+    if &header != SQLITE_HEADER {
+        return Err(PersistentError::NotADatabase {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+fn check_parent_dir(path: &Path) -> Result<()> {
+    let parent = parent_dir(path);
+    match std::fs::metadata(parent) {
+        Ok(metadata) if metadata.is_dir() => Ok(()),
+        Ok(_) => Err(open_error(
+            path,
+            &format!("{} is not a directory", parent.display()),
+        )),
+        Err(error) => Err(open_failure(
+            path,
+            &format!("its directory {} cannot be used", parent.display()),
+            error,
+        )),
+    }
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
+}
+
+/// The same file reached by different spellings (`./a.db`, `a.db`, a symlinked directory) must
+/// map to one writer. The file itself may not exist yet, so canonicalize its directory.
+fn canonical_path(path: &Path) -> Result<PathBuf> {
+    if let Ok(canonical) = std::fs::canonicalize(path) {
+        return Ok(canonical);
+    }
+    let directory = std::fs::canonicalize(parent_dir(path))
+        .map_err(|error| open_failure(path, "cannot resolve its directory", error))?;
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| open_error(path, "the path does not name a file"))?;
+    Ok(directory.join(file_name))
+}
+
+/// Opens the connection with this crate's settings: WAL, `synchronous=FULL` until a request asks
+/// for less, and a busy timeout for other processes that write the same file.
+fn connect(path: &Path, busy_timeout: Duration) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let connection = Connection::open_with_flags(path, flags)
+        .map_err(|error| open_failure(path, "SQLite cannot open it", error))?;
+    configure(&connection).map_err(|error| match error.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) => PersistentError::NotADatabase {
+            path: path.to_path_buf(),
+        },
+        _ => open_failure(path, "SQLite cannot set it up", error),
+    })?;
+    connection
+        .busy_timeout(busy_timeout)
+        .map_err(|error| open_failure(path, "SQLite cannot set the busy timeout", error))?;
+    Ok(connection)
+}
+
+fn configure(connection: &Connection) -> rusqlite::Result<()> {
+    // Reading the journal mode reads the header, so a damaged file fails here, before any write.
+    let mode: String = connection.query_row("PRAGMA journal_mode", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        connection.pragma_update(None, "journal_mode", "WAL")?;
+    }
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    Ok(())
+}
+
+fn open_error(path: &Path, reason: &str) -> PersistentError {
+    PersistentError::Open {
+        path: path.to_path_buf(),
+        reason: reason.to_owned(),
+        source: None,
+    }
+}
+
+fn open_failure(
+    path: &Path,
+    reason: &str,
+    source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> PersistentError {
+    PersistentError::Open {
+        path: path.to_path_buf(),
+        reason: reason.to_owned(),
+        source: Some(source.into()),
+    }
+}

@@ -1,0 +1,276 @@
+//! The thread that owns a database file's connection and commits writes in groups.
+//!
+//! Every map on one file sends its work here, so the file has one writer in this process: no
+//! `database is locked` between our own maps, and one commit (one fsync) serves every write that
+//! queued while the previous commit was syncing.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use rusqlite::{Connection, TransactionBehavior};
+use tokio::sync::oneshot;
+
+use super::Durability;
+use crate::{PersistentError, Result};
+
+/// A write as the writer executes it: key text and JSON value, already encoded.
+#[derive(Debug)]
+pub(super) enum RawOp {
+    Upsert { key: String, value: String },
+    Delete { key: String },
+}
+
+/// The SQL of one table, written once per backend rather than once per write.
+#[derive(Debug)]
+pub(super) struct TableSql {
+    pub(super) name: String,
+    upsert: String,
+    delete: String,
+}
+
+impl TableSql {
+    /// `name` must have passed [`crate::validate_table_name`]; it is quoted anyway.
+    pub(super) fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            upsert: format!(
+                "INSERT INTO \"{name}\" (key, value) VALUES (?1, ?2) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+            ),
+            delete: format!("DELETE FROM \"{name}\" WHERE key = ?1"),
+        }
+    }
+}
+
+/// The writes of one caller: committed together or not at all.
+struct WriteRequest {
+    table: Arc<TableSql>,
+    ops: Vec<RawOp>,
+    durability: Durability,
+    done: oneshot::Sender<rusqlite::Result<()>>,
+}
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+enum Command {
+    Write(WriteRequest),
+    /// Anything else that needs the connection (table setup, loads), run between commits.
+    Run(Job),
+}
+
+/// Requests merged into one transaction at most; bounds the work one fsync waits for.
+const MAX_GROUP_REQUESTS: usize = 4096;
+
+/// The handle to a file's writer thread. The thread stops, and closes the connection, once the
+/// last handle is dropped and the queued work is done.
+#[derive(Debug)]
+pub(super) struct Writer {
+    commands: mpsc::Sender<Command>,
+    path: PathBuf,
+}
+
+impl Writer {
+    /// Starts the thread that will own `connection`.
+    pub(super) fn spawn(connection: Connection, path: PathBuf) -> std::io::Result<Self> {
+        let (commands, queue) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("persistent-map-sqlite".into())
+            .spawn(move || serve(connection, queue))?;
+        Ok(Self { commands, path })
+    }
+
+    /// The database file, as the first opener named it.
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Commits `ops` in one transaction (possibly shared with other requests) and resolves once
+    /// they are durable at `durability`.
+    pub(super) async fn write(
+        &self,
+        table: &Arc<TableSql>,
+        ops: Vec<RawOp>,
+        durability: Durability,
+    ) -> Result<()> {
+        let (done, committed) = oneshot::channel();
+        self.send(Command::Write(WriteRequest {
+            table: Arc::clone(table),
+            ops,
+            durability,
+            done,
+        }))?;
+        match committed.await {
+            Ok(result) => result.map_err(|source| self.sqlite_error(source)),
+            Err(_) => Err(self.closed()),
+        }
+    }
+
+    /// Runs `job` on the writer thread, after the work queued before it.
+    pub(super) async fn run<T, F>(&self, job: F) -> Result<T>
+    where
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (done, finished) = oneshot::channel();
+        self.send(Command::Run(Box::new(move |connection| {
+            // The caller may have stopped waiting; then nobody needs the result.
+            let _ = done.send(job(connection));
+        })))?;
+        finished.await.map_err(|_| self.closed())?
+    }
+
+    /// Queues `job` without waiting for it (it reports through channels of its own).
+    pub(super) fn start(&self, job: Job) -> Result<()> {
+        self.send(Command::Run(job))
+    }
+
+    pub(super) fn sqlite_error(&self, source: rusqlite::Error) -> PersistentError {
+        PersistentError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn send(&self, command: Command) -> Result<()> {
+        self.commands.send(command).map_err(|_| self.closed())
+    }
+
+    fn closed(&self) -> PersistentError {
+        PersistentError::BackendClosed {
+            path: self.path.clone(),
+        }
+    }
+}
+
+/// The writer thread's loop: take the next command; for a write, take every write already
+/// queued behind it too and commit them together.
+fn serve(mut connection: Connection, queue: mpsc::Receiver<Command>) {
+    let mut synchronous = Durability::Full;
+    let mut next = None;
+    loop {
+        let command = match next.take() {
+            Some(command) => command,
+            None => match queue.recv() {
+                Ok(command) => command,
+                Err(mpsc::RecvError) => return,
+            },
+        };
+        match command {
+            Command::Run(job) => job(&mut connection),
+            Command::Write(first) => {
+                let mut group = vec![first];
+                while group.len() < MAX_GROUP_REQUESTS {
+                    match queue.try_recv() {
+                        Ok(Command::Write(request)) => group.push(request),
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                commit_group(&mut connection, &mut synchronous, group);
+            }
+        }
+    }
+}
+
+/// Commits `group` in one transaction and answers every request. If the shared transaction
+/// fails, each request is retried in a transaction of its own, so one bad request fails alone
+/// and the others still commit.
+fn commit_group(
+    connection: &mut Connection,
+    synchronous: &mut Durability,
+    group: Vec<WriteRequest>,
+) {
+    let wanted = group
+        .iter()
+        .map(|request| request.durability)
+        .max()
+        .unwrap_or_default();
+    if let Err(error) = set_synchronous(connection, synchronous, wanted) {
+        answer_all(group, &error);
+        return;
+    }
+    match commit(connection, &group) {
+        Ok(()) => {
+            for request in group {
+                let _ = request.done.send(Ok(()));
+            }
+        }
+        Err(error) if group.len() == 1 => answer_all(group, &error),
+        Err(_) => {
+            for request in group {
+                let result = commit(connection, std::slice::from_ref(&request));
+                let _ = request.done.send(result);
+            }
+        }
+    }
+}
+
+fn answer_all(group: Vec<WriteRequest>, error: &rusqlite::Error) {
+    for request in group {
+        let _ = request.done.send(Err(copy_error(error)));
+    }
+}
+
+/// `rusqlite::Error` is not `Clone`; keep the SQLite code and message, which is what callers
+/// match on and read.
+fn copy_error(error: &rusqlite::Error) -> rusqlite::Error {
+    match error {
+        rusqlite::Error::SqliteFailure(code, message) => {
+            rusqlite::Error::SqliteFailure(*code, message.clone())
+        }
+        other => rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+            Some(other.to_string()),
+        ),
+    }
+}
+
+fn set_synchronous(
+    connection: &Connection,
+    current: &mut Durability,
+    wanted: Durability,
+) -> rusqlite::Result<()> {
+    if *current != wanted {
+        connection.pragma_update(None, "synchronous", wanted.pragma_value())?;
+        *current = wanted;
+    }
+    Ok(())
+}
+
+/// One transaction holding every op of `requests`; rolled back (by the transaction's drop) if
+/// any statement or the commit fails.
+fn commit(connection: &mut Connection, requests: &[WriteRequest]) -> rusqlite::Result<()> {
+    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for request in requests {
+        execute_ops(&transaction, &request.table, &request.ops)?;
+    }
+    transaction.commit()
+}
+
+fn execute_ops(connection: &Connection, table: &TableSql, ops: &[RawOp]) -> rusqlite::Result<()> {
+    let mut upsert = None;
+    let mut delete = None;
+    for op in ops {
+        match op {
+            RawOp::Upsert { key, value } => {
+                let statement = match &mut upsert {
+                    Some(statement) => statement,
+                    None => upsert.insert(connection.prepare_cached(&table.upsert)?),
+                };
+                statement.execute((key, value))?;
+            }
+            RawOp::Delete { key } => {
+                let statement = match &mut delete {
+                    Some(statement) => statement,
+                    None => delete.insert(connection.prepare_cached(&table.delete)?),
+                };
+                statement.execute([key])?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+
+/// A specialized `Result` whose error defaults to [`PersistentError`].
+///
+/// ```
+/// fn parse_port(text: &str) -> persistent_map::Result<u16> {
+///     Ok(serde_json::from_str(text)?)
+/// }
+/// assert_eq!(parse_port("8080").unwrap(), 8080);
+/// assert!(parse_port("\"x\"").is_err());
+/// ```
+pub type Result<T, E = PersistentError> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in a map or a backend.
+///
+/// Each message carries the context needed to act on it: the path that could not be opened, the
+/// table and raw key of a stored row that no longer parses, the rejected table name.
+///
+/// `From<std::io::Error>` and `From<serde_json::Error>` let a custom backend use `?`:
+///
+/// ```
+/// use persistent_map::PersistentError;
+///
+/// fn read_config(path: &str) -> persistent_map::Result<serde_json::Value> {
+///     let text = std::fs::read_to_string(path)?;
+///     Ok(serde_json::from_str(&text)?)
+/// }
+/// let err = read_config("/no/such/file.json").unwrap_err();
+/// assert!(matches!(err, PersistentError::Io(_)));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PersistentError {
+    /// An I/O error from a custom backend (or any `std::io::Error` met with `?`).
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+
+    /// A value (or key) could not be serialized or deserialized as JSON.
+    #[error("JSON error: {0}")]
+    Serde(#[from] serde_json::Error),
+
+    /// The database file could not be opened or prepared.
+    #[error("cannot open database {}: {reason}", path.display())]
+    Open {
+        /// The path as given by the caller.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+        /// The underlying error, when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+
+    /// The file exists but is not a database of this backend; it was left untouched.
+    #[error("{} is not a SQLite database (its header does not start with \"SQLite format 3\"); the file was left untouched", path.display())]
+    NotADatabase {
+        /// The path as given by the caller.
+        path: PathBuf,
+    },
+
+    /// A table name that is not `[A-Za-z_][A-Za-z0-9_]*` or that starts with `sqlite_`.
+    #[error("invalid table name {name:?}: {reason}")]
+    InvalidTableName {
+        /// The rejected name.
+        name: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+
+    /// The table exists but does not have the `key` and `value` columns this crate stores.
+    #[error("table {table:?} exists but is not a persistent-map table: {reason}")]
+    IncompatibleTable {
+        /// The table.
+        table: String,
+        /// What differs.
+        reason: String,
+    },
+
+    /// A stored key no longer parses as the map's key type. Nothing was changed on disk.
+    #[error("table {table:?}: stored key {key:?} does not parse: {source}")]
+    InvalidStoredKey {
+        /// The table holding the row.
+        table: String,
+        /// The raw key text as stored.
+        key: String,
+        /// The key type's parse error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// A stored value no longer deserializes as the map's value type. Nothing was changed on disk.
+    #[error("table {table:?}: value of key {key:?} does not deserialize: {source}")]
+    InvalidStoredValue {
+        /// The table holding the row.
+        table: String,
+        /// The raw key text as stored.
+        key: String,
+        /// Why the value was rejected.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// An error reported by SQLite.
+    #[cfg(feature = "sqlite")]
+    #[error("SQLite error on {}: {source}", path.display())]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+
+    /// The backend's worker is gone (its thread stopped), so the write was not done.
+    #[error("the storage backend for {} has shut down; the write was not done", path.display())]
+    BackendClosed {
+        /// The database file the worker served.
+        path: PathBuf,
+    },
+
+    /// A batch that the backend could not apply atomically failed part-way.
+    ///
+    /// The first `applied` writes of the batch were done (in memory and in storage alike); the
+    /// rest were not. Only backends that rely on the default
+    /// [`StorageBackend::apply_batch`](crate::StorageBackend::apply_batch) report this.
+    #[error("batch failed after {applied} of its writes were applied: {source}")]
+    PartialBatch {
+        /// How many writes, from the start of the batch, were applied.
+        applied: usize,
+        /// Why the next write failed.
+        #[source]
+        source: Box<PersistentError>,
+    },
+
+    /// An error from a custom backend that fits no other variant.
+    #[error("{0}")]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
+}

@@ -1,0 +1,53 @@
+//! A typed, async, persistent key-value map: reads from memory, every write committed to storage
+//! (SQLite by default) before it is acknowledged.
+//!
+//! ```
+//! use persistent_map::{sqlite::SqliteBackend, PersistentMap};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> persistent_map::Result<()> {
+//! # let dir = tempfile::tempdir()?;
+//! # let path = dir.path().join("app.db");
+//! let map: PersistentMap<String, u64, SqliteBackend> = PersistentMap::open(&path).await?;
+//! map.insert("visits".to_string(), 1).await?; // committed to SQLite when this returns Ok
+//! assert_eq!(map.get(&"visits".to_string()), Some(1)); // served from memory
+//! drop(map);
+//!
+//! let reopened: PersistentMap<String, u64, SqliteBackend> = PersistentMap::open(&path).await?;
+//! assert_eq!(reopened.get(&"visits".to_string()), Some(1));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! - [`PersistentMap`] holds the entries in memory and writes through to a [`StorageBackend`].
+//! - [`sqlite::SqliteBackend`] (feature `sqlite`, on by default) stores each map in a table of a
+//!   SQLite file: `key TEXT PRIMARY KEY` (the key's `Display` text) and `value TEXT` (JSON).
+//! - [`in_memory::InMemoryBackend`] keeps the store in process memory, for tests.
+//! - [`PersistentKey`] gives a key type its text form and its own table; derive it (feature
+//!   `derive`, on by default).
+#![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+mod backend;
+mod backends;
+mod error;
+mod key;
+mod map;
+mod table_name;
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+
+pub use backend::{BatchOp, StorageBackend};
+pub use backends::in_memory;
+#[cfg(feature = "sqlite")]
+pub use backends::sqlite;
+pub use error::{PersistentError, Result};
+pub use key::{KeyParseError, PersistentKey};
+pub use map::PersistentMap;
+pub use table_name::validate_table_name;
+
+/// Derives [`PersistentKey`](trait@PersistentKey), `Display` and `FromStr` for a struct or enum.
+#[cfg(feature = "derive")]
+pub use persistent_map_derive::PersistentKey;

@@ -1,0 +1,1 @@
+//! Not public API. Referenced by macro-generated code.
