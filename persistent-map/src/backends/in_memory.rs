@@ -34,9 +34,11 @@ use crate::{BatchOp, PersistentError, Result, StorageBackend};
 /// ```
 #[derive(Clone, Default)]
 pub struct InMemoryBackend {
-    /// One `HashMap<K, V>` per key and value type, keyed by their `TypeId`s.
-    stores: Arc<Mutex<HashMap<(TypeId, TypeId), Box<dyn Any + Send>>>>,
+    stores: Arc<Mutex<Stores>>,
 }
+
+/// One `HashMap<K, V>` per key and value type, keyed by their `TypeId`s.
+type Stores = HashMap<(TypeId, TypeId), Box<dyn Any + Send>>;
 
 impl InMemoryBackend {
     /// Creates an empty store.

@@ -241,6 +241,30 @@ impl SqliteBackend {
         self.durability
     }
 
+    /// What this file's writer has done so far, counted across every backend on the file.
+    ///
+    /// `writes / commits` is how many acknowledged writes one commit (one fsync) served on
+    /// average: above 1 when concurrent writers share commits.
+    ///
+    /// ```
+    /// use persistent_map::{sqlite::SqliteBackend, PersistentMap};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// let map: PersistentMap<String, u32, SqliteBackend> =
+    ///     PersistentMap::open(dir.path().join("a.db")).await?;
+    /// map.insert("a".to_string(), 1).await?;
+    /// let stats = map.backend().stats();
+    /// assert_eq!((stats.commits, stats.writes), (1, 1));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn stats(&self) -> SqliteStats {
+        let (commits, writes) = self.writer.counts();
+        SqliteStats { commits, writes }
+    }
+
     async fn write(&self, ops: Vec<RawOp>) -> Result<()> {
         self.writer.write(&self.table, ops, self.durability).await
     }
@@ -254,6 +278,16 @@ impl fmt::Debug for SqliteBackend {
             .field("durability", &self.durability)
             .finish()
     }
+}
+
+/// Counts from a database file's writer, returned by [`SqliteBackend::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct SqliteStats {
+    /// Transactions committed.
+    pub commits: u64,
+    /// Write requests (a single insert or remove, or one batch) committed and acknowledged.
+    pub writes: u64,
 }
 
 /// Options for a [`SqliteBackend`]; made by [`SqliteBackend::builder`].

@@ -5,6 +5,7 @@
 //! queued while the previous commit was syncing.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
@@ -68,16 +69,38 @@ const MAX_GROUP_REQUESTS: usize = 4096;
 pub(super) struct Writer {
     commands: mpsc::Sender<Command>,
     path: PathBuf,
+    counters: Arc<Counters>,
+}
+
+/// What the writer thread has done, for [`super::SqliteBackend::stats`].
+#[derive(Debug, Default)]
+struct Counters {
+    commits: AtomicU64,
+    requests: AtomicU64,
 }
 
 impl Writer {
     /// Starts the thread that will own `connection`.
     pub(super) fn spawn(connection: Connection, path: PathBuf) -> std::io::Result<Self> {
         let (commands, queue) = mpsc::channel();
+        let counters = Arc::new(Counters::default());
+        let thread_counters = Arc::clone(&counters);
         std::thread::Builder::new()
             .name("persistent-map-sqlite".into())
-            .spawn(move || serve(connection, queue))?;
-        Ok(Self { commands, path })
+            .spawn(move || serve(connection, queue, &thread_counters))?;
+        Ok(Self {
+            commands,
+            path,
+            counters,
+        })
+    }
+
+    /// (committed transactions, write requests acknowledged) since the thread started.
+    pub(super) fn counts(&self) -> (u64, u64) {
+        (
+            self.counters.commits.load(Ordering::Relaxed),
+            self.counters.requests.load(Ordering::Relaxed),
+        )
     }
 
     /// The database file, as the first opener named it.
@@ -145,7 +168,7 @@ impl Writer {
 
 /// The writer thread's loop: take the next command; for a write, take every write already
 /// queued behind it too and commit them together.
-fn serve(mut connection: Connection, queue: mpsc::Receiver<Command>) {
+fn serve(mut connection: Connection, queue: mpsc::Receiver<Command>, counters: &Counters) {
     let mut synchronous = Durability::Full;
     let mut next = None;
     loop {
@@ -170,7 +193,7 @@ fn serve(mut connection: Connection, queue: mpsc::Receiver<Command>) {
                         Err(_) => break,
                     }
                 }
-                commit_group(&mut connection, &mut synchronous, group);
+                commit_group(&mut connection, &mut synchronous, group, counters);
             }
         }
     }
@@ -183,6 +206,7 @@ fn commit_group(
     connection: &mut Connection,
     synchronous: &mut Durability,
     group: Vec<WriteRequest>,
+    counters: &Counters,
 ) {
     let wanted = group
         .iter()
@@ -193,7 +217,7 @@ fn commit_group(
         answer_all(group, &error);
         return;
     }
-    match commit(connection, &group) {
+    match commit(connection, &group, counters) {
         Ok(()) => {
             for request in group {
                 let _ = request.done.send(Ok(()));
@@ -202,7 +226,7 @@ fn commit_group(
         Err(error) if group.len() == 1 => answer_all(group, &error),
         Err(_) => {
             for request in group {
-                let result = commit(connection, std::slice::from_ref(&request));
+                let result = commit(connection, std::slice::from_ref(&request), counters);
                 let _ = request.done.send(result);
             }
         }
@@ -243,12 +267,21 @@ fn set_synchronous(
 
 /// One transaction holding every op of `requests`; rolled back (by the transaction's drop) if
 /// any statement or the commit fails.
-fn commit(connection: &mut Connection, requests: &[WriteRequest]) -> rusqlite::Result<()> {
+fn commit(
+    connection: &mut Connection,
+    requests: &[WriteRequest],
+    counters: &Counters,
+) -> rusqlite::Result<()> {
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     for request in requests {
         execute_ops(&transaction, &request.table, &request.ops)?;
     }
-    transaction.commit()
+    transaction.commit()?;
+    counters.commits.fetch_add(1, Ordering::Relaxed);
+    counters
+        .requests
+        .fetch_add(requests.len() as u64, Ordering::Relaxed);
+    Ok(())
 }
 
 fn execute_ops(connection: &Connection, table: &TableSql, ops: &[RawOp]) -> rusqlite::Result<()> {

@@ -1,0 +1,269 @@
+//! Bad input gets a clear error naming what was wrong, never a panic, and nothing stored is lost.
+
+use std::fmt;
+use std::str::FromStr;
+
+use persistent_map::sqlite::SqliteBackend;
+use persistent_map::{PersistentError, PersistentKey, PersistentMap};
+use persistent_map_tests::{stored_rows, temp_db};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+struct OrderId(u32);
+
+impl fmt::Display for OrderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for OrderId {
+    type Err = std::num::ParseIntError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        text.parse().map(OrderId)
+    }
+}
+
+impl PersistentKey for OrderId {
+    const TABLE_NAME: &'static str = "orders";
+}
+
+type Orders = PersistentMap<OrderId, Vec<String>, SqliteBackend>;
+
+#[tokio::test]
+async fn a_directory_that_does_not_exist_is_named() {
+    let (dir, _) = temp_db();
+    let path = dir.path().join("missing").join("app.db");
+    let err = SqliteBackend::new(&path).await.unwrap_err();
+    assert!(matches!(err, PersistentError::Open { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains(&path.display().to_string()), "{message}");
+    assert!(message.contains("missing"), "{message}");
+    assert!(!path.exists());
+}
+
+#[tokio::test]
+async fn a_directory_is_not_a_database_file() {
+    let (dir, _) = temp_db();
+    let err = SqliteBackend::new(dir.path()).await.unwrap_err();
+    assert!(matches!(err, PersistentError::Open { .. }), "{err:?}");
+    assert!(err.to_string().contains("directory"), "{err}");
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_a_database_is_refused_and_left_byte_for_byte() {
+    let (dir, path) = temp_db();
+    let notes: Vec<u8> = b"my notes, not a database\n"
+        .iter()
+        .copied()
+        .chain((0..=255u8).cycle().take(10_000))
+        .collect();
+    std::fs::write(&path, &notes).unwrap();
+
+    let err = Orders::open(&path).await.unwrap_err();
+    assert!(
+        matches!(err, PersistentError::NotADatabase { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("not a SQLite database"), "{err}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), notes);
+    let mut names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["test.db"], "no -wal or -shm file was created");
+
+    // A file too short to hold a header is refused the same way.
+    std::fs::write(&path, b"SQLite").unwrap();
+    let err = Orders::open(&path).await.unwrap_err();
+    assert!(
+        matches!(err, PersistentError::NotADatabase { .. }),
+        "{err:?}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), b"SQLite");
+}
+
+#[tokio::test]
+async fn a_damaged_database_is_an_error_not_a_panic() {
+    let (_dir, path) = temp_db();
+    let mut damaged = b"SQLite format 3\0".to_vec();
+    damaged.extend(std::iter::repeat_n(0xA5u8, 8192));
+    std::fs::write(&path, &damaged).unwrap();
+
+    let err = Orders::open(&path).await.unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains(&path.display().to_string()), "{message}");
+    assert_eq!(std::fs::read(&path).unwrap(), damaged);
+}
+
+#[tokio::test]
+async fn a_stored_key_that_no_longer_parses_names_table_and_key_and_is_kept() {
+    let (_dir, path) = temp_db();
+    {
+        let orders = Orders::open(&path).await.unwrap();
+        orders.insert(OrderId(1), vec!["tea".into()]).await.unwrap();
+    }
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute("INSERT INTO orders VALUES ('order-two', '[\"milk\"]')", [])
+        .unwrap();
+
+    let err = Orders::open(&path).await.unwrap_err();
+    assert!(
+        matches!(err, PersistentError::InvalidStoredKey { .. }),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(message.contains("\"orders\""), "{message}");
+    assert!(message.contains("\"order-two\""), "{message}");
+    assert!(message.contains("invalid digit"), "{message}");
+    assert_eq!(
+        stored_rows(&path, "orders").len(),
+        2,
+        "nothing stored was lost"
+    );
+
+    // The same rows load under a key type that does parse them.
+    let as_text: PersistentMap<String, Vec<String>, _> =
+        PersistentMap::new(SqliteBackend::with_table(&path, "orders").await.unwrap())
+            .await
+            .unwrap();
+    assert_eq!(as_text.get("order-two"), Some(vec!["milk".to_string()]));
+}
+
+#[tokio::test]
+async fn a_stored_value_that_no_longer_deserializes_names_the_key() {
+    let (_dir, path) = temp_db();
+    drop(Orders::open(&path).await.unwrap());
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute(
+            "INSERT INTO orders VALUES ('3', '{\"was\": \"a map\"}')",
+            [],
+        )
+        .unwrap();
+
+    let err = Orders::open(&path).await.unwrap_err();
+    assert!(
+        matches!(err, PersistentError::InvalidStoredValue { .. }),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("\"orders\"") && message.contains("\"3\""),
+        "{message}"
+    );
+    assert_eq!(stored_rows(&path, "orders").len(), 1);
+}
+
+#[tokio::test]
+async fn a_key_or_value_that_is_not_text_is_named() {
+    let (_dir, path) = temp_db();
+    let connection = rusqlite::Connection::open(&path).unwrap();
+    connection
+        .execute_batch(
+            "CREATE TABLE blobs (key TEXT PRIMARY KEY, value TEXT);
+             INSERT INTO blobs VALUES (X'FF00', '1');",
+        )
+        .unwrap();
+    let load = |table: &'static str| {
+        let path = path.clone();
+        async move {
+            PersistentMap::<String, u32, _>::new(SqliteBackend::with_table(&path, table).await?)
+                .await
+        }
+    };
+    let err = load("blobs").await.unwrap_err();
+    assert!(
+        matches!(err, PersistentError::InvalidStoredKey { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("blob"), "{err}");
+
+    connection
+        .execute_batch(
+            "CREATE TABLE nulls (key TEXT PRIMARY KEY, value TEXT);
+             INSERT INTO nulls VALUES ('k', NULL);",
+        )
+        .unwrap();
+    let err = load("nulls").await.unwrap_err();
+    assert!(
+        matches!(err, PersistentError::InvalidStoredValue { .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("\"k\"") && err.to_string().contains("NULL"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_table_name_is_refused_before_the_file_is_touched() {
+    let (_dir, path) = temp_db();
+    for name in [
+        "",
+        "1st",
+        "has space",
+        "semi;colon",
+        "quote\"d",
+        "sqlite_master",
+        "SQLITE_x",
+    ] {
+        let err = SqliteBackend::with_table(&path, name).await.unwrap_err();
+        assert!(
+            matches!(err, PersistentError::InvalidTableName { .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(&format!("{name:?}")), "{err}");
+    }
+    assert!(!path.exists());
+}
+
+#[tokio::test]
+async fn a_table_of_another_shape_is_refused_and_kept() {
+    let (_dir, path) = temp_db();
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE legacy (id INTEGER PRIMARY KEY, data TEXT);
+             INSERT INTO legacy (data) VALUES ('precious');",
+        )
+        .unwrap();
+    let err = SqliteBackend::with_table(&path, "legacy")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, PersistentError::IncompatibleTable { .. }),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("\"legacy\"") && message.contains("\"id\""),
+        "{message}"
+    );
+    let data: String = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT data FROM legacy", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(data, "precious");
+}
+
+#[tokio::test]
+async fn a_value_that_cannot_be_serialized_is_an_error_and_changes_nothing() {
+    use std::collections::HashMap;
+    let (_dir, path) = temp_db();
+    // JSON object keys must be strings: a map keyed by tuples does not serialize.
+    let map: PersistentMap<String, HashMap<(u8, u8), u8>, SqliteBackend> =
+        PersistentMap::open(&path).await.unwrap();
+    let err = map
+        .insert("k".into(), HashMap::from([((1, 2), 3)]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PersistentError::Serde(_)), "{err:?}");
+    assert!(map.is_empty());
+    assert!(stored_rows(&path, "kv").is_empty());
+}
