@@ -35,6 +35,27 @@ impl<K, V> BatchOp<K, V> {
     }
 }
 
+/// What changed in storage, written by someone other than this backend, since the backend last
+/// loaded. Returned by [`StorageBackend::external_changes`].
+///
+/// ```
+/// use persistent_map::ExternalChanges;
+///
+/// let changes: ExternalChanges<String> = ExternalChanges::Keys(vec!["a".into()]);
+/// assert!(matches!(changes, ExternalChanges::Keys(keys) if keys.len() == 1));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExternalChanges<K> {
+    /// Nothing changed: the map is up to date.
+    None,
+    /// Only these keys may have changed; the map re-reads them with
+    /// [`StorageBackend::load_keys`].
+    Keys(Vec<K>),
+    /// Something may have changed; the map reloads everything.
+    Unknown,
+}
+
 /// A trait for implementing storage backends for [`PersistentMap`](crate::PersistentMap).
 ///
 /// A backend stores what the map holds in memory. The map calls it in a way that makes a simple
@@ -48,7 +69,8 @@ impl<K, V> BatchOp<K, V> {
 ///   promises. `Err` must mean the write was not done; the map then leaves its memory unchanged.
 /// - `load_all` (or [`load_each`](Self::load_each)) is called when the map opens and on
 ///   [`PersistentMap::load`](crate::PersistentMap::load), never concurrently with a write from
-///   that map.
+///   that map. A batch ([`apply_batch`](Self::apply_batch), [`clear`](Self::clear)) is likewise
+///   never concurrent with another write of its keys.
 ///
 /// The three required methods and `flush` have exactly the signatures of persistent-map 0.1.3,
 /// so a backend written for it compiles unchanged. The other provided methods have defaults
@@ -141,7 +163,8 @@ where
 
     /// Apply `ops` in order, ideally atomically: all of them or none.
     ///
-    /// The map calls this for its batch operations, with at most one write per key. The default
+    /// The map calls this for its batch operations; a key may appear more than once, and the
+    /// last write of it wins. The default
     /// applies the writes one at a time with `save` and `delete`, which is not atomic: when a
     /// write fails after others succeeded it returns [`PersistentError::PartialBatch`] saying how
     /// many were applied, so the map can keep its memory equal to storage. A plain error (not
@@ -176,5 +199,51 @@ where
             sink(key, value);
         }
         Ok(())
+    }
+
+    /// Remove every stored entry, atomically if the backend can.
+    ///
+    /// The default loads every key and deletes them with one [`apply_batch`](Self::apply_batch);
+    /// backends override it with something cheaper (SQLite: one `DELETE`).
+    async fn clear(&self) -> Result<(), PersistentError> {
+        let ops: Vec<BatchOp<K, V>> = self
+            .load_all()
+            .await?
+            .into_keys()
+            .map(BatchOp::Delete)
+            .collect();
+        self.apply_batch(&ops).await
+    }
+
+    /// Load the entries stored under `keys`; a key that is not stored is left out.
+    ///
+    /// The map calls this to catch up with [`ExternalChanges::Keys`]. The default loads
+    /// everything and keeps the asked-for keys; backends that can look keys up override it.
+    async fn load_keys(&self, keys: &[K]) -> Result<HashMap<K, V>, PersistentError> {
+        let mut all = self.load_all().await?;
+        Ok(keys
+            .iter()
+            .filter_map(|key| all.remove_entry(key))
+            .collect())
+    }
+
+    /// What others (another process, another instance) changed in storage since this backend
+    /// last loaded; called by [`PersistentMap::refresh`](crate::PersistentMap::refresh).
+    ///
+    /// The default, [`ExternalChanges::Unknown`], makes every refresh a full reload, which is
+    /// always correct. A backend that can tell cheaply that nothing changed (SQLite's
+    /// `PRAGMA data_version`) or which keys changed (PostgreSQL's `NOTIFY`) overrides it.
+    async fn external_changes(&self) -> Result<ExternalChanges<K>, PersistentError> {
+        Ok(ExternalChanges::Unknown)
+    }
+
+    /// Resolves when the backend learns that storage may have changed under it, so that a
+    /// background refresh ([`PersistentMap::refresh_every`](crate::PersistentMap::refresh_every))
+    /// can act at once instead of at its next tick.
+    ///
+    /// The default never resolves: the refresh runs on its interval only. It must be cancel
+    /// safe: the map drops it when the interval fires first.
+    async fn external_change_signal(&self) {
+        std::future::pending::<()>().await;
     }
 }

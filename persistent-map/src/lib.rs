@@ -30,8 +30,10 @@
 
 mod backend;
 mod backends;
+mod changes;
 mod error;
 mod key;
+mod key_locks;
 mod map;
 mod table_name;
 
@@ -39,13 +41,14 @@ mod table_name;
 #[path = "private.rs"]
 pub mod __private;
 
-pub use backend::{BatchOp, StorageBackend};
+pub use backend::{BatchOp, ExternalChanges, StorageBackend};
 pub use backends::in_memory;
 #[cfg(feature = "sqlite")]
 pub use backends::sqlite;
+pub use changes::{Change, RecvError, Subscription, CHANGE_BUFFER};
 pub use error::{PersistentError, Result};
 pub use key::{KeyParseError, PersistentKey};
-pub use map::PersistentMap;
+pub use map::{PersistentMap, RefreshTask};
 pub use table_name::validate_table_name;
 
 /// Derives [`PersistentKey`](trait@PersistentKey), `Display` and `FromStr` for a struct or enum.

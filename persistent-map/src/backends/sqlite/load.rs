@@ -15,29 +15,21 @@ use super::writer::Writer;
 use crate::{PersistentError, Result};
 
 /// Creates the table if it is missing, then checks that it has the columns this crate uses.
-pub(super) fn ensure_table(connection: &mut Connection, table: &str) -> Result<()> {
-    let sqlite_error = |source| PersistentError::Sqlite {
-        path: connection.path().unwrap_or_default().into(),
-        source,
-    };
-    connection
-        .execute(
-            &format!(
-                "CREATE TABLE IF NOT EXISTS \"{table}\" \
-                 (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)"
-            ),
-            [],
-        )
-        .map_err(sqlite_error)?;
-    let mut statement = connection
-        .prepare(&format!("PRAGMA table_info(\"{table}\")"))
-        .map_err(sqlite_error)?;
-    let columns = statement
-        .query_map([], |row| {
-            Ok((row.get::<_, String>("name")?, row.get::<_, i64>("pk")?))
+pub(super) async fn ensure_table(writer: &Writer, table: &str) -> Result<()> {
+    let create = format!(
+        "CREATE TABLE IF NOT EXISTS \"{table}\" (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)"
+    );
+    let table_info = format!("PRAGMA table_info(\"{table}\")");
+    let columns = writer
+        .run(move |connection| {
+            connection.execute(&create, [])?;
+            let mut statement = connection.prepare(&table_info)?;
+            let columns = statement.query_map([], |row| {
+                Ok((row.get::<_, String>("name")?, row.get::<_, i64>("pk")?))
+            })?;
+            columns.collect::<rusqlite::Result<Vec<_>>>()
         })
-        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-        .map_err(sqlite_error)?;
+        .await?;
     check_columns(table, &columns)
 }
 
@@ -102,18 +94,21 @@ enum Scanned {
         found: &'static str,
     },
     Failed(rusqlite::Error),
-    Finished,
+    /// Every row was sent. Carries the `PRAGMA data_version` read before the scan.
+    Finished(i64),
 }
 
 const CHUNK_ROWS: usize = 1024;
 const CHUNK_BYTES: usize = 256 * 1024;
 
-/// Streams the table's rows, decoded as `K` and `V`, into `sink`.
+/// Streams the table's rows, decoded as `K` and `V`, into `sink`. Returns the file's
+/// `PRAGMA data_version` from before the scan, so that a later change by another connection
+/// can be told apart.
 pub(super) async fn load_each<K, V>(
     writer: &Writer,
     table: &str,
     sink: &mut (dyn FnMut(K, V) + Send),
-) -> Result<()>
+) -> Result<i64>
 where
     K: FromStr,
     <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
@@ -133,28 +128,74 @@ where
                 }
             }
             Scanned::NotText { key, column, found } => {
-                let source = format!("the {column} is {found}, not text").into();
-                return Err(match column {
-                    "key" => PersistentError::InvalidStoredKey {
-                        table: table.to_owned(),
-                        key,
-                        source,
-                    },
-                    _ => PersistentError::InvalidStoredValue {
-                        table: table.to_owned(),
-                        key,
-                        source,
-                    },
-                });
+                return Err(not_text(table, key, column, found));
             }
             Scanned::Failed(source) => return Err(writer.sqlite_error(source)),
-            Scanned::Finished => return Ok(()),
+            Scanned::Finished(data_version) => return Ok(data_version),
         }
     }
     // The thread dropped the channel without saying it finished: it stopped mid-scan.
     Err(PersistentError::BackendClosed {
         path: writer.path().to_path_buf(),
     })
+}
+
+/// Reads the rows of `keys` (key texts) and decodes them; keys that are not stored are left out.
+pub(super) async fn load_keys<K, V>(
+    writer: &Writer,
+    table: &str,
+    keys: Vec<String>,
+) -> Result<Vec<(K, V)>>
+where
+    K: FromStr,
+    <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
+    V: DeserializeOwned,
+{
+    let select = format!("SELECT value FROM \"{table}\" WHERE key = ?1");
+    let rows = writer
+        .run(move |connection| {
+            let mut statement = connection.prepare_cached(&select)?;
+            let mut rows = Vec::with_capacity(keys.len());
+            for key in keys {
+                let mut found = statement.query([&key])?;
+                if let Some(row) = found.next()? {
+                    let value = text_of(row.get_ref(0)?).map(str::to_owned);
+                    rows.push((key, value));
+                }
+            }
+            Ok(rows)
+        })
+        .await?;
+    rows.into_iter()
+        .map(|(key, value)| {
+            let value = value.map_err(|found| not_text(table, key.clone(), "value", found))?;
+            Ok((decode_key(table, &key)?, decode_value(table, &key, &value)?))
+        })
+        .collect()
+}
+
+/// `PRAGMA data_version` of the writer's connection: it changes when another connection (another
+/// process) commits to the file, and only then.
+pub(super) async fn data_version(writer: &Writer) -> Result<i64> {
+    writer
+        .run(|connection| connection.query_row("PRAGMA data_version", [], |row| row.get(0)))
+        .await
+}
+
+fn not_text(table: &str, key: String, column: &str, found: &str) -> PersistentError {
+    let source = format!("the {column} is {found}, not text").into();
+    match column {
+        "key" => PersistentError::InvalidStoredKey {
+            table: table.to_owned(),
+            key,
+            source,
+        },
+        _ => PersistentError::InvalidStoredValue {
+            table: table.to_owned(),
+            key,
+            source,
+        },
+    }
 }
 
 fn decode_key<K>(table: &str, key: &str) -> Result<K>
@@ -180,8 +221,15 @@ fn decode_value<V: DeserializeOwned>(table: &str, key: &str, value: &str) -> Res
 
 /// Runs on the writer thread. Stops early, without error, when the caller stopped listening.
 fn scan(connection: &Connection, select: &str, sender: &mpsc::Sender<Scanned>) {
+    let data_version = match connection.query_row("PRAGMA data_version", [], |row| row.get(0)) {
+        Ok(version) => version,
+        Err(error) => {
+            let _ = sender.blocking_send(Scanned::Failed(error));
+            return;
+        }
+    };
     let outcome = match scan_rows(connection, select, sender) {
-        Ok(ScanEnd::Finished) => Scanned::Finished,
+        Ok(ScanEnd::Finished) => Scanned::Finished(data_version),
         Ok(ScanEnd::CallerGone) => return,
         Ok(ScanEnd::NotText(message)) => message,
         Err(error) => Scanned::Failed(error),

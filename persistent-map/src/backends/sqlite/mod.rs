@@ -36,13 +36,14 @@ use std::fmt;
 use std::hash::Hash;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
 
 use self::writer::{RawOp, TableSql, Writer};
-use crate::{BatchOp, PersistentError, PersistentKey, Result, StorageBackend};
+use crate::{BatchOp, ExternalChanges, PersistentError, PersistentKey, Result, StorageBackend};
 
 /// How much a commit must survive before a write is acknowledged.
 ///
@@ -109,7 +110,13 @@ pub struct SqliteBackend {
     writer: Arc<Writer>,
     table: Arc<TableSql>,
     durability: Durability,
+    /// The file's `PRAGMA data_version` when this table was last loaded.
+    loaded_version: Arc<AtomicI64>,
 }
+
+/// `loaded_version` before the first load: never equal to a real data version (they are
+/// positive), so the first refresh reloads.
+const NOT_LOADED: i64 = i64::MIN;
 
 impl SqliteBackend {
     /// Opens (or creates) the database at `path` and its table `kv`, as persistent-map 0.1.3.
@@ -391,15 +398,12 @@ impl SqliteBuilder {
         let writer = tokio::task::spawn_blocking(move || open::writer_for(&path, busy_timeout))
             .await
             .map_err(|join_error| PersistentError::Backend(join_error.into()))??;
-        let table = Arc::new(TableSql::new(&table));
-        let name = table.name.clone();
-        writer
-            .run(move |connection| load::ensure_table(connection, &name))
-            .await?;
+        load::ensure_table(&writer, &table).await?;
         Ok(SqliteBackend {
             writer,
-            table,
+            table: Arc::new(TableSql::new(&table)),
             durability,
+            loaded_version: Arc::new(AtomicI64::new(NOT_LOADED)),
         })
     }
 }
@@ -455,7 +459,34 @@ where
     }
 
     async fn load_each(&self, sink: &mut (dyn FnMut(K, V) + Send)) -> Result<(), PersistentError> {
-        load::load_each(&self.writer, &self.table.name, sink).await
+        let data_version = load::load_each(&self.writer, &self.table.name, sink).await?;
+        self.loaded_version.store(data_version, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// One `DELETE` in one transaction.
+    async fn clear(&self) -> Result<(), PersistentError> {
+        self.write(vec![RawOp::DeleteAll]).await
+    }
+
+    async fn load_keys(&self, keys: &[K]) -> Result<HashMap<K, V>, PersistentError> {
+        let texts = keys.iter().map(ToString::to_string).collect();
+        Ok(load::load_keys(&self.writer, &self.table.name, texts)
+            .await?
+            .into_iter()
+            .collect())
+    }
+
+    /// [`ExternalChanges::None`] while no other connection has committed to the file since the
+    /// last load (`PRAGMA data_version`), else [`ExternalChanges::Unknown`]: SQLite does not say
+    /// what changed, so the map reloads.
+    async fn external_changes(&self) -> Result<ExternalChanges<K>, PersistentError> {
+        let now = load::data_version(&self.writer).await?;
+        Ok(if now == self.loaded_version.load(Ordering::SeqCst) {
+            ExternalChanges::None
+        } else {
+            ExternalChanges::Unknown
+        })
     }
 }
 

@@ -20,6 +20,7 @@ use crate::{PersistentError, Result};
 pub(super) enum RawOp {
     Upsert { key: String, value: String },
     Delete { key: String },
+    DeleteAll,
 }
 
 /// The SQL of one table, written once per backend rather than once per write.
@@ -28,6 +29,7 @@ pub(super) struct TableSql {
     pub(super) name: String,
     upsert: String,
     delete: String,
+    delete_all: String,
 }
 
 impl TableSql {
@@ -40,6 +42,7 @@ impl TableSql {
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value"
             ),
             delete: format!("DELETE FROM \"{name}\" WHERE key = ?1"),
+            delete_all: format!("DELETE FROM \"{name}\""),
         }
     }
 }
@@ -132,7 +135,7 @@ impl Writer {
     /// Runs `job` on the writer thread, after the work queued before it.
     pub(super) async fn run<T, F>(&self, job: F) -> Result<T>
     where
-        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
         T: Send + 'static,
     {
         let (done, finished) = oneshot::channel();
@@ -140,7 +143,10 @@ impl Writer {
             // The caller may have stopped waiting; then nobody needs the result.
             let _ = done.send(job(connection));
         })))?;
-        finished.await.map_err(|_| self.closed())?
+        finished
+            .await
+            .map_err(|_| self.closed())?
+            .map_err(|source| self.sqlite_error(source))
     }
 
     /// Queues `job` without waiting for it (it reports through channels of its own).
@@ -302,6 +308,9 @@ fn execute_ops(connection: &Connection, table: &TableSql, ops: &[RawOp]) -> rusq
                     None => delete.insert(connection.prepare_cached(&table.delete)?),
                 };
                 statement.execute([key])?;
+            }
+            RawOp::DeleteAll => {
+                connection.execute(&table.delete_all, [])?;
             }
         }
     }
