@@ -1,0 +1,279 @@
+//! Writes the impls of a valid input: `Display` and `FromStr` (unless the type keeps its own
+//! text) and `PersistentKey`.
+//!
+//! The generated code is glue: the key format itself lives in the runtime's `__private`
+//! module, reached through the crate path (`::persistent_map` unless `crate = "..."`), and
+//! everything else is fully qualified, so the code means the same whatever the user imported.
+
+use proc_macro2::{Ident, Literal, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{parse_quote, DeriveInput, Generics, Path, Type, WherePredicate};
+
+use crate::ast::{Data, Field, Input, Variant};
+use crate::attr::TextMode;
+use crate::ctxt::Ctxt;
+use crate::{fallback, valid};
+
+/// The whole derive: read, check, then write the impls, or the errors and placeholder impls.
+pub(crate) fn derive(node: &DeriveInput) -> TokenStream {
+    let cx = Ctxt::default();
+    let input = Input::from_syn(node, &cx);
+    valid::check(&input, &cx);
+    match cx.check() {
+        Ok(()) => expand(&input),
+        Err(error) => fallback::expand(&input, error),
+    }
+}
+
+fn expand(input: &Input<'_>) -> TokenStream {
+    let table_name = input.table_name();
+    match input.text_mode() {
+        TextMode::Display => impl_persistent_key(input, &table_name, own_text_bounds(input)),
+        TextMode::Derive => {
+            let display = impl_display(input);
+            let from_str = impl_from_str(input);
+            let mut bounds = display_bounds(input);
+            bounds.extend(from_str_bounds(input));
+            let persistent_key = impl_persistent_key(input, &table_name, bounds);
+            quote! {
+                #display
+                #from_str
+                #persistent_key
+            }
+        }
+    }
+}
+
+/// `impl PersistentKey`, with `TABLE_NAME = table_name`, under the extra `bounds`.
+pub(crate) fn impl_persistent_key(
+    input: &Input<'_>,
+    table_name: &str,
+    bounds: Vec<WherePredicate>,
+) -> TokenStream {
+    let krate = input.krate();
+    let ident = &input.original.ident;
+    let generics = with_bounds(input.generics(), bounds);
+    let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();
+    quote! {
+        #[automatically_derived]
+        impl #impl_generics #krate::__private::PersistentKey for #ident #ty_generics #where_clause {
+            const TABLE_NAME: &'static str = #table_name;
+        }
+    }
+}
+
+/// With `text = "display"`, a generic type is a key wherever its own `Display` and `FromStr`
+/// are there to be used. A type without generics needs no bound: a missing impl is then
+/// reported on the type's name.
+pub(crate) fn own_text_bounds(input: &Input<'_>) -> Vec<WherePredicate> {
+    if input.generics().params.is_empty() {
+        return Vec::new();
+    }
+    let ty: Type = parse_quote!(Self);
+    let mut bounds = vec![display_bound(&ty)];
+    bounds.extend(from_str_bounds_of(&ty));
+    bounds
+}
+
+fn impl_display(input: &Input<'_>) -> TokenStream {
+    let krate = input.krate();
+    let separator = input.separator();
+    let body = match &input.data {
+        Data::Struct(fields) => {
+            let pattern = destructure(quote!(Self), fields);
+            let displays = field_displays(&krate, fields);
+            quote! {
+                let #pattern = self;
+                #krate::__private::write_fields(__formatter, #separator, &[#(#displays),*])
+            }
+        }
+        Data::Enum(variants) => {
+            let arms = variants.iter().map(|variant| {
+                let ident = &variant.original.ident;
+                let pattern = destructure(quote!(Self::#ident), &variant.fields);
+                let text = &variant.text;
+                let displays = field_displays(&krate, &variant.fields);
+                quote! {
+                    #pattern => #krate::__private::write_variant(
+                        __formatter, #separator, #text, &[#(#displays),*],
+                    ),
+                }
+            });
+            quote! {
+                match self {
+                    #(#arms)*
+                }
+            }
+        }
+        Data::Union(_) => unreachable!("`valid::check` rejects a union whose text is derived"),
+    };
+    let generics = with_bounds(input.generics(), display_bounds(input));
+    let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();
+    let ident = &input.original.ident;
+    quote! {
+        #[automatically_derived]
+        impl #impl_generics ::core::fmt::Display for #ident #ty_generics #where_clause {
+            fn fmt(&self, __formatter: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                #body
+            }
+        }
+    }
+}
+
+fn impl_from_str(input: &Input<'_>) -> TokenStream {
+    let krate = input.krate();
+    let type_name = input.type_name();
+    let separator = input.separator();
+    let body = match &input.data {
+        Data::Struct(fields) => {
+            let bindings = bindings(fields);
+            let count = Literal::usize_unsuffixed(fields.len());
+            let construct = construct(quote!(Self), fields);
+            quote! {
+                let [#(#bindings),*] = __parser.split_fields::<#count>(__text)?;
+                ::core::result::Result::Ok(#construct)
+            }
+        }
+        Data::Enum(variants) => {
+            let arms = variants.iter().map(variant_arm);
+            let texts = variants.iter().map(|variant| &variant.text);
+            quote! {
+                match __parser.variant_name(__text) {
+                    #(#arms)*
+                    _ => ::core::result::Result::Err(
+                        __parser.unknown_variant(__text, &[#(#texts),*]),
+                    ),
+                }
+            }
+        }
+        Data::Union(_) => unreachable!("`valid::check` rejects a union whose text is derived"),
+    };
+    let generics = with_bounds(input.generics(), from_str_bounds(input));
+    let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();
+    let ident = &input.original.ident;
+    quote! {
+        #[automatically_derived]
+        impl #impl_generics ::core::str::FromStr for #ident #ty_generics #where_clause {
+            type Err = #krate::__private::KeyParseError;
+
+            fn from_str(__text: &str) -> ::core::result::Result<Self, <Self as ::core::str::FromStr>::Err> {
+                let __parser = #krate::__private::KeyParser::new(#type_name, #separator);
+                #body
+            }
+        }
+    }
+}
+
+/// The `match` arm that parses one variant, given its text as the name.
+fn variant_arm(variant: &Variant<'_>) -> TokenStream {
+    let text = &variant.text;
+    let name = variant.name();
+    let ident = &variant.original.ident;
+    let bindings = bindings(&variant.fields);
+    let count = Literal::usize_unsuffixed(variant.fields.len());
+    let construct = construct(quote!(Self::#ident), &variant.fields);
+    quote! {
+        #text => {
+            let __parser = __parser.variant(#name);
+            let [#(#bindings),*] = __parser.split_payload::<#count>(__text)?;
+            ::core::result::Result::Ok(#construct)
+        }
+    }
+}
+
+/// The local that holds the field at `index` while it is written or parsed.
+fn binding(index: usize) -> Ident {
+    format_ident!("__field{}", index)
+}
+
+fn bindings(fields: &[Field<'_>]) -> Vec<Ident> {
+    (0..fields.len()).map(binding).collect()
+}
+
+/// `path { member: __field0, ... }`: braces fit named, tuple and unit shapes alike.
+fn destructure(path: TokenStream, fields: &[Field<'_>]) -> TokenStream {
+    let members = fields.iter().map(|field| &field.member);
+    let bindings = bindings(fields);
+    quote!(#path { #(#members: #bindings),* })
+}
+
+/// `path { member: <parsed __field0>, ... }`.
+fn construct(path: TokenStream, fields: &[Field<'_>]) -> TokenStream {
+    let members = fields.iter().map(|field| &field.member);
+    let parsed = fields.iter().zip(bindings(fields)).map(|(field, binding)| {
+        let ty = field.ty();
+        let name = &field.name;
+        // Spanned at the field's type: a type without `FromStr` is reported there.
+        quote_spanned!(ty.span()=> __parser.parse_field::<#ty>(#name, &#binding)?)
+    });
+    quote!(#path { #(#members: #parsed),* })
+}
+
+/// Each field as a `&dyn Display`, spanned at its type: a type without `Display` is reported
+/// there.
+fn field_displays(krate: &Path, fields: &[Field<'_>]) -> Vec<TokenStream> {
+    fields
+        .iter()
+        .zip(bindings(fields))
+        .map(|(field, binding)| {
+            let ty = field.ty();
+            quote_spanned!(ty.span()=> #krate::__private::display_field::<#ty>(#binding))
+        })
+        .collect()
+}
+
+/// The field types that mention a type parameter, each once: only they need a bound.
+fn generic_field_types<'a>(input: &Input<'a>) -> Vec<&'a Type> {
+    let fields: Vec<&Field<'a>> = match &input.data {
+        Data::Struct(fields) => fields.iter().collect(),
+        Data::Enum(variants) => variants.iter().flat_map(|v| &v.fields).collect(),
+        Data::Union(_) => Vec::new(),
+    };
+    let mut types: Vec<&'a Type> = Vec::new();
+    for field in fields.into_iter().filter(|field| field.contains_generic) {
+        if !types.contains(&field.ty()) {
+            types.push(field.ty());
+        }
+    }
+    types
+}
+
+fn display_bounds(input: &Input<'_>) -> Vec<WherePredicate> {
+    generic_field_types(input)
+        .into_iter()
+        .map(display_bound)
+        .collect()
+}
+
+fn from_str_bounds(input: &Input<'_>) -> Vec<WherePredicate> {
+    generic_field_types(input)
+        .into_iter()
+        .flat_map(from_str_bounds_of)
+        .collect()
+}
+
+fn display_bound(ty: &Type) -> WherePredicate {
+    parse_quote!(#ty: ::core::fmt::Display)
+}
+
+/// `ty: FromStr` with an error that `PersistentKey` can carry as a source.
+fn from_str_bounds_of(ty: &Type) -> [WherePredicate; 2] {
+    [
+        parse_quote!(#ty: ::core::str::FromStr),
+        parse_quote!(
+            <#ty as ::core::str::FromStr>::Err: ::core::error::Error
+                + ::core::marker::Send
+                + ::core::marker::Sync
+                + 'static
+        ),
+    ]
+}
+
+fn with_bounds(generics: &Generics, bounds: Vec<WherePredicate>) -> Generics {
+    let mut generics = generics.clone();
+    if !bounds.is_empty() {
+        generics.make_where_clause().predicates.extend(bounds);
+    }
+    generics
+}
