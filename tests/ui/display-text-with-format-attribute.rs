@@ -1,0 +1,24 @@
+use persistent_map::PersistentKey;
+
+#[derive(PersistentKey)]
+#[persistent_key(text = "display", separator = '/', rename_all = "lowercase")]
+enum Role {
+    #[persistent_key(rename = "root")]
+    Admin,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("admin")
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = std::convert::Infallible;
+
+    fn from_str(_: &str) -> Result<Self, Self::Err> {
+        Ok(Role::Admin)
+    }
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use persistent_map::PersistentKey;
+
+#[derive(PersistentKey)]
+enum Never {}
+
+fn main() {}
