@@ -6,7 +6,9 @@ use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -935,25 +937,49 @@ impl Drop for RefreshTask {
     }
 }
 
-/// Runs a write on its own task, so that dropping the caller's future cannot stop it between the
-/// backend's `Ok` and the change in memory. Outside a tokio runtime it runs in place.
-async fn run_to_completion<T, F>(write: F) -> Result<T>
+/// Runs `write` to completion even if the caller stops waiting: should the caller drop the
+/// returned future before `write` finished, the rest of `write` is spawned as a task, so a
+/// commit the backend already has is still applied to memory. (Spawning every write up front
+/// would give the same guarantee at the cost of a task and an extra wake-up per write.)
+/// Outside a tokio runtime an abandoned write cannot be finished, but nothing runs writes there.
+fn run_to_completion<F, T>(write: F) -> CompleteOnDrop<F>
 where
     F: Future<Output = Result<T>> + Send + 'static,
     T: Send + 'static,
 {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return write.await;
-    };
-    match runtime.spawn(write).await {
-        Ok(result) => result,
-        Err(join_error) => match join_error.try_into_panic() {
-            Ok(panic) => std::panic::resume_unwind(panic),
-            Err(_cancelled) => Err(PersistentError::Backend(
-                "the write was cancelled because the tokio runtime is shutting down; \
-                 reopen the map to see what was stored"
-                    .into(),
-            )),
-        },
+    CompleteOnDrop {
+        write: Some(Box::pin(write)),
+    }
+}
+
+/// The future of [`run_to_completion`].
+struct CompleteOnDrop<F: Future + Send + 'static> {
+    write: Option<Pin<Box<F>>>,
+}
+
+impl<F: Future + Send + 'static> Future for CompleteOnDrop<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let write = self
+            .write
+            .as_mut()
+            .expect("a CompleteOnDrop is not polled after it completed");
+        let output = std::task::ready!(write.as_mut().poll(cx));
+        self.write = None;
+        Poll::Ready(output)
+    }
+}
+
+impl<F: Future + Send + 'static> Drop for CompleteOnDrop<F> {
+    fn drop(&mut self) {
+        if let (Some(write), Ok(runtime)) =
+            (self.write.take(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(async move {
+                // Nobody waits for the outcome any more; finishing the write is what matters.
+                let _ = write.await;
+            });
+        }
     }
 }
