@@ -52,5 +52,27 @@ pub use map::{PersistentMap, RefreshTask};
 pub use table_name::validate_table_name;
 
 /// Derives [`PersistentKey`](trait@PersistentKey), `Display` and `FromStr` for a struct or enum.
+///
+/// `use persistent_map::PersistentKey;` brings both this derive and the trait, as serde's
+/// derives come with its traits. The text of each shape, the attributes (`table`,
+/// `separator`, `rename_all`, `rename`, `text`, `crate`) and the compile errors are documented
+/// on the [trait](trait@PersistentKey); parse errors are a [`KeyParseError`].
+///
+/// ```
+/// use persistent_map::PersistentKey;
+///
+/// #[derive(PersistentKey, Debug, PartialEq)]
+/// #[persistent_key(table = "sessions")]
+/// struct SessionKey {
+///     tenant: String,
+///     user: u64,
+/// }
+///
+/// let key = SessionKey { tenant: "acme".into(), user: 42 };
+/// assert_eq!(key.to_string(), "acme:42");
+/// assert_eq!("acme:42".parse::<SessionKey>()?, key);
+/// assert_eq!(SessionKey::TABLE_NAME, "sessions");
+/// # Ok::<(), persistent_map::KeyParseError>(())
+/// ```
 #[cfg(feature = "derive")]
 pub use persistent_map_derive::PersistentKey;

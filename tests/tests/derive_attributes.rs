@@ -44,6 +44,28 @@ impl<T: FromStr> FromStr for Labelled<T> {
     }
 }
 
+/// A union cannot have a derived text, but it can bring its own.
+#[derive(PersistentKey, Clone, Copy)]
+#[persistent_key(text = "display")]
+union Bits {
+    int: u32,
+    float: f32,
+}
+
+impl fmt::Display for Bits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("bits")
+    }
+}
+
+impl FromStr for Bits {
+    type Err = std::convert::Infallible;
+
+    fn from_str(_: &str) -> Result<Self, Self::Err> {
+        Ok(Bits { int: 0 })
+    }
+}
+
 /// `text = "derive"` is the default, spelled out.
 #[derive(PersistentKey, Debug, PartialEq)]
 #[persistent_key(text = "derive")]
@@ -65,6 +87,9 @@ fn display_text_keeps_the_types_own_display_and_from_str() {
     assert_eq!(<Labelled<u8>>::TABLE_NAME, "labelled");
     assert_eq!(Labelled(3u8).to_string(), "label=3");
     assert_eq!(table_of(&Labelled(3u8)), "labelled");
+
+    assert_eq!(Bits::TABLE_NAME, "bits");
+    assert_eq!(Bits { float: 1.0 }.to_string(), "bits");
 }
 
 #[test]
