@@ -13,8 +13,11 @@ use crate::ctxt::Ctxt;
 
 const ATTRIBUTE: &str = "persistent_key";
 
-/// The keys allowed on the type, for the "unknown attribute" message.
-const TYPE_KEYS: &str = "`table`, `separator`, `rename_all`, `text`, `crate`";
+/// The keys allowed on the type.
+const TYPE_KEYS: &[&str] = &["table", "separator", "rename_all", "text", "crate"];
+
+/// The keys allowed on a variant.
+const VARIANT_KEYS: &[&str] = &["rename"];
 
 /// An attribute's value, with the `key = value` tokens it was written as, for spans.
 pub(crate) struct Attr<T> {
@@ -101,14 +104,11 @@ pub(crate) fn variant_attrs(cx: &Ctxt, attrs: &[Attribute]) -> VariantAttrs {
             if meta.path.is_ident("rename") {
                 let literal: LitStr = meta.value()?.parse()?;
                 set_once(cx, &meta, &mut parsed.rename, &literal, literal.value())
-            } else if ["table", "separator", "rename_all", "text", "crate"]
-                .iter()
-                .any(|key| meta.path.is_ident(key))
-            {
+            } else if TYPE_KEYS.iter().any(|key| meta.path.is_ident(key)) {
                 let key = meta.path.to_token_stream();
                 Err(meta.error(format_args!("`{key}` goes on the type, not on a variant")))
             } else {
-                Err(unknown_key(&meta, "`rename`"))
+                Err(unknown_key(&meta, VARIANT_KEYS))
             }
         });
         if let Err(error) = result {
@@ -154,10 +154,13 @@ fn set_once<T>(
     Ok(())
 }
 
-fn unknown_key(meta: &ParseNestedMeta<'_>, expected: &str) -> syn::Error {
+/// The error for a key that is none of `expected`.
+fn unknown_key(meta: &ParseNestedMeta<'_>, expected: &[&str]) -> syn::Error {
     let key = meta.path.to_token_stream();
+    let expected: Vec<String> = expected.iter().map(|key| format!("`{key}`")).collect();
     meta.error(format_args!(
-        "unknown persistent_key attribute `{key}`; expected {expected}"
+        "unknown persistent_key attribute `{key}`; expected {}",
+        expected.join(", ")
     ))
 }
 

@@ -87,8 +87,7 @@ async fn a_stored_key_that_no_longer_parses_is_reported_with_its_key_parse_error
 
     let err = PersistentMap::<SessionKey, u32, SqliteBackend>::open(&path)
         .await
-        .err()
-        .expect("the bad row is reported");
+        .expect_err("the bad row is reported");
     assert!(
         matches!(&err, PersistentError::InvalidStoredKey { table, key, .. }
             if table == "sessions" && key == "acme:forty-two"),
