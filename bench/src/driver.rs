@@ -1,0 +1,540 @@
+//! The driver: builds the old crate's binary, writes the fixtures, runs every measurement in a
+//! fresh process (ours and its anchors taking turns), and prints the medians and ratios as a
+//! Markdown table.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use crate::keys::KeyKind;
+use crate::raw::write_fixture;
+use crate::rows::{rows, Better, Figure, Job, Program, Row, Sizes};
+use crate::workload::{median, BenchResult, RESULT_PREFIX};
+
+/// What the command line asked for.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    runs: usize,
+    quick: bool,
+    only: Vec<String>,
+    dir: PathBuf,
+    old: bool,
+    command: String,
+}
+
+pub(crate) const USAGE: &str = "\
+pm-bench: persistent-map against raw rusqlite, HashMap/DashMap and persistent-map 0.1.3
+
+usage: cargo run --release -p persistent-map-bench -- [options]
+
+  --runs N       measure every figure N times and print medians (default 5; 1 with --quick)
+  --quick        smaller workloads (200k instead of 1M rows, fewer durable writes)
+  --only A,B     only the rows with these ids (see --list)
+  --list         print the row ids and exit
+  --no-old       skip persistent-map 0.1.3 (no build of bench/old)
+  --dir PATH     where the databases go (default: target/pm-bench; not a tmpfs)
+
+A single measurement: pm-bench run WORKLOAD IMPL --name value ... (see src/main.rs).";
+
+impl Settings {
+    /// Parses the driver's command line; `None` when it only asked for help or the row list.
+    pub(crate) fn parse(args: &[String]) -> BenchResult<Option<Self>> {
+        let mut settings = Self {
+            runs: 0,
+            quick: false,
+            only: Vec::new(),
+            dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pm-bench"),
+            old: true,
+            command: std::iter::once("pm-bench")
+                .chain(args.iter().map(String::as_str))
+                .collect::<Vec<_>>()
+                .join(" "),
+        };
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            let mut value = || {
+                args.next()
+                    .ok_or_else(|| format!("{arg} needs a value"))
+                    .map(String::as_str)
+            };
+            match arg.as_str() {
+                "--runs" => settings.runs = value()?.parse()?,
+                "--quick" => settings.quick = true,
+                "--only" => settings.only = value()?.split(',').map(str::to_owned).collect(),
+                "--no-old" => settings.old = false,
+                "--dir" => settings.dir = PathBuf::from(value()?),
+                "--list" => {
+                    for row in rows(&Sizes::new(false)) {
+                        println!("{:<22} {}", row.id, row.title);
+                    }
+                    return Ok(None);
+                }
+                "--help" | "-h" | "help" => {
+                    println!("{USAGE}");
+                    return Ok(None);
+                }
+                other => return Err(format!("unknown option `{other}`\n\n{USAGE}").into()),
+            }
+        }
+        if settings.runs == 0 {
+            settings.runs = if settings.quick { 1 } else { 5 };
+        }
+        Ok(Some(settings))
+    }
+}
+
+/// Every sample, by job name and metric.
+type Samples = HashMap<(String, String), Vec<f64>>;
+
+pub(crate) fn run(settings: &Settings) -> BenchResult {
+    let started = Instant::now();
+    let load_before = load_average();
+    let sizes = Sizes::new(settings.quick);
+    let rows: Vec<Row> = rows(&sizes)
+        .into_iter()
+        .filter(|row| settings.only.is_empty() || settings.only.iter().any(|id| id == row.id))
+        .map(|mut row| {
+            if !settings.old {
+                row.anchors.retain(|anchor| {
+                    anchor
+                        .figures
+                        .iter()
+                        .all(|figure| figure.job.program != Program::Old)
+                });
+            }
+            row
+        })
+        .collect();
+    if rows.is_empty() {
+        return Err("no row matches --only; see --list".into());
+    }
+    std::fs::create_dir_all(&settings.dir)?;
+    let dir = settings.dir.canonicalize()?;
+    let old_binary = if settings.old {
+        Some(build_old()?)
+    } else {
+        None
+    };
+    write_fixtures(&dir, &rows)?;
+    let fsync_before = measure_fsync(&dir)?;
+
+    let mut samples = Samples::new();
+    let mut failures = Vec::new();
+    for run in 0..settings.runs {
+        let mut done = HashSet::new();
+        for row in &rows {
+            let mut jobs: Vec<&Job> = row.jobs().filter(|job| done.insert(job.name())).collect();
+            // Ours first on even runs, anchors first on odd ones.
+            if run % 2 == 1 {
+                jobs.reverse();
+            }
+            for job in jobs {
+                eprint!("[run {}/{}] {} ... ", run + 1, settings.runs, job.name());
+                match measure(job, &dir, old_binary.as_deref()) {
+                    Ok(metrics) => {
+                        eprintln!("{}", describe(&metrics));
+                        for (metric, value) in metrics {
+                            samples.entry((job.name(), metric)).or_default().push(value);
+                        }
+                    }
+                    Err(error) => {
+                        eprintln!("FAILED: {error}");
+                        failures.push(format!("{} (run {}): {error}", job.name(), run + 1));
+                    }
+                }
+            }
+        }
+    }
+    let fsync_after = measure_fsync(&dir)?;
+    let report = render(
+        settings,
+        &rows,
+        &samples,
+        &Context {
+            dir: &dir,
+            load_before,
+            load_after: load_average(),
+            fsync_micros: [fsync_before, fsync_after],
+            minutes: started.elapsed().as_secs_f64() / 60.0,
+            failures: &failures,
+        },
+    );
+    println!("{report}");
+    std::fs::write(dir.join("results.md"), &report)?;
+    std::fs::write(dir.join("samples.json"), samples_json(&samples)?)?;
+    eprintln!(
+        "(also written to {} and samples.json beside it)",
+        dir.join("results.md").display()
+    );
+    Ok(())
+}
+
+/// Builds the old crate's binary with its own lock file and returns its path.
+fn build_old() -> BenchResult<PathBuf> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("old/Cargo.toml");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    eprintln!(
+        "building persistent-map 0.1.3's benchmark ({})",
+        manifest.display()
+    );
+    let output = Command::new(cargo)
+        .args(["build", "--release", "--locked", "--message-format"])
+        .arg("json-render-diagnostics")
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !output.status.success() {
+        return Err("building bench/old failed (see above); --no-old skips it".into());
+    }
+    String::from_utf8(output.stdout)?
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+        .ok_or_else(|| "cargo built bench/old but named no executable".into())
+}
+
+fn write_fixtures(dir: &Path, rows: &[Row]) -> BenchResult {
+    let wanted: HashSet<_> = rows
+        .iter()
+        .flat_map(Row::jobs)
+        .filter_map(|job| job.fixture)
+        .collect();
+    let fixtures = dir.join("fixtures");
+    if fixtures.exists() {
+        std::fs::remove_dir_all(&fixtures)?;
+    }
+    std::fs::create_dir_all(&fixtures)?;
+    for fixture in wanted {
+        eprintln!("writing fixture {}", fixture.file_name());
+        write_fixture(
+            &fixtures.join(fixture.file_name()),
+            fixture.rows,
+            fixture.keys,
+            fixture.old_index,
+        )?;
+    }
+    Ok(())
+}
+
+/// Runs one job in a process of its own, in an empty directory, and returns its metrics.
+fn measure(job: &Job, dir: &Path, old_binary: Option<&Path>) -> BenchResult<Vec<(String, f64)>> {
+    let work = dir.join("work");
+    if work.exists() {
+        std::fs::remove_dir_all(&work)?;
+    }
+    std::fs::create_dir_all(&work)?;
+    let mut command = match job.program {
+        Program::Ours => {
+            let mut command = Command::new(std::env::current_exe()?);
+            command.args(["run", job.workload, job.implementation]);
+            command
+        }
+        Program::Old => {
+            let mut command = Command::new(old_binary.ok_or("bench/old was not built")?);
+            command.arg(job.workload);
+            command
+        }
+    };
+    command.arg("--dir").arg(&work);
+    command.args(["--keys", job.keys_name()]);
+    if let Some(n) = job.n {
+        command.args(["--n", &n.to_string()]);
+    }
+    if let Some(fixture) = job.fixture {
+        command
+            .arg("--db")
+            .arg(dir.join("fixtures").join(fixture.file_name()));
+    }
+    let output = command.stderr(Stdio::inherit()).output()?;
+    std::fs::remove_dir_all(&work)?;
+    if !output.status.success() {
+        return Err(format!("exited with {}", output.status).into());
+    }
+    let stdout = String::from_utf8(output.stdout)?;
+    let line = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix(RESULT_PREFIX))
+        .ok_or("printed no result")?;
+    let metrics: HashMap<String, f64> = serde_json::from_str(line)?;
+    let mut metrics: Vec<_> = metrics.into_iter().collect();
+    metrics.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(metrics)
+}
+
+fn describe(metrics: &[(String, f64)]) -> String {
+    metrics
+        .iter()
+        .map(|(name, value)| format!("{name}={}", number(*value)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Microseconds per 4 KiB write + `fdatasync` in the benchmark directory, into a file written
+/// and synced beforehand (as SQLite reuses its WAL file): the floor of a durable commit.
+fn measure_fsync(dir: &Path) -> BenchResult<f64> {
+    use std::os::unix::fs::FileExt;
+    const WRITES: u64 = 200;
+    let path = dir.join("fsync-probe");
+    let file = std::fs::File::create(&path)?;
+    file.write_all_at(&vec![0u8; 4096 * WRITES as usize], 0)?;
+    file.sync_all()?;
+    let block = [7u8; 4096];
+    let mut times = Vec::new();
+    for i in 0..WRITES {
+        let began = Instant::now();
+        file.write_all_at(&block, 4096 * i)?;
+        file.sync_data()?;
+        times.push(began.elapsed().as_secs_f64() * 1e6);
+    }
+    std::fs::remove_file(&path)?;
+    Ok(median(times))
+}
+
+struct Context<'a> {
+    dir: &'a Path,
+    load_before: String,
+    load_after: String,
+    /// Before and after the runs.
+    fsync_micros: [f64; 2],
+    minutes: f64,
+    failures: &'a [String],
+}
+
+fn render(settings: &Settings, rows: &[Row], samples: &Samples, context: &Context<'_>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "Command: `{}`\n", settings.command);
+    let _ = writeln!(out, "- machine: {}", machine());
+    let _ = writeln!(
+        out,
+        "- databases in `{}` ({}); a 4 KiB write + fdatasync there took {:.0} µs before the \
+         runs and {:.0} µs after (medians of 200)",
+        context.dir.display(),
+        filesystem(context.dir),
+        context.fsync_micros[0],
+        context.fsync_micros[1],
+    );
+    let _ = writeln!(
+        out,
+        "- load average before: {}; after: {}; the suite took {:.1} min",
+        context.load_before, context.load_after, context.minutes
+    );
+    let _ = writeln!(
+        out,
+        "- {} run(s) of every figure, each in a fresh process; medians below; ratio = ours / anchor\n",
+        settings.runs
+    );
+    out.push_str(
+        "| row | workload | unit | ours | anchor | anchor's figure | ours / anchor | target |\n",
+    );
+    out.push_str("| --- | --- | --- | ---: | --- | ---: | ---: | --- |\n");
+    for row in rows {
+        let ours = median_of(samples, &row.ours);
+        for (i, anchor) in row.anchors.iter().enumerate() {
+            let best = anchor
+                .figures
+                .iter()
+                .map(|figure| (figure, median_of(samples, figure)))
+                .filter(|(_, value)| value.is_some())
+                .max_by(|a, b| row.better.compare(a.1, b.1));
+            let (label, figure) = match (&anchor.figures[..], best) {
+                (_, None) => (anchor.label.to_owned(), None),
+                ([_], Some((_, value))) => (anchor.label.to_owned(), value),
+                (_, Some((figure, value))) => (
+                    format!("{} (the faster: {})", anchor.label, figure.label),
+                    value,
+                ),
+            };
+            let ratio = ours.zip(figure).map(|(ours, anchor)| ours / anchor);
+            let target = match (anchor.target, ratio) {
+                (None, _) => String::new(),
+                (Some(target), None) => format!("{} {target:.2}x: not measured", row.better.sign()),
+                (Some(target), Some(ratio)) => format!(
+                    "{} {target:.2}x: **{}**",
+                    row.better.sign(),
+                    if row.better.meets(ratio, target) {
+                        "met"
+                    } else {
+                        "missed"
+                    }
+                ),
+            };
+            let (id, title, unit, ours_text) = if i == 0 {
+                (row.id, row.title.as_str(), row.unit, figure_text(ours))
+            } else {
+                ("", "", "", String::new())
+            };
+            let _ = writeln!(
+                out,
+                "| {id} | {title} | {unit} | {ours_text} | {label} | {} | {} | {target} |",
+                figure_text(figure),
+                ratio.map_or_else(|| "—".to_owned(), |ratio| format!("{ratio:.2}x")),
+            );
+        }
+    }
+    out.push('\n');
+    for row in rows {
+        if let (Some(commits), Some(writes)) = (
+            median_of(samples, &row.ours.with_metric("commits")),
+            median_of(samples, &row.ours.with_metric("writes")),
+        ) {
+            let _ = writeln!(
+                out,
+                "- `{}`: ours served {:.1} writes per commit ({} commits for {} writes, median)",
+                row.id,
+                writes / commits,
+                number(commits),
+                number(writes)
+            );
+        }
+    }
+    for failure in context.failures {
+        let _ = writeln!(out, "- FAILED: {failure}");
+    }
+    out
+}
+
+fn median_of(samples: &Samples, figure: &Figure) -> Option<f64> {
+    samples
+        .get(&(figure.job.name(), figure.metric.to_owned()))
+        .map(|values| median(values.clone()))
+}
+
+fn figure_text(value: Option<f64>) -> String {
+    value.map_or_else(|| "—".to_owned(), number)
+}
+
+/// A figure with three significant digits and thousands separators.
+fn number(value: f64) -> String {
+    if !value.is_finite() {
+        return value.to_string();
+    }
+    let decimals = match value.abs() {
+        v if v >= 100.0 => 0,
+        v if v >= 10.0 => 1,
+        v if v >= 1.0 => 2,
+        _ => 3,
+    };
+    let text = format!("{value:.decimals$}");
+    let (integer, fraction) = text.split_once('.').unwrap_or((&text, ""));
+    let (sign, digits) = integer
+        .strip_prefix('-')
+        .map_or(("", integer), |digits| ("-", digits));
+    let mut grouped = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    match fraction {
+        "" => format!("{sign}{grouped}"),
+        fraction => format!("{sign}{grouped}.{fraction}"),
+    }
+}
+
+fn samples_json(samples: &Samples) -> BenchResult<String> {
+    let mut by_key: Vec<(String, &Vec<f64>)> = samples
+        .iter()
+        .map(|((job, metric), values)| (format!("{job} {metric}"), values))
+        .collect();
+    by_key.sort_by(|a, b| a.0.cmp(&b.0));
+    let map: serde_json::Map<String, serde_json::Value> = by_key
+        .into_iter()
+        .map(|(key, values)| (key, serde_json::json!(values)))
+        .collect();
+    Ok(serde_json::to_string_pretty(&map)?)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("model name"))
+                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("MemTotal:"))
+                .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or_else(String::new, |kib| {
+            format!(", {:.0} GiB RAM", kib / 1024.0 / 1024.0)
+        });
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{cores} cores ({cpu}){memory}, Linux {}, SQLite {} (ours and raw rusqlite)",
+        kernel.trim(),
+        rusqlite::version()
+    )
+}
+
+/// The filesystem `dir` is on, from `/proc/mounts` (the longest mount point above it).
+fn filesystem(dir: &Path) -> String {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            match fields[..] {
+                [device, mount_point, fs_type, ..] if dir.starts_with(mount_point) => {
+                    Some((mount_point.len(), format!("{fs_type} on {device}")))
+                }
+                _ => None,
+            }
+        })
+        .max_by_key(|(length, _)| *length)
+        .map_or_else(|| "unknown filesystem".to_owned(), |(_, fs)| fs)
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|load| {
+            load.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+impl Better {
+    /// Orders two figures so that the better one is the greater.
+    fn compare(self, a: Option<f64>, b: Option<f64>) -> std::cmp::Ordering {
+        let (a, b) = (a.unwrap_or(f64::NAN), b.unwrap_or(f64::NAN));
+        match self {
+            Better::Higher => a.total_cmp(&b),
+            Better::Lower => b.total_cmp(&a),
+        }
+    }
+
+    fn sign(self) -> &'static str {
+        match self {
+            Better::Higher => "≥",
+            Better::Lower => "≤",
+        }
+    }
+
+    fn meets(self, ratio: f64, target: f64) -> bool {
+        match self {
+            Better::Higher => ratio >= target,
+            Better::Lower => ratio <= target,
+        }
+    }
+}
+
+impl Job {
+    fn keys_name(&self) -> &'static str {
+        match self.keys {
+            KeyKind::String => "string",
+            KeyKind::Composite => "composite",
+        }
+    }
+}

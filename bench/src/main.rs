@@ -1,0 +1,66 @@
+//! `pm-bench`: the benchmark suite of persistent-map.
+//!
+//! Without arguments (or with driver options, see `--help`) it is the driver: it runs every
+//! workload of [`rows`] in fresh processes, ours and the anchors taking turns, and prints a
+//! Markdown table of medians and ratios. `pm-bench run WORKLOAD IMPL --name value ...` is one
+//! such process: it measures once and prints one result line.
+//!
+//! Workloads and implementations of `run` (options: `--dir` an empty directory for the
+//! database, `--n` writes, `--keys string|composite`, `--db` a fixture to load):
+//!
+//! | workload | implementations |
+//! | --- | --- |
+//! | `seq-insert`, `remove`, `insert-many` | `ours`, `raw` |
+//! | `concurrent-insert`, `hot-keys` | `ours`, `raw-conns`, `raw-mutex` |
+//! | `load` | `ours`, `raw` (scan + decode), `hashmap`, `dashmap` |
+
+mod composite;
+mod driver;
+mod keys;
+mod memory;
+mod ours;
+mod raw;
+mod rows;
+mod workload;
+
+use std::process::ExitCode;
+
+use workload::{BenchResult, Options};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let outcome = match args.split_first() {
+        Some((command, rest)) if command == "run" => run_one(rest),
+        _ => driver::Settings::parse(&args).and_then(|settings| match settings {
+            Some(settings) => driver::run(&settings),
+            None => Ok(()),
+        }),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("pm-bench: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One measurement, in this process.
+fn run_one(args: &[String]) -> BenchResult {
+    let [workload, implementation, options @ ..] = args else {
+        return Err(format!(
+            "usage: pm-bench run WORKLOAD IMPL [--name value]...\n\n{}",
+            driver::USAGE
+        )
+        .into());
+    };
+    let options = Options::parse(options.iter().cloned())?;
+    match implementation.as_str() {
+        "ours" => ours::run(workload, &options),
+        "raw" | "raw-conns" => raw::run(workload, false, &options),
+        "raw-mutex" => raw::run(workload, true, &options),
+        "hashmap" => memory::run(workload, false, &options),
+        "dashmap" => memory::run(workload, true, &options),
+        other => Err(format!("unknown implementation `{other}`").into()),
+    }
+}

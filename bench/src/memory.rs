@@ -1,0 +1,84 @@
+//! The in-memory floor: a plain `HashMap` and a `DashMap` loaded with the same data, for the peak
+//! memory of holding it and the cost of a read.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use dashmap::DashMap;
+
+use crate::keys::{with_keys, BenchKey, KeyKind};
+use crate::raw::scan;
+use crate::workload::{
+    consume, peak_rss_mib, random_indexes, report, time_reads, timed, BenchResult, Options,
+};
+
+/// Reads measured per `get` workload.
+pub(crate) const READS: usize = 1_000_000;
+
+/// Loads the fixture `--db` into a `HashMap` (`dashmap` false) or a `DashMap`, reports the time
+/// and the process's peak memory, then times random reads.
+pub(crate) fn run(workload: &str, dashmap: bool, options: &Options) -> BenchResult {
+    if workload != "load" {
+        return Err(format!("the in-memory maps have no workload `{workload}`").into());
+    }
+    let db = Path::new(options.text("db")?);
+    let kind = KeyKind::parse(options.text("keys")?)?;
+    if dashmap {
+        with_keys!(kind, load_dashmap(db))
+    } else {
+        with_keys!(kind, load_hashmap(db))
+    }
+}
+
+/// `READS` keys of a map of `len` entries, in random order.
+pub(crate) fn queries<K: BenchKey>(len: usize) -> Vec<K> {
+    random_indexes(READS, len as u64)
+        .into_iter()
+        .map(K::nth)
+        .collect()
+}
+
+fn load_hashmap<K: BenchKey>(db: &Path) -> BenchResult {
+    let (map, elapsed) = timed(|| -> BenchResult<HashMap<K, _>> {
+        let mut map = HashMap::new();
+        scan(db, &mut |key, value| {
+            map.insert(key, value);
+        })?;
+        Ok(map)
+    });
+    let map = map?;
+    let rss = peak_rss_mib()?;
+    let queries = queries::<K>(map.len());
+    let get_clone = time_reads(&queries, &mut [&mut |key| consume(map.get(key).cloned())]);
+    report(&[
+        ("secs", elapsed.as_secs_f64()),
+        ("rss_mib", rss),
+        ("get_clone_ns", get_clone[0]),
+    ])
+}
+
+fn load_dashmap<K: BenchKey>(db: &Path) -> BenchResult {
+    let (map, elapsed) = timed(|| -> BenchResult<DashMap<K, _>> {
+        let map = DashMap::new();
+        scan(db, &mut |key, value| {
+            map.insert(key, value);
+        })?;
+        Ok(map)
+    });
+    let map = map?;
+    let rss = peak_rss_mib()?;
+    let queries = queries::<K>(map.len());
+    let reads = time_reads(
+        &queries,
+        &mut [
+            &mut |key| consume(map.get(key).map(|entry| entry.value().clone())),
+            &mut |key| consume(map.get(key).map(|entry| entry.logins)),
+        ],
+    );
+    report(&[
+        ("secs", elapsed.as_secs_f64()),
+        ("rss_mib", rss),
+        ("get_clone_ns", reads[0]),
+        ("get_ref_ns", reads[1]),
+    ])
+}

@@ -1,0 +1,478 @@
+//! The table: each row is one workload, our figure for it, and the anchors it is compared with.
+
+use crate::keys::KeyKind;
+use crate::memory::READS;
+
+/// Which binary measures a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Program {
+    /// This binary (`pm-bench run ...`): our map, raw rusqlite, HashMap, DashMap.
+    Ours,
+    /// `bench/old`'s binary: persistent-map 0.1.3.
+    Old,
+}
+
+/// A database written before the runs, that load workloads open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Fixture {
+    pub(crate) rows: u64,
+    pub(crate) keys: KeyKind,
+    /// With the index persistent-map 0.1.3 creates on open (its copy of the data only).
+    pub(crate) old_index: bool,
+}
+
+impl Fixture {
+    pub(crate) fn file_name(&self) -> String {
+        let keys = match self.keys {
+            KeyKind::String => "string",
+            KeyKind::Composite => "composite",
+        };
+        let old = if self.old_index { "-old" } else { "" };
+        format!("{keys}-{}{old}.db", self.rows)
+    }
+}
+
+/// One measurement: a process that runs `workload` with `implementation` and reports metrics.
+#[derive(Debug, Clone)]
+pub(crate) struct Job {
+    pub(crate) program: Program,
+    pub(crate) workload: &'static str,
+    pub(crate) implementation: &'static str,
+    pub(crate) keys: KeyKind,
+    /// Writes (or writes per task, for the concurrent workloads).
+    pub(crate) n: Option<u64>,
+    pub(crate) fixture: Option<Fixture>,
+}
+
+impl Job {
+    /// Unique per distinct measurement: rows that share a job share its samples.
+    pub(crate) fn name(&self) -> String {
+        let size = match (self.n, self.fixture) {
+            (Some(n), _) => format!("n={n}"),
+            (None, Some(fixture)) => format!("rows={}", fixture.rows),
+            (None, None) => String::new(),
+        };
+        format!(
+            "{} {} {:?} {size}",
+            self.workload, self.implementation, self.keys
+        )
+    }
+}
+
+/// One metric of one job.
+#[derive(Debug, Clone)]
+pub(crate) struct Figure {
+    pub(crate) job: Job,
+    pub(crate) metric: &'static str,
+    /// Names this figure where an anchor is the better of several.
+    pub(crate) label: &'static str,
+}
+
+impl Figure {
+    pub(crate) fn with_metric(&self, metric: &'static str) -> Self {
+        Self {
+            metric,
+            ..self.clone()
+        }
+    }
+}
+
+/// What ours is compared with: one figure, or the better of several ways to do the same work.
+#[derive(Debug)]
+pub(crate) struct Anchor {
+    pub(crate) label: &'static str,
+    pub(crate) figures: Vec<Figure>,
+    /// The ratio ours/anchor the issue asks for, if it asks for one.
+    pub(crate) target: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Better {
+    Higher,
+    Lower,
+}
+
+#[derive(Debug)]
+pub(crate) struct Row {
+    pub(crate) id: &'static str,
+    pub(crate) title: String,
+    pub(crate) unit: &'static str,
+    pub(crate) better: Better,
+    pub(crate) ours: Figure,
+    pub(crate) anchors: Vec<Anchor>,
+}
+
+impl Row {
+    /// Every job this row needs, ours first.
+    pub(crate) fn jobs(&self) -> impl Iterator<Item = &Job> {
+        std::iter::once(&self.ours.job).chain(
+            self.anchors
+                .iter()
+                .flat_map(|anchor| anchor.figures.iter().map(|figure| &figure.job)),
+        )
+    }
+}
+
+/// How much work each job does.
+#[derive(Debug)]
+pub(crate) struct Sizes {
+    sequential: u64,
+    sequential_old: u64,
+    per_task: u64,
+    per_task_raw: u64,
+    per_task_old: u64,
+    small: u64,
+    large: u64,
+}
+
+impl Sizes {
+    pub(crate) fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                sequential: 1_000,
+                sequential_old: 300,
+                per_task: 300,
+                per_task_raw: 50,
+                per_task_old: 20,
+                small: 100_000,
+                large: 200_000,
+            }
+        } else {
+            Self {
+                sequential: 3_000,
+                sequential_old: 1_000,
+                per_task: 1_000,
+                per_task_raw: 150,
+                per_task_old: 60,
+                small: 100_000,
+                large: 1_000_000,
+            }
+        }
+    }
+}
+
+fn job(
+    program: Program,
+    workload: &'static str,
+    implementation: &'static str,
+    keys: KeyKind,
+) -> Job {
+    Job {
+        program,
+        workload,
+        implementation,
+        keys,
+        n: None,
+        fixture: None,
+    }
+}
+
+impl Job {
+    fn n(mut self, n: u64) -> Self {
+        self.n = Some(n);
+        self
+    }
+
+    fn fixture(mut self, rows: u64) -> Self {
+        self.fixture = Some(Fixture {
+            rows,
+            keys: self.keys,
+            old_index: self.program == Program::Old,
+        });
+        self
+    }
+
+    fn figure(&self, metric: &'static str) -> Figure {
+        Figure {
+            job: self.clone(),
+            metric,
+            label: "",
+        }
+    }
+}
+
+impl Figure {
+    fn labelled(mut self, label: &'static str) -> Self {
+        self.label = label;
+        self
+    }
+}
+
+fn anchor(label: &'static str, figure: Figure) -> Anchor {
+    Anchor {
+        label,
+        figures: vec![figure],
+        target: None,
+    }
+}
+
+impl Anchor {
+    fn target(mut self, ratio: f64) -> Self {
+        self.target = Some(ratio);
+        self
+    }
+}
+
+/// `1M`, `100k`, `1,500`.
+fn count(n: u64) -> String {
+    match n {
+        n if n.is_multiple_of(1_000_000) => format!("{}M", n / 1_000_000),
+        n if n.is_multiple_of(1_000) && n >= 10_000 => format!("{}k", n / 1_000),
+        n => n.to_string(),
+    }
+}
+
+const OLD: &str = "persistent-map 0.1.3";
+
+pub(crate) fn rows(sizes: &Sizes) -> Vec<Row> {
+    use KeyKind::{Composite, String};
+    use Program::{Old, Ours};
+
+    let ours = |workload, keys| job(Ours, workload, "ours", keys);
+    let raw = |workload, keys| job(Ours, workload, "raw", keys);
+    let old = |workload| job(Old, workload, "old", String);
+    let raw_threads = |workload, per_task| Anchor {
+        label: "raw rusqlite, 16 threads, 1 transaction/insert",
+        figures: vec![
+            job(Ours, workload, "raw-conns", String)
+                .n(per_task)
+                .figure("ops_per_sec")
+                .labelled("a connection each, busy_timeout"),
+            job(Ours, workload, "raw-mutex", String)
+                .n(per_task)
+                .figure("ops_per_sec")
+                .labelled("one mutex-guarded connection"),
+        ],
+        target: None,
+    };
+    let Sizes {
+        sequential,
+        sequential_old,
+        per_task,
+        per_task_raw,
+        per_task_old,
+        small,
+        large,
+    } = *sizes;
+
+    vec![
+        Row {
+            id: "seq-insert",
+            title: format!("durable sequential `insert`, String keys ({sequential} writes)"),
+            unit: "inserts/s",
+            better: Better::Higher,
+            ours: ours("seq-insert", String)
+                .n(sequential)
+                .figure("ops_per_sec"),
+            anchors: vec![
+                anchor(
+                    "raw rusqlite, 1 transaction/insert, WAL + FULL",
+                    raw("seq-insert", String)
+                        .n(sequential)
+                        .figure("ops_per_sec"),
+                )
+                .target(0.9),
+                anchor(
+                    OLD,
+                    old("seq-insert").n(sequential_old).figure("ops_per_sec"),
+                ),
+            ],
+        },
+        Row {
+            id: "seq-insert-composite",
+            title: format!("durable sequential `insert`, composite key ({sequential} writes)"),
+            unit: "inserts/s",
+            better: Better::Higher,
+            ours: ours("seq-insert", Composite)
+                .n(sequential)
+                .figure("ops_per_sec"),
+            anchors: vec![anchor(
+                "raw rusqlite, 1 transaction/insert, WAL + FULL",
+                raw("seq-insert", Composite)
+                    .n(sequential)
+                    .figure("ops_per_sec"),
+            )],
+        },
+        Row {
+            id: "concurrent",
+            title: format!(
+                "16 tasks inserting distinct keys, durable ({} writes)",
+                16 * per_task
+            ),
+            unit: "inserts/s",
+            better: Better::Higher,
+            ours: ours("concurrent-insert", String)
+                .n(per_task)
+                .figure("ops_per_sec"),
+            anchors: vec![
+                raw_threads("concurrent-insert", per_task_raw).target(8.0),
+                anchor(
+                    OLD,
+                    old("concurrent-insert")
+                        .n(per_task_old)
+                        .figure("ops_per_sec"),
+                ),
+            ],
+        },
+        Row {
+            id: "hot-keys",
+            title: format!("16 tasks on 4 hot keys, durable ({} writes)", 16 * per_task),
+            unit: "inserts/s",
+            better: Better::Higher,
+            ours: ours("hot-keys", String).n(per_task).figure("ops_per_sec"),
+            anchors: vec![
+                raw_threads("hot-keys", per_task_raw),
+                anchor(OLD, old("hot-keys").n(per_task_old).figure("ops_per_sec")),
+            ],
+        },
+        Row {
+            id: "remove",
+            title: format!("durable sequential `remove` ({sequential} writes)"),
+            unit: "removes/s",
+            better: Better::Higher,
+            ours: ours("remove", String).n(sequential).figure("ops_per_sec"),
+            anchors: vec![
+                anchor(
+                    "raw rusqlite, 1 transaction/delete, WAL + FULL",
+                    raw("remove", String).n(sequential).figure("ops_per_sec"),
+                ),
+                anchor(OLD, old("remove").n(sequential_old).figure("ops_per_sec")),
+            ],
+        },
+        Row {
+            id: "reopen-small",
+            title: format!("reopen {} entries", count(small)),
+            unit: "s",
+            better: Better::Lower,
+            ours: ours("load", String).fixture(small).figure("secs"),
+            anchors: vec![
+                anchor(
+                    "raw rusqlite: scan + decode",
+                    raw("load", String).fixture(small).figure("secs"),
+                ),
+                anchor(OLD, old("load").fixture(small).figure("secs")),
+            ],
+        },
+        Row {
+            id: "reopen-small-composite",
+            title: format!("reopen {} entries, composite key", count(small)),
+            unit: "s",
+            better: Better::Lower,
+            ours: ours("load", Composite).fixture(small).figure("secs"),
+            anchors: vec![anchor(
+                "raw rusqlite: scan + decode",
+                raw("load", Composite).fixture(small).figure("secs"),
+            )],
+        },
+        Row {
+            id: "reopen-large",
+            title: format!("reopen {} entries", count(large)),
+            unit: "s",
+            better: Better::Lower,
+            ours: ours("load", String).fixture(large).figure("secs"),
+            anchors: vec![
+                anchor(
+                    "raw rusqlite: scan + decode",
+                    raw("load", String).fixture(large).figure("secs"),
+                )
+                .target(1.0),
+                anchor(OLD, old("load").fixture(large).figure("secs")),
+            ],
+        },
+        Row {
+            id: "rss-large",
+            title: format!("peak RSS of a process that loads {} entries", count(large)),
+            unit: "MiB",
+            better: Better::Lower,
+            ours: ours("load", String).fixture(large).figure("rss_mib"),
+            anchors: vec![
+                anchor(
+                    "plain `HashMap` loaded by raw rusqlite",
+                    job(Ours, "load", "hashmap", String)
+                        .fixture(large)
+                        .figure("rss_mib"),
+                )
+                .target(1.15),
+                anchor(
+                    "`DashMap` loaded by raw rusqlite",
+                    job(Ours, "load", "dashmap", String)
+                        .fixture(large)
+                        .figure("rss_mib"),
+                ),
+                anchor(OLD, old("load").fixture(large).figure("rss_mib")),
+            ],
+        },
+        Row {
+            id: "get",
+            title: format!(
+                "`get` (a clone) on a {}-entry map, {} random keys",
+                count(large),
+                count(READS as u64)
+            ),
+            unit: "ns/get",
+            better: Better::Lower,
+            ours: ours("load", String).fixture(large).figure("get_ns"),
+            anchors: vec![
+                anchor(
+                    "`DashMap` get + value clone",
+                    job(Ours, "load", "dashmap", String)
+                        .fixture(large)
+                        .figure("get_clone_ns"),
+                )
+                .target(1.1),
+                anchor(
+                    "`HashMap` get + value clone",
+                    job(Ours, "load", "hashmap", String)
+                        .fixture(large)
+                        .figure("get_clone_ns"),
+                ),
+                anchor(OLD, old("load").fixture(large).figure("get_ns")),
+            ],
+        },
+        Row {
+            id: "get-with",
+            title: format!(
+                "`get_with` (a borrow) on a {}-entry map, random keys",
+                count(large)
+            ),
+            unit: "ns/get",
+            better: Better::Lower,
+            ours: ours("load", String).fixture(large).figure("get_with_ns"),
+            anchors: vec![anchor(
+                "`DashMap` get, no clone",
+                job(Ours, "load", "dashmap", String)
+                    .fixture(large)
+                    .figure("get_ref_ns"),
+            )
+            .target(1.2)],
+        },
+        Row {
+            id: "get-composite",
+            title: format!(
+                "`get` (a clone) on a {}-entry map, composite keys",
+                count(small)
+            ),
+            unit: "ns/get",
+            better: Better::Lower,
+            ours: ours("load", Composite).fixture(small).figure("get_ns"),
+            anchors: vec![anchor(
+                "`DashMap` get + value clone",
+                job(Ours, "load", "dashmap", Composite)
+                    .fixture(small)
+                    .figure("get_clone_ns"),
+            )],
+        },
+        Row {
+            id: "insert-many",
+            title: format!("`insert_many` of {} rows into an empty map", count(large)),
+            unit: "rows/s",
+            better: Better::Higher,
+            ours: ours("insert-many", String).n(large).figure("ops_per_sec"),
+            anchors: vec![anchor(
+                "raw rusqlite, one transaction",
+                raw("insert-many", String).n(large).figure("ops_per_sec"),
+            )
+            .target(0.7)],
+        },
+    ]
+}

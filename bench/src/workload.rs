@@ -1,0 +1,172 @@
+//! What every implementation is measured with: the keys, the value, the random read order, and
+//! how a measuring process reports back to the driver.
+//!
+//! The old-crate binary (`bench/old`) includes this file by path: it cannot depend on this crate,
+//! whose SQLite would clash with the one persistent-map 0.1.3 links, and the workloads must be the
+//! same data on both sides.
+
+use std::collections::HashMap;
+use std::error::Error;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// The error type of every measuring function: a benchmark that fails just stops and says why.
+pub(crate) type BenchResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
+
+/// A measuring process prints exactly one line starting with this, followed by its metrics as
+/// JSON; everything else it prints is for people.
+pub(crate) const RESULT_PREFIX: &str = "PM-BENCH-RESULT ";
+
+/// Writers in the concurrent workloads.
+pub(crate) const TASKS: u64 = 16;
+
+/// Keys the 16 writers of the hot-keys workload share.
+pub(crate) const HOT_KEYS: u64 = 4;
+
+/// The stored value: a small serde struct whose JSON is about 117 bytes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Session {
+    pub(crate) id: u64,
+    pub(crate) name: String,
+    pub(crate) email: String,
+    pub(crate) active: bool,
+    pub(crate) logins: u32,
+    pub(crate) roles: Vec<String>,
+}
+
+/// The `i`-th key of the String-keyed workloads: `key-000123`.
+pub(crate) fn key(i: u64) -> String {
+    format!("key-{i:06}")
+}
+
+/// The value stored under the `i`-th key.
+pub(crate) fn value(i: u64) -> Session {
+    Session {
+        id: i,
+        name: format!("user-{i:06}"),
+        email: format!("u{i:06}@example.com"),
+        active: !i.is_multiple_of(3),
+        logins: (i % 1000) as u32,
+        roles: vec!["reader".to_owned(), "writer".to_owned()],
+    }
+}
+
+/// The key the `task`-th writer of the hot-keys workload writes.
+pub(crate) fn hot_key(task: u64) -> String {
+    key(task % HOT_KEYS)
+}
+
+/// `count` indexes below `bound` in a fixed pseudo-random order (xorshift64*), the same in every
+/// process, so every implementation reads the same keys in the same order.
+pub(crate) fn random_indexes(count: usize, bound: u64) -> Vec<u64> {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..count)
+        .map(|_| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_F491_4F6C_DD1D) % bound
+        })
+        .collect()
+}
+
+/// The most memory this process has held so far (`VmHWM`), in MiB.
+pub(crate) fn peak_rss_mib() -> BenchResult<f64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .ok_or("no VmHWM in /proc/self/status")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok(kib / 1024.0)
+}
+
+pub(crate) fn per_second(ops: u64, elapsed: Duration) -> f64 {
+    ops as f64 / elapsed.as_secs_f64()
+}
+
+/// Runs `work` and returns what it returned and how long it took.
+pub(crate) fn timed<T>(work: impl FnOnce() -> T) -> (T, Duration) {
+    let start = Instant::now();
+    let result = work();
+    (result, start.elapsed())
+}
+
+/// How many timed passes over the queries each read workload makes; its figure is their median.
+const READ_PASSES: usize = 3;
+
+/// Times `readers` over `queries`: a warm-up pass each, then [`READ_PASSES`] timed passes each,
+/// taking turns so that a noisy moment hits them all alike. Returns each reader's median
+/// nanoseconds per read, in order.
+pub(crate) fn time_reads<Q>(queries: &[Q], readers: &mut [&mut dyn FnMut(&Q)]) -> Vec<f64> {
+    let warm_up = queries.len().min(200_000);
+    for read in readers.iter_mut() {
+        queries[..warm_up].iter().for_each(&mut **read);
+    }
+    let mut passes = vec![Vec::with_capacity(READ_PASSES); readers.len()];
+    for _ in 0..READ_PASSES {
+        for (read, times) in readers.iter_mut().zip(&mut passes) {
+            let ((), elapsed) = timed(|| queries.iter().for_each(&mut **read));
+            times.push(elapsed.as_nanos() as f64 / queries.len() as f64);
+        }
+    }
+    passes.into_iter().map(median).collect()
+}
+
+/// Keeps `value` alive as far as the optimizer can tell, so a read is not optimized away.
+pub(crate) fn consume<T>(value: T) {
+    drop(black_box(value));
+}
+
+pub(crate) fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    match samples.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => samples[n / 2],
+        n => (samples[n / 2 - 1] + samples[n / 2]) / 2.0,
+    }
+}
+
+/// Prints the one result line the driver reads.
+pub(crate) fn report(metrics: &[(&str, f64)]) -> BenchResult {
+    let metrics: HashMap<&str, f64> = metrics.iter().copied().collect();
+    println!("{RESULT_PREFIX}{}", serde_json::to_string(&metrics)?);
+    Ok(())
+}
+
+/// A measuring process's command line after its workload name: `--name value` pairs.
+#[derive(Debug)]
+pub(crate) struct Options(HashMap<String, String>);
+
+impl Options {
+    pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> BenchResult<Self> {
+        let mut options = HashMap::new();
+        let mut args = args.into_iter();
+        while let Some(name) = args.next() {
+            let name = name
+                .strip_prefix("--")
+                .ok_or_else(|| format!("expected `--name value`, found `{name}`"))?;
+            let value = args
+                .next()
+                .ok_or_else(|| format!("--{name} needs a value"))?;
+            options.insert(name.to_owned(), value);
+        }
+        Ok(Self(options))
+    }
+
+    pub(crate) fn text(&self, name: &str) -> BenchResult<&str> {
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .ok_or_else(|| format!("missing --{name}").into())
+    }
+
+    pub(crate) fn number(&self, name: &str) -> BenchResult<u64> {
+        Ok(self.text(name)?.parse()?)
+    }
+}
