@@ -102,11 +102,43 @@ impl<'a> Input<'a> {
         }
     }
 
+    /// How the derived text is laid out, for `PersistentKey::KEY_LAYOUT`: the key format version,
+    /// the separator, and the fields (and variant texts) in order. The SQLite backend records it
+    /// with the table and refuses a table recorded with another layout, which could misparse.
+    /// Type names are left out (renaming a type does not change its text); field names are in
+    /// (swapping two fields of one type would not fail to parse, it would misparse).
+    pub(crate) fn key_layout(&self) -> String {
+        let shape = match &self.data {
+            Data::Struct(fields) => format!("struct{}", fields_layout(fields)),
+            Data::Enum(variants) => {
+                let variants: Vec<String> = variants
+                    .iter()
+                    .map(|variant| format!("{}{}", variant.text, fields_layout(&variant.fields)))
+                    .collect();
+                format!("enum {{{}}}", variants.join(", "))
+            }
+            Data::Union(_) => return String::new(),
+        };
+        format!("v1 separator {:?} {shape}", self.separator())
+    }
+
     /// The path to the runtime crate: `crate = "..."`, else `::persistent_map`.
     pub(crate) fn krate(&self) -> Path {
         match &self.attrs.krate {
             Some(krate) => krate.value.clone(),
             None => syn::parse_quote!(::persistent_map),
+        }
+    }
+}
+
+/// ` {a, b}` for named fields, ` (2)` for tuple fields, nothing for none.
+fn fields_layout(fields: &[Field<'_>]) -> String {
+    match fields.first().map(|field| &field.member) {
+        None => String::new(),
+        Some(Member::Unnamed(_)) => format!(" ({})", fields.len()),
+        Some(Member::Named(_)) => {
+            let names: Vec<&str> = fields.iter().map(|field| field.name.as_str()).collect();
+            format!(" {{{}}}", names.join(", "))
         }
     }
 }

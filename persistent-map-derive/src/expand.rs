@@ -29,13 +29,15 @@ pub(crate) fn derive(node: &DeriveInput) -> TokenStream {
 fn expand(input: &Input<'_>) -> TokenStream {
     let table_name = input.table_name();
     match input.text_mode() {
-        TextMode::Display => impl_persistent_key(input, &table_name, own_text_bounds(input)),
+        // The type's own text is not ours to describe: no layout.
+        TextMode::Display => impl_persistent_key(input, &table_name, "", own_text_bounds(input)),
         TextMode::Derive => {
             let display = impl_display(input);
             let from_str = impl_from_str(input);
             let mut bounds = display_bounds(input);
             bounds.extend(from_str_bounds(input));
-            let persistent_key = impl_persistent_key(input, &table_name, bounds);
+            let layout = input.key_layout();
+            let persistent_key = impl_persistent_key(input, &table_name, &layout, bounds);
             quote! {
                 #display
                 #from_str
@@ -45,10 +47,12 @@ fn expand(input: &Input<'_>) -> TokenStream {
     }
 }
 
-/// `impl PersistentKey`, with `TABLE_NAME = table_name`, under the extra `bounds`.
+/// `impl PersistentKey`, with `TABLE_NAME = table_name` and `KEY_LAYOUT = key_layout`, under
+/// the extra `bounds`.
 pub(crate) fn impl_persistent_key(
     input: &Input<'_>,
     table_name: &str,
+    key_layout: &str,
     bounds: Vec<WherePredicate>,
 ) -> TokenStream {
     let krate = input.krate();
@@ -59,6 +63,7 @@ pub(crate) fn impl_persistent_key(
         #[automatically_derived]
         impl #impl_generics #krate::__private::PersistentKey for #ident #ty_generics #where_clause {
             const TABLE_NAME: &'static str = #table_name;
+            const KEY_LAYOUT: &'static str = #key_layout;
         }
     }
 }

@@ -13,14 +13,14 @@ pub(crate) fn expand(input: &Input<'_>, error: syn::Error) -> TokenStream {
     let error = error.to_compile_error();
     match input.text_mode() {
         TextMode::Display => {
-            let persistent_key = impl_persistent_key(input, "", own_text_bounds(input));
+            let persistent_key = impl_persistent_key(input, "", "", own_text_bounds(input));
             quote! {
                 #error
                 #persistent_key
             }
         }
         TextMode::Derive => {
-            let persistent_key = impl_persistent_key(input, "", Vec::new());
+            let persistent_key = impl_persistent_key(input, "", "", Vec::new());
             let text = placeholder_text_impls(input);
             quote! {
                 #error

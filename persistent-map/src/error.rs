@@ -78,6 +78,35 @@ pub enum PersistentError {
         reason: String,
     },
 
+    /// The table's keys were written by a key type laid out differently from the one opening
+    /// it (see [`PersistentKey::KEY_LAYOUT`](crate::PersistentKey::KEY_LAYOUT)); reading them
+    /// could misparse. Nothing was changed.
+    #[error(
+        "table {table:?} holds keys laid out as `{stored}`, but the key type opening it is laid \
+         out as `{expected}`; move the stored keys with persistent_map::sqlite::migrate_keys, or \
+         open the table with the key type that wrote it"
+    )]
+    IncompatibleKeyLayout {
+        /// The table.
+        table: String,
+        /// The layout recorded when the table was written.
+        stored: String,
+        /// The layout of the key type that tried to open it.
+        expected: String,
+    },
+
+    /// Two entries would end up under one key (a key migration that maps two old keys to the
+    /// same new one). Nothing was changed.
+    #[error(
+        "table {table:?}: two entries would be stored under the key {key:?}; nothing was changed"
+    )]
+    DuplicateKey {
+        /// The table.
+        table: String,
+        /// The key text both entries would have.
+        key: String,
+    },
+
     /// A stored key no longer parses as the map's key type. Nothing was changed on disk.
     #[error("table {table:?}: stored key {key:?} does not parse: {source}")]
     InvalidStoredKey {

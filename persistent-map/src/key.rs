@@ -231,6 +231,39 @@ pub trait PersistentKey:
     /// The table that holds this key type's entries: `[A-Za-z_][A-Za-z0-9_]*`, not starting
     /// with `sqlite_`.
     const TABLE_NAME: &'static str;
+
+    /// How the key's text is laid out: for a derived key, the key format version, the separator
+    /// and its fields (and variant texts) in order, e.g. `v1 separator ':' struct {tenant, user}`.
+    ///
+    /// [`SqliteBackend::for_key`](crate::sqlite::SqliteBackend::for_key) records it with the
+    /// table and refuses to open a table recorded with another layout: keys written in one
+    /// layout could be misparsed in another (swap two `String` fields and every key still
+    /// parses, wrongly). Move stored keys to a new layout with
+    /// [`migrate_keys`](crate::sqlite::migrate_keys). Empty, the default for hand-written keys
+    /// and `text = "display"`, means "not described": never recorded nor checked.
+    ///
+    /// ```
+    /// use persistent_map::PersistentKey;
+    ///
+    /// #[derive(PersistentKey)]
+    /// struct SessionKey {
+    ///     tenant: String,
+    ///     user: u64,
+    /// }
+    ///
+    /// #[derive(PersistentKey)]
+    /// #[persistent_key(separator = '/')]
+    /// enum Resource {
+    ///     Repo { org: u64, name: String },
+    ///     Tag(String),
+    ///     Public,
+    /// }
+    ///
+    /// assert_eq!(SessionKey::KEY_LAYOUT, "v1 separator ':' struct {tenant, user}");
+    /// assert_eq!(Resource::KEY_LAYOUT, "v1 separator '/' enum {Repo {org, name}, Tag (1), Public}");
+    /// assert_eq!(String::KEY_LAYOUT, "");
+    /// ```
+    const KEY_LAYOUT: &'static str = "";
 }
 
 /// `String` keys live in the table `kv`, as [`SqliteBackend::new`](crate::sqlite::SqliteBackend::new)

@@ -174,6 +174,33 @@ where
         .collect()
 }
 
+/// A row as stored: key text and value JSON text.
+pub(super) type RawRow = (String, String);
+
+/// Every row of `table`, as stored.
+pub(super) async fn raw_rows(writer: &Writer, table: &str) -> Result<Vec<RawRow>> {
+    let select = format!("SELECT key, value FROM \"{table}\"");
+    let rows = writer
+        .run(move |connection| {
+            let mut statement = connection.prepare(&select)?;
+            let mut rows = statement.query([])?;
+            let mut raw = Vec::new();
+            while let Some(row) = rows.next()? {
+                let key = match text_of(row.get_ref(0)?) {
+                    Ok(key) => key.to_owned(),
+                    Err(found) => return Ok(Err((describe(row.get_ref(0)?), "key", found))),
+                };
+                match text_of(row.get_ref(1)?) {
+                    Ok(value) => raw.push((key, value.to_owned())),
+                    Err(found) => return Ok(Err((key, "value", found))),
+                }
+            }
+            Ok(Ok(raw))
+        })
+        .await?;
+    rows.map_err(|(key, column, found)| not_text(table, key, column, found))
+}
+
 /// `PRAGMA data_version` of the writer's connection: it changes when another connection (another
 /// process) commits to the file, and only then.
 pub(super) async fn data_version(writer: &Writer) -> Result<i64> {

@@ -27,9 +27,12 @@
 //! # }
 //! ```
 
+mod layout;
 mod load;
 mod open;
 mod writer;
+
+pub use layout::migrate_keys;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -168,8 +171,11 @@ impl SqliteBackend {
     /// # Ok(())
     /// # }
     /// ```
+    ///
+    /// The key type's [layout](PersistentKey::KEY_LAYOUT), if it has one, is recorded with the
+    /// table on first open and checked on every later one.
     pub async fn for_key<K: PersistentKey>(path: impl AsRef<Path>) -> Result<Self> {
-        Self::builder(path).table(K::TABLE_NAME).open().await
+        Self::builder(path).key::<K>().open().await
     }
 
     /// Starts configuring a backend on the database at `path`: table `kv`, [`Durability::Full`],
@@ -196,6 +202,7 @@ impl SqliteBackend {
         SqliteBuilder {
             path: path.as_ref().to_path_buf(),
             table: "kv".to_owned(),
+            key_layout: "",
             durability: Durability::default(),
             busy_timeout: Duration::from_secs(5),
         }
@@ -303,6 +310,7 @@ pub struct SqliteStats {
 pub struct SqliteBuilder {
     path: PathBuf,
     table: String,
+    key_layout: &'static str,
     durability: Durability,
     busy_timeout: Duration,
 }
@@ -324,6 +332,34 @@ impl SqliteBuilder {
     /// ```
     pub fn table(mut self, table: impl Into<String>) -> Self {
         self.table = table.into();
+        self
+    }
+
+    /// The table of key type `K` ([`K::TABLE_NAME`](PersistentKey::TABLE_NAME)), whose
+    /// [layout](PersistentKey::KEY_LAYOUT) is recorded on first open and checked after, as
+    /// [`SqliteBackend::for_key`] does.
+    ///
+    /// ```
+    /// use persistent_map::{sqlite::{Durability, SqliteBackend}, PersistentKey};
+    ///
+    /// #[derive(PersistentKey)]
+    /// struct SessionKey { tenant: String, user: u64 }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// let backend = SqliteBackend::builder(dir.path().join("a.db"))
+    ///     .key::<SessionKey>()
+    ///     .durability(Durability::Normal)
+    ///     .open()
+    ///     .await?;
+    /// assert_eq!(backend.table(), "session_key");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn key<K: PersistentKey>(mut self) -> Self {
+        self.table = K::TABLE_NAME.to_owned();
+        self.key_layout = K::KEY_LAYOUT;
         self
     }
 
@@ -392,6 +428,7 @@ impl SqliteBuilder {
         let SqliteBuilder {
             path,
             table,
+            key_layout,
             durability,
             busy_timeout,
         } = self;
@@ -399,6 +436,7 @@ impl SqliteBuilder {
             .await
             .map_err(|join_error| PersistentError::Backend(join_error.into()))??;
         load::ensure_table(&writer, &table).await?;
+        layout::check_or_record(&writer, &table, key_layout).await?;
         Ok(SqliteBackend {
             writer,
             table: Arc::new(TableSql::new(&table)),

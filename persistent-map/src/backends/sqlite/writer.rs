@@ -27,9 +27,9 @@ pub(super) enum RawOp {
 #[derive(Debug)]
 pub(super) struct TableSql {
     pub(super) name: String,
-    upsert: String,
+    pub(super) upsert: String,
     delete: String,
-    delete_all: String,
+    pub(super) delete_all: String,
 }
 
 impl TableSql {

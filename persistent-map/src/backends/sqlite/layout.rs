@@ -1,0 +1,167 @@
+//! The record of each table's key layout, and moving stored keys to a new layout.
+//!
+//! A derived key type describes how its text is laid out ([`PersistentKey::KEY_LAYOUT`]). The
+//! first typed open of a table records that layout in `persistent_map_tables`; later typed opens
+//! must match it, so keys are never parsed by a key type laid out differently from the one that
+//! wrote them.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use rusqlite::OptionalExtension;
+
+use super::load::{self, RawRow};
+use super::writer::Writer;
+use super::SqliteBackend;
+use crate::{PersistentError, PersistentKey, Result};
+
+const CREATE_LAYOUTS: &str = "CREATE TABLE IF NOT EXISTS persistent_map_tables \
+     (table_name TEXT PRIMARY KEY NOT NULL, key_layout TEXT NOT NULL)";
+
+/// Records `layout` for `table` if none is recorded, else checks that it is the one recorded.
+/// An empty layout (hand-written key text) is neither recorded nor checked.
+pub(super) async fn check_or_record(
+    writer: &Writer,
+    table: &str,
+    layout: &'static str,
+) -> Result<()> {
+    if layout.is_empty() {
+        return Ok(());
+    }
+    let name = table.to_owned();
+    let stored = writer
+        .run(move |connection| {
+            let transaction = connection.transaction()?;
+            transaction.execute(CREATE_LAYOUTS, [])?;
+            let stored: Option<String> = transaction
+                .query_row(
+                    "SELECT key_layout FROM persistent_map_tables WHERE table_name = ?1",
+                    [&name],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if stored.is_none() {
+                transaction.execute(
+                    "INSERT INTO persistent_map_tables (table_name, key_layout) VALUES (?1, ?2)",
+                    (&name, layout),
+                )?;
+            }
+            transaction.commit()?;
+            Ok(stored)
+        })
+        .await?;
+    match stored {
+        Some(stored) if stored != layout => Err(PersistentError::IncompatibleKeyLayout {
+            table: table.to_owned(),
+            stored,
+            expected: layout.to_owned(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Rewrites every key stored by the key type `Old` as the key `convert` makes of it, of type
+/// `New`, in one transaction, and records `New`'s layout. Returns how many entries moved.
+///
+/// This is the way to change a derived key type whose text is already on disk: keep the old
+/// type (renamed, with `#[persistent_key(table = "...")]` naming the table it wrote), derive the
+/// new one, and migrate before opening maps on these tables. The entries move from
+/// `Old::TABLE_NAME` to `New::TABLE_NAME` (they may be the same table); values are copied as
+/// they are stored. If an old key does not parse, or two old keys convert to the same new key,
+/// it fails and changes nothing.
+///
+/// ```
+/// use persistent_map::sqlite::{migrate_keys, SqliteBackend};
+/// use persistent_map::{PersistentError, PersistentKey, PersistentMap};
+/// use serde::{Deserialize, Serialize};
+///
+/// /// The key as version 1 of the app wrote it.
+/// #[derive(PersistentKey, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// #[persistent_key(table = "sessions")]
+/// struct SessionKeyV1 { user: u64, tenant: String }
+///
+/// /// The key now: fields swapped, so the old texts would misparse.
+/// #[derive(PersistentKey, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// #[persistent_key(table = "sessions")]
+/// struct SessionKey { tenant: String, user: u64 }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> persistent_map::Result<()> {
+/// # let dir = tempfile::tempdir()?;
+/// # let path = dir.path().join("app.db");
+/// let old: PersistentMap<SessionKeyV1, u32, SqliteBackend> = PersistentMap::open(&path).await?;
+/// old.insert(SessionKeyV1 { user: 42, tenant: "acme".into() }, 7).await?;
+/// drop(old);
+///
+/// // The new layout is refused until the stored keys are migrated...
+/// let refused = PersistentMap::<SessionKey, u32, SqliteBackend>::open(&path).await;
+/// assert!(matches!(refused, Err(PersistentError::IncompatibleKeyLayout { .. })));
+///
+/// let moved = migrate_keys(&path, |old: SessionKeyV1| SessionKey { tenant: old.tenant, user: old.user }).await?;
+/// assert_eq!(moved, 1);
+/// let map: PersistentMap<SessionKey, u32, SqliteBackend> = PersistentMap::open(&path).await?;
+/// assert_eq!(map.get(&SessionKey { tenant: "acme".into(), user: 42 }), Some(7));
+/// # Ok(())
+/// # }
+/// ```
+pub async fn migrate_keys<Old, New>(
+    path: impl AsRef<Path>,
+    mut convert: impl FnMut(Old) -> New,
+) -> Result<usize>
+where
+    Old: PersistentKey,
+    New: PersistentKey,
+{
+    let old = SqliteBackend::with_table(&path, Old::TABLE_NAME).await?;
+    let new = SqliteBackend::with_table(&path, New::TABLE_NAME).await?;
+    let rows = load::raw_rows(&old.writer, Old::TABLE_NAME).await?;
+
+    let mut moved: Vec<RawRow> = Vec::with_capacity(rows.len());
+    let mut new_keys = HashSet::with_capacity(rows.len());
+    for (old_key, value) in rows {
+        let key = old_key
+            .parse::<Old>()
+            .map_err(|source| PersistentError::InvalidStoredKey {
+                table: Old::TABLE_NAME.to_owned(),
+                key: old_key.clone(),
+                source: Box::new(source),
+            })?;
+        let key = convert(key).to_string();
+        if !new_keys.insert(key.clone()) {
+            return Err(PersistentError::DuplicateKey {
+                table: New::TABLE_NAME.to_owned(),
+                key,
+            });
+        }
+        moved.push((key, value));
+    }
+
+    let count = moved.len();
+    let (old_table, new_table) = (old.table.clone(), new.table.clone());
+    let layout = New::KEY_LAYOUT;
+    new.writer
+        .run(move |connection| {
+            let transaction = connection.transaction()?;
+            transaction.execute(&old_table.delete_all, [])?;
+            {
+                let mut insert = transaction.prepare(&new_table.upsert)?;
+                for (key, value) in &moved {
+                    insert.execute((key, value))?;
+                }
+            }
+            transaction.execute(CREATE_LAYOUTS, [])?;
+            transaction.execute(
+                "DELETE FROM persistent_map_tables WHERE table_name IN (?1, ?2)",
+                (&old_table.name, &new_table.name),
+            )?;
+            if !layout.is_empty() {
+                transaction.execute(
+                    "INSERT INTO persistent_map_tables (table_name, key_layout) VALUES (?1, ?2)",
+                    (&new_table.name, layout),
+                )?;
+            }
+            transaction.commit()
+        })
+        .await?;
+    Ok(count)
+}

@@ -1,0 +1,151 @@
+//! Each table records its key layout; a table written in one layout is never silently parsed in
+//! another, and `migrate_keys` moves stored keys to a new layout.
+
+use persistent_map::sqlite::{migrate_keys, SqliteBackend};
+use persistent_map::{PersistentError, PersistentKey, PersistentMap};
+use persistent_map_tests::{stored_rows, temp_db};
+use serde::{Deserialize, Serialize};
+
+/// How version 1 of an app keyed its sessions.
+#[derive(PersistentKey, Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[persistent_key(table = "sessions")]
+struct SessionKeyV1 {
+    user: String,
+    tenant: String,
+}
+
+/// Version 2 swapped the fields: every old key still parses, but wrongly.
+#[derive(PersistentKey, Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[persistent_key(table = "sessions")]
+struct SessionKey {
+    tenant: String,
+    user: String,
+}
+
+fn layouts(path: &std::path::Path) -> Vec<(String, String)> {
+    let connection = rusqlite::Connection::open(path).unwrap();
+    let mut statement = connection
+        .prepare("SELECT table_name, key_layout FROM persistent_map_tables ORDER BY table_name")
+        .unwrap();
+    let rows = statement
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap();
+    rows.collect::<rusqlite::Result<_>>().unwrap()
+}
+
+async fn write_v1(path: &std::path::Path) {
+    let map: PersistentMap<SessionKeyV1, u32, SqliteBackend> =
+        PersistentMap::open(path).await.unwrap();
+    let key = |user: &str, tenant: &str| SessionKeyV1 {
+        user: user.into(),
+        tenant: tenant.into(),
+    };
+    map.insert_many([(key("ada", "acme"), 1), (key("bob", "acme"), 2)])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_first_typed_open_records_the_layout_and_the_same_type_reopens() {
+    let (_dir, path) = temp_db();
+    write_v1(&path).await;
+    assert_eq!(
+        layouts(&path),
+        [("sessions".to_string(), SessionKeyV1::KEY_LAYOUT.to_string())]
+    );
+    assert_eq!(
+        SessionKeyV1::KEY_LAYOUT,
+        "v1 separator ':' struct {user, tenant}"
+    );
+    let reopened: PersistentMap<SessionKeyV1, u32, SqliteBackend> =
+        PersistentMap::open(&path).await.unwrap();
+    assert_eq!(reopened.len(), 2);
+}
+
+#[tokio::test]
+async fn a_key_type_with_another_layout_is_refused_not_misparsed() {
+    let (_dir, path) = temp_db();
+    write_v1(&path).await;
+    let err = PersistentMap::<SessionKey, u32, SqliteBackend>::open(&path)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, PersistentError::IncompatibleKeyLayout { .. }),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(message.contains("\"sessions\""), "{message}");
+    assert!(message.contains("struct {user, tenant}"), "{message}");
+    assert!(message.contains("struct {tenant, user}"), "{message}");
+    assert!(message.contains("migrate_keys"), "{message}");
+    // Nothing was changed: the rows and the record are as v1 left them.
+    assert_eq!(stored_rows(&path, "sessions")[0].0, "ada:acme");
+    assert_eq!(layouts(&path)[0].1, SessionKeyV1::KEY_LAYOUT);
+}
+
+#[tokio::test]
+async fn migrate_keys_rewrites_every_key_and_records_the_new_layout() {
+    let (_dir, path) = temp_db();
+    write_v1(&path).await;
+    let moved = migrate_keys(&path, |old: SessionKeyV1| SessionKey {
+        tenant: old.tenant,
+        user: old.user,
+    })
+    .await
+    .unwrap();
+    assert_eq!(moved, 2);
+    assert_eq!(
+        stored_rows(&path, "sessions"),
+        [
+            ("acme:ada".to_string(), "1".to_string()),
+            ("acme:bob".to_string(), "2".to_string())
+        ]
+    );
+    assert_eq!(layouts(&path)[0].1, SessionKey::KEY_LAYOUT);
+    let map: PersistentMap<SessionKey, u32, SqliteBackend> =
+        PersistentMap::open(&path).await.unwrap();
+    let ada = SessionKey {
+        tenant: "acme".into(),
+        user: "ada".into(),
+    };
+    assert_eq!(map.get(&ada), Some(1));
+}
+
+#[tokio::test]
+async fn a_migration_that_merges_two_keys_changes_nothing() {
+    let (_dir, path) = temp_db();
+    write_v1(&path).await;
+    let err = migrate_keys(&path, |old: SessionKeyV1| SessionKey {
+        tenant: old.tenant,
+        user: "everyone".into(),
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, PersistentError::DuplicateKey { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("acme:everyone"), "{err}");
+    assert_eq!(stored_rows(&path, "sessions").len(), 2);
+    assert_eq!(stored_rows(&path, "sessions")[0].0, "ada:acme");
+    assert_eq!(layouts(&path)[0].1, SessionKeyV1::KEY_LAYOUT);
+}
+
+#[tokio::test]
+async fn keys_without_a_layout_are_not_recorded_or_checked() {
+    let (_dir, path) = temp_db();
+    let map: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(&path).await.unwrap();
+    map.insert("a".into(), 1).await.unwrap();
+    // An untyped open of a typed table is allowed too: String keys read any text as it is.
+    write_v1(&path).await;
+    let untyped = PersistentMap::<String, u32, _>::new(
+        SqliteBackend::with_table(&path, "sessions").await.unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(untyped.get("ada:acme"), Some(1));
+    assert_eq!(
+        layouts(&path),
+        [("sessions".to_string(), SessionKeyV1::KEY_LAYOUT.to_string())]
+    );
+}
