@@ -390,6 +390,25 @@ fn render(settings: &Settings, rows: &[Row], samples: &Samples, context: &Contex
             );
         }
     }
+    let mut noted = HashSet::new();
+    for job in rows.iter().flat_map(Row::jobs) {
+        let (Some(planned), Some(made)) = (
+            job.planned_writes(),
+            samples.get(&(job.name(), "ops".to_owned())),
+        ) else {
+            continue;
+        };
+        let short = made.iter().filter(|&&ops| ops < planned as f64).count();
+        if short > 0 && noted.insert(job.name()) {
+            let _ = writeln!(
+                out,
+                "- `{}` ran out of its time budget before {planned} writes in {short} of {} runs; \
+                 its rate is over the writes it made",
+                job.name(),
+                made.len()
+            );
+        }
+    }
     for failure in context.failures {
         let _ = writeln!(out, "- FAILED: {failure}");
     }

@@ -10,12 +10,14 @@
 //!
 //! | workload | implementations |
 //! | --- | --- |
-//! | `seq-insert`, `remove`, `insert-many` | `ours`, `raw` |
+//! | `seq-insert` | `ours`, `raw`, `raw-thread` (`--spin-us N`: see `handoff.rs`) |
+//! | `remove`, `insert-many` | `ours`, `raw` |
 //! | `concurrent-insert`, `hot-keys` | `ours`, `raw-conns`, `raw-mutex` |
 //! | `load` | `ours`, `raw` (scan + decode), `hashmap`, `dashmap` |
 
 mod composite;
 mod driver;
+mod handoff;
 mod keys;
 mod memory;
 mod ours;
@@ -59,6 +61,7 @@ fn run_one(args: &[String]) -> BenchResult {
         "ours" => ours::run(workload, &options),
         "raw" | "raw-conns" => raw::run(workload, false, &options),
         "raw-mutex" => raw::run(workload, true, &options),
+        "raw-thread" => handoff::run(workload, &options),
         "hashmap" => memory::run(workload, false, &options),
         "dashmap" => memory::run(workload, true, &options),
         other => Err(format!("unknown implementation `{other}`").into()),

@@ -9,11 +9,8 @@ use dashmap::DashMap;
 use crate::keys::{with_keys, BenchKey, KeyKind};
 use crate::raw::scan;
 use crate::workload::{
-    consume, peak_rss_mib, random_indexes, report, time_reads, timed, BenchResult, Options,
+    consume, named, peak_rss_mib, random_indexes, report, time_reads, timed, BenchResult, Options,
 };
-
-/// Reads measured per `get` workload.
-pub(crate) const READS: usize = 1_000_000;
 
 /// Loads the fixture `--db` into a `HashMap` (`dashmap` false) or a `DashMap`, reports the time
 /// and the process's peak memory, then times random reads.
@@ -23,22 +20,23 @@ pub(crate) fn run(workload: &str, dashmap: bool, options: &Options) -> BenchResu
     }
     let db = Path::new(options.text("db")?);
     let kind = KeyKind::parse(options.text("keys")?)?;
+    let reads = options.reads()?;
     if dashmap {
-        with_keys!(kind, load_dashmap(db))
+        with_keys!(kind, load_dashmap(db, reads))
     } else {
-        with_keys!(kind, load_hashmap(db))
+        with_keys!(kind, load_hashmap(db, reads))
     }
 }
 
-/// `READS` keys of a map of `len` entries, in random order.
-pub(crate) fn queries<K: BenchKey>(len: usize) -> Vec<K> {
-    random_indexes(READS, len as u64)
+/// `count` keys of a map of `len` entries, in random order.
+pub(crate) fn queries<K: BenchKey>(count: u64, len: usize) -> Vec<K> {
+    random_indexes(count as usize, len as u64)
         .into_iter()
         .map(K::nth)
         .collect()
 }
 
-fn load_hashmap<K: BenchKey>(db: &Path) -> BenchResult {
+fn load_hashmap<K: BenchKey>(db: &Path, reads: u64) -> BenchResult {
     let (map, elapsed) = timed(|| -> BenchResult<HashMap<K, _>> {
         let mut map = HashMap::new();
         scan(db, &mut |key, value| {
@@ -48,16 +46,14 @@ fn load_hashmap<K: BenchKey>(db: &Path) -> BenchResult {
     });
     let map = map?;
     let rss = peak_rss_mib()?;
-    let queries = queries::<K>(map.len());
-    let get_clone = time_reads(&queries, &mut [&mut |key| consume(map.get(key).cloned())]);
-    report(&[
-        ("secs", elapsed.as_secs_f64()),
-        ("rss_mib", rss),
-        ("get_clone_ns", get_clone[0]),
-    ])
+    let queries = queries::<K>(reads, map.len());
+    let reads = time_reads(&queries, &mut [&mut |key| consume(map.get(key).cloned())]);
+    let mut metrics = vec![("secs", elapsed.as_secs_f64()), ("rss_mib", rss)];
+    metrics.extend(named(&["get_clone_ns"], &reads));
+    report(&metrics)
 }
 
-fn load_dashmap<K: BenchKey>(db: &Path) -> BenchResult {
+fn load_dashmap<K: BenchKey>(db: &Path, reads: u64) -> BenchResult {
     let (map, elapsed) = timed(|| -> BenchResult<DashMap<K, _>> {
         let map = DashMap::new();
         scan(db, &mut |key, value| {
@@ -67,7 +63,7 @@ fn load_dashmap<K: BenchKey>(db: &Path) -> BenchResult {
     });
     let map = map?;
     let rss = peak_rss_mib()?;
-    let queries = queries::<K>(map.len());
+    let queries = queries::<K>(reads, map.len());
     let reads = time_reads(
         &queries,
         &mut [
@@ -75,10 +71,7 @@ fn load_dashmap<K: BenchKey>(db: &Path) -> BenchResult {
             &mut |key| consume(map.get(key).map(|entry| entry.logins)),
         ],
     );
-    report(&[
-        ("secs", elapsed.as_secs_f64()),
-        ("rss_mib", rss),
-        ("get_clone_ns", reads[0]),
-        ("get_ref_ns", reads[1]),
-    ])
+    let mut metrics = vec![("secs", elapsed.as_secs_f64()), ("rss_mib", rss)];
+    metrics.extend(named(&["get_clone_ns", "get_ref_ns"], &reads));
+    report(&metrics)
 }

@@ -10,8 +10,8 @@ use persistent_map::PersistentMap;
 use crate::keys::{entries, with_keys, BenchKey, KeyKind};
 use crate::memory::queries;
 use crate::workload::{
-    consume, hot_key, key, peak_rss_mib, per_second, report, time_reads, value, BenchResult,
-    Options, Session, TASKS,
+    consume, hot_key, key, named, peak_rss_mib, per_second, report, time_reads, value, BenchResult,
+    Budget, Options, Session, TASKS,
 };
 
 type Map<K> = PersistentMap<K, Session, SqliteBackend>;
@@ -27,16 +27,16 @@ pub(crate) fn run(workload: &str, options: &Options) -> BenchResult {
             "seq-insert" => {
                 with_keys!(
                     KeyKind::parse(options.text("keys")?)?,
-                    seq_insert(dir()?, n()?).await
+                    seq_insert(dir()?, n()?, options).await
                 )
             }
-            "concurrent-insert" => concurrent(dir()?, n()?, |_, index| key(index)).await,
-            "hot-keys" => concurrent(dir()?, n()?, |task, _| hot_key(task)).await,
-            "remove" => remove(dir()?, n()?).await,
+            "concurrent-insert" => concurrent(dir()?, n()?, options, |_, index| key(index)).await,
+            "hot-keys" => concurrent(dir()?, n()?, options, |task, _| hot_key(task)).await,
+            "remove" => remove(dir()?, n()?, options).await,
             "load" => {
                 with_keys!(
                     KeyKind::parse(options.text("keys")?)?,
-                    load(Path::new(options.text("db")?)).await
+                    load(Path::new(options.text("db")?), options.reads()?).await
                 )
             }
             "insert-many" => insert_many(dir()?, n()?).await,
@@ -55,24 +55,36 @@ fn report_writes<K: BenchKey>(map: &Map<K>, ops: u64, began: Instant) -> BenchRe
     let stats = map.backend().stats();
     report(&[
         ("ops_per_sec", ops_per_sec),
+        ("ops", ops as f64),
         ("commits", stats.commits as f64),
         ("writes", stats.writes as f64),
     ])
 }
 
-async fn seq_insert<K: BenchKey>(dir: &Path, n: u64) -> BenchResult {
+async fn seq_insert<K: BenchKey>(dir: &Path, n: u64, options: &Options) -> BenchResult {
     let map = open::<K>(dir).await?;
     let entries = entries::<K>(n);
+    let budget = Budget::start(options)?;
     let began = Instant::now();
+    let mut done = 0;
     for (key, value) in entries {
+        if !budget.left() {
+            break;
+        }
         map.insert(key, value).await?;
+        done += 1;
     }
-    report_writes(&map, n, began)
+    report_writes(&map, done, began)
 }
 
 /// [`TASKS`] tasks, each inserting `per_task` entries one at a time; `key_of(task, index)` as in
 /// the raw anchor.
-async fn concurrent(dir: &Path, per_task: u64, key_of: fn(u64, u64) -> String) -> BenchResult {
+async fn concurrent(
+    dir: &Path,
+    per_task: u64,
+    options: &Options,
+    key_of: fn(u64, u64) -> String,
+) -> BenchResult {
     let map = open::<String>(dir).await?;
     let work: Vec<Vec<(String, Session)>> = (0..TASKS)
         .map(|task| {
@@ -81,58 +93,70 @@ async fn concurrent(dir: &Path, per_task: u64, key_of: fn(u64, u64) -> String) -
                 .collect()
         })
         .collect();
+    let budget = Budget::start(options)?;
     let began = Instant::now();
     let writers: Vec<_> = work
         .into_iter()
         .map(|entries| {
             let map = map.clone();
             tokio::spawn(async move {
+                let mut done = 0;
                 for (key, value) in entries {
+                    if !budget.left() {
+                        break;
+                    }
                     map.insert(key, value).await?;
+                    done += 1;
                 }
-                Ok::<_, persistent_map::PersistentError>(())
+                Ok::<u64, persistent_map::PersistentError>(done)
             })
         })
         .collect();
+    let mut done = 0;
     for writer in writers {
-        writer.await??;
+        done += writer.await??;
     }
-    report_writes(&map, TASKS * per_task, began)
+    report_writes(&map, done, began)
 }
 
-async fn remove(dir: &Path, n: u64) -> BenchResult {
+async fn remove(dir: &Path, n: u64, options: &Options) -> BenchResult {
     let map = open::<String>(dir).await?;
     let entries = entries::<String>(n);
     let keys: Vec<String> = entries.iter().map(|(key, _)| key.clone()).collect();
     map.insert_many(entries).await?;
+    let budget = Budget::start(options)?;
     let began = Instant::now();
+    let mut done = 0;
     for key in &keys {
+        if !budget.left() {
+            break;
+        }
         map.remove(key).await?;
+        done += 1;
     }
-    report(&[("ops_per_sec", per_second(n, began.elapsed()))])
+    report(&[
+        ("ops_per_sec", per_second(done, began.elapsed())),
+        ("ops", done as f64),
+    ])
 }
 
-/// Reopens the fixture `db`, reports the time and the process's peak memory, then times random
-/// `get`s (a clone) and `get_with`s (a borrow).
-async fn load<K: BenchKey>(db: &Path) -> BenchResult {
+/// Reopens the fixture `db`, reports the time and the process's peak memory, then times
+/// `reads` random `get`s (a clone) and `get_with`s (a borrow).
+async fn load<K: BenchKey>(db: &Path, reads: u64) -> BenchResult {
     let began = Instant::now();
     let map = Map::<K>::open(db).await?;
     let secs = began.elapsed().as_secs_f64();
     let rss = peak_rss_mib()?;
-    let queries = queries::<K>(map.len());
+    let queries = queries::<K>(reads, map.len());
     let reads = time_reads(
         &queries,
         &mut [&mut |key| consume(map.get(key)), &mut |key| {
             consume(map.get_with(key, |value| value.logins))
         }],
     );
-    report(&[
-        ("secs", secs),
-        ("rss_mib", rss),
-        ("rows", map.len() as f64),
-        ("get_ns", reads[0]),
-        ("get_with_ns", reads[1]),
-    ])
+    let mut metrics = vec![("secs", secs), ("rss_mib", rss), ("rows", map.len() as f64)];
+    metrics.extend(named(&["get_ns", "get_with_ns"], &reads));
+    report(&metrics)
 }
 
 async fn insert_many(dir: &Path, n: u64) -> BenchResult {

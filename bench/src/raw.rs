@@ -13,7 +13,7 @@ use rusqlite::{Connection, Transaction};
 
 use crate::keys::{entries, with_keys, BenchKey, KeyKind};
 use crate::workload::{
-    hot_key, key, per_second, report, timed, value, BenchResult, Options, Session, TASKS,
+    hot_key, key, per_second, report, timed, value, BenchResult, Budget, Options, Session, TASKS,
 };
 
 /// Runs the raw rusqlite workload `workload`; `shared` (`raw-mutex`) puts the concurrent writers
@@ -25,12 +25,12 @@ pub(crate) fn run(workload: &str, shared: bool, options: &Options) -> BenchResul
         "seq-insert" => {
             with_keys!(
                 KeyKind::parse(options.text("keys")?)?,
-                seq_insert(dir()?, n()?)
+                seq_insert(dir()?, n()?, options)
             )
         }
-        "concurrent-insert" => concurrent(dir()?, n()?, shared, |_, index| key(index)),
-        "hot-keys" => concurrent(dir()?, n()?, shared, |task, _| hot_key(task)),
-        "remove" => remove(dir()?, n()?),
+        "concurrent-insert" => concurrent(dir()?, n()?, shared, options, |_, index| key(index)),
+        "hot-keys" => concurrent(dir()?, n()?, shared, options, |task, _| hot_key(task)),
+        "remove" => remove(dir()?, n()?, options),
         "load" => with_keys!(
             KeyKind::parse(options.text("keys")?)?,
             load(Path::new(options.text("db")?))
@@ -72,16 +72,27 @@ fn upsert<K: BenchKey>(connection: &Connection, key: &K, value: &Session) -> Ben
     Ok(())
 }
 
-fn seq_insert<K: BenchKey>(dir: &Path, n: u64) -> BenchResult {
+fn seq_insert<K: BenchKey>(dir: &Path, n: u64, options: &Options) -> BenchResult {
     let connection = open(&dir.join("raw.db"), K::TABLE_NAME)?;
     let entries = entries::<K>(n);
-    let (stored, elapsed) = timed(|| {
-        entries
-            .iter()
-            .try_for_each(|(key, value)| upsert(&connection, key, value))
-    });
-    stored?;
-    report(&[("ops_per_sec", per_second(n, elapsed))])
+    let budget = Budget::start(options)?;
+    let began = Instant::now();
+    let mut done = 0;
+    for (key, value) in &entries {
+        if !budget.left() {
+            break;
+        }
+        upsert(&connection, key, value)?;
+        done += 1;
+    }
+    report_writes(done, began)
+}
+
+fn report_writes(ops: u64, began: Instant) -> BenchResult {
+    report(&[
+        ("ops_per_sec", per_second(ops, began.elapsed())),
+        ("ops", ops as f64),
+    ])
 }
 
 /// [`TASKS`] threads, each writing `per_task` entries, each entry in a transaction of its own;
@@ -91,12 +102,15 @@ fn concurrent(
     dir: &Path,
     per_task: u64,
     shared: bool,
+    options: &Options,
     key_of: fn(u64, u64) -> String,
 ) -> BenchResult {
     let path = dir.join("raw.db");
     let first = open(&path, "kv")?;
     let shared_connection = Arc::new(Mutex::new(first));
     let start = Arc::new(Barrier::new(TASKS as usize + 1));
+    // Counts from before the threads' setup, which takes milliseconds of its seconds.
+    let budget = Budget::start(options)?;
     let writers = (0..TASKS)
         .map(|task| {
             let work: Vec<(String, Session)> = (task * per_task..(task + 1) * per_task)
@@ -109,9 +123,13 @@ fn concurrent(
             };
             let shared_connection = Arc::clone(&shared_connection);
             let start = Arc::clone(&start);
-            Ok(thread::spawn(move || -> BenchResult {
+            Ok(thread::spawn(move || -> BenchResult<u64> {
                 start.wait();
+                let mut done = 0;
                 for (key, value) in &work {
+                    if !budget.left() {
+                        break;
+                    }
                     match &own_connection {
                         Some(connection) => upsert(connection, key, value)?,
                         None => upsert(
@@ -122,33 +140,38 @@ fn concurrent(
                             value,
                         )?,
                     }
+                    done += 1;
                 }
-                Ok(())
+                Ok(done)
             }))
         })
         .collect::<BenchResult<Vec<_>>>()?;
     start.wait();
     let began = Instant::now();
+    let mut done = 0;
     for writer in writers {
-        writer.join().map_err(|_| "a writer thread panicked")??;
+        done += writer.join().map_err(|_| "a writer thread panicked")??;
     }
-    report(&[("ops_per_sec", per_second(TASKS * per_task, began.elapsed()))])
+    report_writes(done, began)
 }
 
-fn remove(dir: &Path, n: u64) -> BenchResult {
+fn remove(dir: &Path, n: u64, options: &Options) -> BenchResult {
     let mut connection = open(&dir.join("raw.db"), "kv")?;
     let entries = entries::<String>(n);
     in_one_transaction(&mut connection, &entries)?;
-    let (removed, elapsed) = timed(|| -> BenchResult {
-        for (key, _) in &entries {
-            connection
-                .prepare_cached("DELETE FROM kv WHERE key = ?1")?
-                .execute([key])?;
+    let budget = Budget::start(options)?;
+    let began = Instant::now();
+    let mut done = 0;
+    for (key, _) in &entries {
+        if !budget.left() {
+            break;
         }
-        Ok(())
-    });
-    removed?;
-    report(&[("ops_per_sec", per_second(n, elapsed))])
+        connection
+            .prepare_cached("DELETE FROM kv WHERE key = ?1")?
+            .execute([key])?;
+        done += 1;
+    }
+    report_writes(done, began)
 }
 
 fn insert_many(dir: &Path, n: u64) -> BenchResult {

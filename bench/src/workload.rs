@@ -25,6 +25,14 @@ pub(crate) const TASKS: u64 = 16;
 /// Keys the 16 writers of the hot-keys workload share.
 pub(crate) const HOT_KEYS: u64 = 4;
 
+/// Random reads measured by the `load` workloads unless `--reads` says otherwise.
+pub(crate) const READS: u64 = 1_000_000;
+
+/// How long a write workload keeps starting writes unless `--seconds` says otherwise: on a slow
+/// disk a job stops early (and reports the rate of the writes it made) so that the suite still
+/// ends in reasonable time.
+const WRITE_SECONDS: f64 = 3.0;
+
 /// The stored value: a small serde struct whose JSON is about 117 bytes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Session {
@@ -90,6 +98,29 @@ pub(crate) fn per_second(ops: u64, elapsed: Duration) -> f64 {
     ops as f64 / elapsed.as_secs_f64()
 }
 
+/// When a write workload stops starting writes; started right before its timed part.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Budget {
+    ends: Instant,
+}
+
+impl Budget {
+    pub(crate) fn start(options: &Options) -> BenchResult<Self> {
+        let seconds = match options.text("seconds") {
+            Ok(text) => text.parse()?,
+            Err(_) => WRITE_SECONDS,
+        };
+        Ok(Self {
+            ends: Instant::now() + Duration::from_secs_f64(seconds),
+        })
+    }
+
+    /// Whether another write may start.
+    pub(crate) fn left(&self) -> bool {
+        Instant::now() < self.ends
+    }
+}
+
 /// Runs `work` and returns what it returned and how long it took.
 pub(crate) fn timed<T>(work: impl FnOnce() -> T) -> (T, Duration) {
     let start = Instant::now();
@@ -100,10 +131,13 @@ pub(crate) fn timed<T>(work: impl FnOnce() -> T) -> (T, Duration) {
 /// How many timed passes over the queries each read workload makes; its figure is their median.
 const READ_PASSES: usize = 3;
 
-/// Times `readers` over `queries`: a warm-up pass each, then [`READ_PASSES`] timed passes each,
+/// Times `readers` over `queries` (none if there are no queries): a warm-up pass each, then [`READ_PASSES`] timed passes each,
 /// taking turns so that a noisy moment hits them all alike. Returns each reader's median
 /// nanoseconds per read, in order.
 pub(crate) fn time_reads<Q>(queries: &[Q], readers: &mut [&mut dyn FnMut(&Q)]) -> Vec<f64> {
+    if queries.is_empty() {
+        return Vec::new();
+    }
     let warm_up = queries.len().min(200_000);
     for read in readers.iter_mut() {
         queries[..warm_up].iter().for_each(&mut **read);
@@ -116,6 +150,11 @@ pub(crate) fn time_reads<Q>(queries: &[Q], readers: &mut [&mut dyn FnMut(&Q)]) -
         }
     }
     passes.into_iter().map(median).collect()
+}
+
+/// Names the figures [`time_reads`] returned (none, if it measured none).
+pub(crate) fn named<'a>(names: &[&'a str], figures: &[f64]) -> Vec<(&'a str, f64)> {
+    names.iter().copied().zip(figures.iter().copied()).collect()
 }
 
 /// Keeps `value` alive as far as the optimizer can tell, so a read is not optimized away.
@@ -168,5 +207,13 @@ impl Options {
 
     pub(crate) fn number(&self, name: &str) -> BenchResult<u64> {
         Ok(self.text(name)?.parse()?)
+    }
+
+    /// How many random reads a `load` workload measures (`--reads`, default [`READS`]).
+    pub(crate) fn reads(&self) -> BenchResult<u64> {
+        match self.0.contains_key("reads") {
+            true => self.number("reads"),
+            false => Ok(READS),
+        }
     }
 }

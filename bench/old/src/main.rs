@@ -19,14 +19,11 @@ use persistent_map::sqlite::SqliteBackend;
 use persistent_map::PersistentMap;
 
 use workload::{
-    consume, hot_key, key, peak_rss_mib, per_second, random_indexes, report, time_reads, value,
-    BenchResult, Options, Session, TASKS,
+    consume, hot_key, key, named, peak_rss_mib, per_second, random_indexes, report, time_reads,
+    value, BenchResult, Budget, Options, Session, TASKS,
 };
 
 type Map = PersistentMap<String, Session, SqliteBackend>;
-
-/// Reads measured by `load`, as in `pm-bench`.
-const READS: usize = 1_000_000;
 
 fn main() -> std::process::ExitCode {
     let mut args = std::env::args().skip(1);
@@ -51,11 +48,11 @@ fn run(workload: &str, options: &Options) -> BenchResult {
     let n = || options.number("n");
     runtime.block_on(async {
         match workload {
-            "seq-insert" => seq_insert(dir()?, n()?).await,
-            "concurrent-insert" => concurrent(dir()?, n()?, |_, index| key(index)).await,
-            "hot-keys" => concurrent(dir()?, n()?, |task, _| hot_key(task)).await,
-            "remove" => remove(dir()?, n()?).await,
-            "load" => load(Path::new(options.text("db")?)).await,
+            "seq-insert" => seq_insert(dir()?, n()?, options).await,
+            "concurrent-insert" => concurrent(dir()?, n()?, options, |_, index| key(index)).await,
+            "hot-keys" => concurrent(dir()?, n()?, options, |task, _| hot_key(task)).await,
+            "remove" => remove(dir()?, n()?, options).await,
+            "load" => load(Path::new(options.text("db")?), options.reads()?).await,
             other => Err(format!("persistent-map 0.1.3 has no workload `{other}`").into()),
         }
     })
@@ -68,18 +65,36 @@ async fn open(path: &Path) -> BenchResult<Map> {
     Ok(PersistentMap::new(SqliteBackend::new(path).await?).await?)
 }
 
-async fn seq_insert(dir: &Path, n: u64) -> BenchResult {
+fn report_writes(ops: u64, began: Instant) -> BenchResult {
+    report(&[
+        ("ops_per_sec", per_second(ops, began.elapsed())),
+        ("ops", ops as f64),
+    ])
+}
+
+async fn seq_insert(dir: &Path, n: u64, options: &Options) -> BenchResult {
     let map = open(&dir.join("old.db")).await?;
     let entries: Vec<(String, Session)> = (0..n).map(|i| (key(i), value(i))).collect();
+    let budget = Budget::start(options)?;
     let began = Instant::now();
+    let mut done = 0;
     for (key, value) in entries {
+        if !budget.left() {
+            break;
+        }
         map.insert(key, value).await?;
+        done += 1;
     }
-    report(&[("ops_per_sec", per_second(n, began.elapsed()))])
+    report_writes(done, began)
 }
 
 /// [`TASKS`] tasks sharing the map, each inserting `per_task` entries one at a time.
-async fn concurrent(dir: &Path, per_task: u64, key_of: fn(u64, u64) -> String) -> BenchResult {
+async fn concurrent(
+    dir: &Path,
+    per_task: u64,
+    options: &Options,
+    key_of: fn(u64, u64) -> String,
+) -> BenchResult {
     let map = Arc::new(open(&dir.join("old.db")).await?);
     let work: Vec<Vec<(String, Session)>> = (0..TASKS)
         .map(|task| {
@@ -88,28 +103,35 @@ async fn concurrent(dir: &Path, per_task: u64, key_of: fn(u64, u64) -> String) -
                 .collect()
         })
         .collect();
+    let budget = Budget::start(options)?;
     let began = Instant::now();
     let writers: Vec<_> = work
         .into_iter()
         .map(|entries| {
             let map = Arc::clone(&map);
             tokio::spawn(async move {
+                let mut done = 0;
                 for (key, value) in entries {
+                    if !budget.left() {
+                        break;
+                    }
                     map.insert(key, value).await?;
+                    done += 1;
                 }
-                Ok::<_, persistent_map::PersistentError>(())
+                Ok::<u64, persistent_map::PersistentError>(done)
             })
         })
         .collect();
+    let mut done = 0;
     for writer in writers {
-        writer.await??;
+        done += writer.await??;
     }
-    report(&[("ops_per_sec", per_second(TASKS * per_task, began.elapsed()))])
+    report_writes(done, began)
 }
 
 /// Removes `n` entries one at a time. They are written beforehand with plain SQL in one
 /// transaction (0.1.3 has no batch insert), so the map loads them when it opens.
-async fn remove(dir: &Path, n: u64) -> BenchResult {
+async fn remove(dir: &Path, n: u64, options: &Options) -> BenchResult {
     let path = dir.join("old.db");
     drop(open(&path).await?); // 0.1.3 creates its table
     let mut connection = rusqlite::Connection::open(&path)?;
@@ -123,29 +145,33 @@ async fn remove(dir: &Path, n: u64) -> BenchResult {
     transaction.commit()?;
     drop(connection);
     let map = open(&path).await?;
+    let keys: Vec<String> = (0..n).map(key).collect();
+    let budget = Budget::start(options)?;
     let began = Instant::now();
-    for i in 0..n {
-        map.remove(&key(i)).await?;
+    let mut done = 0;
+    for key in &keys {
+        if !budget.left() {
+            break;
+        }
+        map.remove(key).await?;
+        done += 1;
     }
-    report(&[("ops_per_sec", per_second(n, began.elapsed()))])
+    report_writes(done, began)
 }
 
-/// Reopens the fixture, reports the time and the process's peak memory, then times random
-/// `get`s (0.1.3 has only the cloning read).
-async fn load(db: &Path) -> BenchResult {
+/// Reopens the fixture, reports the time and the process's peak memory, then times `reads`
+/// random `get`s (0.1.3 has only the cloning read).
+async fn load(db: &Path, reads: u64) -> BenchResult {
     let began = Instant::now();
     let map = open(db).await?;
     let secs = began.elapsed().as_secs_f64();
     let rss = peak_rss_mib()?;
-    let queries: Vec<String> = random_indexes(READS, map.len() as u64)
+    let queries: Vec<String> = random_indexes(reads as usize, map.len() as u64)
         .into_iter()
         .map(key)
         .collect();
     let reads = time_reads(&queries, &mut [&mut |key| consume(map.get(key))]);
-    report(&[
-        ("secs", secs),
-        ("rss_mib", rss),
-        ("rows", map.len() as f64),
-        ("get_ns", reads[0]),
-    ])
+    let mut metrics = vec![("secs", secs), ("rss_mib", rss), ("rows", map.len() as f64)];
+    metrics.extend(named(&["get_ns"], &reads));
+    report(&metrics)
 }
