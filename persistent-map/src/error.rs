@@ -142,6 +142,31 @@ pub enum PersistentError {
         source: rusqlite::Error,
     },
 
+    /// A PostgreSQL server could not be reached: the connection string does not parse, the
+    /// server did not answer within the connect timeout, refused the connection or the login,
+    /// or a lost connection could not be re-established within the reconnect timeout.
+    #[cfg(feature = "postgres")]
+    #[error("cannot connect to PostgreSQL at {host}: {reason}")]
+    Connect {
+        /// The server as `host:port` (comma-separated if several were given); never the password.
+        host: String,
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// An error reported by PostgreSQL for the work on a table.
+    #[cfg(feature = "postgres")]
+    #[error("PostgreSQL error at {host} on table {table:?}: {}", crate::backends::postgres::describe_error(.source))]
+    Postgres {
+        /// The server as `host:port`.
+        host: String,
+        /// The table the work was for.
+        table: String,
+        /// tokio-postgres's error (PostgreSQL's own, when the server refused).
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
     /// The backend's worker is gone (its thread stopped), so the write was not done.
     #[error("the storage backend for {} has shut down; the write was not done", path.display())]
     BackendClosed {

@@ -43,6 +43,8 @@ pub mod __private;
 
 pub use backend::{BatchOp, ExternalChanges, StorageBackend};
 pub use backends::in_memory;
+#[cfg(feature = "postgres")]
+pub use backends::postgres;
 #[cfg(feature = "sqlite")]
 pub use backends::sqlite;
 pub use changes::{Change, RecvError, Subscription, CHANGE_BUFFER};

@@ -983,3 +983,43 @@ impl<F: Future + Send + 'static> Drop for CompleteOnDrop<F> {
         }
     }
 }
+
+#[cfg(feature = "postgres")]
+impl<K, V> PersistentMap<K, V, crate::postgres::PostgresBackend>
+where
+    K: crate::PersistentKey
+        + Eq
+        + Hash
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Connects to the PostgreSQL database at `url` and loads the map stored in the key type's
+    /// table, [`K::TABLE_NAME`](crate::PersistentKey::TABLE_NAME) (created if missing).
+    ///
+    /// The one-line way in; for options (another table, timeouts) build a
+    /// [`PostgresBackend`](crate::postgres::PostgresBackend) and call [`new`](Self::new). To
+    /// follow what other instances write, keep a [`refresh_every`](Self::refresh_every) task.
+    ///
+    /// ```no_run
+    /// use persistent_map::{postgres::PostgresBackend, PersistentMap};
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// // String keys live in the table `kv`.
+    /// let map: PersistentMap<String, u32, PostgresBackend> =
+    ///     PersistentMap::open_postgres("postgres://postgres@127.0.0.1:5432/test").await?;
+    /// let _follow = map.refresh_every(Duration::from_secs(10));
+    /// map.insert("a".to_string(), 1).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn open_postgres(url: &str) -> Result<Self> {
+        Self::new(crate::postgres::PostgresBackend::for_key::<K>(url).await?).await
+    }
+}

@@ -1,0 +1,519 @@
+//! Connecting: the connection string, one live connection (the task that reads its messages,
+//! `LISTEN`, the prepared statements), and the table's setup.
+
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio_postgres::config::Host;
+use tokio_postgres::tls::NoTlsStream;
+use tokio_postgres::{AsyncMessage, Client, Config, Connection, NoTls, Socket, Statement};
+
+use super::notify::Changes;
+use crate::{PersistentError, Result};
+
+/// PostgreSQL truncates longer identifiers, which would make two table names one.
+const MAX_IDENTIFIER_BYTES: usize = 63;
+
+/// Our classes of advisory locks (`"pm"` and the next two), so that ours never collide with an
+/// application's: one while a table is created, one per table and one per key while writing.
+const CREATE_LOCK_CLASS: i32 = 0x706d;
+const TABLE_LOCK_CLASS: i32 = 0x706e;
+const KEY_LOCK_CLASS: i32 = 0x706f;
+
+/// What every error of a backend names: where it was and which table.
+#[derive(Debug)]
+pub(super) struct Target {
+    /// The server's `host:port` (several, comma-separated, if the URL lists several).
+    pub(super) host: String,
+    pub(super) table: String,
+}
+
+impl Target {
+    pub(super) fn postgres_error(&self, source: tokio_postgres::Error) -> PersistentError {
+        PersistentError::Postgres {
+            host: self.host.clone(),
+            table: self.table.clone(),
+            source,
+        }
+    }
+
+    pub(super) fn connect_error(&self, reason: String) -> PersistentError {
+        PersistentError::Connect {
+            host: self.host.clone(),
+            reason,
+        }
+    }
+}
+
+/// The message of a tokio-postgres error with its cause: its own `Display` leaves the cause
+/// (PostgreSQL's message, the I/O error) out.
+pub(crate) fn describe_error(error: &tokio_postgres::Error) -> String {
+    match std::error::Error::source(error) {
+        Some(cause) => format!("{error}: {cause}"),
+        None => error.to_string(),
+    }
+}
+
+/// Checks `table` against the crate's rule and PostgreSQL's identifier length.
+pub(super) fn validate_table(table: &str) -> Result<()> {
+    crate::validate_table_name(table)?;
+    if table.len() > MAX_IDENTIFIER_BYTES {
+        return Err(PersistentError::InvalidTableName {
+            name: table.to_owned(),
+            reason: "PostgreSQL names are at most 63 bytes long",
+        });
+    }
+    Ok(())
+}
+
+/// A connection attempt's time limit when neither the builder nor the URL sets one.
+pub(super) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Parses `url` (a `postgres://` URL or `key=value` pairs, as libpq takes) and applies the
+/// timeouts: `connect_timeout` if given, else the URL's, else [`DEFAULT_CONNECT_TIMEOUT`].
+/// Returns the config, the hosts it names (for error messages) and the connect timeout.
+pub(super) fn parse_config(
+    url: &str,
+    connect_timeout: Option<Duration>,
+) -> Result<(Config, String, Duration)> {
+    let mut config: Config = url.parse().map_err(|error| PersistentError::Connect {
+        host: hosts_in_unparsed(url),
+        reason: describe_error(&error),
+    })?;
+    let connect_timeout = connect_timeout
+        .or_else(|| config.get_connect_timeout().copied())
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    config.connect_timeout(connect_timeout);
+    if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+        // libpq's default of two hours would leave an instance deaf to a dead server (and so to
+        // the other instances) for that long; the keepalives find out within about a minute.
+        config
+            .keepalives_idle(Duration::from_secs(30))
+            .keepalives_interval(Duration::from_secs(10))
+            .keepalives_retries(3);
+    }
+    let hosts = describe_hosts(&config);
+    Ok((config, hosts, connect_timeout))
+}
+
+fn describe_hosts(config: &Config) -> String {
+    let ports = config.get_ports();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(index, host)| {
+            let port = match ports {
+                [] => 5432,
+                [port] => *port,
+                ports => ports.get(index).copied().unwrap_or(5432),
+            };
+            match host {
+                Host::Tcp(name) if name.contains(':') => format!("[{name}]:{port}"),
+                Host::Tcp(name) => format!("{name}:{port}"),
+                Host::Unix(path) => format!("{}/.s.PGSQL.{port}", path.display()),
+            }
+        })
+        .collect();
+    if hosts.is_empty() {
+        "(no host given)".to_owned()
+    } else {
+        hosts.join(",")
+    }
+}
+
+/// The host part of a connection string that did not parse, without the password.
+fn hosts_in_unparsed(url: &str) -> String {
+    let Some((_, rest)) = url.split_once("://") else {
+        return "(connection string did not parse)".to_owned();
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    host.to_owned()
+}
+
+/// The SQL of one table, written once per backend.
+#[derive(Debug)]
+pub(super) struct TableSql {
+    pub(super) name: String,
+    create: String,
+    listen: String,
+    upsert: String,
+    delete: String,
+    delete_all: String,
+    select_all: String,
+    select_keys: String,
+}
+
+impl TableSql {
+    /// `name` must have passed [`validate_table`]; it is quoted anyway.
+    pub(super) fn new(name: &str) -> Self {
+        let quoted = format!("\"{name}\"");
+        Self {
+            name: name.to_owned(),
+            create: format!(
+                "CREATE TABLE IF NOT EXISTS {quoted} (key TEXT PRIMARY KEY, value JSONB NOT NULL)"
+            ),
+            listen: format!("LISTEN {quoted}"),
+            upsert: format!(
+                "INSERT INTO {quoted} (key, value) \
+                 SELECT k, v::jsonb FROM unnest($1::text[], $2::text[]) AS u(k, v) \
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+            ),
+            delete: format!("DELETE FROM {quoted} WHERE key = ANY($1::text[])"),
+            delete_all: format!("DELETE FROM {quoted}"),
+            select_all: format!("SELECT key, value::text FROM {quoted}"),
+            select_keys: format!(
+                "SELECT key, value::text FROM {quoted} WHERE key = ANY($1::text[])"
+            ),
+        }
+    }
+}
+
+/// The statements of one connection, prepared once.
+#[derive(Debug)]
+pub(super) struct Statements {
+    pub(super) upsert: Statement,
+    pub(super) delete: Statement,
+    pub(super) delete_all: Statement,
+    /// `$1` the channel, `$2` the payloads.
+    pub(super) notify: Statement,
+    /// `$1` the table's lock id: exclusive and shared.
+    pub(super) lock_table: Statement,
+    pub(super) lock_table_shared: Statement,
+    /// `$1` the keys' lock ids, taken in the order given.
+    pub(super) lock_keys: Statement,
+    pub(super) select_all: Statement,
+    pub(super) select_keys: Statement,
+}
+
+/// An open connection: the client, its statements, and word of its end.
+#[derive(Debug)]
+pub(super) struct Live {
+    pub(super) client: Client,
+    pub(super) statements: Statements,
+    closed: oneshot::Receiver<()>,
+}
+
+impl Live {
+    /// Resolves when the connection has ended.
+    pub(super) async fn closed(&mut self) {
+        let _ = (&mut self.closed).await;
+    }
+}
+
+/// Why a connection could not be opened.
+#[derive(Debug)]
+pub(super) enum OpenFailure {
+    /// No connection: the server did not answer in time, refused, or rejected the login.
+    Unreachable(String),
+    /// Connected, but setting the connection up failed.
+    Statement(tokio_postgres::Error),
+    /// The table exists but is not one of ours.
+    Rejected(PersistentError),
+}
+
+impl From<tokio_postgres::Error> for OpenFailure {
+    fn from(error: tokio_postgres::Error) -> Self {
+        OpenFailure::Statement(error)
+    }
+}
+
+impl OpenFailure {
+    pub(super) fn into_error(self, target: &Target) -> PersistentError {
+        match self {
+            OpenFailure::Unreachable(reason) => target.connect_error(reason),
+            OpenFailure::Statement(source) => target.postgres_error(source),
+            OpenFailure::Rejected(error) => error,
+        }
+    }
+}
+
+impl std::fmt::Display for OpenFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenFailure::Unreachable(reason) => f.write_str(reason),
+            OpenFailure::Statement(error) => f.write_str(&describe_error(error)),
+            OpenFailure::Rejected(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+/// Opens connection number `generation`: connects within `timeout`, sets the table up if
+/// `set_up_table` (see [`set_up_table`]), listens on the table's channel and prepares the
+/// statements. Notifications from other backends go to `changes`; the connection's end is
+/// reported there too.
+pub(super) async fn open(
+    config: &Config,
+    sql: &TableSql,
+    changes: &Arc<Changes>,
+    generation: u64,
+    timeout: Duration,
+    set_up_table: bool,
+) -> std::result::Result<Live, OpenFailure> {
+    let (mut client, connection) = match tokio::time::timeout(timeout, config.connect(NoTls)).await
+    {
+        Ok(Ok(connected)) => connected,
+        Ok(Err(error)) => return Err(OpenFailure::Unreachable(describe_error(&error))),
+        Err(_elapsed) => {
+            return Err(OpenFailure::Unreachable(format!(
+                "no answer within {timeout:?}"
+            )))
+        }
+    };
+    let own_pid = Arc::new(AtomicI32::new(0));
+    let closed = spawn_reader(
+        connection,
+        Arc::clone(changes),
+        generation,
+        Arc::clone(&own_pid),
+    );
+    let set_up = async {
+        let pid: i32 = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await?
+            .try_get(0)?;
+        own_pid.store(pid, Ordering::SeqCst);
+        if set_up_table {
+            self::set_up_table(&mut client, sql).await?;
+        }
+        client.batch_execute(&sql.listen).await?;
+        Ok(prepare(&client, sql).await?)
+    };
+    match tokio::time::timeout(timeout, set_up).await {
+        Ok(Ok(statements)) => Ok(Live {
+            client,
+            statements,
+            closed,
+        }),
+        Ok(Err(failure)) => Err(failure),
+        Err(_elapsed) => Err(OpenFailure::Unreachable(format!(
+            "connected, but the server did not finish setting up the connection within {timeout:?}"
+        ))),
+    }
+}
+
+/// Reads the connection's messages until it ends: notifications from other backends go to
+/// `changes`, notices are dropped. The returned receiver resolves when the connection is gone.
+fn spawn_reader(
+    mut connection: Connection<Socket, NoTlsStream>,
+    changes: Arc<Changes>,
+    generation: u64,
+    own_pid: Arc<AtomicI32>,
+) -> oneshot::Receiver<()> {
+    let (closing, closed) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let reason = loop {
+            match poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(notification))) => {
+                    // Our own commits are already in our map.
+                    if notification.process_id() != own_pid.load(Ordering::SeqCst) {
+                        changes.heard(notification.payload());
+                    }
+                }
+                Some(Ok(_notice)) => {}
+                Some(Err(error)) => break describe_error(&error),
+                None => break "the connection was closed".to_owned(),
+            }
+        };
+        changes.lost(generation, reason);
+        drop(closing);
+    });
+    closed
+}
+
+async fn prepare(
+    client: &Client,
+    sql: &TableSql,
+) -> std::result::Result<Statements, tokio_postgres::Error> {
+    let lock_table = format!("SELECT pg_advisory_xact_lock({TABLE_LOCK_CLASS}, $1)");
+    let lock_table_shared = format!("SELECT pg_advisory_xact_lock_shared({TABLE_LOCK_CLASS}, $1)");
+    let lock_keys =
+        format!("SELECT pg_advisory_xact_lock({KEY_LOCK_CLASS}, id) FROM unnest($1::int4[]) AS id");
+    // Sent together: one round trip.
+    let (upsert, delete, delete_all, notify, select_all, select_keys) = tokio::try_join!(
+        client.prepare(&sql.upsert),
+        client.prepare(&sql.delete),
+        client.prepare(&sql.delete_all),
+        client.prepare("SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload"),
+        client.prepare(&sql.select_all),
+        client.prepare(&sql.select_keys),
+    )?;
+    let (lock_table, lock_table_shared, lock_keys) = tokio::try_join!(
+        client.prepare(&lock_table),
+        client.prepare(&lock_table_shared),
+        client.prepare(&lock_keys),
+    )?;
+    Ok(Statements {
+        upsert,
+        delete,
+        delete_all,
+        notify,
+        lock_table,
+        lock_table_shared,
+        lock_keys,
+        select_all,
+        select_keys,
+    })
+}
+
+/// A column of an existing table: name, type, and whether it alone is the primary key.
+type Column = (String, String, bool);
+
+/// Checks the table, creating it first if it is missing, so that a foreign table is refused
+/// before anything is written. Instances starting together take an advisory lock around the
+/// creation: `CREATE TABLE IF NOT EXISTS` can fail against a concurrent one. An existing table
+/// is only read, so a role without the right to create tables can use one made for it.
+async fn set_up_table(client: &mut Client, sql: &TableSql) -> std::result::Result<(), OpenFailure> {
+    let mut found = columns(client, &sql.name).await?;
+    if found.is_empty() {
+        let transaction = client.transaction().await?;
+        transaction
+            .execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                &[&CREATE_LOCK_CLASS, &sql.name],
+            )
+            .await?;
+        transaction.batch_execute(&sql.create).await?;
+        transaction.commit().await?;
+        found = columns(client, &sql.name).await?;
+    }
+    check_columns(&sql.name, &found).map_err(OpenFailure::Rejected)
+}
+
+/// The columns of `table`, to check before using it.
+async fn columns(
+    client: &Client,
+    table: &str,
+) -> std::result::Result<Vec<Column>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), \
+                    coalesce(i.indnkeyatts = 1 AND i.indkey[0] = a.attnum, false) \
+             FROM pg_attribute a \
+             LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary \
+             WHERE a.attrelid = to_regclass($1::text) AND a.attnum > 0 AND NOT a.attisdropped \
+             ORDER BY a.attnum",
+            &[&format!("\"{table}\"")],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+        .collect()
+}
+
+/// Refuses a table that does not have `key text` as its whole primary key and `value jsonb`.
+fn check_columns(table: &str, columns: &[Column]) -> Result<()> {
+    let incompatible = |reason: String| PersistentError::IncompatibleTable {
+        table: table.to_owned(),
+        reason,
+    };
+    let column = |wanted: &str| columns.iter().find(|(name, _, _)| name == wanted);
+    let listed = || {
+        columns
+            .iter()
+            .map(|(name, kind, _)| format!("{name} {kind}"))
+            .collect::<Vec<_>>()
+    };
+    match column("key") {
+        Some((_, kind, true)) if kind == "text" => {}
+        _ => {
+            return Err(incompatible(format!(
+                "it needs a column `key` of type text that is its whole primary key; its columns are {:?}",
+                listed()
+            )))
+        }
+    }
+    match column("value") {
+        Some((_, kind, _)) if kind == "jsonb" => Ok(()),
+        Some((_, kind, _)) => Err(incompatible(format!(
+            "its column `value` is of type {kind}, not jsonb"
+        ))),
+        None => Err(incompatible(format!(
+            "it has no column `value`; its columns are {:?}",
+            listed()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn column(name: &str, kind: &str, primary_key: bool) -> Column {
+        (name.to_owned(), kind.to_owned(), primary_key)
+    }
+
+    #[test]
+    fn only_key_text_primary_key_and_value_jsonb_are_accepted() {
+        let good = [column("key", "text", true), column("value", "jsonb", false)];
+        assert!(check_columns("t", &good).is_ok());
+        for bad in [
+            vec![
+                column("key", "text", false),
+                column("value", "jsonb", false),
+            ],
+            vec![
+                column("key", "integer", true),
+                column("value", "jsonb", false),
+            ],
+            vec![
+                column("id", "integer", true),
+                column("value", "jsonb", false),
+            ],
+            vec![column("key", "text", true), column("value", "text", false)],
+            vec![column("key", "text", true), column("data", "jsonb", false)],
+        ] {
+            let err = check_columns("t", &bad).unwrap_err();
+            assert!(
+                matches!(err, PersistentError::IncompatibleTable { .. }),
+                "{err}"
+            );
+            assert!(err.to_string().contains("\"t\""), "{err}");
+        }
+    }
+
+    #[test]
+    fn table_names_longer_than_postgres_allows_are_refused() {
+        assert!(validate_table(&"t".repeat(63)).is_ok());
+        let err = validate_table(&"t".repeat(64)).unwrap_err();
+        assert!(err.to_string().contains("63 bytes"), "{err}");
+        assert!(validate_table("bad name").is_err());
+    }
+
+    #[test]
+    fn the_connect_timeout_comes_from_the_builder_else_the_url_else_the_default() {
+        let timeout = |url: &str, given| parse_config(url, given).unwrap().2;
+        let url = "postgres://u@h/db";
+        assert_eq!(timeout(url, None), DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(
+            timeout("postgres://u@h/db?connect_timeout=2", None),
+            Duration::from_secs(2)
+        );
+        let given = Some(Duration::from_millis(300));
+        assert_eq!(
+            timeout("postgres://u@h/db?connect_timeout=2", given),
+            Duration::from_millis(300)
+        );
+    }
+
+    #[test]
+    fn hosts_are_named_with_their_ports_and_without_passwords() {
+        let host_of = |url: &str| parse_config(url, None).unwrap().1;
+        assert_eq!(
+            host_of("postgres://u:secret@db.example:6543/app"),
+            "db.example:6543"
+        );
+        assert_eq!(host_of("postgres://u@10.0.0.1/app"), "10.0.0.1:5432");
+        assert_eq!(host_of("host=a,b port=1,2 user=u"), "a:1,b:2");
+        let err = parse_config("postgres://u:secret@db.example:notaport/app", None).unwrap_err();
+        assert!(matches!(err, PersistentError::Connect { .. }), "{err}");
+        assert!(err.to_string().contains("db.example"), "{err}");
+        assert!(!err.to_string().contains("secret"), "{err}");
+    }
+}

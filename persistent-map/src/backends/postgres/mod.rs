@@ -1,0 +1,637 @@
+//! The PostgreSQL backend: one shared store for the instances of an application running on
+//! several machines, each keeping its in-memory map true to it.
+//!
+//! ```no_run
+//! use persistent_map::{PersistentKey, PersistentMap, postgres::PostgresBackend};
+//! use std::time::Duration;
+//!
+//! #[derive(PersistentKey, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+//! #[persistent_key(table = "sessions")]
+//! struct SessionKey {
+//!     tenant: String,
+//!     user: u64,
+//! }
+//!
+//! # #[tokio::main]
+//! # async fn main() -> persistent_map::Result<()> {
+//! let url = "postgres://app@db.internal:5432/app";
+//! let sessions: PersistentMap<SessionKey, String, PostgresBackend> =
+//!     PersistentMap::open_postgres(url).await?;
+//! // Apply what the other instances commit as soon as it is announced (and every 10 s anyway).
+//! let _follow = sessions.refresh_every(Duration::from_secs(10));
+//!
+//! let key = SessionKey { tenant: "acme".into(), user: 42 };
+//! sessions.insert(key.clone(), "token".into()).await?; // committed when this returns Ok
+//! assert_eq!(sessions.get(&key), Some("token".to_string())); // from memory
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Storage
+//!
+//! Each map lives in one table, by default its key type's
+//! ([`PersistentKey::TABLE_NAME`](crate::PersistentKey::TABLE_NAME)), created if missing:
+//! `key TEXT PRIMARY KEY` holding the key's `Display` text and `value JSONB NOT NULL` holding
+//! the value as JSON, so `psql` shows (and can query) the data. Table names follow
+//! [`validate_table_name`](crate::validate_table_name), are at most 63 bytes (PostgreSQL's
+//! limit) and are quoted, so they keep their case. An existing table without those columns is
+//! refused with [`PersistentError::IncompatibleTable`] before anything is written.
+//!
+//! # Writes
+//!
+//! A write is acknowledged once its transaction has committed, so it is as durable as the
+//! server makes commits (`synchronous_commit`, on by default: flushed to the server's disk).
+//! Writes that arrive while a commit is running are committed together in the next
+//! transaction, with one multi-row upsert; the rows are sorted by key so that instances writing
+//! the same keys lock them in the same order. A transaction that PostgreSQL still aborts for a
+//! deadlock or a serialization failure is retried. A batch
+//! ([`PersistentMap::insert_many`](crate::PersistentMap::insert_many) and friends) is one
+//! transaction: all of it or nothing.
+//!
+//! # Coherence across instances
+//!
+//! Every transaction announces what it changed with `NOTIFY` on the channel named like the
+//! table, in the same transaction, so the announcement is delivered if and only if the change
+//! is committed. Every backend `LISTEN`s on its table's channel, on the same connection it
+//! writes with. The payload is:
+//!
+//! | payload | meaning |
+//! | --- | --- |
+//! | `k:<key text>` | the row of this key was inserted, updated or deleted |
+//! | `reload` | anything may have changed: a clear, a transaction of more than 1024 keys, or a key whose payload would reach PostgreSQL's 8000-byte limit |
+//!
+//! Any other payload is read as `reload`, so after editing a table by hand,
+//! `NOTIFY "sessions", 'reload'` brings every instance up to date. An instance skips its own
+//! announcements (PostgreSQL gives each the process id of the session that sent it, and an
+//! instance sends from the session it listens on), so its own writes never cost it a re-read.
+//!
+//! The map applies what was announced when it [refreshes](crate::PersistentMap::refresh): it
+//! re-reads just the announced keys, or everything after `reload`.
+//! [`refresh_every`](crate::PersistentMap::refresh_every) refreshes as soon as an announcement
+//! arrives; keep one running for each map that should follow the others. Rows written by
+//! other programs that do not send `NOTIFY` are seen only on a reload.
+//!
+//! # Faults
+//!
+//! - An unreachable server is a [`PersistentError::Connect`] naming the host, after the
+//!   connect timeout at most ([`PostgresBuilder::connect_timeout`], the URL's
+//!   `connect_timeout`, else 5 seconds).
+//! - When the connection breaks (the server restarts, `pg_terminate_backend`, the network), the
+//!   backend reconnects at once, then with growing pauses of up to a second. Work in hand is
+//!   retried on the new connection; writes are idempotent, so a commit whose answer was lost is
+//!   safely sent again. Work fails with [`PersistentError::Connect`] only if no connection
+//!   could be had within the reconnect timeout ([`PostgresBuilder::reconnect_timeout`], 10
+//!   seconds by default); a write that failed that way while its commit was in flight may still
+//!   have committed, which the reload below then shows.
+//! - Announcements made while an instance was disconnected are lost to it, so its first refresh
+//!   after reconnecting reloads everything; refreshes while it is disconnected return the
+//!   error.
+//!
+//! Connections are not encrypted (tokio-postgres with `NoTls`): a URL that requires TLS
+//! (`sslmode=require`) fails to connect.
+
+mod connect;
+mod decode;
+mod notify;
+mod session;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::Hash;
+use std::str::FromStr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+pub(crate) use self::connect::describe_error;
+use self::connect::{TableSql, Target};
+use self::notify::{Changes, Taken};
+use self::session::{Command, Counters, RawOp, Scanned, Session, Timeouts};
+use crate::{BatchOp, ExternalChanges, PersistentError, PersistentKey, Result, StorageBackend};
+
+/// The tokio-postgres this backend is built on, whose error
+/// [`PersistentError::Postgres`] carries.
+pub use tokio_postgres;
+
+/// How long work waits for a lost connection to come back, unless told otherwise.
+const DEFAULT_RECONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A [`StorageBackend`] that stores a map in one table of a PostgreSQL database, shared by every
+/// instance of the application, and keeps this instance's map coherent with the others through
+/// `LISTEN`/`NOTIFY` (see the [module docs](self)).
+///
+/// Open one with [`connect`](Self::connect) (table `kv`), [`with_table`](Self::with_table),
+/// [`for_key`](Self::for_key) (the key type's own table), or [`builder`](Self::builder) for
+/// timeouts. Each backend opened is one instance with its own connection; clones share it.
+///
+/// ```no_run
+/// use persistent_map::{postgres::PostgresBackend, PersistentMap};
+///
+/// # #[tokio::main]
+/// # async fn main() -> persistent_map::Result<()> {
+/// let url = "postgres://postgres@127.0.0.1:5432/test";
+/// let users = PersistentMap::<u64, String, _>::new(PostgresBackend::with_table(url, "users").await?).await?;
+/// users.insert(1, "ada".to_string()).await?;
+/// assert_eq!(users.backend().table(), "users");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct PostgresBackend {
+    shared: Arc<Shared>,
+}
+
+/// What the clones of a backend share. Dropping the last one stops the session task, which
+/// closes the connection.
+struct Shared {
+    commands: mpsc::UnboundedSender<Command>,
+    target: Arc<Target>,
+    changes: Arc<Changes>,
+    counters: Arc<Counters>,
+}
+
+impl PostgresBackend {
+    /// Connects to the database at `url` and uses (creating it if missing) the table `kv`.
+    ///
+    /// `url` is a `postgres://user:password@host:port/database?options` URL or libpq's
+    /// `key=value` form.
+    ///
+    /// ```no_run
+    /// # #[tokio::main]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let backend = persistent_map::postgres::PostgresBackend::connect(
+    ///     "postgres://postgres@127.0.0.1:5432/test",
+    /// )
+    /// .await?;
+    /// assert_eq!(backend.table(), "kv");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::builder(url).connect().await
+    }
+
+    /// Connects to the database at `url` and uses (creating it if missing) the table `table`,
+    /// which must be `[A-Za-z_][A-Za-z0-9_]*`, at most 63 bytes, and not start with `sqlite_`.
+    ///
+    /// ```no_run
+    /// use persistent_map::{postgres::PostgresBackend, PersistentError};
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let url = "postgres://postgres@127.0.0.1:5432/test";
+    /// let backend = PostgresBackend::with_table(url, "sessions").await?;
+    /// assert_eq!(backend.table(), "sessions");
+    ///
+    /// let err = PostgresBackend::with_table(url, "bad name").await.unwrap_err();
+    /// assert!(matches!(err, PersistentError::InvalidTableName { .. }));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn with_table(url: &str, table: &str) -> Result<Self> {
+        Self::builder(url).table(table).connect().await
+    }
+
+    /// Connects to the database at `url` and uses the table of the key type `K`,
+    /// [`K::TABLE_NAME`](PersistentKey::TABLE_NAME).
+    ///
+    /// ```no_run
+    /// # #[tokio::main]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let url = "postgres://postgres@127.0.0.1:5432/test";
+    /// let backend = persistent_map::postgres::PostgresBackend::for_key::<String>(url).await?;
+    /// assert_eq!(backend.table(), "kv");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn for_key<K: PersistentKey>(url: &str) -> Result<Self> {
+        Self::builder(url).table(K::TABLE_NAME).connect().await
+    }
+
+    /// Starts configuring a backend on the database at `url`: table `kv`, the URL's connect
+    /// timeout (else 5 seconds), a 10 second reconnect timeout, until told otherwise.
+    ///
+    /// ```no_run
+    /// use persistent_map::postgres::PostgresBackend;
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let backend = PostgresBackend::builder("postgres://postgres@127.0.0.1:5432/test")
+    ///     .table("events")
+    ///     .connect_timeout(Duration::from_secs(2))
+    ///     .reconnect_timeout(Duration::from_secs(30))
+    ///     .connect()
+    ///     .await?;
+    /// # let _ = backend;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder(url: &str) -> PostgresBuilder {
+        PostgresBuilder {
+            url: url.to_owned(),
+            table: "kv".to_owned(),
+            connect_timeout: None,
+            reconnect_timeout: DEFAULT_RECONNECT_TIMEOUT,
+        }
+    }
+
+    /// The table this backend stores its map in.
+    ///
+    /// ```no_run
+    /// # #[tokio::main]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let url = "postgres://postgres@127.0.0.1:5432/test";
+    /// let backend = persistent_map::postgres::PostgresBackend::with_table(url, "t").await?;
+    /// assert_eq!(backend.table(), "t");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn table(&self) -> &str {
+        &self.shared.target.table
+    }
+
+    /// The server as `host:port` (comma-separated if the URL names several), as errors name it.
+    ///
+    /// ```no_run
+    /// # #[tokio::main]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let url = "postgres://postgres@127.0.0.1/test";
+    /// let backend = persistent_map::postgres::PostgresBackend::connect(url).await?;
+    /// assert_eq!(backend.host(), "127.0.0.1:5432");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn host(&self) -> &str {
+        &self.shared.target.host
+    }
+
+    /// What this backend has done so far.
+    ///
+    /// `writes / commits` is how many acknowledged writes one transaction served on average:
+    /// above 1 when concurrent writers share commits. `reconnects` counts connections lost and
+    /// re-established.
+    ///
+    /// ```no_run
+    /// use persistent_map::{postgres::PostgresBackend, PersistentMap};
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let url = "postgres://postgres@127.0.0.1:5432/test";
+    /// let map: PersistentMap<String, u32, PostgresBackend> = PersistentMap::open_postgres(url).await?;
+    /// map.insert("a".to_string(), 1).await?;
+    /// let stats = map.backend().stats();
+    /// assert_eq!((stats.commits, stats.writes), (1, 1));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn stats(&self) -> PostgresStats {
+        let counters = &self.shared.counters;
+        PostgresStats {
+            commits: counters.commits.load(Ordering::Relaxed),
+            writes: counters.writes.load(Ordering::Relaxed),
+            reconnects: counters.reconnects.load(Ordering::Relaxed),
+        }
+    }
+
+    async fn write(&self, ops: Vec<RawOp>) -> Result<()> {
+        let (done, committed) = oneshot::channel();
+        self.send(Command::Write { ops, done })?;
+        committed.await.map_err(|_| self.stopped())?
+    }
+
+    fn send(&self, command: Command) -> Result<()> {
+        self.shared
+            .commands
+            .send(command)
+            .map_err(|_| self.stopped())
+    }
+
+    /// The session task is gone, which only a panic in it can cause.
+    fn stopped(&self) -> PersistentError {
+        let target = &self.shared.target;
+        PersistentError::Backend(
+            format!(
+                "the PostgreSQL session for table {:?} at {} has stopped; the work was not done",
+                target.table, target.host
+            )
+            .into(),
+        )
+    }
+
+    async fn load_rows<K, V>(&self, sink: &mut (dyn FnMut(K, V) + Send)) -> Result<()>
+    where
+        K: FromStr,
+        <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
+        V: DeserializeOwned,
+    {
+        // Two chunks in flight: the session reads the next while this task decodes one.
+        let (rows, mut scanned) = mpsc::channel(2);
+        self.send(Command::Load { rows })?;
+        let table = self.table();
+        while let Some(message) = scanned.recv().await {
+            match message {
+                Scanned::Rows(chunk) => {
+                    for row in chunk {
+                        let (key, value) = decode::decode_row(table, row)?;
+                        sink(key, value);
+                    }
+                }
+                Scanned::Failed(error) => return Err(error),
+                Scanned::Finished => return Ok(()),
+            }
+        }
+        Err(self.stopped())
+    }
+}
+
+impl fmt::Debug for PostgresBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresBackend")
+            .field("host", &self.host())
+            .field("table", &self.table())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counts from a backend, returned by [`PostgresBackend::stats`].
+///
+/// ```
+/// let stats = persistent_map::postgres::PostgresStats::default();
+/// assert_eq!(stats.commits, 0);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct PostgresStats {
+    /// Transactions committed.
+    pub commits: u64,
+    /// Write requests (a single insert or remove, or one batch) committed and acknowledged.
+    pub writes: u64,
+    /// Connections lost and re-established.
+    pub reconnects: u64,
+}
+
+/// Options for a [`PostgresBackend`]; made by [`PostgresBackend::builder`].
+#[derive(Clone)]
+#[must_use = "a builder does nothing until `.connect().await`"]
+pub struct PostgresBuilder {
+    url: String,
+    table: String,
+    connect_timeout: Option<Duration>,
+    reconnect_timeout: Duration,
+}
+
+impl fmt::Debug for PostgresBuilder {
+    /// Leaves the URL out: it may hold a password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresBuilder")
+            .field("table", &self.table)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("reconnect_timeout", &self.reconnect_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresBuilder {
+    /// The table to store the map in (default `kv`).
+    ///
+    /// ```no_run
+    /// # #[tokio::main]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let backend = persistent_map::postgres::PostgresBackend::builder("postgres://postgres@127.0.0.1/test")
+    ///     .table("orders")
+    ///     .connect()
+    ///     .await?;
+    /// assert_eq!(backend.table(), "orders");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn table(mut self, table: impl Into<String>) -> Self {
+        self.table = table.into();
+        self
+    }
+
+    /// How long one connection attempt may take, setup included, before it fails with
+    /// [`PersistentError::Connect`] (default: the URL's `connect_timeout`, else 5 seconds).
+    ///
+    /// ```no_run
+    /// use persistent_map::{postgres::PostgresBackend, PersistentError};
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() {
+    /// let err = PostgresBackend::builder("postgres://postgres@192.0.2.1:5432/test")
+    ///     .connect_timeout(Duration::from_millis(500))
+    ///     .connect()
+    ///     .await
+    ///     .unwrap_err();
+    /// assert!(matches!(err, PersistentError::Connect { .. }));
+    /// assert!(err.to_string().contains("192.0.2.1:5432"));
+    /// # }
+    /// ```
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// How long work waits for a lost connection to come back before it fails with
+    /// [`PersistentError::Connect`] (default 10 seconds).
+    ///
+    /// ```no_run
+    /// # #[tokio::main]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let backend = persistent_map::postgres::PostgresBackend::builder("postgres://postgres@127.0.0.1/test")
+    ///     .reconnect_timeout(std::time::Duration::from_secs(60))
+    ///     .connect()
+    ///     .await?;
+    /// # let _ = backend;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn reconnect_timeout(mut self, timeout: Duration) -> Self {
+        self.reconnect_timeout = timeout;
+        self
+    }
+
+    /// Connects, creates the table if it is missing, and starts listening for the other
+    /// instances' changes.
+    ///
+    /// Fails, writing nothing, if the table name is invalid, the URL does not parse, the server
+    /// cannot be reached within the connect timeout ([`PersistentError::Connect`], naming the
+    /// host), or the table exists without the `key` and `value` columns.
+    ///
+    /// ```no_run
+    /// use persistent_map::{postgres::PostgresBackend, PersistentError};
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() {
+    /// let err = PostgresBackend::builder("postgres://postgres@127.0.0.1:1/test")
+    ///     .connect()
+    ///     .await
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
+    /// # }
+    /// ```
+    pub async fn connect(self) -> Result<PostgresBackend> {
+        connect::validate_table(&self.table)?;
+        let (config, host, connect_timeout) =
+            connect::parse_config(&self.url, self.connect_timeout)?;
+        let target = Arc::new(Target {
+            host,
+            table: self.table.clone(),
+        });
+        let changes = Arc::new(Changes::default());
+        let counters = Arc::new(Counters::default());
+        let session = Session::connect(
+            config,
+            Arc::new(TableSql::new(&self.table)),
+            Arc::clone(&target),
+            Arc::clone(&changes),
+            Arc::clone(&counters),
+            Timeouts {
+                connect: connect_timeout,
+                reconnect: self.reconnect_timeout,
+            },
+        )
+        .await?;
+        let (commands, queue) = mpsc::unbounded_channel();
+        tokio::spawn(session.run(queue));
+        Ok(PostgresBackend {
+            shared: Arc::new(Shared {
+                commands,
+                target,
+                changes,
+                counters,
+            }),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl<K, V> StorageBackend<K, V> for PostgresBackend
+where
+    K: Eq
+        + Hash
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static
+        + ToString
+        + FromStr,
+    <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    async fn load_all(&self) -> Result<HashMap<K, V>, PersistentError> {
+        let mut entries = HashMap::new();
+        self.load_each(&mut |key, value| {
+            entries.insert(key, value);
+        })
+        .await?;
+        Ok(entries)
+    }
+
+    /// Returns once the row is committed.
+    async fn save(&self, key: K, value: V) -> Result<(), PersistentError> {
+        self.write(vec![encode(&BatchOp::Save(key, value))?]).await
+    }
+
+    /// Returns once the delete is committed.
+    async fn delete(&self, key: &K) -> Result<(), PersistentError> {
+        self.write(vec![RawOp::Delete {
+            key: key.to_string(),
+        }])
+        .await
+    }
+
+    /// Returns once every write sent before it is committed.
+    async fn flush(&self) -> Result<(), PersistentError> {
+        let (done, flushed) = oneshot::channel();
+        self.send(Command::Flush { done })?;
+        flushed.await.map_err(|_| self.stopped())
+    }
+
+    /// Commits all of `ops` in one transaction: all or nothing.
+    async fn apply_batch(&self, ops: &[BatchOp<K, V>]) -> Result<(), PersistentError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let ops = ops.iter().map(encode).collect::<Result<Vec<_>>>()?;
+        self.write(ops).await
+    }
+
+    /// Streams the rows from the server in chunks, decoding one while the next arrives.
+    async fn load_each(&self, sink: &mut (dyn FnMut(K, V) + Send)) -> Result<(), PersistentError> {
+        let loaded = self.load_rows(sink).await;
+        if loaded.is_err() {
+            // The map asked for this load to catch up; it did not, so the next refresh must.
+            self.shared.changes.reload_later();
+        }
+        loaded
+    }
+
+    /// One `DELETE` in one transaction, announced as `reload`.
+    async fn clear(&self) -> Result<(), PersistentError> {
+        self.write(vec![RawOp::DeleteAll]).await
+    }
+
+    async fn load_keys(&self, keys: &[K]) -> Result<HashMap<K, V>, PersistentError> {
+        let (done, found) = oneshot::channel();
+        let texts = keys.iter().map(ToString::to_string).collect();
+        self.send(Command::LoadKeys { keys: texts, done })?;
+        let loaded = found.await.map_err(|_| self.stopped()).and_then(|rows| {
+            rows?
+                .into_iter()
+                .map(|row| decode::decode_row(self.table(), row))
+                .collect()
+        });
+        if loaded.is_err() {
+            self.shared.changes.reload_later();
+        }
+        loaded
+    }
+
+    /// The keys that other instances announced since the last call, or
+    /// [`ExternalChanges::Unknown`] after a `reload` announcement or a reconnection. While the
+    /// connection is down, [`PersistentError::Connect`].
+    async fn external_changes(&self) -> Result<ExternalChanges<K>, PersistentError> {
+        match self.shared.changes.take() {
+            Taken::Nothing => Ok(ExternalChanges::None),
+            Taken::Everything => Ok(ExternalChanges::Unknown),
+            Taken::Keys(texts) => {
+                let keys: Result<Vec<K>> = texts
+                    .iter()
+                    .map(|text| decode::decode_key(self.table(), text))
+                    .collect();
+                // A key this type cannot parse was not written by a map of this type (another
+                // schema's table of the same name shares the channel): reload to be sure.
+                Ok(keys.map_or(ExternalChanges::Unknown, ExternalChanges::Keys))
+            }
+            Taken::Disconnected(reason) => Err(self.shared.target.connect_error(format!(
+                "the connection was lost ({reason}); reconnecting, the map will reload then"
+            ))),
+        }
+    }
+
+    /// Resolves when another instance's announcement arrives, or the connection is lost or
+    /// re-established.
+    async fn external_change_signal(&self) {
+        self.shared.changes.signalled().await;
+    }
+}
+
+fn encode<K: ToString, V: Serialize>(op: &BatchOp<K, V>) -> Result<RawOp> {
+    Ok(match op {
+        BatchOp::Save(key, value) => RawOp::Upsert {
+            key: key.to_string(),
+            value: serde_json::to_string(value)?,
+        },
+        BatchOp::Delete(key) => RawOp::Delete {
+            key: key.to_string(),
+        },
+    })
+}
