@@ -37,6 +37,11 @@
 //! limit) and are quoted, so they keep their case. An existing table without those columns is
 //! refused with [`PersistentError::IncompatibleTable`] before anything is written.
 //!
+//! The primary key's index holds keys of up to about 2700 bytes (after compression): a longer
+//! key is refused with [`PersistentError::Postgres`] and nothing is written. A value can be as
+//! large as JSONB allows (255 MB); JSONB refuses the character U+0000 in strings, so a value
+//! holding it is refused the same way.
+//!
 //! # Writes
 //!
 //! A write is acknowledged once its transaction has committed, so it is as durable as the
