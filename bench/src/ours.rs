@@ -10,8 +10,8 @@ use persistent_map::PersistentMap;
 use crate::keys::{entries, with_keys, BenchKey, KeyKind};
 use crate::memory::queries;
 use crate::workload::{
-    consume, hot_key, key, named, peak_rss_mib, per_second, report, time_reads, value, BenchResult,
-    Budget, Options, Session, TASKS,
+    consume, hot_key, key, leak, named, peak_rss_mib, per_second, report, time_reads, value,
+    BenchResult, Budget, Options, Session, TASKS,
 };
 
 type Map<K> = PersistentMap<K, Session, SqliteBackend>;
@@ -156,7 +156,9 @@ async fn load<K: BenchKey>(db: &Path, reads: u64) -> BenchResult {
     );
     let mut metrics = vec![("secs", secs), ("rss_mib", rss), ("rows", map.len() as f64)];
     metrics.extend(named(&["get_ns", "get_with_ns"], &reads));
-    report(&metrics)
+    report(&metrics)?;
+    leak(map);
+    Ok(())
 }
 
 async fn insert_many(dir: &Path, n: u64) -> BenchResult {
@@ -165,5 +167,7 @@ async fn insert_many(dir: &Path, n: u64) -> BenchResult {
     let began = Instant::now();
     map.insert_many(entries).await?;
     let secs = began.elapsed().as_secs_f64();
-    report(&[("ops_per_sec", n as f64 / secs), ("secs", secs)])
+    report(&[("ops_per_sec", n as f64 / secs), ("secs", secs)])?;
+    leak(map);
+    Ok(())
 }

@@ -13,7 +13,8 @@ use rusqlite::{Connection, Transaction};
 
 use crate::keys::{entries, with_keys, BenchKey, KeyKind};
 use crate::workload::{
-    hot_key, key, per_second, report, timed, value, BenchResult, Budget, Options, Session, TASKS,
+    hot_key, key, leak, per_second, report, timed, value, BenchResult, Budget, Options, Session,
+    TASKS,
 };
 
 /// Runs the raw rusqlite workload `workload`; `shared` (`raw-mutex`) puts the concurrent writers
@@ -182,7 +183,9 @@ fn insert_many(dir: &Path, n: u64) -> BenchResult {
     report(&[
         ("ops_per_sec", per_second(n, elapsed)),
         ("secs", elapsed.as_secs_f64()),
-    ])
+    ])?;
+    leak(entries);
+    Ok(())
 }
 
 /// Upserts every entry in one transaction.
@@ -212,7 +215,9 @@ fn load<K: BenchKey>(db: &Path) -> BenchResult {
         Ok(rows)
     });
     let rows = rows?;
-    report(&[("secs", elapsed.as_secs_f64()), ("rows", rows.len() as f64)])
+    report(&[("secs", elapsed.as_secs_f64()), ("rows", rows.len() as f64)])?;
+    leak(rows);
+    Ok(())
 }
 
 /// Reads every row of `K`'s table in `db` and hands it to `sink` decoded, the fastest way

@@ -157,6 +157,13 @@ pub(crate) fn named<'a>(names: &[&'a str], figures: &[f64]) -> Vec<(&'a str, f64
     names.iter().copied().zip(figures.iter().copied()).collect()
 }
 
+/// Leaves what a load workload loaded to the operating system: the process ends right after,
+/// and freeing a million entries one by one would only make the suite slower (and profiles of
+/// the load noisier).
+pub(crate) fn leak<T>(loaded: T) {
+    std::mem::forget(loaded);
+}
+
 /// Keeps `value` alive as far as the optimizer can tell, so a read is not optimized away.
 pub(crate) fn consume<T>(value: T) {
     drop(black_box(value));

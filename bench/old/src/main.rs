@@ -19,8 +19,8 @@ use persistent_map::sqlite::SqliteBackend;
 use persistent_map::PersistentMap;
 
 use workload::{
-    consume, hot_key, key, named, peak_rss_mib, per_second, random_indexes, report, time_reads,
-    value, BenchResult, Budget, Options, Session, TASKS,
+    consume, hot_key, key, leak, named, peak_rss_mib, per_second, random_indexes, report,
+    time_reads, value, BenchResult, Budget, Options, Session, TASKS,
 };
 
 type Map = PersistentMap<String, Session, SqliteBackend>;
@@ -173,5 +173,7 @@ async fn load(db: &Path, reads: u64) -> BenchResult {
     let reads = time_reads(&queries, &mut [&mut |key| consume(map.get(key))]);
     let mut metrics = vec![("secs", secs), ("rss_mib", rss), ("rows", map.len() as f64)];
     metrics.extend(named(&["get_ns"], &reads));
-    report(&metrics)
+    report(&metrics)?;
+    leak(map);
+    Ok(())
 }
