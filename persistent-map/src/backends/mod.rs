@@ -1,3 +1,5 @@
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod decode;
 pub mod in_memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;

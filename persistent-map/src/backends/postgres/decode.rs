@@ -5,7 +5,9 @@ use std::str::FromStr;
 use serde::de::DeserializeOwned;
 
 use super::session::RawRow;
-use crate::{PersistentError, Result};
+pub(super) use crate::backends::decode::decode_key;
+use crate::backends::decode::{decode_value, not_text, Column};
+use crate::Result;
 
 /// Decodes one row of `table`.
 pub(super) fn decode_row<K, V>(table: &str, (key, value): RawRow) -> Result<(K, V)>
@@ -16,39 +18,15 @@ where
 {
     let decoded_key = decode_key(table, &key)?;
     let Some(value) = value else {
-        return Err(PersistentError::InvalidStoredValue {
-            table: table.to_owned(),
-            key,
-            source: "the value is NULL".into(),
-        });
+        return Err(not_text(table, key, Column::Value, "NULL"));
     };
-    match serde_json::from_str(&value) {
-        Ok(decoded_value) => Ok((decoded_key, decoded_value)),
-        Err(source) => Err(PersistentError::InvalidStoredValue {
-            table: table.to_owned(),
-            key,
-            source: Box::new(source),
-        }),
-    }
-}
-
-/// Parses a key text of `table`.
-pub(super) fn decode_key<K>(table: &str, key: &str) -> Result<K>
-where
-    K: FromStr,
-    <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
-{
-    key.parse()
-        .map_err(|source| PersistentError::InvalidStoredKey {
-            table: table.to_owned(),
-            key: key.to_owned(),
-            source: Box::new(source),
-        })
+    Ok((decoded_key, decode_value(table, &key, &value)?))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::PersistentError;
 
     #[test]
     fn errors_name_the_table_and_the_raw_key() {

@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use super::writer::Writer;
+use crate::backends::decode::{decode_key, decode_value, not_text, Column};
 use crate::{PersistentError, Result};
 
 /// Creates the table if it is missing, then checks that it has the columns this crate uses.
@@ -90,7 +91,7 @@ enum Scanned {
     /// A row whose key or value is not text, so it cannot even be handed to the decoder.
     NotText {
         key: String,
-        column: &'static str,
+        column: Column,
         found: &'static str,
     },
     Failed(rusqlite::Error),
@@ -168,7 +169,8 @@ where
         .await?;
     rows.into_iter()
         .map(|(key, value)| {
-            let value = value.map_err(|found| not_text(table, key.clone(), "value", found))?;
+            let value =
+                value.map_err(|found| not_text(table, key.clone(), Column::Value, found))?;
             Ok((decode_key(table, &key)?, decode_value(table, &key, &value)?))
         })
         .collect()
@@ -188,11 +190,11 @@ pub(super) async fn raw_rows(writer: &Writer, table: &str) -> Result<Vec<RawRow>
             while let Some(row) = rows.next()? {
                 let key = match text_of(row.get_ref(0)?) {
                     Ok(key) => key.to_owned(),
-                    Err(found) => return Ok(Err((describe(row.get_ref(0)?), "key", found))),
+                    Err(found) => return Ok(Err((describe(row.get_ref(0)?), Column::Key, found))),
                 };
                 match text_of(row.get_ref(1)?) {
                     Ok(value) => raw.push((key, value.to_owned())),
-                    Err(found) => return Ok(Err((key, "value", found))),
+                    Err(found) => return Ok(Err((key, Column::Value, found))),
                 }
             }
             Ok(Ok(raw))
@@ -207,43 +209,6 @@ pub(super) async fn data_version(writer: &Writer) -> Result<i64> {
     writer
         .run(|connection| connection.query_row("PRAGMA data_version", [], |row| row.get(0)))
         .await
-}
-
-fn not_text(table: &str, key: String, column: &str, found: &str) -> PersistentError {
-    let source = format!("the {column} is {found}, not text").into();
-    match column {
-        "key" => PersistentError::InvalidStoredKey {
-            table: table.to_owned(),
-            key,
-            source,
-        },
-        _ => PersistentError::InvalidStoredValue {
-            table: table.to_owned(),
-            key,
-            source,
-        },
-    }
-}
-
-fn decode_key<K>(table: &str, key: &str) -> Result<K>
-where
-    K: FromStr,
-    <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
-{
-    key.parse()
-        .map_err(|source| PersistentError::InvalidStoredKey {
-            table: table.to_owned(),
-            key: key.to_owned(),
-            source: Box::new(source),
-        })
-}
-
-fn decode_value<V: DeserializeOwned>(table: &str, key: &str, value: &str) -> Result<V> {
-    serde_json::from_str(value).map_err(|source| PersistentError::InvalidStoredValue {
-        table: table.to_owned(),
-        key: key.to_owned(),
-        source: Box::new(source),
-    })
 }
 
 /// Runs on the writer thread. Stops early, without error, when the caller stopped listening.
@@ -284,7 +249,7 @@ fn scan_rows(
             Err(found) => {
                 return Ok(ScanEnd::NotText(Scanned::NotText {
                     key: describe(row.get_ref(0)?),
-                    column: "key",
+                    column: Column::Key,
                     found,
                 }))
             }
@@ -294,7 +259,7 @@ fn scan_rows(
             Err(found) => {
                 return Ok(ScanEnd::NotText(Scanned::NotText {
                     key: key.to_owned(),
-                    column: "value",
+                    column: Column::Value,
                     found,
                 }))
             }
