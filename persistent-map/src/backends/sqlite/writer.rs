@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::oneshot;
@@ -172,76 +173,115 @@ impl Writer {
     }
 }
 
-/// The writer thread's loop: take the next command; for a write, take every write already
-/// queued behind it too and commit them together.
+/// The writer thread's loop.
+///
+/// Group commit: every write that queued while a commit was syncing goes into the next
+/// transaction. Just committing what is queued would split concurrent writers into a large group
+/// and a small one (the first writer back after its acknowledgement would be committed almost
+/// alone), so the loop also waits, briefly and without spinning, for the writers it has just
+/// acknowledged: with 16 tasks writing in turn, each commit then serves all 16. A lone
+/// sequential writer is never made to wait: it is the only one expected back.
 fn serve(mut connection: Connection, queue: mpsc::Receiver<Command>, counters: &Counters) {
     let mut synchronous = Durability::Full;
-    let mut next = None;
+    let mut group: Vec<WriteRequest> = Vec::new();
+    // A command that is not a write, found while gathering a group: it runs after the group.
+    let mut next: Option<Job> = None;
+    // Writers acknowledged by the last commit plus those already queued for the next one.
+    let mut expected = 0;
     loop {
-        let command = match next.take() {
-            Some(command) => command,
-            None => match queue.recv() {
-                Ok(command) => command,
-                Err(mpsc::RecvError) => return,
-            },
-        };
-        match command {
-            Command::Run(job) => job(&mut connection),
-            Command::Write(first) => {
-                let mut group = vec![first];
-                while group.len() < MAX_GROUP_REQUESTS {
-                    match queue.try_recv() {
-                        Ok(Command::Write(request)) => group.push(request),
-                        Ok(other) => {
-                            next = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                commit_group(&mut connection, &mut synchronous, group, counters);
+        if group.is_empty() {
+            if let Some(job) = next.take() {
+                job(&mut connection);
+                continue;
             }
+            match queue.recv() {
+                Ok(Command::Write(request)) => group.push(request),
+                Ok(Command::Run(job)) => {
+                    job(&mut connection);
+                    continue;
+                }
+                Err(mpsc::RecvError) => return,
+            }
+        }
+        gather(&queue, &mut group, &mut next, expected);
+        let committed = std::mem::take(&mut group);
+        let results = commit_group(&mut connection, &mut synchronous, &committed, counters);
+        // What is queued now came from writers other than those about to be acknowledged.
+        take_queued(&queue, &mut group, &mut next);
+        expected = committed.len() + group.len();
+        for (request, result) in committed.into_iter().zip(results) {
+            let _ = request.done.send(result);
         }
     }
 }
 
-/// Commits `group` in one transaction and answers every request. If the shared transaction
-/// fails, each request is retried in a transaction of its own, so one bad request fails alone
-/// and the others still commit.
+/// How long a group waits for the writers it expects. Well under a commit's fsync, so a
+/// straggler costs less than the commit it joins saves.
+const GROUP_WAIT: Duration = Duration::from_micros(200);
+
+/// Adds what is queued to `group`, then waits up to [`GROUP_WAIT`] for more while the group is
+/// smaller than `expected`. Stops at a command that is not a write (kept in `next`).
+fn gather(
+    queue: &mpsc::Receiver<Command>,
+    group: &mut Vec<WriteRequest>,
+    next: &mut Option<Job>,
+    expected: usize,
+) {
+    take_queued(queue, group, next);
+    let deadline = Instant::now() + GROUP_WAIT;
+    while group.len() < expected.min(MAX_GROUP_REQUESTS) && next.is_none() {
+        let Some(wait) = deadline.checked_duration_since(Instant::now()) else {
+            return;
+        };
+        match queue.recv_timeout(wait) {
+            Ok(Command::Write(request)) => group.push(request),
+            Ok(Command::Run(job)) => *next = Some(job),
+            Err(_) => return,
+        }
+        take_queued(queue, group, next);
+    }
+}
+
+/// Moves queued writes into `group` without waiting, up to a command that is not a write.
+fn take_queued(
+    queue: &mpsc::Receiver<Command>,
+    group: &mut Vec<WriteRequest>,
+    next: &mut Option<Job>,
+) {
+    while next.is_none() && group.len() < MAX_GROUP_REQUESTS {
+        match queue.try_recv() {
+            Ok(Command::Write(request)) => group.push(request),
+            Ok(Command::Run(job)) => *next = Some(job),
+            Err(_) => return,
+        }
+    }
+}
+
+/// Commits `group` in one transaction and returns each request's result. If the shared
+/// transaction fails, each request is retried in a transaction of its own, so one bad request
+/// fails alone and the others still commit.
 fn commit_group(
     connection: &mut Connection,
     synchronous: &mut Durability,
-    group: Vec<WriteRequest>,
+    group: &[WriteRequest],
     counters: &Counters,
-) {
+) -> Vec<rusqlite::Result<()>> {
     let wanted = group
         .iter()
         .map(|request| request.durability)
         .max()
         .unwrap_or_default();
     if let Err(error) = set_synchronous(connection, synchronous, wanted) {
-        answer_all(group, &error);
-        return;
+        // Committing at a weaker level than asked would break the promise: commit nothing.
+        return group.iter().map(|_| Err(copy_error(&error))).collect();
     }
-    match commit(connection, &group, counters) {
-        Ok(()) => {
-            for request in group {
-                let _ = request.done.send(Ok(()));
-            }
-        }
-        Err(error) if group.len() == 1 => answer_all(group, &error),
-        Err(_) => {
-            for request in group {
-                let result = commit(connection, std::slice::from_ref(&request), counters);
-                let _ = request.done.send(result);
-            }
-        }
-    }
-}
-
-fn answer_all(group: Vec<WriteRequest>, error: &rusqlite::Error) {
-    for request in group {
-        let _ = request.done.send(Err(copy_error(error)));
+    match commit(connection, group, counters) {
+        Ok(()) => group.iter().map(|_| Ok(())).collect(),
+        Err(error) if group.len() == 1 => vec![Err(error)],
+        Err(_) => group
+            .iter()
+            .map(|request| commit(connection, std::slice::from_ref(request), counters))
+            .collect(),
     }
 }
 
