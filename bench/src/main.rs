@@ -13,7 +13,8 @@
 //! | `seq-insert` | `ours`, `raw`, `raw-thread` (`--spin-us N`: see `handoff.rs`) |
 //! | `remove`, `insert-many` | `ours`, `raw` |
 //! | `concurrent-insert`, `hot-keys` | `ours`, `raw-conns`, `raw-mutex` |
-//! | `load` | `ours`, `raw` (scan + decode), `hashmap`, `dashmap` |
+//! | `load` | `ours`, `raw` (scan + decode), `hashmap`, `dashmap` (`--capacity N`, `--hasher fold`) |
+//! | `reads` (`--reads N`) | `ours`: our map, a `DashMap` and a `HashMap` in one process, read in turns |
 
 mod composite;
 mod driver;

@@ -1,5 +1,5 @@
 //! The in-memory floor: a plain `HashMap` and a `DashMap` loaded with the same data, for the peak
-//! memory of holding it and the cost of a read.
+//! memory of holding it, and the maps the `reads` workload reads beside ours.
 //!
 //! Two options of the `DashMap` load serve the profile in BENCHMARKS.md rather than the table:
 //! `--capacity N` sizes the map before loading, `--hasher fold` uses foldhash instead of the
@@ -14,28 +14,26 @@ use dashmap::DashMap;
 use crate::keys::{with_keys, BenchKey, KeyKind};
 use crate::raw::scan;
 use crate::workload::{
-    consume, leak, named, peak_rss_mib, random_indexes, report, time_reads, timed, BenchResult,
-    Options,
+    leak, peak_rss_mib, random_indexes, report, timed, BenchResult, Options, Session,
 };
 
-/// Loads the fixture `--db` into a `HashMap` (`dashmap` false) or a `DashMap`, reports the time
-/// and the process's peak memory, then times random reads.
+/// Loads the fixture `--db` into a `HashMap` (`dashmap` false) or a `DashMap`, and reports the
+/// time and the process's peak memory.
 pub(crate) fn run(workload: &str, dashmap: bool, options: &Options) -> BenchResult {
     if workload != "load" {
         return Err(format!("the in-memory maps have no workload `{workload}`").into());
     }
     let db = Path::new(options.text("db")?);
     let kind = KeyKind::parse(options.text("keys")?)?;
-    let reads = options.reads()?;
     if dashmap {
         let capacity = match options.text("capacity") {
             Ok(capacity) => capacity.parse()?,
             Err(_) => 0,
         };
         let hasher = options.text("hasher").unwrap_or("sip");
-        with_keys!(kind, load_dashmap_hashed(db, reads, capacity, hasher))
+        with_keys!(kind, time_dashmap_load(db, capacity, hasher))
     } else {
-        with_keys!(kind, load_hashmap(db, reads))
+        with_keys!(kind, time_hashmap_load(db))
     }
 }
 
@@ -47,63 +45,51 @@ pub(crate) fn queries<K: BenchKey>(count: u64, len: usize) -> Vec<K> {
         .collect()
 }
 
-fn load_hashmap<K: BenchKey>(db: &Path, reads: u64) -> BenchResult {
-    let (map, elapsed) = timed(|| -> BenchResult<HashMap<K, _>> {
-        let mut map = HashMap::new();
-        scan(db, &mut |key, value| {
-            map.insert(key, value);
-        })?;
-        Ok(map)
-    });
-    let map = map?;
-    let rss = peak_rss_mib()?;
-    let queries = queries::<K>(reads, map.len());
-    let reads = time_reads(&queries, &mut [&mut |key| consume(map.get(key).cloned())]);
-    let mut metrics = vec![("secs", elapsed.as_secs_f64()), ("rss_mib", rss)];
-    metrics.extend(named(&["get_clone_ns"], &reads));
-    report(&metrics)?;
-    leak(map);
-    Ok(())
+/// The fixture `db` in a `HashMap`, loaded by raw rusqlite.
+pub(crate) fn hashmap_of<K: BenchKey>(db: &Path) -> BenchResult<HashMap<K, Session>> {
+    let mut map = HashMap::new();
+    scan(db, &mut |key, value| {
+        map.insert(key, value);
+    })?;
+    Ok(map)
 }
 
-fn load_dashmap_hashed<K: BenchKey>(
-    db: &Path,
-    reads: u64,
-    capacity: usize,
-    hasher: &str,
-) -> BenchResult {
-    match hasher {
-        "sip" => load_dashmap::<K, RandomState>(db, reads, capacity),
-        "fold" => load_dashmap::<K, foldhash::fast::RandomState>(db, reads, capacity),
-        other => Err(format!("--hasher is `sip` or `fold`, not `{other}`").into()),
-    }
-}
-
-fn load_dashmap<K, S>(db: &Path, reads: u64, capacity: usize) -> BenchResult
+/// The fixture `db` in a `DashMap` made with `capacity` and the hasher `S`, loaded by raw
+/// rusqlite.
+pub(crate) fn dashmap_of<K, S>(db: &Path, capacity: usize) -> BenchResult<DashMap<K, Session, S>>
 where
     K: BenchKey,
     S: BuildHasher + Clone + Default,
 {
-    let (map, elapsed) = timed(|| -> BenchResult<DashMap<K, _, S>> {
-        let map = DashMap::with_capacity_and_hasher(capacity, S::default());
-        scan(db, &mut |key, value| {
-            map.insert(key, value);
-        })?;
-        Ok(map)
-    });
+    let map = DashMap::with_capacity_and_hasher(capacity, S::default());
+    scan(db, &mut |key, value| {
+        map.insert(key, value);
+    })?;
+    Ok(map)
+}
+
+fn time_hashmap_load<K: BenchKey>(db: &Path) -> BenchResult {
+    time_load(db, hashmap_of::<K>)
+}
+
+fn time_dashmap_load<K: BenchKey>(db: &Path, capacity: usize, hasher: &str) -> BenchResult {
+    match hasher {
+        "sip" => time_load(db, |db| dashmap_of::<K, RandomState>(db, capacity)),
+        "fold" => time_load(db, |db| {
+            dashmap_of::<K, foldhash::fast::RandomState>(db, capacity)
+        }),
+        other => Err(format!("--hasher is `sip` or `fold`, not `{other}`").into()),
+    }
+}
+
+/// Times `load(db)` and reports the time and the process's peak memory after it.
+fn time_load<T>(db: &Path, load: impl FnOnce(&Path) -> BenchResult<T>) -> BenchResult {
+    let (map, elapsed) = timed(|| load(db));
     let map = map?;
-    let rss = peak_rss_mib()?;
-    let queries = queries::<K>(reads, map.len());
-    let reads = time_reads(
-        &queries,
-        &mut [
-            &mut |key| consume(map.get(key).map(|entry| entry.value().clone())),
-            &mut |key| consume(map.get(key).map(|entry| entry.logins)),
-        ],
-    );
-    let mut metrics = vec![("secs", elapsed.as_secs_f64()), ("rss_mib", rss)];
-    metrics.extend(named(&["get_clone_ns", "get_ref_ns"], &reads));
-    report(&metrics)?;
+    report(&[
+        ("secs", elapsed.as_secs_f64()),
+        ("rss_mib", peak_rss_mib()?),
+    ])?;
     leak(map);
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Our map, persistent-map from this workspace, with its defaults: SQLite, WAL,
 //! `synchronous=FULL`, group commit.
 
+use std::hash::RandomState;
 use std::path::Path;
 use std::time::Instant;
 
@@ -8,7 +9,7 @@ use persistent_map::sqlite::SqliteBackend;
 use persistent_map::PersistentMap;
 
 use crate::keys::{entries, with_keys, BenchKey, KeyKind};
-use crate::memory::queries;
+use crate::memory::{dashmap_of, hashmap_of, queries};
 use crate::workload::{
     consume, hot_key, key, leak, named, peak_rss_mib, per_second, report, time_reads, value,
     BenchResult, Budget, Options, Session, TASKS,
@@ -36,7 +37,13 @@ pub(crate) fn run(workload: &str, options: &Options) -> BenchResult {
             "load" => {
                 with_keys!(
                     KeyKind::parse(options.text("keys")?)?,
-                    load(Path::new(options.text("db")?), options.reads()?).await
+                    load(Path::new(options.text("db")?)).await
+                )
+            }
+            "reads" => {
+                with_keys!(
+                    KeyKind::parse(options.text("keys")?)?,
+                    reads(Path::new(options.text("db")?), options.reads()?).await
                 )
             }
             "insert-many" => insert_many(dir()?, n()?).await,
@@ -140,24 +147,50 @@ async fn remove(dir: &Path, n: u64, options: &Options) -> BenchResult {
     ])
 }
 
-/// Reopens the fixture `db`, reports the time and the process's peak memory, then times
-/// `reads` random `get`s (a clone) and `get_with`s (a borrow).
-async fn load<K: BenchKey>(db: &Path, reads: u64) -> BenchResult {
+/// Reopens the fixture `db` and reports the time and the process's peak memory.
+async fn load<K: BenchKey>(db: &Path) -> BenchResult {
     let began = Instant::now();
     let map = Map::<K>::open(db).await?;
     let secs = began.elapsed().as_secs_f64();
-    let rss = peak_rss_mib()?;
-    let queries = queries::<K>(reads, map.len());
-    let reads = time_reads(
-        &queries,
-        &mut [&mut |key| consume(map.get(key)), &mut |key| {
-            consume(map.get_with(key, |value| value.logins))
-        }],
-    );
-    let mut metrics = vec![("secs", secs), ("rss_mib", rss), ("rows", map.len() as f64)];
-    metrics.extend(named(&["get_ns", "get_with_ns"], &reads));
-    report(&metrics)?;
+    report(&[
+        ("secs", secs),
+        ("rss_mib", peak_rss_mib()?),
+        ("rows", map.len() as f64),
+    ])?;
     leak(map);
+    Ok(())
+}
+
+/// Reopens the fixture `db`, loads it into a `DashMap` and a `HashMap` too, and times `reads`
+/// random reads of each, taking turns pass by pass so that all see the same moments of a noisy
+/// machine: our `get` (a clone) and `get_with` (a borrow), `DashMap` get with and without a clone
+/// of the value, `HashMap` get with a clone.
+async fn reads<K: BenchKey>(db: &Path, reads: u64) -> BenchResult {
+    let map = Map::<K>::open(db).await?;
+    let dashmap = dashmap_of::<K, RandomState>(db, 0)?;
+    let hashmap = hashmap_of::<K>(db)?;
+    let queries = queries::<K>(reads, map.len());
+    let times = time_reads(
+        &queries,
+        &mut [
+            &mut |key| consume(map.get(key)),
+            &mut |key| consume(dashmap.get(key).map(|entry| entry.value().clone())),
+            &mut |key| consume(hashmap.get(key).cloned()),
+            &mut |key| consume(map.get_with(key, |value| value.logins)),
+            &mut |key| consume(dashmap.get(key).map(|entry| entry.logins)),
+        ],
+    );
+    report(&named(
+        &[
+            "get_ns",
+            "dashmap_get_clone_ns",
+            "hashmap_get_clone_ns",
+            "get_with_ns",
+            "dashmap_get_ref_ns",
+        ],
+        &times,
+    ))?;
+    leak((map, dashmap, hashmap));
     Ok(())
 }
 

@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rusqlite::types::ValueRef;
-use rusqlite::{Connection, Transaction};
+use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use crate::keys::{entries, with_keys, BenchKey, KeyKind};
 use crate::workload::{
@@ -73,8 +73,19 @@ fn upsert<K: BenchKey>(connection: &Connection, key: &K, value: &Session) -> Ben
     Ok(())
 }
 
+/// One upsert per transaction. `--transaction explicit` (for the profile, not the table) wraps
+/// each in `BEGIN IMMEDIATE` ... `COMMIT` as rusqlite's `Transaction` does, instead of autocommit.
 fn seq_insert<K: BenchKey>(dir: &Path, n: u64, options: &Options) -> BenchResult {
-    let connection = open(&dir.join("raw.db"), K::TABLE_NAME)?;
+    let mut connection = open(&dir.join("raw.db"), K::TABLE_NAME)?;
+    let explicit = match options.text("transaction").unwrap_or("autocommit") {
+        "autocommit" => false,
+        "explicit" => true,
+        other => {
+            return Err(
+                format!("--transaction is `autocommit` or `explicit`, not `{other}`").into(),
+            )
+        }
+    };
     let entries = entries::<K>(n);
     let budget = Budget::start(options)?;
     let began = Instant::now();
@@ -83,7 +94,14 @@ fn seq_insert<K: BenchKey>(dir: &Path, n: u64, options: &Options) -> BenchResult
         if !budget.left() {
             break;
         }
-        upsert(&connection, key, value)?;
+        if explicit {
+            let transaction =
+                connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            upsert(&transaction, key, value)?;
+            transaction.commit()?;
+        } else {
+            upsert(&connection, key, value)?;
+        }
         done += 1;
     }
     report_writes(done, began)

@@ -428,20 +428,20 @@ pub(crate) fn rows(sizes: &Sizes) -> Vec<Row> {
             ),
             unit: "ns/get",
             better: Better::Lower,
-            ours: ours("load", String).fixture(large).figure("get_ns"),
+            ours: ours("reads", String).fixture(large).figure("get_ns"),
             anchors: vec![
                 anchor(
-                    "`DashMap` get + value clone",
-                    job(Ours, "load", "dashmap", String)
+                    "`DashMap` get + value clone, same process",
+                    ours("reads", String)
                         .fixture(large)
-                        .figure("get_clone_ns"),
+                        .figure("dashmap_get_clone_ns"),
                 )
                 .target(1.1),
                 anchor(
-                    "`HashMap` get + value clone",
-                    job(Ours, "load", "hashmap", String)
+                    "`HashMap` get + value clone, same process",
+                    ours("reads", String)
                         .fixture(large)
-                        .figure("get_clone_ns"),
+                        .figure("hashmap_get_clone_ns"),
                 ),
                 anchor(OLD, old("load").fixture(large).figure("get_ns")),
             ],
@@ -454,12 +454,12 @@ pub(crate) fn rows(sizes: &Sizes) -> Vec<Row> {
             ),
             unit: "ns/get",
             better: Better::Lower,
-            ours: ours("load", String).fixture(large).figure("get_with_ns"),
+            ours: ours("reads", String).fixture(large).figure("get_with_ns"),
             anchors: vec![anchor(
-                "`DashMap` get, no clone",
-                job(Ours, "load", "dashmap", String)
+                "`DashMap` get, no clone, same process",
+                ours("reads", String)
                     .fixture(large)
-                    .figure("get_ref_ns"),
+                    .figure("dashmap_get_ref_ns"),
             )
             .target(1.2)],
         },
@@ -471,12 +471,12 @@ pub(crate) fn rows(sizes: &Sizes) -> Vec<Row> {
             ),
             unit: "ns/get",
             better: Better::Lower,
-            ours: ours("load", Composite).fixture(small).figure("get_ns"),
+            ours: ours("reads", Composite).fixture(small).figure("get_ns"),
             anchors: vec![anchor(
-                "`DashMap` get + value clone",
-                job(Ours, "load", "dashmap", Composite)
+                "`DashMap` get + value clone, same process",
+                ours("reads", Composite)
                     .fixture(small)
-                    .figure("get_clone_ns"),
+                    .figure("dashmap_get_clone_ns"),
             )],
         },
         Row {

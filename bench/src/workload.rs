@@ -128,12 +128,17 @@ pub(crate) fn timed<T>(work: impl FnOnce() -> T) -> (T, Duration) {
     (result, start.elapsed())
 }
 
-/// How many timed passes over the queries each read workload makes; its figure is their median.
+/// How many timed passes over the queries each reader makes.
 const READ_PASSES: usize = 3;
 
-/// Times `readers` over `queries` (none if there are no queries): a warm-up pass each, then [`READ_PASSES`] timed passes each,
-/// taking turns so that a noisy moment hits them all alike. Returns each reader's median
-/// nanoseconds per read, in order.
+/// Queries per turn: readers take turns every this many reads, so that a noisy moment of the
+/// machine hits them all alike.
+const READ_TURN: usize = 20_000;
+
+/// Times `readers` over `queries` (none if there are no queries): a warm-up, then
+/// [`READ_PASSES`] passes in which the readers take turns every [`READ_TURN`] queries, in a
+/// rotating order so that none always reads right after another warmed the same query keys.
+/// Returns each reader's mean nanoseconds per read, in order.
 pub(crate) fn time_reads<Q>(queries: &[Q], readers: &mut [&mut dyn FnMut(&Q)]) -> Vec<f64> {
     if queries.is_empty() {
         return Vec::new();
@@ -142,14 +147,21 @@ pub(crate) fn time_reads<Q>(queries: &[Q], readers: &mut [&mut dyn FnMut(&Q)]) -
     for read in readers.iter_mut() {
         queries[..warm_up].iter().for_each(&mut **read);
     }
-    let mut passes = vec![Vec::with_capacity(READ_PASSES); readers.len()];
-    for _ in 0..READ_PASSES {
-        for (read, times) in readers.iter_mut().zip(&mut passes) {
-            let ((), elapsed) = timed(|| queries.iter().for_each(&mut **read));
-            times.push(elapsed.as_nanos() as f64 / queries.len() as f64);
+    let mut totals = vec![Duration::ZERO; readers.len()];
+    for pass in 0..READ_PASSES {
+        for (turn, slice) in queries.chunks(READ_TURN).enumerate() {
+            for i in 0..readers.len() {
+                let reader = (i + pass + turn) % readers.len();
+                let ((), elapsed) = timed(|| slice.iter().for_each(&mut *readers[reader]));
+                totals[reader] += elapsed;
+            }
         }
     }
-    passes.into_iter().map(median).collect()
+    let reads = (READ_PASSES * queries.len()) as f64;
+    totals
+        .into_iter()
+        .map(|total| total.as_nanos() as f64 / reads)
+        .collect()
 }
 
 /// Names the figures [`time_reads`] returned (none, if it measured none).
