@@ -12,7 +12,7 @@
 //! | --- | --- |
 //! | `seq-insert` | `ours`, `raw`, `raw-thread` (`--spin-us N`: see `handoff.rs`) |
 //! | `remove`, `insert-many` | `ours`, `raw` |
-//! | `concurrent-insert`, `hot-keys` | `ours`, `raw-conns`, `raw-mutex` |
+//! | `concurrent-insert`, `hot-keys` | `ours`, `raw-conns`, `raw-mutex`, `raw-grouped` |
 //! | `load` | `ours`, `raw` (scan + decode), `hashmap`, `dashmap` (`--capacity N`, `--hasher fold`) |
 //! | `reads` (`--reads N`) | `ours`: our map, a `DashMap` and a `HashMap` in one process, read in turns |
 
@@ -60,8 +60,9 @@ fn run_one(args: &[String]) -> BenchResult {
     let options = Options::parse(options.iter().cloned())?;
     match implementation.as_str() {
         "ours" => ours::run(workload, &options),
-        "raw" | "raw-conns" => raw::run(workload, false, &options),
-        "raw-mutex" => raw::run(workload, true, &options),
+        "raw" | "raw-conns" => raw::run(workload, raw::Writers::OwnConnections, &options),
+        "raw-mutex" => raw::run(workload, raw::Writers::SharedConnection, &options),
+        "raw-grouped" => raw::run(workload, raw::Writers::Grouped, &options),
         "raw-thread" => handoff::run(workload, &options),
         "hashmap" => memory::run(workload, false, &options),
         "dashmap" => memory::run(workload, true, &options),

@@ -17,11 +17,32 @@ use crate::workload::{
     TASKS,
 };
 
-/// Runs the raw rusqlite workload `workload`; `shared` (`raw-mutex`) puts the concurrent writers
-/// on one mutex-guarded connection instead of a connection each (`raw-conns`).
-pub(crate) fn run(workload: &str, shared: bool, options: &Options) -> BenchResult {
+/// How the concurrent workloads' 16 writers reach SQLite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Writers {
+    /// `raw-conns`: a thread and a connection (with a busy timeout) each.
+    OwnConnections,
+    /// `raw-mutex`: a thread each, one mutex-guarded connection.
+    SharedConnection,
+    /// `raw-grouped`: one thread commits one write of every writer per transaction, in turn: the
+    /// ideal schedule of a group commit, without any of its coordination.
+    Grouped,
+}
+
+/// Runs the raw rusqlite workload `workload`; `writers` says how the concurrent workloads write.
+pub(crate) fn run(workload: &str, writers: Writers, options: &Options) -> BenchResult {
     let dir = || options.text("dir").map(Path::new);
     let n = || options.number("n");
+    let concurrently = |key_of| match writers {
+        Writers::Grouped => grouped(dir()?, n()?, options, key_of),
+        _ => concurrent(
+            dir()?,
+            n()?,
+            writers == Writers::SharedConnection,
+            options,
+            key_of,
+        ),
+    };
     match workload {
         "seq-insert" => {
             with_keys!(
@@ -29,8 +50,8 @@ pub(crate) fn run(workload: &str, shared: bool, options: &Options) -> BenchResul
                 seq_insert(dir()?, n()?, options)
             )
         }
-        "concurrent-insert" => concurrent(dir()?, n()?, shared, options, |_, index| key(index)),
-        "hot-keys" => concurrent(dir()?, n()?, shared, options, |task, _| hot_key(task)),
+        "concurrent-insert" => concurrently(|_, index| key(index)),
+        "hot-keys" => concurrently(|task, _| hot_key(task)),
         "remove" => remove(dir()?, n()?, options),
         "load" => with_keys!(
             KeyKind::parse(options.text("keys")?)?,
@@ -170,6 +191,38 @@ fn concurrent(
     let mut done = 0;
     for writer in writers {
         done += writer.join().map_err(|_| "a writer thread panicked")??;
+    }
+    report_writes(done, began)
+}
+
+/// The writes of [`concurrent`]'s threads, committed by one thread [`TASKS`] at a time: the
+/// `i`-th write of every writer in one transaction.
+fn grouped(
+    dir: &Path,
+    per_task: u64,
+    options: &Options,
+    key_of: fn(u64, u64) -> String,
+) -> BenchResult {
+    let mut connection = open(&dir.join("raw.db"), "kv")?;
+    let rounds: Vec<Vec<(String, Session)>> = (0..per_task)
+        .map(|i| {
+            (0..TASKS)
+                .map(|task| {
+                    let index = task * per_task + i;
+                    (key_of(task, index), value(index))
+                })
+                .collect()
+        })
+        .collect();
+    let budget = Budget::start(options)?;
+    let began = Instant::now();
+    let mut done = 0;
+    for round in &rounds {
+        if !budget.left() {
+            break;
+        }
+        in_one_transaction(&mut connection, round)?;
+        done += round.len() as u64;
     }
     report_writes(done, began)
 }

@@ -256,6 +256,14 @@ pub(crate) fn rows(sizes: &Sizes) -> Vec<Row> {
         ],
         target: None,
     };
+    let raw_grouped = |workload, per_task| {
+        anchor(
+            "raw rusqlite, one thread, 1 transaction per round of 16 writes (a group commit's floor)",
+            job(Ours, workload, "raw-grouped", String)
+                .n(per_task)
+                .figure("ops_per_sec"),
+        )
+    };
     let Sizes {
         sequential,
         sequential_old,
@@ -323,6 +331,7 @@ pub(crate) fn rows(sizes: &Sizes) -> Vec<Row> {
                 .figure("ops_per_sec"),
             anchors: vec![
                 raw_threads("concurrent-insert", per_task_raw).target(8.0),
+                raw_grouped("concurrent-insert", per_task),
                 anchor(
                     OLD,
                     old("concurrent-insert")
@@ -339,6 +348,7 @@ pub(crate) fn rows(sizes: &Sizes) -> Vec<Row> {
             ours: ours("hot-keys", String).n(per_task).figure("ops_per_sec"),
             anchors: vec![
                 raw_threads("hot-keys", per_task_raw),
+                raw_grouped("hot-keys", per_task),
                 anchor(OLD, old("hot-keys").n(per_task_old).figure("ops_per_sec")),
             ],
         },
