@@ -47,10 +47,13 @@ impl Settings {
             only: Vec::new(),
             dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pm-bench"),
             old: true,
-            command: std::iter::once("pm-bench")
-                .chain(args.iter().map(String::as_str))
-                .collect::<Vec<_>>()
-                .join(" "),
+            command: match args {
+                [] => "cargo run --release -p persistent-map-bench".to_owned(),
+                args => format!(
+                    "cargo run --release -p persistent-map-bench -- {}",
+                    args.join(" ")
+                ),
+            },
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {

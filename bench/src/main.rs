@@ -12,6 +12,7 @@
 //! | --- | --- |
 //! | `seq-insert` | `ours`, `raw`, `raw-thread` (`--spin-us N`: see `handoff.rs`) |
 //! | `remove`, `insert-many` | `ours`, `raw` |
+//! | `seq-insert`, `remove` | `paired`: ours and its raw anchors in one process, in turns |
 //! | `concurrent-insert`, `hot-keys` | `ours`, `raw-conns`, `raw-mutex`, `raw-grouped` |
 //! | `load` | `ours`, `raw` (scan + decode), `hashmap`, `dashmap` (`--capacity N`, `--hasher fold`) |
 //! | `reads` (`--reads N`) | `ours`: our map, a `DashMap` and a `HashMap` in one process, read in turns |
@@ -22,6 +23,7 @@ mod handoff;
 mod keys;
 mod memory;
 mod ours;
+mod paired;
 mod raw;
 mod rows;
 mod workload;
@@ -64,6 +66,7 @@ fn run_one(args: &[String]) -> BenchResult {
         "raw-mutex" => raw::run(workload, raw::Writers::SharedConnection, &options),
         "raw-grouped" => raw::run(workload, raw::Writers::Grouped, &options),
         "raw-thread" => handoff::run(workload, &options),
+        "paired" => paired::run(workload, &options),
         "hashmap" => memory::run(workload, false, &options),
         "dashmap" => memory::run(workload, true, &options),
         other => Err(format!("unknown implementation `{other}`").into()),

@@ -78,7 +78,7 @@ pub(crate) fn open(path: &Path, table: &str) -> rusqlite::Result<Connection> {
     Ok(connection)
 }
 
-fn upsert_sql(table: &str) -> String {
+pub(crate) fn upsert_sql(table: &str) -> String {
     format!(
         "INSERT INTO \"{table}\" (key, value) VALUES (?1, ?2) \
          ON CONFLICT (key) DO UPDATE SET value = excluded.value"
@@ -87,7 +87,11 @@ fn upsert_sql(table: &str) -> String {
 
 /// Stores one entry with `connection`'s cached upsert: in autocommit mode, a transaction of its
 /// own.
-fn upsert<K: BenchKey>(connection: &Connection, key: &K, value: &Session) -> BenchResult {
+pub(crate) fn upsert<K: BenchKey>(
+    connection: &Connection,
+    key: &K,
+    value: &Session,
+) -> BenchResult {
     connection
         .prepare_cached(&upsert_sql(K::TABLE_NAME))?
         .execute((key.to_string(), serde_json::to_string(value)?))?;
@@ -260,7 +264,7 @@ fn insert_many(dir: &Path, n: u64) -> BenchResult {
 }
 
 /// Upserts every entry in one transaction.
-fn in_one_transaction<K: BenchKey>(
+pub(crate) fn in_one_transaction<K: BenchKey>(
     connection: &mut Connection,
     entries: &[(K, Session)],
 ) -> BenchResult {
