@@ -136,6 +136,9 @@ fn connect(path: &Path, busy_timeout: Duration) -> Result<Connection> {
         },
         _ => open_failure(path, "SQLite cannot set it up", error),
     })?;
+    // Each table keeps a few statements cached (upsert, delete, select) beside the shared
+    // BEGIN/COMMIT/ROLLBACK: room for a few dozen tables before the cache evicts.
+    connection.set_prepared_statement_cache_capacity(128);
     connection
         .busy_timeout(busy_timeout)
         .map_err(|error| open_failure(path, "SQLite cannot set the busy timeout", error))?;
