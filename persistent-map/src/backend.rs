@@ -201,6 +201,14 @@ where
         Ok(())
     }
 
+    /// About how many entries are stored, if the backend can tell cheaply; `None` if not.
+    ///
+    /// The map sizes its table with it before loading, instead of growing (and rehashing
+    /// everything) many times on the way. The default says nothing.
+    async fn len_hint(&self) -> Option<usize> {
+        None
+    }
+
     /// Remove every stored entry, atomically if the backend can.
     ///
     /// The default loads every key and deletes them with one [`apply_batch`](Self::apply_batch);

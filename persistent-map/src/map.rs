@@ -93,7 +93,7 @@ where
     /// # }
     /// ```
     pub async fn new(backend: B) -> Result<Self> {
-        let entries = DashMap::new();
+        let entries = DashMap::with_capacity(room_for(backend.len_hint().await));
         backend
             .load_each(&mut |key, value| {
                 entries.insert(key, value);
@@ -782,7 +782,7 @@ where
 
     /// Replaces memory with what the backend holds. The caller holds every key's turn.
     async fn reload(&self) -> Result<()> {
-        let mut stored = HashMap::new();
+        let mut stored = HashMap::with_capacity(room_for(self.backend.len_hint().await));
         self.backend
             .load_each(&mut |key, value| {
                 stored.insert(key, value);
@@ -899,6 +899,13 @@ where
             .field("len", &self.len())
             .finish_non_exhaustive()
     }
+}
+
+/// The capacity to give a table about to receive `hint` entries. The map's shards split it
+/// evenly, but keys do not split perfectly evenly, so a little slack keeps a shard that gets a
+/// few more than its share from doubling.
+fn room_for(hint: Option<usize>) -> usize {
+    hint.map_or(0, |entries| entries + entries / 64)
 }
 
 /// A background refresh started by [`PersistentMap::refresh_every`]; dropping it stops the

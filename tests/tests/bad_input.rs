@@ -267,3 +267,47 @@ async fn a_value_that_cannot_be_serialized_is_an_error_and_changes_nothing() {
     assert!(map.is_empty());
     assert!(stored_rows(&path, "kv").is_empty());
 }
+
+/// A key type whose parsing panics on one text, as a buggy hand-written `FromStr` might.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+struct Fragile(String);
+
+impl fmt::Display for Fragile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for Fragile {
+    type Err = std::convert::Infallible;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        assert_ne!(text, "boom", "Fragile cannot parse boom");
+        Ok(Fragile(text.to_owned()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_panics_while_loading_panics_in_the_caller_and_the_file_stays_usable() {
+    let (_dir, path) = temp_db();
+    // Keeps the file's writer thread alive across the panicking load.
+    let keeper: PersistentMap<String, u32, SqliteBackend> =
+        PersistentMap::open(&path).await.unwrap();
+    let fragile = SqliteBackend::with_table(&path, "fragile").await.unwrap();
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute("INSERT INTO fragile VALUES ('boom', '1')", [])
+        .unwrap();
+
+    let load = tokio::spawn(PersistentMap::<Fragile, u32, _>::new(fragile)).await;
+    let panic = load.expect_err("the load panics").into_panic();
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.contains("Fragile cannot parse boom"), "{message}");
+
+    // The writer thread that ran the decoding survived: the file still takes writes.
+    keeper.insert("after".into(), 2).await.unwrap();
+    assert_eq!(
+        stored_rows(&path, "kv"),
+        [("after".to_string(), "2".to_string())]
+    );
+    assert_eq!(stored_rows(&path, "fragile").len(), 1);
+}

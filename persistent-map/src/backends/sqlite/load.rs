@@ -1,9 +1,8 @@
-//! Table setup and loading: rows are read on the writer thread and decoded by the caller.
-//!
-//! The writer thread only copies raw text into chunks; parsing keys and deserializing values
-//! (user code, which may be slow or may panic) happens in the caller's task. The two overlap, so
-//! a large table loads on two cores.
+//! Table setup and loading: rows are read and decoded on the writer thread and stored by the
+//! caller, the two at once, so a large table loads on two cores.
 
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::str::FromStr;
 
 use rusqlite::types::ValueRef;
@@ -58,80 +57,64 @@ fn check_columns(table: &str, columns: &[(String, i64)]) -> Result<()> {
     Ok(())
 }
 
-/// Rows of raw text, copied out of SQLite in one buffer.
-#[derive(Default)]
-struct Chunk {
-    text: String,
-    /// Per row: where its key ends (its value starts) and where its value ends. A row starts
-    /// where the previous one ends.
-    bounds: Vec<(usize, usize)>,
-}
-
-impl Chunk {
-    fn push(&mut self, key: &str, value: &str) {
-        self.text.push_str(key);
-        let key_end = self.text.len();
-        self.text.push_str(value);
-        self.bounds.push((key_end, self.text.len()));
-    }
-
-    fn rows(&self) -> impl Iterator<Item = (&str, &str)> {
-        let mut start = 0;
-        self.bounds.iter().map(move |&(key_end, value_end)| {
-            let row = (&self.text[start..key_end], &self.text[key_end..value_end]);
-            start = value_end;
-            row
-        })
-    }
-}
-
 /// What the writer thread sends while it scans a table.
-enum Scanned {
-    Rows(Chunk),
-    /// A row whose key or value is not text, so it cannot even be handed to the decoder.
-    NotText {
-        key: String,
-        column: Column,
-        found: &'static str,
-    },
-    Failed(rusqlite::Error),
+enum Scanned<K, V> {
+    Entries(Vec<(K, V)>),
+    Failed(PersistentError),
+    /// Decoding a row panicked (in the key's `FromStr` or the value's `Deserialize`): the
+    /// panic is resumed in the caller's task, where it would have happened had it decoded there.
+    Panicked(Box<dyn Any + Send>),
     /// Every row was sent. Carries the `PRAGMA data_version` read before the scan.
     Finished(i64),
 }
 
+/// Rows per message: large enough that the channel costs nothing per row, small enough that
+/// the rows in flight cost nothing in memory.
 const CHUNK_ROWS: usize = 1024;
-const CHUNK_BYTES: usize = 256 * 1024;
 
 /// Streams the table's rows, decoded as `K` and `V`, into `sink`. Returns the file's
 /// `PRAGMA data_version` from before the scan, so that a later change by another connection
 /// can be told apart.
+///
+/// The writer thread reads and decodes the rows; the caller's task puts them into `sink` (the
+/// map). The two run at once, so a large table loads on two cores, and the only copy of the
+/// rows is the one being built.
 pub(super) async fn load_each<K, V>(
     writer: &Writer,
     table: &str,
     sink: &mut (dyn FnMut(K, V) + Send),
 ) -> Result<i64>
 where
-    K: FromStr,
+    K: FromStr + Send + 'static,
     <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
-    V: DeserializeOwned,
+    V: DeserializeOwned + Send + 'static,
 {
-    // Two chunks in flight: the thread reads the next while the caller decodes this one.
+    // Two chunks in flight: the thread decodes the next while the caller stores this one.
     let (sender, mut scanned) = mpsc::channel(2);
-    let select = format!("SELECT key, value FROM \"{table}\"");
+    let table_name = table.to_owned();
+    let path = writer.path().to_path_buf();
     writer.start(Box::new(move |connection| {
-        scan(connection, &select, &sender);
+        let outcome = catch_unwind(AssertUnwindSafe(|| scan(connection, &table_name, &sender)));
+        let last = match outcome {
+            Ok(Ok(ScanEnd::Finished(data_version))) => Scanned::Finished(data_version),
+            Ok(Ok(ScanEnd::CallerGone)) => return,
+            Ok(Err(ScanError::Sqlite(source))) => {
+                Scanned::Failed(PersistentError::Sqlite { path, source })
+            }
+            Ok(Err(ScanError::Row(error))) => Scanned::Failed(error),
+            Err(panic) => Scanned::Panicked(panic),
+        };
+        let _ = sender.blocking_send(last);
     }))?;
     while let Some(message) = scanned.recv().await {
         match message {
-            Scanned::Rows(chunk) => {
-                for (key, value) in chunk.rows() {
-                    sink(decode_key(table, key)?, decode_value(table, key, value)?);
+            Scanned::Entries(entries) => {
+                for (key, value) in entries {
+                    sink(key, value);
                 }
             }
-            Scanned::NotText { key, column, found } => {
-                return Err(not_text(table, key, column, found));
-            }
-            Scanned::Failed(source) => return Err(writer.sqlite_error(source)),
+            Scanned::Failed(error) => return Err(error),
+            Scanned::Panicked(panic) => std::panic::resume_unwind(panic),
             Scanned::Finished(data_version) => return Ok(data_version),
         }
     }
@@ -203,6 +186,15 @@ pub(super) async fn raw_rows(writer: &Writer, table: &str) -> Result<Vec<RawRow>
     rows.map_err(|(key, column, found)| not_text(table, key, column, found))
 }
 
+/// The number of rows of `table` (`SELECT count(*)`, a few milliseconds per million rows).
+pub(super) async fn count(writer: &Writer, table: &str) -> Result<usize> {
+    let count = format!("SELECT count(*) FROM \"{table}\"");
+    let rows: i64 = writer
+        .run(move |connection| connection.query_row(&count, [], |row| row.get(0)))
+        .await?;
+    Ok(usize::try_from(rows).unwrap_or(0))
+}
+
 /// `PRAGMA data_version` of the writer's connection: it changes when another connection (another
 /// process) commits to the file, and only then.
 pub(super) async fn data_version(writer: &Writer) -> Result<i64> {
@@ -211,71 +203,63 @@ pub(super) async fn data_version(writer: &Writer) -> Result<i64> {
         .await
 }
 
-/// Runs on the writer thread. Stops early, without error, when the caller stopped listening.
-fn scan(connection: &Connection, select: &str, sender: &mpsc::Sender<Scanned>) {
-    let data_version = match connection.query_row("PRAGMA data_version", [], |row| row.get(0)) {
-        Ok(version) => version,
-        Err(error) => {
-            let _ = sender.blocking_send(Scanned::Failed(error));
-            return;
-        }
-    };
-    let outcome = match scan_rows(connection, select, sender) {
-        Ok(ScanEnd::Finished) => Scanned::Finished(data_version),
-        Ok(ScanEnd::CallerGone) => return,
-        Ok(ScanEnd::NotText(message)) => message,
-        Err(error) => Scanned::Failed(error),
-    };
-    let _ = sender.blocking_send(outcome);
-}
-
 enum ScanEnd {
-    Finished,
+    Finished(i64),
+    /// The caller stopped listening (its load was dropped): nothing more to do.
     CallerGone,
-    NotText(Scanned),
 }
 
-fn scan_rows(
+enum ScanError {
+    Sqlite(rusqlite::Error),
+    /// A row that does not decode; the error names the table and the key.
+    Row(PersistentError),
+}
+
+impl From<rusqlite::Error> for ScanError {
+    fn from(error: rusqlite::Error) -> Self {
+        ScanError::Sqlite(error)
+    }
+}
+
+/// Runs on the writer thread: reads every row, decodes it, and sends the entries in chunks.
+fn scan<K, V>(
     connection: &Connection,
-    select: &str,
-    sender: &mpsc::Sender<Scanned>,
-) -> rusqlite::Result<ScanEnd> {
-    let mut statement = connection.prepare_cached(select)?;
+    table: &str,
+    sender: &mpsc::Sender<Scanned<K, V>>,
+) -> Result<ScanEnd, ScanError>
+where
+    K: FromStr,
+    <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
+    V: DeserializeOwned,
+{
+    let data_version = connection.query_row("PRAGMA data_version", [], |row| row.get(0))?;
+    let mut statement =
+        connection.prepare_cached(&format!("SELECT key, value FROM \"{table}\""))?;
     let mut rows = statement.query([])?;
-    let mut chunk = Chunk::default();
+    let mut chunk = Vec::with_capacity(CHUNK_ROWS);
     while let Some(row) = rows.next()? {
-        let key = match text_of(row.get_ref(0)?) {
-            Ok(key) => key,
-            Err(found) => {
-                return Ok(ScanEnd::NotText(Scanned::NotText {
-                    key: describe(row.get_ref(0)?),
-                    column: Column::Key,
-                    found,
-                }))
-            }
-        };
-        let value = match text_of(row.get_ref(1)?) {
-            Ok(value) => value,
-            Err(found) => {
-                return Ok(ScanEnd::NotText(Scanned::NotText {
-                    key: key.to_owned(),
-                    column: Column::Value,
-                    found,
-                }))
-            }
-        };
-        chunk.push(key, value);
-        if chunk.bounds.len() >= CHUNK_ROWS || chunk.text.len() >= CHUNK_BYTES {
-            if sender.blocking_send(Scanned::Rows(chunk)).is_err() {
+        let key = text_of(row.get_ref(0)?).map_err(|found| {
+            let key = describe(row.get_ref(0).unwrap_or(ValueRef::Null));
+            ScanError::Row(not_text(table, key, Column::Key, found))
+        })?;
+        let value = text_of(row.get_ref(1)?).map_err(|found| {
+            ScanError::Row(not_text(table, key.to_owned(), Column::Value, found))
+        })?;
+        let entry = decode_key(table, key)
+            .and_then(|decoded| Ok((decoded, decode_value(table, key, value)?)))
+            .map_err(ScanError::Row)?;
+        chunk.push(entry);
+        if chunk.len() == CHUNK_ROWS {
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_ROWS));
+            if sender.blocking_send(Scanned::Entries(full)).is_err() {
                 return Ok(ScanEnd::CallerGone);
             }
-            chunk = Chunk::default();
         }
     }
-    if !chunk.bounds.is_empty() && sender.blocking_send(Scanned::Rows(chunk)).is_err() {
+    if !chunk.is_empty() && sender.blocking_send(Scanned::Entries(chunk)).is_err() {
         return Ok(ScanEnd::CallerGone);
     }
-    Ok(ScanEnd::Finished)
+    Ok(ScanEnd::Finished(data_version))
 }
 
 /// The cell as text, or what it is instead.
@@ -304,16 +288,6 @@ fn describe(cell: ValueRef<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn chunk_rows_come_back_as_pushed() {
-        let mut chunk = Chunk::default();
-        let rows = [("a", "1"), ("", "\"\""), ("ключ", "{\"x\":[]}"), ("k", "")];
-        for (key, value) in rows {
-            chunk.push(key, value);
-        }
-        assert_eq!(chunk.rows().collect::<Vec<_>>(), rows);
-    }
 
     #[test]
     fn tables_without_key_primary_key_are_rejected() {

@@ -502,6 +502,12 @@ where
         Ok(())
     }
 
+    /// `SELECT count(*)`: a few milliseconds per million rows, against the hash table growing
+    /// and rehashing over and over while it loads.
+    async fn len_hint(&self) -> Option<usize> {
+        load::count(&self.writer, &self.table.name).await.ok()
+    }
+
     /// One `DELETE` in one transaction.
     async fn clear(&self) -> Result<(), PersistentError> {
         self.write(vec![RawOp::DeleteAll]).await
