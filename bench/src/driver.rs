@@ -326,7 +326,8 @@ fn render(settings: &Settings, rows: &[Row], samples: &Samples, context: &Contex
     );
     let _ = writeln!(
         out,
-        "- {} run(s) of every figure, each in a fresh process; medians below; ratio = ours / anchor\n",
+        "- {} runs of every job, each job a fresh process (the `paired` and `reads` jobs hold ours and \
+         its anchors in one process, taking turns); medians below; ratio = ours / anchor\n",
         settings.runs
     );
     out.push_str(

@@ -51,7 +51,7 @@ fn seq_insert<K: BenchKey>(
     let bursts: Vec<&[(K, Session)]> = anchors.chunks(BURST).collect();
     let tallies = take_turns(
         &bursts.iter().map(|burst| burst.len()).collect::<Vec<_>>(),
-        Budget::start(options)?,
+        options,
         &mut [
             &mut |round| {
                 let burst: Vec<_> = ours.by_ref().take(bursts[round].len()).collect();
@@ -96,7 +96,7 @@ fn remove(runtime: &tokio::runtime::Runtime, dir: &Path, n: u64, options: &Optio
     let bursts: Vec<&[(String, Session)]> = stored.chunks(BURST).collect();
     let tallies = take_turns(
         &bursts.iter().map(|burst| burst.len()).collect::<Vec<_>>(),
-        Budget::start(options)?,
+        options,
         &mut [
             &mut |round| {
                 runtime.block_on(async {
@@ -125,14 +125,15 @@ struct Tally {
     writes: u64,
 }
 
-/// Runs a round per entry of `bursts` (fewer if `budget` runs out) in which every contender
-/// makes its burst of that round (`bursts[round]` writes), the first to go rotating from round to
-/// round.
+/// Runs a round per entry of `bursts` (fewer if the time budget, one writer's per contender, runs
+/// out) in which every contender makes its burst of that round (`bursts[round]` writes), the
+/// first to go rotating from round to round.
 fn take_turns(
     bursts: &[usize],
-    budget: Budget,
+    options: &Options,
     contenders: &mut [&mut dyn FnMut(usize) -> BenchResult],
 ) -> BenchResult<Vec<Tally>> {
+    let budget = Budget::shared_by(contenders.len(), options)?;
     let mut tallies = vec![Tally::default(); contenders.len()];
     for (round, &writes) in bursts.iter().enumerate() {
         if !budget.left() {

@@ -105,13 +105,19 @@ pub(crate) struct Budget {
 }
 
 impl Budget {
+    /// The budget of one writer.
     pub(crate) fn start(options: &Options) -> BenchResult<Self> {
+        Self::shared_by(1, options)
+    }
+
+    /// The budget of a job whose `writers` take turns: each one's, times `writers`.
+    pub(crate) fn shared_by(writers: usize, options: &Options) -> BenchResult<Self> {
         let seconds = match options.text("seconds") {
             Ok(text) => text.parse()?,
             Err(_) => WRITE_SECONDS,
         };
         Ok(Self {
-            ends: Instant::now() + Duration::from_secs_f64(seconds),
+            ends: Instant::now() + Duration::from_secs_f64(seconds * writers as f64),
         })
     }
 
