@@ -4,7 +4,7 @@ use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -770,6 +770,11 @@ where
 
     /// Applies a stored batch to memory; returns how many deletes removed a key.
     fn apply_all(&self, ops: Vec<BatchOp<K, V>>) -> usize {
+        let saves = ops
+            .iter()
+            .filter(|op| matches!(op, BatchOp::Save(..)))
+            .count();
+        reserve(&self.entries, saves);
         let mut removed = 0;
         for op in ops {
             let is_delete = matches!(op, BatchOp::Delete(_));
@@ -898,6 +903,23 @@ where
         f.debug_struct("PersistentMap")
             .field("len", &self.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// Makes room in `entries` for `additional` more before a large batch, so that the shards grow
+/// once instead of doubling (and rehashing every key) again and again on the way. A small
+/// batch is not worth the locking of every shard.
+fn reserve<K: Hash + Eq, V>(entries: &DashMap<K, V>, additional: usize) {
+    if additional < 4096 {
+        return;
+    }
+    let shards = entries.shards();
+    let per_shard = room_for(Some(additional / shards.len()));
+    let hasher = entries.hasher();
+    for shard in shards {
+        shard
+            .write()
+            .reserve(per_shard, |(key, _)| hasher.hash_one(key));
     }
 }
 

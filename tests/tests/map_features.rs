@@ -94,6 +94,8 @@ async fn insert_many_is_one_transaction_and_remove_many_counts() {
         .unwrap();
     assert_eq!(map.backend().stats().commits - before, 1);
     assert_eq!(map.len(), 5_000);
+    // The batch was big enough for the map to reserve room first: every key is still found.
+    assert!((0..5_000u64).all(|i| map.get(&format!("key-{i:06}")) == Some(i)));
     assert_eq!(stored_rows(&path, "kv").len(), 5_000);
 
     let removed = map
