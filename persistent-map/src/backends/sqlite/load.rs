@@ -3,6 +3,7 @@
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use rusqlite::types::ValueRef;
@@ -59,13 +60,43 @@ fn check_columns(table: &str, columns: &[(String, i64)]) -> Result<()> {
 
 /// What the writer thread sends while it scans a table.
 enum Scanned<K, V> {
+    /// Rows the writer decoded.
     Entries(Vec<(K, V)>),
+    /// Rows for the caller to decode: sent when the caller has nothing else to do.
+    Rows(RawChunk),
     Failed(PersistentError),
     /// Decoding a row panicked (in the key's `FromStr` or the value's `Deserialize`): the
     /// panic is resumed in the caller's task, where it would have happened had it decoded there.
     Panicked(Box<dyn Any + Send>),
     /// Every row was sent. Carries the `PRAGMA data_version` read before the scan.
     Finished(i64),
+}
+
+/// Rows as stored, copied out of SQLite into one buffer.
+#[derive(Default)]
+struct RawChunk {
+    text: String,
+    /// Per row: where its key ends (its value starts) and where its value ends. A row starts
+    /// where the previous one ends.
+    bounds: Vec<(usize, usize)>,
+}
+
+impl RawChunk {
+    fn push(&mut self, key: &str, value: &str) {
+        self.text.push_str(key);
+        let key_end = self.text.len();
+        self.text.push_str(value);
+        self.bounds.push((key_end, self.text.len()));
+    }
+
+    fn rows(&self) -> impl Iterator<Item = (&str, &str)> {
+        let mut start = 0;
+        self.bounds.iter().map(move |&(key_end, value_end)| {
+            let row = (&self.text[start..key_end], &self.text[key_end..value_end]);
+            start = value_end;
+            row
+        })
+    }
 }
 
 /// Rows per message: large enough that the channel costs nothing per row, small enough that
@@ -76,9 +107,11 @@ const CHUNK_ROWS: usize = 1024;
 /// `PRAGMA data_version` from before the scan, so that a later change by another connection
 /// can be told apart.
 ///
-/// The writer thread reads and decodes the rows; the caller's task puts them into `sink` (the
-/// map). The two run at once, so a large table loads on two cores, and the only copy of the
-/// rows is the one being built.
+/// The writer thread reads the rows and the caller's task puts them into `sink` (the map);
+/// decoding them (the key's `FromStr`, the value's JSON) is shared: the writer decodes a chunk
+/// when the caller is still busy with earlier ones, and leaves it to the caller when the caller
+/// is waiting. So a large table loads on two cores, and the only copy of the rows is the one
+/// being built.
 pub(super) async fn load_each<K, V>(
     writer: &Writer,
     table: &str,
@@ -94,23 +127,18 @@ where
     let table_name = table.to_owned();
     let path = writer.path().to_path_buf();
     writer.start(Box::new(move |connection| {
-        let outcome = catch_unwind(AssertUnwindSafe(|| scan(connection, &table_name, &sender)));
-        let last = match outcome {
-            Ok(Ok(ScanEnd::Finished(data_version))) => Scanned::Finished(data_version),
-            Ok(Ok(ScanEnd::CallerGone)) => return,
-            Ok(Err(ScanError::Sqlite(source))) => {
-                Scanned::Failed(PersistentError::Sqlite { path, source })
-            }
-            Ok(Err(ScanError::Row(error))) => Scanned::Failed(error),
-            Err(panic) => Scanned::Panicked(panic),
-        };
-        let _ = sender.blocking_send(last);
+        scan_and_report(connection, &table_name, path, &sender);
     }))?;
     while let Some(message) = scanned.recv().await {
         match message {
             Scanned::Entries(entries) => {
                 for (key, value) in entries {
                     sink(key, value);
+                }
+            }
+            Scanned::Rows(chunk) => {
+                for (key, value) in chunk.rows() {
+                    sink(decode_key(table, key)?, decode_value(table, key, value)?);
                 }
             }
             Scanned::Failed(error) => return Err(error),
@@ -203,6 +231,62 @@ pub(super) async fn data_version(writer: &Writer) -> Result<i64> {
         .await
 }
 
+/// The writer thread's part of a load: scan, then send how it ended. A panic while decoding is
+/// caught here and sent to the caller, so that it does not take the file's writer thread down.
+fn scan_and_report<K, V>(
+    connection: &Connection,
+    table: &str,
+    path: PathBuf,
+    sender: &mpsc::Sender<Scanned<K, V>>,
+) where
+    K: FromStr,
+    <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
+    V: DeserializeOwned,
+{
+    let outcome = catch_unwind(AssertUnwindSafe(|| scan(connection, table, sender)));
+    let last = match outcome {
+        Ok(Ok(ScanEnd::Finished(data_version))) => Scanned::Finished(data_version),
+        Ok(Ok(ScanEnd::CallerGone)) => return,
+        Ok(Err(ScanError::Sqlite(source))) => {
+            Scanned::Failed(PersistentError::Sqlite { path, source })
+        }
+        Ok(Err(ScanError::Row(error))) => Scanned::Failed(error),
+        Err(panic) => Scanned::Panicked(panic),
+    };
+    let _ = sender.blocking_send(last);
+}
+
+/// A chunk being filled on the writer thread, raw or decoded.
+enum Chunk<K, V> {
+    Raw(RawChunk),
+    Decoded(Vec<(K, V)>),
+}
+
+impl<K, V> Chunk<K, V> {
+    /// Raw if the caller has nothing queued (it is waiting: let it decode), else decoded here.
+    fn new(sender: &mpsc::Sender<Scanned<K, V>>) -> Self {
+        if sender.capacity() == sender.max_capacity() {
+            Chunk::Raw(RawChunk::default())
+        } else {
+            Chunk::Decoded(Vec::with_capacity(CHUNK_ROWS))
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Chunk::Raw(raw) => raw.bounds.len(),
+            Chunk::Decoded(entries) => entries.len(),
+        }
+    }
+
+    fn into_message(self) -> Scanned<K, V> {
+        match self {
+            Chunk::Raw(raw) => Scanned::Rows(raw),
+            Chunk::Decoded(entries) => Scanned::Entries(entries),
+        }
+    }
+}
+
 enum ScanEnd {
     Finished(i64),
     /// The caller stopped listening (its load was dropped): nothing more to do.
@@ -236,7 +320,7 @@ where
     let mut statement =
         connection.prepare_cached(&format!("SELECT key, value FROM \"{table}\""))?;
     let mut rows = statement.query([])?;
-    let mut chunk = Vec::with_capacity(CHUNK_ROWS);
+    let mut chunk = Chunk::new(sender);
     while let Some(row) = rows.next()? {
         let key = text_of(row.get_ref(0)?).map_err(|found| {
             let key = describe(row.get_ref(0).unwrap_or(ValueRef::Null));
@@ -245,18 +329,22 @@ where
         let value = text_of(row.get_ref(1)?).map_err(|found| {
             ScanError::Row(not_text(table, key.to_owned(), Column::Value, found))
         })?;
-        let entry = decode_key(table, key)
-            .and_then(|decoded| Ok((decoded, decode_value(table, key, value)?)))
-            .map_err(ScanError::Row)?;
-        chunk.push(entry);
+        match &mut chunk {
+            Chunk::Raw(raw) => raw.push(key, value),
+            Chunk::Decoded(entries) => entries.push(
+                decode_key(table, key)
+                    .and_then(|decoded| Ok((decoded, decode_value(table, key, value)?)))
+                    .map_err(ScanError::Row)?,
+            ),
+        }
         if chunk.len() == CHUNK_ROWS {
-            let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_ROWS));
-            if sender.blocking_send(Scanned::Entries(full)).is_err() {
+            let full = std::mem::replace(&mut chunk, Chunk::new(sender));
+            if sender.blocking_send(full.into_message()).is_err() {
                 return Ok(ScanEnd::CallerGone);
             }
         }
     }
-    if !chunk.is_empty() && sender.blocking_send(Scanned::Entries(chunk)).is_err() {
+    if chunk.len() > 0 && sender.blocking_send(chunk.into_message()).is_err() {
         return Ok(ScanEnd::CallerGone);
     }
     Ok(ScanEnd::Finished(data_version))
@@ -288,6 +376,54 @@ fn describe(cell: ValueRef<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Parses any text, except that it panics on `boom`.
+    #[derive(Debug)]
+    struct Fragile;
+
+    impl FromStr for Fragile {
+        type Err = std::convert::Infallible;
+        fn from_str(text: &str) -> Result<Self, Self::Err> {
+            assert_ne!(text, "boom", "Fragile cannot parse boom");
+            Ok(Fragile)
+        }
+    }
+
+    #[test]
+    fn a_panic_while_decoding_on_the_writer_thread_is_sent_to_the_caller() {
+        let connection = Connection::open_in_memory().unwrap();
+        connection
+            .execute_batch(
+                "CREATE TABLE t (key TEXT PRIMARY KEY, value TEXT);
+                 INSERT INTO t VALUES ('boom', '1');",
+            )
+            .unwrap();
+        let (sender, mut received) = mpsc::channel::<Scanned<Fragile, u32>>(2);
+        // A chunk is waiting for the caller, so the writer decodes the next one itself.
+        sender.try_send(Scanned::Entries(Vec::new())).unwrap();
+        scan_and_report(&connection, "t", PathBuf::from("test.db"), &sender);
+        assert!(matches!(received.try_recv(), Ok(Scanned::Entries(entries)) if entries.is_empty()));
+        let Ok(Scanned::Panicked(panic)) = received.try_recv() else {
+            panic!("the writer's panic was not sent to the caller");
+        };
+        let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(message.contains("Fragile cannot parse boom"), "{message}");
+        // The connection is as usable as before.
+        let rows: i64 = connection
+            .query_row("SELECT count(*) FROM t", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(rows, 1);
+    }
+
+    #[test]
+    fn raw_chunk_rows_come_back_as_pushed() {
+        let mut chunk = RawChunk::default();
+        let rows = [("a", "1"), ("", "\"\""), ("ключ", "{\"x\":[]}"), ("k", "")];
+        for (key, value) in rows {
+            chunk.push(key, value);
+        }
+        assert_eq!(chunk.rows().collect::<Vec<_>>(), rows);
+    }
 
     #[test]
     fn tables_without_key_primary_key_are_rejected() {
