@@ -566,6 +566,11 @@ where
     /// only if another connection committed since the last load. Backends that cannot tell
     /// reload every time.
     ///
+    /// With SQLite, "others" means other processes (or your own rusqlite connections): all maps
+    /// on one file in this process share one connection, so a second map on the *same table* in
+    /// this process does not learn of the first one's writes here. Share one map instead; its
+    /// clones see everything.
+    ///
     /// ```
     /// use persistent_map::{sqlite::SqliteBackend, PersistentMap};
     ///
