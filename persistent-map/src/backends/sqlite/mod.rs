@@ -27,6 +27,7 @@
 //! # }
 //! ```
 
+mod inbox;
 mod layout;
 mod load;
 mod open;

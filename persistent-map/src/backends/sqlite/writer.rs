@@ -6,13 +6,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
+use super::inbox::{Inbox, Popped};
 use super::Durability;
 use crate::{PersistentError, Result};
 
@@ -69,11 +69,27 @@ const MAX_GROUP_REQUESTS: usize = 4096;
 
 /// The handle to a file's writer thread. The thread stops, and closes the connection, once the
 /// last handle is dropped and the queued work is done.
-#[derive(Debug)]
 pub(super) struct Writer {
-    commands: mpsc::Sender<Command>,
+    inbox: Arc<Inbox<Command>>,
     path: PathBuf,
     counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("path", &self.path)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Writer {
+    /// The last handle is gone: the thread finishes what is queued, closes the connection and
+    /// stops.
+    fn drop(&mut self) {
+        self.inbox.close();
+    }
 }
 
 /// What the writer thread has done, for [`super::SqliteBackend::stats`].
@@ -86,14 +102,14 @@ struct Counters {
 impl Writer {
     /// Starts the thread that will own `connection`.
     pub(super) fn spawn(connection: Connection, path: PathBuf) -> std::io::Result<Self> {
-        let (commands, queue) = mpsc::channel();
+        let inbox = Arc::new(Inbox::new());
         let counters = Arc::new(Counters::default());
-        let thread_counters = Arc::clone(&counters);
+        let (thread_inbox, thread_counters) = (Arc::clone(&inbox), Arc::clone(&counters));
         std::thread::Builder::new()
             .name("persistent-map-sqlite".into())
-            .spawn(move || serve(connection, queue, &thread_counters))?;
+            .spawn(move || serve(connection, &thread_inbox, &thread_counters))?;
         Ok(Self {
-            commands,
+            inbox,
             path,
             counters,
         })
@@ -163,7 +179,7 @@ impl Writer {
     }
 
     fn send(&self, command: Command) -> Result<()> {
-        self.commands.send(command).map_err(|_| self.closed())
+        self.inbox.push(command).map_err(|_| self.closed())
     }
 
     fn closed(&self) -> PersistentError {
@@ -181,7 +197,7 @@ impl Writer {
 /// alone), so the loop also waits, briefly and without spinning, for the writers it has just
 /// acknowledged: with 16 tasks writing in turn, each commit then serves all 16. A lone
 /// sequential writer is never made to wait: it is the only one expected back.
-fn serve(mut connection: Connection, queue: mpsc::Receiver<Command>, counters: &Counters) {
+fn serve(mut connection: Connection, queue: &Inbox<Command>, counters: &Counters) {
     let mut synchronous = Durability::Full;
     let mut group: Vec<WriteRequest> = Vec::new();
     // A command that is not a write, found while gathering a group: it runs after the group.
@@ -194,20 +210,20 @@ fn serve(mut connection: Connection, queue: mpsc::Receiver<Command>, counters: &
                 job(&mut connection);
                 continue;
             }
-            match queue.recv() {
-                Ok(Command::Write(request)) => group.push(request),
-                Ok(Command::Run(job)) => {
+            match queue.pop(None) {
+                Popped::Item(Command::Write(request)) => group.push(request),
+                Popped::Item(Command::Run(job)) => {
                     job(&mut connection);
                     continue;
                 }
-                Err(mpsc::RecvError) => return,
+                Popped::TimedOut | Popped::Closed => return,
             }
         }
-        gather(&queue, &mut group, &mut next, expected);
+        gather(queue, &mut group, &mut next, expected);
         let committed = std::mem::take(&mut group);
         let results = commit_group(&mut connection, &mut synchronous, &committed, counters);
         // What is queued now came from writers other than those about to be acknowledged.
-        take_queued(&queue, &mut group, &mut next);
+        take_queued(queue, &mut group, &mut next);
         expected = committed.len() + group.len();
         for (request, result) in committed.into_iter().zip(results) {
             let _ = request.done.send(result);
@@ -222,7 +238,7 @@ const GROUP_WAIT: Duration = Duration::from_micros(200);
 /// Adds what is queued to `group`, then waits up to [`GROUP_WAIT`] for more while the group is
 /// smaller than `expected`. Stops at a command that is not a write (kept in `next`).
 fn gather(
-    queue: &mpsc::Receiver<Command>,
+    queue: &Inbox<Command>,
     group: &mut Vec<WriteRequest>,
     next: &mut Option<Job>,
     expected: usize,
@@ -230,29 +246,22 @@ fn gather(
     take_queued(queue, group, next);
     let deadline = Instant::now() + GROUP_WAIT;
     while group.len() < expected.min(MAX_GROUP_REQUESTS) && next.is_none() {
-        let Some(wait) = deadline.checked_duration_since(Instant::now()) else {
-            return;
-        };
-        match queue.recv_timeout(wait) {
-            Ok(Command::Write(request)) => group.push(request),
-            Ok(Command::Run(job)) => *next = Some(job),
-            Err(_) => return,
+        match queue.pop(Some(deadline)) {
+            Popped::Item(Command::Write(request)) => group.push(request),
+            Popped::Item(Command::Run(job)) => *next = Some(job),
+            Popped::TimedOut | Popped::Closed => return,
         }
         take_queued(queue, group, next);
     }
 }
 
 /// Moves queued writes into `group` without waiting, up to a command that is not a write.
-fn take_queued(
-    queue: &mpsc::Receiver<Command>,
-    group: &mut Vec<WriteRequest>,
-    next: &mut Option<Job>,
-) {
+fn take_queued(queue: &Inbox<Command>, group: &mut Vec<WriteRequest>, next: &mut Option<Job>) {
     while next.is_none() && group.len() < MAX_GROUP_REQUESTS {
-        match queue.try_recv() {
-            Ok(Command::Write(request)) => group.push(request),
-            Ok(Command::Run(job)) => *next = Some(job),
-            Err(_) => return,
+        match queue.try_pop() {
+            Some(Command::Write(request)) => group.push(request),
+            Some(Command::Run(job)) => *next = Some(job),
+            None => return,
         }
     }
 }
