@@ -9,8 +9,9 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use crate::keys::KeyKind;
+use crate::postgres;
 use crate::raw::write_fixture;
-use crate::rows::{rows, Better, Figure, Job, Program, Row, Sizes};
+use crate::rows::{postgres_rows, rows, Better, Figure, Job, Program, Row, Sizes};
 use crate::workload::{median, BenchResult, RESULT_PREFIX};
 
 /// What the command line asked for.
@@ -36,6 +37,13 @@ usage: cargo run --release -p persistent-map-bench -- [options]
   --no-old       skip persistent-map 0.1.3 (no build of bench/old)
   --dir PATH     where the databases go (default: target/pm-bench; not a tmpfs)
 
+The PostgreSQL rows (pg-*) run when pm-bench is built with its feature `postgres` and
+PM_BENCH_POSTGRES_URL (else PM_TEST_POSTGRES_URL) names a server that answers; otherwise the
+table says why they were skipped:
+
+  PM_BENCH_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test \
+      cargo run --release -p persistent-map-bench --features postgres
+
 A single measurement: pm-bench run WORKLOAD IMPL --name value ... (see src/main.rs).";
 
 impl Settings {
@@ -47,12 +55,19 @@ impl Settings {
             only: Vec::new(),
             dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pm-bench"),
             old: true,
-            command: match args {
-                [] => "cargo run --release -p persistent-map-bench".to_owned(),
-                args => format!(
-                    "cargo run --release -p persistent-map-bench -- {}",
-                    args.join(" ")
-                ),
+            command: {
+                let features = if cfg!(feature = "postgres") {
+                    " --features postgres"
+                } else {
+                    ""
+                };
+                match args {
+                    [] => format!("cargo run --release -p persistent-map-bench{features}"),
+                    args => format!(
+                        "cargo run --release -p persistent-map-bench{features} -- {}",
+                        args.join(" ")
+                    ),
+                }
             },
         };
         let mut args = args.iter();
@@ -71,6 +86,9 @@ impl Settings {
                 "--list" => {
                     for row in rows(&Sizes::new(false)) {
                         println!("{:<22} {}", row.id, row.title);
+                    }
+                    for row in postgres_rows(&Sizes::new(false)) {
+                        println!("{:<22} PostgreSQL backend: {}", row.id, row.title);
                     }
                     return Ok(None);
                 }
@@ -91,13 +109,43 @@ impl Settings {
 /// Every sample, by job name and metric.
 type Samples = HashMap<(String, String), Vec<f64>>;
 
+/// The PostgreSQL rows of a suite run: the server they ran against, or why they did not run.
+#[derive(Debug)]
+enum Postgres {
+    /// None of the rows asked for is a PostgreSQL row.
+    NotAsked,
+    Skipped(String),
+    Ran {
+        server: String,
+        command: String,
+    },
+}
+
 pub(crate) fn run(settings: &Settings) -> BenchResult {
     let started = Instant::now();
     let load_before = load_average();
     let sizes = Sizes::new(settings.quick);
+    let wanted =
+        |row: &Row| settings.only.is_empty() || settings.only.iter().any(|id| id == row.id);
+    let mut postgres_rows: Vec<Row> = postgres_rows(&sizes).into_iter().filter(wanted).collect();
+    let postgres = if postgres_rows.is_empty() {
+        Postgres::NotAsked
+    } else {
+        match postgres::probe() {
+            Ok(server) => Postgres::Ran {
+                server,
+                command: postgres_command(settings),
+            },
+            Err(reason) => {
+                eprintln!("skipping the PostgreSQL rows: {reason}");
+                postgres_rows.clear();
+                Postgres::Skipped(reason)
+            }
+        }
+    };
     let rows: Vec<Row> = rows(&sizes)
         .into_iter()
-        .filter(|row| settings.only.is_empty() || settings.only.iter().any(|id| id == row.id))
+        .filter(wanted)
         .map(|mut row| {
             if !settings.old {
                 row.anchors.retain(|anchor| {
@@ -110,9 +158,15 @@ pub(crate) fn run(settings: &Settings) -> BenchResult {
             row
         })
         .collect();
-    if rows.is_empty() {
-        return Err("no row matches --only; see --list".into());
+    if rows.is_empty() && postgres_rows.is_empty() {
+        return Err(match postgres {
+            Postgres::Skipped(reason) => {
+                format!("the PostgreSQL rows cannot run: {reason}\n\n{USAGE}").into()
+            }
+            _ => "no row matches --only; see --list".into(),
+        });
     }
+    let all_rows: Vec<&Row> = rows.iter().chain(&postgres_rows).collect();
     std::fs::create_dir_all(&settings.dir)?;
     let dir = settings.dir.canonicalize()?;
     let old_binary = if settings.old {
@@ -120,14 +174,14 @@ pub(crate) fn run(settings: &Settings) -> BenchResult {
     } else {
         None
     };
-    write_fixtures(&dir, &rows)?;
+    write_fixtures(&dir, &all_rows)?;
     let fsync_before = measure_fsync(&dir)?;
 
     let mut samples = Samples::new();
     let mut failures = Vec::new();
     for run in 0..settings.runs {
         let mut done = HashSet::new();
-        for row in &rows {
+        for row in &all_rows {
             let mut jobs: Vec<&Job> = row.jobs().filter(|job| done.insert(job.name())).collect();
             // Ours first on even runs, anchors first on odd ones.
             if run % 2 == 1 {
@@ -154,6 +208,7 @@ pub(crate) fn run(settings: &Settings) -> BenchResult {
     let report = render(
         settings,
         &rows,
+        &postgres_rows,
         &samples,
         &Context {
             dir: &dir,
@@ -162,6 +217,7 @@ pub(crate) fn run(settings: &Settings) -> BenchResult {
             fsync_micros: [fsync_before, fsync_after],
             minutes: started.elapsed().as_secs_f64() / 60.0,
             failures: &failures,
+            postgres: &postgres,
         },
     );
     println!("{report}");
@@ -199,10 +255,22 @@ fn build_old() -> BenchResult<PathBuf> {
         .ok_or_else(|| "cargo built bench/old but named no executable".into())
 }
 
-fn write_fixtures(dir: &Path, rows: &[Row]) -> BenchResult {
+/// The command line that runs these rows with the PostgreSQL ones, naming the server's variable.
+fn postgres_command(settings: &Settings) -> String {
+    match postgres::url() {
+        Some((variable, url)) => format!(
+            "{variable}={} {}",
+            postgres::redacted(&url),
+            settings.command
+        ),
+        None => settings.command.clone(),
+    }
+}
+
+fn write_fixtures(dir: &Path, rows: &[&Row]) -> BenchResult {
     let wanted: HashSet<_> = rows
         .iter()
-        .flat_map(Row::jobs)
+        .flat_map(|row| row.jobs())
         .filter_map(|job| job.fixture)
         .collect();
     let fixtures = dir.join("fixtures");
@@ -243,6 +311,9 @@ fn measure(job: &Job, dir: &Path, old_binary: Option<&Path>) -> BenchResult<Vec<
     };
     command.arg("--dir").arg(&work);
     command.args(["--keys", job.keys_name()]);
+    for (name, value) in job.args {
+        command.arg(format!("--{name}")).arg(value);
+    }
     if let Some(n) = job.n {
         command.args(["--n", &n.to_string()]);
     }
@@ -304,11 +375,22 @@ struct Context<'a> {
     fsync_micros: [f64; 2],
     minutes: f64,
     failures: &'a [String],
+    postgres: &'a Postgres,
 }
 
-fn render(settings: &Settings, rows: &[Row], samples: &Samples, context: &Context<'_>) -> String {
+fn render(
+    settings: &Settings,
+    rows: &[Row],
+    postgres_rows: &[Row],
+    samples: &Samples,
+    context: &Context<'_>,
+) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "Command: `{}`\n", settings.command);
+    let command = match context.postgres {
+        Postgres::Ran { command, .. } => command,
+        _ => &settings.command,
+    };
+    let _ = writeln!(out, "Command: `{command}`\n");
     let _ = writeln!(out, "- machine: {}", machine());
     let _ = writeln!(
         out,
@@ -330,10 +412,83 @@ fn render(settings: &Settings, rows: &[Row], samples: &Samples, context: &Contex
          its anchors in one process, taking turns); medians below; ratio = ours / anchor\n",
         settings.runs
     );
-    out.push_str(
-        "| row | workload | unit | ours | anchor | anchor's figure | ours / anchor | target |\n",
-    );
-    out.push_str("| --- | --- | --- | ---: | --- | ---: | ---: | --- |\n");
+    if !rows.is_empty() {
+        out.push_str(
+            "| row | workload | unit | ours | anchor | anchor's figure | ours / anchor | target |\n",
+        );
+        out.push_str("| --- | --- | --- | ---: | --- | ---: | ---: | --- |\n");
+        render_rows(&mut out, rows, samples, true);
+    }
+    if let (Postgres::Ran { server, .. }, false) = (context.postgres, postgres_rows.is_empty()) {
+        if !rows.is_empty() {
+            out.push('\n');
+        }
+        let _ = writeln!(
+            out,
+            "PostgreSQL backend: {server}. Both columns are our map, on PostgreSQL and on SQLite, \
+             measured in this run; ratio = PostgreSQL / SQLite\n"
+        );
+        out.push_str(
+            "| row | workload | unit | PostgreSQL | SQLite backend | SQLite's figure | PostgreSQL / SQLite |\n",
+        );
+        out.push_str("| --- | --- | --- | ---: | --- | ---: | ---: |\n");
+        render_rows(&mut out, postgres_rows, samples, false);
+    }
+    out.push('\n');
+    let labelled = rows
+        .iter()
+        .map(|row| (row, "ours"))
+        .chain(postgres_rows.iter().map(|row| (row, "PostgreSQL")));
+    for (row, who) in labelled {
+        if let (Some(commits), Some(writes)) = (
+            median_of(samples, &row.ours.with_metric("commits")),
+            median_of(samples, &row.ours.with_metric("writes")),
+        ) {
+            let _ = writeln!(
+                out,
+                "- `{}`: {who} served {:.1} writes per commit ({} commits for {} writes, median)",
+                row.id,
+                writes / commits,
+                number(commits),
+                number(writes)
+            );
+        }
+    }
+    let mut noted = HashSet::new();
+    for job in rows.iter().chain(postgres_rows).flat_map(Row::jobs) {
+        let (Some(planned), Some(made)) = (
+            job.planned_writes(),
+            samples.get(&(job.name(), "ops".to_owned())),
+        ) else {
+            continue;
+        };
+        let short = made.iter().filter(|&&ops| ops < planned as f64).count();
+        if short > 0 && noted.insert(job.name()) {
+            let _ = writeln!(
+                out,
+                "- `{}` ran out of its time budget before {planned} writes in {short} of {} runs; \
+                 its rate is over the writes it made",
+                job.name(),
+                made.len()
+            );
+        }
+    }
+    if let Postgres::Skipped(reason) = context.postgres {
+        let _ = writeln!(
+            out,
+            "- the PostgreSQL rows were skipped: {reason}. To run them: \
+             `PM_BENCH_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test cargo run --release \
+             -p persistent-map-bench --features postgres`"
+        );
+    }
+    for failure in context.failures {
+        let _ = writeln!(out, "- FAILED: {failure}");
+    }
+    out
+}
+
+/// The table lines of `rows`, with the target column or without it.
+fn render_rows(out: &mut String, rows: &[Row], samples: &Samples, targets: bool) {
     for row in rows {
         let ours = median_of(samples, &row.ours);
         for (i, anchor) in row.anchors.iter().enumerate() {
@@ -370,53 +525,19 @@ fn render(settings: &Settings, rows: &[Row], samples: &Samples, context: &Contex
             } else {
                 ("", "", "", String::new())
             };
+            let target = if targets {
+                format!(" {target} |")
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 out,
-                "| {id} | {title} | {unit} | {ours_text} | {label} | {} | {} | {target} |",
+                "| {id} | {title} | {unit} | {ours_text} | {label} | {} | {} |{target}",
                 figure_text(figure),
                 ratio.map_or_else(|| "—".to_owned(), |ratio| format!("{ratio:.2}x")),
             );
         }
     }
-    out.push('\n');
-    for row in rows {
-        if let (Some(commits), Some(writes)) = (
-            median_of(samples, &row.ours.with_metric("commits")),
-            median_of(samples, &row.ours.with_metric("writes")),
-        ) {
-            let _ = writeln!(
-                out,
-                "- `{}`: ours served {:.1} writes per commit ({} commits for {} writes, median)",
-                row.id,
-                writes / commits,
-                number(commits),
-                number(writes)
-            );
-        }
-    }
-    let mut noted = HashSet::new();
-    for job in rows.iter().flat_map(Row::jobs) {
-        let (Some(planned), Some(made)) = (
-            job.planned_writes(),
-            samples.get(&(job.name(), "ops".to_owned())),
-        ) else {
-            continue;
-        };
-        let short = made.iter().filter(|&&ops| ops < planned as f64).count();
-        if short > 0 && noted.insert(job.name()) {
-            let _ = writeln!(
-                out,
-                "- `{}` ran out of its time budget before {planned} writes in {short} of {} runs; \
-                 its rate is over the writes it made",
-                job.name(),
-                made.len()
-            );
-        }
-    }
-    for failure in context.failures {
-        let _ = writeln!(out, "- FAILED: {failure}");
-    }
-    out
 }
 
 fn median_of(samples: &Samples, figure: &Figure) -> Option<f64> {

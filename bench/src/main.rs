@@ -16,6 +16,8 @@
 //! | `concurrent-insert`, `hot-keys` | `ours`, `raw-conns`, `raw-mutex`, `raw-grouped` |
 //! | `load` | `ours`, `raw` (scan + decode), `hashmap`, `dashmap` (`--capacity N`, `--hasher fold`) |
 //! | `reads` (`--reads N`) | `ours`: our map, a `DashMap` and a `HashMap` in one process, read in turns |
+//! | `concurrent-insert` | `pg`: our map on the PostgreSQL backend (feature `postgres`, see `postgres.rs`) |
+//! | `propagation` (`--interval-us`, `--pause-us`, `--entries`) | `ours` (SQLite; the follower is a second process, `follow ours --db FILE`), `pg` |
 
 mod composite;
 mod driver;
@@ -24,6 +26,8 @@ mod keys;
 mod memory;
 mod ours;
 mod paired;
+mod postgres;
+mod propagation;
 mod raw;
 mod rows;
 mod workload;
@@ -61,6 +65,10 @@ fn run_one(args: &[String]) -> BenchResult {
     };
     let options = Options::parse(options.iter().cloned())?;
     match implementation.as_str() {
+        "ours" if matches!(workload.as_str(), "propagation" | "follow") => {
+            propagation::sqlite(workload, &options)
+        }
+        "pg" => postgres::run(workload, &options),
         "ours" => ours::run(workload, &options),
         "raw" | "raw-conns" => raw::run(workload, raw::Writers::OwnConnections, &options),
         "raw-mutex" => raw::run(workload, raw::Writers::SharedConnection, &options),

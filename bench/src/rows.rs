@@ -1,6 +1,7 @@
 //! The table: each row is one workload, our figure for it, and the anchors it is compared with.
 
 use crate::keys::KeyKind;
+use crate::propagation::ENTRIES;
 use crate::workload::{READS, TASKS};
 
 /// Which binary measures a job.
@@ -42,6 +43,8 @@ pub(crate) struct Job {
     /// Writes (or writes per task, for the concurrent workloads).
     pub(crate) n: Option<u64>,
     pub(crate) fixture: Option<Fixture>,
+    /// More `--name value` options of the job.
+    pub(crate) args: &'static [(&'static str, &'static str)],
 }
 
 impl Job {
@@ -52,8 +55,13 @@ impl Job {
             (None, Some(fixture)) => format!("rows={}", fixture.rows),
             (None, None) => String::new(),
         };
+        let args: String = self
+            .args
+            .iter()
+            .map(|(name, value)| format!(" {name}={value}"))
+            .collect();
         format!(
-            "{} {} {:?} {size}",
+            "{} {} {:?} {size}{args}",
             self.workload, self.implementation, self.keys
         )
     }
@@ -64,7 +72,7 @@ impl Job {
     pub(crate) fn planned_writes(&self) -> Option<u64> {
         match self.workload {
             "concurrent-insert" | "hot-keys" => self.n.map(|per_task| per_task * TASKS),
-            "seq-insert" | "remove" => self.n,
+            "seq-insert" | "remove" | "propagation" => self.n,
             _ => None,
         }
     }
@@ -134,6 +142,8 @@ pub(crate) struct Sizes {
     per_task_old: u64,
     small: u64,
     large: u64,
+    /// Writes of a propagation job.
+    propagation: u64,
 }
 
 impl Sizes {
@@ -147,6 +157,7 @@ impl Sizes {
                 per_task_old: 20,
                 small: 100_000,
                 large: 200_000,
+                propagation: 200,
             }
         } else {
             Self {
@@ -157,6 +168,7 @@ impl Sizes {
                 per_task_old: 60,
                 small: 100_000,
                 large: 1_000_000,
+                propagation: 1_000,
             }
         }
     }
@@ -175,6 +187,7 @@ fn job(
         keys,
         n: None,
         fixture: None,
+        args: &[],
     }
 }
 
@@ -190,6 +203,11 @@ impl Job {
             keys: self.keys,
             old_index: self.program == Program::Old,
         });
+        self
+    }
+
+    fn args(mut self, args: &'static [(&'static str, &'static str)]) -> Self {
+        self.args = args;
         self
     }
 
@@ -281,6 +299,7 @@ pub(crate) fn rows(sizes: &Sizes) -> Vec<Row> {
         per_task_old,
         small,
         large,
+        propagation: _,
     } = *sizes;
 
     vec![
@@ -506,5 +525,75 @@ pub(crate) fn rows(sizes: &Sizes) -> Vec<Row> {
             )
             .target(0.7)],
         },
+    ]
+}
+
+/// The PostgreSQL backend's rows: "ours" is our map on PostgreSQL, the anchors our map on SQLite
+/// in the same run. They need the feature `postgres` and a server (`postgres.rs`).
+pub(crate) fn postgres_rows(sizes: &Sizes) -> Vec<Row> {
+    use KeyKind::String;
+    use Program::Ours;
+
+    let writes = sizes.propagation;
+    // PostgreSQL: `refresh_every(1 s)`, which the writer's NOTIFY wakes at once; a pause of up to
+    // 1 ms before each write. SQLite: the follower polls, so the pause spans its interval.
+    let pg = job(Ours, "propagation", "pg", String)
+        .n(writes)
+        .args(&[("interval-us", "1000000"), ("pause-us", "1000")]);
+    let sqlite_10ms = job(Ours, "propagation", "ours", String)
+        .n(writes)
+        .args(&[("interval-us", "10000"), ("pause-us", "10000")]);
+    let sqlite_1ms = job(Ours, "propagation", "ours", String)
+        .n(writes)
+        .args(&[("interval-us", "1000"), ("pause-us", "1000")]);
+    let propagation = |id, title: std::string::String, metric| Row {
+        id,
+        title,
+        unit: "ms",
+        better: Better::Lower,
+        ours: pg.figure(metric),
+        anchors: vec![
+            anchor(
+                "SQLite backend, a second process on the same file, `refresh_every(10 ms)`",
+                sqlite_10ms.figure(metric),
+            ),
+            anchor(
+                "SQLite backend, a second process on the same file, `refresh_every(1 ms)`",
+                sqlite_1ms.figure(metric),
+            ),
+        ],
+    };
+    vec![
+        Row {
+            id: "pg-concurrent",
+            title: format!(
+                "16 tasks inserting distinct keys, durable ({} writes)",
+                16 * sizes.per_task
+            ),
+            unit: "inserts/s",
+            better: Better::Higher,
+            ours: job(Ours, "concurrent-insert", "pg", String)
+                .n(sizes.per_task)
+                .figure("ops_per_sec"),
+            anchors: vec![anchor(
+                "SQLite backend, the same workload (the `concurrent` row's ours)",
+                job(Ours, "concurrent-insert", "ours", String)
+                    .n(sizes.per_task)
+                    .figure("ops_per_sec"),
+            )],
+        },
+        propagation(
+            "pg-propagation",
+            format!(
+                "from an acknowledged `insert` to another instance's `get` returning it \
+                 ({ENTRIES} entries): median of {writes} writes"
+            ),
+            "median_ms",
+        ),
+        propagation(
+            "pg-propagation-p99",
+            format!("the same, 99th percentile of {writes} writes"),
+            "p99_ms",
+        ),
     ]
 }

@@ -1,0 +1,276 @@
+//! The PostgreSQL backend's jobs (feature `postgres`), against the server named by
+//! `PM_BENCH_POSTGRES_URL` (else `PM_TEST_POSTGRES_URL`):
+//!
+//! - `pm-bench run concurrent-insert pg --n N`: 16 tokio tasks inserting `N` distinct keys each
+//!   through one `PersistentMap<_, _, PostgresBackend>` (one connection; writes that queue while
+//!   a commit runs share the next transaction), each acknowledged after `COMMIT`;
+//! - `pm-bench run propagation pg ...`: two maps on two backends in this process (see
+//!   `propagation.rs`).
+//!
+//! Every job works on a table of its own, `pm_bench_<workload>_<pid>`, dropped before and after.
+
+/// The environment variables naming the server, in the order they are looked at.
+pub(crate) const URL_VARIABLES: [&str; 2] = ["PM_BENCH_POSTGRES_URL", "PM_TEST_POSTGRES_URL"];
+
+/// The URL of the server, and the variable that named it.
+pub(crate) fn url() -> Option<(&'static str, String)> {
+    URL_VARIABLES.iter().find_map(|&name| {
+        std::env::var(name)
+            .ok()
+            .filter(|url| !url.trim().is_empty())
+            .map(|url| (name, url))
+    })
+}
+
+/// `url` without its password, if it has one in the `postgres://user:password@host` form.
+pub(crate) fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((user_info, host)) if user_info.contains(':') => {
+            let user = user_info.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(not(feature = "postgres"))]
+pub(crate) fn probe() -> Result<String, String> {
+    Err("pm-bench was built without its feature `postgres`".to_owned())
+}
+
+#[cfg(not(feature = "postgres"))]
+pub(crate) fn run(
+    _workload: &str,
+    _options: &crate::workload::Options,
+) -> crate::workload::BenchResult {
+    Err("pm-bench was built without its feature `postgres` (add `--features postgres`)".into())
+}
+
+#[cfg(feature = "postgres")]
+pub(crate) use with_backend::{probe, run};
+
+#[cfg(feature = "postgres")]
+mod with_backend {
+    use std::time::{Duration, Instant};
+
+    use persistent_map::postgres::tokio_postgres::{self, NoTls};
+    use persistent_map::postgres::PostgresBackend;
+    use persistent_map::PersistentMap;
+
+    use super::{url, URL_VARIABLES};
+    use crate::propagation::{self, Plan};
+    use crate::workload::{
+        key, per_second, report, value, BenchResult, Budget, Options, Session, TASKS,
+    };
+
+    type Map = PersistentMap<String, Session, PostgresBackend>;
+
+    /// How long the driver's check waits for the server.
+    const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+    fn url_or_error() -> BenchResult<String> {
+        url()
+            .map(|(_, url)| url)
+            .ok_or_else(|| format!("set {} to the server's URL", URL_VARIABLES.join(" or ")).into())
+    }
+
+    /// Whether the PostgreSQL rows can run: a description of the server, or why not.
+    pub(crate) fn probe() -> Result<String, String> {
+        let Some((variable, url)) = url() else {
+            return Err(format!(
+                "neither {} nor {} is set",
+                URL_VARIABLES[0], URL_VARIABLES[1]
+            ));
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|error| error.to_string())?;
+        runtime.block_on(async {
+            let mut config: tokio_postgres::Config = url
+                .parse()
+                .map_err(|error| format!("{variable} does not parse: {error}"))?;
+            config.connect_timeout(PROBE_TIMEOUT);
+            let server = super::redacted(&url);
+            let (client, connection) = tokio::time::timeout(PROBE_TIMEOUT, config.connect(NoTls))
+                .await
+                .map_err(|_| format!("no answer from {server} within {PROBE_TIMEOUT:?}"))?
+                .map_err(|error| format!("cannot connect to {server}: {}", chain(&error)))?;
+            tokio::spawn(connection);
+            let show = |name: &'static str| {
+                let client = &client;
+                async move {
+                    match client.query_one(&format!("SHOW {name}"), &[]).await {
+                        Ok(row) => row.get::<_, String>(0),
+                        Err(_) => "?".to_owned(),
+                    }
+                }
+            };
+            let version = show("server_version").await;
+            let mut settings = Vec::new();
+            for name in ["synchronous_commit", "fsync", "wal_sync_method"] {
+                settings.push(format!("{name}={}", show(name).await));
+            }
+            Ok(format!(
+                "PostgreSQL {version} at {server} ({})",
+                settings.join(", ")
+            ))
+        })
+    }
+
+    /// An error and its sources, `: `-separated.
+    fn chain(error: &dyn std::error::Error) -> String {
+        let mut text = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            text = format!("{text}: {cause}");
+            source = cause.source();
+        }
+        text
+    }
+
+    pub(crate) fn run(workload: &str, options: &Options) -> BenchResult {
+        let url = url_or_error()?;
+        let table = format!(
+            "pm_bench_{}_{}",
+            workload.replace('-', "_"),
+            std::process::id()
+        );
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        drop_table(&runtime, &url, &table)?;
+        let outcome = match workload {
+            "concurrent-insert" => concurrent(&runtime, &url, &table, options),
+            "propagation" => propagation(&runtime, &url, &table, options),
+            other => Err(format!("the PostgreSQL backend has no workload `{other}`").into()),
+        };
+        let dropped = drop_table(&runtime, &url, &table);
+        outcome.and(dropped)
+    }
+
+    fn drop_table(runtime: &tokio::runtime::Runtime, url: &str, table: &str) -> BenchResult {
+        runtime.block_on(async {
+            let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+            let connection = tokio::spawn(connection);
+            client
+                .batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\""))
+                .await?;
+            drop(client);
+            connection.await??;
+            Ok(())
+        })
+    }
+
+    async fn open(url: &str, table: &str) -> BenchResult<Map> {
+        let backend = PostgresBackend::builder(url).table(table).connect().await?;
+        Ok(PersistentMap::new(backend).await?)
+    }
+
+    /// As `ours.rs`'s `concurrent`: [`TASKS`] tasks, `--n` distinct keys each, one at a time.
+    fn concurrent(
+        runtime: &tokio::runtime::Runtime,
+        url: &str,
+        table: &str,
+        options: &Options,
+    ) -> BenchResult {
+        let per_task = options.number("n")?;
+        runtime.block_on(async {
+            let map = open(url, table).await?;
+            let work: Vec<Vec<(String, Session)>> = (0..TASKS)
+                .map(|task| {
+                    (task * per_task..(task + 1) * per_task)
+                        .map(|index| (key(index), value(index)))
+                        .collect()
+                })
+                .collect();
+            let budget = Budget::start(options)?;
+            let began = Instant::now();
+            let writers: Vec<_> = work
+                .into_iter()
+                .map(|entries| {
+                    let map = map.clone();
+                    tokio::spawn(async move {
+                        let mut done = 0;
+                        for (key, value) in entries {
+                            if !budget.left() {
+                                break;
+                            }
+                            map.insert(key, value).await?;
+                            done += 1;
+                        }
+                        Ok::<u64, persistent_map::PersistentError>(done)
+                    })
+                })
+                .collect();
+            let mut done = 0;
+            for writer in writers {
+                done += writer.await??;
+            }
+            let ops_per_sec = per_second(done, began.elapsed());
+            let stats = map.backend().stats();
+            report(&[
+                ("ops_per_sec", ops_per_sec),
+                ("ops", done as f64),
+                ("commits", stats.commits as f64),
+                ("writes", stats.writes as f64),
+                ("reconnects", stats.reconnects as f64),
+            ])
+        })
+    }
+
+    /// Two instances in this process; see `propagation.rs`.
+    fn propagation(
+        runtime: &tokio::runtime::Runtime,
+        url: &str,
+        table: &str,
+        options: &Options,
+    ) -> BenchResult {
+        let plan = Plan::from_options(options)?;
+        let (writer, follower) = runtime.block_on(async {
+            let writer = open(url, table).await?;
+            writer.insert_many(plan.initial()).await?;
+            let follower = open(url, table).await?;
+            if follower.len() as u64 != plan.entries {
+                return Err(format!(
+                    "the follower loaded {} entries, not {}",
+                    follower.len(),
+                    plan.entries
+                )
+                .into());
+            }
+            BenchResult::Ok((writer, follower))
+        })?;
+        let mut changes = follower.subscribe();
+        let (_follow_writer, _follow_follower) = runtime.block_on(async {
+            (
+                writer.refresh_every(plan.interval),
+                follower.refresh_every(plan.interval),
+            )
+        });
+        let (stamps, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        let watcher = runtime.spawn(async move {
+            for i in 0..plan.writes {
+                let (key, value) = propagation::write(i, &plan);
+                let stamp = propagation::visible(&follower, &mut changes, &key, &value).await;
+                if stamps.send((i, stamp)).is_err() {
+                    break;
+                }
+            }
+        });
+        let times = propagation::write_one_at_a_time(runtime, &writer, &plan, |i| {
+            match runtime.block_on(seen.recv()) {
+                Some((index, stamp)) if index == i => stamp,
+                Some((index, _)) => {
+                    Err(format!("write {index} was seen while {i} was awaited").into())
+                }
+                None => Err("the follower stopped".into()),
+            }
+        });
+        watcher.abort();
+        propagation::report_times(times?)
+    }
+}
