@@ -92,6 +92,49 @@ pub(super) struct Timeouts {
     pub(super) reconnect: Duration,
 }
 
+/// One caller's writes and where to answer it.
+type WriteRequest = (Vec<RawOp>, oneshot::Sender<Result<()>>);
+
+/// How long a group waits for the writers it expects: well under a commit, so a straggler costs
+/// less than the commit it joins saves.
+const GROUP_WAIT: Duration = Duration::from_micros(200);
+
+/// Adds what is queued to `group`, then, while the group is smaller than `expected`, lets the
+/// writers just acknowledged run (they share this runtime) and takes what they send, for at
+/// most [`GROUP_WAIT`]. Tokio's timers count milliseconds, too coarse for this wait, so it
+/// yields instead of sleeping. Stops at a command that is not a write (kept in `next`).
+async fn gather(
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    group: &mut Vec<WriteRequest>,
+    next: &mut Option<Command>,
+    expected: usize,
+) {
+    take_queued(commands, group, next);
+    let deadline = Instant::now() + GROUP_WAIT;
+    while group.len() < expected.min(MAX_GROUP_REQUESTS) && next.is_none() {
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::task::yield_now().await;
+        take_queued(commands, group, next);
+    }
+}
+
+/// Moves queued writes into `group` without waiting, up to a command that is not a write.
+fn take_queued(
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    group: &mut Vec<WriteRequest>,
+    next: &mut Option<Command>,
+) {
+    while next.is_none() && group.len() < MAX_GROUP_REQUESTS {
+        match commands.try_recv() {
+            Ok(Command::Write { ops, done }) => group.push((ops, done)),
+            Ok(other) => *next = Some(other),
+            Err(_) => return,
+        }
+    }
+}
+
 /// Write requests merged into one transaction at most.
 const MAX_GROUP_REQUESTS: usize = 4096;
 /// Rows per message of a load.
@@ -171,39 +214,56 @@ impl Session {
     }
 
     /// Serves `commands` until every sender is dropped.
+    ///
+    /// Writes are committed in groups, as SQLite's writer does: what queued during a commit
+    /// joins the next one, and a group also waits briefly for the writers just acknowledged
+    /// (see [`gather`]), so that 16 writers taking turns share one commit instead of settling
+    /// into two alternating groups of 8.
     pub(super) async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
-        let mut next = None;
+        let mut group: Vec<WriteRequest> = Vec::new();
+        // A command that is not a write, found while gathering: it is served after the group.
+        let mut next: Option<Command> = None;
+        // Writers acknowledged by the last commit plus those already queued for the next one.
+        let mut expected = 0;
         loop {
-            let command = match next.take() {
-                Some(command) => command,
-                None => match self.next_command(&mut commands).await {
+            if group.is_empty() {
+                let command = match next.take() {
                     Some(command) => command,
-                    None => return,
-                },
-            };
-            match command {
-                Command::Write { ops, done } => {
-                    let mut group = vec![(ops, done)];
-                    while group.len() < MAX_GROUP_REQUESTS {
-                        match commands.try_recv() {
-                            Ok(Command::Write { ops, done }) => group.push((ops, done)),
-                            Ok(other) => {
-                                next = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
+                    None => match self.next_command(&mut commands).await {
+                        Some(command) => command,
+                        None => return,
+                    },
+                };
+                match command {
+                    Command::Write { ops, done } => group.push((ops, done)),
+                    other => {
+                        self.serve(other).await;
+                        continue;
                     }
-                    self.commit_group(group).await;
                 }
-                Command::Load { rows } => self.load(&rows).await,
-                Command::LoadKeys { keys, done } => {
-                    let result = self.load_keys(&keys).await;
-                    let _ = done.send(result);
-                }
-                Command::Flush { done } => {
-                    let _ = done.send(());
-                }
+            }
+            gather(&mut commands, &mut group, &mut next, expected).await;
+            let committed = std::mem::take(&mut group);
+            let results = self.commit_group(&committed).await;
+            take_queued(&mut commands, &mut group, &mut next);
+            expected = committed.len() + group.len();
+            for ((_, done), result) in committed.into_iter().zip(results) {
+                let _ = done.send(result);
+            }
+        }
+    }
+
+    /// Serves a command that is not a write.
+    async fn serve(&mut self, command: Command) {
+        match command {
+            Command::Write { .. } => unreachable!("`run` gathers every write into a group"),
+            Command::Load { rows } => self.load(&rows).await,
+            Command::LoadKeys { keys, done } => {
+                let result = self.load_keys(&keys).await;
+                let _ = done.send(result);
+            }
+            Command::Flush { done } => {
+                let _ = done.send(());
             }
         }
     }
@@ -237,36 +297,30 @@ impl Session {
     /// Commits a group of write requests in one transaction and answers each. If the shared
     /// transaction is refused, each request is tried in a transaction of its own, so that one
     /// bad request fails alone and the others still commit.
-    async fn commit_group(&mut self, group: Vec<(Vec<RawOp>, oneshot::Sender<Result<()>>)>) {
+    async fn commit_group(&mut self, group: &[WriteRequest]) -> Vec<Result<()>> {
         let all_ops = group.iter().flat_map(|(ops, _)| ops);
         match self.commit(&Rows::merge(all_ops)).await {
             Ok(()) => {
                 self.count_commit(group.len());
-                for (_, done) in group {
-                    let _ = done.send(Ok(()));
-                }
+                group.iter().map(|_| Ok(())).collect()
             }
-            Err(Failed::Unreachable) => {
-                for (_, done) in group {
-                    let _ = done.send(Err(self.unreachable_error()));
-                }
-            }
-            Err(Failed::Refused(error)) if group.len() == 1 => {
-                if let Some((_, done)) = group.into_iter().next() {
-                    let _ = done.send(Err(error));
-                }
-            }
+            Err(Failed::Unreachable) => group
+                .iter()
+                .map(|_| Err(self.unreachable_error()))
+                .collect(),
+            Err(Failed::Refused(error)) if group.len() == 1 => vec![Err(error)],
             Err(Failed::Refused(_)) => {
-                for (ops, done) in group {
-                    let result = match self.commit(&Rows::merge(&ops)).await {
+                let mut results = Vec::with_capacity(group.len());
+                for (ops, _) in group {
+                    results.push(match self.commit(&Rows::merge(ops)).await {
                         Ok(()) => {
                             self.count_commit(1);
                             Ok(())
                         }
                         Err(failed) => Err(self.error_of(failed)),
-                    };
-                    let _ = done.send(result);
+                    });
                 }
+                results
             }
         }
     }
