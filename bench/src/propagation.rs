@@ -3,7 +3,7 @@
 //!
 //! Both instances hold the same [`Plan::entries`] entries, stored before the first write. Then
 //! the writer makes [`Plan::writes`] writes one at a time, write `i` setting
-//! `key(i % entries)` to a value no earlier write stored ([`write`]), and waits for the other
+//! `key(i % entries)` to a value no earlier write stored ([`write()`]), and waits for the other
 //! instance to see each before it makes the next. Before each write it pauses for a
 //! pseudo-random time in `[0, pause)`, so that writes land at every phase of a follower that
 //! polls (SQLite: `pause` = the refresh interval) instead of right after its last refresh.
