@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use persistent_map::sqlite::SqliteBackend;
-use persistent_map::PersistentMap;
+use persistent_map::{PersistentMap, StorageBackend};
 
 use crate::keys::{entries, with_keys, BenchKey, KeyKind};
 use crate::memory::{dashmap_of, hashmap_of, queries};
@@ -93,6 +93,22 @@ async fn concurrent(
     key_of: fn(u64, u64) -> String,
 ) -> BenchResult {
     let map = open::<String>(dir).await?;
+    let (done, began) = run_writers(&map, per_task, key_of, options).await?;
+    report_writes(&map, done, began)
+}
+
+/// Runs [`TASKS`] tokio tasks against `map`, task `t` inserting its `per_task` entries
+/// (`key_of(t, index)`) one at a time, each awaited; returns how many inserts were done and when
+/// they began. The concurrent rows of every backend run this.
+pub(crate) async fn run_writers<B>(
+    map: &PersistentMap<String, Session, B>,
+    per_task: u64,
+    key_of: fn(u64, u64) -> String,
+    options: &Options,
+) -> BenchResult<(u64, Instant)>
+where
+    B: StorageBackend<String, Session> + Send + Sync + 'static,
+{
     let work: Vec<Vec<(String, Session)>> = (0..TASKS)
         .map(|task| {
             (task * per_task..(task + 1) * per_task)
@@ -123,7 +139,7 @@ async fn concurrent(
     for writer in writers {
         done += writer.await??;
     }
-    report_writes(&map, done, began)
+    Ok((done, began))
 }
 
 async fn remove(dir: &Path, n: u64, options: &Options) -> BenchResult {

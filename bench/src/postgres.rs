@@ -54,7 +54,7 @@ pub(crate) use with_backend::{probe, run};
 
 #[cfg(feature = "postgres")]
 mod with_backend {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use persistent_map::postgres::tokio_postgres::{self, NoTls};
     use persistent_map::postgres::PostgresBackend;
@@ -62,9 +62,7 @@ mod with_backend {
 
     use super::{url, URL_VARIABLES};
     use crate::propagation::{self, Plan};
-    use crate::workload::{
-        key, per_second, report, value, BenchResult, Budget, Options, Session, TASKS,
-    };
+    use crate::workload::{key, per_second, report, BenchResult, Options, Session};
 
     type Map = PersistentMap<String, Session, PostgresBackend>;
 
@@ -180,36 +178,8 @@ mod with_backend {
         let per_task = options.number("n")?;
         runtime.block_on(async {
             let map = open(url, table).await?;
-            let work: Vec<Vec<(String, Session)>> = (0..TASKS)
-                .map(|task| {
-                    (task * per_task..(task + 1) * per_task)
-                        .map(|index| (key(index), value(index)))
-                        .collect()
-                })
-                .collect();
-            let budget = Budget::start(options)?;
-            let began = Instant::now();
-            let writers: Vec<_> = work
-                .into_iter()
-                .map(|entries| {
-                    let map = map.clone();
-                    tokio::spawn(async move {
-                        let mut done = 0;
-                        for (key, value) in entries {
-                            if !budget.left() {
-                                break;
-                            }
-                            map.insert(key, value).await?;
-                            done += 1;
-                        }
-                        Ok::<u64, persistent_map::PersistentError>(done)
-                    })
-                })
-                .collect();
-            let mut done = 0;
-            for writer in writers {
-                done += writer.await??;
-            }
+            let (done, began) =
+                crate::ours::run_writers(&map, per_task, |_, index| key(index), options).await?;
             let ops_per_sec = per_second(done, began.elapsed());
             let stats = map.backend().stats();
             report(&[
