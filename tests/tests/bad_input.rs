@@ -311,3 +311,34 @@ async fn a_key_that_panics_while_loading_panics_in_the_caller_and_the_file_stays
     );
     assert_eq!(stored_rows(&path, "fragile").len(), 1);
 }
+
+#[tokio::test]
+async fn a_float_json_cannot_hold_is_refused_not_stored_as_null() {
+    let (_dir, path) = temp_db();
+    let map: PersistentMap<String, Option<f64>, SqliteBackend> =
+        PersistentMap::open(&path).await.unwrap();
+    map.insert("ratio".into(), Some(0.5)).await.unwrap();
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let err = map.insert("ratio".into(), Some(bad)).await.unwrap_err();
+        assert!(matches!(err, PersistentError::Serde(_)), "{err:?}");
+        assert!(err.to_string().contains("NaN or infinite"), "{err}");
+    }
+    let err = map
+        .insert_many([
+            ("a".to_string(), Some(1.0)),
+            ("b".to_string(), Some(f64::NAN)),
+        ])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PersistentError::Serde(_)), "{err:?}");
+    assert_eq!(map.get("ratio"), Some(Some(0.5)));
+    assert_eq!(map.len(), 1);
+    assert_eq!(
+        stored_rows(&path, "kv"),
+        [("ratio".to_string(), "0.5".to_string())]
+    );
+    drop(map);
+    let reopened: PersistentMap<String, Option<f64>, SqliteBackend> =
+        PersistentMap::open(&path).await.unwrap();
+    assert_eq!(reopened.get("ratio"), Some(Some(0.5)));
+}

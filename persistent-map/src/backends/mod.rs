@@ -1,5 +1,7 @@
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod decode;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod encode;
 pub mod in_memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;

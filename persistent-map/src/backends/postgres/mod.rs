@@ -633,7 +633,7 @@ fn encode<K: ToString, V: Serialize>(op: &BatchOp<K, V>) -> Result<RawOp> {
     Ok(match op {
         BatchOp::Save(key, value) => RawOp::Upsert {
             key: key.to_string(),
-            value: serde_json::to_string(value)?,
+            value: crate::backends::encode::encode_value(value)?,
         },
         BatchOp::Delete(key) => RawOp::Delete {
             key: key.to_string(),
