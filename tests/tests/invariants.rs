@@ -291,3 +291,43 @@ async fn a_dropped_insert_future_still_lands_in_memory_and_on_disk_together() {
         vec![("k".to_string(), "1".to_string())]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_load_holds_up_no_write_to_the_file() {
+    let (_dir, path) = temp_db();
+    let big_backend = SqliteBackend::with_table(&path, "big").await.unwrap();
+    let big: PersistentMap<String, u64, _> = PersistentMap::new(big_backend.clone()).await.unwrap();
+    big.insert_many((0..10_000u64).map(|i| (format!("k{i:05}"), i)))
+        .await
+        .unwrap();
+    let progress: PersistentMap<String, u64, _> =
+        PersistentMap::new(SqliteBackend::with_table(&path, "progress").await.unwrap())
+            .await
+            .unwrap();
+
+    // A loader that stops taking rows for a second after the first (as a load that sits
+    // unpolled in a `select!` would): the rows in flight fill up and the scan waits for it.
+    let loader = tokio::spawn(async move {
+        let mut loaded = 0u64;
+        let mut first = true;
+        StorageBackend::<String, u64>::load_each(&big_backend, &mut |_, _| {
+            if std::mem::take(&mut first) {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            loaded += 1;
+        })
+        .await
+        .map(|()| loaded)
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let write = tokio::time::timeout(
+        Duration::from_millis(500),
+        progress.insert("done".into(), 1),
+    );
+    assert!(
+        write.await.is_ok(),
+        "a write to another table waited for the slow load"
+    );
+    assert_eq!(loader.await.unwrap().unwrap(), 10_000);
+    assert_eq!(progress.get("done"), Some(1));
+}

@@ -1,5 +1,6 @@
-//! Table setup and loading: rows are read and decoded on the writer thread and stored by the
-//! caller, the two at once, so a large table loads on two cores.
+//! Table setup and loading: rows are read (and partly decoded) on a thread and connection of
+//! their own, and stored by the caller, the two at once, so a large table loads on two cores
+//! without holding up the file's writer.
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -58,7 +59,7 @@ fn check_columns(table: &str, columns: &[(String, i64)]) -> Result<()> {
     Ok(())
 }
 
-/// What the writer thread sends while it scans a table.
+/// What the scanning thread sends while it scans a table.
 enum Scanned<K, V> {
     /// Rows the writer decoded.
     Entries(Vec<(K, V)>),
@@ -68,8 +69,8 @@ enum Scanned<K, V> {
     /// Decoding a row panicked (in the key's `FromStr` or the value's `Deserialize`): the
     /// panic is resumed in the caller's task, where it would have happened had it decoded there.
     Panicked(Box<dyn Any + Send>),
-    /// Every row was sent. Carries the `PRAGMA data_version` read before the scan.
-    Finished(i64),
+    /// Every row was sent.
+    Finished,
 }
 
 /// Rows as stored, copied out of SQLite into one buffer.
@@ -107,11 +108,12 @@ const CHUNK_ROWS: usize = 1024;
 /// `PRAGMA data_version` from before the scan, so that a later change by another connection
 /// can be told apart.
 ///
-/// The writer thread reads the rows and the caller's task puts them into `sink` (the map);
-/// decoding them (the key's `FromStr`, the value's JSON) is shared: the writer decodes a chunk
-/// when the caller is still busy with earlier ones, and leaves it to the caller when the caller
-/// is waiting. So a large table loads on two cores, and the only copy of the rows is the one
-/// being built.
+/// A scanning thread (a blocking-pool thread with a read-only connection of its own; the writer
+/// thread for `:memory:`) reads the rows and the caller's task puts them into `sink` (the map);
+/// decoding them (the key's `FromStr`, the value's JSON) is shared: the scanning thread decodes
+/// a chunk when the caller is still busy with earlier ones, and leaves it to the caller when the
+/// caller is waiting. So a large table loads on two cores, and the only copy of the rows is the
+/// one being built.
 pub(super) async fn load_each<K, V>(
     writer: &Writer,
     table: &str,
@@ -122,13 +124,32 @@ where
     <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
     V: DeserializeOwned + Send + 'static,
 {
-    // Two chunks in flight: the thread decodes the next while the caller stores this one.
+    // Read before the scan: a commit by another connection in between makes the next refresh
+    // reload once more, never miss a change.
+    let data_version = data_version(writer).await?;
+    // Two chunks in flight: the scanning thread decodes the next while the caller stores this one.
     let (sender, mut scanned) = mpsc::channel(2);
     let table_name = table.to_owned();
     let path = writer.path().to_path_buf();
-    writer.start(Box::new(move |connection| {
-        scan_and_report(connection, &table_name, path, &sender);
-    }))?;
+    match writer.reader() {
+        // The scan waits whenever the caller is slow to take its chunks (or stops polling): on a
+        // connection and thread of its own, that holds up nobody else. On the writer thread it
+        // would hold up every write to the file, even the caller's own (a deadlock).
+        Some(reader) => {
+            let reader = reader.clone();
+            tokio::task::spawn_blocking(move || match reader.connect() {
+                Ok(connection) => scan_and_report(&connection, &table_name, path, &sender),
+                Err(source) => {
+                    let failed = PersistentError::Sqlite { path, source };
+                    let _ = sender.blocking_send(Scanned::Failed(failed));
+                }
+            });
+        }
+        // `:memory:`: no other connection sees the database, so the writer scans.
+        None => writer.start(Box::new(move |connection| {
+            scan_and_report(connection, &table_name, path, &sender);
+        }))?,
+    }
     while let Some(message) = scanned.recv().await {
         match message {
             Scanned::Entries(entries) => {
@@ -143,7 +164,7 @@ where
             }
             Scanned::Failed(error) => return Err(error),
             Scanned::Panicked(panic) => std::panic::resume_unwind(panic),
-            Scanned::Finished(data_version) => return Ok(data_version),
+            Scanned::Finished => return Ok(data_version),
         }
     }
     // The thread dropped the channel without saying it finished: it stopped mid-scan.
@@ -231,8 +252,9 @@ pub(super) async fn data_version(writer: &Writer) -> Result<i64> {
         .await
 }
 
-/// The writer thread's part of a load: scan, then send how it ended. A panic while decoding is
-/// caught here and sent to the caller, so that it does not take the file's writer thread down.
+/// The scanning thread's part of a load: scan, then send how it ended. A panic while decoding is
+/// caught here and sent to the caller, so that it does not take the thread down (for `:memory:`,
+/// the file's writer thread).
 fn scan_and_report<K, V>(
     connection: &Connection,
     table: &str,
@@ -245,7 +267,7 @@ fn scan_and_report<K, V>(
 {
     let outcome = catch_unwind(AssertUnwindSafe(|| scan(connection, table, sender)));
     let last = match outcome {
-        Ok(Ok(ScanEnd::Finished(data_version))) => Scanned::Finished(data_version),
+        Ok(Ok(ScanEnd::Finished)) => Scanned::Finished,
         Ok(Ok(ScanEnd::CallerGone)) => return,
         Ok(Err(ScanError::Sqlite(source))) => {
             Scanned::Failed(PersistentError::Sqlite { path, source })
@@ -256,7 +278,7 @@ fn scan_and_report<K, V>(
     let _ = sender.blocking_send(last);
 }
 
-/// A chunk being filled on the writer thread, raw or decoded.
+/// A chunk being filled on the scanning thread, raw or decoded.
 enum Chunk<K, V> {
     Raw(RawChunk),
     Decoded(Vec<(K, V)>),
@@ -288,7 +310,7 @@ impl<K, V> Chunk<K, V> {
 }
 
 enum ScanEnd {
-    Finished(i64),
+    Finished,
     /// The caller stopped listening (its load was dropped): nothing more to do.
     CallerGone,
 }
@@ -305,7 +327,8 @@ impl From<rusqlite::Error> for ScanError {
     }
 }
 
-/// Runs on the writer thread: reads every row, decodes it, and sends the entries in chunks.
+/// Runs on the scanning thread: reads every row, decodes it (or leaves that to the caller),
+/// and sends the rows in chunks.
 fn scan<K, V>(
     connection: &Connection,
     table: &str,
@@ -316,7 +339,6 @@ where
     <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
     V: DeserializeOwned,
 {
-    let data_version = connection.query_row("PRAGMA data_version", [], |row| row.get(0))?;
     let mut statement =
         connection.prepare_cached(&format!("SELECT key, value FROM \"{table}\""))?;
     let mut rows = statement.query([])?;
@@ -347,7 +369,7 @@ where
     if chunk.len() > 0 && sender.blocking_send(chunk.into_message()).is_err() {
         return Ok(ScanEnd::CallerGone);
     }
-    Ok(ScanEnd::Finished(data_version))
+    Ok(ScanEnd::Finished)
 }
 
 /// The cell as text, or what it is instead.
@@ -390,7 +412,7 @@ mod tests {
     }
 
     #[test]
-    fn a_panic_while_decoding_on_the_writer_thread_is_sent_to_the_caller() {
+    fn a_panic_while_decoding_on_the_scanning_thread_is_sent_to_the_caller() {
         let connection = Connection::open_in_memory().unwrap();
         connection
             .execute_batch(
@@ -399,7 +421,7 @@ mod tests {
             )
             .unwrap();
         let (sender, mut received) = mpsc::channel::<Scanned<Fragile, u32>>(2);
-        // A chunk is waiting for the caller, so the writer decodes the next one itself.
+        // A chunk is waiting for the caller, so the scanning thread decodes the next one itself.
         sender.try_send(Scanned::Entries(Vec::new())).unwrap();
         scan_and_report(&connection, "t", PathBuf::from("test.db"), &sender);
         assert!(matches!(received.try_recv(), Ok(Scanned::Entries(entries)) if entries.is_empty()));

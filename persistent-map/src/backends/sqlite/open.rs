@@ -24,8 +24,9 @@ static WRITERS: Mutex<Option<HashMap<PathBuf, Weak<Writer>>>> = Mutex::new(None)
 /// Blocking: call it off the async worker threads.
 pub(super) fn writer_for(path: &Path, busy_timeout: Duration) -> Result<Arc<Writer>> {
     if path.as_os_str() == ":memory:" {
-        // A private in-memory database per backend: there is no file to share.
-        return start_writer(path, busy_timeout);
+        // A private in-memory database per backend: there is no file to share, nor to read
+        // from another connection.
+        return start_writer(path, None, busy_timeout);
     }
     check_file(path)?;
     let canonical = canonical_path(path)?;
@@ -34,17 +35,40 @@ pub(super) fn writer_for(path: &Path, busy_timeout: Duration) -> Result<Arc<Writ
     if let Some(writer) = writers.get(&canonical).and_then(Weak::upgrade) {
         return Ok(writer);
     }
-    let writer = start_writer(path, busy_timeout)?;
+    let writer = start_writer(path, Some(canonical.clone()), busy_timeout)?;
     writers.retain(|_, writer| writer.strong_count() > 0);
     writers.insert(canonical, Arc::downgrade(&writer));
     Ok(writer)
 }
 
-fn start_writer(path: &Path, busy_timeout: Duration) -> Result<Arc<Writer>> {
+fn start_writer(
+    path: &Path,
+    canonical: Option<PathBuf>,
+    busy_timeout: Duration,
+) -> Result<Arc<Writer>> {
     let connection = connect(path, busy_timeout)?;
-    let writer = Writer::spawn(connection, path.to_path_buf())
+    let reader = canonical.map(|path| Reader { path, busy_timeout });
+    let writer = Writer::spawn(connection, path.to_path_buf(), reader)
         .map_err(|error| open_failure(path, "cannot start the writer thread", error))?;
     Ok(Arc::new(writer))
+}
+
+/// How to open another connection to a writer's file, for reading: loads scan on one of their
+/// own instead of holding up the writer (see `load.rs`).
+#[derive(Debug, Clone)]
+pub(super) struct Reader {
+    path: PathBuf,
+    busy_timeout: Duration,
+}
+
+impl Reader {
+    /// A read-only connection to the file. Blocking: call it off the async worker threads.
+    pub(super) fn connect(&self) -> rusqlite::Result<Connection> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let connection = Connection::open_with_flags(&self.path, flags)?;
+        connection.busy_timeout(self.busy_timeout)?;
+        Ok(connection)
+    }
 }
 
 /// Refuses, before SQLite opens it, anything that is not a SQLite database or an empty file: a

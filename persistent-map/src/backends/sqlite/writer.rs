@@ -13,6 +13,7 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::inbox::{Inbox, Popped};
+use super::open::Reader;
 use super::Durability;
 use crate::{PersistentError, Result};
 
@@ -72,6 +73,8 @@ const MAX_GROUP_REQUESTS: usize = 4096;
 pub(super) struct Writer {
     inbox: Arc<Inbox<Command>>,
     path: PathBuf,
+    /// How to read the file on a connection of one's own (`None` for `:memory:`).
+    reader: Option<Reader>,
     counters: Arc<Counters>,
 }
 
@@ -101,7 +104,11 @@ struct Counters {
 
 impl Writer {
     /// Starts the thread that will own `connection`.
-    pub(super) fn spawn(connection: Connection, path: PathBuf) -> std::io::Result<Self> {
+    pub(super) fn spawn(
+        connection: Connection,
+        path: PathBuf,
+        reader: Option<Reader>,
+    ) -> std::io::Result<Self> {
         let inbox = Arc::new(Inbox::new());
         let counters = Arc::new(Counters::default());
         let (thread_inbox, thread_counters) = (Arc::clone(&inbox), Arc::clone(&counters));
@@ -111,6 +118,7 @@ impl Writer {
         Ok(Self {
             inbox,
             path,
+            reader,
             counters,
         })
     }
@@ -121,6 +129,11 @@ impl Writer {
             self.counters.commits.load(Ordering::Relaxed),
             self.counters.requests.load(Ordering::Relaxed),
         )
+    }
+
+    /// How to open a reading connection of one's own to the file, unless it is `:memory:`.
+    pub(super) fn reader(&self) -> Option<&Reader> {
+        self.reader.as_ref()
     }
 
     /// The database file, as the first opener named it.
