@@ -18,6 +18,41 @@ pub(crate) fn encode_value<V: Serialize + ?Sized>(value: &V) -> serde_json::Resu
     serde_json::to_string(&Finite(value))
 }
 
+/// `encode` applied to every item, in order; a large batch is split in two and encoded on two
+/// threads at once (this one and a scoped helper), since encoding is all the caller does before
+/// the batch goes to storage. The first error wins; a panic in user code is resumed here.
+pub(crate) fn encode_all<T, R, E>(
+    items: &[T],
+    encode: impl Fn(&T) -> Result<R, E> + Sync,
+) -> Result<Vec<R>, E>
+where
+    T: Sync,
+    R: Send,
+    E: Send,
+{
+    const PARALLEL_FROM: usize = 8192;
+    let encode_run = |run: &[T]| run.iter().map(&encode).collect::<Result<Vec<R>, E>>();
+    if items.len() < PARALLEL_FROM {
+        return encode_run(items);
+    }
+    let (first, second) = items.split_at(items.len() / 2);
+    std::thread::scope(|scope| {
+        let helper = std::thread::Builder::new()
+            .name("persistent-map-encode".into())
+            .spawn_scoped(scope, || encode_run(first));
+        let Ok(helper) = helper else {
+            // No thread to be had: encode it all here.
+            return encode_run(items);
+        };
+        let second = encode_run(second);
+        let mut encoded = helper
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        encoded.extend(second?);
+        Ok(encoded)
+    })
+}
+
 /// Serializes the wrapped value with every float checked on the way.
 struct Finite<'a, T: ?Sized>(&'a T);
 
@@ -264,6 +299,22 @@ mod tests {
             history: vec![Some(1.5), None],
             tags: BTreeMap::from([("a".into(), (1, 2.5))]),
             unit,
+        }
+    }
+
+    #[test]
+    fn encode_all_keeps_the_order_and_reports_an_error_from_either_half() {
+        let numbers: Vec<f64> = (0..20_000).map(f64::from).collect();
+        let encoded = super::encode_all(&numbers, encode_value).unwrap();
+        assert_eq!(encoded.len(), numbers.len());
+        assert!(encoded
+            .iter()
+            .zip(&numbers)
+            .all(|(text, n)| *text == n.to_string() + ".0"));
+        for bad_at in [3, 15_000] {
+            let mut bad = numbers.clone();
+            bad[bad_at] = f64::NAN;
+            assert!(super::encode_all(&bad, encode_value).is_err());
         }
     }
 

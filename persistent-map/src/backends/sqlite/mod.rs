@@ -493,7 +493,7 @@ where
         if ops.is_empty() {
             return Ok(());
         }
-        let ops = ops.iter().map(encode).collect::<Result<Vec<_>>>()?;
+        let ops = crate::backends::encode::encode_all(ops, encode)?;
         self.write(ops).await
     }
 
