@@ -331,3 +331,42 @@ async fn a_slow_load_holds_up_no_write_to_the_file() {
     assert_eq!(loader.await.unwrap().unwrap(), 10_000);
     assert_eq!(progress.get("done"), Some(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_another_process_keeps_locked_fails_a_group_once_not_once_per_write() {
+    let (_dir, path) = temp_db();
+    let backend = SqliteBackend::builder(&path)
+        .busy_timeout(Duration::from_millis(200))
+        .open()
+        .await
+        .unwrap();
+    let map: PersistentMap<String, u64, _> = PersistentMap::new(backend).await.unwrap();
+    let lock = ExternalWriteLock::take(&path);
+
+    // The first write waits out the busy timeout alone; the 16 queued behind it form a group
+    // whose transaction cannot start either: they all fail together, one timeout later.
+    let started = std::time::Instant::now();
+    let mut writes = Vec::new();
+    for i in 0..17u64 {
+        let map = map.clone();
+        writes.push(tokio::spawn(
+            async move { map.insert(format!("k{i}"), i).await },
+        ));
+        if i == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for write in writes {
+        let err = write.await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("locked"), "{err}");
+    }
+    // One at a time, each failing after its own 200 ms, they would take over 3 s.
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(map.is_empty());
+    lock.release();
+    map.insert("after".into(), 1).await.unwrap();
+}

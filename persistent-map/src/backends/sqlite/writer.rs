@@ -300,11 +300,34 @@ fn commit_group(
     match commit(connection, group, counters) {
         Ok(()) => group.iter().map(|_| Ok(())).collect(),
         Err(error) if group.len() == 1 => vec![Err(error)],
+        // A busy, locked, full, read-only or failing file refuses every request alike: retrying
+        // each alone would only wait out the busy timeout once per request.
+        Err(error) if refuses_every_request(&error) => {
+            group.iter().map(|_| Err(copy_error(&error))).collect()
+        }
         Err(_) => group
             .iter()
             .map(|request| commit(connection, std::slice::from_ref(request), counters))
             .collect(),
     }
+}
+
+fn refuses_every_request(error: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        error.sqlite_error_code(),
+        Some(
+            DatabaseBusy
+                | DatabaseLocked
+                | DiskFull
+                | ReadOnly
+                | SystemIoFailure
+                | DatabaseCorrupt
+                | NotADatabase
+                | OutOfMemory
+                | CannotOpen
+        )
+    )
 }
 
 /// `rusqlite::Error` is not `Clone`; keep the SQLite code and message, which is what callers
