@@ -149,3 +149,39 @@ async fn keys_without_a_layout_are_not_recorded_or_checked() {
         [("sessions".to_string(), SessionKeyV1::KEY_LAYOUT.to_string())]
     );
 }
+
+/// A key of another table, to make the file's layout table exist.
+#[derive(PersistentKey, Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+struct OtherKey(u32);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recording_a_layout_waits_for_another_process_writing_the_file() {
+    let (_dir, path) = temp_db();
+    // The layout table exists, and `sessions` exists with no layout recorded (as a table written
+    // before layouts were recorded would).
+    drop(
+        PersistentMap::<OtherKey, u32, SqliteBackend>::open(&path)
+            .await
+            .unwrap(),
+    );
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch("CREATE TABLE sessions (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)")
+        .unwrap();
+
+    // Another process writes for 300 ms, well within the default 5 s busy timeout.
+    let holder = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            let connection = rusqlite::Connection::open(&path).unwrap();
+            connection.execute_batch("BEGIN IMMEDIATE").unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            connection.execute_batch("COMMIT").unwrap();
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let map = PersistentMap::<SessionKey, u32, SqliteBackend>::open(&path).await;
+    holder.join().unwrap();
+    assert!(map.is_ok(), "{:?}", map.err());
+    assert!(layouts(&path).contains(&("sessions".to_string(), SessionKey::KEY_LAYOUT.to_string())));
+}

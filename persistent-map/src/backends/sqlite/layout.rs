@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use rusqlite::OptionalExtension;
+use rusqlite::{OptionalExtension, TransactionBehavior};
 
 use super::load::{self, RawRow};
 use super::writer::Writer;
@@ -31,7 +31,10 @@ pub(super) async fn check_or_record(
     let name = table.to_owned();
     let stored = writer
         .run(move |connection| {
-            let transaction = connection.transaction()?;
+            // Immediate: a deferred transaction that reads and then writes is refused at once
+            // (not after the busy timeout) when another process writes meanwhile.
+            let transaction =
+                connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
             transaction.execute(CREATE_LAYOUTS, [])?;
             let stored: Option<String> = transaction
                 .query_row(
@@ -141,7 +144,8 @@ where
     let layout = New::KEY_LAYOUT;
     new.writer
         .run(move |connection| {
-            let transaction = connection.transaction()?;
+            let transaction =
+                connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
             transaction.execute(&old_table.delete_all, [])?;
             {
                 let mut insert = transaction.prepare(&new_table.upsert)?;

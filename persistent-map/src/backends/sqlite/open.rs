@@ -154,6 +154,10 @@ fn connect(path: &Path, busy_timeout: Duration) -> Result<Connection> {
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let connection = Connection::open_with_flags(path, flags)
         .map_err(|error| open_failure(path, "SQLite cannot open it", error))?;
+    // First, so that switching the journal mode also waits for another process's write.
+    connection
+        .busy_timeout(busy_timeout)
+        .map_err(|error| open_failure(path, "SQLite cannot set the busy timeout", error))?;
     configure(&connection).map_err(|error| match error.sqlite_error_code() {
         Some(rusqlite::ErrorCode::NotADatabase) => PersistentError::NotADatabase {
             path: path.to_path_buf(),
@@ -163,9 +167,6 @@ fn connect(path: &Path, busy_timeout: Duration) -> Result<Connection> {
     // Each table keeps a few statements cached (upsert, delete, select) beside the shared
     // BEGIN/COMMIT/ROLLBACK: room for a few dozen tables before the cache evicts.
     connection.set_prepared_statement_cache_capacity(128);
-    connection
-        .busy_timeout(busy_timeout)
-        .map_err(|error| open_failure(path, "SQLite cannot set the busy timeout", error))?;
     Ok(connection)
 }
 
