@@ -31,6 +31,7 @@
 mod backend;
 mod backends;
 mod changes;
+mod completion;
 mod error;
 mod key;
 mod key_locks;

@@ -3,18 +3,16 @@
 use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use dashmap::DashMap;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::changes::{ChangeFeed, Subscription};
+use crate::completion::run_to_completion;
 use crate::key_locks::{KeyGuard, KeyLocks};
 use crate::{BatchOp, Change, ExternalChanges, PersistentError, Result, StorageBackend};
 
@@ -968,53 +966,6 @@ impl RefreshTask {
 impl Drop for RefreshTask {
     fn drop(&mut self) {
         self.task.abort();
-    }
-}
-
-/// Runs `write` to completion even if the caller stops waiting: should the caller drop the
-/// returned future before `write` finished, the rest of `write` is spawned as a task, so a
-/// commit the backend already has is still applied to memory. (Spawning every write up front
-/// would give the same guarantee at the cost of a task and an extra wake-up per write.)
-/// Outside a tokio runtime an abandoned write cannot be finished, but nothing runs writes there.
-fn run_to_completion<F, T>(write: F) -> CompleteOnDrop<F>
-where
-    F: Future<Output = Result<T>> + Send + 'static,
-    T: Send + 'static,
-{
-    CompleteOnDrop {
-        write: Some(Box::pin(write)),
-    }
-}
-
-/// The future of [`run_to_completion`].
-struct CompleteOnDrop<F: Future + Send + 'static> {
-    write: Option<Pin<Box<F>>>,
-}
-
-impl<F: Future + Send + 'static> Future for CompleteOnDrop<F> {
-    type Output = F::Output;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let write = self
-            .write
-            .as_mut()
-            .expect("a CompleteOnDrop is not polled after it completed");
-        let output = std::task::ready!(write.as_mut().poll(cx));
-        self.write = None;
-        Poll::Ready(output)
-    }
-}
-
-impl<F: Future + Send + 'static> Drop for CompleteOnDrop<F> {
-    fn drop(&mut self) {
-        if let (Some(write), Ok(runtime)) =
-            (self.write.take(), tokio::runtime::Handle::try_current())
-        {
-            runtime.spawn(async move {
-                // Nobody waits for the outcome any more; finishing the write is what matters.
-                let _ = write.await;
-            });
-        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! DESIGN.md's invariants 1, 2, 4, 5 and 7, each shown under the conditions that would break it.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
@@ -369,4 +370,73 @@ async fn a_file_another_process_keeps_locked_fails_a_group_once_not_once_per_wri
     assert!(map.is_empty());
     lock.release();
     map.insert("after".into(), 1).await.unwrap();
+}
+
+/// Waits until `map` holds `key` (a write finished in the background), up to five seconds.
+async fn eventually_holds(
+    map: &PersistentMap<String, u64, SqliteBackend>,
+    key: &str,
+) -> Option<u64> {
+    for _ in 0..500 {
+        if let Some(value) = map.get(key) {
+            return Some(value);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_abandoned_outside_tokio_still_reaches_memory() {
+    let (_dir, path) = temp_db();
+    let map: PersistentMap<String, u64, SqliteBackend> = PersistentMap::open(&path).await.unwrap();
+    let lock = ExternalWriteLock::take(&path);
+    let abandoned = map.clone();
+    // A plain thread (another executor, a sync callback) starts a write, then gives up on it.
+    std::thread::spawn(move || {
+        struct NoWake;
+        impl std::task::Wake for NoWake {
+            fn wake(self: std::sync::Arc<Self>) {}
+        }
+        let waker = std::task::Waker::from(std::sync::Arc::new(NoWake));
+        let mut write = Box::pin(abandoned.insert("k".into(), 1));
+        let polled = write
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(&waker));
+        assert!(polled.is_pending());
+    })
+    .join()
+    .unwrap();
+    lock.release();
+    assert_eq!(eventually_holds(&map, "k").await, Some(1));
+    assert_eq!(
+        stored_rows(&path, "kv"),
+        vec![("k".to_string(), "1".to_string())]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_in_flight_when_its_runtime_shuts_down_still_reaches_memory() {
+    let (_dir, path) = temp_db();
+    let map: PersistentMap<String, u64, SqliteBackend> = PersistentMap::open(&path).await.unwrap();
+    let lock = ExternalWriteLock::take(&path);
+    let doomed = map.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.spawn(async move { doomed.insert("k".into(), 1).await });
+        std::thread::sleep(Duration::from_millis(100));
+        runtime.shutdown_background();
+    })
+    .join()
+    .unwrap();
+    lock.release();
+    assert_eq!(eventually_holds(&map, "k").await, Some(1));
+    assert_eq!(
+        stored_rows(&path, "kv"),
+        vec![("k".to_string(), "1".to_string())]
+    );
 }
