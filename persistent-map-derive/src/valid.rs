@@ -39,8 +39,8 @@ fn check_table_name(input: &Input<'_>, cx: &Ctxt) {
     }
 }
 
-/// Why `name` cannot be a table, if it cannot: it must be `[A-Za-z_][A-Za-z0-9_]*` and not
-/// start with `sqlite_` in any case.
+/// Why `name` cannot be a table, if it cannot: it must be `[A-Za-z_][A-Za-z0-9_]*`, not start
+/// with `sqlite_` in any case, and not be `persistent_map_tables`.
 ///
 /// The same rule as `persistent_map::validate_table_name`, which this crate cannot call (the
 /// runtime depends on it, not the other way round); the test below uses the runtime's cases.
@@ -57,6 +57,11 @@ fn table_name_problem(name: &str) -> Option<&'static str> {
     }
     if name.len() >= 7 && name[..7].eq_ignore_ascii_case("sqlite_") {
         return Some("names starting with `sqlite_` are reserved by SQLite");
+    }
+    if name.eq_ignore_ascii_case("persistent_map_tables") {
+        return Some(
+            "`persistent_map_tables` is where persistent-map records each table's key layout",
+        );
     }
     None
 }
@@ -194,6 +199,8 @@ mod tests {
             "sqlite_master",
             "SQLITE_x",
             "Sqlite_",
+            "persistent_map_tables",
+            "Persistent_Map_Tables",
         ] {
             assert!(table_name_problem(name).is_some(), "{name}");
         }

@@ -3,7 +3,8 @@
 use crate::{PersistentError, Result};
 
 /// Checks that `name` can be a map's table: `[A-Za-z_][A-Za-z0-9_]*`, not starting with
-/// `sqlite_` in any case (SQLite reserves those names).
+/// `sqlite_` in any case (SQLite reserves those names), and not `persistent_map_tables` (where
+/// the SQLite backend records each table's key layout).
 ///
 /// Backends call this before they touch the database; `#[derive(PersistentKey)]` applies the same
 /// rule at compile time.
@@ -41,6 +42,11 @@ fn table_name_problem(name: &str) -> Option<&'static str> {
     }
     if name.len() >= 7 && name[..7].eq_ignore_ascii_case("sqlite_") {
         return Some("names starting with `sqlite_` are reserved by SQLite");
+    }
+    if name.eq_ignore_ascii_case("persistent_map_tables") {
+        return Some(
+            "`persistent_map_tables` is where persistent-map records each table's key layout",
+        );
     }
     None
 }
