@@ -147,11 +147,12 @@ impl<K: Clone, V: Clone> ChangeFeed<K, V> {
         }
     }
 
-    /// Whether anyone listens: callers skip cloning keys and values for nobody.
+    /// Whether anyone has ever subscribed: until then, callers skip cloning keys and values for
+    /// nobody. (Counting the receivers instead would race: one that subscribes between the check
+    /// and the change would miss a change applied after it subscribed. Only the map's very
+    /// first subscription can still meet a change in flight, which it may or may not hear.)
     pub(crate) fn is_watched(&self) -> bool {
-        self.sender
-            .get()
-            .is_some_and(|sender| sender.receiver_count() > 0)
+        self.sender.get().is_some()
     }
 
     pub(crate) fn publish(&self, change: Option<Change<K, V>>) {

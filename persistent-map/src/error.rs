@@ -107,6 +107,19 @@ pub enum PersistentError {
         key: String,
     },
 
+    /// Two stored entries load as the same key: at least one of them is not written the way the
+    /// key type writes its keys (`01` where the key type writes `1`). Loading would let one
+    /// hide the other, and later writes would reach only one, so the map refuses to open.
+    /// Nothing was changed: fix or delete one of the rows.
+    #[error(
+        "two stored entries load as the same key {key}: one of them is not written the way the \
+         key type writes it; fix or delete one of the rows"
+    )]
+    AmbiguousStoredKey {
+        /// The key, as JSON.
+        key: String,
+    },
+
     /// A stored key no longer parses as the map's key type. Nothing was changed on disk.
     #[error("table {table:?}: stored key {key:?} does not parse: {source}")]
     InvalidStoredKey {
@@ -174,10 +187,13 @@ pub enum PersistentError {
         path: PathBuf,
     },
 
-    /// A batch that the backend could not apply atomically failed part-way.
+    /// A batch that the backend could not apply atomically failed part-way, and undoing it
+    /// failed too.
     ///
-    /// The first `applied` writes of the batch were done (in memory and in storage alike); the
-    /// rest were not. Only backends that rely on the default
+    /// From `apply_batch`: the first `applied` writes were done, the rest were not. From the
+    /// map: the map then tried to restore what those writes replaced; where that failed, memory
+    /// took the batch's writes, so memory still equals storage, but the batch was not all or
+    /// nothing. Only backends that rely on the default
     /// [`StorageBackend::apply_batch`](crate::StorageBackend::apply_batch) report this.
     #[error("batch failed after {applied} of its writes were applied: {source}")]
     PartialBatch {

@@ -92,11 +92,14 @@ where
     /// ```
     pub async fn new(backend: B) -> Result<Self> {
         let entries = DashMap::with_capacity(room_for(backend.len_hint().await));
+        let mut duplicates = Duplicates::default();
         backend
-            .load_each(&mut |key, value| {
-                entries.insert(key, value);
+            .load_each(&mut |key, value| match entries.entry(key) {
+                dashmap::Entry::Vacant(vacant) => drop(vacant.insert(value)),
+                dashmap::Entry::Occupied(occupied) => duplicates.saw(occupied.key()),
             })
             .await?;
+        duplicates.check()?;
         Ok(Self {
             inner: Arc::new(Inner {
                 entries,
@@ -558,7 +561,8 @@ where
     }
 
     /// Catches up with changes that others (another process on the same SQLite file, another
-    /// instance on PostgreSQL) made to the storage, and returns whether anything changed.
+    /// instance on PostgreSQL) made to the storage, and returns whether it re-read anything
+    /// (a backend that cannot tell what changed re-reads everything, every time).
     ///
     /// Cheap when nothing changed: the SQLite backend asks `PRAGMA data_version` and reloads
     /// only if another connection committed since the last load. Backends that cannot tell
@@ -634,6 +638,8 @@ where
         let map = self.clone();
         let last_error = Arc::new(Mutex::new(None));
         let errors = Arc::clone(&last_error);
+        // A zero period would make `interval` panic inside the task.
+        let interval = interval.max(Duration::from_millis(1));
         let task = tokio::spawn(async move {
             let mut ticks = tokio::time::interval(interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -791,11 +797,16 @@ where
     /// Replaces memory with what the backend holds. The caller holds every key's turn.
     async fn reload(&self) -> Result<()> {
         let mut stored = HashMap::with_capacity(room_for(self.backend.len_hint().await));
+        let mut duplicates = Duplicates::default();
         self.backend
-            .load_each(&mut |key, value| {
-                stored.insert(key, value);
+            .load_each(&mut |key, value| match stored.entry(key) {
+                std::collections::hash_map::Entry::Vacant(vacant) => drop(vacant.insert(value)),
+                std::collections::hash_map::Entry::Occupied(occupied) => {
+                    duplicates.saw(occupied.key());
+                }
             })
             .await?;
+        duplicates.check()?;
         self.entries.retain(|key, _| stored.contains_key(key));
         for (key, value) in stored {
             self.entries.insert(key, value);
@@ -832,7 +843,11 @@ where
             Err(PersistentError::PartialBatch { applied, .. }) => applied,
             Err(_) => 0,
         };
-        let unrestored: HashSet<&K> = restore[restored..].iter().map(BatchOp::key).collect();
+        // `min`: a backend that over-reports must not make the map panic.
+        let unrestored: HashSet<&K> = restore[restored.min(restore.len())..]
+            .iter()
+            .map(BatchOp::key)
+            .collect();
         for op in ops {
             if unrestored.contains(op.key()) {
                 self.apply(op);
@@ -926,6 +941,32 @@ fn reserve<K: Hash + Eq, V>(entries: &DashMap<K, V>, additional: usize) {
     }
 }
 
+/// Keys that a load found twice: two stored entries that parse to the same key (at least one not
+/// written the way the key type writes it, such as `01` for the number 1). Loading either would
+/// let one silently hide the other, and writes would then go to only one of them.
+#[derive(Default)]
+struct Duplicates {
+    first: Option<String>,
+}
+
+impl Duplicates {
+    fn saw<K: Serialize>(&mut self, key: &K) {
+        if self.first.is_none() {
+            self.first = Some(
+                serde_json::to_string(key)
+                    .unwrap_or_else(|_| "(a key that does not serialize)".into()),
+            );
+        }
+    }
+
+    fn check(self) -> Result<()> {
+        match self.first {
+            None => Ok(()),
+            Some(key) => Err(PersistentError::AmbiguousStoredKey { key }),
+        }
+    }
+}
+
 /// The capacity to give a table about to receive `hint` entries. The map's shards split it
 /// evenly, but keys do not split perfectly evenly, so a little slack keeps a shard that gets a
 /// few more than its share from doubling.
@@ -955,11 +996,24 @@ impl RefreshTask {
     /// # Ok(())
     /// # }
     /// ```
+    ///
+    /// A task that has stopped (a refresh panicked, in a key's `FromStr` or a value's
+    /// `Deserialize`) reports that, every time it is asked.
     pub fn take_error(&self) -> Option<PersistentError> {
-        self.last_error
+        let failed = self
+            .last_error
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .take()
+            .take();
+        failed.or_else(|| {
+            self.task.is_finished().then(|| {
+                PersistentError::Backend(
+                    "the background refresh has stopped: a refresh panicked; \
+                     start a new one with refresh_every"
+                        .into(),
+                )
+            })
+        })
     }
 }
 

@@ -342,3 +342,41 @@ async fn a_float_json_cannot_hold_is_refused_not_stored_as_null() {
         PersistentMap::open(&path).await.unwrap();
     assert_eq!(reopened.get("ratio"), Some(Some(0.5)));
 }
+
+#[tokio::test]
+async fn two_stored_texts_of_one_key_are_an_error_not_a_silent_pick() {
+    let (_dir, path) = temp_db();
+    drop(Orders::open(&path).await.unwrap());
+    // `01` parses as the number 1 too: two rows, one key.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "INSERT INTO orders VALUES ('1', '[\"tea\"]');
+             INSERT INTO orders VALUES ('01', '[\"milk\"]');",
+        )
+        .unwrap();
+    let err = Orders::open(&path).await.unwrap_err();
+    assert!(
+        matches!(err, PersistentError::AmbiguousStoredKey { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("same key 1"), "{err}");
+    assert_eq!(stored_rows(&path, "orders").len(), 2, "nothing was changed");
+
+    // A map that loaded before the second text appeared refuses to reload, and stays as it was.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute("DELETE FROM orders WHERE key = '01'", [])
+        .unwrap();
+    let orders = Orders::open(&path).await.unwrap();
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute("INSERT INTO orders VALUES ('001', '[\"cake\"]')", [])
+        .unwrap();
+    let err = orders.refresh().await.unwrap_err();
+    assert!(
+        matches!(err, PersistentError::AmbiguousStoredKey { .. }),
+        "{err:?}"
+    );
+    assert_eq!(orders.get(&OrderId(1)), Some(vec!["tea".to_string()]));
+}

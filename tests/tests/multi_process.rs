@@ -94,3 +94,20 @@ async fn a_background_refresh_picks_up_another_process_writes() {
     assert!(map.refresh().await.unwrap());
     assert_eq!(map.get("late-0"), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_interval_refreshes_as_often_as_it_can_instead_of_panicking() {
+    let (_dir, path) = temp_db();
+    let map: Map = PersistentMap::open(&path).await.unwrap();
+    let refresher = map.refresh_every(Duration::ZERO);
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute("INSERT INTO kv VALUES ('other', '7')", [])
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while map.get("other").is_none() {
+        assert!(Instant::now() < deadline, "the refresh never caught up");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(refresher.take_error().is_none());
+}

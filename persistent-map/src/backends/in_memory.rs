@@ -14,7 +14,8 @@ use crate::{BatchOp, PersistentError, Result, StorageBackend};
 ///
 /// It keeps a real copy of what was written, as a disk would: a second map opened on a clone of
 /// the backend (clones share one store) loads what the first one wrote. That makes it the
-/// backend for tests and for maps that are persistent only within a process. Batches are atomic.
+/// backend for tests and for maps that are persistent only within a process. Batches are atomic
+/// (unless a key's `Hash` or a key's or value's `Clone` panics part-way).
 /// The copy costs memory as much again as the map's own.
 ///
 /// ```

@@ -96,6 +96,17 @@ impl<T> Inbox<T> {
         }
     }
 
+    /// Closes the inbox and drops what is queued: for a writer that stops before it is done, so
+    /// that the callers of those items hear that it stopped instead of waiting for ever.
+    pub(super) fn abandon(&self) {
+        let queued = {
+            let mut state = self.lock();
+            state.closed = true;
+            std::mem::take(&mut state.items)
+        };
+        drop(queued);
+    }
+
     /// The next item if one is queued, without waiting.
     pub(super) fn try_pop(&self) -> Option<T> {
         self.lock().items.pop_front()
@@ -124,6 +135,17 @@ mod tests {
         assert_eq!(inbox.push(3), Err(3));
         assert!(matches!(inbox.pop(None), Popped::Item(1)));
         assert!(matches!(inbox.try_pop(), Some(2)));
+        assert!(matches!(inbox.pop(None), Popped::Closed));
+    }
+
+    #[test]
+    fn an_abandoned_inbox_drops_its_items_and_takes_no_more() {
+        let inbox = Inbox::new();
+        let (sender, receiver) = std::sync::mpsc::channel::<()>();
+        inbox.push(sender).unwrap();
+        inbox.abandon();
+        assert!(receiver.recv().is_err(), "the queued item was dropped");
+        assert!(inbox.push(std::sync::mpsc::channel().0).is_err());
         assert!(matches!(inbox.pop(None), Popped::Closed));
     }
 

@@ -88,7 +88,9 @@ impl Durability {
 /// [`with_table`](Self::with_table), [`for_key`](Self::for_key) (the key type's own table), or
 /// [`builder`](Self::builder) for options. Every backend on the same file in this process shares
 /// one connection and writer thread, so maps on one file never fail with `database is locked`.
-/// Clones share the table.
+/// Clones share the table, and the note of when it was last loaded that
+/// [`PersistentMap::refresh`](crate::PersistentMap::refresh) compares against: give each map a
+/// backend opened for it rather than a clone of another map's.
 ///
 /// Errors name what was wrong: a path that cannot be opened, a file that is not a SQLite
 /// database (refused, and left untouched), an invalid table name, a stored row whose key or value
@@ -407,8 +409,10 @@ impl SqliteBuilder {
 
     /// Opens the database (creating the file if missing) and the table (creating it if missing).
     ///
-    /// Fails, changing nothing on disk, if the table name is invalid, the path cannot be opened,
-    /// the file is not a SQLite database, or the table exists without `key` and `value` columns.
+    /// Fails without touching stored data if the table name is invalid (checked before the file
+    /// is opened), the path cannot be opened, the file is not a SQLite database (never opened
+    /// by SQLite, left byte for byte), or the table exists without `key` and `value` columns. A
+    /// SQLite file is switched to WAL mode as it opens, before its tables are checked.
     ///
     /// ```
     /// use persistent_map::{sqlite::SqliteBackend, PersistentError};

@@ -211,6 +211,7 @@ impl Writer {
 /// acknowledged: with 16 tasks writing in turn, each commit then serves all 16. A lone
 /// sequential writer is never made to wait: it is the only one expected back.
 fn serve(mut connection: Connection, queue: &Inbox<Command>, counters: &Counters) {
+    let _abandon_on_exit = AbandonOnExit(queue);
     let mut synchronous = Durability::Full;
     let mut group: Vec<WriteRequest> = Vec::new();
     // A command that is not a write, found while gathering a group: it runs after the group.
@@ -241,6 +242,17 @@ fn serve(mut connection: Connection, queue: &Inbox<Command>, counters: &Counters
         for (request, result) in committed.into_iter().zip(results) {
             let _ = request.done.send(result);
         }
+    }
+}
+
+/// However the writer thread ends (a panic included), its inbox takes no more work and drops
+/// what is queued, so every caller hears `BackendClosed` rather than waiting for ever. (After a
+/// normal end the inbox is already closed and empty.)
+struct AbandonOnExit<'a>(&'a Inbox<Command>);
+
+impl Drop for AbandonOnExit<'_> {
+    fn drop(&mut self) {
+        self.0.abandon();
     }
 }
 
