@@ -168,7 +168,7 @@ mod with_backend {
         Ok(PersistentMap::new(backend).await?)
     }
 
-    /// As `ours.rs`'s `concurrent`: [`TASKS`] tasks, `--n` distinct keys each, one at a time.
+    /// As `ours.rs`'s `concurrent`: [`TASKS`](crate::workload::TASKS) tasks, `--n` distinct keys each, one at a time.
     fn concurrent(
         runtime: &tokio::runtime::Runtime,
         url: &str,
