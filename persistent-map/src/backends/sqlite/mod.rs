@@ -4,9 +4,11 @@
 //! `Display` text and `value TEXT` holding the value as JSON, so `sqlite3 app.db` shows the data
 //! and a 0.1.3 database opens as it is.
 //!
-//! All SQLite work runs on one thread per database file that owns the connection; the async
-//! methods only send it work and wait. Writes that arrive while a commit is syncing are committed
-//! together in the next transaction (group commit), so concurrent writers share fsyncs.
+//! No SQLite work runs on tokio's worker threads: writes (and short reads) go to one thread per
+//! database file that owns its connection, and a load scans on a blocking-pool thread with a
+//! read-only connection of its own, so it never holds up writes; the async methods only send
+//! work and wait. Writes that arrive while a commit is syncing are committed together in the
+//! next transaction (group commit), so concurrent writers share fsyncs.
 //!
 //! ```
 //! use persistent_map::sqlite::{Durability, SqliteBackend};
