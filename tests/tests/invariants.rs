@@ -279,14 +279,8 @@ async fn a_dropped_insert_future_still_lands_in_memory_and_on_disk_together() {
     assert!(gave_up.is_err());
     lock.release();
     map.flush().await.unwrap();
-    // Let the write's own task apply it to memory after the commit.
-    for _ in 0..100 {
-        if map.contains_key("k") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(map.get("k"), Some(1));
+    // The write's own task applies it to memory after the commit.
+    assert_eq!(eventually_holds(&map, "k").await, Some(1));
     assert_eq!(
         stored_rows(&path, "kv"),
         vec![("k".to_string(), "1".to_string())]
