@@ -56,6 +56,119 @@ pub enum ExternalChanges<K> {
     Unknown,
 }
 
+/// What storage must hold under a key for a conditional write to go ahead; see
+/// [`StorageBackend::apply_checked`].
+///
+/// ```
+/// use persistent_map::Condition;
+///
+/// // "only if `lease` is not stored"
+/// let absent: Condition<String> = Condition::absent("lease".to_string());
+/// // "only if `count` holds 41"
+/// let holds = Condition::holds("count".to_string(), &41)?;
+/// assert_eq!(holds.expected.as_deref(), Some("41"));
+/// assert_eq!(absent.expected, None);
+/// # Ok::<(), persistent_map::PersistentError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition<K> {
+    /// The key whose stored value is checked.
+    pub key: K,
+    /// The JSON text of the value that must be stored, or `None` for "not stored". It is
+    /// compared with what is stored as JSON (`{"a":1,"b":2}` equals `{"b": 2, "a": 1}`), not
+    /// byte for byte.
+    pub expected: Option<String>,
+}
+
+impl<K> Condition<K> {
+    /// The condition that `key` is not stored.
+    pub fn absent(key: K) -> Self {
+        Self {
+            key,
+            expected: None,
+        }
+    }
+
+    /// The condition that `key` holds `value` (compared as JSON).
+    ///
+    /// Fails if `value` cannot be written as JSON (a NaN or infinite float).
+    pub fn holds<V: Serialize + ?Sized>(key: K, value: &V) -> Result<Self> {
+        Ok(Self {
+            key,
+            expected: Some(crate::backends::encode::encode_value(value)?),
+        })
+    }
+}
+
+/// A value as storage holds it: decoded, and its JSON text as stored, returned with a
+/// [`Checked::Conflict`].
+///
+/// ```
+/// use persistent_map::Stored;
+///
+/// let stored = Stored { value: 42u32, json: "42".to_string() };
+/// assert_eq!(stored.value, 42);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored<V> {
+    /// The stored value.
+    pub value: V,
+    /// Its JSON text as storage holds it: expecting this text is sure to match it, even where
+    /// the value would serialize differently (fields it does not know, a map's order).
+    pub json: String,
+}
+
+/// What [`StorageBackend::apply_checked`] did.
+///
+/// ```
+/// use persistent_map::Checked;
+///
+/// let done: Checked<u32> = Checked::Applied { previous: None };
+/// assert!(matches!(done, Checked::Applied { .. }));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Checked<V> {
+    /// Every condition held, and every write was applied.
+    Applied {
+        /// When the caller asked for them and the backend knows them: for each write, in
+        /// order, the JSON text of the value its key held just before it (`None`: not stored).
+        /// `None` where the backend does not say, and the map then reports the value it held.
+        previous: Option<Vec<Option<String>>>,
+    },
+    /// A condition did not hold, and nothing was written. For each condition, in order, what
+    /// storage holds under its key now (`None`: not stored).
+    Conflict {
+        /// What storage holds under each condition's key.
+        current: Vec<Option<Stored<V>>>,
+    },
+}
+
+/// A point in a backend's history of changes, from which
+/// [`StorageBackend::changes_since`] tells what changed. Opaque to the map: only the backend
+/// that made it gives it meaning.
+///
+/// ```
+/// use persistent_map::ChangePosition;
+///
+/// let position = ChangePosition::new(7);
+/// assert_eq!(position.get(), 7);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChangePosition(u128);
+
+impl ChangePosition {
+    /// A position with the backend's own encoding.
+    pub fn new(position: u128) -> Self {
+        Self(position)
+    }
+
+    /// The backend's encoding of the position.
+    pub fn get(self) -> u128 {
+        self.0
+    }
+}
+
 /// A trait for implementing storage backends for [`PersistentMap`](crate::PersistentMap).
 ///
 /// A backend stores what the map holds in memory. The map calls it in a way that makes a simple
@@ -253,5 +366,100 @@ where
     /// safe: the map drops it when the interval fires first.
     async fn external_change_signal(&self) {
         std::future::pending::<()>().await;
+    }
+
+    /// Applies `ops` in order, all or nothing, only if every condition holds when they are
+    /// applied; the check and the writes are one atomic step. With `want_previous`, also says
+    /// what each write's key held just before it.
+    ///
+    /// Every write of the map goes through here: [`insert`](crate::PersistentMap::insert) and
+    /// [`remove`](crate::PersistentMap::remove) ask for the previous value, and
+    /// [`update`](crate::PersistentMap::update), [`get_or_insert_with`](crate::PersistentMap::get_or_insert_with)
+    /// and [`compare_exchange`](crate::PersistentMap::compare_exchange) state what they read as
+    /// conditions. So what a backend's check is atomic against is what those are atomic against:
+    /// the SQLite backend checks and writes in one `IMMEDIATE` transaction (atomic against every
+    /// process on the file), the in-memory backend under its lock.
+    ///
+    /// The default reads the conditions' keys with [`load_keys`](Self::load_keys), compares, and
+    /// then writes with `save`, `delete` or `apply_batch`: atomic only against the writes of
+    /// maps in this process (which hold the keys' locks meanwhile), not against another process
+    /// writing the same storage, and it does not report previous values (`previous: None`).
+    /// Override it where storage can check and write in one step.
+    async fn apply_checked(
+        &self,
+        conditions: &[Condition<K>],
+        ops: &[BatchOp<K, V>],
+        want_previous: bool,
+    ) -> Result<Checked<V>, PersistentError> {
+        let _ = want_previous;
+        if !conditions.is_empty() {
+            let keys: Vec<K> = conditions.iter().map(|c| c.key.clone()).collect();
+            let stored = self.load_keys(&keys).await?;
+            let mut current = Vec::with_capacity(conditions.len());
+            let mut holds = true;
+            for condition in conditions {
+                let value = stored.get(&condition.key);
+                let json = value
+                    .map(crate::backends::encode::encode_value)
+                    .transpose()?;
+                holds &= crate::backends::encode::same_json(
+                    json.as_deref(),
+                    condition.expected.as_deref(),
+                );
+                current.push(
+                    value
+                        .cloned()
+                        .zip(json)
+                        .map(|(value, json)| Stored { value, json }),
+                );
+            }
+            if !holds {
+                return Ok(Checked::Conflict { current });
+            }
+        }
+        match ops {
+            [] => {}
+            [BatchOp::Save(key, value)] => self.save(key.clone(), value.clone()).await?,
+            [BatchOp::Delete(key)] => self.delete(key).await?,
+            ops => self.apply_batch(ops).await?,
+        }
+        Ok(Checked::Applied { previous: None })
+    }
+
+    /// A name for the storage and table this backend writes, equal for every backend on that
+    /// same table in this process, or `None` (the default) if the backend cannot tell.
+    ///
+    /// Maps opened in one process on backends with the same name (and the same key and value
+    /// types) share one in-memory map: each sees the others' writes at once. The SQLite backend
+    /// names the file's canonical path and the table; the in-memory backend its store.
+    fn storage_id(&self) -> Option<String> {
+        None
+    }
+
+    /// Where the backend's history of changes stands now, to pass to
+    /// [`changes_since`](Self::changes_since) later; `None` (the default) if it keeps none.
+    ///
+    /// The map asks before it loads, so anything committed during the load is reported again
+    /// later rather than missed.
+    async fn change_position(&self) -> Result<Option<ChangePosition>, PersistentError> {
+        Ok(None)
+    }
+
+    /// What others (another process, another instance, another backend on the same table)
+    /// changed in storage after `since`, and the position to ask from next time.
+    ///
+    /// The map keeps the position and replaces it only once it has applied the changes, so a
+    /// refresh that fails or is cancelled part-way is simply asked again: this method must not
+    /// forget anything it reported. A `since` the backend can no longer answer for (too old,
+    /// or `None`) is [`ExternalChanges::Unknown`].
+    ///
+    /// The default asks [`external_changes`](Self::external_changes) and keeps no position,
+    /// which is only as cancellation-safe as that method is.
+    async fn changes_since(
+        &self,
+        since: Option<ChangePosition>,
+    ) -> Result<(ExternalChanges<K>, Option<ChangePosition>), PersistentError> {
+        let _ = since;
+        Ok((self.external_changes().await?, None))
     }
 }

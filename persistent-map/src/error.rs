@@ -95,6 +95,20 @@ pub enum PersistentError {
         expected: String,
     },
 
+    /// The operation needs no map to be open on the table in this process, and one is (a key
+    /// migration would leave it writing the old layout). Nothing was changed.
+    #[error(
+        "table {table:?} of {} is open in a map in this process; drop the maps on it first, \
+         then try again (nothing was changed)",
+        path.display()
+    )]
+    TableInUse {
+        /// The table.
+        table: String,
+        /// The database file, as given.
+        path: PathBuf,
+    },
+
     /// Two entries would end up under one key (a key migration that maps two old keys to the
     /// same new one). Nothing was changed.
     #[error(

@@ -42,7 +42,9 @@ mod table_name;
 #[path = "private.rs"]
 pub mod __private;
 
-pub use backend::{BatchOp, ExternalChanges, StorageBackend};
+pub use backend::{
+    BatchOp, ChangePosition, Checked, Condition, ExternalChanges, StorageBackend, Stored,
+};
 pub use backends::in_memory;
 #[cfg(feature = "postgres")]
 pub use backends::postgres;

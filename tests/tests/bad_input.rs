@@ -344,26 +344,45 @@ async fn a_float_json_cannot_hold_is_refused_not_stored_as_null() {
 }
 
 #[tokio::test]
-async fn two_stored_texts_of_one_key_are_an_error_not_a_silent_pick() {
+async fn a_stored_text_that_is_not_the_keys_own_is_refused_not_aliased() {
     let (_dir, path) = temp_db();
     drop(Orders::open(&path).await.unwrap());
-    // `01` parses as the number 1 too: two rows, one key.
+    // `007` parses as the number 7, whose own text is `7`: a map holding 7 would write the row
+    // `7` and leave `007` behind (a remove that says it removed, an insert that breaks the next
+    // open). The row is refused instead, naming the table and the text.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute("INSERT INTO orders VALUES ('007', '[\"tea\"]')", [])
+        .unwrap();
+    let err = Orders::open(&path).await.unwrap_err();
+    assert!(
+        matches!(&err, PersistentError::InvalidStoredKey { table, key, .. } if table == "orders" && key == "007"),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("\"orders\"") && message.contains("\"007\"") && message.contains("\"7\""),
+        "{message}"
+    );
+    assert_eq!(stored_rows(&path, "orders").len(), 1, "nothing was changed");
+
+    // Two texts of one key (`1` and `01`): the one that is not the key's own is named.
     rusqlite::Connection::open(&path)
         .unwrap()
         .execute_batch(
-            "INSERT INTO orders VALUES ('1', '[\"tea\"]');
+            "DELETE FROM orders;
+             INSERT INTO orders VALUES ('1', '[\"tea\"]');
              INSERT INTO orders VALUES ('01', '[\"milk\"]');",
         )
         .unwrap();
     let err = Orders::open(&path).await.unwrap_err();
     assert!(
-        matches!(err, PersistentError::AmbiguousStoredKey { .. }),
+        matches!(&err, PersistentError::InvalidStoredKey { key, .. } if key == "01"),
         "{err:?}"
     );
-    assert!(err.to_string().contains("same key 1"), "{err}");
     assert_eq!(stored_rows(&path, "orders").len(), 2, "nothing was changed");
 
-    // A map that loaded before the second text appeared refuses to reload, and stays as it was.
+    // A map that loaded before the other text appeared refuses to reload, and stays as it was.
     rusqlite::Connection::open(&path)
         .unwrap()
         .execute("DELETE FROM orders WHERE key = '01'", [])
@@ -375,7 +394,7 @@ async fn two_stored_texts_of_one_key_are_an_error_not_a_silent_pick() {
         .unwrap();
     let err = orders.refresh().await.unwrap_err();
     assert!(
-        matches!(err, PersistentError::AmbiguousStoredKey { .. }),
+        matches!(&err, PersistentError::InvalidStoredKey { key, .. } if key == "001"),
         "{err:?}"
     );
     assert_eq!(orders.get(&OrderId(1)), Some(vec!["tea".to_string()]));

@@ -7,18 +7,33 @@ use serde::de::DeserializeOwned;
 
 use crate::{PersistentError, Result};
 
-/// Parses the key text `key` of a row of `table`.
+/// Parses the key text `key` of a row of `table`, and checks that it is the key's own text.
+///
+/// A text that parses but is not what the key writes (`007` for the number 7) is refused: the
+/// map would hold the key 7, and its writes would go to the row `7`, leaving `007` in place to
+/// come back (or clash with `7`) on the next load.
 pub(crate) fn decode_key<K>(table: &str, key: &str) -> Result<K>
 where
-    K: FromStr,
+    K: FromStr + ToString,
     <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
 {
-    key.parse()
-        .map_err(|source| PersistentError::InvalidStoredKey {
-            table: table.to_owned(),
-            key: key.to_owned(),
-            source: Box::new(source),
-        })
+    let invalid = |source| PersistentError::InvalidStoredKey {
+        table: table.to_owned(),
+        key: key.to_owned(),
+        source,
+    };
+    let parsed: K = key.parse().map_err(|source| invalid(Box::new(source)))?;
+    let own = parsed.to_string();
+    if own != key {
+        return Err(invalid(
+            format!(
+                "it parses as the key whose text is {own:?}, so writes of that key would not \
+                 reach this row; rewrite the row's key as {own:?} or delete the row"
+            )
+            .into(),
+        ));
+    }
+    Ok(parsed)
 }
 
 /// Deserializes the JSON `value` stored under the key text `key` in `table`.
@@ -61,6 +76,11 @@ mod tests {
     #[test]
     fn errors_name_the_table_and_the_raw_key() {
         assert_eq!(decode_key::<u64>("t", "7").unwrap(), 7);
+        let err = decode_key::<u64>("t", "007").unwrap_err();
+        assert!(
+            err.to_string().contains(r#"stored key "007""#) && err.to_string().contains(r#""7""#),
+            "{err}"
+        );
         let err = decode_key::<u64>("t", "seven").unwrap_err();
         assert!(
             matches!(&err, PersistentError::InvalidStoredKey { table, key, .. } if table == "t" && key == "seven"),

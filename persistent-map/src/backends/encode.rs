@@ -18,6 +18,21 @@ pub(crate) fn encode_value<V: Serialize + ?Sized>(value: &V) -> serde_json::Resu
     serde_json::to_string(&Finite(value))
 }
 
+/// Whether two stored values are the same: both absent, or the same JSON (the same text, or
+/// texts that parse to equal JSON values, so key order and spacing do not matter).
+pub(crate) fn same_json(stored: Option<&str>, expected: Option<&str>) -> bool {
+    match (stored, expected) {
+        (None, None) => true,
+        (Some(stored), Some(expected)) => {
+            stored == expected || {
+                let parse = serde_json::from_str::<serde_json::Value>;
+                matches!((parse(stored), parse(expected)), (Ok(a), Ok(b)) if a == b)
+            }
+        }
+        _ => false,
+    }
+}
+
 /// `encode` applied to every item, in order; a large batch is split in two and encoded on two
 /// threads at once (this one and a scoped helper), since encoding is all the caller does before
 /// the batch goes to storage. The first error wins; a panic in user code is resumed here.

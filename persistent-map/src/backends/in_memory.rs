@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::{BatchOp, PersistentError, Result, StorageBackend};
+use crate::backends::encode::{encode_value, same_json};
+use crate::{BatchOp, Checked, Condition, PersistentError, Result, StorageBackend, Stored};
 
 /// A backend that stores entries in process memory, so nothing survives the process.
 ///
@@ -106,14 +107,61 @@ where
     }
 
     async fn apply_batch(&self, ops: &[BatchOp<K, V>]) -> Result<(), PersistentError> {
-        self.with_store(|store| {
-            for op in ops {
-                match op {
-                    BatchOp::Save(key, value) => store.insert(key.clone(), value.clone()),
-                    BatchOp::Delete(key) => store.remove(key),
-                };
-            }
-        });
+        self.with_store(|store| apply(store, ops));
         Ok(())
+    }
+
+    /// Checks and writes under the store's lock: atomic against every map on a clone of this
+    /// backend.
+    async fn apply_checked(
+        &self,
+        conditions: &[Condition<K>],
+        ops: &[BatchOp<K, V>],
+        want_previous: bool,
+    ) -> Result<Checked<V>, PersistentError> {
+        self.with_store(|store: &mut HashMap<K, V>| {
+            let mut current = Vec::with_capacity(conditions.len());
+            let mut holds = true;
+            for condition in conditions {
+                let stored = store.get(&condition.key);
+                let json = stored.map(encode_value).transpose()?;
+                holds &= same_json(json.as_deref(), condition.expected.as_deref());
+                current.push(
+                    stored
+                        .cloned()
+                        .zip(json)
+                        .map(|(value, json)| Stored { value, json }),
+                );
+            }
+            if !holds {
+                return Ok(Checked::Conflict { current });
+            }
+            let previous = if want_previous {
+                let mut previous = Vec::with_capacity(ops.len());
+                for op in ops {
+                    previous.push(store.get(op.key()).map(encode_value).transpose()?);
+                    apply(store, std::slice::from_ref(op));
+                }
+                Some(previous)
+            } else {
+                apply(store, ops);
+                None
+            };
+            Ok(Checked::Applied { previous })
+        })
+    }
+
+    /// One name per store: maps on clones of one backend share their entries.
+    fn storage_id(&self) -> Option<String> {
+        Some(format!("in-memory:{:p}", Arc::as_ptr(&self.stores)))
+    }
+}
+
+fn apply<K: Eq + Hash + Clone, V: Clone>(store: &mut HashMap<K, V>, ops: &[BatchOp<K, V>]) {
+    for op in ops {
+        match op {
+            BatchOp::Save(key, value) => store.insert(key.clone(), value.clone()),
+            BatchOp::Delete(key) => store.remove(key),
+        };
     }
 }

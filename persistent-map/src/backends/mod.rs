@@ -1,7 +1,5 @@
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod decode;
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-mod encode;
+pub(crate) mod encode;
 pub mod in_memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;

@@ -12,7 +12,7 @@ use crate::Result;
 /// Decodes one row of `table`.
 pub(super) fn decode_row<K, V>(table: &str, (key, value): RawRow) -> Result<(K, V)>
 where
-    K: FromStr,
+    K: FromStr + ToString,
     <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
     V: DeserializeOwned,
 {

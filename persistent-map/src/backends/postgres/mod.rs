@@ -329,7 +329,7 @@ impl PostgresBackend {
 
     async fn load_rows<K, V>(&self, sink: &mut (dyn FnMut(K, V) + Send)) -> Result<()>
     where
-        K: FromStr,
+        K: FromStr + ToString,
         <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
         V: DeserializeOwned,
     {

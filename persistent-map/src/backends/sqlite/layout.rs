@@ -73,6 +73,11 @@ pub(super) async fn check_or_record(
 /// they are stored. If an old key does not parse, or two old keys convert to the same new key,
 /// it fails and changes nothing.
 ///
+/// A map open on either table in this process would go on writing keys in the old layout, so
+/// migrating then is refused with [`PersistentError::TableInUse`]: drop those maps first. A map
+/// open on the table in another process refuses its next write with
+/// [`PersistentError::IncompatibleKeyLayout`] instead of writing the old layout.
+///
 /// ```
 /// use persistent_map::sqlite::{migrate_keys, SqliteBackend};
 /// use persistent_map::{PersistentError, PersistentKey, PersistentMap};
@@ -117,6 +122,14 @@ where
 {
     let old = SqliteBackend::with_table(&path, Old::TABLE_NAME).await?;
     let new = SqliteBackend::with_table(&path, New::TABLE_NAME).await?;
+    for (backend, table) in [(&old, Old::TABLE_NAME), (&new, New::TABLE_NAME)] {
+        if crate::map::is_open(&backend.storage_id_of(table)) {
+            return Err(PersistentError::TableInUse {
+                table: table.to_owned(),
+                path: path.as_ref().to_path_buf(),
+            });
+        }
+    }
     let rows = load::raw_rows(&old.writer, Old::TABLE_NAME).await?;
 
     let mut moved: Vec<RawRow> = Vec::with_capacity(rows.len());
@@ -141,6 +154,7 @@ where
 
     let count = moved.len();
     let (old_table, new_table) = (old.table.clone(), new.table.clone());
+    let origin = new.origin;
     let layout = New::KEY_LAYOUT;
     new.writer
         .run(move |connection| {
@@ -162,6 +176,13 @@ where
                 transaction.execute(
                     "INSERT INTO persistent_map_tables (table_name, key_layout) VALUES (?1, ?2)",
                     (&new_table.name, layout),
+                )?;
+            }
+            // Every key of both tables may have changed: maps elsewhere reload them.
+            for table in [&old_table.name, &new_table.name] {
+                transaction.execute(
+                    "INSERT INTO persistent_map_log (table_name, key, origin) VALUES (?1, NULL, ?2)",
+                    (table, origin),
                 )?;
             }
             transaction.commit()

@@ -25,6 +25,7 @@ pub(super) async fn ensure_table(writer: &Writer, table: &str) -> Result<()> {
     let columns = writer
         .run(move |connection| {
             connection.execute(&create, [])?;
+            connection.execute(super::writer::CREATE_LOG, [])?;
             let mut statement = connection.prepare(&table_info)?;
             let columns = statement.query_map([], |row| {
                 Ok((row.get::<_, String>("name")?, row.get::<_, i64>("pk")?))
@@ -104,9 +105,7 @@ impl RawChunk {
 /// the rows in flight cost nothing in memory.
 const CHUNK_ROWS: usize = 1024;
 
-/// Streams the table's rows, decoded as `K` and `V`, into `sink`. Returns the file's
-/// `PRAGMA data_version` from before the scan, so that a later change by another connection
-/// can be told apart.
+/// Streams the table's rows, decoded as `K` and `V`, into `sink`.
 ///
 /// A scanning thread (a blocking-pool thread with a read-only connection of its own; the writer
 /// thread for `:memory:`) reads the rows and the caller's task puts them into `sink` (the map);
@@ -118,15 +117,12 @@ pub(super) async fn load_each<K, V>(
     writer: &Writer,
     table: &str,
     sink: &mut (dyn FnMut(K, V) + Send),
-) -> Result<i64>
+) -> Result<()>
 where
-    K: FromStr + Send + 'static,
+    K: FromStr + ToString + Send + 'static,
     <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
     V: DeserializeOwned + Send + 'static,
 {
-    // Read before the scan: a commit by another connection in between makes the next refresh
-    // reload once more, never miss a change.
-    let data_version = data_version(writer).await?;
     // Two chunks in flight: the scanning thread decodes the next while the caller stores this one.
     let (sender, mut scanned) = mpsc::channel(2);
     let table_name = table.to_owned();
@@ -164,7 +160,7 @@ where
             }
             Scanned::Failed(error) => return Err(error),
             Scanned::Panicked(panic) => std::panic::resume_unwind(panic),
-            Scanned::Finished => return Ok(data_version),
+            Scanned::Finished => return Ok(()),
         }
     }
     // The thread dropped the channel without saying it finished: it stopped mid-scan.
@@ -180,7 +176,7 @@ pub(super) async fn load_keys<K, V>(
     keys: Vec<String>,
 ) -> Result<Vec<(K, V)>>
 where
-    K: FromStr,
+    K: FromStr + ToString,
     <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
     V: DeserializeOwned,
 {
@@ -244,14 +240,6 @@ pub(super) async fn count(writer: &Writer, table: &str) -> Result<usize> {
     Ok(usize::try_from(rows).unwrap_or(0))
 }
 
-/// `PRAGMA data_version` of the writer's connection: it changes when another connection (another
-/// process) commits to the file, and only then.
-pub(super) async fn data_version(writer: &Writer) -> Result<i64> {
-    writer
-        .run(|connection| connection.query_row("PRAGMA data_version", [], |row| row.get(0)))
-        .await
-}
-
 /// The scanning thread's part of a load: scan, then send how it ended. A panic while decoding is
 /// caught here and sent to the caller, so that it does not take the thread down (for `:memory:`,
 /// the file's writer thread).
@@ -261,7 +249,7 @@ fn scan_and_report<K, V>(
     path: PathBuf,
     sender: &mpsc::Sender<Scanned<K, V>>,
 ) where
-    K: FromStr,
+    K: FromStr + ToString,
     <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
     V: DeserializeOwned,
 {
@@ -335,7 +323,7 @@ fn scan<K, V>(
     sender: &mpsc::Sender<Scanned<K, V>>,
 ) -> Result<ScanEnd, ScanError>
 where
-    K: FromStr,
+    K: FromStr + ToString,
     <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
     V: DeserializeOwned,
 {
@@ -401,13 +389,19 @@ mod tests {
 
     /// Parses any text, except that it panics on `boom`.
     #[derive(Debug)]
-    struct Fragile;
+    struct Fragile(String);
 
     impl FromStr for Fragile {
         type Err = std::convert::Infallible;
         fn from_str(text: &str) -> Result<Self, Self::Err> {
             assert_ne!(text, "boom", "Fragile cannot parse boom");
-            Ok(Fragile)
+            Ok(Fragile(text.to_owned()))
+        }
+    }
+
+    impl std::fmt::Display for Fragile {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
         }
     }
 

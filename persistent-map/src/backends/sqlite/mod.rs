@@ -29,6 +29,7 @@
 //! # }
 //! ```
 
+mod changes;
 mod inbox;
 mod layout;
 mod load;
@@ -42,14 +43,18 @@ use std::fmt;
 use std::hash::Hash;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use self::writer::{RawOp, TableSql, Writer};
-use crate::{BatchOp, ExternalChanges, PersistentError, PersistentKey, Result, StorageBackend};
+use self::changes::{Logged, Place};
+use self::writer::{Outcome, RawOp, TableSql, Write, Writer};
+use crate::backends::decode::{decode_key, decode_value};
+use crate::{
+    BatchOp, ChangePosition, Checked, Condition, ExternalChanges, PersistentError, PersistentKey,
+    Result, StorageBackend, Stored,
+};
 
 /// How much a commit must survive before a write is acknowledged.
 ///
@@ -89,10 +94,16 @@ impl Durability {
 /// Open one with [`new`](Self::new) (table `kv`, as persistent-map 0.1.3),
 /// [`with_table`](Self::with_table), [`for_key`](Self::for_key) (the key type's own table), or
 /// [`builder`](Self::builder) for options. Every backend on the same file in this process shares
-/// one connection and writer thread, so maps on one file never fail with `database is locked`.
-/// Clones share the table, and the note of when it was last loaded that
-/// [`PersistentMap::refresh`](crate::PersistentMap::refresh) compares against: give each map a
-/// backend opened for it rather than a clone of another map's.
+/// one connection and writer thread, so maps on one file never fail with `database is locked`,
+/// and maps opened on one table in this process share their entries (see
+/// [`PersistentMap::new`](crate::PersistentMap::new)).
+///
+/// Conditional writes (what [`PersistentMap::update`](crate::PersistentMap::update) and
+/// [`compare_exchange`](crate::PersistentMap::compare_exchange) send) are checked in the
+/// `IMMEDIATE` transaction that writes, so they are atomic against every process on the file.
+/// Each transaction logs the keys it wrote in the table `persistent_map_log` (the last 65,536
+/// rows are kept), so that another process's map re-reads just those keys when it
+/// [refreshes](crate::PersistentMap::refresh).
 ///
 /// Errors name what was wrong: a path that cannot be opened, a file that is not a SQLite
 /// database (refused, and left untouched), an invalid table name, a stored row whose key or value
@@ -118,13 +129,11 @@ pub struct SqliteBackend {
     writer: Arc<Writer>,
     table: Arc<TableSql>,
     durability: Durability,
-    /// The file's `PRAGMA data_version` when this table was last loaded.
-    loaded_version: Arc<AtomicI64>,
+    /// The layout of the key type this backend was opened for (empty: none checked).
+    key_layout: &'static str,
+    /// This backend's name in the change log: its own writes are not news to it.
+    origin: i64,
 }
-
-/// `loaded_version` before the first load: never equal to a real data version (they are
-/// positive), so the first refresh reloads.
-const NOT_LOADED: i64 = i64::MIN;
 
 impl SqliteBackend {
     /// Opens (or creates) the database at `path` and its table `kv`, as persistent-map 0.1.3.
@@ -284,9 +293,50 @@ impl SqliteBackend {
         SqliteStats { commits, writes }
     }
 
-    async fn write(&self, ops: Vec<RawOp>) -> Result<()> {
-        self.writer.write(&self.table, ops, self.durability).await
+    /// Commits `ops` if `conditions` (key texts and expected JSON) hold.
+    async fn write(
+        &self,
+        conditions: Vec<(String, Option<String>)>,
+        ops: Vec<RawOp>,
+        want_previous: bool,
+    ) -> Result<Outcome> {
+        let outcome = self
+            .writer
+            .write(Write {
+                table: Arc::clone(&self.table),
+                conditions,
+                ops,
+                want_previous,
+                origin: self.origin,
+                layout: self.key_layout,
+                durability: self.durability,
+            })
+            .await?;
+        match outcome {
+            Outcome::LayoutChanged { stored } => Err(PersistentError::IncompatibleKeyLayout {
+                table: self.table.name.clone(),
+                stored,
+                expected: self.key_layout.to_owned(),
+            }),
+            outcome => Ok(outcome),
+        }
     }
+
+    /// Commits `ops`, which have no conditions.
+    async fn write_ops(&self, ops: Vec<RawOp>) -> Result<()> {
+        self.write(Vec::new(), ops, false).await.map(drop)
+    }
+}
+
+/// A number for a backend in the change log, different for every backend opened (in this
+/// process and, with overwhelming likelihood, in any other).
+fn new_origin() -> i64 {
+    use std::hash::{BuildHasher, RandomState};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static OPENED: AtomicU64 = AtomicU64::new(0);
+    let opened = OPENED.fetch_add(1, Ordering::Relaxed);
+    let hash = RandomState::new().hash_one((std::process::id(), opened));
+    i64::from_ne_bytes(hash.to_ne_bytes())
 }
 
 impl fmt::Debug for SqliteBackend {
@@ -448,7 +498,8 @@ impl SqliteBuilder {
             writer,
             table: Arc::new(TableSql::new(&table)),
             durability,
-            loaded_version: Arc::new(AtomicI64::new(NOT_LOADED)),
+            key_layout,
+            origin: new_origin(),
         })
     }
 }
@@ -479,11 +530,12 @@ where
     }
 
     async fn save(&self, key: K, value: V) -> Result<(), PersistentError> {
-        self.write(vec![encode(&BatchOp::Save(key, value))?]).await
+        self.write_ops(vec![encode(&BatchOp::Save(key, value))?])
+            .await
     }
 
     async fn delete(&self, key: &K) -> Result<(), PersistentError> {
-        self.write(vec![RawOp::Delete {
+        self.write_ops(vec![RawOp::Delete {
             key: key.to_string(),
         }])
         .await
@@ -500,13 +552,11 @@ where
             return Ok(());
         }
         let ops = crate::backends::encode::encode_all(ops, encode)?;
-        self.write(ops).await
+        self.write_ops(ops).await
     }
 
     async fn load_each(&self, sink: &mut (dyn FnMut(K, V) + Send)) -> Result<(), PersistentError> {
-        let data_version = load::load_each(&self.writer, &self.table.name, sink).await?;
-        self.loaded_version.store(data_version, Ordering::SeqCst);
-        Ok(())
+        load::load_each(&self.writer, &self.table.name, sink).await
     }
 
     /// `SELECT count(*)`: a few milliseconds per million rows, against the hash table growing
@@ -517,7 +567,7 @@ where
 
     /// One `DELETE` in one transaction.
     async fn clear(&self) -> Result<(), PersistentError> {
-        self.write(vec![RawOp::DeleteAll]).await
+        self.write_ops(vec![RawOp::DeleteAll]).await
     }
 
     async fn load_keys(&self, keys: &[K]) -> Result<HashMap<K, V>, PersistentError> {
@@ -528,16 +578,91 @@ where
             .collect())
     }
 
-    /// [`ExternalChanges::None`] while no other connection has committed to the file since the
-    /// last load (`PRAGMA data_version`), else [`ExternalChanges::Unknown`]: SQLite does not say
-    /// what changed, so the map reloads.
-    async fn external_changes(&self) -> Result<ExternalChanges<K>, PersistentError> {
-        let now = load::data_version(&self.writer).await?;
-        Ok(if now == self.loaded_version.load(Ordering::SeqCst) {
-            ExternalChanges::None
-        } else {
-            ExternalChanges::Unknown
-        })
+    /// Checks and writes in one `IMMEDIATE` transaction, shared with the other writes of its
+    /// group: atomic against every process on the file.
+    async fn apply_checked(
+        &self,
+        conditions: &[Condition<K>],
+        ops: &[BatchOp<K, V>],
+        want_previous: bool,
+    ) -> Result<Checked<V>, PersistentError> {
+        if conditions.is_empty() && ops.is_empty() {
+            return Ok(Checked::Applied {
+                previous: want_previous.then(Vec::new),
+            });
+        }
+        let keys: Vec<String> = conditions.iter().map(|c| c.key.to_string()).collect();
+        let raw_conditions = keys
+            .iter()
+            .zip(conditions)
+            .map(|(key, condition)| (key.clone(), condition.expected.clone()))
+            .collect();
+        let ops = crate::backends::encode::encode_all(ops, encode)?;
+        match self.write(raw_conditions, ops, want_previous).await? {
+            Outcome::Applied { previous } => Ok(Checked::Applied { previous }),
+            Outcome::Conflict { current } => {
+                let table = &self.table.name;
+                let current = keys
+                    .iter()
+                    .zip(current)
+                    .map(|(key, json)| {
+                        json.map(|json| {
+                            let value = decode_value(table, key, &json)?;
+                            Ok(Stored { value, json })
+                        })
+                        .transpose()
+                    })
+                    .collect::<Result<_>>()?;
+                Ok(Checked::Conflict { current })
+            }
+            Outcome::LayoutChanged { .. } => unreachable!("`write` turns it into an error"),
+        }
+    }
+
+    /// The file's canonical path and the table (for `:memory:`, this backend's own database).
+    fn storage_id(&self) -> Option<String> {
+        Some(self.storage_id_of(&self.table.name))
+    }
+
+    async fn change_position(&self) -> Result<Option<ChangePosition>, PersistentError> {
+        Ok(Some(changes::place(&self.writer).await?.to_position()))
+    }
+
+    /// The keys that other backends (in other processes, or on this table in this process)
+    /// logged since `since`; [`ExternalChanges::Unknown`] after a clear or a batch of more than
+    /// 1024 keys, after a commit by a program that does not log (the `sqlite3` shell), or when
+    /// `since` is older than the rows the log keeps.
+    async fn changes_since(
+        &self,
+        since: Option<ChangePosition>,
+    ) -> Result<(ExternalChanges<K>, Option<ChangePosition>), PersistentError> {
+        let since = since.map(Place::from_position);
+        let (logged, now) =
+            changes::since(&self.writer, &self.table.name, self.origin, since).await?;
+        let changes = match logged {
+            Logged::Unknown => ExternalChanges::Unknown,
+            Logged::Keys(texts) if texts.is_empty() => ExternalChanges::None,
+            Logged::Keys(texts) => {
+                let keys: Result<Vec<K>> = texts
+                    .iter()
+                    .map(|text| decode_key(&self.table.name, text))
+                    .collect();
+                // A key this type cannot read was not written by a map of this type: reload,
+                // which reports the row if it is really there.
+                keys.map_or(ExternalChanges::Unknown, ExternalChanges::Keys)
+            }
+        };
+        Ok((changes, Some(now.to_position())))
+    }
+}
+
+impl SqliteBackend {
+    /// The name of `table` on this backend's file, as [`StorageBackend::storage_id`] gives it.
+    pub(super) fn storage_id_of(&self, table: &str) -> String {
+        match self.writer.reader() {
+            Some(reader) => format!("sqlite:{}\0{table}", reader.path().display()),
+            None => format!("sqlite-memory:{:p}\0{table}", Arc::as_ptr(&self.writer)),
+        }
     }
 }
 

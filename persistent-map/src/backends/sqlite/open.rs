@@ -62,6 +62,11 @@ pub(super) struct Reader {
 }
 
 impl Reader {
+    /// The file's canonical path.
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// A read-only connection to the file. Blocking: call it off the async worker threads.
     pub(super) fn connect(&self) -> rusqlite::Result<Connection> {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;

@@ -3,13 +3,21 @@
 //! Every map on one file sends its work here, so the file has one writer in this process: no
 //! `database is locked` between our own maps, and one commit (one fsync) serves every write that
 //! queued while the previous commit was syncing.
+//!
+//! A write may carry conditions (what must be stored under some keys for it to go ahead): they
+//! are checked inside the same `IMMEDIATE` transaction that writes, which holds the file's write
+//! lock, so no other process can come in between. Each transaction also logs the keys it wrote
+//! (`persistent_map_log`), so that the maps of other processes re-read just those keys, and
+//! checks that no other process migrated a table's key layout under a typed writer.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rusqlite::Connection;
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::inbox::{Inbox, Popped};
@@ -32,6 +40,7 @@ pub(super) struct TableSql {
     pub(super) upsert: String,
     delete: String,
     pub(super) delete_all: String,
+    select: String,
 }
 
 impl TableSql {
@@ -45,16 +54,44 @@ impl TableSql {
             ),
             delete: format!("DELETE FROM \"{name}\" WHERE key = ?1"),
             delete_all: format!("DELETE FROM \"{name}\""),
+            select: format!("SELECT value FROM \"{name}\" WHERE key = ?1"),
         }
     }
 }
 
-/// The writes of one caller: committed together or not at all.
+/// The writes of one caller: committed together or not at all, if their conditions hold.
+#[derive(Debug)]
+pub(super) struct Write {
+    pub(super) table: Arc<TableSql>,
+    /// Key texts and the JSON that must be stored under each (`None`: nothing).
+    pub(super) conditions: Vec<(String, Option<String>)>,
+    pub(super) ops: Vec<RawOp>,
+    /// Report what each op's key held before it.
+    pub(super) want_previous: bool,
+    /// Which backend wrote, as logged: a backend skips its own writes when it catches up.
+    pub(super) origin: i64,
+    /// The key layout the writing backend's key type has (empty: not checked).
+    pub(super) layout: &'static str,
+    pub(super) durability: Durability,
+}
+
+/// What a [`Write`] did.
+#[derive(Debug)]
+pub(super) enum Outcome {
+    Applied {
+        /// With `want_previous`: per op, the JSON its key held just before it.
+        previous: Option<Vec<Option<String>>>,
+    },
+    /// A condition did not hold; nothing was written. Per condition, what is stored.
+    Conflict { current: Vec<Option<String>> },
+    /// Another process migrated the table to another key layout (`stored`); nothing was
+    /// written.
+    LayoutChanged { stored: String },
+}
+
 struct WriteRequest {
-    table: Arc<TableSql>,
-    ops: Vec<RawOp>,
-    durability: Durability,
-    done: oneshot::Sender<rusqlite::Result<()>>,
+    write: Write,
+    done: oneshot::Sender<rusqlite::Result<Outcome>>,
 }
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
@@ -141,21 +178,11 @@ impl Writer {
         &self.path
     }
 
-    /// Commits `ops` in one transaction (possibly shared with other requests) and resolves once
-    /// they are durable at `durability`.
-    pub(super) async fn write(
-        &self,
-        table: &Arc<TableSql>,
-        ops: Vec<RawOp>,
-        durability: Durability,
-    ) -> Result<()> {
+    /// Commits `write` in one transaction (possibly shared with other requests) and resolves
+    /// once it is durable at its durability.
+    pub(super) async fn write(&self, write: Write) -> Result<Outcome> {
         let (done, committed) = oneshot::channel();
-        self.send(Command::Write(WriteRequest {
-            table: Arc::clone(table),
-            ops,
-            durability,
-            done,
-        }))?;
+        self.send(Command::Write(WriteRequest { write, done }))?;
         match committed.await {
             Ok(result) => result.map_err(|source| self.sqlite_error(source)),
             Err(_) => Err(self.closed()),
@@ -213,6 +240,7 @@ impl Writer {
 fn serve(mut connection: Connection, queue: &Inbox<Command>, counters: &Counters) {
     let _abandon_on_exit = AbandonOnExit(queue);
     let mut synchronous = Durability::Full;
+    let mut fence = LayoutFence::default();
     let mut group: Vec<WriteRequest> = Vec::new();
     // A command that is not a write, found while gathering a group: it runs after the group.
     let mut next: Option<Job> = None;
@@ -235,7 +263,13 @@ fn serve(mut connection: Connection, queue: &Inbox<Command>, counters: &Counters
         }
         gather(queue, &mut group, &mut next, expected);
         let committed = std::mem::take(&mut group);
-        let results = commit_group(&mut connection, &mut synchronous, &committed, counters);
+        let results = commit_group(
+            &mut connection,
+            &mut synchronous,
+            &mut fence,
+            &committed,
+            counters,
+        );
         // What is queued now came from writers other than those about to be acknowledged.
         take_queued(queue, &mut group, &mut next);
         expected = committed.len() + group.len();
@@ -297,20 +331,21 @@ fn take_queued(queue: &Inbox<Command>, group: &mut Vec<WriteRequest>, next: &mut
 fn commit_group(
     connection: &mut Connection,
     synchronous: &mut Durability,
+    fence: &mut LayoutFence,
     group: &[WriteRequest],
     counters: &Counters,
-) -> Vec<rusqlite::Result<()>> {
+) -> Vec<rusqlite::Result<Outcome>> {
     let wanted = group
         .iter()
-        .map(|request| request.durability)
+        .map(|request| request.write.durability)
         .max()
         .unwrap_or_default();
     if let Err(error) = set_synchronous(connection, synchronous, wanted) {
         // Committing at a weaker level than asked would break the promise: commit nothing.
         return group.iter().map(|_| Err(copy_error(&error))).collect();
     }
-    match commit(connection, group, counters) {
-        Ok(()) => group.iter().map(|_| Ok(())).collect(),
+    match commit(connection, fence, group, counters) {
+        Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
         Err(error) if group.len() == 1 => vec![Err(error)],
         // A busy, locked, full, read-only or failing file refuses every request alike: retrying
         // each alone would only wait out the busy timeout once per request.
@@ -319,7 +354,10 @@ fn commit_group(
         }
         Err(_) => group
             .iter()
-            .map(|request| commit(connection, std::slice::from_ref(request), counters))
+            .map(|request| {
+                commit(connection, fence, std::slice::from_ref(request), counters)
+                    .map(|mut outcomes| outcomes.remove(0))
+            })
             .collect(),
     }
 }
@@ -375,23 +413,210 @@ fn set_synchronous(
 /// prepares them anew for every transaction, which cost a few microseconds of every commit.
 fn commit(
     connection: &mut Connection,
+    fence: &mut LayoutFence,
     requests: &[WriteRequest],
     counters: &Counters,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<Vec<Outcome>> {
     run_statement(connection, "BEGIN IMMEDIATE")?;
-    let committed = requests
-        .iter()
-        .try_for_each(|request| execute_ops(connection, &request.table, &request.ops))
-        .and_then(|()| run_statement(connection, "COMMIT"));
-    if let Err(error) = committed {
-        roll_back(connection);
-        return Err(error);
+    let committed = fence.begin(connection).and_then(|()| {
+        let outcomes = requests
+            .iter()
+            .map(|request| execute(connection, fence, &request.write))
+            .collect::<rusqlite::Result<Vec<Outcome>>>()?;
+        if counters
+            .commits
+            .load(Ordering::Relaxed)
+            .is_multiple_of(PRUNE_EVERY_COMMITS)
+        {
+            prune_log(connection)?;
+        }
+        run_statement(connection, "COMMIT")?;
+        Ok(outcomes)
+    });
+    match committed {
+        Ok(outcomes) => {
+            counters.commits.fetch_add(1, Ordering::Relaxed);
+            counters
+                .requests
+                .fetch_add(requests.len() as u64, Ordering::Relaxed);
+            Ok(outcomes)
+        }
+        Err(error) => {
+            roll_back(connection);
+            Err(error)
+        }
     }
-    counters.commits.fetch_add(1, Ordering::Relaxed);
-    counters
-        .requests
-        .fetch_add(requests.len() as u64, Ordering::Relaxed);
+}
+
+/// One request inside the group's transaction: the layout check, the conditions, then the ops
+/// and their log rows. A request whose check fails writes nothing and says why.
+fn execute(
+    connection: &Connection,
+    fence: &mut LayoutFence,
+    write: &Write,
+) -> rusqlite::Result<Outcome> {
+    let table = &write.table;
+    if let Some(stored) = fence.changed(connection, &table.name, write.layout)? {
+        return Ok(Outcome::LayoutChanged { stored });
+    }
+    if !write.conditions.is_empty() {
+        let current = write
+            .conditions
+            .iter()
+            .map(|(key, _)| stored_value(connection, table, key))
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let holds = write
+            .conditions
+            .iter()
+            .zip(&current)
+            .all(|((_, expected), stored)| {
+                crate::backends::encode::same_json(stored.as_deref(), expected.as_deref())
+            });
+        if !holds {
+            return Ok(Outcome::Conflict { current });
+        }
+    }
+    let previous = if write.want_previous {
+        let mut previous = Vec::with_capacity(write.ops.len());
+        for op in &write.ops {
+            previous.push(match op {
+                RawOp::Upsert { key, .. } | RawOp::Delete { key } => {
+                    stored_value(connection, table, key)?
+                }
+                RawOp::DeleteAll => None,
+            });
+            execute_ops(connection, table, std::slice::from_ref(op))?;
+        }
+        Some(previous)
+    } else {
+        execute_ops(connection, table, &write.ops)?;
+        None
+    };
+    log_keys(connection, table, &write.ops, write.origin)?;
+    Ok(Outcome::Applied { previous })
+}
+
+/// The JSON stored under `key`, if any. A value that is not text (written by another program)
+/// is read as the text SQLite makes of it, so that a condition on it fails rather than errs.
+fn stored_value(
+    connection: &Connection,
+    table: &TableSql,
+    key: &str,
+) -> rusqlite::Result<Option<String>> {
+    let mut select = connection.prepare_cached(&table.select)?;
+    select
+        .query_row([key], |row| {
+            Ok(match row.get_ref(0)? {
+                ValueRef::Text(text) | ValueRef::Blob(text) => {
+                    String::from_utf8_lossy(text).into_owned()
+                }
+                ValueRef::Integer(number) => number.to_string(),
+                ValueRef::Real(number) => number.to_string(),
+                ValueRef::Null => "null".to_owned(),
+            })
+        })
+        .optional()
+}
+
+/// The log of which keys each transaction wrote, read by the other processes' maps when they
+/// refresh (see `changes.rs`). A key `NULL` means "any key of the table".
+pub(super) const CREATE_LOG: &str = "CREATE TABLE IF NOT EXISTS persistent_map_log \
+     (seq INTEGER PRIMARY KEY, table_name TEXT NOT NULL, key TEXT, origin INTEGER NOT NULL)";
+
+/// A write of more keys than this logs one "any key" row instead: a reader then reloads the
+/// table, which for a batch that large costs about what re-reading its keys would.
+pub(super) const MAX_LOGGED_KEYS: usize = 1024;
+
+/// The log keeps about this many of its newest rows; a map that fell further behind reloads.
+const LOG_ROWS_KEPT: i64 = 65_536;
+
+/// How often (in commits) the log's oldest rows are deleted, inside a commit that is made
+/// anyway.
+const PRUNE_EVERY_COMMITS: u64 = 1024;
+
+const INSERT_LOG: &str =
+    "INSERT INTO persistent_map_log (table_name, key, origin) VALUES (?1, ?2, ?3)";
+
+fn log_keys(
+    connection: &Connection,
+    table: &TableSql,
+    ops: &[RawOp],
+    origin: i64,
+) -> rusqlite::Result<()> {
+    let mut insert = connection.prepare_cached(INSERT_LOG)?;
+    let everything =
+        ops.len() > MAX_LOGGED_KEYS || ops.iter().any(|op| matches!(op, RawOp::DeleteAll));
+    if everything {
+        insert.execute((&table.name, None::<&str>, origin))?;
+        return Ok(());
+    }
+    for op in ops {
+        if let RawOp::Upsert { key, .. } | RawOp::Delete { key } = op {
+            insert.execute((&table.name, key, origin))?;
+        }
+    }
     Ok(())
+}
+
+fn prune_log(connection: &Connection) -> rusqlite::Result<()> {
+    connection
+        .prepare_cached(
+            "DELETE FROM persistent_map_log \
+             WHERE seq <= (SELECT max(seq) FROM persistent_map_log) - ?1",
+        )?
+        .execute([LOG_ROWS_KEPT])
+        .map(drop)
+}
+
+/// Keeps typed writers from writing keys in a layout that another process has since migrated
+/// the table away from (`migrate_keys`). Checking `persistent_map_tables` costs a query, so a
+/// table's layout is checked again only after another connection committed to the file
+/// (`PRAGMA data_version` moved); in this process `migrate_keys` refuses while a map on the
+/// table is open.
+#[derive(Default)]
+struct LayoutFence {
+    /// `data_version` when `confirmed` was last valid.
+    checked_at: Option<i64>,
+    /// (table, layout) pairs found recorded since.
+    confirmed: HashSet<(String, &'static str)>,
+}
+
+impl LayoutFence {
+    /// Called at the start of each transaction.
+    fn begin(&mut self, connection: &Connection) -> rusqlite::Result<()> {
+        let version: i64 = connection
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |row| row.get(0))?;
+        if self.checked_at != Some(version) {
+            self.checked_at = Some(version);
+            self.confirmed.clear();
+        }
+        Ok(())
+    }
+
+    /// The layout recorded for `table` if it is not `layout`; `None` if it is (or none is
+    /// recorded, or the writer has no layout to check).
+    fn changed(
+        &mut self,
+        connection: &Connection,
+        table: &str,
+        layout: &'static str,
+    ) -> rusqlite::Result<Option<String>> {
+        if layout.is_empty() || self.confirmed.contains(&(table.to_owned(), layout)) {
+            return Ok(None);
+        }
+        let recorded: Option<String> = connection
+            .prepare_cached("SELECT key_layout FROM persistent_map_tables WHERE table_name = ?1")?
+            .query_row([table], |row| row.get(0))
+            .optional()?;
+        match recorded {
+            Some(recorded) if recorded != layout => Ok(Some(recorded)),
+            _ => {
+                self.confirmed.insert((table.to_owned(), layout));
+                Ok(None)
+            }
+        }
+    }
 }
 
 fn run_statement(connection: &Connection, sql: &str) -> rusqlite::Result<()> {

@@ -1,0 +1,214 @@
+//! Batches: several writes, all or nothing, in memory and in storage.
+
+use std::collections::HashSet;
+use std::hash::Hash;
+use std::sync::Arc;
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use super::shared::Shared;
+use super::write::Outcome;
+use super::PersistentMap;
+use crate::completion::run_to_completion;
+use crate::key_locks::KeyGuard;
+use crate::{BatchOp, Change, PersistentError, Result, StorageBackend};
+
+impl<K, V, B> PersistentMap<K, V, B>
+where
+    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    B: StorageBackend<K, V> + Send + Sync + 'static,
+{
+    /// Stores every `(key, value)` pair as one all-or-nothing batch (for SQLite, one
+    /// transaction): on error nothing changed, in memory or in storage. A key given twice keeps
+    /// its last value.
+    ///
+    /// ```
+    /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let map: PersistentMap<u32, String, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// map.insert_many((0..100).map(|i| (i, format!("item {i}")))).await?;
+    /// assert_eq!(map.len(), 100);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn insert_many(&self, entries: impl IntoIterator<Item = (K, V)>) -> Result<()> {
+        let ops = entries
+            .into_iter()
+            .map(|(key, value)| BatchOp::Save(key, value))
+            .collect();
+        self.write_batch(ops).await.map(drop)
+    }
+
+    /// Removes every key of `keys` as one all-or-nothing batch, and returns how many of them the
+    /// map held.
+    ///
+    /// ```
+    /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let map: PersistentMap<u32, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// map.insert_many([(1, 1), (2, 2), (3, 3)]).await?;
+    /// assert_eq!(map.remove_many([1, 2, 9]).await?, 2);
+    /// assert_eq!(map.keys().collect::<Vec<_>>(), [3]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn remove_many(&self, keys: impl IntoIterator<Item = K>) -> Result<usize> {
+        self.write_batch(keys.into_iter().map(BatchOp::Delete).collect())
+            .await
+    }
+
+    /// Keeps only the entries for which `keep` returns `true`, removing the others as one
+    /// all-or-nothing batch, and returns how many were removed.
+    ///
+    /// Other writes wait while `keep` runs over the map.
+    ///
+    /// ```
+    /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let map: PersistentMap<u32, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// map.insert_many((0..10).map(|i| (i, i * i))).await?;
+    /// assert_eq!(map.retain(|_, square| *square < 20).await?, 5);
+    /// assert_eq!(map.len(), 5);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn retain(&self, mut keep: impl FnMut(&K, &V) -> bool) -> Result<usize> {
+        let all_keys = self.shared.key_locks.lock_all().await;
+        let doomed: Vec<BatchOp<K, V>> = self
+            .shared
+            .entries
+            .iter()
+            .filter(|entry| !keep(entry.key(), entry.value()))
+            .map(|entry| BatchOp::Delete(entry.key().clone()))
+            .collect();
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        self.commit_batch(all_keys, doomed).await
+    }
+
+    /// Removes every entry, from storage too (for SQLite, one `DELETE` in one transaction).
+    ///
+    /// Unlike persistent-map 0.1.3's `clear`, which emptied only memory (and so was undone by
+    /// the next load), this empties the backend first. Subscribers hear [`Change::Cleared`].
+    ///
+    /// A backend that cannot clear atomically (the default [`StorageBackend::clear`]) may
+    /// fail part-way: the error is the one that stopped it, and the map reloads so that memory
+    /// holds what is left. If that reload fails too, the next [`refresh`](Self::refresh)
+    /// reloads everything.
+    ///
+    /// ```
+    /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap, StorageBackend};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let backend = InMemoryBackend::new();
+    /// let map: PersistentMap<u32, u32, _> = PersistentMap::new(backend.clone()).await?;
+    /// map.insert_many([(1, 1), (2, 2)]).await?;
+    /// map.clear().await?;
+    /// assert!(map.is_empty());
+    /// let stored: std::collections::HashMap<u32, u32> = backend.load_all().await?;
+    /// assert!(stored.is_empty());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn clear(&self) -> Result<()> {
+        let all_keys = self.shared.key_locks.lock_all().await;
+        let shared = Arc::clone(&self.shared);
+        let backend = Arc::clone(&self.backend);
+        run_to_completion(async move {
+            let _all_keys = all_keys;
+            match backend.clear().await {
+                Ok(()) => {
+                    shared.entries.clear();
+                    shared.changes.publish(Some(Change::Cleared));
+                    Ok(())
+                }
+                Err(partial @ PersistentError::PartialBatch { .. }) => {
+                    // Part of the store was cleared: make memory match what is left, and
+                    // report what stopped the clear either way.
+                    if shared.reload(&*backend).await.is_err() {
+                        shared.set_position(None);
+                    }
+                    Err(partial)
+                }
+                Err(error) => Err(error),
+            }
+        })
+        .await
+    }
+
+    async fn write_batch(&self, ops: Vec<BatchOp<K, V>>) -> Result<usize> {
+        if ops.is_empty() {
+            return Ok(0);
+        }
+        let guard = self
+            .shared
+            .key_locks
+            .lock_many(ops.iter().map(BatchOp::key))
+            .await;
+        self.commit_batch(guard, ops).await
+    }
+
+    /// Stores `ops` as one batch, then applies them to memory; returns how many deletes removed
+    /// a key the map held.
+    async fn commit_batch(&self, guard: KeyGuard, ops: Vec<BatchOp<K, V>>) -> Result<usize> {
+        match self.commit(guard, Vec::new(), ops, false).await.1? {
+            Outcome::Applied { removed, .. } => Ok(removed),
+            Outcome::Conflict(_) => unreachable!("a batch without conditions has no conflict"),
+        }
+    }
+}
+
+/// A backend that cannot apply batches atomically applied the first `applied` writes of `ops`
+/// and then failed with `cause`. Restores those keys' previous values in storage so that the
+/// batch changed nothing, and returns `cause`. Where the restore fails too, memory takes the
+/// batch's values instead, so memory still equals storage, and the error says how much of the
+/// batch was applied.
+pub(super) async fn undo_partial_batch<K, V, B>(
+    shared: &Shared<K, V>,
+    backend: &B,
+    mut ops: Vec<BatchOp<K, V>>,
+    applied: usize,
+    cause: PersistentError,
+) -> PersistentError
+where
+    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    B: StorageBackend<K, V> + Send + Sync + ?Sized,
+{
+    ops.truncate(applied);
+    // Memory still holds every key's value from before the batch.
+    let mut seen = HashSet::new();
+    let restore: Vec<BatchOp<K, V>> = ops
+        .iter()
+        .map(BatchOp::key)
+        .filter(|key| seen.insert(*key))
+        .map(|key| match shared.entries.get(key) {
+            Some(value) => BatchOp::Save(key.clone(), value.clone()),
+            None => BatchOp::Delete(key.clone()),
+        })
+        .collect();
+    let restored = match backend.apply_batch(&restore).await {
+        Ok(()) => return cause,
+        Err(PersistentError::PartialBatch { applied, .. }) => applied,
+        Err(_) => 0,
+    };
+    // `min`: a backend that over-reports must not make the map panic.
+    let unrestored: HashSet<&K> = restore[restored.min(restore.len())..]
+        .iter()
+        .map(BatchOp::key)
+        .collect();
+    for op in ops {
+        if unrestored.contains(op.key()) {
+            shared.apply(op);
+        }
+    }
+    PersistentError::PartialBatch {
+        applied,
+        source: Box::new(cause),
+    }
+}

@@ -1,0 +1,296 @@
+//! The map: entries in memory, every write through to a backend first.
+//!
+//! The map is split by concern: [`shared`] holds what the handles on one table share,
+//! [`registry`] finds it for a map opened on the same table, and the methods live in [`read`],
+//! [`write`] (single writes and read-modify-writes), [`batch`] and [`refresh`].
+
+mod batch;
+mod read;
+mod refresh;
+mod registry;
+mod shared;
+mod write;
+
+pub use refresh::RefreshTask;
+pub(crate) use registry::is_open;
+
+use std::fmt;
+use std::hash::Hash;
+#[cfg(feature = "sqlite")]
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use self::shared::Shared;
+use crate::completion::run_to_completion;
+use crate::{PersistentError, Result, StorageBackend};
+
+/// A concurrent map whose entries live in memory and whose every write is stored by a
+/// [`StorageBackend`] before it is acknowledged.
+///
+/// - Reads ([`get`](Self::get), [`get_with`](Self::get_with), [`contains_key`](Self::contains_key),
+///   [`len`](Self::len)) come from memory and never wait for the backend.
+/// - A write ([`insert`](Self::insert), [`remove`](Self::remove)) first goes to the backend; the
+///   map changes in memory only once the backend says `Ok`, and the future resolves after that.
+///   When the backend refuses the write, the caller gets the error and the map is unchanged.
+/// - Writes to the same key are applied one after another, in memory and in storage in the same
+///   order; writes to different keys proceed concurrently (the SQLite backend commits them
+///   together).
+/// - A write runs to completion even if the future that started it is dropped, so memory and
+///   storage cannot drift apart through cancellation.
+/// - Beyond single writes: batches that are all-or-nothing ([`insert_many`](Self::insert_many),
+///   [`remove_many`](Self::remove_many), [`retain`](Self::retain), [`clear`](Self::clear)),
+///   atomic read-modify-write ([`update`](Self::update),
+///   [`get_or_insert_with`](Self::get_or_insert_with),
+///   [`compare_exchange`](Self::compare_exchange)), checked in storage so that other handles,
+///   processes and instances cannot come in between, iteration ([`iter`](Self::iter),
+///   [`snapshot`](Self::snapshot)), a stream of committed changes ([`subscribe`](Self::subscribe))
+///   and catching up with other processes ([`refresh`](Self::refresh),
+///   [`refresh_every`](Self::refresh_every)).
+///
+/// The map is a cheap handle: clones share the same entries and backend. Maps opened in one
+/// process on the same table (the same SQLite file and table, clones of one in-memory backend,
+/// with the same key and value types) share their entries too: each sees the others' writes at
+/// once, and their writes of one key take turns, as clones' do.
+///
+/// ```
+/// use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> persistent_map::Result<()> {
+/// let map: PersistentMap<String, String, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+/// assert_eq!(map.insert("k".into(), "v1".into()).await?, None);
+/// assert_eq!(map.insert("k".into(), "v2".into()).await?, Some("v1".into()));
+/// assert_eq!(map.get("k"), Some("v2".to_string()));
+/// assert_eq!(map.remove(&"k".to_string()).await?, Some("v2".into()));
+/// assert!(map.is_empty());
+/// # Ok(())
+/// # }
+/// ```
+pub struct PersistentMap<K, V, B>
+where
+    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    B: StorageBackend<K, V> + Send + Sync + 'static,
+{
+    shared: Arc<Shared<K, V>>,
+    backend: Arc<B>,
+}
+
+impl<K, V, B> PersistentMap<K, V, B>
+where
+    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    B: StorageBackend<K, V> + Send + Sync + 'static,
+{
+    /// Creates a map over `backend` and loads everything the backend holds.
+    ///
+    /// If a map of the same types is already open in this process on the same table (the
+    /// backend's [`storage_id`](StorageBackend::storage_id)), the new one shares its entries
+    /// and catches up with a [`refresh`](Self::refresh) instead of loading again. Writes still
+    /// go through the backend given here (with its own durability, say).
+    ///
+    /// Fails if the backend cannot load, for instance when a stored row no longer parses; the
+    /// error names the row and nothing stored is changed.
+    ///
+    /// ```
+    /// use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let map: PersistentMap<u32, String, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// assert!(map.is_empty());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn new(backend: B) -> Result<Self> {
+        let backend = Arc::new(backend);
+        let Some(storage_id) = backend.storage_id() else {
+            let shared = Arc::new(Shared::load(&*backend).await?);
+            return Ok(Self { shared, backend });
+        };
+        let slot = registry::slot::<(K, V, B), K, V>(storage_id);
+        let mut slot = slot.lock().await;
+        if let Some(shared) = slot.upgrade() {
+            drop(slot);
+            let map = Self { shared, backend };
+            map.refresh().await?;
+            return Ok(map);
+        }
+        let shared = Arc::new(Shared::load(&*backend).await?);
+        *slot = Arc::downgrade(&shared);
+        Ok(Self { shared, backend })
+    }
+
+    /// Makes the map equal to what the backend holds now, discarding in-memory entries that are
+    /// no longer stored.
+    ///
+    /// Writes from this map wait while it runs. Use it when something else (another process,
+    /// the backend used directly) has changed the storage; [`refresh`](Self::refresh) does the
+    /// same only when something changed. On error the map is unchanged. Subscribers hear
+    /// [`Change::Reloaded`].
+    ///
+    /// ```
+    /// use persistent_map::{in_memory::InMemoryBackend, PersistentMap, StorageBackend};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let backend = InMemoryBackend::new();
+    /// let map: PersistentMap<String, u8, _> = PersistentMap::new(backend.clone()).await?;
+    /// backend.save("written-elsewhere".to_string(), 7u8).await?;
+    /// assert_eq!(map.get("written-elsewhere"), None);
+    /// map.load().await?;
+    /// assert_eq!(map.get("written-elsewhere"), Some(7));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn load(&self) -> Result<(), PersistentError> {
+        let all_keys = self.shared.key_locks.lock_all().await;
+        let shared = Arc::clone(&self.shared);
+        let backend = Arc::clone(&self.backend);
+        run_to_completion(async move {
+            let _all_keys = all_keys;
+            shared.reload(&*backend).await
+        })
+        .await
+    }
+
+    /// Asks the backend to persist anything it buffers ([`StorageBackend::flush`]).
+    ///
+    /// Every acknowledged write is already stored, so this is only needed for backends that
+    /// buffer; the SQLite backend returns once the writes queued before the call are committed.
+    ///
+    /// ```
+    /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// # let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// map.flush().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn flush(&self) -> Result<(), PersistentError> {
+        self.backend.flush().await
+    }
+
+    /// The backend this map writes to.
+    ///
+    /// ```
+    /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// let _backend: &InMemoryBackend = map.backend();
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl<K, V> PersistentMap<K, V, crate::sqlite::SqliteBackend>
+where
+    K: crate::PersistentKey
+        + Eq
+        + Hash
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Opens (or creates) the SQLite database at `path` and loads the map stored in the key
+    /// type's table, [`K::TABLE_NAME`](crate::PersistentKey::TABLE_NAME).
+    ///
+    /// The one-line way in; for options (durability, another table) build a
+    /// [`SqliteBackend`](crate::sqlite::SqliteBackend) and call [`new`](Self::new).
+    ///
+    /// ```
+    /// use persistent_map::{sqlite::SqliteBackend, PersistentMap};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("app.db");
+    /// // String keys live in the table `kv`.
+    /// let map: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(&path).await?;
+    /// map.insert("a".to_string(), 1).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::new(crate::sqlite::SqliteBackend::for_key::<K>(path).await?).await
+    }
+}
+
+impl<K, V, B> Clone for PersistentMap<K, V, B>
+where
+    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    B: StorageBackend<K, V> + Send + Sync + 'static,
+{
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            backend: Arc::clone(&self.backend),
+        }
+    }
+}
+
+impl<K, V, B> fmt::Debug for PersistentMap<K, V, B>
+where
+    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    B: StorageBackend<K, V> + Send + Sync + 'static,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PersistentMap")
+            .field("len", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl<K, V> PersistentMap<K, V, crate::postgres::PostgresBackend>
+where
+    K: crate::PersistentKey
+        + Eq
+        + Hash
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Connects to the PostgreSQL database at `url` and loads the map stored in the key type's
+    /// table, [`K::TABLE_NAME`](crate::PersistentKey::TABLE_NAME) (created if missing).
+    ///
+    /// The one-line way in; for options (another table, timeouts) build a
+    /// [`PostgresBackend`](crate::postgres::PostgresBackend) and call [`new`](Self::new). To
+    /// follow what other instances write, keep a [`refresh_every`](Self::refresh_every) task.
+    ///
+    /// ```no_run
+    /// use persistent_map::{postgres::PostgresBackend, PersistentMap};
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// // String keys live in the table `kv`.
+    /// let map: PersistentMap<String, u32, PostgresBackend> =
+    ///     PersistentMap::open_postgres("postgres://postgres@127.0.0.1:5432/test").await?;
+    /// let _follow = map.refresh_every(Duration::from_secs(10));
+    /// map.insert("a".to_string(), 1).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn open_postgres(url: &str) -> Result<Self> {
+        Self::new(crate::postgres::PostgresBackend::for_key::<K>(url).await?).await
+    }
+}

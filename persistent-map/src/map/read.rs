@@ -1,0 +1,230 @@
+//! Reads: from memory only, never waiting for the backend.
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::hash::Hash;
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use super::PersistentMap;
+use crate::{StorageBackend, Subscription};
+
+impl<K, V, B> PersistentMap<K, V, B>
+where
+    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    B: StorageBackend<K, V> + Send + Sync + 'static,
+{
+    /// Returns a clone of the value under `key`, from memory.
+    ///
+    /// Never waits for the backend, and sees only acknowledged writes.
+    ///
+    /// ```
+    /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// # let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// map.insert("a".to_string(), 1).await?;
+    /// assert_eq!(map.get("a"), Some(1)); // a &str works for String keys
+    /// assert_eq!(map.get(&"b".to_string()), None);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.get_with(key, V::clone)
+    }
+
+    /// Calls `read` with a reference to the value under `key`, without cloning it, and returns
+    /// what `read` returns.
+    ///
+    /// `read` runs while a shard of the map is read-locked: keep it short, and do not write to
+    /// this map from inside it.
+    ///
+    /// ```
+    /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let map: PersistentMap<String, Vec<u8>, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// map.insert("blob".to_string(), vec![0; 1024]).await?;
+    /// assert_eq!(map.get_with("blob", |bytes| bytes.len()), Some(1024));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn get_with<Q, R>(&self, key: &Q, read: impl FnOnce(&V) -> R) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.shared
+            .entries
+            .get(key)
+            .map(|entry| read(entry.value()))
+    }
+
+    /// Whether the map holds `key`.
+    ///
+    /// ```
+    /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// # let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// map.insert("a".to_string(), 1).await?;
+    /// assert!(map.contains_key("a"));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.shared.entries.contains_key(key)
+    }
+
+    /// The number of entries.
+    ///
+    /// ```
+    /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// # let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// map.insert("a".to_string(), 1).await?;
+    /// assert_eq!(map.len(), 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn len(&self) -> usize {
+        self.shared.entries.len()
+    }
+
+    /// Whether the map has no entries.
+    ///
+    /// ```
+    /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// # let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// assert!(map.is_empty());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.shared.entries.is_empty()
+    }
+
+    /// Clones of every entry, in no particular order.
+    ///
+    /// The map is copied one shard at a time, so this never waits for the backend and never
+    /// blocks writers for long, and other tasks may write meanwhile. The guarantee is weaker
+    /// than a point-in-time snapshot: every write acknowledged before the call is reflected,
+    /// each key appears at most once, and a write that completes during the call may or may not
+    /// be. For a consistent copy, use [`snapshot`](Self::snapshot).
+    ///
+    /// ```
+    /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let map: PersistentMap<u32, char, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// map.insert_many([(1, 'a'), (2, 'b')]).await?;
+    /// let mut entries: Vec<(u32, char)> = map.iter().collect();
+    /// entries.sort();
+    /// assert_eq!(entries, [(1, 'a'), (2, 'b')]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn iter(&self) -> std::vec::IntoIter<(K, V)> {
+        self.copy_entries(|key, value| (key.clone(), value.clone()))
+    }
+
+    /// Clones of every key, with the guarantee of [`iter`](Self::iter).
+    ///
+    /// ```
+    /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let map: PersistentMap<u32, char, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// map.insert(7, 'x').await?;
+    /// assert_eq!(map.keys().collect::<Vec<_>>(), [7]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn keys(&self) -> std::vec::IntoIter<K> {
+        self.copy_entries(|key, _| key.clone())
+    }
+
+    /// Clones of every value, with the guarantee of [`iter`](Self::iter).
+    ///
+    /// ```
+    /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let map: PersistentMap<u32, char, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// map.insert(7, 'x').await?;
+    /// assert_eq!(map.values().collect::<Vec<_>>(), ['x']);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn values(&self) -> std::vec::IntoIter<V> {
+        self.copy_entries(|_, value| value.clone())
+    }
+
+    /// A consistent copy of the map: exactly its contents at one moment between the call and
+    /// its return.
+    ///
+    /// Writes of this map wait while the copy is made (writes already in flight finish first).
+    ///
+    /// ```
+    /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let map: PersistentMap<u32, char, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// map.insert_many([(1, 'a'), (2, 'b')]).await?;
+    /// let copy = map.snapshot().await;
+    /// assert_eq!(copy.len(), 2);
+    /// assert_eq!(copy[&2], 'b');
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn snapshot(&self) -> HashMap<K, V> {
+        let _all_keys = self.shared.key_locks.lock_all().await;
+        self.iter().collect()
+    }
+
+    /// Subscribes to the map's changes from now on: each committed insert, remove, clear and
+    /// reload, after it is applied, in commit order per key.
+    ///
+    /// Writers never wait for subscribers; one that falls too far behind gets
+    /// [`RecvError::Lagged`](crate::RecvError::Lagged) and should re-read the map. Changes made
+    /// by other processes reach subscribers when the map [refreshes](Self::refresh).
+    ///
+    /// ```
+    /// use persistent_map::{in_memory::InMemoryBackend, Change, PersistentMap};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// let mut changes = map.subscribe();
+    /// map.insert("a".into(), 1).await?;
+    /// assert_eq!(changes.recv().await.unwrap(), Change::Inserted { key: "a".into(), value: 1 });
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn subscribe(&self) -> Subscription<K, V> {
+        self.shared.changes.subscribe()
+    }
+
+    fn copy_entries<T>(&self, copy: impl Fn(&K, &V) -> T) -> std::vec::IntoIter<T> {
+        let mut copies = Vec::with_capacity(self.len());
+        copies.extend(
+            self.shared
+                .entries
+                .iter()
+                .map(|entry| copy(entry.key(), entry.value())),
+        );
+        copies.into_iter()
+    }
+}

@@ -1,0 +1,174 @@
+//! Catching up with what others wrote: another process on the same SQLite file, another
+//! instance on PostgreSQL, another backend on the same table.
+
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use super::PersistentMap;
+use crate::completion::run_to_completion;
+use crate::{ExternalChanges, PersistentError, Result, StorageBackend};
+
+impl<K, V, B> PersistentMap<K, V, B>
+where
+    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    B: StorageBackend<K, V> + Send + Sync + 'static,
+{
+    /// Catches up with changes that others (another process on the same SQLite file, another
+    /// instance on PostgreSQL) made to the storage, and returns whether it re-read anything
+    /// (a backend that cannot tell what changed re-reads everything, every time).
+    ///
+    /// Cheap when nothing changed, and it costs what changed: the map keeps its place in the
+    /// backend's history of changes ([`StorageBackend::changes_since`]) and re-reads only the
+    /// keys written since. The SQLite backend logs the keys each commit writes, so another
+    /// process's writes cost a re-read of those keys (a batch of more than 1024 keys, or a
+    /// clear, a reload of the table), and a write to another table costs nothing; a commit by a
+    /// program that is not persistent-map (`sqlite3`, a script) makes it reload the table.
+    /// Backends that cannot tell reload every time.
+    ///
+    /// Handles on the same table in this process share their entries, so they never need a
+    /// refresh to see each other's writes. The place is kept by the map and replaced only once
+    /// what was read has been applied, so a refresh that fails or is dropped part-way loses
+    /// nothing: the next one reads the same changes again.
+    ///
+    /// ```
+    /// use persistent_map::{sqlite::SqliteBackend, PersistentMap};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("app.db");
+    /// let map: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(&path).await?;
+    /// assert!(!map.refresh().await?);
+    ///
+    /// // Another process (here: another SQLite connection) writes the file.
+    /// rusqlite::Connection::open(&path)?.execute("INSERT INTO kv VALUES ('other', '5')", [])?;
+    /// assert!(map.refresh().await?);
+    /// assert_eq!(map.get("other"), Some(5));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn refresh(&self) -> Result<bool> {
+        let _one_at_a_time = self.shared.refreshing.lock().await;
+        let since = self.shared.position();
+        let (changes, next) = self.backend.changes_since(since).await?;
+        match changes {
+            ExternalChanges::None => {
+                self.shared.set_position(next);
+                Ok(false)
+            }
+            ExternalChanges::Unknown => self.load().await.map(|()| true),
+            ExternalChanges::Keys(keys) => {
+                let guard = self.shared.key_locks.lock_many(&keys).await;
+                let shared = Arc::clone(&self.shared);
+                let backend = Arc::clone(&self.backend);
+                run_to_completion(async move {
+                    let _guard = guard;
+                    let mut stored = backend.load_keys(&keys).await?;
+                    for key in keys {
+                        let value = stored.remove(&key);
+                        shared.apply_stored(key, value);
+                    }
+                    shared.set_position(next);
+                    Ok(true)
+                })
+                .await
+            }
+        }
+    }
+
+    /// Refreshes the map in the background: every `interval`, and at once whenever the backend
+    /// signals a change (PostgreSQL's `NOTIFY`). Dropping the returned task stops it.
+    ///
+    /// The task keeps the map alive while it runs. A refresh that fails is retried at the next
+    /// tick; the last failure is kept in the task.
+    ///
+    /// ```
+    /// use persistent_map::{sqlite::SqliteBackend, PersistentMap};
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// let map: PersistentMap<String, u32, SqliteBackend> =
+    ///     PersistentMap::open(dir.path().join("app.db")).await?;
+    /// let refresher = map.refresh_every(Duration::from_millis(100));
+    /// assert!(refresher.take_error().is_none());
+    /// drop(refresher); // stops refreshing
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn refresh_every(&self, interval: Duration) -> RefreshTask {
+        let map = self.clone();
+        let last_error = Arc::new(Mutex::new(None));
+        let errors = Arc::clone(&last_error);
+        // A zero period would make `interval` panic inside the task.
+        let interval = interval.max(Duration::from_millis(1));
+        let task = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    () = map.backend.external_change_signal() => {}
+                }
+                if let Err(error) = map.refresh().await {
+                    *errors.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
+                }
+            }
+        });
+        RefreshTask { task, last_error }
+    }
+}
+
+/// A background refresh started by [`PersistentMap::refresh_every`]; dropping it stops the
+/// refresh.
+#[derive(Debug)]
+#[must_use = "the refresh stops when this task is dropped"]
+pub struct RefreshTask {
+    task: tokio::task::JoinHandle<()>,
+    last_error: Arc<Mutex<Option<PersistentError>>>,
+}
+
+impl RefreshTask {
+    /// Takes the error of the last refresh that failed, if one failed since the last call.
+    ///
+    /// ```
+    /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// # let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// let task = map.refresh_every(std::time::Duration::from_secs(1));
+    /// assert!(task.take_error().is_none());
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// A task that has stopped (a refresh panicked, in a key's `FromStr` or a value's
+    /// `Deserialize`) reports that, every time it is asked.
+    pub fn take_error(&self) -> Option<PersistentError> {
+        let failed = self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        failed.or_else(|| {
+            self.task.is_finished().then(|| {
+                PersistentError::Backend(
+                    "the background refresh has stopped: a refresh panicked; \
+                     start a new one with refresh_every"
+                        .into(),
+                )
+            })
+        })
+    }
+}
+
+impl Drop for RefreshTask {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

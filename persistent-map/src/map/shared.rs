@@ -1,0 +1,198 @@
+//! What every handle on one table in this process shares: the entries, the keys' turns, the
+//! change feed, and where the entries stand in the backend's history of changes.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash};
+use std::sync::{Mutex, PoisonError};
+
+use dashmap::DashMap;
+use serde::Serialize;
+
+use crate::changes::ChangeFeed;
+use crate::key_locks::KeyLocks;
+use crate::{BatchOp, Change, ChangePosition, PersistentError, Result, StorageBackend};
+
+pub(super) struct Shared<K, V> {
+    pub(super) entries: DashMap<K, V>,
+    pub(super) key_locks: KeyLocks,
+    pub(super) changes: ChangeFeed<K, V>,
+    /// Where `entries` stand in the backend's history of changes: replaced only once what a
+    /// refresh read has been applied, so a refresh that fails or is dropped part-way loses
+    /// nothing.
+    position: Mutex<Option<ChangePosition>>,
+    /// One refresh at a time, so that positions are replaced in order.
+    pub(super) refreshing: tokio::sync::Mutex<()>,
+}
+
+impl<K, V> Shared<K, V>
+where
+    K: Eq + Hash + Clone + Serialize + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    /// Loads everything `backend` holds.
+    pub(super) async fn load<B: StorageBackend<K, V> + Send + Sync + ?Sized>(
+        backend: &B,
+    ) -> Result<Self>
+    where
+        K: serde::de::DeserializeOwned,
+        V: Serialize + serde::de::DeserializeOwned,
+    {
+        let position = backend.change_position().await?;
+        let entries = DashMap::with_capacity(room_for(backend.len_hint().await));
+        let mut duplicates = Duplicates::default();
+        backend
+            .load_each(&mut |key, value| match entries.entry(key) {
+                dashmap::Entry::Vacant(vacant) => drop(vacant.insert(value)),
+                dashmap::Entry::Occupied(occupied) => duplicates.saw(occupied.key()),
+            })
+            .await?;
+        duplicates.check()?;
+        Ok(Self {
+            entries,
+            key_locks: KeyLocks::new(),
+            changes: ChangeFeed::new(),
+            position: Mutex::new(position),
+            refreshing: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub(super) fn position(&self) -> Option<ChangePosition> {
+        *self.position.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn set_position(&self, position: Option<ChangePosition>) {
+        *self.position.lock().unwrap_or_else(PoisonError::into_inner) = position;
+    }
+
+    /// Applies a stored write to memory and tells subscribers; returns the value it replaced.
+    pub(super) fn apply(&self, op: BatchOp<K, V>) -> Option<V> {
+        match op {
+            BatchOp::Save(key, value) => {
+                let change = self.changes.is_watched().then(|| Change::Inserted {
+                    key: key.clone(),
+                    value: value.clone(),
+                });
+                let old = self.entries.insert(key, value);
+                self.changes.publish(change);
+                old
+            }
+            BatchOp::Delete(key) => {
+                let (key, old) = self.entries.remove(&key)?;
+                self.changes.publish(Some(Change::Removed { key }));
+                Some(old)
+            }
+        }
+    }
+
+    /// Makes memory hold what storage holds under `key` (`None`: nothing).
+    pub(super) fn apply_stored(&self, key: K, stored: Option<V>) {
+        match stored {
+            Some(value) => self.apply(BatchOp::Save(key, value)),
+            None => self.apply(BatchOp::Delete(key)),
+        };
+    }
+
+    /// Applies stored writes to memory; returns the value the first one replaced, and how many
+    /// deletes removed a key.
+    pub(super) fn apply_all(
+        &self,
+        ops: impl ExactSizeIterator<Item = BatchOp<K, V>>,
+    ) -> (Option<V>, usize) {
+        reserve(&self.entries, ops.len());
+        let mut first = None;
+        let mut removed = 0;
+        for (index, op) in ops.enumerate() {
+            let is_delete = matches!(op, BatchOp::Delete(_));
+            let replaced = self.apply(op);
+            if replaced.is_some() && is_delete {
+                removed += 1;
+            }
+            if index == 0 {
+                first = replaced;
+            }
+        }
+        (first, removed)
+    }
+
+    /// Replaces memory with what the backend holds. The caller holds every key's turn.
+    pub(super) async fn reload<B: StorageBackend<K, V> + Send + Sync + ?Sized>(
+        &self,
+        backend: &B,
+    ) -> Result<()>
+    where
+        K: serde::de::DeserializeOwned,
+        V: Serialize + serde::de::DeserializeOwned,
+    {
+        // Read first: whatever is committed during the scan is reported again, never missed.
+        let position = backend.change_position().await?;
+        let mut stored = HashMap::with_capacity(room_for(backend.len_hint().await));
+        let mut duplicates = Duplicates::default();
+        backend
+            .load_each(&mut |key, value| match stored.entry(key) {
+                std::collections::hash_map::Entry::Vacant(vacant) => drop(vacant.insert(value)),
+                std::collections::hash_map::Entry::Occupied(occupied) => {
+                    duplicates.saw(occupied.key());
+                }
+            })
+            .await?;
+        duplicates.check()?;
+        self.entries.retain(|key, _| stored.contains_key(key));
+        for (key, value) in stored {
+            self.entries.insert(key, value);
+        }
+        self.set_position(position);
+        self.changes.publish(Some(Change::Reloaded));
+        Ok(())
+    }
+}
+
+/// Makes room in `entries` for `additional` more before a large batch, so that the shards grow
+/// once instead of doubling (and rehashing every key) again and again on the way. A small
+/// batch is not worth the locking of every shard.
+fn reserve<K: Hash + Eq, V>(entries: &DashMap<K, V>, additional: usize) {
+    if additional < 4096 {
+        return;
+    }
+    let shards = entries.shards();
+    let per_shard = room_for(Some(additional / shards.len()));
+    let hasher = entries.hasher();
+    for shard in shards {
+        shard
+            .write()
+            .reserve(per_shard, |(key, _)| hasher.hash_one(key));
+    }
+}
+
+/// Keys that a load found twice: two stored entries that parse to the same key. The SQLite and
+/// PostgreSQL backends refuse a stored key text that is not the key's own text before it gets
+/// here; a custom backend may not. Loading either entry would let one silently hide the other,
+/// and writes would then go to only one of them.
+#[derive(Default)]
+struct Duplicates {
+    first: Option<String>,
+}
+
+impl Duplicates {
+    fn saw<K: Serialize>(&mut self, key: &K) {
+        if self.first.is_none() {
+            self.first = Some(
+                serde_json::to_string(key)
+                    .unwrap_or_else(|_| "(a key that does not serialize)".into()),
+            );
+        }
+    }
+
+    fn check(self) -> Result<()> {
+        match self.first {
+            None => Ok(()),
+            Some(key) => Err(PersistentError::AmbiguousStoredKey { key }),
+        }
+    }
+}
+
+/// The capacity to give a table about to receive `hint` entries. The map's shards split it
+/// evenly, but keys do not split perfectly evenly, so a little slack keeps a shard that gets a
+/// few more than its share from doubling.
+fn room_for(hint: Option<usize>) -> usize {
+    hint.map_or(0, |entries| entries + entries / 64)
+}
