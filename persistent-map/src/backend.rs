@@ -144,6 +144,55 @@ pub enum Checked<V> {
     },
 }
 
+/// How the map asks for a write; see [`StorageBackend::apply_checked`].
+///
+/// ```
+/// use persistent_map::WriteOptions;
+///
+/// let options = WriteOptions::new().want_previous(true).origin(7);
+/// assert!(options.wants_previous());
+/// assert_eq!(options.origin_id(), 7);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteOptions {
+    want_previous: bool,
+    origin: u64,
+}
+
+impl WriteOptions {
+    /// No previous values, origin 0 (nobody in particular).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Ask for what each write's key held just before it.
+    #[must_use]
+    pub fn want_previous(mut self, want: bool) -> Self {
+        self.want_previous = want;
+        self
+    }
+
+    /// Who writes: the id of the map (shared by its handles in this process) that makes the
+    /// write. A backend that logs changes records it, so that
+    /// [`changes_since`](StorageBackend::changes_since) does not report a map's own writes back
+    /// to it.
+    #[must_use]
+    pub fn origin(mut self, origin: u64) -> Self {
+        self.origin = origin;
+        self
+    }
+
+    /// Whether previous values are asked for.
+    pub fn wants_previous(&self) -> bool {
+        self.want_previous
+    }
+
+    /// The id of the writing map (0: none given).
+    pub fn origin_id(&self) -> u64 {
+        self.origin
+    }
+}
+
 /// A point in a backend's history of changes, from which
 /// [`StorageBackend::changes_since`] tells what changed. Opaque to the map: only the backend
 /// that made it gives it meaning.
@@ -369,8 +418,9 @@ where
     }
 
     /// Applies `ops` in order, all or nothing, only if every condition holds when they are
-    /// applied; the check and the writes are one atomic step. With `want_previous`, also says
-    /// what each write's key held just before it.
+    /// applied; the check and the writes are one atomic step. With
+    /// [`want_previous`](WriteOptions::want_previous), also says what each write's key held just
+    /// before it.
     ///
     /// Every write of the map goes through here: [`insert`](crate::PersistentMap::insert) and
     /// [`remove`](crate::PersistentMap::remove) ask for the previous value, and
@@ -389,9 +439,9 @@ where
         &self,
         conditions: &[Condition<K>],
         ops: &[BatchOp<K, V>],
-        want_previous: bool,
+        options: WriteOptions,
     ) -> Result<Checked<V>, PersistentError> {
-        let _ = want_previous;
+        let _ = options;
         if !conditions.is_empty() {
             let keys: Vec<K> = conditions.iter().map(|c| c.key.clone()).collect();
             let stored = self.load_keys(&keys).await?;
@@ -445,8 +495,10 @@ where
         Ok(None)
     }
 
-    /// What others (another process, another instance, another backend on the same table)
-    /// changed in storage after `since`, and the position to ask from next time.
+    /// What others (another process, another instance, another map on the same table) changed
+    /// in storage after `since`, and the position to ask from next time. Writes made with
+    /// `origin` (the asking map's id, as given in [`WriteOptions::origin`]) are its own and
+    /// need not be reported.
     ///
     /// The map keeps the position and replaces it only once it has applied the changes, so a
     /// refresh that fails or is cancelled part-way is simply asked again: this method must not
@@ -458,8 +510,9 @@ where
     async fn changes_since(
         &self,
         since: Option<ChangePosition>,
+        origin: u64,
     ) -> Result<(ExternalChanges<K>, Option<ChangePosition>), PersistentError> {
-        let _ = since;
+        let _ = (since, origin);
         Ok((self.external_changes().await?, None))
     }
 }

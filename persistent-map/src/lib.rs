@@ -44,6 +44,7 @@ pub mod __private;
 
 pub use backend::{
     BatchOp, ChangePosition, Checked, Condition, ExternalChanges, StorageBackend, Stored,
+    WriteOptions,
 };
 pub use backends::in_memory;
 #[cfg(feature = "postgres")]

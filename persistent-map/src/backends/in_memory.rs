@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::backends::encode::{encode_value, same_json};
-use crate::{BatchOp, Checked, Condition, PersistentError, Result, StorageBackend, Stored};
+use crate::{
+    BatchOp, Checked, Condition, PersistentError, Result, StorageBackend, Stored, WriteOptions,
+};
 
 /// A backend that stores entries in process memory, so nothing survives the process.
 ///
@@ -117,7 +119,7 @@ where
         &self,
         conditions: &[Condition<K>],
         ops: &[BatchOp<K, V>],
-        want_previous: bool,
+        options: WriteOptions,
     ) -> Result<Checked<V>, PersistentError> {
         self.with_store(|store: &mut HashMap<K, V>| {
             let mut current = Vec::with_capacity(conditions.len());
@@ -136,7 +138,7 @@ where
             if !holds {
                 return Ok(Checked::Conflict { current });
             }
-            let previous = if want_previous {
+            let previous = if options.wants_previous() {
                 let mut previous = Vec::with_capacity(ops.len());
                 for op in ops {
                     previous.push(store.get(op.key()).map(encode_value).transpose()?);

@@ -54,7 +54,7 @@ where
     pub async fn refresh(&self) -> Result<bool> {
         let _one_at_a_time = self.shared.refreshing.lock().await;
         let since = self.shared.position();
-        let (changes, next) = self.backend.changes_since(since).await?;
+        let (changes, next) = self.backend.changes_since(since, self.shared.id).await?;
         match changes {
             ExternalChanges::None => {
                 self.shared.set_position(next);

@@ -13,6 +13,8 @@ use crate::key_locks::KeyLocks;
 use crate::{BatchOp, Change, ChangePosition, PersistentError, Result, StorageBackend};
 
 pub(super) struct Shared<K, V> {
+    /// This map's id among the writers of its storage ([`crate::WriteOptions::origin`]).
+    pub(super) id: u64,
     pub(super) entries: DashMap<K, V>,
     pub(super) key_locks: KeyLocks,
     pub(super) changes: ChangeFeed<K, V>,
@@ -48,6 +50,7 @@ where
             .await?;
         duplicates.check()?;
         Ok(Self {
+            id: new_id(),
             entries,
             key_locks: KeyLocks::new(),
             changes: ChangeFeed::new(),
@@ -144,6 +147,18 @@ where
         self.changes.publish(Some(Change::Reloaded));
         Ok(())
     }
+}
+
+/// A map id: different for every map opened, in this process and (with overwhelming
+/// likelihood) in any other, and never 0.
+fn new_id() -> u64 {
+    use std::hash::RandomState;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static OPENED: AtomicU64 = AtomicU64::new(0);
+    let opened = OPENED.fetch_add(1, Ordering::Relaxed);
+    RandomState::new()
+        .hash_one((std::process::id(), opened))
+        .max(1)
 }
 
 /// Makes room in `entries` for `additional` more before a large batch, so that the shards grow

@@ -12,7 +12,9 @@ use super::PersistentMap;
 use crate::backends::encode::encode_value;
 use crate::completion::run_to_completion;
 use crate::key_locks::KeyGuard;
-use crate::{BatchOp, Checked, Condition, PersistentError, Result, StorageBackend, Stored};
+use crate::{
+    BatchOp, Checked, Condition, PersistentError, Result, StorageBackend, Stored, WriteOptions,
+};
 
 /// What a write did, once memory took it.
 pub(super) enum Outcome<V> {
@@ -304,12 +306,13 @@ where
         ops: Vec<BatchOp<K, V>>,
         want_previous: bool,
     ) -> (KeyGuard, Result<Outcome<V>>) {
+        let options = WriteOptions::new()
+            .want_previous(want_previous)
+            .origin(self.shared.id);
         let shared = Arc::clone(&self.shared);
         let backend = Arc::clone(&self.backend);
         run_to_completion(async move {
-            let checked = backend
-                .apply_checked(&conditions, &ops, want_previous)
-                .await;
+            let checked = backend.apply_checked(&conditions, &ops, options).await;
             let outcome = match checked {
                 Ok(Checked::Applied { previous }) => {
                     let (in_memory, removed) = shared.apply_all(ops.into_iter());

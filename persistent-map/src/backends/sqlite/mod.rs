@@ -53,7 +53,7 @@ use self::writer::{Outcome, RawOp, TableSql, Write, Writer};
 use crate::backends::decode::{decode_key, decode_value};
 use crate::{
     BatchOp, ChangePosition, Checked, Condition, ExternalChanges, PersistentError, PersistentKey,
-    Result, StorageBackend, Stored,
+    Result, StorageBackend, Stored, WriteOptions,
 };
 
 /// How much a commit must survive before a write is acknowledged.
@@ -131,8 +131,6 @@ pub struct SqliteBackend {
     durability: Durability,
     /// The layout of the key type this backend was opened for (empty: none checked).
     key_layout: &'static str,
-    /// This backend's name in the change log: its own writes are not news to it.
-    origin: i64,
 }
 
 impl SqliteBackend {
@@ -298,7 +296,7 @@ impl SqliteBackend {
         &self,
         conditions: Vec<(String, Option<String>)>,
         ops: Vec<RawOp>,
-        want_previous: bool,
+        options: WriteOptions,
     ) -> Result<Outcome> {
         let outcome = self
             .writer
@@ -306,8 +304,8 @@ impl SqliteBackend {
                 table: Arc::clone(&self.table),
                 conditions,
                 ops,
-                want_previous,
-                origin: self.origin,
+                want_previous: options.wants_previous(),
+                origin: log_origin(options.origin_id()),
                 layout: self.key_layout,
                 durability: self.durability,
             })
@@ -324,19 +322,15 @@ impl SqliteBackend {
 
     /// Commits `ops`, which have no conditions.
     async fn write_ops(&self, ops: Vec<RawOp>) -> Result<()> {
-        self.write(Vec::new(), ops, false).await.map(drop)
+        self.write(Vec::new(), ops, WriteOptions::new())
+            .await
+            .map(drop)
     }
 }
 
-/// A number for a backend in the change log, different for every backend opened (in this
-/// process and, with overwhelming likelihood, in any other).
-fn new_origin() -> i64 {
-    use std::hash::{BuildHasher, RandomState};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static OPENED: AtomicU64 = AtomicU64::new(0);
-    let opened = OPENED.fetch_add(1, Ordering::Relaxed);
-    let hash = RandomState::new().hash_one((std::process::id(), opened));
-    i64::from_ne_bytes(hash.to_ne_bytes())
+/// A map's id as the change log's `origin` column (an SQLite integer) holds it.
+fn log_origin(origin: u64) -> i64 {
+    i64::from_ne_bytes(origin.to_ne_bytes())
 }
 
 impl fmt::Debug for SqliteBackend {
@@ -499,7 +493,6 @@ impl SqliteBuilder {
             table: Arc::new(TableSql::new(&table)),
             durability,
             key_layout,
-            origin: new_origin(),
         })
     }
 }
@@ -584,11 +577,11 @@ where
         &self,
         conditions: &[Condition<K>],
         ops: &[BatchOp<K, V>],
-        want_previous: bool,
+        options: WriteOptions,
     ) -> Result<Checked<V>, PersistentError> {
         if conditions.is_empty() && ops.is_empty() {
             return Ok(Checked::Applied {
-                previous: want_previous.then(Vec::new),
+                previous: options.wants_previous().then(Vec::new),
             });
         }
         let keys: Vec<String> = conditions.iter().map(|c| c.key.to_string()).collect();
@@ -598,7 +591,7 @@ where
             .map(|(key, condition)| (key.clone(), condition.expected.clone()))
             .collect();
         let ops = crate::backends::encode::encode_all(ops, encode)?;
-        match self.write(raw_conditions, ops, want_previous).await? {
+        match self.write(raw_conditions, ops, options).await? {
             Outcome::Applied { previous } => Ok(Checked::Applied { previous }),
             Outcome::Conflict { current } => {
                 let table = &self.table.name;
@@ -628,17 +621,18 @@ where
         Ok(Some(changes::place(&self.writer).await?.to_position()))
     }
 
-    /// The keys that other backends (in other processes, or on this table in this process)
-    /// logged since `since`; [`ExternalChanges::Unknown`] after a clear or a batch of more than
+    /// The keys that other maps (in other processes, or of other types on this table in this
+    /// process) logged since `since`; [`ExternalChanges::Unknown`] after a clear or a batch of more than
     /// 1024 keys, after a commit by a program that does not log (the `sqlite3` shell), or when
     /// `since` is older than the rows the log keeps.
     async fn changes_since(
         &self,
         since: Option<ChangePosition>,
+        origin: u64,
     ) -> Result<(ExternalChanges<K>, Option<ChangePosition>), PersistentError> {
         let since = since.map(Place::from_position);
-        let (logged, now) =
-            changes::since(&self.writer, &self.table.name, self.origin, since).await?;
+        let origin = log_origin(origin);
+        let (logged, now) = changes::since(&self.writer, &self.table.name, origin, since).await?;
         let changes = match logged {
             Logged::Unknown => ExternalChanges::Unknown,
             Logged::Keys(texts) if texts.is_empty() => ExternalChanges::None,
