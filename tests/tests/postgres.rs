@@ -483,8 +483,14 @@ async fn bad_input_gives_clear_errors_and_loses_nothing() {
     let err = PostgresBackend::connect("postgres://u:secret@localhost:notaport/test")
         .await
         .unwrap_err();
-    assert!(matches!(err, PersistentError::Connect { .. }), "{err}");
+    assert!(matches!(err, PersistentError::Config { .. }), "{err}");
+    assert!(err.to_string().contains("localhost:notaport"), "{err}");
     assert!(!err.to_string().contains("secret"), "{err}");
+    let err = PostgresBackend::connect(&with_parameter(&url, "sslmode", "sometimes"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PersistentError::Config { .. }), "{err}");
+    assert!(err.to_string().contains("\"sometimes\""), "{err}");
 
     let admin = admin().await;
 
