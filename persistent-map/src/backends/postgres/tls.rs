@@ -354,16 +354,15 @@ impl ServerCertVerifier for Verifier {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) if self.checks == Checks::Chain => Ok(ServerCertVerified::assertion()),
+            // `Other`, not `InvalidCertificate(Other)`: only the former shows our message as is.
             Err(rustls::Error::InvalidCertificate(error)) => {
-                Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-                    OtherError(Arc::new(FailedCheck {
-                        check: self.check_that_failed(&error),
-                        mode: self.mode,
-                        host: server_name.to_str().into_owned(),
-                        roots: self.roots.clone(),
-                        error,
-                    })),
-                )))
+                Err(rustls::Error::Other(OtherError(Arc::new(FailedCheck {
+                    check: self.check_that_failed(&error),
+                    mode: self.mode,
+                    host: server_name.to_str().into_owned(),
+                    roots: self.roots.clone(),
+                    error,
+                }))))
             }
             Err(other) => Err(other),
         }
