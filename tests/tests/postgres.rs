@@ -1134,3 +1134,130 @@ async fn a_row_locked_elsewhere_fails_its_write_in_time_and_other_keys_commit() 
     assert_eq!(stored.len(), 9);
     assert_eq!(stored["locked"], 3);
 }
+
+/// An event as a test subscriber saw it.
+#[derive(Debug, Clone)]
+struct SeenEvent {
+    level: tracing::Level,
+    fields: HashMap<String, String>,
+}
+
+/// A `tracing` subscriber that keeps every event, for the tests to look at.
+#[derive(Clone, Default)]
+struct EventLog(Arc<std::sync::Mutex<Vec<SeenEvent>>>);
+
+impl EventLog {
+    /// The events whose field `table` is `table`.
+    fn of_table(&self, table: &str) -> Vec<SeenEvent> {
+        let events = self.0.lock().unwrap();
+        events
+            .iter()
+            .filter(|event| event.fields.get("table").map(String::as_str) == Some(table))
+            .cloned()
+            .collect()
+    }
+
+    fn has(&self, table: &str, level: tracing::Level, message: &str) -> Option<SeenEvent> {
+        self.of_table(table)
+            .into_iter()
+            .find(|event| event.level == level && event.fields["message"].contains(message))
+    }
+}
+
+struct FieldsOf<'a>(&'a mut HashMap<String, String>);
+
+impl tracing::field::Visit for FieldsOf<'_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+}
+
+impl tracing::Subscriber for EventLog {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut fields = HashMap::new();
+        event.record(&mut FieldsOf(&mut fields));
+        let level = *event.metadata().level();
+        self.0.lock().unwrap().push(SeenEvent { level, fields });
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+// One thread, so that every task of the backend runs where the test's subscriber is the
+// default.
+#[tokio::test(flavor = "current_thread")]
+async fn commits_and_reconnects_are_traced_and_a_quick_reconnect_is_no_error() {
+    let log = EventLog::default();
+    let _subscriber = tracing::subscriber::set_default(log.clone());
+    let table = TestTable::new("traced");
+    let name = format!("pm_traced_{}", std::process::id());
+    let backend = PostgresBackend::with_table(
+        &with_parameter(&url(), "application_name", &name),
+        table.name(),
+    )
+    .await
+    .unwrap();
+    let map: Map = PersistentMap::new(backend).await.unwrap();
+    assert!(log
+        .has(table.name(), tracing::Level::INFO, "connected")
+        .is_some());
+    let refresher = map.refresh_every(Duration::from_secs(60));
+
+    map.insert("a".into(), 1).await.unwrap();
+    let commit = log
+        .has(table.name(), tracing::Level::DEBUG, "commit")
+        .expect("a commit event");
+    assert_eq!(commit.fields["requests"], "1");
+    assert_eq!(commit.fields["rows"], "1");
+    assert!(commit.fields.contains_key("elapsed"), "{commit:?}");
+
+    let loads = |log: &EventLog| {
+        let events = log.of_table(table.name());
+        events
+            .iter()
+            .filter(|event| event.fields["message"] == "load")
+            .count()
+    };
+    let loads_before = loads(&log);
+    assert_eq!(terminate(&admin().await, &name).await, 1);
+    let reconnected = wait_for(Duration::from_secs(5), || {
+        map.backend().stats().reconnects >= 1
+    })
+    .await;
+    assert!(reconnected.is_some(), "no reconnection");
+    let lost = log
+        .has(table.name(), tracing::Level::WARN, "lost the connection")
+        .expect("a warning about the lost connection");
+    assert!(lost.fields.contains_key("reason"), "{lost:?}");
+    assert!(log
+        .has(table.name(), tracing::Level::INFO, "reconnected")
+        .is_some());
+    assert!(map.backend().health().is_connected());
+
+    // The background refresh reloads after the reconnection, and reports no error.
+    let reloaded = wait_for(Duration::from_secs(5), || loads(&log) > loads_before).await;
+    assert!(reloaded.is_some(), "no reload after the reconnection");
+    assert!(
+        refresher.take_error().is_none(),
+        "a reconnect within the reconnect timeout is no error"
+    );
+    map.insert("b".into(), 2).await.unwrap();
+}
