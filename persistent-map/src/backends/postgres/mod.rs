@@ -17,7 +17,8 @@
 //! let url = "postgres://app@db.internal:5432/app";
 //! let sessions: PersistentMap<SessionKey, String, PostgresBackend> =
 //!     PersistentMap::open_postgres(url).await?;
-//! // Apply what the other instances commit as soon as it is announced (and every 10 s anyway).
+//! // Apply what the other instances announce as soon as it arrives; the 10 s tick only retries
+//! // a refresh that failed (see "Coherence" for what is picked up when).
 //! let _follow = sessions.refresh_every(Duration::from_secs(10));
 //!
 //! let key = SessionKey { tenant: "acme".into(), user: 42 };
@@ -66,34 +67,102 @@
 //! | `reload` | anything may have changed: a clear, a transaction of more than 1024 keys, or a key whose payload would reach PostgreSQL's 8000-byte limit |
 //!
 //! Any other payload is read as `reload`, so after editing a table by hand,
-//! `NOTIFY "sessions", 'reload'` brings every instance up to date. An instance skips its own
-//! announcements (PostgreSQL gives each the process id of the session that sent it, and an
-//! instance sends from the session it listens on), so its own writes never cost it a re-read.
+//! `NOTIFY sessions, 'reload'` brings every instance up to date. The channel is the table's
+//! name with its case: `NOTIFY` folds an unquoted name to lower case, so a table with capitals
+//! needs the name in double quotes, `NOTIFY "MyTable", 'reload'` (or
+//! `SELECT pg_notify('MyTable', 'reload')`, which takes the name as written). An instance
+//! skips its own announcements (PostgreSQL gives each the process id of the session that sent
+//! it, and an instance sends from the session it listens on), so its own writes never cost it
+//! a re-read.
 //!
 //! The map applies what was announced when it [refreshes](crate::PersistentMap::refresh): it
 //! re-reads just the announced keys, or everything after `reload`.
 //! [`refresh_every`](crate::PersistentMap::refresh_every) refreshes as soon as an announcement
-//! arrives; keep one running for each map that should follow the others. Rows written by
-//! other programs that do not send `NOTIFY` are seen only on a reload.
+//! arrives; keep one running for each map that should follow the others. Exactly this is
+//! picked up, and when:
+//!
+//! - writes of other instances of this crate: at the first refresh after their announcement
+//!   arrives, which `refresh_every` makes at once;
+//! - everything (a full reload): after a `reload` announcement, after this instance
+//!   reconnected (it could not hear what was announced meanwhile), and after a refresh whose
+//!   read failed;
+//! - rows that other programs change without `NOTIFY` (a hand `UPDATE`): only at the next full
+//!   reload, for one of the reasons above, or [`load`](crate::PersistentMap::load). The
+//!   interval of `refresh_every` does not reload: a tick that finds nothing announced reads
+//!   nothing.
 //!
 //! # Faults
+//!
+//! Every wait is bounded:
 //!
 //! - An unreachable server is a [`PersistentError::Connect`] naming the host, after the
 //!   connect timeout at most ([`PostgresBuilder::connect_timeout`], the URL's
 //!   `connect_timeout`, else 5 seconds).
+//! - A server that keeps the connection open but stops answering fails the work in hand with
+//!   [`PersistentError::Connect`] after the operation timeout
+//!   ([`PostgresBuilder::operation_timeout`], 10 seconds by default); the connection is then
+//!   dropped and re-established in the background. The same timeout sets the session's
+//!   `lock_timeout` (a quarter of it) and `statement_timeout` (90%), unless the URL's `options`
+//!   set them, and the TCP user timeout: a write of a row that another program keeps locked
+//!   fails with [`PersistentError::Postgres`] ("lock timeout"), and the writes of other keys
+//!   that shared its transaction are committed without it, so they wait at most about half the
+//!   operation timeout behind it.
 //! - When the connection breaks (the server restarts, `pg_terminate_backend`, the network), the
 //!   backend reconnects at once, then with growing pauses of up to a second. Work in hand is
-//!   retried on the new connection; writes are idempotent, so a commit whose answer was lost is
-//!   safely sent again. Work fails with [`PersistentError::Connect`] only if no connection
-//!   could be had within the reconnect timeout ([`PostgresBuilder::reconnect_timeout`], 10
-//!   seconds by default); a write that failed that way while its commit was in flight may still
-//!   have committed, which the reload below then shows.
+//!   retried on the new connection until the reconnect timeout
+//!   ([`PostgresBuilder::reconnect_timeout`], 10 seconds by default), then fails with
+//!   [`PersistentError::Connect`]. [`PostgresBackend::health`] tells connected, reconnecting
+//!   and down (gone for longer than the reconnect timeout) apart.
 //! - Announcements made while an instance was disconnected are lost to it, so its first refresh
-//!   after reconnecting reloads everything; refreshes while it is disconnected return the
-//!   error.
+//!   after reconnecting reloads everything. A refresh while it reconnects finds nothing to do
+//!   (a quick reconnect is not an error, for [`RefreshTask::take_error`](crate::RefreshTask::take_error)
+//!   either); once it is down, refreshes return [`PersistentError::Connect`].
 //!
-//! Connections are not encrypted (tokio-postgres with `NoTls`): a URL that requires TLS
-//! (`sslmode=require`) fails to connect.
+//! A write whose commit was sent but not answered has an unknown outcome:
+//!
+//! - If the answer is lost with the connection, the write is sent again on the new one. That
+//!   is exact for this instance (the same rows get the same values), but not for the fleet: if
+//!   the first commit did happen and another instance then wrote one of the same keys and had
+//!   its write acknowledged, the second commit puts this instance's older value back over that
+//!   newer one. Every instance then hears of it and converges on the re-sent value; the other
+//!   instance's acknowledged write is lost. Instances that never write the same key are not
+//!   affected.
+//! - If no answer comes within the operation timeout, or the reconnect timeout passes, the
+//!   write fails with [`PersistentError::Connect`], whose message says that the outcome is
+//!   unknown (a write that failed before its commit was sent says that it was not
+//!   committed). The map keeps the key's old value in memory, as for every failed write; the
+//!   table may hold the new one until the map's next refresh after reconnecting, which
+//!   reloads everything and so shows the outcome.
+//!
+//! # TLS
+//!
+//! Connections use TLS (rustls; no OpenSSL needed) as the URL's `sslmode` says, with libpq's
+//! meanings: `disable` (plain), `prefer` (the default: TLS if the server offers it),
+//! `require` (TLS, any certificate), `verify-ca` (the certificate chain must lead to a trusted
+//! root) and `verify-full` (and the certificate must name the host connected to). The trusted
+//! roots are those of the PEM file `sslrootcert`, else the system's; as with libpq, a
+//! `sslrootcert` makes `prefer` and `require` check the chain too. A certificate that fails a
+//! check is a [`PersistentError::Connect`] that names the host and the check; an unknown
+//! `sslmode` or an unreadable `sslrootcert` is a [`PersistentError::Config`].
+//!
+//! ```no_run
+//! # #[tokio::main]
+//! # async fn main() -> persistent_map::Result<()> {
+//! let url = "postgres://app@db.internal/app?sslmode=verify-full&sslrootcert=/etc/app/db-ca.pem";
+//! let backend = persistent_map::postgres::PostgresBackend::connect(url).await?;
+//! # let _ = backend;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Logging
+//!
+//! The backend reports through [`tracing`](https://docs.rs/tracing) (with no subscriber
+//! installed, that costs next to nothing), every event with the field `table`: at `debug` each
+//! commit (`requests`, `rows`, `cleared`, `elapsed`) and each load (`rows`, `elapsed`; `keys`
+//! for a load of some keys); at `info` connects and reconnects; at `warn` slow commits (over a
+//! second), retries, lost connections, operation timeouts and forced reloads. The example
+//! `tracing` shows them with a subscriber.
 
 mod connect;
 mod decode;

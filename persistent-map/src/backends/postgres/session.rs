@@ -19,10 +19,14 @@
 //! never in a cycle. A transaction that still deadlocks (with some other writer) is retried.
 //!
 //! When the connection breaks, the work in hand is retried on a new connection until the
-//! reconnect timeout: writes are idempotent (the same rows set to the same values), so a commit
-//! whose answer was lost can be sent again. Meanwhile the task keeps reconnecting on its own, so
-//! an idle instance hears the fleet again soon; once reconnected it asks its map for a reload,
-//! since it could not hear what was committed in between.
+//! reconnect timeout. A commit whose answer was lost is sent again: that sets the same rows to
+//! the same values, but if the first one did commit, the second can put them back over a newer
+//! write another instance committed in between (see the module docs of `postgres`, "Faults").
+//! An attempt that gets no answer within the operation timeout is not retried: its connection is
+//! dropped and the work fails, saying whether the commit's outcome is unknown. Meanwhile the task
+//! keeps reconnecting on its own, so an idle instance hears the fleet again soon; once
+//! reconnected it asks its map for a reload, since it could not hear what was committed in
+//! between.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
