@@ -181,6 +181,15 @@ pub enum PersistentError {
         reason: String,
     },
 
+    /// A PostgreSQL connection string that cannot be used: it does not parse, names an unknown
+    /// `sslmode`, or its `sslrootcert` cannot be read. Nothing was connected to.
+    #[cfg(feature = "postgres")]
+    #[error("invalid PostgreSQL connection string: {reason}")]
+    Config {
+        /// What is wrong with it; never the password.
+        reason: String,
+    },
+
     /// An error reported by PostgreSQL for the work on a table.
     #[cfg(feature = "postgres")]
     #[error("PostgreSQL error at {host} on table {table:?}: {}", crate::backends::postgres::describe_error(.source))]

@@ -18,8 +18,13 @@ use std::sync::OnceLock;
 use persistent_map_tests::{integrity_check, stored_rows};
 use serde_json::{json, Value};
 
-/// Every example declared in `examples/Cargo.toml`, each of which has a test below.
+/// Every example declared in `examples/Cargo.toml` that runs on its own, each of which has a
+/// test below.
 const TESTED_EXAMPLES: [&str; 4] = ["custom_backend", "quickstart", "sessions", "todo"];
+
+/// The examples that need a PostgreSQL server: they require the feature `postgres`, so they are
+/// built and tested only with it, against the server of `PM_TEST_POSTGRES_URL`.
+const POSTGRES_EXAMPLES: [&str; 1] = ["logging"];
 
 fn workspace_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -40,6 +45,7 @@ fn build_examples() -> BTreeMap<String, PathBuf> {
         // `--workspace`, not `--package persistent-map-examples`: building one package alone
         // unifies features differently and would rebuild its dependencies.
         .args(["build", "--quiet", "--workspace", "--examples"])
+        .args(cfg!(feature = "postgres").then_some("--features=postgres"))
         .arg("--message-format=json-render-diagnostics")
         .args(same_target_and_profile())
         .stdin(Stdio::null())
@@ -144,8 +150,13 @@ fn assert_has_line(output: &str, line: &str) {
 #[test]
 fn every_example_is_built_and_tested() {
     let built: Vec<&str> = example_binaries().keys().map(String::as_str).collect();
+    let mut expected = TESTED_EXAMPLES.to_vec();
+    if cfg!(feature = "postgres") {
+        expected.extend(POSTGRES_EXAMPLES);
+        expected.sort_unstable();
+    }
     assert_eq!(
-        built, TESTED_EXAMPLES,
+        built, expected,
         "each example in examples/Cargo.toml needs a test in this file"
     );
 }
@@ -397,6 +408,28 @@ fn custom_backend_keeps_a_json_file_and_replaces_it_whole() {
     assert_eq!(run.code, Some(1), "{run:#?}");
     assert!(run.stderr.contains("broken.json is not a list"), "{run:#?}");
     assert_eq!(std::fs::read_to_string(&broken).unwrap(), "[{\"key\": 1}");
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn logging_shows_the_backends_events_on_stderr() {
+    let (_dir, dir) = temp_dir();
+    let url = std::env::var("PM_TEST_POSTGRES_URL")
+        .expect("the PostgreSQL examples need a server: set PM_TEST_POSTGRES_URL");
+    let run = run("logging", &dir, &[&url], &[]);
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert_has_line(&run.stdout, "stored 3 entries");
+    for event in [
+        "connected to PostgreSQL",
+        "DEBUG",
+        " commit table=logging_example requests=",
+    ] {
+        assert!(
+            run.stderr.contains(event),
+            "{event:?} missing from:\n{}",
+            run.stderr
+        );
+    }
 }
 
 fn read_workspace_file(path: &str) -> String {

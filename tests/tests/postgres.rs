@@ -483,8 +483,14 @@ async fn bad_input_gives_clear_errors_and_loses_nothing() {
     let err = PostgresBackend::connect("postgres://u:secret@localhost:notaport/test")
         .await
         .unwrap_err();
-    assert!(matches!(err, PersistentError::Connect { .. }), "{err}");
+    assert!(matches!(err, PersistentError::Config { .. }), "{err}");
+    assert!(err.to_string().contains("localhost:notaport"), "{err}");
     assert!(!err.to_string().contains("secret"), "{err}");
+    let err = PostgresBackend::connect(&with_parameter(&url, "sslmode", "sometimes"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PersistentError::Config { .. }), "{err}");
+    assert!(err.to_string().contains("\"sometimes\""), "{err}");
 
     let admin = admin().await;
 
@@ -838,4 +844,420 @@ async fn refresh_until_equal(map: &Map, truth: &HashMap<String, u64>) {
         map.refresh().await.unwrap();
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+}
+
+/// `PM_TEST_POSTGRES_URL`'s user and database at `host` (and `port`, else the URL's), with
+/// `parameters` added, as `key=value` pairs.
+fn url_at_host(host: &str, port: Option<u16>, parameters: &[(&str, &str)]) -> String {
+    let config: tokio_postgres::Config = url().parse().unwrap();
+    let port = port.unwrap_or_else(|| config.get_ports().first().copied().unwrap_or(5432));
+    let mut url = format!(
+        "host={host} port={port} user={} dbname={}",
+        config.get_user().unwrap_or("postgres"),
+        config.get_dbname().unwrap_or("postgres"),
+    );
+    if let Some(password) = config.get_password() {
+        url.push_str(&format!(" password={}", String::from_utf8_lossy(password)));
+    }
+    for (name, value) in parameters {
+        url.push_str(&format!(" {name}='{value}'"));
+    }
+    url
+}
+
+/// Whether the session of the connection named `application_name` is encrypted.
+async fn session_is_encrypted(admin: &tokio_postgres::Client, application_name: &str) -> bool {
+    admin
+        .query_one(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = $1",
+            &[&application_name],
+        )
+        .await
+        .expect("exactly one session of that name")
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslmode_is_honoured_and_a_failed_certificate_check_names_the_host() {
+    let table = TestTable::new("tls");
+    let admin = admin().await;
+    let certificate: String = admin
+        .query_one("SHOW ssl_cert_file", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let host = server_address().ip().to_string();
+    let name = |mode: &str| format!("pm_tls_{}_{mode}", std::process::id());
+
+    // `require` encrypts (without checking the certificate); `disable` does not.
+    for (mode, encrypted) in [("require", true), ("disable", false), ("prefer", true)] {
+        let application_name = name(mode);
+        let url = url_at_host(
+            &host,
+            None,
+            &[("sslmode", mode), ("application_name", &application_name)],
+        );
+        let map: Map = PersistentMap::new(
+            PostgresBackend::with_table(&url, table.name())
+                .await
+                .unwrap_or_else(|err| panic!("sslmode={mode}: {err}")),
+        )
+        .await
+        .unwrap();
+        map.insert(mode.to_owned(), 1).await.unwrap();
+        assert_eq!(
+            session_is_encrypted(&admin, &application_name).await,
+            encrypted,
+            "sslmode={mode}"
+        );
+    }
+
+    // The server's self-signed certificate names `localhost`: trusting it, `verify-ca` accepts
+    // the chain whatever the host, `verify-full` only under a name the certificate gives.
+    let trusted = [("sslrootcert", certificate.as_str())];
+    for (mode, at) in [("verify-ca", host.as_str()), ("verify-full", "localhost")] {
+        let application_name = name(mode);
+        let url = url_at_host(
+            at,
+            None,
+            &[
+                ("sslmode", mode),
+                ("application_name", &application_name),
+                trusted[0],
+            ],
+        );
+        let backend = PostgresBackend::with_table(&url, table.name())
+            .await
+            .unwrap_or_else(|err| panic!("sslmode={mode} at {at}: {err}"));
+        assert!(backend.health().is_connected());
+        assert!(session_is_encrypted(&admin, &application_name).await);
+    }
+
+    let url = url_at_host(&host, None, &[("sslmode", "verify-full"), trusted[0]]);
+    let err = PostgresBackend::with_table(&url, table.name())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PersistentError::Connect { .. }), "{err}");
+    let message = err.to_string();
+    for part in ["host name check", "verify-full", &host, &certificate] {
+        assert!(message.contains(part), "{part:?} missing from: {message}");
+    }
+
+    // Trusting only the public certificate authorities (Debian's bundle), the self-signed
+    // certificate fails the chain check.
+    let public_roots = "/etc/ssl/certs/ca-certificates.crt";
+    let url = url_at_host(
+        "localhost",
+        None,
+        &[("sslmode", "verify-ca"), ("sslrootcert", public_roots)],
+    );
+    let err = PostgresBackend::with_table(&url, table.name())
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("certificate chain check") && message.contains("localhost"),
+        "{message}"
+    );
+}
+
+/// A TCP proxy to the server that can be frozen: it then keeps every connection open (and
+/// accepts new ones) but passes nothing on, as a server that stopped answering would.
+struct FreezingProxy {
+    address: SocketAddr,
+    forwarding: tokio::sync::watch::Sender<bool>,
+}
+
+impl FreezingProxy {
+    async fn start(server: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (forwarding, _) = tokio::sync::watch::channel(true);
+        let gate = forwarding.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(server).await else {
+                    return;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(pump(client_read, server_write, gate.subscribe()));
+                tokio::spawn(pump(server_read, client_write, gate.subscribe()));
+            }
+        });
+        Self {
+            address,
+            forwarding,
+        }
+    }
+
+    fn freeze(&self) {
+        self.forwarding.send_replace(false);
+    }
+
+    fn thaw(&self) {
+        self.forwarding.send_replace(true);
+    }
+}
+
+/// Copies `from` to `to`, holding each chunk while the gate is shut.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut gate: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0; 16 * 1024];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        if gate.wait_for(|open| *open).await.is_err()
+            || to.write_all(&buffer[..read]).await.is_err()
+        {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stops_answering_fails_a_write_within_the_operation_timeout() {
+    const BOUND: Duration = Duration::from_millis(500);
+    let table = TestTable::new("frozen");
+    let proxy = FreezingProxy::start(server_address()).await;
+    let url = url_at_host(
+        &proxy.address.ip().to_string(),
+        Some(proxy.address.port()),
+        &[],
+    );
+    let backend = PostgresBackend::builder(&url)
+        .table(table.name())
+        .operation_timeout(BOUND)
+        .connect_timeout(BOUND)
+        .reconnect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .unwrap();
+    let map: Map = PersistentMap::new(backend).await.unwrap();
+    map.insert("before".into(), 1).await.unwrap();
+
+    proxy.freeze();
+    let start = Instant::now();
+    let err = map.insert("frozen".into(), 2).await.unwrap_err();
+    let waited = start.elapsed();
+    eprintln!("a write to a frozen server failed after {waited:?} (bound {BOUND:?})");
+    assert!((BOUND..BOUND * 3).contains(&waited), "{waited:?}");
+    assert!(matches!(err, PersistentError::Connect { .. }), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("operation timeout of 500ms") && message.contains("not committed"),
+        "{message}"
+    );
+    assert_eq!(map.get("frozen"), None, "memory is unchanged");
+    assert!(!map.backend().health().is_connected());
+
+    proxy.thaw();
+    let start = Instant::now();
+    loop {
+        match map.insert("after".into(), 3).await {
+            Ok(_) => break,
+            Err(err) if start.elapsed() < Duration::from_secs(5) => eprintln!("{err}"),
+            Err(err) => panic!("writes did not work again: {err}"),
+        }
+    }
+    assert!(map.backend().health().is_connected());
+    let stored: HashMap<String, u64> = read_table(&admin().await, table.name()).await;
+    assert_eq!(
+        stored,
+        HashMap::from([("before".into(), 1), ("after".into(), 3)])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_locked_elsewhere_fails_its_write_in_time_and_other_keys_commit() {
+    const BOUND: Duration = Duration::from_secs(1);
+    let table = TestTable::new("row_lock");
+    let backend = PostgresBackend::builder(&url())
+        .table(table.name())
+        .operation_timeout(BOUND)
+        .connect()
+        .await
+        .unwrap();
+    let map: Map = PersistentMap::new(backend).await.unwrap();
+    map.insert("locked".into(), 1).await.unwrap();
+
+    let mut locker = admin().await;
+    let lock = locker.transaction().await.unwrap();
+    lock.execute(
+        &format!(
+            "SELECT 1 FROM \"{}\" WHERE key = 'locked' FOR UPDATE",
+            table.name()
+        ),
+        &[],
+    )
+    .await
+    .unwrap();
+
+    let start = Instant::now();
+    let blocked = tokio::spawn({
+        let map = map.clone();
+        async move { map.insert("locked".into(), 2).await }
+    });
+    let mut others = Vec::new();
+    for i in 0..8u64 {
+        let map = map.clone();
+        others.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(i * 20)).await;
+            map.insert(format!("free-{i}"), i).await
+        }));
+    }
+    for other in others {
+        other.await.unwrap().expect("a key nobody locked commits");
+    }
+    let others_done = start.elapsed();
+    let err = blocked.await.unwrap().unwrap_err();
+    let blocked_done = start.elapsed();
+    eprintln!(
+        "other keys done after {others_done:?}, the locked key failed after {blocked_done:?}"
+    );
+    assert!(others_done < BOUND, "{others_done:?}");
+    assert!(blocked_done < BOUND, "{blocked_done:?}");
+    assert!(matches!(err, PersistentError::Postgres { .. }), "{err}");
+    assert!(err.to_string().contains("lock timeout"), "{err}");
+    assert_eq!(map.get("locked"), Some(1), "memory is unchanged");
+
+    lock.rollback().await.unwrap();
+    map.insert("locked".into(), 3).await.unwrap();
+    let stored: HashMap<String, u64> = read_table(&locker, table.name()).await;
+    assert_eq!(stored.len(), 9);
+    assert_eq!(stored["locked"], 3);
+}
+
+/// An event as a test subscriber saw it.
+#[derive(Debug, Clone)]
+struct SeenEvent {
+    level: tracing::Level,
+    fields: HashMap<String, String>,
+}
+
+/// A `tracing` subscriber that keeps every event, for the tests to look at.
+#[derive(Clone, Default)]
+struct EventLog(Arc<std::sync::Mutex<Vec<SeenEvent>>>);
+
+impl EventLog {
+    /// The events whose field `table` is `table`.
+    fn of_table(&self, table: &str) -> Vec<SeenEvent> {
+        let events = self.0.lock().unwrap();
+        events
+            .iter()
+            .filter(|event| event.fields.get("table").map(String::as_str) == Some(table))
+            .cloned()
+            .collect()
+    }
+
+    fn has(&self, table: &str, level: tracing::Level, message: &str) -> Option<SeenEvent> {
+        self.of_table(table)
+            .into_iter()
+            .find(|event| event.level == level && event.fields["message"].contains(message))
+    }
+}
+
+struct FieldsOf<'a>(&'a mut HashMap<String, String>);
+
+impl tracing::field::Visit for FieldsOf<'_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+}
+
+impl tracing::Subscriber for EventLog {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut fields = HashMap::new();
+        event.record(&mut FieldsOf(&mut fields));
+        let level = *event.metadata().level();
+        self.0.lock().unwrap().push(SeenEvent { level, fields });
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+// One thread, so that every task of the backend runs where the test's subscriber is the
+// default.
+#[tokio::test(flavor = "current_thread")]
+async fn commits_and_reconnects_are_traced_and_a_quick_reconnect_is_no_error() {
+    let log = EventLog::default();
+    let _subscriber = tracing::subscriber::set_default(log.clone());
+    let table = TestTable::new("traced");
+    let name = format!("pm_traced_{}", std::process::id());
+    let backend = PostgresBackend::with_table(
+        &with_parameter(&url(), "application_name", &name),
+        table.name(),
+    )
+    .await
+    .unwrap();
+    let map: Map = PersistentMap::new(backend).await.unwrap();
+    assert!(log
+        .has(table.name(), tracing::Level::INFO, "connected")
+        .is_some());
+    let refresher = map.refresh_every(Duration::from_secs(60));
+
+    map.insert("a".into(), 1).await.unwrap();
+    let commit = log
+        .has(table.name(), tracing::Level::DEBUG, "commit")
+        .expect("a commit event");
+    assert_eq!(commit.fields["requests"], "1");
+    assert_eq!(commit.fields["rows"], "1");
+    assert!(commit.fields.contains_key("elapsed"), "{commit:?}");
+
+    let loads = |log: &EventLog| {
+        let events = log.of_table(table.name());
+        events
+            .iter()
+            .filter(|event| event.fields["message"] == "load")
+            .count()
+    };
+    let loads_before = loads(&log);
+    assert_eq!(terminate(&admin().await, &name).await, 1);
+    let reconnected = wait_for(Duration::from_secs(5), || {
+        map.backend().stats().reconnects >= 1
+    })
+    .await;
+    assert!(reconnected.is_some(), "no reconnection");
+    let lost = log
+        .has(table.name(), tracing::Level::WARN, "lost the connection")
+        .expect("a warning about the lost connection");
+    assert!(lost.fields.contains_key("reason"), "{lost:?}");
+    assert!(log
+        .has(table.name(), tracing::Level::INFO, "reconnected")
+        .is_some());
+    assert!(map.backend().health().is_connected());
+
+    // The background refresh reloads after the reconnection, and reports no error.
+    let reloaded = wait_for(Duration::from_secs(5), || loads(&log) > loads_before).await;
+    assert!(reloaded.is_some(), "no reload after the reconnection");
+    assert!(
+        refresher.take_error().is_none(),
+        "a reconnect within the reconnect timeout is no error"
+    );
+    map.insert("b".into(), 2).await.unwrap();
 }

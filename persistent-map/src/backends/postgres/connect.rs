@@ -8,11 +8,16 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio_postgres::config::Host;
-use tokio_postgres::tls::NoTlsStream;
-use tokio_postgres::{AsyncMessage, Client, Config, Connection, NoTls, Socket, Statement};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{AsyncMessage, Client, Config, Connection, Socket, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::notify::Changes;
+use super::tls;
 use crate::{PersistentError, Result};
+
+/// What a connection runs over: TLS, or the plain socket when TLS is not used.
+type TlsStream = <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream;
 
 /// PostgreSQL truncates longer identifiers, which would make two table names one.
 const MAX_IDENTIFIER_BYTES: usize = 63;
@@ -72,17 +77,47 @@ pub(super) fn validate_table(table: &str) -> Result<()> {
 /// A connection attempt's time limit when neither the builder nor the URL sets one.
 pub(super) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Parses `url` (a `postgres://` URL or `key=value` pairs, as libpq takes) and applies the
-/// timeouts: `connect_timeout` if given, else the URL's, else [`DEFAULT_CONNECT_TIMEOUT`].
-/// Returns the config, the hosts it names (for error messages) and the connect timeout.
+/// Where and how to connect: everything about a connection but the table.
+pub(super) struct Endpoint {
+    pub(super) config: Config,
+    pub(super) tls: MakeRustlsConnect,
+    /// The server's `host:port` (several, comma-separated, if the URL lists several).
+    pub(super) host: String,
+    pub(super) connect_timeout: Duration,
+    /// `SET`s run on every new connection: the server-side limits.
+    session_settings: String,
+}
+
+impl std::fmt::Debug for Endpoint {
+    /// Leaves the config out: it holds the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("host", &self.host)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("session_settings", &self.session_settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses `url` (a `postgres://` URL or `key=value` pairs, as libpq takes), its TLS settings
+/// included, and applies the timeouts: `connect_timeout` if given, else the URL's, else
+/// [`DEFAULT_CONNECT_TIMEOUT`]; the server-side and TCP limits from `operation_timeout` (see
+/// [`server_limits`]) unless the URL sets them.
 pub(super) fn parse_config(
     url: &str,
     connect_timeout: Option<Duration>,
-) -> Result<(Config, String, Duration)> {
-    let mut config: Config = url.parse().map_err(|error| PersistentError::Connect {
-        host: hosts_in_unparsed(url),
-        reason: describe_error(&error),
+    operation_timeout: Duration,
+) -> Result<Endpoint> {
+    let unparsable =
+        |reason: String| tls::config_error(format!("{reason} (host {})", hosts_in_unparsed(url)));
+    let (rest, tls_options) = tls::split_tls_options(url).map_err(|error| match error {
+        PersistentError::Config { reason } => unparsable(reason),
+        other => other,
     })?;
+    let mut config: Config = rest
+        .parse()
+        .map_err(|error| unparsable(describe_error(&error)))?;
+    config.ssl_mode(tls_options.mode.for_tokio_postgres());
     let connect_timeout = connect_timeout
         .or_else(|| config.get_connect_timeout().copied())
         .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
@@ -95,8 +130,42 @@ pub(super) fn parse_config(
             .keepalives_interval(Duration::from_secs(10))
             .keepalives_retries(3);
     }
-    let hosts = describe_hosts(&config);
-    Ok((config, hosts, connect_timeout))
+    if config.get_tcp_user_timeout().is_none() {
+        // Data the server does not acknowledge for this long breaks the connection in the
+        // kernel, so a dead server is noticed even between operations.
+        config.tcp_user_timeout(operation_timeout);
+    }
+    let session_settings =
+        server_limits(config.get_options().unwrap_or_default(), operation_timeout);
+    let host = describe_hosts(&config);
+    let tls = tls::connector(&tls_options).map_err(|error| match error {
+        PersistentError::Config { reason } => tls::config_error(format!("{reason} (host {host})")),
+        other => other,
+    })?;
+    Ok(Endpoint {
+        config,
+        tls,
+        host,
+        connect_timeout,
+        session_settings,
+    })
+}
+
+/// The `SET`s that make the server end a statement before the client gives up on it: a lock
+/// waited for longer than a quarter of `operation_timeout` fails with `lock_timeout`, so a
+/// group of writes stuck behind another program's row lock fails in time for its requests to
+/// be retried one by one and the others to commit; a statement running for 90% of it fails with
+/// `statement_timeout`. A setting the connection string's `options` already give is left alone.
+fn server_limits(options: &str, operation_timeout: Duration) -> String {
+    let limits = [
+        ("lock_timeout", operation_timeout / 4),
+        ("statement_timeout", operation_timeout * 9 / 10),
+    ];
+    limits
+        .iter()
+        .filter(|(name, _)| !options.contains(name))
+        .map(|(name, limit)| format!("SET {name} = {}; ", limit.as_millis().max(1)))
+        .collect()
 }
 
 fn describe_hosts(config: &Config) -> String {
@@ -128,7 +197,7 @@ fn describe_hosts(config: &Config) -> String {
 /// The host part of a connection string that did not parse, without the password.
 fn hosts_in_unparsed(url: &str) -> String {
     let Some((_, rest)) = url.split_once("://") else {
-        return "(connection string did not parse)".to_owned();
+        return "not given as a URL".to_owned();
     };
     let authority = rest.split(['/', '?']).next().unwrap_or_default();
     let host = authority
@@ -249,15 +318,15 @@ impl std::fmt::Display for OpenFailure {
 /// statements. Notifications from other backends go to `changes`; the connection's end is
 /// reported there too.
 pub(super) async fn open(
-    config: &Config,
+    endpoint: &Endpoint,
     sql: &TableSql,
     changes: &Arc<Changes>,
     generation: u64,
     timeout: Duration,
     set_up_table: bool,
 ) -> std::result::Result<Live, OpenFailure> {
-    let (mut client, connection) = match tokio::time::timeout(timeout, config.connect(NoTls)).await
-    {
+    let connecting = endpoint.config.connect(endpoint.tls.clone());
+    let (mut client, connection) = match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(connected)) => connected,
         Ok(Err(error)) => return Err(OpenFailure::Unreachable(describe_error(&error))),
         Err(_elapsed) => {
@@ -279,6 +348,9 @@ pub(super) async fn open(
             .await?
             .try_get(0)?;
         own_pid.store(pid, Ordering::SeqCst);
+        if !endpoint.session_settings.is_empty() {
+            client.batch_execute(&endpoint.session_settings).await?;
+        }
         if set_up_table {
             self::set_up_table(&mut client, sql).await?;
         }
@@ -301,7 +373,7 @@ pub(super) async fn open(
 /// Reads the connection's messages until it ends: notifications from other backends go to
 /// `changes`, notices are dropped. The returned receiver resolves when the connection is gone.
 fn spawn_reader(
-    mut connection: Connection<Socket, NoTlsStream>,
+    mut connection: Connection<Socket, TlsStream>,
     changes: Arc<Changes>,
     generation: u64,
     own_pid: Arc<AtomicI32>,
@@ -486,9 +558,26 @@ mod tests {
         assert!(validate_table("bad name").is_err());
     }
 
+    const OPERATION: Duration = Duration::from_secs(8);
+
+    #[test]
+    fn server_limits_follow_the_operation_timeout_unless_the_url_sets_them() {
+        assert_eq!(
+            server_limits("", OPERATION),
+            "SET lock_timeout = 2000; SET statement_timeout = 7200; "
+        );
+        assert_eq!(
+            server_limits("-c lock_timeout=5s", OPERATION),
+            "SET statement_timeout = 7200; "
+        );
+        let endpoint = parse_config("postgres://u@h/db", None, OPERATION).unwrap();
+        assert_eq!(endpoint.config.get_tcp_user_timeout(), Some(&OPERATION));
+    }
+
     #[test]
     fn the_connect_timeout_comes_from_the_builder_else_the_url_else_the_default() {
-        let timeout = |url: &str, given| parse_config(url, given).unwrap().2;
+        let timeout =
+            |url: &str, given| parse_config(url, given, OPERATION).unwrap().connect_timeout;
         let url = "postgres://u@h/db";
         assert_eq!(timeout(url, None), DEFAULT_CONNECT_TIMEOUT);
         assert_eq!(
@@ -504,15 +593,20 @@ mod tests {
 
     #[test]
     fn hosts_are_named_with_their_ports_and_without_passwords() {
-        let host_of = |url: &str| parse_config(url, None).unwrap().1;
+        let host_of = |url: &str| parse_config(url, None, OPERATION).unwrap().host;
         assert_eq!(
             host_of("postgres://u:secret@db.example:6543/app"),
             "db.example:6543"
         );
         assert_eq!(host_of("postgres://u@10.0.0.1/app"), "10.0.0.1:5432");
         assert_eq!(host_of("host=a,b port=1,2 user=u"), "a:1,b:2");
-        let err = parse_config("postgres://u:secret@db.example:notaport/app", None).unwrap_err();
-        assert!(matches!(err, PersistentError::Connect { .. }), "{err}");
+        let err = parse_config(
+            "postgres://u:secret@db.example:notaport/app",
+            None,
+            OPERATION,
+        )
+        .unwrap_err();
+        assert!(matches!(err, PersistentError::Config { .. }), "{err}");
         assert!(err.to_string().contains("db.example"), "{err}");
         assert!(!err.to_string().contains("secret"), "{err}");
     }

@@ -17,7 +17,8 @@
 //! let url = "postgres://app@db.internal:5432/app";
 //! let sessions: PersistentMap<SessionKey, String, PostgresBackend> =
 //!     PersistentMap::open_postgres(url).await?;
-//! // Apply what the other instances commit as soon as it is announced (and every 10 s anyway).
+//! // Apply what the other instances announce as soon as it arrives; the 10 s tick only retries
+//! // a refresh that failed (see "Coherence" for what is picked up when).
 //! let _follow = sessions.refresh_every(Duration::from_secs(10));
 //!
 //! let key = SessionKey { tenant: "acme".into(), user: 42 };
@@ -66,39 +67,108 @@
 //! | `reload` | anything may have changed: a clear, a transaction of more than 1024 keys, or a key whose payload would reach PostgreSQL's 8000-byte limit |
 //!
 //! Any other payload is read as `reload`, so after editing a table by hand,
-//! `NOTIFY "sessions", 'reload'` brings every instance up to date. An instance skips its own
-//! announcements (PostgreSQL gives each the process id of the session that sent it, and an
-//! instance sends from the session it listens on), so its own writes never cost it a re-read.
+//! `NOTIFY sessions, 'reload'` brings every instance up to date. The channel is the table's
+//! name with its case: `NOTIFY` folds an unquoted name to lower case, so a table with capitals
+//! needs the name in double quotes, `NOTIFY "MyTable", 'reload'` (or
+//! `SELECT pg_notify('MyTable', 'reload')`, which takes the name as written). An instance
+//! skips its own announcements (PostgreSQL gives each the process id of the session that sent
+//! it, and an instance sends from the session it listens on), so its own writes never cost it
+//! a re-read.
 //!
 //! The map applies what was announced when it [refreshes](crate::PersistentMap::refresh): it
 //! re-reads just the announced keys, or everything after `reload`.
 //! [`refresh_every`](crate::PersistentMap::refresh_every) refreshes as soon as an announcement
-//! arrives; keep one running for each map that should follow the others. Rows written by
-//! other programs that do not send `NOTIFY` are seen only on a reload.
+//! arrives; keep one running for each map that should follow the others. Exactly this is
+//! picked up, and when:
+//!
+//! - writes of other instances of this crate: at the first refresh after their announcement
+//!   arrives, which `refresh_every` makes at once;
+//! - everything (a full reload): after a `reload` announcement, after this instance
+//!   reconnected (it could not hear what was announced meanwhile), and after a refresh whose
+//!   read failed;
+//! - rows that other programs change without `NOTIFY` (a hand `UPDATE`): only at the next full
+//!   reload, for one of the reasons above, or [`load`](crate::PersistentMap::load). The
+//!   interval of `refresh_every` does not reload: a tick that finds nothing announced reads
+//!   nothing.
 //!
 //! # Faults
+//!
+//! Every wait is bounded:
 //!
 //! - An unreachable server is a [`PersistentError::Connect`] naming the host, after the
 //!   connect timeout at most ([`PostgresBuilder::connect_timeout`], the URL's
 //!   `connect_timeout`, else 5 seconds).
+//! - A server that keeps the connection open but stops answering fails the work in hand with
+//!   [`PersistentError::Connect`] after the operation timeout
+//!   ([`PostgresBuilder::operation_timeout`], 10 seconds by default); the connection is then
+//!   dropped and re-established in the background. The same timeout sets the session's
+//!   `lock_timeout` (a quarter of it) and `statement_timeout` (90%), unless the URL's `options`
+//!   set them, and the TCP user timeout: a write of a row that another program keeps locked
+//!   fails with [`PersistentError::Postgres`] ("lock timeout"), and the writes of other keys
+//!   that shared its transaction are committed without it, so they wait at most about half the
+//!   operation timeout behind it.
 //! - When the connection breaks (the server restarts, `pg_terminate_backend`, the network), the
 //!   backend reconnects at once, then with growing pauses of up to a second. Work in hand is
-//!   retried on the new connection; writes are idempotent, so a commit whose answer was lost is
-//!   safely sent again. Work fails with [`PersistentError::Connect`] only if no connection
-//!   could be had within the reconnect timeout ([`PostgresBuilder::reconnect_timeout`], 10
-//!   seconds by default); a write that failed that way while its commit was in flight may still
-//!   have committed, which the reload below then shows.
+//!   retried on the new connection until the reconnect timeout
+//!   ([`PostgresBuilder::reconnect_timeout`], 10 seconds by default), then fails with
+//!   [`PersistentError::Connect`]. [`PostgresBackend::health`] tells connected, reconnecting
+//!   and down (gone for longer than the reconnect timeout) apart.
 //! - Announcements made while an instance was disconnected are lost to it, so its first refresh
-//!   after reconnecting reloads everything; refreshes while it is disconnected return the
-//!   error.
+//!   after reconnecting reloads everything. A refresh while it reconnects finds nothing to do
+//!   (a quick reconnect is not an error, for [`RefreshTask::take_error`](crate::RefreshTask::take_error)
+//!   either); once it is down, refreshes return [`PersistentError::Connect`].
 //!
-//! Connections are not encrypted (tokio-postgres with `NoTls`): a URL that requires TLS
-//! (`sslmode=require`) fails to connect.
+//! A write whose commit was sent but not answered has an unknown outcome:
+//!
+//! - If the answer is lost with the connection, the write is sent again on the new one. That
+//!   is exact for this instance (the same rows get the same values), but not for the fleet: if
+//!   the first commit did happen and another instance then wrote one of the same keys and had
+//!   its write acknowledged, the second commit puts this instance's older value back over that
+//!   newer one. Every instance then hears of it and converges on the re-sent value; the other
+//!   instance's acknowledged write is lost. Instances that never write the same key are not
+//!   affected.
+//! - If no answer comes within the operation timeout, or the reconnect timeout passes, the
+//!   write fails with [`PersistentError::Connect`], whose message says that the outcome is
+//!   unknown (a write that failed before its commit was sent says that it was not
+//!   committed). The map keeps the key's old value in memory, as for every failed write; the
+//!   table may hold the new one until the map's next refresh after reconnecting, which
+//!   reloads everything and so shows the outcome.
+//!
+//! # TLS
+//!
+//! Connections use TLS (rustls; no OpenSSL needed) as the URL's `sslmode` says, with libpq's
+//! meanings: `disable` (plain), `prefer` (the default: TLS if the server offers it),
+//! `require` (TLS, any certificate), `verify-ca` (the certificate chain must lead to a trusted
+//! root) and `verify-full` (and the certificate must name the host connected to). The trusted
+//! roots are those of the PEM file `sslrootcert`, else the system's; as with libpq, a
+//! `sslrootcert` makes `prefer` and `require` check the chain too. A certificate that fails a
+//! check is a [`PersistentError::Connect`] that names the host and the check; an unknown
+//! `sslmode` or an unreadable `sslrootcert` is a [`PersistentError::Config`].
+//!
+//! ```no_run
+//! # #[tokio::main]
+//! # async fn main() -> persistent_map::Result<()> {
+//! let url = "postgres://app@db.internal/app?sslmode=verify-full&sslrootcert=/etc/app/db-ca.pem";
+//! let backend = persistent_map::postgres::PostgresBackend::connect(url).await?;
+//! # let _ = backend;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Logging
+//!
+//! The backend reports through [`tracing`](https://docs.rs/tracing) (with no subscriber
+//! installed, that costs next to nothing), every event with the field `table`: at `debug` each
+//! commit (`requests`, `rows`, `cleared`, `elapsed`) and each load (`rows`, `elapsed`; `keys`
+//! for a load of some keys); at `info` connects and reconnects; at `warn` slow commits (over a
+//! second), retries, lost connections, operation timeouts and forced reloads. The example
+//! `tracing` shows them with a subscriber.
 
 mod connect;
 mod decode;
 mod notify;
 mod session;
+mod tls;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -123,6 +193,9 @@ pub use tokio_postgres;
 
 /// How long work waits for a lost connection to come back, unless told otherwise.
 const DEFAULT_RECONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one attempt at some work waits for the server, unless told otherwise.
+const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A [`StorageBackend`] that stores a map in one table of a PostgreSQL database, shared by every
 /// instance of the application, and keeps this instance's map coherent with the others through
@@ -156,6 +229,8 @@ struct Shared {
     target: Arc<Target>,
     changes: Arc<Changes>,
     counters: Arc<Counters>,
+    /// How long a lost connection counts as reconnecting rather than down.
+    reconnect_timeout: Duration,
 }
 
 impl PostgresBackend {
@@ -241,6 +316,7 @@ impl PostgresBackend {
             table: "kv".to_owned(),
             connect_timeout: None,
             reconnect_timeout: DEFAULT_RECONNECT_TIMEOUT,
+            operation_timeout: DEFAULT_OPERATION_TIMEOUT,
         }
     }
 
@@ -302,6 +378,36 @@ impl PostgresBackend {
         }
     }
 
+    /// Whether the backend is connected now, reconnecting, or down (disconnected for longer
+    /// than the reconnect timeout): for health checks and alerts. While it reconnects, work
+    /// waits for the connection; once it is down, work fails with
+    /// [`PersistentError::Connect`] (and the backend keeps trying to reconnect).
+    ///
+    /// ```no_run
+    /// use persistent_map::postgres::{Health, PostgresBackend};
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let backend = PostgresBackend::connect("postgres://postgres@127.0.0.1:5432/test").await?;
+    /// match backend.health() {
+    ///     Health::Connected => {}
+    ///     Health::Reconnecting { since, reason, .. } => eprintln!("reconnecting for {since:?}: {reason}"),
+    ///     Health::Down { since, reason, .. } => eprintln!("down for {since:?}: {reason}"),
+    ///     _ => {}
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn health(&self) -> Health {
+        match self.shared.changes.disconnected() {
+            None => Health::Connected,
+            Some((reason, since)) if since < self.shared.reconnect_timeout => {
+                Health::Reconnecting { since, reason }
+            }
+            Some((reason, since)) => Health::Down { since, reason },
+        }
+    }
+
     async fn write(&self, ops: Vec<RawOp>) -> Result<()> {
         let (done, committed) = oneshot::channel();
         self.send(Command::Write { ops, done })?;
@@ -313,6 +419,12 @@ impl PostgresBackend {
             .commands
             .send(command)
             .map_err(|_| self.stopped())
+    }
+
+    /// A load that was to catch up failed: the next refresh reloads everything.
+    fn force_reload(&self, error: &PersistentError) {
+        tracing::warn!(table = %self.table(), error = %error, "a load failed; the next refresh reloads the table");
+        self.shared.changes.reload_later();
     }
 
     /// The session task is gone, which only a panic in it can cause.
@@ -379,6 +491,62 @@ pub struct PostgresStats {
     pub reconnects: u64,
 }
 
+/// The state of a backend's connection, returned by [`PostgresBackend::health`].
+///
+/// ```
+/// use persistent_map::postgres::Health;
+/// use std::time::Duration;
+///
+/// let health = Health::Reconnecting { since: Duration::from_millis(40), reason: "closed".into() };
+/// assert!(!health.is_connected());
+/// assert!(!health.is_down());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Health {
+    /// The connection is up and listening for the other instances' announcements.
+    Connected,
+    /// The connection was lost `since` ago, less than the reconnect timeout: the backend is
+    /// reconnecting, and work waits for it.
+    Reconnecting {
+        /// How long the connection has been gone.
+        since: Duration,
+        /// Why it was lost, or why the last attempt to reconnect failed.
+        reason: String,
+    },
+    /// The connection has been gone for longer than the reconnect timeout: work fails with
+    /// [`PersistentError::Connect`] until a reconnect attempt (made in the background, with
+    /// pauses of up to a second) succeeds.
+    Down {
+        /// How long the connection has been gone.
+        since: Duration,
+        /// Why it was lost.
+        reason: String,
+    },
+}
+
+impl Health {
+    /// Whether the connection is up.
+    ///
+    /// ```
+    /// assert!(persistent_map::postgres::Health::Connected.is_connected());
+    /// ```
+    pub fn is_connected(&self) -> bool {
+        matches!(self, Health::Connected)
+    }
+
+    /// Whether the connection has been gone for longer than the reconnect timeout.
+    ///
+    /// ```
+    /// use persistent_map::postgres::Health;
+    /// let down = Health::Down { since: std::time::Duration::from_secs(30), reason: "refused".into() };
+    /// assert!(down.is_down());
+    /// ```
+    pub fn is_down(&self) -> bool {
+        matches!(self, Health::Down { .. })
+    }
+}
+
 /// Options for a [`PostgresBackend`]; made by [`PostgresBackend::builder`].
 #[derive(Clone)]
 #[must_use = "a builder does nothing until `.connect().await`"]
@@ -387,6 +555,7 @@ pub struct PostgresBuilder {
     table: String,
     connect_timeout: Option<Duration>,
     reconnect_timeout: Duration,
+    operation_timeout: Duration,
 }
 
 impl fmt::Debug for PostgresBuilder {
@@ -396,6 +565,7 @@ impl fmt::Debug for PostgresBuilder {
             .field("table", &self.table)
             .field("connect_timeout", &self.connect_timeout)
             .field("reconnect_timeout", &self.reconnect_timeout)
+            .field("operation_timeout", &self.operation_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -461,12 +631,45 @@ impl PostgresBuilder {
         self
     }
 
+    /// How long one attempt at a commit or a read may wait for the server's answers before it
+    /// fails with [`PersistentError::Connect`] (default 10 seconds). This bounds the wait on a
+    /// server that keeps the connection open but stops answering; the connection is then
+    /// dropped and re-established in the background.
+    ///
+    /// It also sets the server-side limits of each session, unless the connection string's
+    /// `options` set them: `lock_timeout` to a quarter of it (a row locked by another program
+    /// fails the write of that key, and the other writes of its group are then committed
+    /// without it) and `statement_timeout` to 90% of it (so a load of a table that takes longer
+    /// to read than that fails: raise this timeout for such tables), and the TCP user timeout
+    /// to all of it.
+    ///
+    /// A commit that got no answer may have committed or not: the error says which, if it
+    /// knows, or that the outcome is unknown. See the [module docs](self#faults).
+    ///
+    /// ```no_run
+    /// # #[tokio::main]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let backend = persistent_map::postgres::PostgresBackend::builder("postgres://postgres@127.0.0.1/test")
+    ///     .operation_timeout(std::time::Duration::from_secs(2))
+    ///     .connect()
+    ///     .await?;
+    /// # let _ = backend;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
+        self.operation_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
     /// Connects, creates the table if it is missing, and starts listening for the other
     /// instances' changes.
     ///
-    /// Fails, writing nothing, if the table name is invalid, the URL does not parse, the server
-    /// cannot be reached within the connect timeout ([`PersistentError::Connect`], naming the
-    /// host), or the table exists without the `key` and `value` columns.
+    /// Fails, writing nothing, if the table name is invalid, the connection string cannot be
+    /// used ([`PersistentError::Config`]), the server cannot be reached within the connect
+    /// timeout or its certificate fails a check that `sslmode` asks for
+    /// ([`PersistentError::Connect`], naming the host and the check), or the table exists
+    /// without the `key` and `value` columns.
     ///
     /// ```no_run
     /// use persistent_map::{postgres::PostgresBackend, PersistentError};
@@ -482,23 +685,23 @@ impl PostgresBuilder {
     /// ```
     pub async fn connect(self) -> Result<PostgresBackend> {
         connect::validate_table(&self.table)?;
-        let (config, host, connect_timeout) =
-            connect::parse_config(&self.url, self.connect_timeout)?;
+        let endpoint =
+            connect::parse_config(&self.url, self.connect_timeout, self.operation_timeout)?;
         let target = Arc::new(Target {
-            host,
+            host: endpoint.host.clone(),
             table: self.table.clone(),
         });
         let changes = Arc::new(Changes::default());
         let counters = Arc::new(Counters::default());
         let session = Session::connect(
-            config,
+            endpoint,
             Arc::new(TableSql::new(&self.table)),
             Arc::clone(&target),
             Arc::clone(&changes),
             Arc::clone(&counters),
             Timeouts {
-                connect: connect_timeout,
                 reconnect: self.reconnect_timeout,
+                operation: self.operation_timeout,
             },
         )
         .await?;
@@ -510,6 +713,7 @@ impl PostgresBuilder {
                 target,
                 changes,
                 counters,
+                reconnect_timeout: self.reconnect_timeout,
             }),
         })
     }
@@ -572,9 +776,9 @@ where
     /// Streams the rows from the server in chunks, decoding one while the next arrives.
     async fn load_each(&self, sink: &mut (dyn FnMut(K, V) + Send)) -> Result<(), PersistentError> {
         let loaded = self.load_rows(sink).await;
-        if loaded.is_err() {
+        if let Err(error) = &loaded {
             // The map asked for this load to catch up; it did not, so the next refresh must.
-            self.shared.changes.reload_later();
+            self.force_reload(error);
         }
         loaded
     }
@@ -594,15 +798,17 @@ where
                 .map(|row| decode::decode_row(self.table(), row))
                 .collect()
         });
-        if loaded.is_err() {
-            self.shared.changes.reload_later();
+        if let Err(error) = &loaded {
+            self.force_reload(error);
         }
         loaded
     }
 
     /// The keys that other instances announced since the last call, or
     /// [`ExternalChanges::Unknown`] after a `reload` announcement or a reconnection. While the
-    /// connection is down, [`PersistentError::Connect`].
+    /// backend [reconnects](Health::Reconnecting), [`ExternalChanges::None`]: the reload after
+    /// the reconnection covers what it misses, so a quick reconnect is no error. Once it is
+    /// [down](Health::Down), [`PersistentError::Connect`].
     async fn external_changes(&self) -> Result<ExternalChanges<K>, PersistentError> {
         match self.shared.changes.take() {
             Taken::Nothing => Ok(ExternalChanges::None),
@@ -616,8 +822,12 @@ where
                 // schema's table of the same name shares the channel): reload to be sure.
                 Ok(keys.map_or(ExternalChanges::Unknown, ExternalChanges::Keys))
             }
-            Taken::Disconnected(reason) => Err(self.shared.target.connect_error(format!(
-                "the connection was lost ({reason}); reconnecting, the map will reload then"
+            Taken::Disconnected(_, since) if since < self.shared.reconnect_timeout => {
+                Ok(ExternalChanges::None)
+            }
+            Taken::Disconnected(reason, since) => Err(self.shared.target.connect_error(format!(
+                "the connection was lost {since:?} ago ({reason}) and is not back; still \
+                 reconnecting, the map will reload then"
             ))),
         }
     }

@@ -14,6 +14,7 @@
 use std::collections::HashSet;
 use std::mem;
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -84,8 +85,8 @@ struct Heard {
     reload: bool,
     /// The connection that is current; a lost connection only counts if it is this one.
     generation: u64,
-    /// Why the current connection is gone, while it is.
-    lost: Option<String>,
+    /// Why the current connection is gone and since when, while it is.
+    lost: Option<(String, Instant)>,
 }
 
 /// What [`Changes::take`] found.
@@ -94,8 +95,8 @@ pub(super) enum Taken {
     Nothing,
     Keys(Vec<String>),
     Everything,
-    /// The connection is down (with why): changes cannot be heard now.
-    Disconnected(String),
+    /// The connection is down (with why, and for how long): changes cannot be heard now.
+    Disconnected(String, Duration),
 }
 
 impl Changes {
@@ -138,7 +139,7 @@ impl Changes {
     pub(super) fn lost(&self, generation: u64, reason: String) {
         let mut heard = self.lock();
         if heard.generation == generation && heard.lost.is_none() {
-            heard.lost = Some(reason);
+            heard.lost = Some((reason, Instant::now()));
             drop(heard);
             self.signal.notify_one();
         }
@@ -148,8 +149,8 @@ impl Changes {
     /// reconnection will ask for covers it.
     pub(super) fn take(&self) -> Taken {
         let mut heard = self.lock();
-        if let Some(reason) = &heard.lost {
-            return Taken::Disconnected(reason.clone());
+        if let Some((reason, since)) = &heard.lost {
+            return Taken::Disconnected(reason.clone(), since.elapsed());
         }
         if mem::take(&mut heard.reload) {
             heard.keys = HashSet::new();
@@ -159,6 +160,13 @@ impl Changes {
             return Taken::Nothing;
         }
         Taken::Keys(mem::take(&mut heard.keys).into_iter().collect())
+    }
+
+    /// Why the connection is down and for how long, while it is.
+    pub(super) fn disconnected(&self) -> Option<(String, Duration)> {
+        let heard = self.lock();
+        let (reason, since) = heard.lost.as_ref()?;
+        Some((reason.clone(), since.elapsed()))
     }
 
     /// A refresh that took changes failed before applying them: ask for a full reload next time.
@@ -226,11 +234,16 @@ mod tests {
         let changes = Changes::default();
         changes.connected(1, false);
         changes.lost(1, "gone".to_owned());
-        assert_eq!(changes.take(), Taken::Disconnected("gone".to_owned()));
+        assert!(matches!(changes.take(), Taken::Disconnected(reason, _) if reason == "gone"));
+        assert_eq!(
+            changes.disconnected().map(|(reason, _)| reason).as_deref(),
+            Some("gone")
+        );
         changes.connected(2, true);
         changes.lost(1, "late news of the old connection".to_owned());
         assert_eq!(changes.take(), Taken::Everything);
         assert_eq!(changes.take(), Taken::Nothing);
+        assert_eq!(changes.disconnected(), None);
     }
 
     #[test]

@@ -19,10 +19,14 @@
 //! never in a cycle. A transaction that still deadlocks (with some other writer) is retried.
 //!
 //! When the connection breaks, the work in hand is retried on a new connection until the
-//! reconnect timeout: writes are idempotent (the same rows set to the same values), so a commit
-//! whose answer was lost can be sent again. Meanwhile the task keeps reconnecting on its own, so
-//! an idle instance hears the fleet again soon; once reconnected it asks its map for a reload,
-//! since it could not hear what was committed in between.
+//! reconnect timeout. A commit whose answer was lost is sent again: that sets the same rows to
+//! the same values, but if the first one did commit, the second can put them back over a newer
+//! write another instance committed in between (see the module docs of `postgres`, "Faults").
+//! An attempt that gets no answer within the operation timeout is not retried: its connection is
+//! dropped and the work fails, saying whether the commit's outcome is unknown. Meanwhile the task
+//! keeps reconnecting on its own, so an idle instance hears the fleet again soon; once
+//! reconnected it asks its map for a reload, since it could not hear what was committed in
+//! between.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,9 +37,8 @@ use futures_util::{pin_mut, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::Config;
 
-use super::connect::{self, describe_error, Live, TableSql, Target};
+use super::connect::{self, describe_error, Endpoint, Live, TableSql, Target};
 use super::notify::{self, Changes};
 use crate::{PersistentError, Result};
 
@@ -86,10 +89,10 @@ pub(super) struct Counters {
 /// How long to wait for a server.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Timeouts {
-    /// One connection attempt, setup included.
-    pub(super) connect: Duration,
     /// How long work waits for a lost connection to come back before it fails.
     pub(super) reconnect: Duration,
+    /// How long one attempt at some work may wait for the server's answers.
+    pub(super) operation: Duration,
 }
 
 /// One caller's writes and where to answer it.
@@ -146,6 +149,8 @@ const MAX_KEY_LOCKS: usize = 256;
 /// times before its error is returned.
 const MAX_TRANSIENT_RETRIES: u32 = 8;
 const FIRST_BACKOFF: Duration = Duration::from_millis(25);
+/// A commit group that takes longer than this is logged as slow.
+const SLOW_COMMIT: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Why one attempt at some work failed.
@@ -162,14 +167,17 @@ enum Failure {
 
 /// Why some work failed in the end.
 enum Failed {
-    /// No connection could be had before the reconnect timeout.
-    Unreachable,
+    /// No connection could be had before the reconnect timeout, or the server did not answer
+    /// within the operation timeout: the reason, for a [`PersistentError::Connect`] to every
+    /// request of the group.
+    Unavailable(String),
+    /// The server refused the work.
     Refused(PersistentError),
 }
 
 /// The session's state; runs in its own task until every handle is dropped.
 pub(super) struct Session {
-    config: Config,
+    endpoint: Endpoint,
     sql: Arc<TableSql>,
     target: Arc<Target>,
     changes: Arc<Changes>,
@@ -187,7 +195,7 @@ impl Session {
     /// Opens the first connection (creating the table if missing). Fails at once, rather than
     /// retrying, so that a wrong URL or an unreachable server is reported to the caller.
     pub(super) async fn connect(
-        config: Config,
+        endpoint: Endpoint,
         sql: Arc<TableSql>,
         target: Arc<Target>,
         changes: Arc<Changes>,
@@ -195,12 +203,14 @@ impl Session {
         timeouts: Timeouts,
     ) -> Result<Self> {
         let generation = 1;
-        let live = connect::open(&config, &sql, &changes, generation, timeouts.connect, true)
+        let timeout = endpoint.connect_timeout;
+        let live = connect::open(&endpoint, &sql, &changes, generation, timeout, true)
             .await
             .map_err(|failure| failure.into_error(&target))?;
         changes.connected(generation, false);
+        tracing::info!(table = %target.table, host = %target.host, "connected to PostgreSQL");
         Ok(Self {
-            config,
+            endpoint,
             sql,
             target,
             changes,
@@ -285,7 +295,7 @@ impl Session {
                     biased;
                     command = commands.recv() => return command,
                     () = tokio::time::sleep(self.backoff) => {
-                        if !self.reconnect().await {
+                        if !self.reconnect(self.endpoint.connect_timeout).await {
                             self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
                         }
                     }
@@ -297,27 +307,40 @@ impl Session {
     /// Commits a group of write requests in one transaction and answers each. If the shared
     /// transaction is refused, each request is tried in a transaction of its own, so that one
     /// bad request fails alone and the others still commit.
+    ///
+    /// A server that cannot be reached or does not answer fails the whole group at once: trying
+    /// the requests one by one would make each wait as long again.
     async fn commit_group(&mut self, group: &[WriteRequest]) -> Vec<Result<()>> {
         let all_ops = group.iter().flat_map(|(ops, _)| ops);
-        match self.commit(&Rows::merge(all_ops)).await {
-            Ok(()) => {
-                self.count_commit(group.len());
-                group.iter().map(|_| Ok(())).collect()
-            }
-            Err(Failed::Unreachable) => group
+        match self.commit(&Rows::merge(all_ops), group.len()).await {
+            Ok(()) => group.iter().map(|_| Ok(())).collect(),
+            Err(Failed::Unavailable(reason)) => group
                 .iter()
-                .map(|_| Err(self.unreachable_error()))
+                .map(|_| Err(self.target.connect_error(reason.clone())))
                 .collect(),
             Err(Failed::Refused(error)) if group.len() == 1 => vec![Err(error)],
-            Err(Failed::Refused(_)) => {
+            Err(Failed::Refused(error)) => {
+                tracing::warn!(
+                    table = %self.target.table,
+                    requests = group.len(),
+                    error = %error,
+                    "a group commit was refused; committing its requests one by one"
+                );
                 let mut results = Vec::with_capacity(group.len());
+                let mut unavailable: Option<String> = None;
                 for (ops, _) in group {
-                    results.push(match self.commit(&Rows::merge(ops)).await {
-                        Ok(()) => {
-                            self.count_commit(1);
-                            Ok(())
+                    if let Some(reason) = &unavailable {
+                        results.push(Err(self.target.connect_error(reason.clone())));
+                        continue;
+                    }
+                    results.push(match self.commit(&Rows::merge(ops), 1).await {
+                        Ok(()) => Ok(()),
+                        Err(Failed::Unavailable(reason)) => {
+                            let error = self.target.connect_error(reason.clone());
+                            unavailable = Some(reason);
+                            Err(error)
                         }
-                        Err(failed) => Err(self.error_of(failed)),
+                        Err(Failed::Refused(error)) => Err(error),
                     });
                 }
                 results
@@ -325,15 +348,13 @@ impl Session {
         }
     }
 
-    fn count_commit(&self, requests: usize) {
-        self.counters.commits.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .writes
-            .fetch_add(requests as u64, Ordering::Relaxed);
-    }
-
-    /// One transaction: clear, upsert, delete, announce, commit.
-    async fn commit(&mut self, rows: &Rows<'_>) -> std::result::Result<(), Failed> {
+    /// One transaction serving `requests` write requests: clear, upsert, delete, announce,
+    /// commit.
+    async fn commit(
+        &mut self,
+        rows: &Rows<'_>,
+        requests: usize,
+    ) -> std::result::Result<(), Failed> {
         if rows.is_empty() {
             return Ok(());
         }
@@ -341,8 +362,22 @@ impl Session {
         let work = Work::Commit {
             rows,
             payloads: &payloads,
+            commit_sent: false,
         };
-        self.retrying(work).await.map(drop)
+        let start = Instant::now();
+        self.retrying(work).await?;
+        let elapsed = start.elapsed();
+        self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .writes
+            .fetch_add(requests as u64, Ordering::Relaxed);
+        let table = &self.target.table;
+        let changed = rows.upsert_keys.len() + rows.delete_keys.len();
+        tracing::debug!(table = %table, requests, rows = changed, cleared = rows.cleared, elapsed = ?elapsed, "commit");
+        if elapsed > SLOW_COMMIT {
+            tracing::warn!(table = %table, requests, rows = changed, elapsed = ?elapsed, "slow commit");
+        }
+        Ok(())
     }
 
     /// Streams every row to `rows`, in chunks.
@@ -350,9 +385,15 @@ impl Session {
         let work = Work::Load {
             rows,
             sent_any: false,
+            count: 0,
         };
+        let start = Instant::now();
         let last = match self.retrying(work).await {
-            Ok(_) => Scanned::Finished,
+            Ok(Loaded::Streamed(count)) => {
+                tracing::debug!(table = %self.target.table, rows = count, elapsed = ?start.elapsed(), "load");
+                Scanned::Finished
+            }
+            Ok(Loaded::Rows(_)) => unreachable!("a load streams its rows"),
             Err(failed) => Scanned::Failed(self.error_of(failed)),
         };
         let _ = rows.send(last).await;
@@ -360,14 +401,21 @@ impl Session {
 
     async fn load_keys(&mut self, keys: &[String]) -> Result<Vec<RawRow>> {
         let work = Work::LoadKeys { keys };
-        self.retrying(work)
-            .await
-            .map_err(|failed| self.error_of(failed))
+        let start = Instant::now();
+        let found = match self.retrying(work).await {
+            Ok(Loaded::Rows(found)) => found,
+            Ok(Loaded::Streamed(_)) => unreachable!("a key load returns its rows"),
+            Err(failed) => return Err(self.error_of(failed)),
+        };
+        tracing::debug!(table = %self.target.table, keys = keys.len(), rows = found.len(), elapsed = ?start.elapsed(), "load keys");
+        Ok(found)
     }
 
     /// Runs `work` on the connection, reconnecting and trying again while the connection
-    /// breaks, until the reconnect timeout.
-    async fn retrying(&mut self, mut work: Work<'_>) -> std::result::Result<Vec<RawRow>, Failed> {
+    /// breaks, until the reconnect timeout. An attempt the server does not finish answering
+    /// within the operation timeout is not tried again: its connection is dropped (the server
+    /// may be stuck with it) and the work fails.
+    async fn retrying(&mut self, mut work: Work<'_>) -> std::result::Result<Loaded, Failed> {
         let deadline = Instant::now() + self.timeouts.reconnect;
         let mut transient_retries = 0;
         loop {
@@ -376,11 +424,21 @@ impl Session {
                 .live
                 .as_mut()
                 .expect("connect_before returns Ok only with a live connection");
-            match work.attempt(live, &self.sql, &self.target).await {
-                Ok(rows) => return Ok(rows),
+            let attempt = work.attempt(live, &self.sql, &self.target);
+            let Ok(attempted) = tokio::time::timeout(self.timeouts.operation, attempt).await else {
+                return Err(self.timed_out(&work));
+            };
+            match attempted {
+                Ok(loaded) => return Ok(loaded),
                 Err(Failure::Refused(error)) => return Err(Failed::Refused(error)),
                 Err(Failure::Transient(error)) => {
                     transient_retries += 1;
+                    tracing::warn!(
+                        table = %self.target.table,
+                        retry = transient_retries,
+                        error = %describe_error(&error),
+                        "the server aborted a transaction for a conflict; retrying"
+                    );
                     if transient_retries > MAX_TRANSIENT_RETRIES {
                         return Err(Failed::Refused(self.target.postgres_error(error)));
                     }
@@ -392,22 +450,66 @@ impl Session {
                 Err(Failure::Connection(error)) => {
                     self.drop_connection(describe_error(&error));
                     if Instant::now() >= deadline {
-                        return Err(Failed::Unreachable);
+                        return Err(Failed::Unavailable(self.unreachable_reason()));
                     }
+                    tracing::warn!(
+                        table = %self.target.table,
+                        commit_answer_lost = work.commit_sent(),
+                        "retrying on a new connection"
+                    );
                 }
             }
         }
     }
 
+    /// The attempt at `work` got no answer in time: drops the connection and says what that
+    /// means for the work.
+    fn timed_out(&mut self, work: &Work<'_>) -> Failed {
+        let timeout = self.timeouts.operation;
+        let outcome_unknown = work.commit_sent();
+        tracing::warn!(
+            table = %self.target.table,
+            timeout = ?timeout,
+            outcome_unknown,
+            "no answer within the operation timeout; dropping the connection"
+        );
+        self.drop_connection(format!(
+            "no answer within the operation timeout of {timeout:?}"
+        ));
+        if outcome_unknown {
+            // The map keeps its old value; the reload after reconnecting shows what happened.
+            self.changes.reload_later();
+        }
+        Failed::Unavailable(match work {
+            Work::Commit { .. } if outcome_unknown => format!(
+                "the commit got no answer within the operation timeout of {timeout:?}, so \
+                 whether the write was committed is unknown; the map keeps its old value and \
+                 reloads the table on its first refresh after reconnecting"
+            ),
+            Work::Commit { .. } => format!(
+                "no answer within the operation timeout of {timeout:?}; the write was not \
+                 committed (its transaction was abandoned with the connection)"
+            ),
+            Work::Load { .. } | Work::LoadKeys { .. } => format!(
+                "no answer within the operation timeout of {timeout:?}; the read was abandoned \
+                 with the connection"
+            ),
+        })
+    }
+
     /// Makes sure there is a connection, trying until `deadline`.
     async fn connect_before(&mut self, deadline: Instant) -> std::result::Result<(), Failed> {
         while self.live.is_none() {
-            if self.reconnect().await {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self
+                .reconnect(self.endpoint.connect_timeout.min(left))
+                .await
+            {
                 break;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(Failed::Unreachable);
+                return Err(Failed::Unavailable(self.unreachable_reason()));
             }
             tokio::time::sleep(self.backoff.min(left)).await;
             self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
@@ -415,54 +517,67 @@ impl Session {
         Ok(())
     }
 
-    /// One attempt at a new connection. Once it is listening, the map is told to reload: what
-    /// was committed while no connection listened was not heard.
-    async fn reconnect(&mut self) -> bool {
+    /// One attempt at a new connection, of at most `timeout`. Once it is listening, the map is
+    /// told to reload: what was committed while no connection listened was not heard.
+    async fn reconnect(&mut self, timeout: Duration) -> bool {
         self.generation += 1;
         let opened = connect::open(
-            &self.config,
+            &self.endpoint,
             &self.sql,
             &self.changes,
             self.generation,
-            self.timeouts.connect,
+            timeout,
             false,
         )
         .await;
+        let table = &self.target.table;
         match opened {
             Ok(live) => {
                 self.live = Some(live);
                 self.backoff = FIRST_BACKOFF;
                 self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
                 self.changes.connected(self.generation, true);
+                tracing::info!(table = %table, host = %self.target.host, generation = self.generation, "reconnected to PostgreSQL");
+                tracing::warn!(table = %table, "forcing a reload: announcements made while disconnected were missed");
                 true
             }
             Err(failure) => {
                 self.last_failure = failure.to_string();
+                tracing::debug!(table = %table, error = %self.last_failure, "a reconnect attempt failed");
                 false
             }
         }
     }
 
     fn drop_connection(&mut self, reason: String) {
+        tracing::warn!(table = %self.target.table, host = %self.target.host, reason = %reason, "lost the connection to PostgreSQL");
         self.live = None;
         self.backoff = FIRST_BACKOFF;
         self.changes.lost(self.generation, reason.clone());
         self.last_failure = reason;
     }
 
-    fn unreachable_error(&self) -> PersistentError {
-        self.target.connect_error(format!(
+    fn unreachable_reason(&self) -> String {
+        format!(
             "the connection was lost and could not be re-established within {:?} ({})",
             self.timeouts.reconnect, self.last_failure
-        ))
+        )
     }
 
     fn error_of(&self, failed: Failed) -> PersistentError {
         match failed {
-            Failed::Unreachable => self.unreachable_error(),
+            Failed::Unavailable(reason) => self.target.connect_error(reason),
             Failed::Refused(error) => error,
         }
     }
+}
+
+/// What a successful attempt read.
+enum Loaded {
+    /// The rows of the keys asked for (none for a commit).
+    Rows(Vec<RawRow>),
+    /// How many rows a load streamed.
+    Streamed(usize),
 }
 
 /// Work for the connection that can be tried again on a new one.
@@ -470,12 +585,15 @@ enum Work<'a> {
     Commit {
         rows: &'a Rows<'a>,
         payloads: &'a [String],
+        /// `COMMIT` was sent by the last attempt: if its answer is lost, so is the outcome.
+        commit_sent: bool,
     },
     /// Streams every row into `rows`. A connection lost before the first chunk went out is
     /// retried; after that the receiver has part of the table, so the load fails instead.
     Load {
         rows: &'a mpsc::Sender<Scanned>,
         sent_any: bool,
+        count: usize,
     },
     LoadKeys {
         keys: &'a [String],
@@ -483,24 +601,44 @@ enum Work<'a> {
 }
 
 impl Work<'_> {
-    /// One attempt; returns the rows read (none but for `LoadKeys`).
+    /// One attempt.
     async fn attempt(
         &mut self,
         live: &mut Live,
         sql: &TableSql,
         target: &Target,
-    ) -> std::result::Result<Vec<RawRow>, Failure> {
+    ) -> std::result::Result<Loaded, Failure> {
         match self {
-            Work::Commit { rows, payloads } => {
-                commit_once(live, rows, &sql.name, payloads, target).await?;
-                Ok(Vec::new())
+            Work::Commit {
+                rows,
+                payloads,
+                commit_sent,
+            } => {
+                *commit_sent = false;
+                commit_once(live, rows, &sql.name, payloads, target, commit_sent).await?;
+                Ok(Loaded::Rows(Vec::new()))
             }
-            Work::Load { rows, sent_any } => {
-                scan(live, rows, sent_any, target).await?;
-                Ok(Vec::new())
+            Work::Load {
+                rows,
+                sent_any,
+                count,
+            } => {
+                *count = 0;
+                scan(live, rows, sent_any, count, target).await?;
+                Ok(Loaded::Streamed(*count))
             }
-            Work::LoadKeys { keys } => select_keys(live, keys, target).await,
+            Work::LoadKeys { keys } => select_keys(live, keys, target).await.map(Loaded::Rows),
         }
+    }
+
+    fn commit_sent(&self) -> bool {
+        matches!(
+            self,
+            Work::Commit {
+                commit_sent: true,
+                ..
+            }
+        )
     }
 }
 
@@ -510,6 +648,7 @@ async fn commit_once(
     channel: &str,
     payloads: &[String],
     target: &Target,
+    commit_sent: &mut bool,
 ) -> std::result::Result<(), Failure> {
     let transaction = live.client.transaction().await.map_err(classify(target))?;
     let statements = &live.statements;
@@ -545,6 +684,7 @@ async fn commit_once(
     )
     .await
     .map_err(classify(target))?;
+    *commit_sent = true;
     transaction.commit().await.map_err(classify(target))
 }
 
@@ -552,6 +692,7 @@ async fn scan(
     live: &mut Live,
     rows: &mpsc::Sender<Scanned>,
     sent_any: &mut bool,
+    count: &mut usize,
     target: &Target,
 ) -> std::result::Result<(), Failure> {
     let stream = live
@@ -570,6 +711,7 @@ async fn scan(
             }
         })?;
         chunk.push(raw_row(&row).map_err(classify(target))?);
+        *count += 1;
         if chunk.len() == CHUNK_ROWS {
             let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_ROWS));
             if rows.send(Scanned::Rows(full)).await.is_err() {
