@@ -97,3 +97,138 @@ where
         self.inner.apply_batch(ops).await
     }
 }
+
+/// What [`Faulty`] does at its chosen call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Return an error instead of calling the backend.
+    Fail,
+    /// Wait until [`Faulty::release`], then call the backend.
+    Stall,
+}
+
+/// Wraps a backend and numbers every call the map makes to it (every await point of the map's
+/// that reaches storage); the call numbered `at` fails or stalls. Each call is passed through
+/// otherwise, including the change tracking, so the map's refresh runs for real.
+#[derive(Debug, Clone)]
+pub struct Faulty<B> {
+    pub inner: B,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+    at: Arc<std::sync::Mutex<Option<(usize, Fault)>>>,
+    released: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl<B> Faulty<B> {
+    pub fn new(inner: B) -> Self {
+        Self {
+            inner,
+            calls: Arc::default(),
+            at: Arc::default(),
+            released: Arc::new(tokio::sync::watch::channel(false).0),
+        }
+    }
+
+    /// Fault the call numbered `at` (counting from 0, from now on).
+    pub fn fault_at(&self, at: usize, fault: Fault) {
+        self.calls.store(0, Ordering::SeqCst);
+        self.released.send_replace(false);
+        *self.at.lock().unwrap() = Some((at, fault));
+    }
+
+    /// Calls made since the last `fault_at`.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// No more faults; stalled calls go on.
+    pub fn release(&self) {
+        *self.at.lock().unwrap() = None;
+        self.released.send_replace(true);
+    }
+
+    async fn point(&self) -> Result<()> {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst);
+        let fault = *self.at.lock().unwrap();
+        match fault {
+            Some((at, Fault::Fail)) if at == call => Err(PersistentError::Io(
+                std::io::Error::other(format!("injected failure at call {call}")),
+            )),
+            Some((at, Fault::Stall)) if at == call => {
+                let mut released = self.released.subscribe();
+                let _ = released.wait_for(|released| *released).await;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl<K, V, B> StorageBackend<K, V> for Faulty<B>
+where
+    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    B: StorageBackend<K, V> + Send + Sync,
+{
+    async fn load_all(&self) -> Result<HashMap<K, V>> {
+        self.point().await?;
+        self.inner.load_all().await
+    }
+
+    async fn save(&self, key: K, value: V) -> Result<()> {
+        self.point().await?;
+        self.inner.save(key, value).await
+    }
+
+    async fn delete(&self, key: &K) -> Result<()> {
+        self.point().await?;
+        self.inner.delete(key).await
+    }
+
+    async fn apply_batch(&self, ops: &[BatchOp<K, V>]) -> Result<()> {
+        self.point().await?;
+        self.inner.apply_batch(ops).await
+    }
+
+    async fn load_each(&self, sink: &mut (dyn FnMut(K, V) + Send)) -> Result<()> {
+        self.point().await?;
+        self.inner.load_each(sink).await
+    }
+
+    async fn clear(&self) -> Result<()> {
+        self.point().await?;
+        self.inner.clear().await
+    }
+
+    async fn load_keys(&self, keys: &[K]) -> Result<HashMap<K, V>> {
+        self.point().await?;
+        self.inner.load_keys(keys).await
+    }
+
+    async fn apply_checked(
+        &self,
+        conditions: &[persistent_map::Condition<K>],
+        ops: &[BatchOp<K, V>],
+        options: persistent_map::WriteOptions,
+    ) -> Result<persistent_map::Checked<V>> {
+        self.point().await?;
+        self.inner.apply_checked(conditions, ops, options).await
+    }
+
+    async fn change_position(&self) -> Result<Option<persistent_map::ChangePosition>> {
+        self.point().await?;
+        self.inner.change_position().await
+    }
+
+    async fn changes_since(
+        &self,
+        since: Option<persistent_map::ChangePosition>,
+        origin: u64,
+    ) -> Result<(
+        persistent_map::ExternalChanges<K>,
+        Option<persistent_map::ChangePosition>,
+    )> {
+        self.point().await?;
+        self.inner.changes_since(since, origin).await
+    }
+}

@@ -399,3 +399,43 @@ async fn a_stored_text_that_is_not_the_keys_own_is_refused_not_aliased() {
     );
     assert_eq!(orders.get(&OrderId(1)), Some(vec!["tea".to_string()]));
 }
+
+/// A custom backend that hands the map two entries of one key, as a hand-written backend whose
+/// store holds two spellings of one key might.
+struct Repeating;
+
+#[async_trait::async_trait]
+impl persistent_map::StorageBackend<u64, String> for Repeating {
+    async fn load_all(&self) -> persistent_map::Result<std::collections::HashMap<u64, String>> {
+        Ok(std::collections::HashMap::new())
+    }
+
+    async fn load_each(
+        &self,
+        sink: &mut (dyn FnMut(u64, String) + Send),
+    ) -> persistent_map::Result<()> {
+        sink(1, "first".into());
+        sink(1, "second".into());
+        Ok(())
+    }
+
+    async fn save(&self, _: u64, _: String) -> persistent_map::Result<()> {
+        Ok(())
+    }
+
+    async fn delete(&self, _: &u64) -> persistent_map::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_custom_backend_loading_one_key_twice_is_an_error_not_a_silent_pick() {
+    let err = PersistentMap::<u64, String, _>::new(Repeating)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, PersistentError::AmbiguousStoredKey { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("same key 1"), "{err}");
+}
