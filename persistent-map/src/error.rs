@@ -109,6 +109,19 @@ pub enum PersistentError {
         path: PathBuf,
     },
 
+    /// A transaction touched maps that live in different storage (two SQLite files, a file
+    /// and an in-memory store), which no single commit can cover. Nothing was written.
+    #[error(
+        "a transaction can only commit maps of one storage, and this one touched maps of {first} \
+         and of {second}; nothing was written"
+    )]
+    MixedStorage {
+        /// The storage of the first map.
+        first: String,
+        /// The storage of a map that differs.
+        second: String,
+    },
+
     /// Two entries would end up under one key (a key migration that maps two old keys to the
     /// same new one). Nothing was changed.
     #[error(

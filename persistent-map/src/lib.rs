@@ -54,7 +54,7 @@ pub use backends::sqlite;
 pub use changes::{Change, RecvError, Subscription, CHANGE_BUFFER};
 pub use error::{PersistentError, Result};
 pub use key::{KeyParseError, PersistentKey};
-pub use map::{PersistentMap, RefreshTask};
+pub use map::{transaction, PersistentMap, RefreshTask, Transaction, TransactionalBackend};
 pub use table_name::validate_table_name;
 
 /// Derives [`PersistentKey`](trait@PersistentKey), `Display` and `FromStr` for a struct or enum.

@@ -267,6 +267,9 @@ fn finish_field(
     }
 }
 
+/// Where a map's share of a transaction goes (see `TransactionalBackend`).
+pub use crate::map::TransactionTarget;
+
 #[cfg(test)]
 mod tests {
     use super::*;

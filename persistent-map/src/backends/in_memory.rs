@@ -42,7 +42,20 @@ pub struct InMemoryBackend {
 }
 
 /// One `HashMap<K, V>` per key and value type, keyed by their `TypeId`s.
-type Stores = HashMap<(TypeId, TypeId), Box<dyn Any + Send>>;
+pub(crate) type Stores = HashMap<(TypeId, TypeId), Box<dyn Any + Send>>;
+
+/// The store of `K` and `V` in `stores`, made empty on first use.
+fn store_in<K, V>(stores: &mut Stores) -> &mut HashMap<K, V>
+where
+    K: Eq + Hash + Send + 'static,
+    V: Send + 'static,
+{
+    stores
+        .entry((TypeId::of::<K>(), TypeId::of::<V>()))
+        .or_insert_with(|| Box::new(HashMap::<K, V>::new()))
+        .downcast_mut::<HashMap<K, V>>()
+        .expect("the store under (TypeId K, TypeId V) is always a HashMap<K, V>")
+}
 
 impl InMemoryBackend {
     /// Creates an empty store.
@@ -61,14 +74,7 @@ impl InMemoryBackend {
         K: Eq + Hash + Send + 'static,
         V: Send + 'static,
     {
-        let mut stores = lock(&self.stores);
-        let store = stores
-            .entry((TypeId::of::<K>(), TypeId::of::<V>()))
-            .or_insert_with(|| Box::new(HashMap::<K, V>::new()));
-        let store = store
-            .downcast_mut::<HashMap<K, V>>()
-            .expect("the store under (TypeId K, TypeId V) is always a HashMap<K, V>");
-        f(store)
+        f(store_in(&mut lock(&self.stores)))
     }
 }
 
@@ -122,19 +128,7 @@ where
         options: WriteOptions,
     ) -> Result<Checked<V>, PersistentError> {
         self.with_store(|store: &mut HashMap<K, V>| {
-            let mut current = Vec::with_capacity(conditions.len());
-            let mut holds = true;
-            for condition in conditions {
-                let stored = store.get(&condition.key);
-                let json = stored.map(encode_value).transpose()?;
-                holds &= same_json(json.as_deref(), condition.expected.as_deref());
-                current.push(
-                    stored
-                        .cloned()
-                        .zip(json)
-                        .map(|(value, json)| Stored { value, json }),
-                );
-            }
+            let (current, holds) = check(store, conditions)?;
             if !holds {
                 return Ok(Checked::Conflict { current });
             }
@@ -156,6 +150,74 @@ where
     /// One name per store: maps on clones of one backend share their entries.
     fn storage_id(&self) -> Option<String> {
         Some(format!("in-memory:{:p}", Arc::as_ptr(&self.stores)))
+    }
+}
+
+/// What `store` holds under each condition's key, and whether every condition holds.
+fn check<K: Eq + Hash, V: Clone + Serialize>(
+    store: &HashMap<K, V>,
+    conditions: &[Condition<K>],
+) -> Result<(Vec<Option<Stored<V>>>, bool)> {
+    let mut current = Vec::with_capacity(conditions.len());
+    let mut holds = true;
+    for condition in conditions {
+        let stored = store.get(&condition.key);
+        let json = stored.map(encode_value).transpose()?;
+        holds &= same_json(json.as_deref(), condition.expected.as_deref());
+        current.push(
+            stored
+                .cloned()
+                .zip(json)
+                .map(|(value, json)| Stored { value, json }),
+        );
+    }
+    Ok((current, holds))
+}
+
+impl crate::map::sealed::Sealed for InMemoryBackend {}
+
+/// Maps on clones of one backend commit together, under the store's lock.
+impl<K, V> crate::TransactionalBackend<K, V> for InMemoryBackend
+where
+    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    fn __transaction_target(&self) -> crate::__private::TransactionTarget<K, V> {
+        crate::map::TransactionTarget {
+            store: crate::map::Store::InMemory(Arc::clone(&self.stores)),
+            prepare: Box::new(|conditions, ops, _origin| {
+                Ok(crate::map::Prepared::InMemory(Box::new(TransactionPart {
+                    conditions: conditions.to_vec(),
+                    ops: ops.to_vec(),
+                })))
+            }),
+            name: "(in-memory store)".to_owned(),
+        }
+    }
+}
+
+/// A map's share of a transaction on this backend.
+struct TransactionPart<K, V> {
+    conditions: Vec<Condition<K>>,
+    ops: Vec<BatchOp<K, V>>,
+}
+
+impl<K, V> crate::map::InMemoryPart for TransactionPart<K, V>
+where
+    K: Eq + Hash + Clone + Serialize + Send + Sync + 'static,
+    V: Clone + Serialize + Send + Sync + 'static,
+{
+    fn check(&self, stores: &mut Stores) -> Result<(Vec<Option<String>>, bool)> {
+        let (current, holds) = check(store_in::<K, V>(stores), &self.conditions)?;
+        let current = current
+            .into_iter()
+            .map(|stored| stored.map(|stored| stored.json))
+            .collect();
+        Ok((current, holds))
+    }
+
+    fn apply(&self, stores: &mut Stores) {
+        apply(store_in::<K, V>(stores), &self.ops);
     }
 }
 

@@ -9,10 +9,15 @@ mod read;
 mod refresh;
 mod registry;
 mod shared;
+mod transaction;
 mod write;
 
 pub use refresh::RefreshTask;
 pub(crate) use registry::is_open;
+#[doc(hidden)]
+pub use transaction::TransactionTarget;
+pub(crate) use transaction::{sealed, InMemoryPart, Prepared, Store};
+pub use transaction::{transaction, Transaction, TransactionalBackend};
 
 use std::fmt;
 use std::hash::Hash;

@@ -49,7 +49,8 @@ use std::time::Duration;
 use serde::{de::DeserializeOwned, Serialize};
 
 use self::changes::{Logged, Place};
-use self::writer::{Outcome, RawOp, TableSql, Write, Writer};
+use self::writer::{Outcome, RawOp, TableSql, Write, WritePart, Writer};
+pub(crate) use self::writer::{WritePart as TransactionPart, Writer as TransactionWriter};
 use crate::backends::decode::{decode_key, decode_value};
 use crate::{
     BatchOp, ChangePosition, Checked, Condition, ExternalChanges, PersistentError, PersistentKey,
@@ -298,26 +299,20 @@ impl SqliteBackend {
         ops: Vec<RawOp>,
         options: WriteOptions,
     ) -> Result<Outcome> {
-        let outcome = self
-            .writer
-            .write(Write {
-                table: Arc::clone(&self.table),
-                conditions,
-                ops,
+        let part = WritePart {
+            table: Arc::clone(&self.table),
+            conditions,
+            ops,
+            layout: self.key_layout,
+            origin: log_origin(options.origin_id()),
+        };
+        self.writer
+            .write_checked(Write {
+                parts: vec![part],
                 want_previous: options.wants_previous(),
-                origin: log_origin(options.origin_id()),
-                layout: self.key_layout,
                 durability: self.durability,
             })
-            .await?;
-        match outcome {
-            Outcome::LayoutChanged { stored } => Err(PersistentError::IncompatibleKeyLayout {
-                table: self.table.name.clone(),
-                stored,
-                expected: self.key_layout.to_owned(),
-            }),
-            outcome => Ok(outcome),
-        }
+            .await
     }
 
     /// Commits `ops`, which have no conditions.
@@ -329,7 +324,7 @@ impl SqliteBackend {
 }
 
 /// A map's id as the change log's `origin` column (an SQLite integer) holds it.
-fn log_origin(origin: u64) -> i64 {
+pub(crate) fn log_origin(origin: u64) -> i64 {
     i64::from_ne_bytes(origin.to_ne_bytes())
 }
 
@@ -592,8 +587,11 @@ where
             .collect();
         let ops = crate::backends::encode::encode_all(ops, encode)?;
         match self.write(raw_conditions, ops, options).await? {
-            Outcome::Applied { previous } => Ok(Checked::Applied { previous }),
+            Outcome::Applied { previous } => Ok(Checked::Applied {
+                previous: previous.and_then(|parts| parts.into_iter().next()),
+            }),
             Outcome::Conflict { current } => {
+                let current = current.into_iter().next().unwrap_or_default();
                 let table = &self.table.name;
                 let current = keys
                     .iter()
@@ -647,6 +645,46 @@ where
             }
         };
         Ok((changes, Some(now.to_position())))
+    }
+}
+
+impl crate::map::sealed::Sealed for SqliteBackend {}
+
+/// Tables of one file commit together: a transaction is one write of the file's writer.
+impl<K, V> crate::TransactionalBackend<K, V> for SqliteBackend
+where
+    K: Eq
+        + Hash
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static
+        + ToString
+        + FromStr,
+    <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    fn __transaction_target(&self) -> crate::__private::TransactionTarget<K, V> {
+        let table = Arc::clone(&self.table);
+        let layout = self.key_layout;
+        crate::map::TransactionTarget {
+            store: crate::map::Store::Sqlite(Arc::clone(&self.writer), self.durability),
+            prepare: Box::new(move |conditions, ops, origin| {
+                Ok(crate::map::Prepared::Sqlite(WritePart {
+                    table: Arc::clone(&table),
+                    conditions: conditions
+                        .iter()
+                        .map(|c| (c.key.to_string(), c.expected.clone()))
+                        .collect(),
+                    ops: crate::backends::encode::encode_all(ops, encode)?,
+                    layout,
+                    origin: log_origin(origin),
+                }))
+            }),
+            name: self.table.name.clone(),
+        }
     }
 }
 

@@ -27,7 +27,7 @@ use crate::{PersistentError, Result};
 
 /// A write as the writer executes it: key text and JSON value, already encoded.
 #[derive(Debug)]
-pub(super) enum RawOp {
+pub(crate) enum RawOp {
     Upsert { key: String, value: String },
     Delete { key: String },
     DeleteAll,
@@ -35,7 +35,7 @@ pub(super) enum RawOp {
 
 /// The SQL of one table, written once per backend rather than once per write.
 #[derive(Debug)]
-pub(super) struct TableSql {
+pub(crate) struct TableSql {
     pub(super) name: String,
     pub(super) upsert: String,
     delete: String,
@@ -59,34 +59,42 @@ impl TableSql {
     }
 }
 
-/// The writes of one caller: committed together or not at all, if their conditions hold.
+/// The writes of one caller, to one table or (a transaction) several: committed together or
+/// not at all, if all their conditions hold.
 #[derive(Debug)]
-pub(super) struct Write {
-    pub(super) table: Arc<TableSql>,
-    /// Key texts and the JSON that must be stored under each (`None`: nothing).
-    pub(super) conditions: Vec<(String, Option<String>)>,
-    pub(super) ops: Vec<RawOp>,
+pub(crate) struct Write {
+    pub(crate) parts: Vec<WritePart>,
     /// Report what each op's key held before it.
-    pub(super) want_previous: bool,
-    /// Which backend wrote, as logged: a backend skips its own writes when it catches up.
-    pub(super) origin: i64,
+    pub(crate) want_previous: bool,
+    pub(crate) durability: Durability,
+}
+
+/// The share of a [`Write`] that goes to one table.
+#[derive(Debug)]
+pub(crate) struct WritePart {
+    pub(crate) table: Arc<TableSql>,
+    /// Key texts and the JSON that must be stored under each (`None`: nothing).
+    pub(crate) conditions: Vec<(String, Option<String>)>,
+    pub(crate) ops: Vec<RawOp>,
     /// The key layout the writing backend's key type has (empty: not checked).
-    pub(super) layout: &'static str,
-    pub(super) durability: Durability,
+    pub(crate) layout: &'static str,
+    /// Which map wrote, as logged: a map skips its own writes when it catches up.
+    pub(crate) origin: i64,
 }
 
 /// What a [`Write`] did.
 #[derive(Debug)]
-pub(super) enum Outcome {
+pub(crate) enum Outcome {
     Applied {
-        /// With `want_previous`: per op, the JSON its key held just before it.
-        previous: Option<Vec<Option<String>>>,
+        /// With `want_previous`: per part, per op, the JSON its key held just before it.
+        previous: Option<Vec<Vec<Option<String>>>>,
     },
-    /// A condition did not hold; nothing was written. Per condition, what is stored.
-    Conflict { current: Vec<Option<String>> },
-    /// Another process migrated the table to another key layout (`stored`); nothing was
+    /// A condition did not hold; nothing was written. Per part, per condition, what is
+    /// stored.
+    Conflict { current: Vec<Vec<Option<String>>> },
+    /// Another process migrated `table` to another key layout (`stored`); nothing was
     /// written.
-    LayoutChanged { stored: String },
+    LayoutChanged { table: String, stored: String },
 }
 
 struct WriteRequest {
@@ -107,7 +115,7 @@ const MAX_GROUP_REQUESTS: usize = 4096;
 
 /// The handle to a file's writer thread. The thread stops, and closes the connection, once the
 /// last handle is dropped and the queued work is done.
-pub(super) struct Writer {
+pub(crate) struct Writer {
     inbox: Arc<Inbox<Command>>,
     path: PathBuf,
     /// How to read the file on a connection of one's own (`None` for `:memory:`).
@@ -174,7 +182,7 @@ impl Writer {
     }
 
     /// The database file, as the first opener named it.
-    pub(super) fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -186,6 +194,49 @@ impl Writer {
         match committed.await {
             Ok(result) => result.map_err(|source| self.sqlite_error(source)),
             Err(_) => Err(self.closed()),
+        }
+    }
+
+    /// [`write`](Self::write), with a table migrated to another layout reported as the error
+    /// [`PersistentError::IncompatibleKeyLayout`].
+    pub(crate) async fn write_checked(&self, write: Write) -> Result<Outcome> {
+        let expected: Vec<(String, &'static str)> = write
+            .parts
+            .iter()
+            .map(|part| (part.table.name.clone(), part.layout))
+            .collect();
+        match self.write(write).await? {
+            Outcome::LayoutChanged { table, stored } => {
+                let expected = expected
+                    .into_iter()
+                    .find(|(name, _)| *name == table)
+                    .map_or("", |(_, layout)| layout);
+                Err(PersistentError::IncompatibleKeyLayout {
+                    table,
+                    stored,
+                    expected: expected.to_owned(),
+                })
+            }
+            outcome => Ok(outcome),
+        }
+    }
+
+    /// Commits a transaction's `parts` at `durability`: `None` if every condition held and
+    /// everything was written, else what each part's condition keys hold (nothing was written).
+    pub(crate) async fn commit(
+        &self,
+        parts: Vec<WritePart>,
+        durability: Durability,
+    ) -> Result<Option<Vec<Vec<Option<String>>>>> {
+        let write = Write {
+            parts,
+            want_previous: false,
+            durability,
+        };
+        match self.write_checked(write).await? {
+            Outcome::Applied { .. } => Ok(None),
+            Outcome::Conflict { current } => Ok(Some(current)),
+            Outcome::LayoutChanged { .. } => unreachable!("`write_checked` makes it an error"),
         }
     }
 
@@ -448,52 +499,65 @@ fn commit(
     }
 }
 
-/// One request inside the group's transaction: the layout check, the conditions, then the ops
-/// and their log rows. A request whose check fails writes nothing and says why.
+/// One request inside the group's transaction: the layout checks, every part's conditions
+/// (all read before anything is written, as a transaction's reads come before its writes),
+/// then the ops and their log rows. A request whose check fails writes nothing and says why.
 fn execute(
     connection: &Connection,
     fence: &mut LayoutFence,
     write: &Write,
 ) -> rusqlite::Result<Outcome> {
-    let table = &write.table;
-    if let Some(stored) = fence.changed(connection, &table.name, write.layout)? {
-        return Ok(Outcome::LayoutChanged { stored });
+    for part in &write.parts {
+        if let Some(stored) = fence.changed(connection, &part.table.name, part.layout)? {
+            let table = part.table.name.clone();
+            return Ok(Outcome::LayoutChanged { table, stored });
+        }
     }
-    if !write.conditions.is_empty() {
-        let current = write
-            .conditions
-            .iter()
-            .map(|(key, _)| stored_value(connection, table, key))
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let holds = write
-            .conditions
-            .iter()
-            .zip(&current)
-            .all(|((_, expected), stored)| {
-                crate::backends::encode::same_json(stored.as_deref(), expected.as_deref())
-            });
+    if write.parts.iter().any(|part| !part.conditions.is_empty()) {
+        let mut holds = true;
+        let mut current = Vec::with_capacity(write.parts.len());
+        for part in &write.parts {
+            let stored = part
+                .conditions
+                .iter()
+                .map(|(key, _)| stored_value(connection, &part.table, key))
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            holds &= part
+                .conditions
+                .iter()
+                .zip(&stored)
+                .all(|((_, expected), stored)| {
+                    crate::backends::encode::same_json(stored.as_deref(), expected.as_deref())
+                });
+            current.push(stored);
+        }
         if !holds {
             return Ok(Outcome::Conflict { current });
         }
     }
-    let previous = if write.want_previous {
-        let mut previous = Vec::with_capacity(write.ops.len());
-        for op in &write.ops {
-            previous.push(match op {
-                RawOp::Upsert { key, .. } | RawOp::Delete { key } => {
-                    stored_value(connection, table, key)?
-                }
-                RawOp::DeleteAll => None,
-            });
-            execute_ops(connection, table, std::slice::from_ref(op))?;
+    let mut previous = Vec::with_capacity(write.parts.len());
+    for part in &write.parts {
+        let table = &part.table;
+        if write.want_previous {
+            let mut before = Vec::with_capacity(part.ops.len());
+            for op in &part.ops {
+                before.push(match op {
+                    RawOp::Upsert { key, .. } | RawOp::Delete { key } => {
+                        stored_value(connection, table, key)?
+                    }
+                    RawOp::DeleteAll => None,
+                });
+                execute_ops(connection, table, std::slice::from_ref(op))?;
+            }
+            previous.push(before);
+        } else {
+            execute_ops(connection, table, &part.ops)?;
         }
-        Some(previous)
-    } else {
-        execute_ops(connection, table, &write.ops)?;
-        None
-    };
-    log_keys(connection, table, &write.ops, write.origin)?;
-    Ok(Outcome::Applied { previous })
+        log_keys(connection, table, &part.ops, part.origin)?;
+    }
+    Ok(Outcome::Applied {
+        previous: write.want_previous.then_some(previous),
+    })
 }
 
 /// The JSON stored under `key`, if any. A value that is not text (written by another program)
