@@ -219,6 +219,42 @@ use std::str::FromStr;
 /// # Ok::<(), persistent_map::KeyParseError>(())
 /// ```
 ///
+/// # Keys from std
+///
+/// The std types that maps are commonly keyed by are keys already, so
+/// `PersistentMap::<u64, _, SqliteBackend>::open(path)` works. Each type's text is its own
+/// `Display`, read back by its own `FromStr`, and each has a table of its own:
+///
+/// | key type | table |
+/// | --- | --- |
+/// | `String` | `kv` (as [`SqliteBackend::new`](crate::sqlite::SqliteBackend::new) and persistent-map 0.1.3) |
+/// | `u8`, `u16`, `u32`, `u64`, `u128`, `usize` | `std__u8`, `std__u16`, `std__u32`, `std__u64`, `std__u128`, `std__usize` |
+/// | `i8`, `i16`, `i32`, `i64`, `i128`, `isize` | `std__i8`, `std__i16`, `std__i32`, `std__i64`, `std__i128`, `std__isize` |
+/// | `NonZeroU8` … `NonZeroIsize` | `std__non_zero_u8` … `std__non_zero_isize` |
+/// | `bool`, `char` | `std__bool`, `std__char` |
+/// | `IpAddr`, `Ipv4Addr`, `Ipv6Addr`, `SocketAddr` | `std__ip_addr`, `std__ipv4_addr`, `std__ipv6_addr`, `std__socket_addr` |
+///
+/// The double underscore keeps these tables apart from derived ones: a derived key's default
+/// table is its type's name in snake_case, whose words are joined by single underscores, so no
+/// derived default name contains `__` (`struct U64` gets `u64`, never `std__u64`).
+///
+/// Their [`KEY_LAYOUT`](Self::KEY_LAYOUT) is empty (nothing recorded): the text is one value in
+/// std's own format, which does not change between releases. Another key type reading such a
+/// table either reads every key as written (a derived `struct UserId(u64)` writes the same text
+/// as `u64`) or fails to load with
+/// [`InvalidStoredKey`](crate::PersistentError::InvalidStoredKey); it cannot misparse.
+///
+/// ```
+/// use std::net::Ipv4Addr;
+///
+/// use persistent_map::PersistentKey;
+///
+/// assert_eq!(u64::TABLE_NAME, "std__u64");
+/// assert_eq!(char::TABLE_NAME, "std__char");
+/// assert_eq!(Ipv4Addr::TABLE_NAME, "std__ipv4_addr");
+/// assert_eq!(u64::KEY_LAYOUT, "");
+/// ```
+///
 /// # Compile errors
 ///
 /// Each of these is reported on the tokens that cause it: a union; a field whose type lacks
@@ -264,12 +300,6 @@ pub trait PersistentKey:
     /// assert_eq!(String::KEY_LAYOUT, "");
     /// ```
     const KEY_LAYOUT: &'static str = "";
-}
-
-/// `String` keys live in the table `kv`, as [`SqliteBackend::new`](crate::sqlite::SqliteBackend::new)
-/// and persistent-map 0.1.3 store them.
-impl PersistentKey for String {
-    const TABLE_NAME: &'static str = "kv";
 }
 
 /// Why a key text could not be parsed back into its derived key type.

@@ -36,6 +36,7 @@ mod error;
 mod key;
 mod key_locks;
 mod map;
+mod std_keys;
 mod table_name;
 
 #[doc(hidden)]
