@@ -479,7 +479,8 @@ where
     }
 
     async fn save(&self, key: K, value: V) -> Result<(), PersistentError> {
-        self.write(vec![encode(&BatchOp::Save(key, value))?]).await
+        self.write(vec![encode(&self.table.name, &BatchOp::Save(key, value))?])
+            .await
     }
 
     async fn delete(&self, key: &K) -> Result<(), PersistentError> {
@@ -499,7 +500,7 @@ where
         if ops.is_empty() {
             return Ok(());
         }
-        let ops = crate::backends::encode::encode_all(ops, encode)?;
+        let ops = crate::backends::encode::encode_all(ops, |op| encode(&self.table.name, op))?;
         self.write(ops).await
     }
 
@@ -541,12 +542,13 @@ where
     }
 }
 
-fn encode<K: ToString, V: Serialize>(op: &BatchOp<K, V>) -> Result<RawOp> {
+fn encode<K: ToString, V: Serialize>(table: &str, op: &BatchOp<K, V>) -> Result<RawOp> {
     Ok(match op {
-        BatchOp::Save(key, value) => RawOp::Upsert {
-            key: key.to_string(),
-            value: crate::backends::encode::encode_value(value)?,
-        },
+        BatchOp::Save(key, value) => {
+            let key = key.to_string();
+            let value = crate::backends::encode::encode_stored_value(table, &key, value)?;
+            RawOp::Upsert { key, value }
+        }
         BatchOp::Delete(key) => RawOp::Delete {
             key: key.to_string(),
         },
