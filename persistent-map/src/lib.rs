@@ -30,12 +30,15 @@
 
 mod backend;
 mod backends;
+pub mod blocking;
 mod changes;
 mod completion;
 mod error;
 mod key;
 mod key_locks;
 mod map;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod options;
 mod std_keys;
 mod table_name;
 
@@ -53,6 +56,10 @@ pub use changes::{Change, RecvError, Subscription, CHANGE_BUFFER};
 pub use error::{PersistentError, Result};
 pub use key::{KeyParseError, PersistentKey};
 pub use map::{PersistentMap, RefreshTask};
+#[cfg(feature = "postgres")]
+pub use options::PostgresOptions;
+#[cfg(feature = "sqlite")]
+pub use options::SqliteOptions;
 pub use table_name::validate_table_name;
 
 /// Derives [`PersistentKey`](trait@PersistentKey), `Display` and `FromStr` for a struct or enum.
