@@ -47,6 +47,8 @@ mod table_name;
 pub mod __private;
 
 pub use backend::{BatchOp, ExternalChanges, StorageBackend};
+#[cfg(feature = "csv_backend")]
+pub use backends::csv;
 pub use backends::in_memory;
 #[cfg(feature = "postgres")]
 pub use backends::postgres;

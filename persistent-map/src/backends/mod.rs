@@ -1,3 +1,5 @@
+#[cfg(feature = "csv_backend")]
+pub mod csv;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod decode;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
