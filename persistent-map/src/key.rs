@@ -111,6 +111,7 @@ use std::str::FromStr;
 /// | `rename = "text"` | a variant | that variant's text (wins over `rename_all`) |
 /// | `text = "display"` | the type | keep the type's own `Display` and `FromStr`; derive only `TABLE_NAME` |
 /// | `crate = "path"` | the type | where to find this crate when it is renamed in `Cargo.toml` |
+/// | `serde` | the type | also derive `Serialize` and `Deserialize`, as the key's text (see [Serde](#serde)) |
 ///
 /// The default table name is the type's name in snake_case, taking a run of capitals as one
 /// word: `SessionKey` → `session_key`, `HTTPRequestKey` → `http_request_key`, `V2Key` →
@@ -219,6 +220,47 @@ use std::str::FromStr;
 /// # Ok::<(), persistent_map::KeyParseError>(())
 /// ```
 ///
+/// # Serde
+///
+/// A map's key type must be `Serialize` and `DeserializeOwned` (the
+/// [`StorageBackend`](crate::StorageBackend) trait, kept from 0.1.3, asks for it), though the
+/// SQLite and PostgreSQL backends store only its text. Rather than deriving serde's traits
+/// too, ask for them with `#[persistent_key(serde)]`: they then go through the key's text, so
+/// a key is the same string in JSON (and anywhere else serde writes it) as in the database.
+///
+/// It is opt-in, not automatic: the derive cannot see whether the type also derives or
+/// implements serde's traits, and writing them unasked would clash with every key that
+/// already derives them (as keys did before this attribute). Without either, the compiler
+/// reports the key type as not implementing `Serialize` where it meets the map.
+///
+/// ```
+/// use persistent_map::{sqlite::SqliteBackend, PersistentKey, PersistentMap};
+///
+/// #[derive(PersistentKey, Clone, Debug, PartialEq, Eq, Hash)]
+/// #[persistent_key(serde)]
+/// struct SessionKey {
+///     tenant: String,
+///     user: u64,
+/// }
+///
+/// let key = SessionKey { tenant: "acme".into(), user: 42 };
+/// assert_eq!(serde_json::to_string(&key)?, r#""acme:42""#);
+/// assert_eq!(serde_json::from_str::<SessionKey>(r#""acme:42""#)?, key);
+/// let err = serde_json::from_str::<SessionKey>(r#""acme""#).unwrap_err();
+/// assert!(err.to_string().contains("expected 2 fields"), "{err}");
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> persistent_map::Result<()> {
+/// # let dir = tempfile::tempdir()?;
+/// # let path = dir.path().join("app.db");
+/// let map: PersistentMap<SessionKey, u32, SqliteBackend> = PersistentMap::open(&path).await?;
+/// map.insert(SessionKey { tenant: "acme".into(), user: 42 }, 1).await?;
+/// # Ok(())
+/// # }
+/// # main()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
 /// # Keys from std
 ///
 /// The std types that maps are commonly keyed by are keys already, so
@@ -259,8 +301,9 @@ use std::str::FromStr;
 ///
 /// Each of these is reported on the tokens that cause it: a union; a field whose type lacks
 /// `Display` or `FromStr`; an invalid table name (given, or made from the type's name); an
-/// unknown or repeated attribute; a backslash separator; a variant text that contains the
-/// separator or a backslash; two variants with the same text; an enum with no variants.
+/// unknown or repeated attribute; `serde` given a value; a backslash separator; a variant text
+/// that contains the separator or a backslash; two variants with the same text; an enum with
+/// no variants.
 pub trait PersistentKey:
     fmt::Display + FromStr<Err: std::error::Error + Send + Sync + 'static>
 {
