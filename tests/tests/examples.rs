@@ -19,7 +19,13 @@ use persistent_map_tests::{integrity_check, stored_rows};
 use serde_json::{json, Value};
 
 /// Every example declared in `examples/Cargo.toml`, each of which has a test below.
-const TESTED_EXAMPLES: [&str; 4] = ["custom_backend", "quickstart", "sessions", "todo"];
+const TESTED_EXAMPLES: [&str; 5] = [
+    "bookmarks",
+    "custom_backend",
+    "quickstart",
+    "sessions",
+    "todo",
+];
 
 fn workspace_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -397,6 +403,48 @@ fn custom_backend_keeps_a_json_file_and_replaces_it_whole() {
     assert_eq!(run.code, Some(1), "{run:#?}");
     assert!(run.stderr.contains("broken.json is not a list"), "{run:#?}");
     assert_eq!(std::fs::read_to_string(&broken).unwrap(), "[{\"key\": 1}");
+}
+
+#[test]
+fn bookmarks_uses_the_blocking_api_from_a_plain_main() {
+    let (_dir, dir) = temp_dir();
+    let database = dir.join("bookmarks.db");
+    let bookmarks = |args: &[&str]| run_ok("bookmarks", &dir, args, &[]);
+
+    assert_eq!(
+        bookmarks(&["add", "rust", "https://www.rust-lang.org"]),
+        "added rust\n"
+    );
+    assert_eq!(
+        bookmarks(&["add", "docs", "https://docs.rs"]),
+        "added docs\n"
+    );
+    assert_eq!(bookmarks(&["open", "docs"]), "https://docs.rs (visit 1)\n");
+    assert_eq!(bookmarks(&["open", "docs"]), "https://docs.rs (visit 2)\n");
+    assert_eq!(
+        bookmarks(&["list"]),
+        "   2  docs  https://docs.rs\n   0  rust  https://www.rust-lang.org\n2 bookmark(s)\n"
+    );
+    assert_eq!(bookmarks(&["remove", "rust"]), "removed rust\n");
+    // The key is stored as its text; the value as JSON.
+    assert_eq!(
+        stored_rows(&database, "bookmarks"),
+        [(
+            "docs".into(),
+            r#"{"url":"https://docs.rs","visits":2}"#.into()
+        )]
+    );
+    assert_eq!(integrity_check(&database), "ok");
+
+    let missing = run("bookmarks", &dir, &["open", "rust"], &[]);
+    assert_eq!(missing.code, Some(1), "{missing:#?}");
+    assert_eq!(missing.stderr, "bookmarks: no bookmark named rust\n");
+    let usage = run("bookmarks", &dir, &["add", "only-a-name"], &[]);
+    assert_eq!(usage.code, Some(2), "{usage:#?}");
+    assert!(
+        usage.stderr.starts_with("usage: bookmarks add NAME URL"),
+        "{usage:#?}"
+    );
 }
 
 fn read_workspace_file(path: &str) -> String {
