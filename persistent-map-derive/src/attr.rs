@@ -14,7 +14,7 @@ use crate::ctxt::Ctxt;
 const ATTRIBUTE: &str = "persistent_key";
 
 /// The keys allowed on the type.
-const TYPE_KEYS: &[&str] = &["table", "separator", "rename_all", "text", "crate"];
+const TYPE_KEYS: &[&str] = &["table", "separator", "rename_all", "text", "crate", "serde"];
 
 /// The keys allowed on a variant.
 const VARIANT_KEYS: &[&str] = &["rename"];
@@ -50,6 +50,8 @@ pub(crate) struct TypeAttrs {
     pub(crate) rename_all: Option<Attr<RenameRule>>,
     pub(crate) text: Option<Attr<TextMode>>,
     pub(crate) krate: Option<Attr<Path>>,
+    /// `serde`: derive `Serialize` and `Deserialize` through the key's text.
+    pub(crate) serde: Option<Attr<()>>,
 }
 
 /// The attributes of one enum variant.
@@ -81,6 +83,14 @@ pub(crate) fn type_attrs(cx: &Ctxt, attrs: &[Attribute]) -> TypeAttrs {
                 let literal: LitStr = meta.value()?.parse()?;
                 let path = literal.parse::<Path>()?;
                 set_once(cx, &meta, &mut parsed.krate, &literal, path)
+            } else if meta.path.is_ident("serde") {
+                if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
+                    return Err(meta.error(
+                        "`serde` takes no value: write `#[persistent_key(serde)]` to derive \
+                         Serialize and Deserialize through the key's text",
+                    ));
+                }
+                set_flag_once(cx, &meta, &mut parsed.serde)
             } else if meta.path.is_ident("rename") {
                 Err(meta.error(
                     "`rename` goes on an enum variant; on the type, use `rename_all` or `table`",
@@ -132,6 +142,29 @@ fn our_attrs(attrs: &[Attribute]) -> impl Iterator<Item = &Attribute> {
     attrs.iter().filter(|attr| attr.path().is_ident(ATTRIBUTE))
 }
 
+/// Sets a flag (a key without a value), unless it was already given: that is an error on the
+/// repetition.
+fn set_flag_once(
+    cx: &Ctxt,
+    meta: &ParseNestedMeta<'_>,
+    slot: &mut Option<Attr<()>>,
+) -> syn::Result<()> {
+    if slot.is_some() {
+        cx.push(duplicate(meta));
+        return Ok(());
+    }
+    *slot = Some(Attr {
+        tokens: meta.path.to_token_stream(),
+        value: (),
+    });
+    Ok(())
+}
+
+fn duplicate(meta: &ParseNestedMeta<'_>) -> syn::Error {
+    let key = meta.path.to_token_stream();
+    meta.error(format_args!("duplicate persistent_key attribute `{key}`"))
+}
+
 /// Stores `value`, written as `literal`, unless the key was already given: that is an error on
 /// the repetition.
 fn set_once<T>(
@@ -143,8 +176,7 @@ fn set_once<T>(
 ) -> syn::Result<()> {
     let key = &meta.path;
     if slot.is_some() {
-        let key = key.to_token_stream();
-        cx.push(meta.error(format_args!("duplicate persistent_key attribute `{key}`")));
+        cx.push(duplicate(meta));
         return Ok(());
     }
     *slot = Some(Attr {

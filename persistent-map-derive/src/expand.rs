@@ -27,6 +27,15 @@ pub(crate) fn derive(node: &DeriveInput) -> TokenStream {
 }
 
 fn expand(input: &Input<'_>) -> TokenStream {
+    let text_and_key = expand_text_and_key(input);
+    let serde = impl_serde(input);
+    quote! {
+        #text_and_key
+        #serde
+    }
+}
+
+fn expand_text_and_key(input: &Input<'_>) -> TokenStream {
     let table_name = input.table_name();
     match input.text_mode() {
         // The type's own text is not ours to describe: no layout.
@@ -65,6 +74,61 @@ pub(crate) fn impl_persistent_key(
             const TABLE_NAME: &'static str = #table_name;
             const KEY_LAYOUT: &'static str = #key_layout;
         }
+    }
+}
+
+/// With `serde`, `Serialize` and `Deserialize` through the key's text (nothing without it).
+/// They need only the type's `Display` and `FromStr`, whichever wrote them, so they are
+/// emitted next to the fallback's placeholders too, sparing the user a cascade of "`Key` does
+/// not implement `Serialize`" where the key meets a map.
+pub(crate) fn impl_serde(input: &Input<'_>) -> TokenStream {
+    if input.attrs.serde.is_none() {
+        return TokenStream::new();
+    }
+    let krate = input.krate();
+    let ident = &input.original.ident;
+    let generic = !input.generics().params.is_empty();
+    let serialize_bounds: Vec<WherePredicate> = match generic {
+        true => vec![parse_quote!(Self: ::core::fmt::Display)],
+        false => Vec::new(),
+    };
+    let serialize_generics = with_bounds(input.generics(), serialize_bounds);
+    let (impl_generics, ty_generics, where_clause) = serialize_generics.split_for_impl();
+    let serialize = quote! {
+        #[automatically_derived]
+        impl #impl_generics #krate::__private::serde::Serialize for #ident #ty_generics #where_clause {
+            fn serialize<__S>(&self, __serializer: __S) -> ::core::result::Result<__S::Ok, __S::Error>
+            where
+                __S: #krate::__private::serde::Serializer,
+            {
+                #krate::__private::serialize_key_text(self, __serializer)
+            }
+        }
+    };
+    let deserialize_bounds: Vec<WherePredicate> = match generic {
+        true => vec![
+            parse_quote!(Self: ::core::str::FromStr),
+            parse_quote!(<Self as ::core::str::FromStr>::Err: ::core::fmt::Display),
+        ],
+        false => Vec::new(),
+    };
+    let mut deserialize_generics = with_bounds(input.generics(), deserialize_bounds);
+    deserialize_generics.params.insert(0, parse_quote!('__de));
+    let (impl_generics, _, where_clause) = deserialize_generics.split_for_impl();
+    let deserialize = quote! {
+        #[automatically_derived]
+        impl #impl_generics #krate::__private::serde::Deserialize<'__de> for #ident #ty_generics #where_clause {
+            fn deserialize<__D>(__deserializer: __D) -> ::core::result::Result<Self, __D::Error>
+            where
+                __D: #krate::__private::serde::Deserializer<'__de>,
+            {
+                #krate::__private::deserialize_key_text(__deserializer)
+            }
+        }
+    };
+    quote! {
+        #serialize
+        #deserialize
     }
 }
 

@@ -7,11 +7,12 @@ use quote::quote;
 
 use crate::ast::Input;
 use crate::attr::TextMode;
-use crate::expand::{impl_persistent_key, own_text_bounds};
+use crate::expand::{impl_persistent_key, impl_serde, own_text_bounds};
 
 pub(crate) fn expand(input: &Input<'_>, error: syn::Error) -> TokenStream {
     let error = error.to_compile_error();
-    match input.text_mode() {
+    let serde = impl_serde(input);
+    let impls = match input.text_mode() {
         TextMode::Display => {
             let persistent_key = impl_persistent_key(input, "", "", own_text_bounds(input));
             quote! {
@@ -28,6 +29,10 @@ pub(crate) fn expand(input: &Input<'_>, error: syn::Error) -> TokenStream {
                 #persistent_key
             }
         }
+    };
+    quote! {
+        #impls
+        #serde
     }
 }
 

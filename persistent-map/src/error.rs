@@ -16,7 +16,8 @@ pub type Result<T, E = PersistentError> = std::result::Result<T, E>;
 /// Everything that can go wrong in a map or a backend.
 ///
 /// Each message carries the context needed to act on it: the path that could not be opened, the
-/// table and raw key of a stored row that no longer parses, the rejected table name.
+/// table and raw key of a stored row that no longer parses, the table and the key's text of a
+/// value that cannot be stored, the rejected table name.
 ///
 /// `From<std::io::Error>` and `From<serde_json::Error>` let a custom backend use `?`:
 ///
@@ -147,6 +148,19 @@ pub enum PersistentError {
         key: String,
     },
 
+    /// A value that cannot be stored (a NaN or infinite float, which JSON cannot hold, or a
+    /// `Serialize` impl that fails). The write was refused; nothing was stored or changed.
+    #[error("table {table:?}: value of key {key:?} cannot be stored: {source}")]
+    InvalidValue {
+        /// The table the write was for.
+        table: String,
+        /// The key's text, as it would have been stored.
+        key: String,
+        /// Why the value could not be serialized.
+        #[source]
+        source: serde_json::Error,
+    },
+
     /// A stored key no longer parses as the map's key type. Nothing was changed on disk.
     #[error("table {table:?}: stored key {key:?} does not parse: {source}")]
     InvalidStoredKey {
@@ -238,6 +252,35 @@ pub enum PersistentError {
         /// Why the next write failed.
         #[source]
         source: Box<PersistentError>,
+    },
+
+    /// A CSV file (feature `csv_backend`) could not be read or written: a line that is not a
+    /// record of this map (its key or value does not parse), or a value that CSV cannot hold.
+    /// A damaged file is refused as a whole and left untouched.
+    #[cfg(feature = "csv_backend")]
+    #[error("CSV file {}{}: {reason}", path.display(), line.map(|line| format!(", line {line}")).unwrap_or_default())]
+    Csv {
+        /// The file.
+        path: PathBuf,
+        /// The line (from 1) where the file went wrong, when it was being read.
+        line: Option<u64>,
+        /// What went wrong, naming the key's text where one is concerned.
+        reason: String,
+    },
+
+    /// A write of [`blocking::PersistentMap`](crate::blocking::PersistentMap) was called on a
+    /// thread that runs async code (inside a tokio runtime), where blocking would stall every
+    /// task of that runtime, or deadlock it. Nothing was done: use the async
+    /// [`PersistentMap`](crate::PersistentMap) there
+    /// ([`as_async`](crate::blocking::PersistentMap::as_async)).
+    #[error(
+        "persistent_map::blocking::PersistentMap::{operation} was called inside an async \
+         runtime, where it would block the runtime's thread; nothing was done. Use the async \
+         PersistentMap there (`.as_async()`), or call it from a thread of your own"
+    )]
+    BlockingInAsyncContext {
+        /// The method that was called (`insert`, `remove`, ...).
+        operation: &'static str,
     },
 
     /// An error from a custom backend that fits no other variant.

@@ -111,6 +111,7 @@ use std::str::FromStr;
 /// | `rename = "text"` | a variant | that variant's text (wins over `rename_all`) |
 /// | `text = "display"` | the type | keep the type's own `Display` and `FromStr`; derive only `TABLE_NAME` |
 /// | `crate = "path"` | the type | where to find this crate when it is renamed in `Cargo.toml` |
+/// | `serde` | the type | also derive `Serialize` and `Deserialize`, as the key's text (see [Serde](#serde)) |
 ///
 /// The default table name is the type's name in snake_case, taking a run of capitals as one
 /// word: `SessionKey` → `session_key`, `HTTPRequestKey` → `http_request_key`, `V2Key` →
@@ -219,12 +220,90 @@ use std::str::FromStr;
 /// # Ok::<(), persistent_map::KeyParseError>(())
 /// ```
 ///
+/// # Serde
+///
+/// A map's key type must be `Serialize` and `DeserializeOwned` (the
+/// [`StorageBackend`](crate::StorageBackend) trait, kept from 0.1.3, asks for it), though the
+/// SQLite and PostgreSQL backends store only its text. Rather than deriving serde's traits
+/// too, ask for them with `#[persistent_key(serde)]`: they then go through the key's text, so
+/// a key is the same string in JSON (and anywhere else serde writes it) as in the database.
+///
+/// It is opt-in, not automatic: the derive cannot see whether the type also derives or
+/// implements serde's traits, and writing them unasked would clash with every key that
+/// already derives them (as keys did before this attribute). Without either, the compiler
+/// reports the key type as not implementing `Serialize` where it meets the map.
+///
+/// ```
+/// use persistent_map::{sqlite::SqliteBackend, PersistentKey, PersistentMap};
+///
+/// #[derive(PersistentKey, Clone, Debug, PartialEq, Eq, Hash)]
+/// #[persistent_key(serde)]
+/// struct SessionKey {
+///     tenant: String,
+///     user: u64,
+/// }
+///
+/// let key = SessionKey { tenant: "acme".into(), user: 42 };
+/// assert_eq!(serde_json::to_string(&key)?, r#""acme:42""#);
+/// assert_eq!(serde_json::from_str::<SessionKey>(r#""acme:42""#)?, key);
+/// let err = serde_json::from_str::<SessionKey>(r#""acme""#).unwrap_err();
+/// assert!(err.to_string().contains("expected 2 fields"), "{err}");
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> persistent_map::Result<()> {
+/// # let dir = tempfile::tempdir()?;
+/// # let path = dir.path().join("app.db");
+/// let map: PersistentMap<SessionKey, u32, SqliteBackend> = PersistentMap::open(&path).await?;
+/// map.insert(SessionKey { tenant: "acme".into(), user: 42 }, 1).await?;
+/// # Ok(())
+/// # }
+/// # main()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Keys from std
+///
+/// The std types that maps are commonly keyed by are keys already, so
+/// `PersistentMap::<u64, _, SqliteBackend>::open(path)` works. Each type's text is its own
+/// `Display`, read back by its own `FromStr`, and each has a table of its own:
+///
+/// | key type | table |
+/// | --- | --- |
+/// | `String` | `kv` (as [`SqliteBackend::new`](crate::sqlite::SqliteBackend::new) and persistent-map 0.1.3) |
+/// | `u8`, `u16`, `u32`, `u64`, `u128`, `usize` | `std__u8`, `std__u16`, `std__u32`, `std__u64`, `std__u128`, `std__usize` |
+/// | `i8`, `i16`, `i32`, `i64`, `i128`, `isize` | `std__i8`, `std__i16`, `std__i32`, `std__i64`, `std__i128`, `std__isize` |
+/// | `NonZeroU8` … `NonZeroIsize` | `std__non_zero_u8` … `std__non_zero_isize` |
+/// | `bool`, `char` | `std__bool`, `std__char` |
+/// | `IpAddr`, `Ipv4Addr`, `Ipv6Addr`, `SocketAddr` | `std__ip_addr`, `std__ipv4_addr`, `std__ipv6_addr`, `std__socket_addr` |
+///
+/// The double underscore keeps these tables apart from derived ones: a derived key's default
+/// table is its type's name in snake_case, whose words are joined by single underscores, so no
+/// derived default name contains `__` (`struct U64` gets `u64`, never `std__u64`).
+///
+/// Their [`KEY_LAYOUT`](Self::KEY_LAYOUT) is empty (nothing recorded): the text is one value in
+/// std's own format, which does not change between releases. Another key type reading such a
+/// table either reads every key as written (a derived `struct UserId(u64)` writes the same text
+/// as `u64`) or fails to load with
+/// [`InvalidStoredKey`](crate::PersistentError::InvalidStoredKey); it cannot misparse.
+///
+/// ```
+/// use std::net::Ipv4Addr;
+///
+/// use persistent_map::PersistentKey;
+///
+/// assert_eq!(u64::TABLE_NAME, "std__u64");
+/// assert_eq!(char::TABLE_NAME, "std__char");
+/// assert_eq!(Ipv4Addr::TABLE_NAME, "std__ipv4_addr");
+/// assert_eq!(u64::KEY_LAYOUT, "");
+/// ```
+///
 /// # Compile errors
 ///
 /// Each of these is reported on the tokens that cause it: a union; a field whose type lacks
 /// `Display` or `FromStr`; an invalid table name (given, or made from the type's name); an
-/// unknown or repeated attribute; a backslash separator; a variant text that contains the
-/// separator or a backslash; two variants with the same text; an enum with no variants.
+/// unknown or repeated attribute; `serde` given a value; a backslash separator; a variant text
+/// that contains the separator or a backslash; two variants with the same text; an enum with
+/// no variants.
 pub trait PersistentKey:
     fmt::Display + FromStr<Err: std::error::Error + Send + Sync + 'static>
 {
@@ -264,12 +343,6 @@ pub trait PersistentKey:
     /// assert_eq!(String::KEY_LAYOUT, "");
     /// ```
     const KEY_LAYOUT: &'static str = "";
-}
-
-/// `String` keys live in the table `kv`, as [`SqliteBackend::new`](crate::sqlite::SqliteBackend::new)
-/// and persistent-map 0.1.3 store them.
-impl PersistentKey for String {
-    const TABLE_NAME: &'static str = "kv";
 }
 
 /// Why a key text could not be parsed back into its derived key type.

@@ -30,12 +30,16 @@
 
 mod backend;
 mod backends;
+pub mod blocking;
 mod changes;
 mod completion;
 mod error;
 mod key;
 mod key_locks;
 mod map;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod options;
+mod std_keys;
 mod table_name;
 
 #[doc(hidden)]
@@ -46,6 +50,8 @@ pub use backend::{
     BatchOp, ChangePosition, Checked, Condition, ExternalChanges, StorageBackend, Stored,
     WriteOptions,
 };
+#[cfg(feature = "csv_backend")]
+pub use backends::csv;
 pub use backends::in_memory;
 #[cfg(feature = "postgres")]
 pub use backends::postgres;
@@ -55,6 +61,10 @@ pub use changes::{Change, RecvError, Subscription, CHANGE_BUFFER};
 pub use error::{PersistentError, Result};
 pub use key::{KeyParseError, PersistentKey};
 pub use map::{transaction, PersistentMap, RefreshTask, Transaction, TransactionalBackend};
+#[cfg(feature = "postgres")]
+pub use options::PostgresOptions;
+#[cfg(feature = "sqlite")]
+pub use options::SqliteOptions;
 pub use table_name::validate_table_name;
 
 /// Derives [`PersistentKey`](trait@PersistentKey), `Display` and `FromStr` for a struct or enum.

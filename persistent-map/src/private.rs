@@ -12,6 +12,25 @@ use std::fmt::{self, Display, Write as _};
 use std::str::FromStr;
 
 pub use crate::key::{KeyParseError, PersistentKey};
+pub use serde;
+
+/// `Serialize` for `#[persistent_key(serde)]`: the key as its text.
+pub fn serialize_key_text<K: Display + ?Sized, S: serde::Serializer>(
+    key: &K,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(key)
+}
+
+/// `Deserialize` for `#[persistent_key(serde)]`: a string, parsed as the key's text.
+pub fn deserialize_key_text<'de, K, D>(deserializer: D) -> Result<K, D::Error>
+where
+    K: FromStr<Err: Display>,
+    D: serde::Deserializer<'de>,
+{
+    let text = <Cow<'de, str> as serde::Deserialize>::deserialize(deserializer)?;
+    text.parse().map_err(serde::de::Error::custom)
+}
 
 /// The character that escapes itself and the separator inside a field of a multi-field key.
 const ESCAPE: char = '\\';

@@ -263,7 +263,14 @@ async fn a_value_that_cannot_be_serialized_is_an_error_and_changes_nothing() {
         .insert("k".into(), HashMap::from([((1, 2), 3)]))
         .await
         .unwrap_err();
-    assert!(matches!(err, PersistentError::Serde(_)), "{err:?}");
+    assert!(
+        matches!(err, PersistentError::InvalidValue { .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        r#"table "kv": value of key "k" cannot be stored: key must be a string"#
+    );
     assert!(map.is_empty());
     assert!(stored_rows(&path, "kv").is_empty());
 }
@@ -320,8 +327,17 @@ async fn a_float_json_cannot_hold_is_refused_not_stored_as_null() {
     map.insert("ratio".into(), Some(0.5)).await.unwrap();
     for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
         let err = map.insert("ratio".into(), Some(bad)).await.unwrap_err();
-        assert!(matches!(err, PersistentError::Serde(_)), "{err:?}");
-        assert!(err.to_string().contains("NaN or infinite"), "{err}");
+        assert!(
+            matches!(err, PersistentError::InvalidValue { .. }),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "table \"kv\": value of key \"ratio\" cannot be stored: {bad} cannot be stored: \
+                 JSON has no representation for NaN or infinite floats"
+            )
+        );
     }
     let err = map
         .insert_many([
@@ -330,7 +346,15 @@ async fn a_float_json_cannot_hold_is_refused_not_stored_as_null() {
         ])
         .await
         .unwrap_err();
-    assert!(matches!(err, PersistentError::Serde(_)), "{err:?}");
+    assert!(
+        matches!(err, PersistentError::InvalidValue { .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with(r#"table "kv": value of key "b" cannot be stored: NaN cannot be stored"#),
+        "{err}"
+    );
     assert_eq!(map.get("ratio"), Some(Some(0.5)));
     assert_eq!(map.len(), 1);
     assert_eq!(

@@ -20,7 +20,13 @@ use serde_json::{json, Value};
 
 /// Every example declared in `examples/Cargo.toml` that runs on its own, each of which has a
 /// test below.
-const TESTED_EXAMPLES: [&str; 4] = ["custom_backend", "quickstart", "sessions", "todo"];
+const TESTED_EXAMPLES: [&str; 5] = [
+    "bookmarks",
+    "custom_backend",
+    "quickstart",
+    "sessions",
+    "todo",
+];
 
 /// The examples that need a PostgreSQL server: they require the feature `postgres`, so they are
 /// built and tested only with it, against the server of `PM_TEST_POSTGRES_URL`.
@@ -430,6 +436,48 @@ fn logging_shows_the_backends_events_on_stderr() {
             run.stderr
         );
     }
+}
+
+#[test]
+fn bookmarks_uses_the_blocking_api_from_a_plain_main() {
+    let (_dir, dir) = temp_dir();
+    let database = dir.join("bookmarks.db");
+    let bookmarks = |args: &[&str]| run_ok("bookmarks", &dir, args, &[]);
+
+    assert_eq!(
+        bookmarks(&["add", "rust", "https://www.rust-lang.org"]),
+        "added rust\n"
+    );
+    assert_eq!(
+        bookmarks(&["add", "docs", "https://docs.rs"]),
+        "added docs\n"
+    );
+    assert_eq!(bookmarks(&["open", "docs"]), "https://docs.rs (visit 1)\n");
+    assert_eq!(bookmarks(&["open", "docs"]), "https://docs.rs (visit 2)\n");
+    assert_eq!(
+        bookmarks(&["list"]),
+        "   2  docs  https://docs.rs\n   0  rust  https://www.rust-lang.org\n2 bookmark(s)\n"
+    );
+    assert_eq!(bookmarks(&["remove", "rust"]), "removed rust\n");
+    // The key is stored as its text; the value as JSON.
+    assert_eq!(
+        stored_rows(&database, "bookmarks"),
+        [(
+            "docs".into(),
+            r#"{"url":"https://docs.rs","visits":2}"#.into()
+        )]
+    );
+    assert_eq!(integrity_check(&database), "ok");
+
+    let missing = run("bookmarks", &dir, &["open", "rust"], &[]);
+    assert_eq!(missing.code, Some(1), "{missing:#?}");
+    assert_eq!(missing.stderr, "bookmarks: no bookmark named rust\n");
+    let usage = run("bookmarks", &dir, &["add", "only-a-name"], &[]);
+    assert_eq!(usage.code, Some(2), "{usage:#?}");
+    assert!(
+        usage.stderr.starts_with("usage: bookmarks add NAME URL"),
+        "{usage:#?}"
+    );
 }
 
 fn read_workspace_file(path: &str) -> String {

@@ -296,6 +296,16 @@ async fn refresh_costs_what_changed_in_its_own_table() {
         "one key re-read, not a reload"
     );
     assert!(!map.refresh().await.unwrap());
+
+    // A program that does not log (here plain rusqlite), after this map's own writes moved the
+    // log: the file's data version gives it away, and the map reloads.
+    map.insert("mine".into(), 2).await.unwrap();
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute("INSERT INTO kv VALUES ('by-hand', '3')", [])
+        .unwrap();
+    assert!(map.refresh().await.unwrap());
+    assert_eq!(map.get("by-hand"), Some(3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,8 @@
 
 use std::fmt::Display;
 
+use crate::PersistentError;
+
 use serde::ser::{
     self, Serialize, SerializeMap, SerializeSeq, SerializeStruct, SerializeStructVariant,
     SerializeTuple, SerializeTupleStruct, SerializeTupleVariant, Serializer,
@@ -31,6 +33,20 @@ pub(crate) fn same_json(stored: Option<&str>, expected: Option<&str>) -> bool {
         }
         _ => false,
     }
+}
+
+/// The JSON text of the `value` stored under `key` (its text) in `table`; a value that cannot
+/// be stored is an [`InvalidValue`](PersistentError::InvalidValue) naming the table and the key.
+pub(crate) fn encode_stored_value<V: Serialize + ?Sized>(
+    table: &str,
+    key: &str,
+    value: &V,
+) -> Result<String, PersistentError> {
+    encode_value(value).map_err(|source| PersistentError::InvalidValue {
+        table: table.to_owned(),
+        key: key.to_owned(),
+        source,
+    })
 }
 
 /// `encode` applied to every item, in order; a large batch is split in two and encoded on two

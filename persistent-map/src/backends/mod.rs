@@ -1,3 +1,5 @@
+#[cfg(feature = "csv_backend")]
+pub mod csv;
 mod decode;
 pub(crate) mod encode;
 pub mod in_memory;

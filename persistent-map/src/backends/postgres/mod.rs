@@ -746,7 +746,11 @@ where
 
     /// Returns once the row is committed.
     async fn save(&self, key: K, value: V) -> Result<(), PersistentError> {
-        self.write(vec![encode(&BatchOp::Save(key, value))?]).await
+        self.write(vec![encode(
+            &self.shared.target.table,
+            &BatchOp::Save(key, value),
+        )?])
+        .await
     }
 
     /// Returns once the delete is committed.
@@ -769,7 +773,8 @@ where
         if ops.is_empty() {
             return Ok(());
         }
-        let ops = crate::backends::encode::encode_all(ops, encode)?;
+        let ops =
+            crate::backends::encode::encode_all(ops, |op| encode(&self.shared.target.table, op))?;
         self.write(ops).await
     }
 
@@ -839,12 +844,13 @@ where
     }
 }
 
-fn encode<K: ToString, V: Serialize>(op: &BatchOp<K, V>) -> Result<RawOp> {
+fn encode<K: ToString, V: Serialize>(table: &str, op: &BatchOp<K, V>) -> Result<RawOp> {
     Ok(match op {
-        BatchOp::Save(key, value) => RawOp::Upsert {
-            key: key.to_string(),
-            value: crate::backends::encode::encode_value(value)?,
-        },
+        BatchOp::Save(key, value) => {
+            let key = key.to_string();
+            let value = crate::backends::encode::encode_stored_value(table, &key, value)?;
+            RawOp::Upsert { key, value }
+        }
         BatchOp::Delete(key) => RawOp::Delete {
             key: key.to_string(),
         },

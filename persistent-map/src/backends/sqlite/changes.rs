@@ -3,9 +3,11 @@
 //! Every transaction of this crate logs the keys it wrote in `persistent_map_log` (see
 //! `writer.rs`), numbered in commit order (SQLite commits one transaction at a time). A map's
 //! place in that history is the last number it has applied, with the file's
-//! `PRAGMA data_version` at the time: the version moves when any other connection commits, so a
-//! commit that moved it without logging anything was made by a program that does not log (the
-//! `sqlite3` shell, a script, an older version of this crate), and the map reloads.
+//! `PRAGMA data_version` at the time: the version moves when any other connection commits, so
+//! when it moved and no other connection logged anything, a program that does not log (the
+//! `sqlite3` shell, a script, an older version of this crate) committed, and the map reloads.
+//! (When another process of this crate logged in the same interval, such a commit goes
+//! unnoticed until the next one: `load` catches it.)
 
 use rusqlite::OptionalExtension;
 
@@ -69,6 +71,7 @@ pub(super) async fn since(
     since: Option<Place>,
 ) -> Result<(Logged, Place)> {
     let table = table.to_owned();
+    let me = writer.id();
     writer
         .run(move |connection| {
             let now = current(connection)?;
@@ -85,9 +88,18 @@ pub(super) async fn since(
             if since.seq > now.seq || pruned_past {
                 return Ok((Logged::Unknown, now));
             }
-            if now.data_version != since.data_version && now.seq == since.seq {
-                // Another connection committed and logged nothing.
-                return Ok((Logged::Unknown, now));
+            if now.data_version != since.data_version {
+                // Another connection committed. If none logged anything since, it was a
+                // program that does not log, and what it changed is unknown.
+                let logged_by_others: i64 = connection
+                    .prepare_cached(
+                        "SELECT count(*) FROM persistent_map_log \
+                         WHERE seq > ?1 AND seq <= ?2 AND writer <> ?3",
+                    )?
+                    .query_row((since.seq, now.seq, me), |row| row.get(0))?;
+                if logged_by_others == 0 {
+                    return Ok((Logged::Unknown, now));
+                }
             }
             let mut select = connection.prepare_cached(
                 "SELECT key FROM persistent_map_log \

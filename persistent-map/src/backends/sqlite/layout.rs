@@ -182,7 +182,8 @@ where
             // Every key of both tables may have changed: maps elsewhere reload them.
             for table in [&old_table.name, &new_table.name] {
                 transaction.execute(
-                    "INSERT INTO persistent_map_log (table_name, key, origin) VALUES (?1, NULL, ?2)",
+                    "INSERT INTO persistent_map_log (table_name, key, origin, writer) \
+                     VALUES (?1, NULL, ?2, 0)",
                     (table, origin),
                 )?;
             }

@@ -518,7 +518,7 @@ where
     }
 
     async fn save(&self, key: K, value: V) -> Result<(), PersistentError> {
-        self.write_ops(vec![encode(&BatchOp::Save(key, value))?])
+        self.write_ops(vec![encode(&self.table.name, &BatchOp::Save(key, value))?])
             .await
     }
 
@@ -539,7 +539,7 @@ where
         if ops.is_empty() {
             return Ok(());
         }
-        let ops = crate::backends::encode::encode_all(ops, encode)?;
+        let ops = crate::backends::encode::encode_all(ops, |op| encode(&self.table.name, op))?;
         self.write_ops(ops).await
     }
 
@@ -585,7 +585,7 @@ where
             .zip(conditions)
             .map(|(key, condition)| (key.clone(), condition.expected.clone()))
             .collect();
-        let ops = crate::backends::encode::encode_all(ops, encode)?;
+        let ops = crate::backends::encode::encode_all(ops, |op| encode(&self.table.name, op))?;
         match self.write(raw_conditions, ops, options).await? {
             Outcome::Applied { previous } => Ok(Checked::Applied {
                 previous: previous.and_then(|parts| parts.into_iter().next()),
@@ -678,7 +678,7 @@ where
                         .iter()
                         .map(|c| (c.key.to_string(), c.expected.clone()))
                         .collect(),
-                    ops: crate::backends::encode::encode_all(ops, encode)?,
+                    ops: crate::backends::encode::encode_all(ops, |op| encode(&table.name, op))?,
                     layout,
                     origin: log_origin(origin),
                 }))
@@ -698,12 +698,13 @@ impl SqliteBackend {
     }
 }
 
-fn encode<K: ToString, V: Serialize>(op: &BatchOp<K, V>) -> Result<RawOp> {
+fn encode<K: ToString, V: Serialize>(table: &str, op: &BatchOp<K, V>) -> Result<RawOp> {
     Ok(match op {
-        BatchOp::Save(key, value) => RawOp::Upsert {
-            key: key.to_string(),
-            value: crate::backends::encode::encode_value(value)?,
-        },
+        BatchOp::Save(key, value) => {
+            let key = key.to_string();
+            let value = crate::backends::encode::encode_stored_value(table, &key, value)?;
+            RawOp::Upsert { key, value }
+        }
         BatchOp::Delete(key) => RawOp::Delete {
             key: key.to_string(),
         },

@@ -121,6 +121,8 @@ pub(crate) struct Writer {
     /// How to read the file on a connection of one's own (`None` for `:memory:`).
     reader: Option<Reader>,
     counters: Arc<Counters>,
+    /// This connection's id in the change log's `writer` column.
+    id: i64,
 }
 
 impl std::fmt::Debug for Writer {
@@ -156,15 +158,17 @@ impl Writer {
     ) -> std::io::Result<Self> {
         let inbox = Arc::new(Inbox::new());
         let counters = Arc::new(Counters::default());
+        let id = new_writer_id();
         let (thread_inbox, thread_counters) = (Arc::clone(&inbox), Arc::clone(&counters));
         std::thread::Builder::new()
             .name("persistent-map-sqlite".into())
-            .spawn(move || serve(connection, &thread_inbox, &thread_counters))?;
+            .spawn(move || serve(connection, &thread_inbox, &thread_counters, id))?;
         Ok(Self {
             inbox,
             path,
             reader,
             counters,
+            id,
         })
     }
 
@@ -179,6 +183,11 @@ impl Writer {
     /// How to open a reading connection of one's own to the file, unless it is `:memory:`.
     pub(super) fn reader(&self) -> Option<&Reader> {
         self.reader.as_ref()
+    }
+
+    /// This connection's id in the change log.
+    pub(super) fn id(&self) -> i64 {
+        self.id
     }
 
     /// The database file, as the first opener named it.
@@ -280,6 +289,19 @@ impl Writer {
     }
 }
 
+/// A number for a writing connection in the change log, different for every connection
+/// opened (in this process and, with overwhelming likelihood, in any other), and never 0
+/// (which `migrate_keys` logs as).
+fn new_writer_id() -> i64 {
+    use std::hash::{BuildHasher, RandomState};
+    static STARTED: AtomicU64 = AtomicU64::new(0);
+    let started = STARTED.fetch_add(1, Ordering::Relaxed);
+    let hash = RandomState::new()
+        .hash_one((std::process::id(), started))
+        .max(1);
+    i64::from_ne_bytes(hash.to_ne_bytes())
+}
+
 /// The writer thread's loop.
 ///
 /// Group commit: every write that queued while a commit was syncing goes into the next
@@ -288,7 +310,7 @@ impl Writer {
 /// alone), so the loop also waits, briefly and without spinning, for the writers it has just
 /// acknowledged: with 16 tasks writing in turn, each commit then serves all 16. A lone
 /// sequential writer is never made to wait: it is the only one expected back.
-fn serve(mut connection: Connection, queue: &Inbox<Command>, counters: &Counters) {
+fn serve(mut connection: Connection, queue: &Inbox<Command>, counters: &Counters, id: i64) {
     let _abandon_on_exit = AbandonOnExit(queue);
     let mut synchronous = Durability::Full;
     let mut fence = LayoutFence::default();
@@ -320,6 +342,7 @@ fn serve(mut connection: Connection, queue: &Inbox<Command>, counters: &Counters
             &mut fence,
             &committed,
             counters,
+            id,
         );
         // What is queued now came from writers other than those about to be acknowledged.
         take_queued(queue, &mut group, &mut next);
@@ -385,6 +408,7 @@ fn commit_group(
     fence: &mut LayoutFence,
     group: &[WriteRequest],
     counters: &Counters,
+    id: i64,
 ) -> Vec<rusqlite::Result<Outcome>> {
     let wanted = group
         .iter()
@@ -395,7 +419,7 @@ fn commit_group(
         // Committing at a weaker level than asked would break the promise: commit nothing.
         return group.iter().map(|_| Err(copy_error(&error))).collect();
     }
-    match commit(connection, fence, group, counters) {
+    match commit(connection, fence, group, counters, id) {
         Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
         Err(error) if group.len() == 1 => vec![Err(error)],
         // A busy, locked, full, read-only or failing file refuses every request alike: retrying
@@ -406,8 +430,14 @@ fn commit_group(
         Err(_) => group
             .iter()
             .map(|request| {
-                commit(connection, fence, std::slice::from_ref(request), counters)
-                    .map(|mut outcomes| outcomes.remove(0))
+                commit(
+                    connection,
+                    fence,
+                    std::slice::from_ref(request),
+                    counters,
+                    id,
+                )
+                .map(|mut outcomes| outcomes.remove(0))
             })
             .collect(),
     }
@@ -467,12 +497,13 @@ fn commit(
     fence: &mut LayoutFence,
     requests: &[WriteRequest],
     counters: &Counters,
+    id: i64,
 ) -> rusqlite::Result<Vec<Outcome>> {
     run_statement(connection, "BEGIN IMMEDIATE")?;
     let committed = fence.begin(connection).and_then(|()| {
         let outcomes = requests
             .iter()
-            .map(|request| execute(connection, fence, &request.write))
+            .map(|request| execute(connection, fence, &request.write, id))
             .collect::<rusqlite::Result<Vec<Outcome>>>()?;
         if counters
             .commits
@@ -506,6 +537,7 @@ fn execute(
     connection: &Connection,
     fence: &mut LayoutFence,
     write: &Write,
+    id: i64,
 ) -> rusqlite::Result<Outcome> {
     for part in &write.parts {
         if let Some(stored) = fence.changed(connection, &part.table.name, part.layout)? {
@@ -553,7 +585,7 @@ fn execute(
         } else {
             execute_ops(connection, table, &part.ops)?;
         }
-        log_keys(connection, table, &part.ops, part.origin)?;
+        log_keys(connection, table, &part.ops, part.origin, id)?;
     }
     Ok(Outcome::Applied {
         previous: write.want_previous.then_some(previous),
@@ -584,8 +616,13 @@ fn stored_value(
 
 /// The log of which keys each transaction wrote, read by the other processes' maps when they
 /// refresh (see `changes.rs`). A key `NULL` means "any key of the table".
+///
+/// `origin` is the writing map's id, `writer` the writing connection's (one per file per
+/// process): a reader that sees the file's data version move with no row from another
+/// connection knows that a program that does not log committed.
 pub(super) const CREATE_LOG: &str = "CREATE TABLE IF NOT EXISTS persistent_map_log \
-     (seq INTEGER PRIMARY KEY, table_name TEXT NOT NULL, key TEXT, origin INTEGER NOT NULL)";
+     (seq INTEGER PRIMARY KEY, table_name TEXT NOT NULL, key TEXT, origin INTEGER NOT NULL, \
+     writer INTEGER NOT NULL)";
 
 /// A write of more keys than this logs one "any key" row instead: a reader then reloads the
 /// table, which for a batch that large costs about what re-reading its keys would.
@@ -599,24 +636,25 @@ const LOG_ROWS_KEPT: i64 = 65_536;
 const PRUNE_EVERY_COMMITS: u64 = 1024;
 
 const INSERT_LOG: &str =
-    "INSERT INTO persistent_map_log (table_name, key, origin) VALUES (?1, ?2, ?3)";
+    "INSERT INTO persistent_map_log (table_name, key, origin, writer) VALUES (?1, ?2, ?3, ?4)";
 
 fn log_keys(
     connection: &Connection,
     table: &TableSql,
     ops: &[RawOp],
     origin: i64,
+    writer: i64,
 ) -> rusqlite::Result<()> {
     let mut insert = connection.prepare_cached(INSERT_LOG)?;
     let everything =
         ops.len() > MAX_LOGGED_KEYS || ops.iter().any(|op| matches!(op, RawOp::DeleteAll));
     if everything {
-        insert.execute((&table.name, None::<&str>, origin))?;
+        insert.execute((&table.name, None::<&str>, origin, writer))?;
         return Ok(());
     }
     for op in ops {
         if let RawOp::Upsert { key, .. } | RawOp::Delete { key } = op {
-            insert.execute((&table.name, key, origin))?;
+            insert.execute((&table.name, key, origin, writer))?;
         }
     }
     Ok(())
