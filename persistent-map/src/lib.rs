@@ -60,7 +60,9 @@ pub use backends::sqlite;
 pub use changes::{Change, RecvError, Subscription, CHANGE_BUFFER};
 pub use error::{PersistentError, Result};
 pub use key::{KeyParseError, PersistentKey};
-pub use map::{transaction, PersistentMap, RefreshTask, Transaction, TransactionalBackend};
+pub use map::{
+    transaction, Entry, PersistentMap, RefreshTask, Transaction, TransactionalBackend, Upserted,
+};
 #[cfg(feature = "postgres")]
 pub use options::PostgresOptions;
 #[cfg(feature = "sqlite")]

@@ -63,6 +63,27 @@ async fn bump_concurrently(map: &Map) {
     }
 }
 
+/// Like [`bump_concurrently`], through the entry API: modify in place, or insert if absent.
+async fn bump_through_entries(map: &Map) {
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| {
+            let map = map.clone();
+            tokio::spawn(async move {
+                for _ in 0..UPDATES_PER_TASK {
+                    map.entry("counter".to_string())
+                        .and_modify(|n| *n += 1)
+                        .or_insert(1)
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
 /// Tries to take each round's lease; returns the rounds won. Round `r` starts for both
 /// processes at `start_ms + r * ROUND_MS` (Unix time), so that they really race.
 async fn race_for_leases(map: &Map, me: u64, start_ms: u128) -> BTreeSet<u64> {
@@ -107,6 +128,7 @@ fn one_truth_child() {
         let map = open_fast(Path::new(&path)).await;
         match task.as_str() {
             "bump" => bump_concurrently(&map).await,
+            "entry-bump" => bump_through_entries(&map).await,
             "leases" => {
                 let start = std::env::var(CHILD_START).unwrap().parse().unwrap();
                 let won = race_for_leases(&map, 2, start).await;
@@ -189,6 +211,72 @@ async fn two_processes_updating_one_key_lose_no_update() {
     assert_eq!(stored_counter(&path), total.to_string());
     assert!(map.refresh().await.unwrap());
     assert_eq!(map.get("counter"), Some(total));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_modifying_one_entry_lose_no_update() {
+    let (_dir, path) = temp_db();
+    let map = open_fast(&path).await;
+    let child = spawn_child(&path, "entry-bump");
+    bump_through_entries(&map).await;
+    finish(child);
+    let total = 2 * TASKS * UPDATES_PER_TASK;
+    assert_eq!(stored_counter(&path), total.to_string());
+    map.refresh().await.unwrap();
+    assert_eq!(map.get("counter"), Some(total));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insert_if_absent_has_one_winner_per_key_across_handles() {
+    let (_dir, path) = temp_db();
+    // Maps of two value types do not share entries: their race is decided in storage.
+    let numbers = open_fast(&path).await;
+    let json: PersistentMap<String, serde_json::Value, SqliteBackend> =
+        PersistentMap::open(&path).await.unwrap();
+    let keys: Vec<String> = (0..50).map(|i| format!("k{i}")).collect();
+    let numbers_race = {
+        let (numbers, keys) = (numbers.clone(), keys.clone());
+        tokio::spawn(async move {
+            let mut won = BTreeSet::new();
+            for key in keys {
+                if numbers
+                    .entry(key.clone())
+                    .or_insert(1)
+                    .await
+                    .unwrap()
+                    .inserted
+                {
+                    won.insert(key);
+                }
+            }
+            won
+        })
+    };
+    let mut json_won = BTreeSet::new();
+    for key in &keys {
+        let upserted = json
+            .entry(key.clone())
+            .or_insert(serde_json::json!(2))
+            .await
+            .unwrap();
+        if upserted.inserted {
+            json_won.insert(key.clone());
+        } else {
+            assert_eq!(
+                upserted.value,
+                serde_json::json!(1),
+                "it reports the winner's value"
+            );
+        }
+    }
+    let numbers_won = numbers_race.await.unwrap();
+    assert!(numbers_won.is_disjoint(&json_won));
+    assert_eq!(numbers_won.len() + json_won.len(), keys.len());
+    numbers.refresh().await.unwrap();
+    for key in &keys {
+        let expected = if json_won.contains(key) { 2 } else { 1 };
+        assert_eq!(numbers.get(key), Some(expected), "{key}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,7 @@
 //! [`write`] (single writes and read-modify-writes), [`batch`] and [`refresh`].
 
 mod batch;
+mod entry;
 mod read;
 mod refresh;
 mod registry;
@@ -12,6 +13,7 @@ mod shared;
 mod transaction;
 mod write;
 
+pub use entry::{Entry, Upserted};
 pub use refresh::RefreshTask;
 pub(crate) use registry::is_open;
 #[doc(hidden)]
