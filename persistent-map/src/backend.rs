@@ -476,6 +476,19 @@ where
         Ok(Checked::Applied { previous: None })
     }
 
+    /// Whether writes handed to this backend are applied in the order their futures were
+    /// first polled, each future handing its write over on that first poll (as the SQLite
+    /// backend's do: they queue on the file's writer thread, which commits in queue order).
+    ///
+    /// If so, the map lets the next write of a key go to the backend before the previous one
+    /// of that key has committed, so that writes of a hot key share commits; it still applies
+    /// them to memory in that order, and a write computed from a value that then failed to
+    /// commit is refused by its condition and computed again. The default, `false`, makes each
+    /// write of a key wait until the previous one is done, which is always correct.
+    fn pipelines_writes(&self) -> bool {
+        false
+    }
+
     /// A name for the storage and table this backend writes, equal for every backend on that
     /// same table in this process, or `None` (the default) if the backend cannot tell.
     ///

@@ -1,33 +1,76 @@
 //! Per-key write ordering for the map.
 //!
-//! A write holds its key's stripe from before it calls the backend until memory is updated, so
-//! two writes of one key reach storage and memory in the same order, and a read-modify-write
-//! sees no other write of its key in between. Keys are spread over many stripes so that writes
-//! to different keys rarely wait for each other; stripes are always taken in ascending order, so
-//! a batch and single writes cannot deadlock.
+//! Keys are spread over many stripes so that writes to different keys rarely wait for each
+//! other. A stripe orders its writes in two ways:
+//!
+//! - **Exclusive turns** ([`KeyLocks::lock`], [`lock_many`](KeyLocks::lock_many),
+//!   [`lock_all`](KeyLocks::lock_all)): the holder has the stripe to itself from before it calls
+//!   the backend until memory is updated, and no write of the stripe is in flight meanwhile.
+//!   Batches, transactions, refreshes and conditional writes that must read committed values
+//!   take these. Stripes are always taken in ascending order, so two of them cannot deadlock.
+//! - **Pipelined writes** ([`KeyLocks::pipeline`]): the writer holds the stripe only while it
+//!   hands its write to the backend, and takes a [`Ticket`]. The next write of the key can then
+//!   be handed over before the previous one is committed (both may share one commit), while
+//!   memory still takes them in the order they were handed over: each waits for its ticket's
+//!   turn before it touches memory. Only backends that apply writes in the order they were
+//!   handed over allow this ([`crate::StorageBackend::pipelines_writes`]).
 
+use std::collections::BTreeSet;
 use std::hash::{BuildHasher, Hash, RandomState};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use tokio::sync::{Mutex as AsyncMutex, Notify, OwnedMutexGuard};
 
 const STRIPES: usize = 1024;
 
 pub(crate) struct KeyLocks {
     hasher: RandomState,
-    stripes: Box<[Arc<Mutex<()>>]>,
+    stripes: Box<[Arc<Stripe>]>,
+}
+
+struct Stripe {
+    /// Held while a write is handed to the backend (or, for an exclusive turn, throughout);
+    /// holds the number of the next ticket.
+    sending: Arc<AsyncMutex<u64>>,
+    /// Which tickets have finished.
+    finished: Mutex<Finished>,
+    /// Woken whenever a ticket finishes.
+    advanced: Notify,
+}
+
+/// Tickets below `next` have all finished; `early` holds those above it that finished first.
+#[derive(Default)]
+struct Finished {
+    next: u64,
+    early: BTreeSet<u64>,
 }
 
 /// Held stripes; dropping it lets the next writer of those keys go.
 pub(crate) struct KeyGuard {
-    _stripes: Vec<OwnedMutexGuard<()>>,
+    _stripes: Vec<OwnedMutexGuard<u64>>,
+}
+
+/// A pipelined write's place in its stripe's order. Finishing it (or dropping it, should the
+/// write never get there) lets the next ticket take its turn.
+pub(crate) struct Ticket {
+    stripe: Arc<Stripe>,
+    number: u64,
+    finished: bool,
 }
 
 impl KeyLocks {
     pub(crate) fn new() -> Self {
         Self {
             hasher: RandomState::new(),
-            stripes: (0..STRIPES).map(|_| Arc::new(Mutex::new(()))).collect(),
+            stripes: (0..STRIPES)
+                .map(|_| {
+                    Arc::new(Stripe {
+                        sending: Arc::new(AsyncMutex::new(0)),
+                        finished: Mutex::new(Finished::default()),
+                        advanced: Notify::new(),
+                    })
+                })
+                .collect(),
         }
     }
 
@@ -36,15 +79,13 @@ impl KeyLocks {
         (self.hasher.hash_one(key) as usize) % STRIPES
     }
 
-    /// Waits for the stripe of `key`.
+    /// An exclusive turn at the stripe of `key`.
     pub(crate) async fn lock<K: Hash + ?Sized>(&self, key: &K) -> KeyGuard {
-        let stripe = Arc::clone(&self.stripes[self.stripe_of(key)]);
-        KeyGuard {
-            _stripes: vec![stripe.lock_owned().await],
-        }
+        self.lock_stripes(std::iter::once(self.stripe_of(key)))
+            .await
     }
 
-    /// Waits for the stripes of all `keys`, in ascending order.
+    /// An exclusive turn at the stripes of all `keys`, taken in ascending order.
     pub(crate) async fn lock_many<'k, K: Hash + 'k>(
         &self,
         keys: impl IntoIterator<Item = &'k K>,
@@ -63,16 +104,130 @@ impl KeyLocks {
         .await
     }
 
-    /// Waits for every stripe: no write of this map can run until the guard drops.
+    /// An exclusive turn at every stripe: no write of this map runs until the guard drops.
     pub(crate) async fn lock_all(&self) -> KeyGuard {
         self.lock_stripes(0..STRIPES).await
     }
 
+    /// The stripe of `key` for as long as it takes to hand a write to the backend, and the
+    /// write's ticket.
+    pub(crate) async fn pipeline<K: Hash + ?Sized>(&self, key: &K) -> (KeyGuard, Ticket) {
+        let stripe = &self.stripes[self.stripe_of(key)];
+        let mut sending = Arc::clone(&stripe.sending).lock_owned().await;
+        let number = *sending;
+        *sending += 1;
+        let ticket = Ticket {
+            stripe: Arc::clone(stripe),
+            number,
+            finished: false,
+        };
+        (
+            KeyGuard {
+                _stripes: vec![sending],
+            },
+            ticket,
+        )
+    }
+
     async fn lock_stripes(&self, ascending: impl Iterator<Item = usize>) -> KeyGuard {
         let mut guards = Vec::new();
-        for stripe in ascending {
-            guards.push(Arc::clone(&self.stripes[stripe]).lock_owned().await);
+        for index in ascending {
+            let stripe = &self.stripes[index];
+            let sending = Arc::clone(&stripe.sending).lock_owned().await;
+            // Every ticket handed out must have finished: no write of the stripe in flight.
+            let issued = *sending;
+            stripe.wait_until(|finished| finished.next >= issued).await;
+            guards.push(sending);
         }
         KeyGuard { _stripes: guards }
+    }
+}
+
+impl Stripe {
+    fn finished(&self) -> std::sync::MutexGuard<'_, Finished> {
+        // Every change to `Finished` is complete before anything can panic.
+        self.finished.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits until `done` holds of the finished tickets.
+    async fn wait_until(&self, done: impl Fn(&Finished) -> bool) {
+        loop {
+            let advanced = self.advanced.notified();
+            tokio::pin!(advanced);
+            // Registered before the check, so a ticket finishing in between still wakes us.
+            advanced.as_mut().enable();
+            if done(&self.finished()) {
+                return;
+            }
+            advanced.await;
+        }
+    }
+}
+
+impl Ticket {
+    /// Waits until every earlier ticket of the stripe has finished.
+    pub(crate) async fn turn(&self) {
+        let number = self.number;
+        self.stripe
+            .wait_until(|finished| finished.next >= number)
+            .await;
+    }
+
+    /// This ticket's write is done with memory: the next one may go.
+    pub(crate) fn finish(mut self) {
+        self.mark_finished();
+    }
+
+    /// The ticket's number, for telling the last write of a key from earlier ones.
+    pub(crate) fn number(&self) -> u64 {
+        self.number
+    }
+
+    fn mark_finished(&mut self) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        let mut finished = self.stripe.finished();
+        finished.early.insert(self.number);
+        loop {
+            let next = finished.next;
+            if !finished.early.remove(&next) {
+                break;
+            }
+            finished.next += 1;
+        }
+        drop(finished);
+        self.stripe.advanced.notify_waiters();
+    }
+}
+
+impl Drop for Ticket {
+    /// A write that never got to finish (its task panicked) must not hold up the stripe.
+    fn drop(&mut self) {
+        self.mark_finished();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tickets_take_turns_in_order_and_an_exclusive_turn_waits_for_them() {
+        let locks = KeyLocks::new();
+        let (guard, first) = locks.pipeline("k").await;
+        drop(guard);
+        let (guard, second) = locks.pipeline("k").await;
+        drop(guard);
+        // The second cannot take its turn before the first finishes.
+        let early = tokio::time::timeout(std::time::Duration::from_millis(20), second.turn()).await;
+        assert!(early.is_err());
+        // Nor can an exclusive turn start while either is in flight.
+        let exclusive = tokio::time::timeout(std::time::Duration::from_millis(20), locks.lock("k"));
+        assert!(exclusive.await.is_err());
+        first.finish();
+        second.turn().await;
+        drop(second); // dropped unfinished: still lets the stripe go
+        drop(locks.lock("k").await);
     }
 }

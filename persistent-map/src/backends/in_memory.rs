@@ -147,6 +147,11 @@ where
         })
     }
 
+    /// Every write is done, under the store's lock, on its future's first poll.
+    fn pipelines_writes(&self) -> bool {
+        true
+    }
+
     /// One name per store: maps on clones of one backend share their entries.
     fn storage_id(&self) -> Option<String> {
         Some(format!("in-memory:{:p}", Arc::as_ptr(&self.stores)))

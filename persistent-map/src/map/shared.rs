@@ -24,6 +24,16 @@ pub(super) struct Shared<K, V> {
     position: Mutex<Option<ChangePosition>>,
     /// One refresh at a time, so that positions are replaced in order.
     pub(super) refreshing: tokio::sync::Mutex<()>,
+    /// Keys with pipelined writes in flight, and what they will hold once those commit.
+    pending: DashMap<K, Pending<V>>,
+}
+
+/// What a key will hold once its pipelined writes in flight are committed.
+struct Pending<V> {
+    value: Option<V>,
+    in_flight: usize,
+    /// The ticket of the last write handed over.
+    last: u64,
 }
 
 impl<K, V> Shared<K, V>
@@ -56,7 +66,41 @@ where
             changes: ChangeFeed::new(),
             position: Mutex::new(position),
             refreshing: tokio::sync::Mutex::new(()),
+            pending: DashMap::new(),
         })
+    }
+
+    /// What `key` will hold once the writes in flight commit: `Some` only while pipelined
+    /// writes of it are in flight. The caller holds the key's stripe.
+    pub(super) fn pending_value(&self, key: &K) -> Option<Option<V>> {
+        self.pending.get(key).map(|pending| pending.value.clone())
+    }
+
+    /// A pipelined write of `key` (ticket `ticket`) that will leave `value` was handed over.
+    pub(super) fn pend(&self, key: K, value: Option<V>, ticket: u64) {
+        let mut pending = self.pending.entry(key).or_insert(Pending {
+            value: None,
+            in_flight: 0,
+            last: ticket,
+        });
+        pending.value = value;
+        pending.in_flight += 1;
+        pending.last = ticket;
+    }
+
+    /// The pipelined write of `key` with ticket `ticket` is settled in memory. If it did not
+    /// store what it meant to and it was the last one handed over, what the key will hold is
+    /// what memory now holds.
+    pub(super) fn unpend(&self, key: &K, ticket: u64, stored: bool) {
+        if let dashmap::Entry::Occupied(mut pending) = self.pending.entry(key.clone()) {
+            let state = pending.get_mut();
+            state.in_flight -= 1;
+            if state.in_flight == 0 {
+                pending.remove();
+            } else if !stored && state.last == ticket {
+                state.value = self.entries.get(key).map(|value| value.clone());
+            }
+        }
     }
 
     pub(super) fn position(&self) -> Option<ChangePosition> {

@@ -5,13 +5,15 @@
 
 use std::hash::Hash;
 use std::sync::Arc;
+use std::task::Poll;
 
 use serde::{de::DeserializeOwned, Serialize};
 
+use super::shared::Shared;
 use super::PersistentMap;
 use crate::backends::encode::encode_value;
 use crate::completion::run_to_completion;
-use crate::key_locks::KeyGuard;
+use crate::key_locks::{KeyGuard, Ticket};
 use crate::{
     BatchOp, Checked, Condition, PersistentError, Result, StorageBackend, Stored, WriteOptions,
 };
@@ -121,17 +123,61 @@ where
         key: &K,
         mut change: impl FnMut(Option<&V>) -> Option<V>,
     ) -> Result<Option<V>> {
+        if !self.backend.pipelines_writes() {
+            return self.update_in_turn(key, change).await;
+        }
+        // After a conflict with nothing else in flight: storage's own text of what it holds.
+        let mut stored_json: Option<Option<String>> = None;
+        loop {
+            let (guard, ticket) = self.shared.key_locks.pipeline(key).await;
+            // What the key will hold once the writes already handed over commit: a hot key's
+            // next update is computed from its previous one before that one commits.
+            let (current, expected) = match self.shared.pending_value(key) {
+                Some(pending) => {
+                    let json = pending.as_ref().map(encode_value).transpose()?;
+                    (pending, json)
+                }
+                None => {
+                    let current = self.get(key);
+                    let json = match stored_json.take() {
+                        Some(json) => json,
+                        None => current.as_ref().map(encode_value).transpose()?,
+                    };
+                    (current, json)
+                }
+            };
+            let new = change(current.as_ref());
+            let ops = update_ops(key, &current, &new);
+            let condition = Condition {
+                key: key.clone(),
+                expected,
+            };
+            self.shared.pend(key.clone(), new.clone(), ticket.number());
+            let outcome = self
+                .commit_pipelined(guard, ticket, key.clone(), vec![condition], ops, false)
+                .await?;
+            match outcome {
+                Outcome::Applied { .. } => return Ok(new),
+                Outcome::Conflict(mut now) => {
+                    stored_json = Some(now.pop().flatten().map(|stored| stored.json));
+                }
+            }
+        }
+    }
+
+    /// [`update`](Self::update) holding the key's turn until each attempt is done, for backends
+    /// that do not pipeline writes.
+    async fn update_in_turn(
+        &self,
+        key: &K,
+        mut change: impl FnMut(Option<&V>) -> Option<V>,
+    ) -> Result<Option<V>> {
         let mut guard = self.shared.key_locks.lock(key).await;
         let mut current = self.get(key);
         let mut expected = current.as_ref().map(encode_value).transpose()?;
         loop {
             let new = change(current.as_ref());
-            let ops = match (&new, &current) {
-                (Some(value), _) => vec![BatchOp::Save(key.clone(), value.clone())],
-                (None, Some(_)) => vec![BatchOp::Delete(key.clone())],
-                // Absent and to stay absent: only check that storage agrees.
-                (None, None) => Vec::new(),
-            };
+            let ops = update_ops(key, &current, &new);
             let condition = Condition {
                 key: key.clone(),
                 expected,
@@ -286,10 +332,22 @@ where
         })
     }
 
-    /// One write of one key, in that key's turn.
+    /// One write of one key: pipelined where the backend allows it, else in the key's turn.
     async fn write(&self, op: BatchOp<K, V>) -> Result<Option<V>> {
-        let guard = self.shared.key_locks.lock(op.key()).await;
-        match self.commit(guard, Vec::new(), vec![op], true).await.1? {
+        let outcome = if self.backend.pipelines_writes() {
+            let (guard, ticket) = self.shared.key_locks.pipeline(op.key()).await;
+            let (key, value) = match &op {
+                BatchOp::Save(key, value) => (key.clone(), Some(value.clone())),
+                BatchOp::Delete(key) => (key.clone(), None),
+            };
+            self.shared.pend(key.clone(), value, ticket.number());
+            self.commit_pipelined(guard, ticket, key, Vec::new(), vec![op], true)
+                .await
+        } else {
+            let guard = self.shared.key_locks.lock(op.key()).await;
+            self.commit(guard, Vec::new(), vec![op], true).await.1
+        };
+        match outcome? {
             Outcome::Applied { replaced, .. } => Ok(replaced),
             Outcome::Conflict(_) => unreachable!("a write without conditions has no conflict"),
         }
@@ -306,41 +364,113 @@ where
         ops: Vec<BatchOp<K, V>>,
         want_previous: bool,
     ) -> (KeyGuard, Result<Outcome<V>>) {
-        let options = WriteOptions::new()
-            .want_previous(want_previous)
-            .origin(self.shared.id);
+        let options = self.write_options(want_previous);
         let shared = Arc::clone(&self.shared);
         let backend = Arc::clone(&self.backend);
         run_to_completion(async move {
             let checked = backend.apply_checked(&conditions, &ops, options).await;
-            let outcome = match checked {
-                Ok(Checked::Applied { previous }) => {
-                    let (in_memory, removed) = shared.apply_all(ops.into_iter());
-                    // Storage's word on what the first write replaced, where the backend gives
-                    // it; a value written by another program that does not decode as `V`
-                    // falls back to memory's.
-                    let replaced = match previous.and_then(|previous| previous.into_iter().next()) {
-                        Some(None) => None,
-                        Some(Some(json)) => serde_json::from_str(&json).ok().or(in_memory),
-                        None => in_memory,
-                    };
-                    Ok(Outcome::Applied { replaced, removed })
-                }
-                Ok(Checked::Conflict { current }) => {
-                    for (condition, stored) in conditions.into_iter().zip(&current) {
-                        let value = stored.as_ref().map(|stored| stored.value.clone());
-                        shared.apply_stored(condition.key, value);
-                    }
-                    Ok(Outcome::Conflict(current))
-                }
-                Err(PersistentError::PartialBatch { applied, source }) => Err(
-                    super::batch::undo_partial_batch(&shared, &*backend, ops, applied, *source)
-                        .await,
-                ),
-                Err(error) => Err(error),
-            };
+            let outcome = settle(&shared, &*backend, conditions, ops, checked).await;
             (guard, outcome)
         })
         .await
+    }
+
+    /// [`commit`](Self::commit) for the writes of one key, pipelined: `guard` is held only until
+    /// the backend has the write, so the key's next write can join the same commit; memory
+    /// takes the write in `ticket`'s turn. The caller has [pended](Shared::pend) the write.
+    async fn commit_pipelined(
+        &self,
+        guard: KeyGuard,
+        ticket: Ticket,
+        key: K,
+        conditions: Vec<Condition<K>>,
+        ops: Vec<BatchOp<K, V>>,
+        want_previous: bool,
+    ) -> Result<Outcome<V>> {
+        let options = self.write_options(want_previous);
+        let shared = Arc::clone(&self.shared);
+        let backend = Arc::clone(&self.backend);
+        run_to_completion(async move {
+            let checked = {
+                let mut call = backend.apply_checked(&conditions, &ops, options);
+                // `pipelines_writes`: the first poll hands the write over, in the stripe's
+                // order; then the key's next write may go.
+                let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+                drop(guard);
+                match first {
+                    Poll::Ready(checked) => checked,
+                    Poll::Pending => call.await,
+                }
+            };
+            ticket.turn().await;
+            let outcome = settle(&shared, &*backend, conditions, ops, checked).await;
+            let stored = matches!(outcome, Ok(Outcome::Applied { .. }));
+            shared.unpend(&key, ticket.number(), stored);
+            ticket.finish();
+            outcome
+        })
+        .await
+    }
+
+    fn write_options(&self, want_previous: bool) -> WriteOptions {
+        WriteOptions::new()
+            .want_previous(want_previous)
+            .origin(self.shared.id)
+    }
+}
+
+/// The write an update makes: `new` under `key`, or a remove if it had `current` and `new` is
+/// `None`, or nothing (absent, and to stay absent).
+fn update_ops<K: Clone, V: Clone>(
+    key: &K,
+    current: &Option<V>,
+    new: &Option<V>,
+) -> Vec<BatchOp<K, V>> {
+    match (new, current) {
+        (Some(value), _) => vec![BatchOp::Save(key.clone(), value.clone())],
+        (None, Some(_)) => vec![BatchOp::Delete(key.clone())],
+        (None, None) => Vec::new(),
+    }
+}
+
+/// Makes memory follow what the backend did with `ops`: applies them if they were stored
+/// (returning what the first one replaced, by storage's word where the backend gives it),
+/// applies what storage holds under the conditions' keys on a conflict, and undoes a batch
+/// that a non-atomic backend applied part of.
+async fn settle<K, V, B>(
+    shared: &Shared<K, V>,
+    backend: &B,
+    conditions: Vec<Condition<K>>,
+    ops: Vec<BatchOp<K, V>>,
+    checked: Result<Checked<V>>,
+) -> Result<Outcome<V>>
+where
+    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    B: StorageBackend<K, V> + Send + Sync + ?Sized,
+{
+    match checked {
+        Ok(Checked::Applied { previous }) => {
+            let (in_memory, removed) = shared.apply_all(ops.into_iter());
+            // A value written by another program that does not decode as `V` falls back to
+            // memory's.
+            let replaced = match previous.and_then(|previous| previous.into_iter().next()) {
+                Some(None) => None,
+                Some(Some(json)) => serde_json::from_str(&json).ok().or(in_memory),
+                None => in_memory,
+            };
+            Ok(Outcome::Applied { replaced, removed })
+        }
+        Ok(Checked::Conflict { current }) => {
+            for (condition, stored) in conditions.into_iter().zip(&current) {
+                let value = stored.as_ref().map(|stored| stored.value.clone());
+                shared.apply_stored(condition.key, value);
+            }
+            Ok(Outcome::Conflict(current))
+        }
+        Err(PersistentError::PartialBatch { applied, source }) => {
+            Err(super::batch::undo_partial_batch(shared, backend, ops, applied, *source).await)
+        }
+        Err(error) => Err(error),
     }
 }

@@ -610,6 +610,12 @@ where
         }
     }
 
+    /// Writes queue on the file's writer thread as their futures are first polled, and it
+    /// commits them in queue order.
+    fn pipelines_writes(&self) -> bool {
+        true
+    }
+
     /// The file's canonical path and the table (for `:memory:`, this backend's own database).
     fn storage_id(&self) -> Option<String> {
         Some(self.storage_id_of(&self.table.name))
