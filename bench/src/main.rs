@@ -14,6 +14,7 @@
 //! | `remove`, `insert-many` | `ours`, `raw` |
 //! | `seq-insert`, `remove` | `paired`: ours and its raw anchors in one process, in turns |
 //! | `concurrent-insert`, `hot-keys` | `ours`, `raw-conns`, `raw-mutex`, `raw-grouped` |
+//! | `hot-update` (`--processes 2`: ours in two processes), `tx3` | `ours`, `raw-mutex` (see `updates.rs`) |
 //! | `load` | `ours`, `raw` (scan + decode), `hashmap`, `dashmap` (`--capacity N`, `--hasher fold`) |
 //! | `reads` (`--reads N`) | `ours`: our map, a `DashMap` and a `HashMap` in one process, read in turns |
 //! | `concurrent-insert` | `pg`: our map on the PostgreSQL backend (feature `postgres`, see `postgres.rs`) |
@@ -30,6 +31,7 @@ mod postgres;
 mod propagation;
 mod raw;
 mod rows;
+mod updates;
 mod workload;
 
 use std::process::ExitCode;

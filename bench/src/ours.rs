@@ -47,6 +47,7 @@ pub(crate) fn run(workload: &str, options: &Options) -> BenchResult {
                 )
             }
             "insert-many" => insert_many(dir()?, n()?).await,
+            "hot-update" | "tx3" => crate::updates::ours(workload, dir()?, n()?, options).await,
             other => Err(format!("our map has no workload `{other}`").into()),
         }
     })

@@ -58,6 +58,7 @@ pub(crate) fn run(workload: &str, writers: Writers, options: &Options) -> BenchR
             load(Path::new(options.text("db")?))
         ),
         "insert-many" => insert_many(dir()?, n()?),
+        "hot-update" | "tx3" => crate::updates::raw(workload, dir()?, n()?, options),
         other => Err(format!("raw rusqlite has no workload `{other}`").into()),
     }
 }

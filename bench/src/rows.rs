@@ -71,7 +71,9 @@ impl Job {
     /// The writes a write job makes unless its time budget runs out first.
     pub(crate) fn planned_writes(&self) -> Option<u64> {
         match self.workload {
-            "concurrent-insert" | "hot-keys" => self.n.map(|per_task| per_task * TASKS),
+            "concurrent-insert" | "hot-keys" | "hot-update" | "tx3" => {
+                self.n.map(|per_task| per_task * TASKS)
+            }
             "seq-insert" | "remove" | "propagation" => self.n,
             _ => None,
         }
@@ -252,6 +254,8 @@ fn count(n: u64) -> String {
 }
 
 const OLD: &str = "persistent-map 0.1.3";
+const RAW_RMW_MUTEX: &str =
+    "raw rusqlite, 16 threads, one mutex-guarded connection, 1 read-modify-write transaction each";
 const RAW_ONE_BY_ONE: &str = "raw rusqlite, 1 transaction/insert, WAL + FULL, same process";
 const RAW_THREAD: &str =
     "raw rusqlite on a writer thread answered by a oneshot (our backend's shape), same process";
@@ -372,9 +376,64 @@ pub(crate) fn rows(sizes: &Sizes) -> Vec<Row> {
             ours: ours("hot-keys", String).n(per_task).figure("ops_per_sec"),
             anchors: vec![
                 raw_threads("hot-keys", per_task_raw),
-                raw_grouped("hot-keys", per_task),
+                raw_grouped("hot-keys", per_task).target(0.7),
                 anchor(OLD, old("hot-keys").n(per_task_old).figure("ops_per_sec")),
             ],
+        },
+        Row {
+            id: "hot-update",
+            title: format!("16 tasks `update` one key, durable ({} updates)", 16 * per_task),
+            unit: "updates/s",
+            better: Better::Higher,
+            ours: ours("hot-update", String).n(per_task).figure("ops_per_sec"),
+            anchors: vec![anchor(
+                RAW_RMW_MUTEX,
+                job(Ours, "hot-update", "raw-mutex", String)
+                    .n(per_task_raw)
+                    .figure("ops_per_sec"),
+            )
+            .target(5.0)],
+        },
+        Row {
+            id: "hot-update-2proc",
+            title: format!(
+                "the same from two processes on one file, 16 tasks each ({} updates)",
+                32 * per_task
+            ),
+            unit: "updates/s",
+            better: Better::Higher,
+            ours: ours("hot-update", String)
+                .n(per_task)
+                .args(&[("processes", "2")])
+                .figure("ops_per_sec"),
+            anchors: vec![
+                anchor(
+                    RAW_RMW_MUTEX,
+                    job(Ours, "hot-update", "raw-mutex", String)
+                        .n(per_task_raw)
+                        .figure("ops_per_sec"),
+                ),
+                anchor(
+                    "ours, one process",
+                    ours("hot-update", String).n(per_task).figure("ops_per_sec"),
+                ),
+            ],
+        },
+        Row {
+            id: "tx3",
+            title: format!(
+                "16 tasks each running a 3-map transaction, durable ({} transactions)",
+                16 * per_task
+            ),
+            unit: "transactions/s",
+            better: Better::Higher,
+            ours: ours("tx3", String).n(per_task).figure("ops_per_sec"),
+            anchors: vec![anchor(
+                "raw rusqlite, 16 threads, one mutex-guarded connection, the 3 read-modify-writes in one transaction",
+                job(Ours, "tx3", "raw-mutex", String)
+                    .n(per_task_raw)
+                    .figure("ops_per_sec"),
+            )],
         },
         Row {
             id: "remove",
