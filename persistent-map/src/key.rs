@@ -243,22 +243,20 @@ use std::str::FromStr;
 ///     user: u64,
 /// }
 ///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let key = SessionKey { tenant: "acme".into(), user: 42 };
 /// assert_eq!(serde_json::to_string(&key)?, r#""acme:42""#);
 /// assert_eq!(serde_json::from_str::<SessionKey>(r#""acme:42""#)?, key);
 /// let err = serde_json::from_str::<SessionKey>(r#""acme""#).unwrap_err();
 /// assert!(err.to_string().contains("expected 2 fields"), "{err}");
 ///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> persistent_map::Result<()> {
 /// # let dir = tempfile::tempdir()?;
 /// # let path = dir.path().join("app.db");
 /// let map: PersistentMap<SessionKey, u32, SqliteBackend> = PersistentMap::open(&path).await?;
-/// map.insert(SessionKey { tenant: "acme".into(), user: 42 }, 1).await?;
+/// map.insert(key, 1).await?;
 /// # Ok(())
 /// # }
-/// # main()?;
-/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///
 /// # Keys from std
