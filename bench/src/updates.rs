@@ -81,25 +81,12 @@ async fn ours_hot_update(
 ) -> BenchResult<(u64, Instant)> {
     let map: PersistentMap<String, Session, SqliteBackend> =
         PersistentMap::open(dir.join("ours.db")).await?;
-    let budget = Budget::start(options)?;
     let began = Instant::now();
-    let writers: Vec<_> = (0..TASKS)
-        .map(|_| {
-            let map = map.clone();
-            tokio::spawn(async move {
-                let mut done = 0;
-                while done < per_task && budget.left() {
-                    map.update(&HOT.to_owned(), bump).await?;
-                    done += 1;
-                }
-                Ok::<u64, PersistentError>(done)
-            })
-        })
-        .collect();
-    let mut done = 0;
-    for writer in writers {
-        done += writer.await??;
-    }
+    let done = run_tasks(per_task, options, move |_, _| {
+        let map = map.clone();
+        async move { map.update(&HOT.to_owned(), bump).await.map(drop) }
+    })
+    .await?;
     Ok((done, began))
 }
 
@@ -157,22 +144,39 @@ async fn ours_tx3(dir: &Path, per_task: u64, options: &Options) -> BenchResult {
         maps.push(PersistentMap::<String, u64, _>::new(backend).await?);
     }
     let maps = Arc::new(maps);
-    let budget = Budget::start(options)?;
     let began = Instant::now();
+    let done = run_tasks(per_task, options, move |task, i| {
+        let maps = Arc::clone(&maps);
+        async move {
+            let keys = tx_keys(task, i);
+            transaction(|tx| {
+                for (map, key) in maps.iter().zip(&keys) {
+                    tx.update(map, key, |n| Some(n.copied().unwrap_or(0) + 1));
+                }
+                Ok::<_, PersistentError>(())
+            })
+            .await
+        }
+    })
+    .await?;
+    report_rate(done, began.elapsed())
+}
+
+/// [`TASKS`] tokio tasks, task `t` running `step(t, i)` for `i` up to `per_task` (within the
+/// time budget), each awaited; returns how many steps were done.
+async fn run_tasks<F, Step>(per_task: u64, options: &Options, step: F) -> BenchResult<u64>
+where
+    F: Fn(u64, u64) -> Step + Clone + Send + 'static,
+    Step: std::future::Future<Output = persistent_map::Result<()>> + Send,
+{
+    let budget = Budget::start(options)?;
     let writers: Vec<_> = (0..TASKS)
         .map(|task| {
-            let maps = Arc::clone(&maps);
+            let step = step.clone();
             tokio::spawn(async move {
                 let mut done = 0;
                 while done < per_task && budget.left() {
-                    let keys = tx_keys(task, done);
-                    transaction(|tx| {
-                        for (map, key) in maps.iter().zip(&keys) {
-                            tx.update(map, key, |n| Some(n.copied().unwrap_or(0) + 1));
-                        }
-                        Ok::<_, PersistentError>(())
-                    })
-                    .await?;
+                    step(task, done).await?;
                     done += 1;
                 }
                 Ok::<u64, PersistentError>(done)
@@ -183,7 +187,7 @@ async fn ours_tx3(dir: &Path, per_task: u64, options: &Options) -> BenchResult {
     for writer in writers {
         done += writer.await??;
     }
-    report_rate(done, began.elapsed())
+    Ok(done)
 }
 
 /// [`TASKS`] threads sharing one mutex-guarded connection, each running `per_task` units of
