@@ -223,12 +223,19 @@ impl ChangePosition {
 /// A backend stores what the map holds in memory. The map calls it in a way that makes a simple
 /// backend correct:
 ///
-/// - Writes to one key are never concurrent: the map waits for `save`/`delete` of a key to
-///   resolve before it hands the backend the next write of that key. Writes to different keys
-///   may arrive concurrently (a backend that commits them together gets group commit for free).
-/// - `Ok` from `save`, `delete` or [`apply_batch`](Self::apply_batch) is the map's
-///   acknowledgement to its caller: return it only once the write is as durable as the backend
-///   promises. `Err` must mean the write was not done; the map then leaves its memory unchanged.
+/// - Writes to one key are never concurrent: the map waits for a write of a key to resolve
+///   before it hands the backend the next write of that key (unless the backend says it
+///   applies writes in the order they are handed over: [`pipelines_writes`](Self::pipelines_writes)).
+///   Writes to different keys may arrive concurrently (a backend that commits them together
+///   gets group commit for free).
+/// - `Ok` from `save`, `delete`, [`apply_batch`](Self::apply_batch) or
+///   [`apply_checked`](Self::apply_checked) is the map's acknowledgement to its caller: return
+///   it only once the write is as durable as the backend promises. `Err` must mean the write
+///   was not done; the map then leaves its memory unchanged.
+/// - Every write of the map goes through [`apply_checked`](Self::apply_checked), whose default
+///   calls `save`, `delete` or `apply_batch`. How far the map's read-modify-writes are atomic
+///   (one process, or every process and instance on the storage) is how far that method is:
+///   override it where storage can check and write in one step.
 /// - `load_all` (or [`load_each`](Self::load_each)) is called when the map opens and on
 ///   [`PersistentMap::load`](crate::PersistentMap::load), never concurrently with a write from
 ///   that map. A batch ([`apply_batch`](Self::apply_batch), [`clear`](Self::clear)) is likewise
