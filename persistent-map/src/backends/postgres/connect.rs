@@ -12,6 +12,7 @@ use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{AsyncMessage, Client, Config, Connection, Socket, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::log;
 use super::notify::Changes;
 use super::tls;
 use crate::{PersistentError, Result};
@@ -210,6 +211,8 @@ fn hosts_in_unparsed(url: &str) -> String {
 #[derive(Debug)]
 pub(super) struct TableSql {
     pub(super) name: String,
+    /// The key layout of the backend's key type, recorded and checked on open (empty: none).
+    pub(super) layout: &'static str,
     create: String,
     listen: String,
     upsert: String,
@@ -221,10 +224,11 @@ pub(super) struct TableSql {
 
 impl TableSql {
     /// `name` must have passed [`validate_table`]; it is quoted anyway.
-    pub(super) fn new(name: &str) -> Self {
+    pub(super) fn new(name: &str, layout: &'static str) -> Self {
         let quoted = format!("\"{name}\"");
         Self {
             name: name.to_owned(),
+            layout,
             create: format!(
                 "CREATE TABLE IF NOT EXISTS {quoted} (key TEXT PRIMARY KEY, value JSONB NOT NULL)"
             ),
@@ -259,6 +263,14 @@ pub(super) struct Statements {
     pub(super) lock_keys: Statement,
     pub(super) select_all: Statement,
     pub(super) select_keys: Statement,
+    /// The transaction's id, and (`$1`) the status of a transaction by id.
+    pub(super) transaction_id: Statement,
+    pub(super) transaction_status: Statement,
+    /// The change log's statements (see `log.rs`).
+    pub(super) log: Statement,
+    pub(super) prune_log: Statement,
+    pub(super) revision: Statement,
+    pub(super) read_log: Statement,
 }
 
 /// An open connection: the client, its statements, and word of its end.
@@ -421,6 +433,14 @@ async fn prepare(
         client.prepare(&lock_table_shared),
         client.prepare(&lock_keys),
     )?;
+    let (transaction_id, transaction_status, log, prune_log, revision, read_log) = tokio::try_join!(
+        client.prepare("SELECT txid_current()"),
+        client.prepare("SELECT txid_status($1)"),
+        client.prepare(log::LOG),
+        client.prepare(log::PRUNE),
+        client.prepare(log::REVISION),
+        client.prepare(log::SINCE),
+    )?;
     Ok(Statements {
         upsert,
         delete,
@@ -431,6 +451,12 @@ async fn prepare(
         lock_keys,
         select_all,
         select_keys,
+        transaction_id,
+        transaction_status,
+        log,
+        prune_log,
+        revision,
+        read_log,
     })
 }
 
@@ -438,10 +464,24 @@ async fn prepare(
 type Column = (String, String, bool);
 
 /// Checks the table, creating it first if it is missing, so that a foreign table is refused
-/// before anything is written. Instances starting together take an advisory lock around the
-/// creation: `CREATE TABLE IF NOT EXISTS` can fail against a concurrent one. An existing table
-/// is only read, so a role without the right to create tables can use one made for it.
+/// before anything is written; makes the crate's own tables (the change log, the key layouts)
+/// if they are missing; and records or checks the key layout. Instances starting together take
+/// an advisory lock around the creation: `CREATE TABLE IF NOT EXISTS` can fail against a
+/// concurrent one. Existing tables are only read, so a role without the right to create tables
+/// can use ones made for it.
 async fn set_up_table(client: &mut Client, sql: &TableSql) -> std::result::Result<(), OpenFailure> {
+    let missing: bool = client.query_one(log::MISSING, &[]).await?.try_get(0)?;
+    if missing {
+        let transaction = client.transaction().await?;
+        transaction
+            .execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext('persistent_map_log'))",
+                &[&CREATE_LOCK_CLASS],
+            )
+            .await?;
+        transaction.batch_execute(log::CREATE).await?;
+        transaction.commit().await?;
+    }
     let mut found = columns(client, &sql.name).await?;
     if found.is_empty() {
         let transaction = client.transaction().await?;
@@ -452,10 +492,56 @@ async fn set_up_table(client: &mut Client, sql: &TableSql) -> std::result::Resul
             )
             .await?;
         transaction.batch_execute(&sql.create).await?;
+        // A layout recorded for a table of this name that was since dropped is not this one's.
+        transaction
+            .execute(
+                "DELETE FROM persistent_map_tables WHERE table_name = $1",
+                &[&sql.name],
+            )
+            .await?;
         transaction.commit().await?;
         found = columns(client, &sql.name).await?;
     }
-    check_columns(&sql.name, &found).map_err(OpenFailure::Rejected)
+    check_columns(&sql.name, &found).map_err(OpenFailure::Rejected)?;
+    client.execute(log::ADD_TABLE, &[&sql.name]).await?;
+    check_or_record_layout(client, sql).await
+}
+
+/// Records the key layout of `sql` for its table if none is recorded, else checks that it is
+/// the one recorded, so that keys are never parsed by a key type laid out differently from the
+/// one that wrote them. An empty layout (a key type without one) is neither recorded nor
+/// checked.
+async fn check_or_record_layout(
+    client: &Client,
+    sql: &TableSql,
+) -> std::result::Result<(), OpenFailure> {
+    if sql.layout.is_empty() {
+        return Ok(());
+    }
+    client
+        .execute(
+            "INSERT INTO persistent_map_tables (table_name, key_layout) VALUES ($1, $2) \
+             ON CONFLICT (table_name) DO NOTHING",
+            &[&sql.name, &sql.layout],
+        )
+        .await?;
+    let stored: String = client
+        .query_one(
+            "SELECT key_layout FROM persistent_map_tables WHERE table_name = $1",
+            &[&sql.name],
+        )
+        .await?
+        .try_get(0)?;
+    if stored == sql.layout {
+        return Ok(());
+    }
+    Err(OpenFailure::Rejected(
+        PersistentError::IncompatibleKeyLayout {
+            table: sql.name.clone(),
+            stored,
+            expected: sql.layout.to_owned(),
+        },
+    ))
 }
 
 /// The columns of `table`, to check before using it.

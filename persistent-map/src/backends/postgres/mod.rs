@@ -166,6 +166,7 @@
 
 mod connect;
 mod decode;
+mod log;
 mod notify;
 mod session;
 mod tls;
@@ -176,16 +177,20 @@ use std::hash::Hash;
 use std::str::FromStr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 pub(crate) use self::connect::describe_error;
 use self::connect::{TableSql, Target};
-use self::notify::{Changes, Taken};
-use self::session::{Command, Counters, RawOp, Scanned, Session, Timeouts};
-use crate::{BatchOp, ExternalChanges, PersistentError, PersistentKey, Result, StorageBackend};
+use self::log::{LogRead, Logged, Position};
+use self::notify::Changes;
+use self::session::{Command, Counters, Outcome, RawOp, Scanned, Session, Timeouts, Write};
+use crate::{
+    BatchOp, ChangePosition, Checked, Condition, ExternalChanges, PersistentError, PersistentKey,
+    Result, StorageBackend, Stored, WriteOptions,
+};
 
 /// The tokio-postgres this backend is built on, whose error
 /// [`PersistentError::Postgres`] carries.
@@ -231,6 +236,12 @@ struct Shared {
     counters: Arc<Counters>,
     /// How long a lost connection counts as reconnecting rather than down.
     reconnect_timeout: Duration,
+    /// The server, database and table, for [`StorageBackend::storage_id`].
+    storage_id: String,
+    /// When the backend was made: positions record reload times relative to it.
+    created: Instant,
+    /// Reload everything at a refresh once the last full load is this old.
+    reconcile_every: Option<Duration>,
 }
 
 impl PostgresBackend {
@@ -288,7 +299,7 @@ impl PostgresBackend {
     /// # }
     /// ```
     pub async fn for_key<K: PersistentKey>(url: &str) -> Result<Self> {
-        Self::builder(url).table(K::TABLE_NAME).connect().await
+        Self::builder(url).key::<K>().connect().await
     }
 
     /// Starts configuring a backend on the database at `url`: table `kv`, the URL's connect
@@ -317,6 +328,9 @@ impl PostgresBackend {
             connect_timeout: None,
             reconnect_timeout: DEFAULT_RECONNECT_TIMEOUT,
             operation_timeout: DEFAULT_OPERATION_TIMEOUT,
+            layout: "",
+            reconcile_every: None,
+            instance: None,
         }
     }
 
@@ -408,10 +422,43 @@ impl PostgresBackend {
         }
     }
 
-    async fn write(&self, ops: Vec<RawOp>) -> Result<()> {
+    async fn write(&self, write: Write) -> Result<Outcome> {
         let (done, committed) = oneshot::channel();
-        self.send(Command::Write { ops, done })?;
+        self.send(Command::Write { write, done })?;
         committed.await.map_err(|_| self.stopped())?
+    }
+
+    /// Writes `ops` unconditionally, as nobody in particular (origin 0: every map hears of it).
+    async fn write_ops(&self, ops: Vec<RawOp>) -> Result<()> {
+        self.write(Write {
+            ops,
+            ..Write::default()
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Asks the session something and waits for the answer.
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<T>>) -> Command,
+    ) -> Result<T> {
+        let (done, answered) = oneshot::channel();
+        self.send(command(done))?;
+        answered.await.map_err(|_| self.stopped())?
+    }
+
+    /// Seconds since the backend was made, as positions record them.
+    fn clock(&self) -> u32 {
+        u32::try_from(self.shared.created.elapsed().as_secs()).unwrap_or(u32::MAX)
+    }
+
+    /// Whether a map whose last full load is recorded in `position` is due for a reconcile.
+    fn reconcile_due(&self, position: Position) -> bool {
+        self.shared.reconcile_every.is_some_and(|every| {
+            let every = u32::try_from(every.as_secs().max(1)).unwrap_or(u32::MAX);
+            self.clock().saturating_sub(position.reloaded_at) >= every
+        })
     }
 
     fn send(&self, command: Command) -> Result<()> {
@@ -419,12 +466,6 @@ impl PostgresBackend {
             .commands
             .send(command)
             .map_err(|_| self.stopped())
-    }
-
-    /// A load that was to catch up failed: the next refresh reloads everything.
-    fn force_reload(&self, error: &PersistentError) {
-        tracing::warn!(table = %self.table(), error = %error, "a load failed; the next refresh reloads the table");
-        self.shared.changes.reload_later();
     }
 
     /// The session task is gone, which only a panic in it can cause.
@@ -556,6 +597,9 @@ pub struct PostgresBuilder {
     connect_timeout: Option<Duration>,
     reconnect_timeout: Duration,
     operation_timeout: Duration,
+    layout: &'static str,
+    reconcile_every: Option<Duration>,
+    instance: Option<String>,
 }
 
 impl fmt::Debug for PostgresBuilder {
@@ -566,6 +610,9 @@ impl fmt::Debug for PostgresBuilder {
             .field("connect_timeout", &self.connect_timeout)
             .field("reconnect_timeout", &self.reconnect_timeout)
             .field("operation_timeout", &self.operation_timeout)
+            .field("layout", &self.layout)
+            .field("reconcile_every", &self.reconcile_every)
+            .field("instance", &self.instance)
             .finish_non_exhaustive()
     }
 }
@@ -586,6 +633,90 @@ impl PostgresBuilder {
     /// ```
     pub fn table(mut self, table: impl Into<String>) -> Self {
         self.table = table.into();
+        self
+    }
+
+    /// Stores keys of type `K`: the table [`K::TABLE_NAME`](PersistentKey::TABLE_NAME), and
+    /// `K`'s [key layout](PersistentKey::KEY_LAYOUT) recorded in `persistent_map_tables` by the
+    /// first open and checked by every later one. A key type laid out differently from the one
+    /// that wrote the table (its fields swapped, say) is refused with
+    /// [`PersistentError::IncompatibleKeyLayout`] instead of misreading every key.
+    ///
+    /// ```no_run
+    /// use persistent_map::{postgres::PostgresBackend, PersistentKey};
+    ///
+    /// #[derive(PersistentKey, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+    /// #[persistent_key(table = "deployments")]
+    /// struct Deployment { name: String, env: String }
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let backend = PostgresBackend::builder("postgres://postgres@127.0.0.1/test")
+    ///     .key::<Deployment>()
+    ///     .connect()
+    ///     .await?;
+    /// assert_eq!(backend.table(), "deployments");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn key<K: PersistentKey>(mut self) -> Self {
+        self.table = K::TABLE_NAME.to_owned();
+        self.layout = K::KEY_LAYOUT;
+        self
+    }
+
+    /// Makes every refresh that comes at least `interval` after the map last loaded everything
+    /// reload everything (rounded up to whole seconds; off by default).
+    ///
+    /// Writes of this crate are always caught up with from the change log, at a cost of what
+    /// they changed. This picks up what nobody logged: rows that other programs change without
+    /// `NOTIFY` (a hand `UPDATE`). With [`refresh_every`](crate::PersistentMap::refresh_every)
+    /// ticking every `t`, such an edit shows within `interval + t`. Each reconcile reads the
+    /// whole table, so choose `interval` by the table's size.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let backend = persistent_map::postgres::PostgresBackend::builder("postgres://postgres@127.0.0.1/test")
+    ///     .reconcile_every(Duration::from_secs(300))
+    ///     .connect()
+    ///     .await?;
+    /// # let _ = backend;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn reconcile_every(mut self, interval: Duration) -> Self {
+        self.reconcile_every = Some(interval);
+        self
+    }
+
+    /// Makes the maps on this backend a separate instance within the process, as if it ran on
+    /// another machine: they do not share entries with the maps of other instances on the same
+    /// table, and follow them through the change log and refreshes. Without it (the default),
+    /// every map of the process on one table shares one set of entries.
+    ///
+    /// Meant for tests and for simulating a fleet in one process.
+    ///
+    /// ```no_run
+    /// use persistent_map::{postgres::PostgresBackend, PersistentMap};
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let url = "postgres://postgres@127.0.0.1/test";
+    /// let backend = |name: &str| PostgresBackend::builder(url).table("fleet").instance(name).connect();
+    /// let a: PersistentMap<String, u32, _> = PersistentMap::new(backend("a").await?).await?;
+    /// let b: PersistentMap<String, u32, _> = PersistentMap::new(backend("b").await?).await?;
+    /// a.insert("k".into(), 1).await?;
+    /// assert_eq!(b.get("k"), None); // another instance: it hears of it at its refresh
+    /// b.refresh().await?;
+    /// assert_eq!(b.get("k"), Some(1));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn instance(mut self, name: impl Into<String>) -> Self {
+        self.instance = Some(name.into());
         self
     }
 
@@ -687,6 +818,15 @@ impl PostgresBuilder {
         connect::validate_table(&self.table)?;
         let endpoint =
             connect::parse_config(&self.url, self.connect_timeout, self.operation_timeout)?;
+        let database = endpoint
+            .config
+            .get_dbname()
+            .or(endpoint.config.get_user())
+            .unwrap_or_default();
+        let mut storage_id = format!("postgres://{}/{database}/{}", endpoint.host, self.table);
+        if let Some(instance) = &self.instance {
+            storage_id = format!("{storage_id}#{instance}");
+        }
         let target = Arc::new(Target {
             host: endpoint.host.clone(),
             table: self.table.clone(),
@@ -695,7 +835,7 @@ impl PostgresBuilder {
         let counters = Arc::new(Counters::default());
         let session = Session::connect(
             endpoint,
-            Arc::new(TableSql::new(&self.table)),
+            Arc::new(TableSql::new(&self.table, self.layout)),
             Arc::clone(&target),
             Arc::clone(&changes),
             Arc::clone(&counters),
@@ -714,6 +854,9 @@ impl PostgresBuilder {
                 changes,
                 counters,
                 reconnect_timeout: self.reconnect_timeout,
+                storage_id,
+                created: Instant::now(),
+                reconcile_every: self.reconcile_every,
             }),
         })
     }
@@ -746,12 +889,13 @@ where
 
     /// Returns once the row is committed.
     async fn save(&self, key: K, value: V) -> Result<(), PersistentError> {
-        self.write(vec![encode(&BatchOp::Save(key, value))?]).await
+        self.write_ops(vec![encode(&BatchOp::Save(key, value))?])
+            .await
     }
 
     /// Returns once the delete is committed.
     async fn delete(&self, key: &K) -> Result<(), PersistentError> {
-        self.write(vec![RawOp::Delete {
+        self.write_ops(vec![RawOp::Delete {
             key: key.to_string(),
         }])
         .await
@@ -770,66 +914,147 @@ where
             return Ok(());
         }
         let ops = crate::backends::encode::encode_all(ops, encode)?;
-        self.write(ops).await
+        self.write_ops(ops).await
     }
 
     /// Streams the rows from the server in chunks, decoding one while the next arrives.
     async fn load_each(&self, sink: &mut (dyn FnMut(K, V) + Send)) -> Result<(), PersistentError> {
-        let loaded = self.load_rows(sink).await;
-        if let Err(error) = &loaded {
-            // The map asked for this load to catch up; it did not, so the next refresh must.
-            self.force_reload(error);
-        }
-        loaded
+        self.load_rows(sink).await
     }
 
-    /// One `DELETE` in one transaction, announced as `reload`.
+    /// One `DELETE` in one transaction, logged as "anything changed".
     async fn clear(&self) -> Result<(), PersistentError> {
-        self.write(vec![RawOp::DeleteAll]).await
+        self.write_ops(vec![RawOp::DeleteAll]).await
     }
 
     async fn load_keys(&self, keys: &[K]) -> Result<HashMap<K, V>, PersistentError> {
-        let (done, found) = oneshot::channel();
         let texts = keys.iter().map(ToString::to_string).collect();
-        self.send(Command::LoadKeys { keys: texts, done })?;
-        let loaded = found.await.map_err(|_| self.stopped()).and_then(|rows| {
-            rows?
-                .into_iter()
-                .map(|row| decode::decode_row(self.table(), row))
-                .collect()
-        });
-        if let Err(error) = &loaded {
-            self.force_reload(error);
-        }
-        loaded
+        let rows = self
+            .ask(|done| Command::LoadKeys { keys: texts, done })
+            .await?;
+        rows.into_iter()
+            .map(|row| decode::decode_row(self.table(), row))
+            .collect()
     }
 
-    /// The keys that other instances announced since the last call, or
-    /// [`ExternalChanges::Unknown`] after a `reload` announcement or a reconnection. While the
-    /// backend [reconnects](Health::Reconnecting), [`ExternalChanges::None`]: the reload after
-    /// the reconnection covers what it misses, so a quick reconnect is no error. Once it is
-    /// [down](Health::Down), [`PersistentError::Connect`].
-    async fn external_changes(&self) -> Result<ExternalChanges<K>, PersistentError> {
-        match self.shared.changes.take() {
-            Taken::Nothing => Ok(ExternalChanges::None),
-            Taken::Everything => Ok(ExternalChanges::Unknown),
-            Taken::Keys(texts) => {
-                let keys: Result<Vec<K>> = texts
+    /// Checks the conditions and applies the writes in one transaction that holds the advisory
+    /// locks of every key involved (the locks every writer of this crate takes, in every
+    /// instance), reading the stored values under those locks: atomic against every instance.
+    /// A write shares its transaction with others (group commit); each is decided in order,
+    /// seeing the ones before it, and one whose conditions fail writes nothing.
+    async fn apply_checked(
+        &self,
+        conditions: &[Condition<K>],
+        ops: &[BatchOp<K, V>],
+        options: WriteOptions,
+    ) -> Result<Checked<V>, PersistentError> {
+        let keys: Vec<String> = conditions.iter().map(|c| c.key.to_string()).collect();
+        let write = Write {
+            conditions: keys
+                .iter()
+                .zip(conditions)
+                .map(|(key, condition)| (key.clone(), condition.expected.clone()))
+                .collect(),
+            ops: crate::backends::encode::encode_all(ops, encode)?,
+            want_previous: options.wants_previous(),
+            // The map's id, as the log stores it: the same 64 bits.
+            origin: options.origin_id() as i64,
+        };
+        match self.write(write).await? {
+            Outcome::Applied { previous } => Ok(Checked::Applied { previous }),
+            Outcome::Conflict { current } => {
+                let table = self.table();
+                let current = keys
                     .iter()
-                    .map(|text| decode::decode_key(self.table(), text))
-                    .collect();
-                // A key this type cannot parse was not written by a map of this type (another
-                // schema's table of the same name shares the channel): reload to be sure.
-                Ok(keys.map_or(ExternalChanges::Unknown, ExternalChanges::Keys))
+                    .zip(current)
+                    .map(|(key, json)| {
+                        json.map(|json| {
+                            let value = crate::backends::decode::decode_value(table, key, &json)?;
+                            Ok(Stored { value, json })
+                        })
+                        .transpose()
+                    })
+                    .collect::<Result<_>>()?;
+                Ok(Checked::Conflict { current })
             }
-            Taken::Disconnected(_, since) if since < self.shared.reconnect_timeout => {
-                Ok(ExternalChanges::None)
-            }
-            Taken::Disconnected(reason, since) => Err(self.shared.target.connect_error(format!(
-                "the connection was lost {since:?} ago ({reason}) and is not back; still \
-                 reconnecting, the map will reload then"
-            ))),
         }
+    }
+
+    /// The server, the database and the table: maps of one process on the same table share
+    /// their entries.
+    fn storage_id(&self) -> Option<String> {
+        Some(self.shared.storage_id.clone())
+    }
+
+    /// The table's revision in the change log.
+    async fn change_position(&self) -> Result<Option<ChangePosition>, PersistentError> {
+        let epoch = self.shared.changes.epoch();
+        let rev = self.ask(|done| Command::Revision { done }).await?;
+        let position = Position {
+            rev,
+            epoch,
+            reloaded_at: self.clock(),
+        };
+        Ok(Some(position.to_change_position()))
+    }
+
+    /// The keys that other maps logged after `since` (see the [module docs](self#coherence-across-instances)).
+    /// [`ExternalChanges::Unknown`] when the log cannot say: `since` older than the pruned
+    /// log, a clear or a commit of very many keys, an announcement of an unlogged change, a
+    /// commit whose outcome is unknown, or a reconcile that is due. While the backend
+    /// [reconnects](Health::Reconnecting), [`ExternalChanges::None`] with `since` unchanged
+    /// (the log is read once it is back); once it is [down](Health::Down),
+    /// [`PersistentError::Connect`].
+    async fn changes_since(
+        &self,
+        since: Option<ChangePosition>,
+        origin: u64,
+    ) -> Result<(ExternalChanges<K>, Option<ChangePosition>), PersistentError> {
+        let Some(since) = since else {
+            return Ok((ExternalChanges::Unknown, None));
+        };
+        if let Some((reason, down_for)) = self.shared.changes.disconnected() {
+            if down_for < self.shared.reconnect_timeout {
+                return Ok((ExternalChanges::None, Some(since)));
+            }
+            return Err(self.shared.target.connect_error(format!(
+                "the connection was lost {down_for:?} ago ({reason}) and is not back; still \
+                 reconnecting, the map will catch up from the change log then"
+            )));
+        }
+        let position = Position::from_change_position(since);
+        let epoch = self.shared.changes.epoch();
+        if position.epoch != epoch || self.reconcile_due(position) {
+            return Ok((ExternalChanges::Unknown, None));
+        }
+        let read: LogRead = self
+            .ask(|done| Command::ReadLog {
+                since: position.rev,
+                origin: origin as i64,
+                done,
+            })
+            .await?;
+        let next = Position {
+            rev: read.rev,
+            ..position
+        };
+        let texts = match read.since(position.rev) {
+            Logged::Unknown => return Ok((ExternalChanges::Unknown, None)),
+            Logged::Keys(texts) if texts.is_empty() => {
+                return Ok((ExternalChanges::None, Some(next.to_change_position())))
+            }
+            Logged::Keys(texts) => texts,
+        };
+        let keys: Result<Vec<K>> = texts
+            .iter()
+            .map(|text| decode::decode_key(self.table(), text))
+            .collect();
+        // A key this type cannot parse was not written by a map of this type: reload, which
+        // reports the row that does not parse.
+        Ok(match keys {
+            Ok(keys) => (ExternalChanges::Keys(keys), Some(next.to_change_position())),
+            Err(_) => (ExternalChanges::Unknown, None),
+        })
     }
 
     /// Resolves when another instance's announcement arrives, or the connection is lost or

@@ -28,7 +28,7 @@
 //! reconnected it asks its map for a reload, since it could not hear what was committed in
 //! between.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,7 +39,9 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use super::connect::{self, describe_error, Endpoint, Live, TableSql, Target};
+use super::log::{self, LogRead};
 use super::notify::{self, Changes};
+use crate::backends::encode::same_json;
 use crate::{PersistentError, Result};
 
 /// A write as the session executes it: key text and JSON text, already encoded.
@@ -50,15 +52,47 @@ pub(super) enum RawOp {
     DeleteAll,
 }
 
+impl RawOp {
+    fn key(&self) -> Option<&str> {
+        match self {
+            RawOp::Upsert { key, .. } | RawOp::Delete { key } => Some(key),
+            RawOp::DeleteAll => None,
+        }
+    }
+}
+
+/// One caller's writes: committed together, only if every condition holds.
+#[derive(Debug, Default)]
+pub(super) struct Write {
+    /// Key texts and the JSON that must be stored under each (`None`: nothing).
+    pub(super) conditions: Vec<(String, Option<String>)>,
+    pub(super) ops: Vec<RawOp>,
+    /// Report what each op's key held just before it.
+    pub(super) want_previous: bool,
+    /// The writing map's id, logged with its keys (0: nobody in particular).
+    pub(super) origin: i64,
+}
+
+/// What a [`Write`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Outcome {
+    Applied {
+        /// With `want_previous`: per op, the JSON its key held just before it.
+        previous: Option<Vec<Option<String>>>,
+    },
+    /// A condition did not hold and nothing was written: per condition, what is stored.
+    Conflict { current: Vec<Option<String>> },
+}
+
 /// A stored row as read: key text and the value's JSON text (`None` for SQL `NULL`).
 pub(super) type RawRow = (String, Option<String>);
 
 /// What the session is asked to do.
 pub(super) enum Command {
-    /// Commit `ops` in one transaction, possibly shared with other writes.
+    /// Commit `write` in one transaction, possibly shared with other writes.
     Write {
-        ops: Vec<RawOp>,
-        done: oneshot::Sender<Result<()>>,
+        write: Write,
+        done: oneshot::Sender<Result<Outcome>>,
     },
     /// Stream every row into `rows`.
     Load { rows: mpsc::Sender<Scanned> },
@@ -66,6 +100,14 @@ pub(super) enum Command {
     LoadKeys {
         keys: Vec<String>,
         done: oneshot::Sender<Result<Vec<RawRow>>>,
+    },
+    /// Read the table's revision.
+    Revision { done: oneshot::Sender<Result<i64>> },
+    /// Read the log after revision `since`, leaving out what `origin` wrote.
+    ReadLog {
+        since: i64,
+        origin: i64,
+        done: oneshot::Sender<Result<LogRead>>,
     },
     /// Answer once every command sent before this one is done.
     Flush { done: oneshot::Sender<()> },
@@ -96,7 +138,7 @@ pub(super) struct Timeouts {
 }
 
 /// One caller's writes and where to answer it.
-type WriteRequest = (Vec<RawOp>, oneshot::Sender<Result<()>>);
+type WriteRequest = (Write, oneshot::Sender<Result<Outcome>>);
 
 /// How long a group waits for the writers it expects: well under a commit, so a straggler costs
 /// less than the commit it joins saves.
@@ -131,7 +173,7 @@ fn take_queued(
 ) {
     while next.is_none() && group.len() < MAX_GROUP_REQUESTS {
         match commands.try_recv() {
-            Ok(Command::Write { ops, done }) => group.push((ops, done)),
+            Ok(Command::Write { write, done }) => group.push((write, done)),
             Ok(other) => *next = Some(other),
             Err(_) => return,
         }
@@ -207,7 +249,7 @@ impl Session {
         let live = connect::open(&endpoint, &sql, &changes, generation, timeout, true)
             .await
             .map_err(|failure| failure.into_error(&target))?;
-        changes.connected(generation, false);
+        changes.connected(generation);
         tracing::info!(table = %target.table, host = %target.host, "connected to PostgreSQL");
         Ok(Self {
             endpoint,
@@ -245,7 +287,7 @@ impl Session {
                     },
                 };
                 match command {
-                    Command::Write { ops, done } => group.push((ops, done)),
+                    Command::Write { write, done } => group.push((write, done)),
                     other => {
                         self.serve(other).await;
                         continue;
@@ -270,6 +312,18 @@ impl Session {
             Command::Load { rows } => self.load(&rows).await,
             Command::LoadKeys { keys, done } => {
                 let result = self.load_keys(&keys).await;
+                let _ = done.send(result);
+            }
+            Command::Revision { done } => {
+                let result = self.revision().await;
+                let _ = done.send(result);
+            }
+            Command::ReadLog {
+                since,
+                origin,
+                done,
+            } => {
+                let result = self.read_log(since, origin).await;
                 let _ = done.send(result);
             }
             Command::Flush { done } => {
@@ -310,10 +364,10 @@ impl Session {
     ///
     /// A server that cannot be reached or does not answer fails the whole group at once: trying
     /// the requests one by one would make each wait as long again.
-    async fn commit_group(&mut self, group: &[WriteRequest]) -> Vec<Result<()>> {
-        let all_ops = group.iter().flat_map(|(ops, _)| ops);
-        match self.commit(&Rows::merge(all_ops), group.len()).await {
-            Ok(()) => group.iter().map(|_| Ok(())).collect(),
+    async fn commit_group(&mut self, group: &[WriteRequest]) -> Vec<Result<Outcome>> {
+        let writes: Vec<&Write> = group.iter().map(|(write, _)| write).collect();
+        match self.commit(&writes).await {
+            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
             Err(Failed::Unavailable(reason)) => group
                 .iter()
                 .map(|_| Err(self.target.connect_error(reason.clone())))
@@ -328,13 +382,13 @@ impl Session {
                 );
                 let mut results = Vec::with_capacity(group.len());
                 let mut unavailable: Option<String> = None;
-                for (ops, _) in group {
+                for write in writes {
                     if let Some(reason) = &unavailable {
                         results.push(Err(self.target.connect_error(reason.clone())));
                         continue;
                     }
-                    results.push(match self.commit(&Rows::merge(ops), 1).await {
-                        Ok(()) => Ok(()),
+                    results.push(match self.commit(&[write]).await {
+                        Ok(mut outcomes) => Ok(outcomes.remove(0)),
                         Err(Failed::Unavailable(reason)) => {
                             let error = self.target.connect_error(reason.clone());
                             unavailable = Some(reason);
@@ -348,36 +402,45 @@ impl Session {
         }
     }
 
-    /// One transaction serving `requests` write requests: clear, upsert, delete, announce,
-    /// commit.
-    async fn commit(
-        &mut self,
-        rows: &Rows<'_>,
-        requests: usize,
-    ) -> std::result::Result<(), Failed> {
-        if rows.is_empty() {
-            return Ok(());
+    /// One transaction serving `writes`: lock, read what the conditions and previous values
+    /// need, decide each write in order, then clear, upsert, delete, log, announce, commit.
+    async fn commit(&mut self, writes: &[&Write]) -> std::result::Result<Vec<Outcome>, Failed> {
+        let plan = Plan::new(writes, &self.sql.name);
+        if plan.is_empty() {
+            return Ok(writes.iter().map(|write| evaluate_alone(write)).collect());
         }
-        let payloads = rows.payloads();
+        let prune = self
+            .counters
+            .commits
+            .load(Ordering::Relaxed)
+            .is_multiple_of(log::PRUNE_EVERY_COMMITS);
         let work = Work::Commit {
-            rows,
-            payloads: &payloads,
-            commit_sent: false,
+            plan: &plan,
+            prune,
+            sent: None,
         };
         let start = Instant::now();
-        self.retrying(work).await?;
+        let (outcomes, summary) = match self.retrying(work).await? {
+            Loaded::Committed(outcomes, summary) => (outcomes, summary),
+            _ => unreachable!("a commit answers with its outcomes"),
+        };
         let elapsed = start.elapsed();
         self.counters.commits.fetch_add(1, Ordering::Relaxed);
         self.counters
             .writes
-            .fetch_add(requests as u64, Ordering::Relaxed);
+            .fetch_add(writes.len() as u64, Ordering::Relaxed);
         let table = &self.target.table;
-        let changed = rows.upsert_keys.len() + rows.delete_keys.len();
-        tracing::debug!(table = %table, requests, rows = changed, cleared = rows.cleared, elapsed = ?elapsed, "commit");
+        let requests = writes.len();
+        let Summary {
+            rows,
+            cleared,
+            conflicts,
+        } = summary;
+        tracing::debug!(table = %table, requests, rows, cleared, conflicts, elapsed = ?elapsed, "commit");
         if elapsed > SLOW_COMMIT {
-            tracing::warn!(table = %table, requests, rows = changed, elapsed = ?elapsed, "slow commit");
+            tracing::warn!(table = %table, requests, rows, elapsed = ?elapsed, "slow commit");
         }
-        Ok(())
+        Ok(outcomes)
     }
 
     /// Streams every row to `rows`, in chunks.
@@ -393,7 +456,7 @@ impl Session {
                 tracing::debug!(table = %self.target.table, rows = count, elapsed = ?start.elapsed(), "load");
                 Scanned::Finished
             }
-            Ok(Loaded::Rows(_)) => unreachable!("a load streams its rows"),
+            Ok(_) => unreachable!("a load streams its rows"),
             Err(failed) => Scanned::Failed(self.error_of(failed)),
         };
         let _ = rows.send(last).await;
@@ -404,11 +467,30 @@ impl Session {
         let start = Instant::now();
         let found = match self.retrying(work).await {
             Ok(Loaded::Rows(found)) => found,
-            Ok(Loaded::Streamed(_)) => unreachable!("a key load returns its rows"),
+            Ok(_) => unreachable!("a key load returns its rows"),
             Err(failed) => return Err(self.error_of(failed)),
         };
         tracing::debug!(table = %self.target.table, keys = keys.len(), rows = found.len(), elapsed = ?start.elapsed(), "load keys");
         Ok(found)
+    }
+
+    async fn revision(&mut self) -> Result<i64> {
+        match self.retrying(Work::Revision).await {
+            Ok(Loaded::Revision(rev)) => Ok(rev),
+            Ok(_) => unreachable!("a revision read returns the revision"),
+            Err(failed) => Err(self.error_of(failed)),
+        }
+    }
+
+    async fn read_log(&mut self, since: i64, origin: i64) -> Result<LogRead> {
+        let start = Instant::now();
+        let read = match self.retrying(Work::ReadLog { since, origin }).await {
+            Ok(Loaded::Log(read)) => read,
+            Ok(_) => unreachable!("a log read returns the log"),
+            Err(failed) => return Err(self.error_of(failed)),
+        };
+        tracing::debug!(table = %self.target.table, since, rev = read.rev, keys = read.keys.len(), elapsed = ?start.elapsed(), "read the change log");
+        Ok(read)
     }
 
     /// Runs `work` on the connection, reconnecting and trying again while the connection
@@ -477,20 +559,22 @@ impl Session {
             "no answer within the operation timeout of {timeout:?}"
         ));
         if outcome_unknown {
-            // The map keeps its old value; the reload after reconnecting shows what happened.
+            // The map keeps its old value; a reload shows what happened. (The log cannot: a
+            // commit that did happen is logged as the map's own.)
+            tracing::warn!(table = %self.target.table, "forcing a reload: a commit's outcome is unknown");
             self.changes.reload_later();
         }
         Failed::Unavailable(match work {
             Work::Commit { .. } if outcome_unknown => format!(
                 "the commit got no answer within the operation timeout of {timeout:?}, so \
                  whether the write was committed is unknown; the map keeps its old value and \
-                 reloads the table on its first refresh after reconnecting"
+                 reloads the table at its next refresh"
             ),
             Work::Commit { .. } => format!(
                 "no answer within the operation timeout of {timeout:?}; the write was not \
                  committed (its transaction was abandoned with the connection)"
             ),
-            Work::Load { .. } | Work::LoadKeys { .. } => format!(
+            _ => format!(
                 "no answer within the operation timeout of {timeout:?}; the read was abandoned \
                  with the connection"
             ),
@@ -536,9 +620,8 @@ impl Session {
                 self.live = Some(live);
                 self.backoff = FIRST_BACKOFF;
                 self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
-                self.changes.connected(self.generation, true);
-                tracing::info!(table = %table, host = %self.target.host, generation = self.generation, "reconnected to PostgreSQL");
-                tracing::warn!(table = %table, "forcing a reload: announcements made while disconnected were missed");
+                self.changes.connected(self.generation);
+                tracing::info!(table = %table, host = %self.target.host, generation = self.generation, "reconnected to PostgreSQL; the maps catch up from the change log");
                 true
             }
             Err(failure) => {
@@ -574,19 +657,41 @@ impl Session {
 
 /// What a successful attempt read.
 enum Loaded {
-    /// The rows of the keys asked for (none for a commit).
+    /// A commit's outcomes, one per write, and what it did.
+    Committed(Vec<Outcome>, Summary),
+    /// The rows of the keys asked for.
     Rows(Vec<RawRow>),
     /// How many rows a load streamed.
     Streamed(usize),
+    Revision(i64),
+    Log(LogRead),
+}
+
+/// What a commit did, for its log line.
+#[derive(Debug, Clone, Copy)]
+struct Summary {
+    rows: usize,
+    cleared: bool,
+    conflicts: usize,
+}
+
+/// A commit whose `COMMIT` was sent: what it decided, and its transaction id, to ask the
+/// server whether it committed if the answer is lost.
+struct Sent {
+    txid: i64,
+    outcomes: Vec<Outcome>,
+    summary: Summary,
 }
 
 /// Work for the connection that can be tried again on a new one.
 enum Work<'a> {
     Commit {
-        rows: &'a Rows<'a>,
-        payloads: &'a [String],
-        /// `COMMIT` was sent by the last attempt: if its answer is lost, so is the outcome.
-        commit_sent: bool,
+        plan: &'a Plan<'a>,
+        /// Also prune the change log (in bounded batches).
+        prune: bool,
+        /// Set once `COMMIT` was sent: if its answer is lost, the next attempt first asks the
+        /// server whether that transaction committed, so that a commit is never made twice.
+        sent: Option<Sent>,
     },
     /// Streams every row into `rows`. A connection lost before the first chunk went out is
     /// retried; after that the receiver has part of the table, so the load fails instead.
@@ -597,6 +702,11 @@ enum Work<'a> {
     },
     LoadKeys {
         keys: &'a [String],
+    },
+    Revision,
+    ReadLog {
+        since: i64,
+        origin: i64,
     },
 }
 
@@ -609,14 +719,15 @@ impl Work<'_> {
         target: &Target,
     ) -> std::result::Result<Loaded, Failure> {
         match self {
-            Work::Commit {
-                rows,
-                payloads,
-                commit_sent,
-            } => {
-                *commit_sent = false;
-                commit_once(live, rows, &sql.name, payloads, target, commit_sent).await?;
-                Ok(Loaded::Rows(Vec::new()))
+            Work::Commit { plan, prune, sent } => {
+                if let Some(earlier) = sent.take() {
+                    if transaction_committed(live, earlier.txid, target).await? {
+                        return Ok(Loaded::Committed(earlier.outcomes, earlier.summary));
+                    }
+                }
+                let (outcomes, summary) =
+                    commit_once(live, plan, *prune, sql, target, sent).await?;
+                Ok(Loaded::Committed(outcomes, summary))
             }
             Work::Load {
                 rows,
@@ -628,64 +739,338 @@ impl Work<'_> {
                 Ok(Loaded::Streamed(*count))
             }
             Work::LoadKeys { keys } => select_keys(live, keys, target).await.map(Loaded::Rows),
+            Work::Revision => {
+                let row = live
+                    .client
+                    .query_one(&live.statements.revision, &[&sql.name])
+                    .await
+                    .map_err(classify(target))?;
+                Ok(Loaded::Revision(row.try_get(0).map_err(classify(target))?))
+            }
+            Work::ReadLog { since, origin } => read_log(live, &sql.name, *since, *origin, target)
+                .await
+                .map(Loaded::Log),
         }
     }
 
     fn commit_sent(&self) -> bool {
-        matches!(
-            self,
-            Work::Commit {
-                commit_sent: true,
-                ..
-            }
-        )
+        matches!(self, Work::Commit { sent: Some(_), .. })
     }
 }
 
+/// Whether transaction `txid`, whose `COMMIT` was sent on a connection since lost, committed.
+/// While the server still runs it (it has not noticed the lost connection yet), asks again.
+async fn transaction_committed(
+    live: &mut Live,
+    txid: i64,
+    target: &Target,
+) -> std::result::Result<bool, Failure> {
+    loop {
+        let row = live
+            .client
+            .query_one(&live.statements.transaction_status, &[&txid])
+            .await
+            .map_err(classify(target))?;
+        let status: Option<String> = row.try_get(0).map_err(classify(target))?;
+        match status.as_deref() {
+            Some("committed") => return Ok(true),
+            Some("in progress") => tokio::time::sleep(Duration::from_millis(20)).await,
+            _ => return Ok(false),
+        }
+    }
+}
+
+/// What a group of writes needs from the table before it can decide: the locks to take and
+/// the keys to read.
+struct Plan<'a> {
+    writes: &'a [&'a Write],
+    /// The keys' advisory locks in the order to take them, or `None` for the table's lock in
+    /// exclusive mode (a clear, or too many keys to lock one by one).
+    key_locks: Option<Vec<i32>>,
+    /// The keys whose stored values the conditions and previous values need.
+    read_keys: Vec<&'a str>,
+}
+
+impl<'a> Plan<'a> {
+    fn new(writes: &'a [&'a Write], table: &str) -> Self {
+        let mut locked: Vec<&str> = Vec::new();
+        let mut read: Vec<&str> = Vec::new();
+        let mut cleared = false;
+        for write in writes {
+            let conditions = write.conditions.iter().map(|(key, _)| key.as_str());
+            locked.extend(conditions.clone());
+            read.extend(conditions);
+            for op in &write.ops {
+                match op.key() {
+                    Some(key) => {
+                        locked.push(key);
+                        if write.want_previous {
+                            read.push(key);
+                        }
+                    }
+                    None => cleared = true,
+                }
+            }
+        }
+        read.sort_unstable();
+        read.dedup();
+        let key_locks = (!cleared && locked.len() <= MAX_KEY_LOCKS).then(|| {
+            let mut locks: Vec<i32> = locked.iter().map(|key| lock_id(table, Some(key))).collect();
+            locks.sort_unstable();
+            locks.dedup();
+            locks
+        });
+        Self {
+            writes,
+            key_locks,
+            read_keys: read,
+        }
+    }
+
+    /// Nothing to check and nothing to write.
+    fn is_empty(&self) -> bool {
+        self.writes
+            .iter()
+            .all(|write| write.ops.is_empty() && write.conditions.is_empty())
+    }
+}
+
+/// The outcome of a write that neither checks nor writes anything.
+fn evaluate_alone(write: &Write) -> Outcome {
+    Outcome::Applied {
+        previous: write.want_previous.then(Vec::new),
+    }
+}
+
+/// The table as the writes of a group see it, one after the other: what was read, under what
+/// the earlier writes of the group did.
+struct Simulated<'a> {
+    stored: HashMap<String, String>,
+    written: HashMap<&'a str, Option<&'a str>>,
+    cleared: bool,
+}
+
+impl<'a> Simulated<'a> {
+    fn get(&self, key: &str) -> Option<&str> {
+        match self.written.get(key) {
+            Some(value) => *value,
+            None if self.cleared => None,
+            None => self.stored.get(key).map(String::as_str),
+        }
+    }
+
+    fn apply(&mut self, op: &'a RawOp) {
+        match op {
+            RawOp::Upsert { key, value } => {
+                self.written.insert(key, Some(value));
+            }
+            RawOp::Delete { key } => {
+                self.written.insert(key, None);
+            }
+            RawOp::DeleteAll => {
+                self.written.clear();
+                self.cleared = true;
+            }
+        }
+    }
+}
+
+/// Decides each write of `writes` in order against `stored` (the rows read under the locks):
+/// a write whose conditions hold is applied (and seen by the writes after it), one whose
+/// conditions fail writes nothing. Returns the outcomes and the ops to commit with their
+/// writers' origins.
+fn evaluate<'a>(
+    writes: &[&'a Write],
+    stored: HashMap<String, String>,
+) -> (Vec<Outcome>, Vec<(&'a RawOp, i64)>) {
+    let mut table = Simulated {
+        stored,
+        written: HashMap::new(),
+        cleared: false,
+    };
+    let mut outcomes = Vec::with_capacity(writes.len());
+    let mut applied = Vec::new();
+    for write in writes {
+        let holds = write
+            .conditions
+            .iter()
+            .all(|(key, expected)| same_json(table.get(key), expected.as_deref()));
+        if !holds {
+            let current = write
+                .conditions
+                .iter()
+                .map(|(key, _)| table.get(key).map(str::to_owned))
+                .collect();
+            outcomes.push(Outcome::Conflict { current });
+            continue;
+        }
+        let mut previous = write
+            .want_previous
+            .then(|| Vec::with_capacity(write.ops.len()));
+        for op in &write.ops {
+            if let Some(previous) = &mut previous {
+                previous.push(op.key().and_then(|key| table.get(key).map(str::to_owned)));
+            }
+            table.apply(op);
+            applied.push((op, write.origin));
+        }
+        outcomes.push(Outcome::Applied { previous });
+    }
+    (outcomes, applied)
+}
+
+type Step<'s> = (&'s tokio_postgres::Statement, Vec<&'s (dyn ToSql + Sync)>);
+
+/// Sends `steps` in order without waiting for each answer (one round trip for all of them),
+/// and returns their rows.
+async fn pipeline(
+    transaction: &tokio_postgres::Transaction<'_>,
+    steps: &[Step<'_>],
+    target: &Target,
+) -> std::result::Result<Vec<Vec<tokio_postgres::Row>>, Failure> {
+    futures_util::future::try_join_all(
+        steps
+            .iter()
+            .map(|(statement, params)| transaction.query(*statement, params)),
+    )
+    .await
+    .map_err(classify(target))
+}
+
+/// One attempt at a commit, in two round trips: the locks (the table's, then the keys' in
+/// order), the transaction's id and the rows the writes depend on; then, once each write is
+/// decided, the writes, the log, the announcement, and `COMMIT`.
 async fn commit_once(
     live: &mut Live,
-    rows: &Rows<'_>,
-    channel: &str,
-    payloads: &[String],
+    plan: &Plan<'_>,
+    prune: bool,
+    sql: &TableSql,
     target: &Target,
-    commit_sent: &mut bool,
-) -> std::result::Result<(), Failure> {
+    sent: &mut Option<Sent>,
+) -> std::result::Result<(Vec<Outcome>, Summary), Failure> {
+    let channel = sql.name.as_str();
     let transaction = live.client.transaction().await.map_err(classify(target))?;
     let statements = &live.statements;
     let table_lock = lock_id(channel, None);
-    let key_locks = rows.key_locks(channel);
-    let mut steps: Vec<(&tokio_postgres::Statement, Vec<&(dyn ToSql + Sync)>)> =
-        Vec::with_capacity(6);
-    match &key_locks {
+    let mut steps: Vec<Step<'_>> = Vec::with_capacity(4);
+    match &plan.key_locks {
         Some(key_locks) => {
             steps.push((&statements.lock_table_shared, vec![&table_lock]));
             steps.push((&statements.lock_keys, vec![key_locks]));
         }
         None => steps.push((&statements.lock_table, vec![&table_lock])),
     }
-    if rows.cleared {
-        steps.push((&statements.delete_all, vec![]));
+    steps.push((&statements.transaction_id, vec![]));
+    if !plan.read_keys.is_empty() {
+        steps.push((&statements.select_keys, vec![&plan.read_keys]));
     }
-    if !rows.upsert_keys.is_empty() {
-        steps.push((
-            &statements.upsert,
-            vec![&rows.upsert_keys, &rows.upsert_values],
-        ));
-    }
-    if !rows.delete_keys.is_empty() {
-        steps.push((&statements.delete, vec![&rows.delete_keys]));
-    }
-    steps.push((&statements.notify, vec![&channel, &payloads]));
-    // Sent in order without waiting for each answer: one round trip for all of them.
-    futures_util::future::try_join_all(
-        steps
+    let mut answers = pipeline(&transaction, &steps, target).await?;
+    let stored: HashMap<String, String> = if plan.read_keys.is_empty() {
+        HashMap::new()
+    } else {
+        let rows = answers.pop().unwrap_or_default();
+        rows.iter()
+            .map(|row| {
+                let (key, value) = raw_row(row)?;
+                // A SQL NULL (written by another program) compares as JSON `null`.
+                Ok((key, value.unwrap_or_else(|| "null".to_owned())))
+            })
+            .collect::<std::result::Result<_, tokio_postgres::Error>>()
+            .map_err(classify(target))?
+    };
+    let txid: i64 = answers
+        .pop()
+        .and_then(|rows| rows.into_iter().next())
+        .map(|row| row.try_get(0))
+        .transpose()
+        .map_err(classify(target))?
+        .unwrap_or_default();
+
+    let (outcomes, applied) = evaluate(plan.writes, stored);
+    let rows = Rows::merge(applied);
+    let summary = Summary {
+        rows: rows.upsert_keys.len() + rows.delete_keys.len(),
+        cleared: rows.cleared,
+        conflicts: outcomes
             .iter()
-            .map(|(statement, params)| transaction.execute(*statement, params)),
-    )
-    .await
-    .map_err(classify(target))?;
-    *commit_sent = true;
-    transaction.commit().await.map_err(classify(target))
+            .filter(|outcome| matches!(outcome, Outcome::Conflict { .. }))
+            .count(),
+    };
+    if !rows.is_empty() {
+        let (log_keys, log_origins) = rows.logged();
+        let payloads: Vec<&str> = vec![notify::CHANGED];
+        let mut steps: Vec<Step<'_>> = Vec::with_capacity(6);
+        if rows.cleared {
+            steps.push((&statements.delete_all, vec![]));
+        }
+        if !rows.upsert_keys.is_empty() {
+            steps.push((
+                &statements.upsert,
+                vec![&rows.upsert_keys, &rows.upsert_values],
+            ));
+        }
+        if !rows.delete_keys.is_empty() {
+            steps.push((&statements.delete, vec![&rows.delete_keys]));
+        }
+        if prune {
+            steps.push((
+                &statements.prune_log,
+                vec![&channel, &log::REVISIONS_KEPT, &log::PRUNE_BATCH_ROWS],
+            ));
+        }
+        steps.push((&statements.notify, vec![&channel, &payloads]));
+        // Last: the revision row's lock orders the table's commits, so hold it briefly.
+        steps.push((&statements.log, vec![&channel, &log_keys, &log_origins]));
+        pipeline(&transaction, &steps, target).await?;
+    }
+    *sent = Some(Sent {
+        txid,
+        outcomes: outcomes.clone(),
+        summary,
+    });
+    transaction.commit().await.map_err(classify(target))?;
+    *sent = None;
+    Ok((outcomes, summary))
+}
+
+/// The revision row and the log rows others wrote after `since`, in one statement (one
+/// snapshot).
+async fn read_log(
+    live: &mut Live,
+    table: &str,
+    since: i64,
+    origin: i64,
+    target: &Target,
+) -> std::result::Result<LogRead, Failure> {
+    let limit = log::MAX_CATCH_UP_ROWS;
+    let rows = live
+        .client
+        .query(
+            &live.statements.read_log,
+            &[&table, &since, &origin, &limit],
+        )
+        .await
+        .map_err(classify(target))?;
+    let mut read = LogRead::default();
+    for row in &rows {
+        let columns = (|| {
+            Ok::<_, tokio_postgres::Error>((
+                row.try_get::<_, i64>(0)?,
+                row.try_get::<_, i64>(1)?,
+                row.try_get::<_, Option<i64>>(2)?,
+                row.try_get::<_, Option<String>>(3)?,
+            ))
+        })()
+        .map_err(classify(target))?;
+        let (rev, pruned, logged_rev, key) = columns;
+        read.known = true;
+        read.rev = rev;
+        read.pruned = pruned;
+        if logged_rev.is_some() {
+            read.keys.push(key);
+        }
+    }
+    Ok(read)
 }
 
 async fn scan(
@@ -775,43 +1160,51 @@ fn raw_row(row: &tokio_postgres::Row) -> std::result::Result<RawRow, tokio_postg
 struct Rows<'a> {
     /// Every row is deleted first.
     cleared: bool,
+    /// The origin of the clear, if any.
+    cleared_by: i64,
     /// Sorted by key bytes, as are `delete_keys`.
     upsert_keys: Vec<&'a str>,
     upsert_values: Vec<&'a str>,
     delete_keys: Vec<&'a str>,
+    /// Who wrote each key last: the origins of `upsert_keys`, then of `delete_keys`.
+    origins: Vec<i64>,
 }
 
 impl<'a> Rows<'a> {
-    fn merge(ops: impl IntoIterator<Item = &'a RawOp>) -> Self {
-        let mut cleared = false;
-        let mut last: BTreeMap<&'a str, Option<&'a str>> = BTreeMap::new();
-        for op in ops {
+    /// Merges `ops`, each with the origin of the map that wrote it.
+    fn merge(ops: impl IntoIterator<Item = (&'a RawOp, i64)>) -> Self {
+        let mut rows = Rows::default();
+        let mut last: BTreeMap<&'a str, (Option<&'a str>, i64)> = BTreeMap::new();
+        for (op, origin) in ops {
             match op {
                 RawOp::Upsert { key, value } => {
-                    last.insert(key, Some(value));
+                    last.insert(key, (Some(value), origin));
                 }
                 RawOp::Delete { key } => {
-                    last.insert(key, None);
+                    last.insert(key, (None, origin));
                 }
                 RawOp::DeleteAll => {
-                    cleared = true;
+                    rows.cleared = true;
+                    rows.cleared_by = origin;
                     last.clear();
                 }
             }
         }
-        let mut rows = Rows {
-            cleared,
-            ..Rows::default()
-        };
-        for (key, value) in last {
+        let mut delete_origins = Vec::new();
+        for (key, (value, origin)) in last {
             match value {
                 Some(value) => {
                     rows.upsert_keys.push(key);
                     rows.upsert_values.push(value);
+                    rows.origins.push(origin);
                 }
-                None => rows.delete_keys.push(key),
+                None => {
+                    rows.delete_keys.push(key);
+                    delete_origins.push(origin);
+                }
             }
         }
+        rows.origins.extend(delete_origins);
         rows
     }
 
@@ -819,30 +1212,28 @@ impl<'a> Rows<'a> {
         !self.cleared && self.upsert_keys.is_empty() && self.delete_keys.is_empty()
     }
 
-    /// The advisory locks to take, in this order, before touching the rows: one per key
-    /// (sorted, so that every instance takes them in the same order), or `None` for the table's
-    /// lock in exclusive mode, for a clear or a transaction of too many keys to lock one by one.
-    fn key_locks(&self, table: &str) -> Option<Vec<i32>> {
+    /// The change log's rows for these writes: each key with the origin that wrote it last,
+    /// or one `NULL` key ("anything") for a clear or too many keys.
+    fn logged(&self) -> (Vec<Option<&'a str>>, Vec<i64>) {
         let keys = self.upsert_keys.len() + self.delete_keys.len();
-        if self.cleared || keys > MAX_KEY_LOCKS {
-            return None;
+        if self.cleared || keys > log::MAX_LOGGED_KEYS {
+            // One writer's: skipped by that writer, whose memory has it all. Several writers'
+            // (a clear followed by another map's writes): nobody's, so every map reloads.
+            let mut writers = self.origins.iter().copied();
+            let writers = writers
+                .by_ref()
+                .chain(self.cleared.then_some(self.cleared_by));
+            let mut writers = writers.peekable();
+            let first = writers.peek().copied().unwrap_or(0);
+            let origin = if writers.all(|origin| origin == first) {
+                first
+            } else {
+                0
+            };
+            return (vec![None], vec![origin]);
         }
-        let mut locks: Vec<i32> = self
-            .upsert_keys
-            .iter()
-            .chain(&self.delete_keys)
-            .map(|key| lock_id(table, Some(key)))
-            .collect();
-        locks.sort_unstable();
-        locks.dedup();
-        Some(locks)
-    }
-
-    /// The `NOTIFY` payloads announcing these rows.
-    fn payloads(&self) -> Vec<String> {
-        let changed = self.upsert_keys.len() + self.delete_keys.len();
-        let keys = self.upsert_keys.iter().chain(&self.delete_keys).copied();
-        notify::payloads(self.cleared, ExactLen(keys, changed))
+        let keys = self.upsert_keys.iter().chain(&self.delete_keys);
+        (keys.map(|key| Some(*key)).collect(), self.origins.clone())
     }
 }
 
@@ -861,25 +1252,6 @@ fn lock_id(table: &str, key: Option<&str>) -> i32 {
     i32::from_ne_bytes(hash.to_ne_bytes())
 }
 
-/// An iterator whose length is known although its type does not say so (a `Chain`).
-struct ExactLen<I>(I, usize);
-
-impl<I: Iterator> Iterator for ExactLen<I> {
-    type Item = I::Item;
-
-    fn next(&mut self) -> Option<I::Item> {
-        let item = self.0.next()?;
-        self.1 -= 1;
-        Some(item)
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.1, Some(self.1))
-    }
-}
-
-impl<I: Iterator> ExactSizeIterator for ExactLen<I> {}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -897,6 +1269,10 @@ mod tests {
         }
     }
 
+    fn by(origin: i64, ops: &[RawOp]) -> Vec<(&RawOp, i64)> {
+        ops.iter().map(|op| (op, origin)).collect()
+    }
+
     #[test]
     fn merged_rows_keep_the_last_write_of_each_key_sorted_by_key() {
         let ops = [
@@ -907,38 +1283,61 @@ mod tests {
             upsert("a", "4"),
             delete("d"),
         ];
-        let rows = Rows::merge(&ops);
+        let rows = Rows::merge(by(7, &ops));
         assert_eq!(rows.upsert_keys, ["a", "c"]);
         assert_eq!(rows.upsert_values, ["4", "3"]);
         assert_eq!(rows.delete_keys, ["b", "d"]);
         assert!(!rows.cleared);
-        assert_eq!(rows.payloads(), ["k:a", "k:c", "k:b", "k:d"]);
+        let (keys, origins) = rows.logged();
+        assert_eq!(keys, [Some("a"), Some("c"), Some("b"), Some("d")]);
+        assert_eq!(origins, [7, 7, 7, 7]);
     }
 
     #[test]
-    fn a_clear_drops_earlier_writes_and_announces_a_reload() {
+    fn each_key_is_logged_with_its_last_writer_and_a_clear_as_anything() {
+        let (first, second) = ([upsert("a", "1"), upsert("b", "1")], [upsert("a", "2")]);
+        let rows = Rows::merge(by(1, &first).into_iter().chain(by(2, &second)));
+        assert_eq!(rows.logged(), (vec![Some("a"), Some("b")], vec![2, 1]));
+
         let ops = [upsert("a", "1"), RawOp::DeleteAll, upsert("b", "2")];
-        let rows = Rows::merge(&ops);
+        let rows = Rows::merge(by(3, &ops));
         assert!(rows.cleared);
         assert_eq!(rows.upsert_keys, ["b"]);
         assert!(rows.delete_keys.is_empty());
-        assert_eq!(rows.payloads(), [notify::RELOAD]);
+        assert_eq!(rows.logged(), (vec![None], vec![3]));
+
+        // A clear and another map's write after it: every map must reload, the clearer too.
+        let (clear, later) = ([RawOp::DeleteAll], [upsert("c", "1")]);
+        let rows = Rows::merge(by(3, &clear).into_iter().chain(by(4, &later)));
+        assert_eq!(rows.logged(), (vec![None], vec![0]));
     }
 
     #[test]
-    fn key_locks_are_sorted_and_distinct_and_many_keys_lock_the_table() {
-        let ops = [upsert("b", "1"), delete("a"), upsert("c", "2")];
-        let locks = Rows::merge(&ops).key_locks("t").unwrap();
+    fn key_locks_are_sorted_and_distinct_and_many_keys_or_a_clear_lock_the_table() {
+        let write = Write {
+            conditions: vec![("a".into(), None)],
+            ops: vec![upsert("b", "1"), delete("a"), upsert("c", "2")],
+            ..Write::default()
+        };
+        let writes = [&write];
+        let locks = Plan::new(&writes, "t").key_locks.unwrap();
         assert_eq!(locks.len(), 3);
         assert!(locks.windows(2).all(|pair| pair[0] < pair[1]), "{locks:?}");
         assert_ne!(lock_id("t", Some("a")), lock_id("u", Some("a")));
         assert_ne!(lock_id("t", Some("")), lock_id("t", None));
 
-        let many: Vec<RawOp> = (0..=MAX_KEY_LOCKS)
-            .map(|i| delete(&i.to_string()))
-            .collect();
-        assert_eq!(Rows::merge(&many).key_locks("t"), None);
-        assert_eq!(Rows::merge(&[RawOp::DeleteAll]).key_locks("t"), None);
+        let many = Write {
+            ops: (0..=MAX_KEY_LOCKS)
+                .map(|i| delete(&i.to_string()))
+                .collect(),
+            ..Write::default()
+        };
+        assert_eq!(Plan::new(&[&many], "t").key_locks, None);
+        let clear = Write {
+            ops: vec![RawOp::DeleteAll],
+            ..Write::default()
+        };
+        assert_eq!(Plan::new(&[&clear], "t").key_locks, None);
     }
 
     #[test]
@@ -949,7 +1348,73 @@ mod tests {
             upsert("Z", "3"),
             upsert("", "4"),
         ];
-        assert_eq!(Rows::merge(&ops).upsert_keys, ["", "Z", "z", "é"]);
-        assert!(Rows::merge(&[]).is_empty());
+        assert_eq!(Rows::merge(by(0, &ops)).upsert_keys, ["", "Z", "z", "é"]);
+        assert!(Rows::merge(by(0, &[])).is_empty());
+    }
+
+    fn bump(key: &str, from: Option<&str>, to: &str) -> Write {
+        Write {
+            conditions: vec![(key.to_owned(), from.map(str::to_owned))],
+            ops: vec![upsert(key, to)],
+            want_previous: false,
+            origin: 1,
+        }
+    }
+
+    #[test]
+    fn the_writes_of_a_group_see_the_ones_before_them() {
+        let stored = HashMap::from([("n".to_owned(), "1".to_owned())]);
+        let (first, second, stale) = (
+            bump("n", Some("1"), "2"),
+            bump("n", Some("2"), "3"),
+            bump("n", Some("1"), "9"),
+        );
+        let (outcomes, applied) = evaluate(&[&first, &second, &stale], stored);
+        assert_eq!(outcomes[0], Outcome::Applied { previous: None });
+        assert_eq!(outcomes[1], Outcome::Applied { previous: None });
+        assert_eq!(
+            outcomes[2],
+            Outcome::Conflict {
+                current: vec![Some("3".to_owned())]
+            }
+        );
+        assert_eq!(applied.len(), 2);
+        assert_eq!(Rows::merge(applied).upsert_values, ["3"]);
+    }
+
+    #[test]
+    fn previous_values_and_json_comparison_follow_the_simulated_table() {
+        let stored = HashMap::from([("a".to_owned(), r#"{"x": 1, "y": 2}"#.to_owned())]);
+        let insert = Write {
+            ops: vec![upsert("a", "5"), delete("a"), upsert("b", "6")],
+            want_previous: true,
+            ..Write::default()
+        };
+        let absent_now = Write {
+            conditions: vec![("a".into(), None)],
+            ops: vec![RawOp::DeleteAll, upsert("c", "1")],
+            want_previous: true,
+            ..Write::default()
+        };
+        let (outcomes, _) = evaluate(&[&insert, &absent_now], stored.clone());
+        assert_eq!(
+            outcomes[0],
+            Outcome::Applied {
+                previous: Some(vec![
+                    Some(r#"{"x": 1, "y": 2}"#.into()),
+                    Some("5".into()),
+                    None
+                ])
+            }
+        );
+        assert_eq!(
+            outcomes[1],
+            Outcome::Applied {
+                previous: Some(vec![None, None])
+            }
+        );
+        let reordered = bump("a", Some(r#"{"y":2,"x":1}"#), "7");
+        let (outcomes, _) = evaluate(&[&reordered], stored);
+        assert_eq!(outcomes[0], Outcome::Applied { previous: None });
     }
 }
