@@ -263,6 +263,10 @@ pub(super) struct Statements {
     pub(super) lock_keys: Statement,
     pub(super) select_all: Statement,
     pub(super) select_keys: Statement,
+    /// A transaction's bounds, prepared so that they can be pipelined with its statements.
+    pub(super) begin: Statement,
+    pub(super) commit: Statement,
+    pub(super) rollback: Statement,
     /// The transaction's id, and (`$1`) the status of a transaction by id.
     pub(super) transaction_id: Statement,
     pub(super) transaction_status: Statement,
@@ -441,6 +445,11 @@ async fn prepare(
         client.prepare(log::REVISION),
         client.prepare(log::SINCE),
     )?;
+    let (begin, commit, rollback) = tokio::try_join!(
+        client.prepare("BEGIN"),
+        client.prepare("COMMIT"),
+        client.prepare("ROLLBACK"),
+    )?;
     Ok(Statements {
         upsert,
         delete,
@@ -451,6 +460,9 @@ async fn prepare(
         lock_keys,
         select_all,
         select_keys,
+        begin,
+        commit,
+        rollback,
         transaction_id,
         transaction_status,
         log,

@@ -129,7 +129,7 @@ impl LogRead {
 }
 
 /// A map's place, packed in a [`ChangePosition`]: the revision applied, the backend's epoch
-/// when it was taken (see `notify.rs`), and when (seconds since the backend was made) the map
+/// when it was taken (see `notify.rs`), and when (tenths of a second since the backend was made) the map
 /// last reloaded everything, for the periodic reconcile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Position {

@@ -368,7 +368,8 @@ impl PostgresBackend {
     ///
     /// `writes / commits` is how many acknowledged writes one transaction served on average:
     /// above 1 when concurrent writers share commits. `reconnects` counts connections lost and
-    /// re-established.
+    /// re-established. `rows_read` counts the rows read by loads and by the re-reads of keys
+    /// that others changed.
     ///
     /// ```no_run
     /// use persistent_map::{postgres::PostgresBackend, PersistentMap};
@@ -389,6 +390,7 @@ impl PostgresBackend {
             commits: counters.commits.load(Ordering::Relaxed),
             writes: counters.writes.load(Ordering::Relaxed),
             reconnects: counters.reconnects.load(Ordering::Relaxed),
+            rows_read: counters.rows_read.load(Ordering::Relaxed),
         }
     }
 
@@ -448,15 +450,17 @@ impl PostgresBackend {
         answered.await.map_err(|_| self.stopped())?
     }
 
-    /// Seconds since the backend was made, as positions record them.
+    /// Tenths of a second since the backend was made, as positions record them (good for
+    /// 13 years).
     fn clock(&self) -> u32 {
-        u32::try_from(self.shared.created.elapsed().as_secs()).unwrap_or(u32::MAX)
+        let tenths = self.shared.created.elapsed().as_millis() / 100;
+        u32::try_from(tenths).unwrap_or(u32::MAX)
     }
 
     /// Whether a map whose last full load is recorded in `position` is due for a reconcile.
     fn reconcile_due(&self, position: Position) -> bool {
         self.shared.reconcile_every.is_some_and(|every| {
-            let every = u32::try_from(every.as_secs().max(1)).unwrap_or(u32::MAX);
+            let every = u32::try_from((every.as_millis() / 100).max(1)).unwrap_or(u32::MAX);
             self.clock().saturating_sub(position.reloaded_at) >= every
         })
     }
@@ -530,6 +534,9 @@ pub struct PostgresStats {
     pub writes: u64,
     /// Connections lost and re-established.
     pub reconnects: u64,
+    /// Rows read to load the table or to re-read the keys others changed: what catching up
+    /// has cost.
+    pub rows_read: u64,
 }
 
 /// The state of a backend's connection, returned by [`PostgresBackend::health`].
@@ -666,7 +673,7 @@ impl PostgresBuilder {
     }
 
     /// Makes every refresh that comes at least `interval` after the map last loaded everything
-    /// reload everything (rounded up to whole seconds; off by default).
+    /// reload everything (to a tenth of a second; off by default).
     ///
     /// Writes of this crate are always caught up with from the change log, at a cost of what
     /// they changed. This picks up what nobody logged: rows that other programs change without

@@ -126,6 +126,7 @@ pub(super) struct Counters {
     pub(super) commits: AtomicU64,
     pub(super) writes: AtomicU64,
     pub(super) reconnects: AtomicU64,
+    pub(super) rows_read: AtomicU64,
 }
 
 /// How long to wait for a server.
@@ -453,6 +454,9 @@ impl Session {
         let start = Instant::now();
         let last = match self.retrying(work).await {
             Ok(Loaded::Streamed(count)) => {
+                self.counters
+                    .rows_read
+                    .fetch_add(count as u64, Ordering::Relaxed);
                 tracing::debug!(table = %self.target.table, rows = count, elapsed = ?start.elapsed(), "load");
                 Scanned::Finished
             }
@@ -470,6 +474,9 @@ impl Session {
             Ok(_) => unreachable!("a key load returns its rows"),
             Err(failed) => return Err(self.error_of(failed)),
         };
+        self.counters
+            .rows_read
+            .fetch_add(found.len() as u64, Ordering::Relaxed);
         tracing::debug!(table = %self.target.table, keys = keys.len(), rows = found.len(), elapsed = ?start.elapsed(), "load keys");
         Ok(found)
     }
@@ -922,24 +929,26 @@ fn evaluate<'a>(
 type Step<'s> = (&'s tokio_postgres::Statement, Vec<&'s (dyn ToSql + Sync)>);
 
 /// Sends `steps` in order without waiting for each answer (one round trip for all of them),
-/// and returns their rows.
+/// and returns their rows. Each is sent when its future is first polled, and `try_join_all`
+/// polls them in order.
 async fn pipeline(
-    transaction: &tokio_postgres::Transaction<'_>,
+    client: &tokio_postgres::Client,
     steps: &[Step<'_>],
     target: &Target,
 ) -> std::result::Result<Vec<Vec<tokio_postgres::Row>>, Failure> {
     futures_util::future::try_join_all(
         steps
             .iter()
-            .map(|(statement, params)| transaction.query(*statement, params)),
+            .map(|(statement, params)| client.query(*statement, params)),
     )
     .await
     .map_err(classify(target))
 }
 
-/// One attempt at a commit, in two round trips: the locks (the table's, then the keys' in
-/// order), the transaction's id and the rows the writes depend on; then, once each write is
-/// decided, the writes, the log, the announcement, and `COMMIT`.
+/// One attempt at a commit, in two round trips: `BEGIN`, the locks (the table's, then the
+/// keys' in order), the transaction's id and the rows the writes depend on; then, once each
+/// write is decided, the writes, the log, the announcement and `COMMIT`. (If a statement of the
+/// second trip fails, the server turns the `COMMIT` after it into a rollback.)
 async fn commit_once(
     live: &mut Live,
     plan: &Plan<'_>,
@@ -949,10 +958,10 @@ async fn commit_once(
     sent: &mut Option<Sent>,
 ) -> std::result::Result<(Vec<Outcome>, Summary), Failure> {
     let channel = sql.name.as_str();
-    let transaction = live.client.transaction().await.map_err(classify(target))?;
-    let statements = &live.statements;
+    let (client, statements) = (&live.client, &live.statements);
     let table_lock = lock_id(channel, None);
-    let mut steps: Vec<Step<'_>> = Vec::with_capacity(4);
+    let mut steps: Vec<Step<'_>> = Vec::with_capacity(5);
+    steps.push((&statements.begin, vec![]));
     match &plan.key_locks {
         Some(key_locks) => {
             steps.push((&statements.lock_table_shared, vec![&table_lock]));
@@ -964,7 +973,15 @@ async fn commit_once(
     if !plan.read_keys.is_empty() {
         steps.push((&statements.select_keys, vec![&plan.read_keys]));
     }
-    let mut answers = pipeline(&transaction, &steps, target).await?;
+    let mut answers = match pipeline(client, &steps, target).await {
+        Ok(answers) => answers,
+        Err(failure) => {
+            // The transaction is open and failed: end it (on a broken connection this fails
+            // at once, and does not matter).
+            let _ = client.query(&statements.rollback, &[]).await;
+            return Err(failure);
+        }
+    };
     let stored: HashMap<String, String> = if plan.read_keys.is_empty() {
         HashMap::new()
     } else {
@@ -996,10 +1013,10 @@ async fn commit_once(
             .filter(|outcome| matches!(outcome, Outcome::Conflict { .. }))
             .count(),
     };
+    let (log_keys, log_origins) = rows.logged();
+    let payloads: Vec<&str> = vec![notify::CHANGED];
+    let mut steps: Vec<Step<'_>> = Vec::with_capacity(7);
     if !rows.is_empty() {
-        let (log_keys, log_origins) = rows.logged();
-        let payloads: Vec<&str> = vec![notify::CHANGED];
-        let mut steps: Vec<Step<'_>> = Vec::with_capacity(6);
         if rows.cleared {
             steps.push((&statements.delete_all, vec![]));
         }
@@ -1021,14 +1038,14 @@ async fn commit_once(
         steps.push((&statements.notify, vec![&channel, &payloads]));
         // Last: the revision row's lock orders the table's commits, so hold it briefly.
         steps.push((&statements.log, vec![&channel, &log_keys, &log_origins]));
-        pipeline(&transaction, &steps, target).await?;
     }
+    steps.push((&statements.commit, vec![]));
     *sent = Some(Sent {
         txid,
         outcomes: outcomes.clone(),
         summary,
     });
-    transaction.commit().await.map_err(classify(target))?;
+    pipeline(client, &steps, target).await?;
     *sent = None;
     Ok((outcomes, summary))
 }
