@@ -17,8 +17,8 @@
 //! let url = "postgres://app@db.internal:5432/app";
 //! let sessions: PersistentMap<SessionKey, String, PostgresBackend> =
 //!     PersistentMap::open_postgres(url).await?;
-//! // Apply what the other instances announce as soon as it arrives; the 10 s tick only retries
-//! // a refresh that failed (see "Coherence" for what is picked up when).
+//! // Catch up with the other instances as soon as they commit; the 10 s tick only retries a
+//! // refresh that failed (see "Coherence" for what is picked up when).
 //! let _follow = sessions.refresh_every(Duration::from_secs(10));
 //!
 //! let key = SessionKey { tenant: "acme".into(), user: 42 };
@@ -48,48 +48,85 @@
 //! A write is acknowledged once its transaction has committed, so it is as durable as the
 //! server makes commits (`synchronous_commit`, on by default: flushed to the server's disk).
 //! Writes that arrive while a commit is running are committed together in the next
-//! transaction, with one multi-row upsert; the rows are sorted by key so that instances writing
-//! the same keys lock them in the same order. A transaction that PostgreSQL still aborts for a
-//! deadlock or a serialization failure is retried. A batch
+//! transaction (group commit), with one multi-row upsert. A batch
 //! ([`PersistentMap::insert_many`](crate::PersistentMap::insert_many) and friends) is one
 //! transaction: all of it or nothing.
 //!
+//! Every transaction first takes advisory locks in one global order: the table's lock in shared
+//! mode, then one lock per key it checks or writes, in ascending order (a clear, or a
+//! transaction of more than 256 keys, takes the table's lock in exclusive mode instead). So
+//! transactions of this crate, in every instance, wait for each other on the keys they share
+//! but never in a cycle. A transaction that PostgreSQL still aborts for a deadlock or a
+//! serialization failure (with some other writer) is retried.
+//!
+//! # What holds across instances
+//!
+//! Every map on one table, in any instance, is one map (the crate's invariant "one table, one
+//! truth"):
+//!
+//! - Read-modify-writes are atomic across all instances.
+//!   [`update`](crate::PersistentMap::update),
+//!   [`get_or_insert_with`](crate::PersistentMap::get_or_insert_with) and
+//!   [`compare_exchange`](crate::PersistentMap::compare_exchange) state the value they read
+//!   as a condition; the transaction reads the stored values under the keys' advisory locks
+//!   and writes only if the conditions hold. Within a group commit the requests are decided in
+//!   order, each seeing those before it, so two updates of one key in one group both apply. A
+//!   request whose condition fails writes nothing, gets what is stored, and `update` runs its
+//!   closure again on that.
+//! - [`insert`](crate::PersistentMap::insert) and [`remove`](crate::PersistentMap::remove)
+//!   return the value the table held just before them, whoever wrote it.
+//! - Maps of one process on the same server, database and table (and key and value types)
+//!   share their entries: each sees the others' writes at once. Maps of other instances see
+//!   them at their next [refresh](crate::PersistentMap::refresh) (at once with
+//!   [`refresh_every`](crate::PersistentMap::refresh_every), see below).
+//! - A key type's layout ([`PersistentKey::KEY_LAYOUT`](crate::PersistentKey::KEY_LAYOUT)) is
+//!   recorded in `persistent_map_tables` by the first typed open
+//!   ([`PostgresBackend::for_key`], [`PostgresBuilder::key`]); a key type laid out differently
+//!   is refused with [`PersistentError::IncompatibleKeyLayout`].
+//!
 //! # Coherence across instances
 //!
-//! Every transaction announces what it changed with `NOTIFY` on the channel named like the
-//! table, in the same transaction, so the announcement is delivered if and only if the change
-//! is committed. Every backend `LISTEN`s on its table's channel, on the same connection it
-//! writes with. The payload is:
+//! Every transaction logs the keys it wrote in `persistent_map_log` under its table's next
+//! revision (`persistent_map_revisions`, bumped as the transaction's last statement: its row
+//! lock makes a table's commits take revisions in commit order), with the id of the map that
+//! wrote them; a clear, or a transaction of more than 65,536 keys, logs one `NULL` key,
+//! "anything". A map keeps its own position (the revision it has applied) and a refresh
+//! reads the log after it, leaving out its own writes: it re-reads just the keys others wrote,
+//! so a batch of 5,000 keys costs every other instance a read of those 5,000 rows, not of the
+//! table. The position is replaced only once what was read is applied, so a refresh that is
+//! cancelled (a `timeout`, a dropped [`RefreshTask`](crate::RefreshTask)) or fails loses
+//! nothing: the next one reads the same changes. The log keeps the rows of each table's last
+//! 16,384 revisions (older ones are pruned in bounded batches by later commits); a map further
+//! behind, or whose position is unknown, reloads the table. The crate creates these three
+//! tables itself; do not edit them.
 //!
-//! | payload | meaning |
-//! | --- | --- |
-//! | `k:<key text>` | the row of this key was inserted, updated or deleted |
-//! | `reload` | anything may have changed: a clear, a transaction of more than 1024 keys, or a key whose payload would reach PostgreSQL's 8000-byte limit |
+//! The transaction also sends `NOTIFY` on the channel named like the table, with the payload
+//! `changed`, to wake the other instances: every backend `LISTEN`s on its table's channel, and
+//! [`refresh_every`](crate::PersistentMap::refresh_every) refreshes as soon as a notification
+//! arrives (the interval only retries a refresh that failed). A notification carries no data,
+//! so one missed (while disconnected) only delays the catch-up to the next refresh. Any other
+//! payload means "something that was not logged changed": every instance reloads the table at
+//! its next refresh. After editing a table by hand, `NOTIFY sessions, 'reload'` brings every
+//! instance up to date. `NOTIFY` folds an unquoted name to lower case, so a table with
+//! capitals needs the name in double quotes, `NOTIFY "MyTable", 'reload'` (or
+//! `SELECT pg_notify('MyTable', 'reload')`, which takes the name as written).
 //!
-//! Any other payload is read as `reload`, so after editing a table by hand,
-//! `NOTIFY sessions, 'reload'` brings every instance up to date. The channel is the table's
-//! name with its case: `NOTIFY` folds an unquoted name to lower case, so a table with capitals
-//! needs the name in double quotes, `NOTIFY "MyTable", 'reload'` (or
-//! `SELECT pg_notify('MyTable', 'reload')`, which takes the name as written). An instance
-//! skips its own announcements (PostgreSQL gives each the process id of the session that sent
-//! it, and an instance sends from the session it listens on), so its own writes never cost it
-//! a re-read.
+//! Exactly this is picked up, and when:
 //!
-//! The map applies what was announced when it [refreshes](crate::PersistentMap::refresh): it
-//! re-reads just the announced keys, or everything after `reload`.
-//! [`refresh_every`](crate::PersistentMap::refresh_every) refreshes as soon as an announcement
-//! arrives; keep one running for each map that should follow the others. Exactly this is
-//! picked up, and when:
+//! - writes of other instances of this crate: at the first refresh after they commit (at once
+//!   with `refresh_every`), re-reading the keys they wrote; after a reconnection too, from the
+//!   log (no reload), unless the map fell more than 16,384 revisions behind;
+//! - everything (a full reload): after a clear or a transaction of more than 65,536 keys,
+//!   after a payload other than `changed`, when the map's position was pruned from the log,
+//!   and after a commit of this instance whose outcome is unknown (see "Faults");
+//! - rows that other programs change without `NOTIFY` (a hand `UPDATE`): never by the log.
+//!   With [`PostgresBuilder::reconcile_every`] set, the first refresh once that long has
+//!   passed since the map last loaded everything reloads the table (so with `refresh_every`
+//!   ticking every `t`, within `interval + t`); otherwise only at a full reload for one of
+//!   the reasons above, or [`load`](crate::PersistentMap::load).
 //!
-//! - writes of other instances of this crate: at the first refresh after their announcement
-//!   arrives, which `refresh_every` makes at once;
-//! - everything (a full reload): after a `reload` announcement, after this instance
-//!   reconnected (it could not hear what was announced meanwhile), and after a refresh whose
-//!   read failed;
-//! - rows that other programs change without `NOTIFY` (a hand `UPDATE`): only at the next full
-//!   reload, for one of the reasons above, or [`load`](crate::PersistentMap::load). The
-//!   interval of `refresh_every` does not reload: a tick that finds nothing announced reads
-//!   nothing.
+//! Instances of older versions of this crate do not log their writes; their `k:<key>`
+//! announcements count as unlogged changes (a reload), and they read `changed` as a reload.
 //!
 //! # Faults
 //!
@@ -113,26 +150,24 @@
 //!   ([`PostgresBuilder::reconnect_timeout`], 10 seconds by default), then fails with
 //!   [`PersistentError::Connect`]. [`PostgresBackend::health`] tells connected, reconnecting
 //!   and down (gone for longer than the reconnect timeout) apart.
-//! - Announcements made while an instance was disconnected are lost to it, so its first refresh
-//!   after reconnecting reloads everything. A refresh while it reconnects finds nothing to do
-//!   (a quick reconnect is not an error, for [`RefreshTask::take_error`](crate::RefreshTask::take_error)
-//!   either); once it is down, refreshes return [`PersistentError::Connect`].
+//! - A refresh while the backend reconnects finds nothing to do (a quick reconnect is not an
+//!   error, for [`RefreshTask::take_error`](crate::RefreshTask::take_error) either); once it is
+//!   down, refreshes return [`PersistentError::Connect`]. Once reconnected, the next refresh
+//!   reads what it missed from the log.
 //!
 //! A write whose commit was sent but not answered has an unknown outcome:
 //!
-//! - If the answer is lost with the connection, the write is sent again on the new one. That
-//!   is exact for this instance (the same rows get the same values), but not for the fleet: if
-//!   the first commit did happen and another instance then wrote one of the same keys and had
-//!   its write acknowledged, the second commit puts this instance's older value back over that
-//!   newer one. Every instance then hears of it and converges on the re-sent value; the other
-//!   instance's acknowledged write is lost. Instances that never write the same key are not
-//!   affected.
+//! - If the answer is lost with the connection, the backend asks the server on the new
+//!   connection whether that transaction (by its id, `txid_status`) committed. If it did, the
+//!   write is acknowledged with what that transaction decided; if not, the write is tried
+//!   again, its conditions checked anew. So a write is never applied twice, and a retry never
+//!   puts an older value back over a newer write that another instance had acknowledged.
 //! - If no answer comes within the operation timeout, or the reconnect timeout passes, the
 //!   write fails with [`PersistentError::Connect`], whose message says that the outcome is
 //!   unknown (a write that failed before its commit was sent says that it was not
-//!   committed). The map keeps the key's old value in memory, as for every failed write; the
-//!   table may hold the new one until the map's next refresh after reconnecting, which
-//!   reloads everything and so shows the outcome.
+//!   committed). The map keeps the key's old value in memory, as for every failed write, and
+//!   every map of this backend reloads the table at its next refresh, which shows the
+//!   outcome.
 //!
 //! # TLS
 //!
@@ -159,8 +194,9 @@
 //!
 //! The backend reports through [`tracing`](https://docs.rs/tracing) (with no subscriber
 //! installed, that costs next to nothing), every event with the field `table`: at `debug` each
-//! commit (`requests`, `rows`, `cleared`, `elapsed`) and each load (`rows`, `elapsed`; `keys`
-//! for a load of some keys); at `info` connects and reconnects; at `warn` slow commits (over a
+//! commit (`requests`, `rows`, `cleared`, `conflicts`, `elapsed`), each load (`rows`,
+//! `elapsed`; `keys` for a load of some keys) and each read of the change log (`since`, `rev`,
+//! `keys`, `elapsed`); at `info` connects and reconnects; at `warn` slow commits (over a
 //! second), retries, lost connections, operation timeouts and forced reloads. The example
 //! `tracing` shows them with a subscriber.
 
@@ -203,12 +239,14 @@ const DEFAULT_RECONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A [`StorageBackend`] that stores a map in one table of a PostgreSQL database, shared by every
-/// instance of the application, and keeps this instance's map coherent with the others through
-/// `LISTEN`/`NOTIFY` (see the [module docs](self)).
+/// instance of the application, with read-modify-writes atomic across all of them, and keeps
+/// this instance's map coherent with the others through a change log and `LISTEN`/`NOTIFY`
+/// (see the [module docs](self)).
 ///
 /// Open one with [`connect`](Self::connect) (table `kv`), [`with_table`](Self::with_table),
 /// [`for_key`](Self::for_key) (the key type's own table), or [`builder`](Self::builder) for
-/// timeouts. Each backend opened is one instance with its own connection; clones share it.
+/// timeouts. Each backend opened has its own connection; clones share it. Maps of one process on
+/// the same table share their entries (see [`PostgresBuilder::instance`] to keep them apart).
 ///
 /// ```no_run
 /// use persistent_map::{postgres::PostgresBackend, PersistentMap};
