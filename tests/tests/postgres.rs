@@ -1152,3 +1152,78 @@ async fn commits_and_reconnects_are_traced_and_a_quick_reconnect_is_no_error() {
     );
     map.insert("b".into(), 2).await.unwrap();
 }
+
+/// How many sessions the server has with `application_name`.
+async fn connections_named(admin: &tokio_postgres::Client, application_name: &str) -> i64 {
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            &[&application_name],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_maps_on_twenty_tables_share_one_connection() {
+    let name = format!("pm_shared_{}", std::process::id());
+    let shared_url = with_parameter(&url(), "application_name", &name);
+    let tables: Vec<TestTable> = (0..20)
+        .map(|i| TestTable::new(&format!("shared_{i}")))
+        .collect();
+    let mut maps: Vec<Map> = Vec::new();
+    for table in &tables {
+        let backend = PostgresBackend::with_table(&shared_url, table.name())
+            .await
+            .unwrap();
+        maps.push(PersistentMap::new(backend).await.unwrap());
+    }
+    let admin = admin().await;
+    assert_eq!(connections_named(&admin, &name).await, 1);
+
+    // 16 tasks write the 20 tables at once: commit groups span tables.
+    let writers: Vec<_> = (0..16u64)
+        .map(|task| {
+            let maps = maps.clone();
+            tokio::spawn(async move {
+                for (i, map) in maps.iter().enumerate() {
+                    map.insert(format!("t{task}"), i as u64).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    assert!(connections_named(&admin, &name).await <= 2);
+    for (i, (map, table)) in maps.iter().zip(&tables).enumerate() {
+        let stored: HashMap<String, u64> = read_table(&admin, table.name()).await;
+        assert_eq!(stored.len(), 16);
+        assert!(stored.values().all(|value| *value == i as u64));
+        assert_eq!(contents(map), stored);
+    }
+    // A map on the shared connection hears another connection's commits to its table: the
+    // connection listens on every table's channel and hands each notification to its table.
+    let follow = maps[7].refresh_every(Duration::from_secs(60));
+    let other = open(&tables[7]).await;
+    other.insert("late".into(), 77).await.unwrap();
+    let heard = wait_for(CONVERGENCE_BOUND, || maps[7].get("late") == Some(77)).await;
+    assert!(
+        heard.is_some(),
+        "the shared connection never delivered the notification"
+    );
+    assert_eq!(maps[6].get("late"), None);
+
+    // The connection closes with the last map on it.
+    drop(follow);
+    drop(maps);
+    let start = Instant::now();
+    while connections_named(&admin, &name).await > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the connection outlived its maps"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

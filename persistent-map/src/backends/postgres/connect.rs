@@ -1,6 +1,7 @@
 //! Connecting: the connection string, one live connection (the task that reads its messages,
 //! `LISTEN`, the prepared statements), and the table's setup.
 
+use std::collections::HashMap;
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use tokio_postgres::{AsyncMessage, Client, Config, Connection, Socket, Statement
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::log;
-use super::notify::Changes;
+use super::notify::Listeners;
 use super::tls;
 use crate::{PersistentError, Result};
 
@@ -248,12 +249,9 @@ impl TableSql {
     }
 }
 
-/// The statements of one connection, prepared once.
+/// The statements of one connection that serve every table, prepared once.
 #[derive(Debug)]
 pub(super) struct Statements {
-    pub(super) upsert: Statement,
-    pub(super) delete: Statement,
-    pub(super) delete_all: Statement,
     /// `$1` the channel, `$2` the payloads.
     pub(super) notify: Statement,
     /// `$1` the table's lock id: exclusive and shared.
@@ -261,8 +259,6 @@ pub(super) struct Statements {
     pub(super) lock_table_shared: Statement,
     /// `$1` the keys' lock ids, taken in the order given.
     pub(super) lock_keys: Statement,
-    pub(super) select_all: Statement,
-    pub(super) select_keys: Statement,
     /// A transaction's bounds, prepared so that they can be pipelined with its statements.
     pub(super) begin: Statement,
     pub(super) commit: Statement,
@@ -277,11 +273,23 @@ pub(super) struct Statements {
     pub(super) read_log: Statement,
 }
 
+/// The statements of one table on one connection, prepared when the table is attached.
+#[derive(Debug)]
+pub(super) struct TableStatements {
+    pub(super) upsert: Statement,
+    pub(super) delete: Statement,
+    pub(super) delete_all: Statement,
+    pub(super) select_all: Statement,
+    pub(super) select_keys: Statement,
+}
+
 /// An open connection: the client, its statements, and word of its end.
 #[derive(Debug)]
 pub(super) struct Live {
     pub(super) client: Client,
     pub(super) statements: Statements,
+    /// By table name: the tables this connection listens on and has statements for.
+    pub(super) tables: HashMap<String, TableStatements>,
     closed: oneshot::Receiver<()>,
 }
 
@@ -290,16 +298,23 @@ impl Live {
     pub(super) async fn closed(&mut self) {
         let _ = (&mut self.closed).await;
     }
+
+    /// The statements of `table`, which is attached.
+    pub(super) fn table(&self, table: &str) -> &TableStatements {
+        self.tables
+            .get(table)
+            .expect("work reaches the session only for tables attached to its connection")
+    }
 }
 
-/// Why a connection could not be opened.
+/// Why a connection could not be opened, or a table attached.
 #[derive(Debug)]
 pub(super) enum OpenFailure {
     /// No connection: the server did not answer in time, refused, or rejected the login.
     Unreachable(String),
-    /// Connected, but setting the connection up failed.
+    /// Connected, but setting the connection or the table up failed.
     Statement(tokio_postgres::Error),
-    /// The table exists but is not one of ours.
+    /// The table exists but is not one of ours, or was written with another key layout.
     Rejected(PersistentError),
 }
 
@@ -329,20 +344,19 @@ impl std::fmt::Display for OpenFailure {
     }
 }
 
-/// Opens connection number `generation`: connects within `timeout`, sets the table up if
-/// `set_up_table` (see [`set_up_table`]), listens on the table's channel and prepares the
-/// statements. Notifications from other backends go to `changes`; the connection's end is
-/// reported there too.
+/// Opens connection number `generation`: connects within `timeout`, applies the session
+/// settings and prepares the statements that serve every table; then attaches `tables` (a
+/// reconnection's), within the same `timeout`. Notifications from other sessions go to
+/// `listeners`; the connection's end is reported there too.
 pub(super) async fn open(
     endpoint: &Endpoint,
-    sql: &TableSql,
-    changes: &Arc<Changes>,
+    tables: &[Arc<TableSql>],
+    listeners: &Arc<Listeners>,
     generation: u64,
     timeout: Duration,
-    set_up_table: bool,
 ) -> std::result::Result<Live, OpenFailure> {
     let connecting = endpoint.config.connect(endpoint.tls.clone());
-    let (mut client, connection) = match tokio::time::timeout(timeout, connecting).await {
+    let (client, connection) = match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(connected)) => connected,
         Ok(Err(error)) => return Err(OpenFailure::Unreachable(describe_error(&error))),
         Err(_elapsed) => {
@@ -354,7 +368,7 @@ pub(super) async fn open(
     let own_pid = Arc::new(AtomicI32::new(0));
     let closed = spawn_reader(
         connection,
-        Arc::clone(changes),
+        Arc::clone(listeners),
         generation,
         Arc::clone(&own_pid),
     );
@@ -367,30 +381,52 @@ pub(super) async fn open(
         if !endpoint.session_settings.is_empty() {
             client.batch_execute(&endpoint.session_settings).await?;
         }
-        if set_up_table {
-            self::set_up_table(&mut client, sql).await?;
-        }
-        client.batch_execute(&sql.listen).await?;
-        Ok(prepare(&client, sql).await?)
-    };
-    match tokio::time::timeout(timeout, set_up).await {
-        Ok(Ok(statements)) => Ok(Live {
+        let statements = prepare(&client).await?;
+        let mut live = Live {
             client,
             statements,
+            tables: HashMap::new(),
             closed,
-        }),
-        Ok(Err(failure)) => Err(failure),
+        };
+        for table in tables {
+            attach(&mut live, table, false).await?;
+        }
+        Ok(live)
+    };
+    match tokio::time::timeout(timeout, set_up).await {
+        Ok(result) => result,
         Err(_elapsed) => Err(OpenFailure::Unreachable(format!(
             "connected, but the server did not finish setting up the connection within {timeout:?}"
         ))),
     }
 }
 
-/// Reads the connection's messages until it ends: notifications from other backends go to
-/// `changes`, notices are dropped. The returned receiver resolves when the connection is gone.
+/// Makes `live` serve `table`: sets the table up if `set_up_table` (see [`set_up_table`]),
+/// listens on its channel and prepares its statements. A table already attached is only set
+/// up.
+pub(super) async fn attach(
+    live: &mut Live,
+    table: &TableSql,
+    set_up_table: bool,
+) -> std::result::Result<(), OpenFailure> {
+    if set_up_table {
+        self::set_up_table(&mut live.client, table).await?;
+    }
+    if live.tables.contains_key(&table.name) {
+        return Ok(());
+    }
+    live.client.batch_execute(&table.listen).await?;
+    let statements = prepare_table(&live.client, table).await?;
+    live.tables.insert(table.name.clone(), statements);
+    Ok(())
+}
+
+/// Reads the connection's messages until it ends: notifications from other sessions go to
+/// `listeners`, notices are dropped. The returned receiver resolves when the connection is
+/// gone.
 fn spawn_reader(
     mut connection: Connection<Socket, TlsStream>,
-    changes: Arc<Changes>,
+    listeners: Arc<Listeners>,
     generation: u64,
     own_pid: Arc<AtomicI32>,
 ) -> oneshot::Receiver<()> {
@@ -399,9 +435,9 @@ fn spawn_reader(
         let reason = loop {
             match poll_fn(|cx| connection.poll_message(cx)).await {
                 Some(Ok(AsyncMessage::Notification(notification))) => {
-                    // Our own commits are already in our map.
+                    // Our own commits are already in our maps (the session wakes the others).
                     if notification.process_id() != own_pid.load(Ordering::SeqCst) {
-                        changes.heard(notification.payload());
+                        listeners.heard(notification.channel(), notification.payload());
                     }
                 }
                 Some(Ok(_notice)) => {}
@@ -409,33 +445,26 @@ fn spawn_reader(
                 None => break "the connection was closed".to_owned(),
             }
         };
-        changes.lost(generation, reason);
+        listeners.lost(generation, &reason);
         drop(closing);
     });
     closed
 }
 
-async fn prepare(
-    client: &Client,
-    sql: &TableSql,
-) -> std::result::Result<Statements, tokio_postgres::Error> {
+async fn prepare(client: &Client) -> std::result::Result<Statements, tokio_postgres::Error> {
     let lock_table = format!("SELECT pg_advisory_xact_lock({TABLE_LOCK_CLASS}, $1)");
     let lock_table_shared = format!("SELECT pg_advisory_xact_lock_shared({TABLE_LOCK_CLASS}, $1)");
     let lock_keys =
         format!("SELECT pg_advisory_xact_lock({KEY_LOCK_CLASS}, id) FROM unnest($1::int4[]) AS id");
     // Sent together: one round trip.
-    let (upsert, delete, delete_all, notify, select_all, select_keys) = tokio::try_join!(
-        client.prepare(&sql.upsert),
-        client.prepare(&sql.delete),
-        client.prepare(&sql.delete_all),
+    let (notify, lock_table, lock_table_shared, lock_keys, begin, commit, rollback) = tokio::try_join!(
         client.prepare("SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload"),
-        client.prepare(&sql.select_all),
-        client.prepare(&sql.select_keys),
-    )?;
-    let (lock_table, lock_table_shared, lock_keys) = tokio::try_join!(
         client.prepare(&lock_table),
         client.prepare(&lock_table_shared),
         client.prepare(&lock_keys),
+        client.prepare("BEGIN"),
+        client.prepare("COMMIT"),
+        client.prepare("ROLLBACK"),
     )?;
     let (transaction_id, transaction_status, log, prune_log, revision, read_log) = tokio::try_join!(
         client.prepare("SELECT txid_current()"),
@@ -445,21 +474,11 @@ async fn prepare(
         client.prepare(log::REVISION),
         client.prepare(log::SINCE),
     )?;
-    let (begin, commit, rollback) = tokio::try_join!(
-        client.prepare("BEGIN"),
-        client.prepare("COMMIT"),
-        client.prepare("ROLLBACK"),
-    )?;
     Ok(Statements {
-        upsert,
-        delete,
-        delete_all,
         notify,
         lock_table,
         lock_table_shared,
         lock_keys,
-        select_all,
-        select_keys,
         begin,
         commit,
         rollback,
@@ -469,6 +488,26 @@ async fn prepare(
         prune_log,
         revision,
         read_log,
+    })
+}
+
+async fn prepare_table(
+    client: &Client,
+    sql: &TableSql,
+) -> std::result::Result<TableStatements, tokio_postgres::Error> {
+    let (upsert, delete, delete_all, select_all, select_keys) = tokio::try_join!(
+        client.prepare(&sql.upsert),
+        client.prepare(&sql.delete),
+        client.prepare(&sql.delete_all),
+        client.prepare(&sql.select_all),
+        client.prepare(&sql.select_keys),
+    )?;
+    Ok(TableStatements {
+        upsert,
+        delete,
+        delete_all,
+        select_all,
+        select_keys,
     })
 }
 

@@ -200,10 +200,12 @@
 //! second), retries, lost connections, operation timeouts and forced reloads. The example
 //! `tracing` shows them with a subscriber.
 
+mod commit;
 mod connect;
 mod decode;
 mod log;
 mod notify;
+mod registry;
 mod session;
 mod tls;
 
@@ -222,7 +224,8 @@ pub(crate) use self::connect::describe_error;
 use self::connect::{TableSql, Target};
 use self::log::{LogRead, Logged, Position};
 use self::notify::Changes;
-use self::session::{Command, Counters, Outcome, RawOp, Scanned, Session, Timeouts, Write};
+use self::registry::SessionHandle;
+use self::session::{Attached, Command, Counters, Outcome, RawOp, Scanned, Timeouts, Write};
 use crate::{
     BatchOp, ChangePosition, Checked, Condition, ExternalChanges, PersistentError, PersistentKey,
     Result, StorageBackend, Stored, WriteOptions,
@@ -265,13 +268,12 @@ pub struct PostgresBackend {
     shared: Arc<Shared>,
 }
 
-/// What the clones of a backend share. Dropping the last one stops the session task, which
-/// closes the connection.
+/// What the clones of a backend share. The session (the connection) is shared with the other
+/// backends of the process on the same server; dropping the last of them stops it.
 struct Shared {
-    commands: mpsc::UnboundedSender<Command>,
-    target: Arc<Target>,
-    changes: Arc<Changes>,
-    counters: Arc<Counters>,
+    session: Arc<SessionHandle>,
+    /// This backend's table, news and counts, as the session knows them.
+    attached: Arc<Attached>,
     /// How long a lost connection counts as reconnecting rather than down.
     reconnect_timeout: Duration,
     /// The server, database and table, for [`StorageBackend::storage_id`].
@@ -384,7 +386,7 @@ impl PostgresBackend {
     /// # }
     /// ```
     pub fn table(&self) -> &str {
-        &self.shared.target.table
+        &self.shared.attached.target.table
     }
 
     /// The server as `host:port` (comma-separated if the URL names several), as errors name it.
@@ -399,7 +401,7 @@ impl PostgresBackend {
     /// # }
     /// ```
     pub fn host(&self) -> &str {
-        &self.shared.target.host
+        &self.shared.attached.target.host
     }
 
     /// What this backend has done so far.
@@ -423,7 +425,7 @@ impl PostgresBackend {
     /// # }
     /// ```
     pub fn stats(&self) -> PostgresStats {
-        let counters = &self.shared.counters;
+        let counters = &self.shared.attached.counters;
         PostgresStats {
             commits: counters.commits.load(Ordering::Relaxed),
             writes: counters.writes.load(Ordering::Relaxed),
@@ -453,7 +455,7 @@ impl PostgresBackend {
     /// # }
     /// ```
     pub fn health(&self) -> Health {
-        match self.shared.changes.disconnected() {
+        match self.shared.attached.changes.disconnected() {
             None => Health::Connected,
             Some((reason, since)) if since < self.shared.reconnect_timeout => {
                 Health::Reconnecting { since, reason }
@@ -464,7 +466,11 @@ impl PostgresBackend {
 
     async fn write(&self, write: Write) -> Result<Outcome> {
         let (done, committed) = oneshot::channel();
-        self.send(Command::Write { write, done })?;
+        self.send(Command::Write {
+            table: self.table_ref(),
+            write,
+            done,
+        })?;
         committed.await.map_err(|_| self.stopped())?
     }
 
@@ -505,14 +511,19 @@ impl PostgresBackend {
 
     fn send(&self, command: Command) -> Result<()> {
         self.shared
-            .commands
+            .session
             .send(command)
-            .map_err(|_| self.stopped())
+            .map_err(|()| self.stopped())
+    }
+
+    /// This backend, as the session's commands name it.
+    fn table_ref(&self) -> Arc<Attached> {
+        Arc::clone(&self.shared.attached)
     }
 
     /// The session task is gone, which only a panic in it can cause.
     fn stopped(&self) -> PersistentError {
-        let target = &self.shared.target;
+        let target = &self.shared.attached.target;
         PersistentError::Backend(
             format!(
                 "the PostgreSQL session for table {:?} at {} has stopped; the work was not done",
@@ -530,7 +541,10 @@ impl PostgresBackend {
     {
         // Two chunks in flight: the session reads the next while this task decodes one.
         let (rows, mut scanned) = mpsc::channel(2);
-        self.send(Command::Load { rows })?;
+        self.send(Command::Load {
+            table: self.table_ref(),
+            rows,
+        })?;
         let table = self.table();
         while let Some(message) = scanned.recv().await {
             match message {
@@ -876,28 +890,28 @@ impl PostgresBuilder {
             host: endpoint.host.clone(),
             table: self.table.clone(),
         });
-        let changes = Arc::new(Changes::default());
-        let counters = Arc::new(Counters::default());
-        let session = Session::connect(
-            endpoint,
-            Arc::new(TableSql::new(&self.table, self.layout)),
-            Arc::clone(&target),
-            Arc::clone(&changes),
-            Arc::clone(&counters),
-            Timeouts {
-                reconnect: self.reconnect_timeout,
-                operation: self.operation_timeout,
-            },
-        )
-        .await?;
-        let (commands, queue) = mpsc::unbounded_channel();
-        tokio::spawn(session.run(queue));
+        let timeouts = Timeouts {
+            reconnect: self.reconnect_timeout,
+            operation: self.operation_timeout,
+        };
+        let session = registry::session(&self.url, timeouts, endpoint, &target).await?;
+        let attached = Arc::new(Attached {
+            sql: Arc::new(TableSql::new(&self.table, self.layout)),
+            target,
+            changes: Arc::new(Changes::default()),
+            counters: Arc::new(Counters::default()),
+        });
+        let (done, attaching) = oneshot::channel();
+        let table = Arc::clone(&attached);
+        let stopped = || PersistentError::Backend("the PostgreSQL session has stopped".into());
+        session
+            .send(Command::Attach { table, done })
+            .map_err(|()| stopped())?;
+        attaching.await.map_err(|_| stopped())??;
         Ok(PostgresBackend {
             shared: Arc::new(Shared {
-                commands,
-                target,
-                changes,
-                counters,
+                session,
+                attached,
                 reconnect_timeout: self.reconnect_timeout,
                 storage_id,
                 created: Instant::now(),
@@ -975,7 +989,11 @@ where
     async fn load_keys(&self, keys: &[K]) -> Result<HashMap<K, V>, PersistentError> {
         let texts = keys.iter().map(ToString::to_string).collect();
         let rows = self
-            .ask(|done| Command::LoadKeys { keys: texts, done })
+            .ask(|done| Command::LoadKeys {
+                table: self.table_ref(),
+                keys: texts,
+                done,
+            })
             .await?;
         rows.into_iter()
             .map(|row| decode::decode_row(self.table(), row))
@@ -1033,8 +1051,13 @@ where
 
     /// The table's revision in the change log.
     async fn change_position(&self) -> Result<Option<ChangePosition>, PersistentError> {
-        let epoch = self.shared.changes.epoch();
-        let rev = self.ask(|done| Command::Revision { done }).await?;
+        let epoch = self.shared.attached.changes.epoch();
+        let rev = self
+            .ask(|done| Command::Revision {
+                table: self.table_ref(),
+                done,
+            })
+            .await?;
         let position = Position {
             rev,
             epoch,
@@ -1058,22 +1081,23 @@ where
         let Some(since) = since else {
             return Ok((ExternalChanges::Unknown, None));
         };
-        if let Some((reason, down_for)) = self.shared.changes.disconnected() {
+        if let Some((reason, down_for)) = self.shared.attached.changes.disconnected() {
             if down_for < self.shared.reconnect_timeout {
                 return Ok((ExternalChanges::None, Some(since)));
             }
-            return Err(self.shared.target.connect_error(format!(
+            return Err(self.shared.attached.target.connect_error(format!(
                 "the connection was lost {down_for:?} ago ({reason}) and is not back; still \
                  reconnecting, the map will catch up from the change log then"
             )));
         }
         let position = Position::from_change_position(since);
-        let epoch = self.shared.changes.epoch();
+        let epoch = self.shared.attached.changes.epoch();
         if position.epoch != epoch || self.reconcile_due(position) {
             return Ok((ExternalChanges::Unknown, None));
         }
         let read: LogRead = self
             .ask(|done| Command::ReadLog {
+                table: self.table_ref(),
                 since: position.rev,
                 origin: origin as i64,
                 done,
@@ -1105,7 +1129,7 @@ where
     /// Resolves when another instance's announcement arrives, or the connection is lost or
     /// re-established.
     async fn external_change_signal(&self) {
-        self.shared.changes.signalled().await;
+        self.shared.attached.changes.signalled().await;
     }
 }
 

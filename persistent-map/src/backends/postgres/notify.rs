@@ -16,7 +16,8 @@
 //! listener the process id of the backend that sent the notification, and an instance sends its
 //! notifications from the same connection it listens on, so it recognises its own by that id.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -91,6 +92,11 @@ impl Changes {
         self.lock().epoch
     }
 
+    /// Wakes the map's background refresh.
+    pub(super) fn wake(&self) {
+        self.signal.notify_one();
+    }
+
     /// Resolves once something was heard (or the connection changed) since the last wake-up.
     pub(super) async fn signalled(&self) {
         self.signal.notified().await;
@@ -98,6 +104,75 @@ impl Changes {
 
     fn lock(&self) -> MutexGuard<'_, Heard> {
         self.heard.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Who listens on a shared connection: the [`Changes`] of every backend using it, by channel
+/// (table name). Shared by the session and the task that reads the connection's messages.
+#[derive(Debug, Default)]
+pub(super) struct Listeners {
+    channels: Mutex<HashMap<String, Vec<Weak<Changes>>>>,
+}
+
+impl Listeners {
+    /// Adds a backend's `changes` on `channel`; forgets backends that are gone.
+    pub(super) fn add(&self, channel: &str, changes: &Arc<Changes>) {
+        let mut channels = self.lock();
+        channels.retain(|_, listeners| {
+            listeners.retain(|listener| listener.strong_count() > 0);
+            !listeners.is_empty()
+        });
+        channels
+            .entry(channel.to_owned())
+            .or_default()
+            .push(Arc::downgrade(changes));
+    }
+
+    /// Another process's `payload` on `channel`.
+    pub(super) fn heard(&self, channel: &str, payload: &str) {
+        self.each_on(channel, |changes| changes.heard(payload));
+    }
+
+    /// This process committed to `channel`: the other backends on it do not hear the `NOTIFY`
+    /// (it comes from their own session), so they are woken here.
+    pub(super) fn committed(&self, channel: &str) {
+        self.each_on(channel, Changes::wake);
+    }
+
+    pub(super) fn connected(&self, generation: u64) {
+        self.each(|changes| changes.connected(generation));
+    }
+
+    pub(super) fn lost(&self, generation: u64, reason: &str) {
+        self.each(|changes| changes.lost(generation, reason.to_owned()));
+    }
+
+    /// A commit's outcome is unknown: every map on `channel` reloads at its next refresh.
+    pub(super) fn reload_later(&self, channel: &str) {
+        self.each_on(channel, Changes::reload_later);
+    }
+
+    fn each_on(&self, channel: &str, mut action: impl FnMut(&Changes)) {
+        let listeners: Vec<Arc<Changes>> = self
+            .lock()
+            .get(channel)
+            .map(|listeners| listeners.iter().filter_map(Weak::upgrade).collect())
+            .unwrap_or_default();
+        listeners.iter().for_each(|changes| action(changes));
+    }
+
+    fn each(&self, mut action: impl FnMut(&Changes)) {
+        let listeners: Vec<Arc<Changes>> = self
+            .lock()
+            .values()
+            .flatten()
+            .filter_map(Weak::upgrade)
+            .collect();
+        listeners.iter().for_each(|changes| action(changes));
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Vec<Weak<Changes>>>> {
+        self.channels.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -116,6 +191,27 @@ mod tests {
         let after_reload = changes.epoch();
         changes.heard("k:a");
         assert_ne!(changes.epoch(), after_reload);
+    }
+
+    #[test]
+    fn listeners_hear_their_channel_and_every_connection_change() {
+        let listeners = Listeners::default();
+        let (a, b) = (Arc::new(Changes::default()), Arc::new(Changes::default()));
+        listeners.add("t", &a);
+        listeners.add("u", &b);
+        listeners.heard("t", "reload");
+        assert_ne!(a.epoch(), 0);
+        assert_eq!(b.epoch(), 0);
+        listeners.connected(1);
+        listeners.lost(1, "gone");
+        assert!(a.disconnected().is_some() && b.disconnected().is_some());
+        drop(b);
+        listeners.add("t", &a);
+        assert_eq!(
+            listeners.lock().len(),
+            1,
+            "a backend that is gone is forgotten"
+        );
     }
 
     #[test]
