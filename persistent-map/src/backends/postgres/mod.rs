@@ -169,6 +169,18 @@
 //!   every map of this backend reloads the table at its next refresh, which shows the
 //!   outcome.
 //!
+//! # Connections
+//!
+//! A process holds one connection per connection string (and set of timeouts): every backend
+//! opened with the same URL and timeouts shares it, whatever its table, as the SQLite backends
+//! of one file share one writer. The connection `LISTEN`s on each of their tables' channels,
+//! its commit groups carry the writes of every table on it, and a reconnection serves them all
+//! again. So N instances hold N connections, however many maps each has (20 maps on 20 tables:
+//! one connection), and the connection closes when the last backend on it is dropped. URLs that
+//! differ (another `application_name`, another user) or backends built with other timeouts get
+//! connections of their own. The connections' work runs on a thread the crate starts, with a
+//! runtime of its own, so that a connection outlives the runtime that happened to open it.
+//!
 //! # TLS
 //!
 //! Connections use TLS (rustls; no OpenSSL needed) as the URL's `sslmode` says, with libpq's
@@ -248,8 +260,10 @@ const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
 ///
 /// Open one with [`connect`](Self::connect) (table `kv`), [`with_table`](Self::with_table),
 /// [`for_key`](Self::for_key) (the key type's own table), or [`builder`](Self::builder) for
-/// timeouts. Each backend opened has its own connection; clones share it. Maps of one process on
-/// the same table share their entries (see [`PostgresBuilder::instance`] to keep them apart).
+/// timeouts. The backends of one process opened with the same connection string and timeouts
+/// share one connection (see [the module docs](self#connections)); clones share everything.
+/// Maps of one process on the same table share their entries (see
+/// [`PostgresBuilder::instance`] to keep them apart).
 ///
 /// ```no_run
 /// use persistent_map::{postgres::PostgresBackend, PersistentMap};
@@ -580,7 +594,8 @@ impl fmt::Debug for PostgresBackend {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct PostgresStats {
-    /// Transactions committed.
+    /// Transactions committed that carried this backend's writes (a transaction of the shared
+    /// connection may carry other backends' too).
     pub commits: u64,
     /// Write requests (a single insert or remove, or one batch) committed and acknowledged.
     pub writes: u64,
@@ -852,14 +867,17 @@ impl PostgresBuilder {
         self
     }
 
-    /// Connects, creates the table if it is missing, and starts listening for the other
-    /// instances' changes.
+    /// Connects (or joins the process's connection to that server, see
+    /// [the module docs](self#connections)), creates the table if it is missing (and the
+    /// crate's own tables: the change log, the key layouts), records or checks the key layout,
+    /// and starts listening for the other instances' changes.
     ///
     /// Fails, writing nothing, if the table name is invalid, the connection string cannot be
     /// used ([`PersistentError::Config`]), the server cannot be reached within the connect
     /// timeout or its certificate fails a check that `sslmode` asks for
     /// ([`PersistentError::Connect`], naming the host and the check), or the table exists
-    /// without the `key` and `value` columns.
+    /// without the `key` and `value` columns ([`PersistentError::IncompatibleTable`]) or was
+    /// written with another key layout ([`PersistentError::IncompatibleKeyLayout`]).
     ///
     /// ```no_run
     /// use persistent_map::{postgres::PostgresBackend, PersistentError};
