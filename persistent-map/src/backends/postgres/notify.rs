@@ -13,8 +13,10 @@
 //!   not logged may have changed, so every map on the table reloads it at its next refresh.
 //!
 //! The channel is the table's name. The sender is not in the payload: PostgreSQL tells every
-//! listener the process id of the backend that sent the notification, and an instance sends its
+//! listener the process id of the backend that sent the notification, and a process sends its
 //! notifications from the same connection it listens on, so it recognises its own by that id.
+//! The other backends of the process on that table do not hear them, so the session wakes them
+//! itself after each commit ([`Listeners::committed`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
