@@ -543,13 +543,16 @@ async fn set_up_table(client: &mut Client, sql: &TableSql) -> std::result::Resul
             )
             .await?;
         transaction.batch_execute(&sql.create).await?;
-        // A layout recorded for a table of this name that was since dropped is not this one's.
-        transaction
-            .execute(
-                "DELETE FROM persistent_map_tables WHERE table_name = $1",
-                &[&sql.name],
-            )
-            .await?;
+        // What is recorded for a table of this name that was since dropped is not this one's:
+        // its layout goes, and so does its log, marked pruned so that a map still following the
+        // old table reloads.
+        for forget in [
+            "DELETE FROM persistent_map_tables WHERE table_name = $1",
+            "DELETE FROM persistent_map_log WHERE table_name = $1",
+            "UPDATE persistent_map_revisions SET pruned = rev WHERE table_name = $1",
+        ] {
+            transaction.execute(forget, &[&sql.name]).await?;
+        }
         transaction.commit().await?;
         found = columns(client, &sql.name).await?;
     }

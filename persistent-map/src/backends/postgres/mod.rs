@@ -98,7 +98,10 @@
 //! nothing: the next one reads the same changes. The log keeps the rows of each table's last
 //! 16,384 revisions (older ones are pruned in bounded batches by later commits); a map further
 //! behind, or whose position is unknown, reloads the table. The crate creates these three
-//! tables itself; do not edit them.
+//! tables itself; do not edit them, except to delete the rows of a table you dropped for good
+//! (`DELETE FROM persistent_map_log WHERE table_name = '...'`, and likewise in
+//! `persistent_map_revisions` and `persistent_map_tables`). A table created anew under an old
+//! name starts with its old log and layout forgotten.
 //!
 //! The transaction also sends `NOTIFY` on the channel named like the table, with the payload
 //! `changed`, to wake the other instances: every backend `LISTEN`s on its table's channel, and
