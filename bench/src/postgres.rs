@@ -4,8 +4,8 @@
 //! - `pm-bench run concurrent-insert pg --n N`: 16 tokio tasks inserting `N` distinct keys each
 //!   through one `PersistentMap<_, _, PostgresBackend>` (one connection; writes that queue while
 //!   a commit runs share the next transaction), each acknowledged after `COMMIT`;
-//! - `pm-bench run propagation pg ...`: two maps on two backends in this process (see
-//!   `propagation.rs`).
+//! - `pm-bench run propagation pg ...`: two maps on two backends in this process, separate
+//!   instances that share the process's connection (see `propagation.rs`).
 //!
 //! Every job works on a table of its own, `pm_bench_<workload>_<pid>`, dropped before and after.
 
@@ -163,8 +163,14 @@ mod with_backend {
         })
     }
 
-    async fn open(url: &str, table: &str) -> BenchResult<Map> {
-        let backend = PostgresBackend::builder(url).table(table).connect().await?;
+    /// A map of instance `instance` on `table`: maps of one process on one table share their
+    /// entries unless they are different instances, so the propagation job's two maps are.
+    async fn open(url: &str, table: &str, instance: &str) -> BenchResult<Map> {
+        let backend = PostgresBackend::builder(url)
+            .table(table)
+            .instance(instance)
+            .connect()
+            .await?;
         Ok(PersistentMap::new(backend).await?)
     }
 
@@ -177,7 +183,7 @@ mod with_backend {
     ) -> BenchResult {
         let per_task = options.number("n")?;
         runtime.block_on(async {
-            let map = open(url, table).await?;
+            let map = open(url, table, "writer").await?;
             let (done, began) =
                 crate::ours::run_writers(&map, per_task, |_, index| key(index), options).await?;
             let ops_per_sec = per_second(done, began.elapsed());
@@ -201,9 +207,9 @@ mod with_backend {
     ) -> BenchResult {
         let plan = Plan::from_options(options)?;
         let (writer, follower) = runtime.block_on(async {
-            let writer = open(url, table).await?;
+            let writer = open(url, table, "writer").await?;
             writer.insert_many(plan.initial()).await?;
-            let follower = open(url, table).await?;
+            let follower = open(url, table, "follower").await?;
             if follower.len() as u64 != plan.entries {
                 return Err(format!(
                     "the follower loaded {} entries, not {}",

@@ -1,6 +1,7 @@
 //! Connecting: the connection string, one live connection (the task that reads its messages,
 //! `LISTEN`, the prepared statements), and the table's setup.
 
+use std::collections::HashMap;
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
@@ -12,7 +13,8 @@ use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{AsyncMessage, Client, Config, Connection, Socket, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::notify::Changes;
+use super::log;
+use super::notify::Listeners;
 use super::tls;
 use crate::{PersistentError, Result};
 
@@ -210,6 +212,8 @@ fn hosts_in_unparsed(url: &str) -> String {
 #[derive(Debug)]
 pub(super) struct TableSql {
     pub(super) name: String,
+    /// The key layout of the backend's key type, recorded and checked on open (empty: none).
+    pub(super) layout: &'static str,
     create: String,
     listen: String,
     upsert: String,
@@ -221,10 +225,11 @@ pub(super) struct TableSql {
 
 impl TableSql {
     /// `name` must have passed [`validate_table`]; it is quoted anyway.
-    pub(super) fn new(name: &str) -> Self {
+    pub(super) fn new(name: &str, layout: &'static str) -> Self {
         let quoted = format!("\"{name}\"");
         Self {
             name: name.to_owned(),
+            layout,
             create: format!(
                 "CREATE TABLE IF NOT EXISTS {quoted} (key TEXT PRIMARY KEY, value JSONB NOT NULL)"
             ),
@@ -244,12 +249,9 @@ impl TableSql {
     }
 }
 
-/// The statements of one connection, prepared once.
+/// The statements of one connection that serve every table, prepared once.
 #[derive(Debug)]
 pub(super) struct Statements {
-    pub(super) upsert: Statement,
-    pub(super) delete: Statement,
-    pub(super) delete_all: Statement,
     /// `$1` the channel, `$2` the payloads.
     pub(super) notify: Statement,
     /// `$1` the table's lock id: exclusive and shared.
@@ -257,6 +259,26 @@ pub(super) struct Statements {
     pub(super) lock_table_shared: Statement,
     /// `$1` the keys' lock ids, taken in the order given.
     pub(super) lock_keys: Statement,
+    /// A transaction's bounds, prepared so that they can be pipelined with its statements.
+    pub(super) begin: Statement,
+    pub(super) commit: Statement,
+    pub(super) rollback: Statement,
+    /// The transaction's id, and (`$1`) the status of a transaction by id.
+    pub(super) transaction_id: Statement,
+    pub(super) transaction_status: Statement,
+    /// The change log's statements (see `log.rs`).
+    pub(super) log: Statement,
+    pub(super) prune_log: Statement,
+    pub(super) revision: Statement,
+    pub(super) read_log: Statement,
+}
+
+/// The statements of one table on one connection, prepared when the table is attached.
+#[derive(Debug)]
+pub(super) struct TableStatements {
+    pub(super) upsert: Statement,
+    pub(super) delete: Statement,
+    pub(super) delete_all: Statement,
     pub(super) select_all: Statement,
     pub(super) select_keys: Statement,
 }
@@ -266,6 +288,8 @@ pub(super) struct Statements {
 pub(super) struct Live {
     pub(super) client: Client,
     pub(super) statements: Statements,
+    /// By table name: the tables this connection listens on and has statements for.
+    pub(super) tables: HashMap<String, TableStatements>,
     closed: oneshot::Receiver<()>,
 }
 
@@ -274,16 +298,23 @@ impl Live {
     pub(super) async fn closed(&mut self) {
         let _ = (&mut self.closed).await;
     }
+
+    /// The statements of `table`, which is attached.
+    pub(super) fn table(&self, table: &str) -> &TableStatements {
+        self.tables
+            .get(table)
+            .expect("work reaches the session only for tables attached to its connection")
+    }
 }
 
-/// Why a connection could not be opened.
+/// Why a connection could not be opened, or a table attached.
 #[derive(Debug)]
 pub(super) enum OpenFailure {
     /// No connection: the server did not answer in time, refused, or rejected the login.
     Unreachable(String),
-    /// Connected, but setting the connection up failed.
+    /// Connected, but setting the connection or the table up failed.
     Statement(tokio_postgres::Error),
-    /// The table exists but is not one of ours.
+    /// The table exists but is not one of ours, or was written with another key layout.
     Rejected(PersistentError),
 }
 
@@ -313,20 +344,19 @@ impl std::fmt::Display for OpenFailure {
     }
 }
 
-/// Opens connection number `generation`: connects within `timeout`, sets the table up if
-/// `set_up_table` (see [`set_up_table`]), listens on the table's channel and prepares the
-/// statements. Notifications from other backends go to `changes`; the connection's end is
-/// reported there too.
+/// Opens connection number `generation`: connects within `timeout`, applies the session
+/// settings and prepares the statements that serve every table; then attaches `tables` (a
+/// reconnection's), within the same `timeout`. Notifications from other sessions go to
+/// `listeners`; the connection's end is reported there too.
 pub(super) async fn open(
     endpoint: &Endpoint,
-    sql: &TableSql,
-    changes: &Arc<Changes>,
+    tables: &[Arc<TableSql>],
+    listeners: &Arc<Listeners>,
     generation: u64,
     timeout: Duration,
-    set_up_table: bool,
 ) -> std::result::Result<Live, OpenFailure> {
     let connecting = endpoint.config.connect(endpoint.tls.clone());
-    let (mut client, connection) = match tokio::time::timeout(timeout, connecting).await {
+    let (client, connection) = match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(connected)) => connected,
         Ok(Err(error)) => return Err(OpenFailure::Unreachable(describe_error(&error))),
         Err(_elapsed) => {
@@ -338,7 +368,7 @@ pub(super) async fn open(
     let own_pid = Arc::new(AtomicI32::new(0));
     let closed = spawn_reader(
         connection,
-        Arc::clone(changes),
+        Arc::clone(listeners),
         generation,
         Arc::clone(&own_pid),
     );
@@ -351,30 +381,52 @@ pub(super) async fn open(
         if !endpoint.session_settings.is_empty() {
             client.batch_execute(&endpoint.session_settings).await?;
         }
-        if set_up_table {
-            self::set_up_table(&mut client, sql).await?;
-        }
-        client.batch_execute(&sql.listen).await?;
-        Ok(prepare(&client, sql).await?)
-    };
-    match tokio::time::timeout(timeout, set_up).await {
-        Ok(Ok(statements)) => Ok(Live {
+        let statements = prepare(&client).await?;
+        let mut live = Live {
             client,
             statements,
+            tables: HashMap::new(),
             closed,
-        }),
-        Ok(Err(failure)) => Err(failure),
+        };
+        for table in tables {
+            attach(&mut live, table, false).await?;
+        }
+        Ok(live)
+    };
+    match tokio::time::timeout(timeout, set_up).await {
+        Ok(result) => result,
         Err(_elapsed) => Err(OpenFailure::Unreachable(format!(
             "connected, but the server did not finish setting up the connection within {timeout:?}"
         ))),
     }
 }
 
-/// Reads the connection's messages until it ends: notifications from other backends go to
-/// `changes`, notices are dropped. The returned receiver resolves when the connection is gone.
+/// Makes `live` serve `table`: sets the table up if `set_up_table` (see [`set_up_table`]),
+/// listens on its channel and prepares its statements. A table already attached is only set
+/// up.
+pub(super) async fn attach(
+    live: &mut Live,
+    table: &TableSql,
+    set_up_table: bool,
+) -> std::result::Result<(), OpenFailure> {
+    if set_up_table {
+        self::set_up_table(&mut live.client, table).await?;
+    }
+    if live.tables.contains_key(&table.name) {
+        return Ok(());
+    }
+    live.client.batch_execute(&table.listen).await?;
+    let statements = prepare_table(&live.client, table).await?;
+    live.tables.insert(table.name.clone(), statements);
+    Ok(())
+}
+
+/// Reads the connection's messages until it ends: notifications from other sessions go to
+/// `listeners`, notices are dropped. The returned receiver resolves when the connection is
+/// gone.
 fn spawn_reader(
     mut connection: Connection<Socket, TlsStream>,
-    changes: Arc<Changes>,
+    listeners: Arc<Listeners>,
     generation: u64,
     own_pid: Arc<AtomicI32>,
 ) -> oneshot::Receiver<()> {
@@ -383,9 +435,9 @@ fn spawn_reader(
         let reason = loop {
             match poll_fn(|cx| connection.poll_message(cx)).await {
                 Some(Ok(AsyncMessage::Notification(notification))) => {
-                    // Our own commits are already in our map.
+                    // Our own commits are already in our maps (the session wakes the others).
                     if notification.process_id() != own_pid.load(Ordering::SeqCst) {
-                        changes.heard(notification.payload());
+                        listeners.heard(notification.channel(), notification.payload());
                     }
                 }
                 Some(Ok(_notice)) => {}
@@ -393,42 +445,67 @@ fn spawn_reader(
                 None => break "the connection was closed".to_owned(),
             }
         };
-        changes.lost(generation, reason);
+        listeners.lost(generation, &reason);
         drop(closing);
     });
     closed
 }
 
-async fn prepare(
-    client: &Client,
-    sql: &TableSql,
-) -> std::result::Result<Statements, tokio_postgres::Error> {
+async fn prepare(client: &Client) -> std::result::Result<Statements, tokio_postgres::Error> {
     let lock_table = format!("SELECT pg_advisory_xact_lock({TABLE_LOCK_CLASS}, $1)");
     let lock_table_shared = format!("SELECT pg_advisory_xact_lock_shared({TABLE_LOCK_CLASS}, $1)");
     let lock_keys =
         format!("SELECT pg_advisory_xact_lock({KEY_LOCK_CLASS}, id) FROM unnest($1::int4[]) AS id");
     // Sent together: one round trip.
-    let (upsert, delete, delete_all, notify, select_all, select_keys) = tokio::try_join!(
-        client.prepare(&sql.upsert),
-        client.prepare(&sql.delete),
-        client.prepare(&sql.delete_all),
+    let (notify, lock_table, lock_table_shared, lock_keys, begin, commit, rollback) = tokio::try_join!(
         client.prepare("SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload"),
-        client.prepare(&sql.select_all),
-        client.prepare(&sql.select_keys),
-    )?;
-    let (lock_table, lock_table_shared, lock_keys) = tokio::try_join!(
         client.prepare(&lock_table),
         client.prepare(&lock_table_shared),
         client.prepare(&lock_keys),
+        client.prepare("BEGIN"),
+        client.prepare("COMMIT"),
+        client.prepare("ROLLBACK"),
+    )?;
+    let (transaction_id, transaction_status, log, prune_log, revision, read_log) = tokio::try_join!(
+        client.prepare("SELECT txid_current()"),
+        client.prepare("SELECT txid_status($1)"),
+        client.prepare(log::LOG),
+        client.prepare(log::PRUNE),
+        client.prepare(log::REVISION),
+        client.prepare(log::SINCE),
     )?;
     Ok(Statements {
-        upsert,
-        delete,
-        delete_all,
         notify,
         lock_table,
         lock_table_shared,
         lock_keys,
+        begin,
+        commit,
+        rollback,
+        transaction_id,
+        transaction_status,
+        log,
+        prune_log,
+        revision,
+        read_log,
+    })
+}
+
+async fn prepare_table(
+    client: &Client,
+    sql: &TableSql,
+) -> std::result::Result<TableStatements, tokio_postgres::Error> {
+    let (upsert, delete, delete_all, select_all, select_keys) = tokio::try_join!(
+        client.prepare(&sql.upsert),
+        client.prepare(&sql.delete),
+        client.prepare(&sql.delete_all),
+        client.prepare(&sql.select_all),
+        client.prepare(&sql.select_keys),
+    )?;
+    Ok(TableStatements {
+        upsert,
+        delete,
+        delete_all,
         select_all,
         select_keys,
     })
@@ -438,10 +515,24 @@ async fn prepare(
 type Column = (String, String, bool);
 
 /// Checks the table, creating it first if it is missing, so that a foreign table is refused
-/// before anything is written. Instances starting together take an advisory lock around the
-/// creation: `CREATE TABLE IF NOT EXISTS` can fail against a concurrent one. An existing table
-/// is only read, so a role without the right to create tables can use one made for it.
+/// before anything is written; makes the crate's own tables (the change log, the key layouts)
+/// if they are missing; and records or checks the key layout. Instances starting together take
+/// an advisory lock around the creation: `CREATE TABLE IF NOT EXISTS` can fail against a
+/// concurrent one. Existing tables are only read, so a role without the right to create tables
+/// can use ones made for it.
 async fn set_up_table(client: &mut Client, sql: &TableSql) -> std::result::Result<(), OpenFailure> {
+    let missing: bool = client.query_one(log::MISSING, &[]).await?.try_get(0)?;
+    if missing {
+        let transaction = client.transaction().await?;
+        transaction
+            .execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext('persistent_map_log'))",
+                &[&CREATE_LOCK_CLASS],
+            )
+            .await?;
+        transaction.batch_execute(log::CREATE).await?;
+        transaction.commit().await?;
+    }
     let mut found = columns(client, &sql.name).await?;
     if found.is_empty() {
         let transaction = client.transaction().await?;
@@ -452,10 +543,59 @@ async fn set_up_table(client: &mut Client, sql: &TableSql) -> std::result::Resul
             )
             .await?;
         transaction.batch_execute(&sql.create).await?;
+        // What is recorded for a table of this name that was since dropped is not this one's:
+        // its layout goes, and so does its log, marked pruned so that a map still following the
+        // old table reloads.
+        for forget in [
+            "DELETE FROM persistent_map_tables WHERE table_name = $1",
+            "DELETE FROM persistent_map_log WHERE table_name = $1",
+            "UPDATE persistent_map_revisions SET pruned = rev WHERE table_name = $1",
+        ] {
+            transaction.execute(forget, &[&sql.name]).await?;
+        }
         transaction.commit().await?;
         found = columns(client, &sql.name).await?;
     }
-    check_columns(&sql.name, &found).map_err(OpenFailure::Rejected)
+    check_columns(&sql.name, &found).map_err(OpenFailure::Rejected)?;
+    client.execute(log::ADD_TABLE, &[&sql.name]).await?;
+    check_or_record_layout(client, sql).await
+}
+
+/// Records the key layout of `sql` for its table if none is recorded, else checks that it is
+/// the one recorded, so that keys are never parsed by a key type laid out differently from the
+/// one that wrote them. An empty layout (a key type without one) is neither recorded nor
+/// checked.
+async fn check_or_record_layout(
+    client: &Client,
+    sql: &TableSql,
+) -> std::result::Result<(), OpenFailure> {
+    if sql.layout.is_empty() {
+        return Ok(());
+    }
+    client
+        .execute(
+            "INSERT INTO persistent_map_tables (table_name, key_layout) VALUES ($1, $2) \
+             ON CONFLICT (table_name) DO NOTHING",
+            &[&sql.name, &sql.layout],
+        )
+        .await?;
+    let stored: String = client
+        .query_one(
+            "SELECT key_layout FROM persistent_map_tables WHERE table_name = $1",
+            &[&sql.name],
+        )
+        .await?
+        .try_get(0)?;
+    if stored == sql.layout {
+        return Ok(());
+    }
+    Err(OpenFailure::Rejected(
+        PersistentError::IncompatibleKeyLayout {
+            table: sql.name.clone(),
+            stored,
+            expected: sql.layout.to_owned(),
+        },
+    ))
 }
 
 /// The columns of `table`, to check before using it.

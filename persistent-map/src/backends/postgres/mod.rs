@@ -17,8 +17,8 @@
 //! let url = "postgres://app@db.internal:5432/app";
 //! let sessions: PersistentMap<SessionKey, String, PostgresBackend> =
 //!     PersistentMap::open_postgres(url).await?;
-//! // Apply what the other instances announce as soon as it arrives; the 10 s tick only retries
-//! // a refresh that failed (see "Coherence" for what is picked up when).
+//! // Catch up with the other instances as soon as they commit; the 10 s tick only retries a
+//! // refresh that failed (see "Coherence" for what is picked up when).
 //! let _follow = sessions.refresh_every(Duration::from_secs(10));
 //!
 //! let key = SessionKey { tenant: "acme".into(), user: 42 };
@@ -48,48 +48,88 @@
 //! A write is acknowledged once its transaction has committed, so it is as durable as the
 //! server makes commits (`synchronous_commit`, on by default: flushed to the server's disk).
 //! Writes that arrive while a commit is running are committed together in the next
-//! transaction, with one multi-row upsert; the rows are sorted by key so that instances writing
-//! the same keys lock them in the same order. A transaction that PostgreSQL still aborts for a
-//! deadlock or a serialization failure is retried. A batch
+//! transaction (group commit), with one multi-row upsert. A batch
 //! ([`PersistentMap::insert_many`](crate::PersistentMap::insert_many) and friends) is one
 //! transaction: all of it or nothing.
 //!
+//! Every transaction first takes advisory locks in one global order: the table's lock in shared
+//! mode, then one lock per key it checks or writes, in ascending order (a clear, or a
+//! transaction of more than 256 keys, takes the table's lock in exclusive mode instead). So
+//! transactions of this crate, in every instance, wait for each other on the keys they share
+//! but never in a cycle. A transaction that PostgreSQL still aborts for a deadlock or a
+//! serialization failure (with some other writer) is retried.
+//!
+//! # What holds across instances
+//!
+//! Every map on one table, in any instance, is one map (the crate's invariant "one table, one
+//! truth"):
+//!
+//! - Read-modify-writes are atomic across all instances.
+//!   [`update`](crate::PersistentMap::update),
+//!   [`get_or_insert_with`](crate::PersistentMap::get_or_insert_with) and
+//!   [`compare_exchange`](crate::PersistentMap::compare_exchange) state the value they read
+//!   as a condition; the transaction reads the stored values under the keys' advisory locks
+//!   and writes only if the conditions hold. Within a group commit the requests are decided in
+//!   order, each seeing those before it, so two updates of one key in one group both apply. A
+//!   request whose condition fails writes nothing, gets what is stored, and `update` runs its
+//!   closure again on that.
+//! - [`insert`](crate::PersistentMap::insert) and [`remove`](crate::PersistentMap::remove)
+//!   return the value the table held just before them, whoever wrote it.
+//! - Maps of one process on the same server, database and table (and key and value types)
+//!   share their entries: each sees the others' writes at once. Maps of other instances see
+//!   them at their next [refresh](crate::PersistentMap::refresh) (at once with
+//!   [`refresh_every`](crate::PersistentMap::refresh_every), see below).
+//! - A key type's layout ([`PersistentKey::KEY_LAYOUT`](crate::PersistentKey::KEY_LAYOUT)) is
+//!   recorded in `persistent_map_tables` by the first typed open
+//!   ([`PostgresBackend::for_key`], [`PostgresBuilder::key`]); a key type laid out differently
+//!   is refused with [`PersistentError::IncompatibleKeyLayout`].
+//!
 //! # Coherence across instances
 //!
-//! Every transaction announces what it changed with `NOTIFY` on the channel named like the
-//! table, in the same transaction, so the announcement is delivered if and only if the change
-//! is committed. Every backend `LISTEN`s on its table's channel, on the same connection it
-//! writes with. The payload is:
+//! Every transaction logs the keys it wrote in `persistent_map_log` under its table's next
+//! revision (`persistent_map_revisions`, bumped as the transaction's last statement: its row
+//! lock makes a table's commits take revisions in commit order), with the id of the map that
+//! wrote them; a clear, or a transaction of more than 65,536 keys, logs one `NULL` key,
+//! "anything". A map keeps its own position (the revision it has applied) and a refresh
+//! reads the log after it, leaving out its own writes: it re-reads just the keys others wrote,
+//! so a batch of 5,000 keys costs every other instance a read of those 5,000 rows, not of the
+//! table. The position is replaced only once what was read is applied, so a refresh that is
+//! cancelled (a `timeout`, a dropped [`RefreshTask`](crate::RefreshTask)) or fails loses
+//! nothing: the next one reads the same changes. The log keeps the rows of each table's last
+//! 16,384 revisions (older ones are pruned in bounded batches by later commits); a map further
+//! behind, or whose position is unknown, reloads the table. The crate creates these three
+//! tables itself; do not edit them, except to delete the rows of a table you dropped for good
+//! (`DELETE FROM persistent_map_log WHERE table_name = '...'`, and likewise in
+//! `persistent_map_revisions` and `persistent_map_tables`). A table created anew under an old
+//! name starts with its old log and layout forgotten.
 //!
-//! | payload | meaning |
-//! | --- | --- |
-//! | `k:<key text>` | the row of this key was inserted, updated or deleted |
-//! | `reload` | anything may have changed: a clear, a transaction of more than 1024 keys, or a key whose payload would reach PostgreSQL's 8000-byte limit |
+//! The transaction also sends `NOTIFY` on the channel named like the table, with the payload
+//! `changed`, to wake the other instances: every backend `LISTEN`s on its table's channel, and
+//! [`refresh_every`](crate::PersistentMap::refresh_every) refreshes as soon as a notification
+//! arrives (the interval only retries a refresh that failed). A notification carries no data,
+//! so one missed (while disconnected) only delays the catch-up to the next refresh. Any other
+//! payload means "something that was not logged changed": every instance reloads the table at
+//! its next refresh. After editing a table by hand, `NOTIFY sessions, 'reload'` brings every
+//! instance up to date. `NOTIFY` folds an unquoted name to lower case, so a table with
+//! capitals needs the name in double quotes, `NOTIFY "MyTable", 'reload'` (or
+//! `SELECT pg_notify('MyTable', 'reload')`, which takes the name as written).
 //!
-//! Any other payload is read as `reload`, so after editing a table by hand,
-//! `NOTIFY sessions, 'reload'` brings every instance up to date. The channel is the table's
-//! name with its case: `NOTIFY` folds an unquoted name to lower case, so a table with capitals
-//! needs the name in double quotes, `NOTIFY "MyTable", 'reload'` (or
-//! `SELECT pg_notify('MyTable', 'reload')`, which takes the name as written). An instance
-//! skips its own announcements (PostgreSQL gives each the process id of the session that sent
-//! it, and an instance sends from the session it listens on), so its own writes never cost it
-//! a re-read.
+//! Exactly this is picked up, and when:
 //!
-//! The map applies what was announced when it [refreshes](crate::PersistentMap::refresh): it
-//! re-reads just the announced keys, or everything after `reload`.
-//! [`refresh_every`](crate::PersistentMap::refresh_every) refreshes as soon as an announcement
-//! arrives; keep one running for each map that should follow the others. Exactly this is
-//! picked up, and when:
+//! - writes of other instances of this crate: at the first refresh after they commit (at once
+//!   with `refresh_every`), re-reading the keys they wrote; after a reconnection too, from the
+//!   log (no reload), unless the map fell more than 16,384 revisions behind;
+//! - everything (a full reload): after a clear or a transaction of more than 65,536 keys,
+//!   after a payload other than `changed`, when the map's position was pruned from the log,
+//!   and after a commit of this instance whose outcome is unknown (see "Faults");
+//! - rows that other programs change without `NOTIFY` (a hand `UPDATE`): never by the log.
+//!   With [`PostgresBuilder::reconcile_every`] set, the first refresh once that long has
+//!   passed since the map last loaded everything reloads the table (so with `refresh_every`
+//!   ticking every `t`, within `interval + t`); otherwise only at a full reload for one of
+//!   the reasons above, or [`load`](crate::PersistentMap::load).
 //!
-//! - writes of other instances of this crate: at the first refresh after their announcement
-//!   arrives, which `refresh_every` makes at once;
-//! - everything (a full reload): after a `reload` announcement, after this instance
-//!   reconnected (it could not hear what was announced meanwhile), and after a refresh whose
-//!   read failed;
-//! - rows that other programs change without `NOTIFY` (a hand `UPDATE`): only at the next full
-//!   reload, for one of the reasons above, or [`load`](crate::PersistentMap::load). The
-//!   interval of `refresh_every` does not reload: a tick that finds nothing announced reads
-//!   nothing.
+//! Instances of older versions of this crate do not log their writes; their `k:<key>`
+//! announcements count as unlogged changes (a reload), and they read `changed` as a reload.
 //!
 //! # Faults
 //!
@@ -113,26 +153,36 @@
 //!   ([`PostgresBuilder::reconnect_timeout`], 10 seconds by default), then fails with
 //!   [`PersistentError::Connect`]. [`PostgresBackend::health`] tells connected, reconnecting
 //!   and down (gone for longer than the reconnect timeout) apart.
-//! - Announcements made while an instance was disconnected are lost to it, so its first refresh
-//!   after reconnecting reloads everything. A refresh while it reconnects finds nothing to do
-//!   (a quick reconnect is not an error, for [`RefreshTask::take_error`](crate::RefreshTask::take_error)
-//!   either); once it is down, refreshes return [`PersistentError::Connect`].
+//! - A refresh while the backend reconnects finds nothing to do (a quick reconnect is not an
+//!   error, for [`RefreshTask::take_error`](crate::RefreshTask::take_error) either); once it is
+//!   down, refreshes return [`PersistentError::Connect`]. Once reconnected, the next refresh
+//!   reads what it missed from the log.
 //!
 //! A write whose commit was sent but not answered has an unknown outcome:
 //!
-//! - If the answer is lost with the connection, the write is sent again on the new one. That
-//!   is exact for this instance (the same rows get the same values), but not for the fleet: if
-//!   the first commit did happen and another instance then wrote one of the same keys and had
-//!   its write acknowledged, the second commit puts this instance's older value back over that
-//!   newer one. Every instance then hears of it and converges on the re-sent value; the other
-//!   instance's acknowledged write is lost. Instances that never write the same key are not
-//!   affected.
+//! - If the answer is lost with the connection, the backend asks the server on the new
+//!   connection whether that transaction (by its id, `txid_status`) committed. If it did, the
+//!   write is acknowledged with what that transaction decided; if not, the write is tried
+//!   again, its conditions checked anew. So a write is never applied twice, and a retry never
+//!   puts an older value back over a newer write that another instance had acknowledged.
 //! - If no answer comes within the operation timeout, or the reconnect timeout passes, the
 //!   write fails with [`PersistentError::Connect`], whose message says that the outcome is
 //!   unknown (a write that failed before its commit was sent says that it was not
-//!   committed). The map keeps the key's old value in memory, as for every failed write; the
-//!   table may hold the new one until the map's next refresh after reconnecting, which
-//!   reloads everything and so shows the outcome.
+//!   committed). The map keeps the key's old value in memory, as for every failed write, and
+//!   every map of this backend reloads the table at its next refresh, which shows the
+//!   outcome.
+//!
+//! # Connections
+//!
+//! A process holds one connection per connection string (and set of timeouts): every backend
+//! opened with the same URL and timeouts shares it, whatever its table, as the SQLite backends
+//! of one file share one writer. The connection `LISTEN`s on each of their tables' channels,
+//! its commit groups carry the writes of every table on it, and a reconnection serves them all
+//! again. So N instances hold N connections, however many maps each has (20 maps on 20 tables:
+//! one connection), and the connection closes when the last backend on it is dropped. URLs that
+//! differ (another `application_name`, another user) or backends built with other timeouts get
+//! connections of their own. The connections' work runs on a thread the crate starts, with a
+//! runtime of its own, so that a connection outlives the runtime that happened to open it.
 //!
 //! # TLS
 //!
@@ -159,14 +209,18 @@
 //!
 //! The backend reports through [`tracing`](https://docs.rs/tracing) (with no subscriber
 //! installed, that costs next to nothing), every event with the field `table`: at `debug` each
-//! commit (`requests`, `rows`, `cleared`, `elapsed`) and each load (`rows`, `elapsed`; `keys`
-//! for a load of some keys); at `info` connects and reconnects; at `warn` slow commits (over a
+//! commit (`requests`, `rows`, `cleared`, `conflicts`, `elapsed`), each load (`rows`,
+//! `elapsed`; `keys` for a load of some keys) and each read of the change log (`since`, `rev`,
+//! `keys`, `elapsed`); at `info` connects and reconnects; at `warn` slow commits (over a
 //! second), retries, lost connections, operation timeouts and forced reloads. The example
 //! `tracing` shows them with a subscriber.
 
+mod commit;
 mod connect;
 mod decode;
+mod log;
 mod notify;
+mod registry;
 mod session;
 mod tls;
 
@@ -176,16 +230,21 @@ use std::hash::Hash;
 use std::str::FromStr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 pub(crate) use self::connect::describe_error;
 use self::connect::{TableSql, Target};
-use self::notify::{Changes, Taken};
-use self::session::{Command, Counters, RawOp, Scanned, Session, Timeouts};
-use crate::{BatchOp, ExternalChanges, PersistentError, PersistentKey, Result, StorageBackend};
+use self::log::{LogRead, Logged, Position};
+use self::notify::Changes;
+use self::registry::SessionHandle;
+use self::session::{Attached, Command, Counters, Outcome, RawOp, Scanned, Timeouts, Write};
+use crate::{
+    BatchOp, ChangePosition, Checked, Condition, ExternalChanges, PersistentError, PersistentKey,
+    Result, StorageBackend, Stored, WriteOptions,
+};
 
 /// The tokio-postgres this backend is built on, whose error
 /// [`PersistentError::Postgres`] carries.
@@ -198,12 +257,16 @@ const DEFAULT_RECONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A [`StorageBackend`] that stores a map in one table of a PostgreSQL database, shared by every
-/// instance of the application, and keeps this instance's map coherent with the others through
-/// `LISTEN`/`NOTIFY` (see the [module docs](self)).
+/// instance of the application, with read-modify-writes atomic across all of them, and keeps
+/// this instance's map coherent with the others through a change log and `LISTEN`/`NOTIFY`
+/// (see the [module docs](self)).
 ///
 /// Open one with [`connect`](Self::connect) (table `kv`), [`with_table`](Self::with_table),
 /// [`for_key`](Self::for_key) (the key type's own table), or [`builder`](Self::builder) for
-/// timeouts. Each backend opened is one instance with its own connection; clones share it.
+/// timeouts. The backends of one process opened with the same connection string and timeouts
+/// share one connection (see [the module docs](self#connections)); clones share everything.
+/// Maps of one process on the same table share their entries (see
+/// [`PostgresBuilder::instance`] to keep them apart).
 ///
 /// ```no_run
 /// use persistent_map::{postgres::PostgresBackend, PersistentMap};
@@ -222,15 +285,20 @@ pub struct PostgresBackend {
     shared: Arc<Shared>,
 }
 
-/// What the clones of a backend share. Dropping the last one stops the session task, which
-/// closes the connection.
+/// What the clones of a backend share. The session (the connection) is shared with the other
+/// backends of the process on the same server; dropping the last of them stops it.
 struct Shared {
-    commands: mpsc::UnboundedSender<Command>,
-    target: Arc<Target>,
-    changes: Arc<Changes>,
-    counters: Arc<Counters>,
+    session: Arc<SessionHandle>,
+    /// This backend's table, news and counts, as the session knows them.
+    attached: Arc<Attached>,
     /// How long a lost connection counts as reconnecting rather than down.
     reconnect_timeout: Duration,
+    /// The server, database and table, for [`StorageBackend::storage_id`].
+    storage_id: String,
+    /// When the backend was made: positions record reload times relative to it.
+    created: Instant,
+    /// Reload everything at a refresh once the last full load is this old.
+    reconcile_every: Option<Duration>,
 }
 
 impl PostgresBackend {
@@ -288,7 +356,7 @@ impl PostgresBackend {
     /// # }
     /// ```
     pub async fn for_key<K: PersistentKey>(url: &str) -> Result<Self> {
-        Self::builder(url).table(K::TABLE_NAME).connect().await
+        Self::builder(url).key::<K>().connect().await
     }
 
     /// Starts configuring a backend on the database at `url`: table `kv`, the URL's connect
@@ -317,6 +385,9 @@ impl PostgresBackend {
             connect_timeout: None,
             reconnect_timeout: DEFAULT_RECONNECT_TIMEOUT,
             operation_timeout: DEFAULT_OPERATION_TIMEOUT,
+            layout: "",
+            reconcile_every: None,
+            instance: None,
         }
     }
 
@@ -332,7 +403,7 @@ impl PostgresBackend {
     /// # }
     /// ```
     pub fn table(&self) -> &str {
-        &self.shared.target.table
+        &self.shared.attached.target.table
     }
 
     /// The server as `host:port` (comma-separated if the URL names several), as errors name it.
@@ -347,14 +418,15 @@ impl PostgresBackend {
     /// # }
     /// ```
     pub fn host(&self) -> &str {
-        &self.shared.target.host
+        &self.shared.attached.target.host
     }
 
     /// What this backend has done so far.
     ///
     /// `writes / commits` is how many acknowledged writes one transaction served on average:
     /// above 1 when concurrent writers share commits. `reconnects` counts connections lost and
-    /// re-established.
+    /// re-established. `rows_read` counts the rows read by loads and by the re-reads of keys
+    /// that others changed.
     ///
     /// ```no_run
     /// use persistent_map::{postgres::PostgresBackend, PersistentMap};
@@ -370,11 +442,12 @@ impl PostgresBackend {
     /// # }
     /// ```
     pub fn stats(&self) -> PostgresStats {
-        let counters = &self.shared.counters;
+        let counters = &self.shared.attached.counters;
         PostgresStats {
             commits: counters.commits.load(Ordering::Relaxed),
             writes: counters.writes.load(Ordering::Relaxed),
             reconnects: counters.reconnects.load(Ordering::Relaxed),
+            rows_read: counters.rows_read.load(Ordering::Relaxed),
         }
     }
 
@@ -399,7 +472,7 @@ impl PostgresBackend {
     /// # }
     /// ```
     pub fn health(&self) -> Health {
-        match self.shared.changes.disconnected() {
+        match self.shared.attached.changes.disconnected() {
             None => Health::Connected,
             Some((reason, since)) if since < self.shared.reconnect_timeout => {
                 Health::Reconnecting { since, reason }
@@ -408,28 +481,66 @@ impl PostgresBackend {
         }
     }
 
-    async fn write(&self, ops: Vec<RawOp>) -> Result<()> {
+    async fn write(&self, write: Write) -> Result<Outcome> {
         let (done, committed) = oneshot::channel();
-        self.send(Command::Write { ops, done })?;
+        self.send(Command::Write {
+            table: self.table_ref(),
+            write,
+            done,
+        })?;
         committed.await.map_err(|_| self.stopped())?
+    }
+
+    /// Writes `ops` unconditionally, as nobody in particular (origin 0: every map hears of it).
+    async fn write_ops(&self, ops: Vec<RawOp>) -> Result<()> {
+        self.write(Write {
+            ops,
+            ..Write::default()
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Asks the session something and waits for the answer.
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<T>>) -> Command,
+    ) -> Result<T> {
+        let (done, answered) = oneshot::channel();
+        self.send(command(done))?;
+        answered.await.map_err(|_| self.stopped())?
+    }
+
+    /// Tenths of a second since the backend was made, as positions record them (good for
+    /// 13 years).
+    fn clock(&self) -> u32 {
+        let tenths = self.shared.created.elapsed().as_millis() / 100;
+        u32::try_from(tenths).unwrap_or(u32::MAX)
+    }
+
+    /// Whether a map whose last full load is recorded in `position` is due for a reconcile.
+    fn reconcile_due(&self, position: Position) -> bool {
+        self.shared.reconcile_every.is_some_and(|every| {
+            let every = u32::try_from((every.as_millis() / 100).max(1)).unwrap_or(u32::MAX);
+            self.clock().saturating_sub(position.reloaded_at) >= every
+        })
     }
 
     fn send(&self, command: Command) -> Result<()> {
         self.shared
-            .commands
+            .session
             .send(command)
-            .map_err(|_| self.stopped())
+            .map_err(|()| self.stopped())
     }
 
-    /// A load that was to catch up failed: the next refresh reloads everything.
-    fn force_reload(&self, error: &PersistentError) {
-        tracing::warn!(table = %self.table(), error = %error, "a load failed; the next refresh reloads the table");
-        self.shared.changes.reload_later();
+    /// This backend, as the session's commands name it.
+    fn table_ref(&self) -> Arc<Attached> {
+        Arc::clone(&self.shared.attached)
     }
 
     /// The session task is gone, which only a panic in it can cause.
     fn stopped(&self) -> PersistentError {
-        let target = &self.shared.target;
+        let target = &self.shared.attached.target;
         PersistentError::Backend(
             format!(
                 "the PostgreSQL session for table {:?} at {} has stopped; the work was not done",
@@ -447,7 +558,10 @@ impl PostgresBackend {
     {
         // Two chunks in flight: the session reads the next while this task decodes one.
         let (rows, mut scanned) = mpsc::channel(2);
-        self.send(Command::Load { rows })?;
+        self.send(Command::Load {
+            table: self.table_ref(),
+            rows,
+        })?;
         let table = self.table();
         while let Some(message) = scanned.recv().await {
             match message {
@@ -483,12 +597,16 @@ impl fmt::Debug for PostgresBackend {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct PostgresStats {
-    /// Transactions committed.
+    /// Transactions committed that carried this backend's writes (a transaction of the shared
+    /// connection may carry other backends' too).
     pub commits: u64,
     /// Write requests (a single insert or remove, or one batch) committed and acknowledged.
     pub writes: u64,
     /// Connections lost and re-established.
     pub reconnects: u64,
+    /// Rows read to load the table or to re-read the keys others changed: what catching up
+    /// has cost.
+    pub rows_read: u64,
 }
 
 /// The state of a backend's connection, returned by [`PostgresBackend::health`].
@@ -556,6 +674,9 @@ pub struct PostgresBuilder {
     connect_timeout: Option<Duration>,
     reconnect_timeout: Duration,
     operation_timeout: Duration,
+    layout: &'static str,
+    reconcile_every: Option<Duration>,
+    instance: Option<String>,
 }
 
 impl fmt::Debug for PostgresBuilder {
@@ -566,6 +687,9 @@ impl fmt::Debug for PostgresBuilder {
             .field("connect_timeout", &self.connect_timeout)
             .field("reconnect_timeout", &self.reconnect_timeout)
             .field("operation_timeout", &self.operation_timeout)
+            .field("layout", &self.layout)
+            .field("reconcile_every", &self.reconcile_every)
+            .field("instance", &self.instance)
             .finish_non_exhaustive()
     }
 }
@@ -586,6 +710,90 @@ impl PostgresBuilder {
     /// ```
     pub fn table(mut self, table: impl Into<String>) -> Self {
         self.table = table.into();
+        self
+    }
+
+    /// Stores keys of type `K`: the table [`K::TABLE_NAME`](PersistentKey::TABLE_NAME), and
+    /// `K`'s [key layout](PersistentKey::KEY_LAYOUT) recorded in `persistent_map_tables` by the
+    /// first open and checked by every later one. A key type laid out differently from the one
+    /// that wrote the table (its fields swapped, say) is refused with
+    /// [`PersistentError::IncompatibleKeyLayout`] instead of misreading every key.
+    ///
+    /// ```no_run
+    /// use persistent_map::{postgres::PostgresBackend, PersistentKey};
+    ///
+    /// #[derive(PersistentKey, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+    /// #[persistent_key(table = "deployments")]
+    /// struct Deployment { name: String, env: String }
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let backend = PostgresBackend::builder("postgres://postgres@127.0.0.1/test")
+    ///     .key::<Deployment>()
+    ///     .connect()
+    ///     .await?;
+    /// assert_eq!(backend.table(), "deployments");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn key<K: PersistentKey>(mut self) -> Self {
+        self.table = K::TABLE_NAME.to_owned();
+        self.layout = K::KEY_LAYOUT;
+        self
+    }
+
+    /// Makes every refresh that comes at least `interval` after the map last loaded everything
+    /// reload everything (to a tenth of a second; off by default).
+    ///
+    /// Writes of this crate are always caught up with from the change log, at a cost of what
+    /// they changed. This picks up what nobody logged: rows that other programs change without
+    /// `NOTIFY` (a hand `UPDATE`). With [`refresh_every`](crate::PersistentMap::refresh_every)
+    /// ticking every `t`, such an edit shows within `interval + t`. Each reconcile reads the
+    /// whole table, so choose `interval` by the table's size.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let backend = persistent_map::postgres::PostgresBackend::builder("postgres://postgres@127.0.0.1/test")
+    ///     .reconcile_every(Duration::from_secs(300))
+    ///     .connect()
+    ///     .await?;
+    /// # let _ = backend;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn reconcile_every(mut self, interval: Duration) -> Self {
+        self.reconcile_every = Some(interval);
+        self
+    }
+
+    /// Makes the maps on this backend a separate instance within the process, as if it ran on
+    /// another machine: they do not share entries with the maps of other instances on the same
+    /// table, and follow them through the change log and refreshes. Without it (the default),
+    /// every map of the process on one table shares one set of entries.
+    ///
+    /// Meant for tests and for simulating a fleet in one process.
+    ///
+    /// ```no_run
+    /// use persistent_map::{postgres::PostgresBackend, PersistentMap};
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let url = "postgres://postgres@127.0.0.1/test";
+    /// let backend = |name: &str| PostgresBackend::builder(url).table("fleet").instance(name).connect();
+    /// let a: PersistentMap<String, u32, _> = PersistentMap::new(backend("a").await?).await?;
+    /// let b: PersistentMap<String, u32, _> = PersistentMap::new(backend("b").await?).await?;
+    /// a.insert("k".into(), 1).await?;
+    /// assert_eq!(b.get("k"), None); // another instance: it hears of it at its refresh
+    /// b.refresh().await?;
+    /// assert_eq!(b.get("k"), Some(1));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn instance(mut self, name: impl Into<String>) -> Self {
+        self.instance = Some(name.into());
         self
     }
 
@@ -662,14 +870,17 @@ impl PostgresBuilder {
         self
     }
 
-    /// Connects, creates the table if it is missing, and starts listening for the other
-    /// instances' changes.
+    /// Connects (or joins the process's connection to that server, see
+    /// [the module docs](self#connections)), creates the table if it is missing (and the
+    /// crate's own tables: the change log, the key layouts), records or checks the key layout,
+    /// and starts listening for the other instances' changes.
     ///
     /// Fails, writing nothing, if the table name is invalid, the connection string cannot be
     /// used ([`PersistentError::Config`]), the server cannot be reached within the connect
     /// timeout or its certificate fails a check that `sslmode` asks for
     /// ([`PersistentError::Connect`], naming the host and the check), or the table exists
-    /// without the `key` and `value` columns.
+    /// without the `key` and `value` columns ([`PersistentError::IncompatibleTable`]) or was
+    /// written with another key layout ([`PersistentError::IncompatibleKeyLayout`]).
     ///
     /// ```no_run
     /// use persistent_map::{postgres::PostgresBackend, PersistentError};
@@ -687,33 +898,45 @@ impl PostgresBuilder {
         connect::validate_table(&self.table)?;
         let endpoint =
             connect::parse_config(&self.url, self.connect_timeout, self.operation_timeout)?;
+        let database = endpoint
+            .config
+            .get_dbname()
+            .or(endpoint.config.get_user())
+            .unwrap_or_default();
+        let mut storage_id = format!("postgres://{}/{database}/{}", endpoint.host, self.table);
+        if let Some(instance) = &self.instance {
+            storage_id = format!("{storage_id}#{instance}");
+        }
         let target = Arc::new(Target {
             host: endpoint.host.clone(),
             table: self.table.clone(),
         });
-        let changes = Arc::new(Changes::default());
-        let counters = Arc::new(Counters::default());
-        let session = Session::connect(
-            endpoint,
-            Arc::new(TableSql::new(&self.table)),
-            Arc::clone(&target),
-            Arc::clone(&changes),
-            Arc::clone(&counters),
-            Timeouts {
-                reconnect: self.reconnect_timeout,
-                operation: self.operation_timeout,
-            },
-        )
-        .await?;
-        let (commands, queue) = mpsc::unbounded_channel();
-        tokio::spawn(session.run(queue));
+        let timeouts = Timeouts {
+            reconnect: self.reconnect_timeout,
+            operation: self.operation_timeout,
+        };
+        let session = registry::session(&self.url, timeouts, endpoint, &target).await?;
+        let attached = Arc::new(Attached {
+            sql: Arc::new(TableSql::new(&self.table, self.layout)),
+            target,
+            changes: Arc::new(Changes::default()),
+            counters: Arc::new(Counters::default()),
+        });
+        let (done, attaching) = oneshot::channel();
+        let table = Arc::clone(&attached);
+        let stopped = || PersistentError::Backend("the PostgreSQL session has stopped".into());
+        session
+            .send(Command::Attach { table, done })
+            .map_err(|()| stopped())?;
+        attaching.await.map_err(|_| stopped())??;
         Ok(PostgresBackend {
             shared: Arc::new(Shared {
-                commands,
-                target,
-                changes,
-                counters,
+                session,
+                attached,
                 reconnect_timeout: self.reconnect_timeout,
+                storage_id,
+                created: Instant::now(),
+                reconcile_every: self.reconcile_every,
             }),
         })
     }
@@ -746,8 +969,8 @@ where
 
     /// Returns once the row is committed.
     async fn save(&self, key: K, value: V) -> Result<(), PersistentError> {
-        self.write(vec![encode(
-            &self.shared.target.table,
+        self.write_ops(vec![encode(
+            &self.shared.attached.target.table,
             &BatchOp::Save(key, value),
         )?])
         .await
@@ -755,7 +978,7 @@ where
 
     /// Returns once the delete is committed.
     async fn delete(&self, key: &K) -> Result<(), PersistentError> {
-        self.write(vec![RawOp::Delete {
+        self.write_ops(vec![RawOp::Delete {
             key: key.to_string(),
         }])
         .await
@@ -773,74 +996,168 @@ where
         if ops.is_empty() {
             return Ok(());
         }
-        let ops =
-            crate::backends::encode::encode_all(ops, |op| encode(&self.shared.target.table, op))?;
-        self.write(ops).await
+        let ops = crate::backends::encode::encode_all(ops, |op| {
+            encode(&self.shared.attached.target.table, op)
+        })?;
+        self.write_ops(ops).await
     }
 
     /// Streams the rows from the server in chunks, decoding one while the next arrives.
     async fn load_each(&self, sink: &mut (dyn FnMut(K, V) + Send)) -> Result<(), PersistentError> {
-        let loaded = self.load_rows(sink).await;
-        if let Err(error) = &loaded {
-            // The map asked for this load to catch up; it did not, so the next refresh must.
-            self.force_reload(error);
-        }
-        loaded
+        self.load_rows(sink).await
     }
 
-    /// One `DELETE` in one transaction, announced as `reload`.
+    /// One `DELETE` in one transaction, logged as "anything changed".
     async fn clear(&self) -> Result<(), PersistentError> {
-        self.write(vec![RawOp::DeleteAll]).await
+        self.write_ops(vec![RawOp::DeleteAll]).await
     }
 
     async fn load_keys(&self, keys: &[K]) -> Result<HashMap<K, V>, PersistentError> {
-        let (done, found) = oneshot::channel();
         let texts = keys.iter().map(ToString::to_string).collect();
-        self.send(Command::LoadKeys { keys: texts, done })?;
-        let loaded = found.await.map_err(|_| self.stopped()).and_then(|rows| {
-            rows?
-                .into_iter()
-                .map(|row| decode::decode_row(self.table(), row))
-                .collect()
-        });
-        if let Err(error) = &loaded {
-            self.force_reload(error);
-        }
-        loaded
+        let rows = self
+            .ask(|done| Command::LoadKeys {
+                table: self.table_ref(),
+                keys: texts,
+                done,
+            })
+            .await?;
+        rows.into_iter()
+            .map(|row| decode::decode_row(self.table(), row))
+            .collect()
     }
 
-    /// The keys that other instances announced since the last call, or
-    /// [`ExternalChanges::Unknown`] after a `reload` announcement or a reconnection. While the
-    /// backend [reconnects](Health::Reconnecting), [`ExternalChanges::None`]: the reload after
-    /// the reconnection covers what it misses, so a quick reconnect is no error. Once it is
-    /// [down](Health::Down), [`PersistentError::Connect`].
-    async fn external_changes(&self) -> Result<ExternalChanges<K>, PersistentError> {
-        match self.shared.changes.take() {
-            Taken::Nothing => Ok(ExternalChanges::None),
-            Taken::Everything => Ok(ExternalChanges::Unknown),
-            Taken::Keys(texts) => {
-                let keys: Result<Vec<K>> = texts
+    /// Checks the conditions and applies the writes in one transaction that holds the advisory
+    /// locks of every key involved (the locks every writer of this crate takes, in every
+    /// instance), reading the stored values under those locks: atomic against every instance.
+    /// A write shares its transaction with others (group commit); each is decided in order,
+    /// seeing the ones before it, and one whose conditions fail writes nothing.
+    async fn apply_checked(
+        &self,
+        conditions: &[Condition<K>],
+        ops: &[BatchOp<K, V>],
+        options: WriteOptions,
+    ) -> Result<Checked<V>, PersistentError> {
+        let keys: Vec<String> = conditions.iter().map(|c| c.key.to_string()).collect();
+        let write = Write {
+            conditions: keys
+                .iter()
+                .zip(conditions)
+                .map(|(key, condition)| (key.clone(), condition.expected.clone()))
+                .collect(),
+            ops: crate::backends::encode::encode_all(ops, |op| {
+                encode(&self.shared.attached.target.table, op)
+            })?,
+            want_previous: options.wants_previous(),
+            // The map's id, as the log stores it: the same 64 bits.
+            origin: options.origin_id() as i64,
+        };
+        match self.write(write).await? {
+            Outcome::Applied { previous } => Ok(Checked::Applied { previous }),
+            Outcome::Conflict { current } => {
+                let table = self.table();
+                let current = keys
                     .iter()
-                    .map(|text| decode::decode_key(self.table(), text))
-                    .collect();
-                // A key this type cannot parse was not written by a map of this type (another
-                // schema's table of the same name shares the channel): reload to be sure.
-                Ok(keys.map_or(ExternalChanges::Unknown, ExternalChanges::Keys))
+                    .zip(current)
+                    .map(|(key, json)| {
+                        json.map(|json| {
+                            let value = crate::backends::decode::decode_value(table, key, &json)?;
+                            Ok(Stored { value, json })
+                        })
+                        .transpose()
+                    })
+                    .collect::<Result<_>>()?;
+                Ok(Checked::Conflict { current })
             }
-            Taken::Disconnected(_, since) if since < self.shared.reconnect_timeout => {
-                Ok(ExternalChanges::None)
-            }
-            Taken::Disconnected(reason, since) => Err(self.shared.target.connect_error(format!(
-                "the connection was lost {since:?} ago ({reason}) and is not back; still \
-                 reconnecting, the map will reload then"
-            ))),
         }
+    }
+
+    /// The server, the database and the table: maps of one process on the same table share
+    /// their entries.
+    fn storage_id(&self) -> Option<String> {
+        Some(self.shared.storage_id.clone())
+    }
+
+    /// The table's revision in the change log.
+    async fn change_position(&self) -> Result<Option<ChangePosition>, PersistentError> {
+        let epoch = self.shared.attached.changes.epoch();
+        let rev = self
+            .ask(|done| Command::Revision {
+                table: self.table_ref(),
+                done,
+            })
+            .await?;
+        let position = Position {
+            rev,
+            epoch,
+            reloaded_at: self.clock(),
+        };
+        Ok(Some(position.to_change_position()))
+    }
+
+    /// The keys that other maps logged after `since` (see the [module docs](self#coherence-across-instances)).
+    /// [`ExternalChanges::Unknown`] when the log cannot say: `since` older than the pruned
+    /// log, a clear or a commit of very many keys, an announcement of an unlogged change, a
+    /// commit whose outcome is unknown, or a reconcile that is due. While the backend
+    /// [reconnects](Health::Reconnecting), [`ExternalChanges::None`] with `since` unchanged
+    /// (the log is read once it is back); once it is [down](Health::Down),
+    /// [`PersistentError::Connect`].
+    async fn changes_since(
+        &self,
+        since: Option<ChangePosition>,
+        origin: u64,
+    ) -> Result<(ExternalChanges<K>, Option<ChangePosition>), PersistentError> {
+        let Some(since) = since else {
+            return Ok((ExternalChanges::Unknown, None));
+        };
+        if let Some((reason, down_for)) = self.shared.attached.changes.disconnected() {
+            if down_for < self.shared.reconnect_timeout {
+                return Ok((ExternalChanges::None, Some(since)));
+            }
+            return Err(self.shared.attached.target.connect_error(format!(
+                "the connection was lost {down_for:?} ago ({reason}) and is not back; still \
+                 reconnecting, the map will catch up from the change log then"
+            )));
+        }
+        let position = Position::from_change_position(since);
+        let epoch = self.shared.attached.changes.epoch();
+        if position.epoch != epoch || self.reconcile_due(position) {
+            return Ok((ExternalChanges::Unknown, None));
+        }
+        let read: LogRead = self
+            .ask(|done| Command::ReadLog {
+                table: self.table_ref(),
+                since: position.rev,
+                origin: origin as i64,
+                done,
+            })
+            .await?;
+        let next = Position {
+            rev: read.rev,
+            ..position
+        };
+        let texts = match read.since(position.rev) {
+            Logged::Unknown => return Ok((ExternalChanges::Unknown, None)),
+            Logged::Keys(texts) if texts.is_empty() => {
+                return Ok((ExternalChanges::None, Some(next.to_change_position())))
+            }
+            Logged::Keys(texts) => texts,
+        };
+        let keys: Result<Vec<K>> = texts
+            .iter()
+            .map(|text| decode::decode_key(self.table(), text))
+            .collect();
+        // A key this type cannot parse was not written by a map of this type: reload, which
+        // reports the row that does not parse.
+        Ok(match keys {
+            Ok(keys) => (ExternalChanges::Keys(keys), Some(next.to_change_position())),
+            Err(_) => (ExternalChanges::Unknown, None),
+        })
     }
 
     /// Resolves when another instance's announcement arrives, or the connection is lost or
     /// re-established.
     async fn external_change_signal(&self) {
-        self.shared.changes.signalled().await;
+        self.shared.attached.changes.signalled().await;
     }
 }
 

@@ -1,77 +1,33 @@
-//! Change announcements: the `NOTIFY` payloads a commit sends, and what a listening instance
-//! keeps of the ones it hears until its map refreshes.
+//! Change announcements: the `NOTIFY` a commit sends to wake the other instances, and what a
+//! listening instance keeps of what it hears.
 //!
-//! The payload format (documented for users in the module docs of `postgres`):
+//! What changed is not in the announcement: every commit logs its keys in
+//! `persistent_map_log` (see `log.rs`), and a map reads the log from its own position when it
+//! refreshes. The announcement only says "read the log now", so a lost or dropped announcement
+//! costs nothing but time: the next refresh reads the same log.
 //!
-//! - `k:<key text>`: the row of that key was inserted, updated or deleted;
-//! - `reload`: anything may have changed (a clear, a batch of many keys, a key too long to fit
-//!   in a payload); any payload that is not `k:...` is read as `reload` too.
+//! The payload (documented for users in the module docs of `postgres`):
+//!
+//! - `changed`: a commit of this crate, logged;
+//! - anything else (`reload`, or the `k:<key>` of versions before the log): something that was
+//!   not logged may have changed, so every map on the table reloads it at its next refresh.
 //!
 //! The channel is the table's name. The sender is not in the payload: PostgreSQL tells every
-//! listener the process id of the backend that sent the notification, and an instance sends its
+//! listener the process id of the backend that sent the notification, and a process sends its
 //! notifications from the same connection it listens on, so it recognises its own by that id.
+//! The other backends of the process on that table do not hear them, so the session wakes them
+//! itself after each commit ([`Listeners::committed`]).
 
-use std::collections::HashSet;
-use std::mem;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-/// The payload meaning "reload everything".
-pub(super) const RELOAD: &str = "reload";
+/// The payload of a commit of this crate: its keys are in the log.
+pub(super) const CHANGED: &str = "changed";
 
-/// The prefix of a payload naming one key.
-const KEY_PREFIX: &str = "k:";
-
-/// PostgreSQL refuses payloads of 8000 bytes or more.
-const MAX_PAYLOAD_BYTES: usize = 7999;
-
-/// A commit that changes more keys than this announces one `reload` instead of every key: each
-/// other instance then reloads once rather than re-reading the keys one notification at a time.
-pub(super) const MAX_ANNOUNCED_KEYS: usize = 1024;
-
-/// An instance that has heard of more changed keys than this before refreshing forgets them and
-/// reloads everything, so a map that is never refreshed does not collect keys without bound.
-const MAX_PENDING_KEYS: usize = 16 * 1024;
-
-/// The payloads that announce a commit changing `keys` (or everything, if `cleared`).
-pub(super) fn payloads<'a>(
-    cleared: bool,
-    keys: impl ExactSizeIterator<Item = &'a str>,
-) -> Vec<String> {
-    if cleared || keys.len() > MAX_ANNOUNCED_KEYS {
-        return vec![RELOAD.to_owned()];
-    }
-    let mut reload = false;
-    let mut payloads = Vec::with_capacity(keys.len());
-    for key in keys {
-        if KEY_PREFIX.len() + key.len() <= MAX_PAYLOAD_BYTES {
-            payloads.push(format!("{KEY_PREFIX}{key}"));
-        } else if !reload {
-            reload = true;
-            payloads.push(RELOAD.to_owned());
-        }
-    }
-    payloads
-}
-
-/// What one payload announces.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum Announced<'a> {
-    Key(&'a str),
-    Reload,
-}
-
-pub(super) fn parse_payload(payload: &str) -> Announced<'_> {
-    match payload.strip_prefix(KEY_PREFIX) {
-        Some(key) => Announced::Key(key),
-        None => Announced::Reload,
-    }
-}
-
-/// What has been heard since the map last asked, shared by the backend and the tasks that read
-/// the connections.
+/// What has been heard, shared by the backend and the tasks that read the connections.
 #[derive(Debug, Default)]
 pub(super) struct Changes {
     heard: Mutex<Heard>,
@@ -81,58 +37,33 @@ pub(super) struct Changes {
 
 #[derive(Debug, Default)]
 struct Heard {
-    keys: HashSet<String>,
-    reload: bool,
+    /// Moves whenever the maps must reload instead of reading the log: an announcement of an
+    /// unlogged change, a commit whose outcome is unknown. A map's position records the epoch
+    /// it was taken in, so a refresh that is dropped before it reloads reloads next time.
+    epoch: u32,
     /// The connection that is current; a lost connection only counts if it is this one.
     generation: u64,
     /// Why the current connection is gone and since when, while it is.
     lost: Option<(String, Instant)>,
 }
 
-/// What [`Changes::take`] found.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum Taken {
-    Nothing,
-    Keys(Vec<String>),
-    Everything,
-    /// The connection is down (with why, and for how long): changes cannot be heard now.
-    Disconnected(String, Duration),
-}
-
 impl Changes {
     /// Records a payload sent by another instance.
     pub(super) fn heard(&self, payload: &str) {
-        let mut heard = self.lock();
-        match parse_payload(payload) {
-            Announced::Key(_) if heard.reload => {}
-            Announced::Key(key) => {
-                heard.keys.insert(key.to_owned());
-                if heard.keys.len() > MAX_PENDING_KEYS {
-                    heard.keys = HashSet::new();
-                    heard.reload = true;
-                }
-            }
-            Announced::Reload => {
-                heard.keys = HashSet::new();
-                heard.reload = true;
-            }
+        if payload != CHANGED {
+            self.reload_later();
         }
-        drop(heard);
         self.signal.notify_one();
     }
 
-    /// Connection `generation` is up and listening. Everything committed while no connection
-    /// listened is unknown, so the next refresh reloads (`reload`); the first connection of a
-    /// backend is established before the map's first load, so it needs none.
-    pub(super) fn connected(&self, generation: u64, reload: bool) {
+    /// Connection `generation` is up and listening. What was committed while no connection
+    /// listened is in the log, so the map is only woken to read it.
+    pub(super) fn connected(&self, generation: u64) {
         let mut heard = self.lock();
         heard.generation = generation;
         heard.lost = None;
-        heard.reload |= reload;
         drop(heard);
-        if reload {
-            self.signal.notify_one();
-        }
+        self.signal.notify_one();
     }
 
     /// Connection `generation` is gone; ignored if a newer one is already up.
@@ -145,23 +76,6 @@ impl Changes {
         }
     }
 
-    /// Takes what was heard. While the connection is down nothing is taken: the reload that the
-    /// reconnection will ask for covers it.
-    pub(super) fn take(&self) -> Taken {
-        let mut heard = self.lock();
-        if let Some((reason, since)) = &heard.lost {
-            return Taken::Disconnected(reason.clone(), since.elapsed());
-        }
-        if mem::take(&mut heard.reload) {
-            heard.keys = HashSet::new();
-            return Taken::Everything;
-        }
-        if heard.keys.is_empty() {
-            return Taken::Nothing;
-        }
-        Taken::Keys(mem::take(&mut heard.keys).into_iter().collect())
-    }
-
     /// Why the connection is down and for how long, while it is.
     pub(super) fn disconnected(&self) -> Option<(String, Duration)> {
         let heard = self.lock();
@@ -169,9 +83,20 @@ impl Changes {
         Some((reason.clone(), since.elapsed()))
     }
 
-    /// A refresh that took changes failed before applying them: ask for a full reload next time.
+    /// Makes every map on the table reload at its next refresh (see [`Heard::epoch`]).
     pub(super) fn reload_later(&self) {
-        self.lock().reload = true;
+        let mut heard = self.lock();
+        heard.epoch = heard.epoch.wrapping_add(1);
+    }
+
+    /// The current epoch: a position taken in another one is answered with a reload.
+    pub(super) fn epoch(&self) -> u32 {
+        self.lock().epoch
+    }
+
+    /// Wakes the map's background refresh.
+    pub(super) fn wake(&self) {
+        self.signal.notify_one();
     }
 
     /// Resolves once something was heard (or the connection changed) since the last wake-up.
@@ -184,74 +109,124 @@ impl Changes {
     }
 }
 
+/// Who listens on a shared connection: the [`Changes`] of every backend using it, by channel
+/// (table name). Shared by the session and the task that reads the connection's messages.
+#[derive(Debug, Default)]
+pub(super) struct Listeners {
+    channels: Mutex<HashMap<String, Vec<Weak<Changes>>>>,
+}
+
+impl Listeners {
+    /// Adds a backend's `changes` on `channel`; forgets backends that are gone.
+    pub(super) fn add(&self, channel: &str, changes: &Arc<Changes>) {
+        let mut channels = self.lock();
+        channels.retain(|_, listeners| {
+            listeners.retain(|listener| listener.strong_count() > 0);
+            !listeners.is_empty()
+        });
+        channels
+            .entry(channel.to_owned())
+            .or_default()
+            .push(Arc::downgrade(changes));
+    }
+
+    /// Another process's `payload` on `channel`.
+    pub(super) fn heard(&self, channel: &str, payload: &str) {
+        self.each_on(channel, |changes| changes.heard(payload));
+    }
+
+    /// This process committed to `channel`: the other backends on it do not hear the `NOTIFY`
+    /// (it comes from their own session), so they are woken here.
+    pub(super) fn committed(&self, channel: &str) {
+        self.each_on(channel, Changes::wake);
+    }
+
+    pub(super) fn connected(&self, generation: u64) {
+        self.each(|changes| changes.connected(generation));
+    }
+
+    pub(super) fn lost(&self, generation: u64, reason: &str) {
+        self.each(|changes| changes.lost(generation, reason.to_owned()));
+    }
+
+    /// A commit's outcome is unknown: every map on `channel` reloads at its next refresh.
+    pub(super) fn reload_later(&self, channel: &str) {
+        self.each_on(channel, Changes::reload_later);
+    }
+
+    fn each_on(&self, channel: &str, mut action: impl FnMut(&Changes)) {
+        let listeners: Vec<Arc<Changes>> = self
+            .lock()
+            .get(channel)
+            .map(|listeners| listeners.iter().filter_map(Weak::upgrade).collect())
+            .unwrap_or_default();
+        listeners.iter().for_each(|changes| action(changes));
+    }
+
+    fn each(&self, mut action: impl FnMut(&Changes)) {
+        let listeners: Vec<Arc<Changes>> = self
+            .lock()
+            .values()
+            .flatten()
+            .filter_map(Weak::upgrade)
+            .collect();
+        listeners.iter().for_each(|changes| action(changes));
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Vec<Weak<Changes>>>> {
+        self.channels.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn payloads_name_keys_and_fall_back_to_reload() {
-        assert_eq!(payloads(false, ["a", ""].into_iter()), ["k:a", "k:"]);
-        assert_eq!(payloads(true, ["a"].into_iter()), [RELOAD]);
-        let long = "x".repeat(MAX_PAYLOAD_BYTES);
-        let fits = "y".repeat(MAX_PAYLOAD_BYTES - KEY_PREFIX.len());
-        assert_eq!(
-            payloads(false, [long.as_str(), "b", long.as_str()].into_iter()),
-            [RELOAD, "k:b"]
-        );
-        assert_eq!(
-            payloads(false, [fits.as_str()].into_iter())[0].len(),
-            MAX_PAYLOAD_BYTES
-        );
-        let many: Vec<String> = (0..=MAX_ANNOUNCED_KEYS).map(|i| i.to_string()).collect();
-        assert_eq!(payloads(false, many.iter().map(String::as_str)), [RELOAD]);
-    }
-
-    #[test]
-    fn payloads_parse_back() {
-        assert_eq!(parse_payload("k:a:b"), Announced::Key("a:b"));
-        assert_eq!(parse_payload("k:"), Announced::Key(""));
-        assert_eq!(parse_payload(RELOAD), Announced::Reload);
-        assert_eq!(parse_payload("something else"), Announced::Reload);
-    }
-
-    #[test]
-    fn heard_keys_are_taken_once_and_a_reload_swallows_them() {
+    fn only_announcements_of_unlogged_changes_move_the_epoch() {
         let changes = Changes::default();
-        assert_eq!(changes.take(), Taken::Nothing);
+        let start = changes.epoch();
+        changes.heard(CHANGED);
+        assert_eq!(changes.epoch(), start);
+        changes.heard("reload");
+        assert_ne!(changes.epoch(), start);
+        let after_reload = changes.epoch();
         changes.heard("k:a");
-        changes.heard("k:a");
-        assert_eq!(changes.take(), Taken::Keys(vec!["a".to_owned()]));
-        assert_eq!(changes.take(), Taken::Nothing);
-        changes.heard("k:a");
-        changes.heard(RELOAD);
-        changes.heard("k:b");
-        assert_eq!(changes.take(), Taken::Everything);
-        assert_eq!(changes.take(), Taken::Nothing);
+        assert_ne!(changes.epoch(), after_reload);
     }
 
     #[test]
-    fn a_lost_connection_reports_until_the_next_one_asks_for_a_reload() {
+    fn listeners_hear_their_channel_and_every_connection_change() {
+        let listeners = Listeners::default();
+        let (a, b) = (Arc::new(Changes::default()), Arc::new(Changes::default()));
+        listeners.add("t", &a);
+        listeners.add("u", &b);
+        listeners.heard("t", "reload");
+        assert_ne!(a.epoch(), 0);
+        assert_eq!(b.epoch(), 0);
+        listeners.connected(1);
+        listeners.lost(1, "gone");
+        assert!(a.disconnected().is_some() && b.disconnected().is_some());
+        drop(b);
+        listeners.add("t", &a);
+        assert_eq!(
+            listeners.lock().len(),
+            1,
+            "a backend that is gone is forgotten"
+        );
+    }
+
+    #[test]
+    fn a_lost_connection_is_reported_until_the_next_one_is_up() {
         let changes = Changes::default();
-        changes.connected(1, false);
+        changes.connected(1);
         changes.lost(1, "gone".to_owned());
-        assert!(matches!(changes.take(), Taken::Disconnected(reason, _) if reason == "gone"));
         assert_eq!(
             changes.disconnected().map(|(reason, _)| reason).as_deref(),
             Some("gone")
         );
-        changes.connected(2, true);
+        changes.connected(2);
         changes.lost(1, "late news of the old connection".to_owned());
-        assert_eq!(changes.take(), Taken::Everything);
-        assert_eq!(changes.take(), Taken::Nothing);
         assert_eq!(changes.disconnected(), None);
-    }
-
-    #[test]
-    fn too_many_heard_keys_become_a_reload() {
-        let changes = Changes::default();
-        for i in 0..=MAX_PENDING_KEYS {
-            changes.heard(&format!("k:{i}"));
-        }
-        assert_eq!(changes.take(), Taken::Everything);
     }
 }

@@ -1,45 +1,37 @@
-//! The task that owns a backend's connection: it commits writes in groups, serves loads, and
-//! reconnects when the connection is lost.
+//! The task that owns a connection, shared by every backend of the process on that server and
+//! database (see `registry.rs`): it commits writes in groups, serves loads and reads of the
+//! change log, and reconnects when the connection is lost.
 //!
 //! Everything goes through one task because a transaction owns its connection: a read sent by
 //! another task in the middle of it would run inside it.
 //!
 //! Writes that queue while a commit runs are committed together in the next transaction (group
-//! commit): their rows are merged (the last write of a key wins) and upserted with one
-//! statement. The transaction also sends the `NOTIFY`s that announce the change, so they are
-//! delivered if and only if it commits.
-//!
-//! Instances writing the same keys must not deadlock (PostgreSQL would break the cycle only after
-//! `deadlock_timeout`, a second by default). Row locks cannot be taken in one order across the
-//! upsert and the delete statements, and a key not yet stored has no row to lock, so each
-//! transaction first takes advisory locks in one global order: the table's lock in shared mode,
-//! then one lock per key in ascending order. A clear, or a transaction of many keys, takes the
-//! table's lock in exclusive mode instead. Every transaction then holds the locks of all the keys
-//! it touches before it touches a row, so transactions of this crate wait for each other but
-//! never in a cycle. A transaction that still deadlocks (with some other writer) is retried.
+//! commit), whatever their tables: see `commit.rs` for what one commit does. The transaction also
+//! logs the keys it wrote and sends the `NOTIFY` that wakes the other instances, so both happen
+//! if and only if it commits.
 //!
 //! When the connection breaks, the work in hand is retried on a new connection until the
-//! reconnect timeout. A commit whose answer was lost is sent again: that sets the same rows to
-//! the same values, but if the first one did commit, the second can put them back over a newer
-//! write another instance committed in between (see the module docs of `postgres`, "Faults").
-//! An attempt that gets no answer within the operation timeout is not retried: its connection is
-//! dropped and the work fails, saying whether the commit's outcome is unknown. Meanwhile the task
-//! keeps reconnecting on its own, so an idle instance hears the fleet again soon; once
-//! reconnected it asks its map for a reload, since it could not hear what was committed in
-//! between.
+//! reconnect timeout. A commit whose answer was lost is not simply sent again: the new
+//! connection first asks the server whether that transaction committed (`txid_status`), and
+//! only if it did not is the commit tried again, its conditions checked anew. An attempt that
+//! gets no answer within the operation timeout is not retried: its connection is dropped and the
+//! work fails, saying whether the commit's outcome is unknown (the maps then reload at their
+//! next refresh). Meanwhile the task keeps reconnecting on its own, so an idle instance hears
+//! the fleet again soon; the maps then catch up from the change log.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use futures_util::{pin_mut, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
 
-use super::connect::{self, describe_error, Endpoint, Live, TableSql, Target};
-use super::notify::{self, Changes};
+use super::commit::{self, Decided, Plan, Request};
+use super::connect::{self, describe_error, Endpoint, Live, OpenFailure, TableSql, Target};
+use super::log::{self, LogRead};
+use super::notify::{Changes, Listeners};
 use crate::{PersistentError, Result};
 
 /// A write as the session executes it: key text and JSON text, already encoded.
@@ -50,22 +42,86 @@ pub(super) enum RawOp {
     DeleteAll,
 }
 
+impl RawOp {
+    pub(super) fn key(&self) -> Option<&str> {
+        match self {
+            RawOp::Upsert { key, .. } | RawOp::Delete { key } => Some(key),
+            RawOp::DeleteAll => None,
+        }
+    }
+}
+
+/// One caller's writes: committed together, only if every condition holds.
+#[derive(Debug, Default)]
+pub(super) struct Write {
+    /// Key texts and the JSON that must be stored under each (`None`: nothing).
+    pub(super) conditions: Vec<(String, Option<String>)>,
+    pub(super) ops: Vec<RawOp>,
+    /// Report what each op's key held just before it.
+    pub(super) want_previous: bool,
+    /// The writing map's id, logged with its keys (0: nobody in particular).
+    pub(super) origin: i64,
+}
+
+/// What a [`Write`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Outcome {
+    Applied {
+        /// With `want_previous`: per op, the JSON its key held just before it.
+        previous: Option<Vec<Option<String>>>,
+    },
+    /// A condition did not hold and nothing was written: per condition, what is stored.
+    Conflict { current: Vec<Option<String>> },
+}
+
 /// A stored row as read: key text and the value's JSON text (`None` for SQL `NULL`).
 pub(super) type RawRow = (String, Option<String>);
 
-/// What the session is asked to do.
+/// A backend as the session knows it: its table, and where its news and counts go.
+#[derive(Debug)]
+pub(super) struct Attached {
+    pub(super) sql: Arc<TableSql>,
+    pub(super) target: Arc<Target>,
+    pub(super) changes: Arc<Changes>,
+    pub(super) counters: Arc<Counters>,
+}
+
+/// What the session is asked to do, each for one backend (`table`).
 pub(super) enum Command {
-    /// Commit `ops` in one transaction, possibly shared with other writes.
-    Write {
-        ops: Vec<RawOp>,
+    /// Set the backend's table up on the connection: create or check it, record or check its
+    /// key layout, listen on its channel. Kept attached across reconnections.
+    Attach {
+        table: Arc<Attached>,
         done: oneshot::Sender<Result<()>>,
     },
+    /// Commit `write` in one transaction, possibly shared with other writes.
+    Write {
+        table: Arc<Attached>,
+        write: Write,
+        done: oneshot::Sender<Result<Outcome>>,
+    },
     /// Stream every row into `rows`.
-    Load { rows: mpsc::Sender<Scanned> },
+    Load {
+        table: Arc<Attached>,
+        rows: mpsc::Sender<Scanned>,
+    },
     /// Read the rows of these keys.
     LoadKeys {
+        table: Arc<Attached>,
         keys: Vec<String>,
         done: oneshot::Sender<Result<Vec<RawRow>>>,
+    },
+    /// Read the table's revision.
+    Revision {
+        table: Arc<Attached>,
+        done: oneshot::Sender<Result<i64>>,
+    },
+    /// Read the table's log after revision `since`, leaving out what `origin` wrote.
+    ReadLog {
+        table: Arc<Attached>,
+        since: i64,
+        origin: i64,
+        done: oneshot::Sender<Result<LogRead>>,
     },
     /// Answer once every command sent before this one is done.
     Flush { done: oneshot::Sender<()> },
@@ -78,16 +134,17 @@ pub(super) enum Scanned {
     Finished,
 }
 
-/// Counts for [`super::PostgresBackend::stats`].
+/// Counts of one backend, for [`super::PostgresBackend::stats`].
 #[derive(Debug, Default)]
 pub(super) struct Counters {
     pub(super) commits: AtomicU64,
     pub(super) writes: AtomicU64,
     pub(super) reconnects: AtomicU64,
+    pub(super) rows_read: AtomicU64,
 }
 
 /// How long to wait for a server.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) struct Timeouts {
     /// How long work waits for a lost connection to come back before it fails.
     pub(super) reconnect: Duration,
@@ -95,17 +152,17 @@ pub(super) struct Timeouts {
     pub(super) operation: Duration,
 }
 
-/// One caller's writes and where to answer it.
-type WriteRequest = (Vec<RawOp>, oneshot::Sender<Result<()>>);
+/// One caller's writes, its backend, and where to answer it.
+type WriteRequest = (Arc<Attached>, Write, oneshot::Sender<Result<Outcome>>);
 
 /// How long a group waits for the writers it expects: well under a commit, so a straggler costs
 /// less than the commit it joins saves.
 const GROUP_WAIT: Duration = Duration::from_micros(200);
 
 /// Adds what is queued to `group`, then, while the group is smaller than `expected`, lets the
-/// writers just acknowledged run (they share this runtime) and takes what they send, for at
-/// most [`GROUP_WAIT`]. Tokio's timers count milliseconds, too coarse for this wait, so it
-/// yields instead of sleeping. Stops at a command that is not a write (kept in `next`).
+/// writers just acknowledged send again and takes what they send, for at most [`GROUP_WAIT`].
+/// Tokio's timers count milliseconds, too coarse for this wait, so it yields instead of
+/// sleeping. Stops at a command that is not a write (kept in `next`).
 async fn gather(
     commands: &mut mpsc::UnboundedReceiver<Command>,
     group: &mut Vec<WriteRequest>,
@@ -131,7 +188,7 @@ fn take_queued(
 ) {
     while next.is_none() && group.len() < MAX_GROUP_REQUESTS {
         match commands.try_recv() {
-            Ok(Command::Write { ops, done }) => group.push((ops, done)),
+            Ok(Command::Write { table, write, done }) => group.push((table, write, done)),
             Ok(other) => *next = Some(other),
             Err(_) => return,
         }
@@ -142,9 +199,6 @@ fn take_queued(
 const MAX_GROUP_REQUESTS: usize = 4096;
 /// Rows per message of a load.
 const CHUNK_ROWS: usize = 1024;
-/// A transaction of more keys than this locks the whole table instead of each key: the server's
-/// lock table is shared and bounded (`max_locks_per_transaction`).
-const MAX_KEY_LOCKS: usize = 256;
 /// A transaction chosen as a deadlock victim (or a serialization failure) is retried this many
 /// times before its error is returned.
 const MAX_TRANSIENT_RETRIES: u32 = 8;
@@ -178,10 +232,9 @@ enum Failed {
 /// The session's state; runs in its own task until every handle is dropped.
 pub(super) struct Session {
     endpoint: Endpoint,
-    sql: Arc<TableSql>,
-    target: Arc<Target>,
-    changes: Arc<Changes>,
-    counters: Arc<Counters>,
+    listeners: Arc<Listeners>,
+    /// The backends whose tables the connection serves, kept across reconnections.
+    attached: Vec<Weak<Attached>>,
     timeouts: Timeouts,
     live: Option<Live>,
     /// The number of the last connection attempt.
@@ -189,37 +242,34 @@ pub(super) struct Session {
     backoff: Duration,
     /// Why the last connection attempt failed, or why the connection was lost.
     last_failure: String,
+    /// Transactions committed, to prune the change log every so often.
+    commits: u64,
 }
 
 impl Session {
-    /// Opens the first connection (creating the table if missing). Fails at once, rather than
-    /// retrying, so that a wrong URL or an unreachable server is reported to the caller.
+    /// Opens the first connection. Fails at once, rather than retrying, so that a wrong URL or
+    /// an unreachable server is reported to the caller (as an error about `target`).
     pub(super) async fn connect(
         endpoint: Endpoint,
-        sql: Arc<TableSql>,
-        target: Arc<Target>,
-        changes: Arc<Changes>,
-        counters: Arc<Counters>,
         timeouts: Timeouts,
+        target: &Target,
     ) -> Result<Self> {
         let generation = 1;
+        let listeners = Arc::new(Listeners::default());
         let timeout = endpoint.connect_timeout;
-        let live = connect::open(&endpoint, &sql, &changes, generation, timeout, true)
+        let live = connect::open(&endpoint, &[], &listeners, generation, timeout)
             .await
-            .map_err(|failure| failure.into_error(&target))?;
-        changes.connected(generation, false);
-        tracing::info!(table = %target.table, host = %target.host, "connected to PostgreSQL");
+            .map_err(|failure| failure.into_error(target))?;
         Ok(Self {
             endpoint,
-            sql,
-            target,
-            changes,
-            counters,
+            listeners,
+            attached: Vec::new(),
             timeouts,
             live: Some(live),
             generation,
             backoff: FIRST_BACKOFF,
             last_failure: String::new(),
+            commits: 0,
         })
     }
 
@@ -245,7 +295,7 @@ impl Session {
                     },
                 };
                 match command {
-                    Command::Write { ops, done } => group.push((ops, done)),
+                    Command::Write { table, write, done } => group.push((table, write, done)),
                     other => {
                         self.serve(other).await;
                         continue;
@@ -257,7 +307,7 @@ impl Session {
             let results = self.commit_group(&committed).await;
             take_queued(&mut commands, &mut group, &mut next);
             expected = committed.len() + group.len();
-            for ((_, done), result) in committed.into_iter().zip(results) {
+            for ((_, _, done), result) in committed.into_iter().zip(results) {
                 let _ = done.send(result);
             }
         }
@@ -267,9 +317,30 @@ impl Session {
     async fn serve(&mut self, command: Command) {
         match command {
             Command::Write { .. } => unreachable!("`run` gathers every write into a group"),
-            Command::Load { rows } => self.load(&rows).await,
-            Command::LoadKeys { keys, done } => {
-                let result = self.load_keys(&keys).await;
+            Command::Attach { table, done } => {
+                let result = self.attach(table).await;
+                let _ = done.send(result);
+            }
+            Command::Load { table, rows } => self.load(&table, &rows).await,
+            Command::LoadKeys { table, keys, done } => {
+                let result = self.load_keys(&table, &keys).await;
+                let _ = done.send(result);
+            }
+            Command::Revision { table, done } => {
+                let result = match self.retrying(Work::Revision { table: &table }).await {
+                    Ok(Loaded::Revision(rev)) => Ok(rev),
+                    Ok(_) => unreachable!("a revision read returns the revision"),
+                    Err(failed) => Err(error_of(&table.target, failed)),
+                };
+                let _ = done.send(result);
+            }
+            Command::ReadLog {
+                table,
+                since,
+                origin,
+                done,
+            } => {
+                let result = self.read_log(&table, since, origin).await;
                 let _ = done.send(result);
             }
             Command::Flush { done } => {
@@ -304,39 +375,64 @@ impl Session {
         }
     }
 
+    /// Sets `table` up on the connection and keeps it attached.
+    async fn attach(&mut self, table: Arc<Attached>) -> Result<()> {
+        let shared = self.live_tables().next().is_some();
+        match self.retrying(Work::Attach { table: &table }).await {
+            Ok(_) => {}
+            Err(failed) => return Err(error_of(&table.target, failed)),
+        }
+        self.listeners.add(&table.sql.name, &table.changes);
+        table.changes.connected(self.generation);
+        self.attached.retain(|attached| attached.strong_count() > 0);
+        self.attached.push(Arc::downgrade(&table));
+        let target = &table.target;
+        tracing::info!(table = %target.table, host = %target.host, shared, "connected to PostgreSQL");
+        Ok(())
+    }
+
+    /// The backends still attached.
+    fn live_tables(&self) -> impl Iterator<Item = Arc<Attached>> + '_ {
+        self.attached.iter().filter_map(Weak::upgrade)
+    }
+
     /// Commits a group of write requests in one transaction and answers each. If the shared
     /// transaction is refused, each request is tried in a transaction of its own, so that one
     /// bad request fails alone and the others still commit.
     ///
     /// A server that cannot be reached or does not answer fails the whole group at once: trying
     /// the requests one by one would make each wait as long again.
-    async fn commit_group(&mut self, group: &[WriteRequest]) -> Vec<Result<()>> {
-        let all_ops = group.iter().flat_map(|(ops, _)| ops);
-        match self.commit(&Rows::merge(all_ops), group.len()).await {
-            Ok(()) => group.iter().map(|_| Ok(())).collect(),
-            Err(Failed::Unavailable(reason)) => group
+    async fn commit_group(&mut self, group: &[WriteRequest]) -> Vec<Result<Outcome>> {
+        let requests: Vec<(&Attached, &Write)> = group
+            .iter()
+            .map(|(table, write, _)| (&**table, write))
+            .collect();
+        match self.commit(&requests).await {
+            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+            Err(Failed::Unavailable(reason)) => requests
                 .iter()
-                .map(|_| Err(self.target.connect_error(reason.clone())))
+                .map(|(table, _)| Err(table.target.connect_error(reason.clone())))
                 .collect(),
             Err(Failed::Refused(error)) if group.len() == 1 => vec![Err(error)],
             Err(Failed::Refused(error)) => {
                 tracing::warn!(
-                    table = %self.target.table,
+                    table = %requests[0].0.target.table,
                     requests = group.len(),
                     error = %error,
                     "a group commit was refused; committing its requests one by one"
                 );
                 let mut results = Vec::with_capacity(group.len());
                 let mut unavailable: Option<String> = None;
-                for (ops, _) in group {
+                for request in requests {
+                    let target = &request.0.target;
                     if let Some(reason) = &unavailable {
-                        results.push(Err(self.target.connect_error(reason.clone())));
+                        results.push(Err(target.connect_error(reason.clone())));
                         continue;
                     }
-                    results.push(match self.commit(&Rows::merge(ops), 1).await {
-                        Ok(()) => Ok(()),
+                    results.push(match self.commit(&[request]).await {
+                        Ok(mut outcomes) => Ok(outcomes.remove(0)),
                         Err(Failed::Unavailable(reason)) => {
-                            let error = self.target.connect_error(reason.clone());
+                            let error = target.connect_error(reason.clone());
                             unavailable = Some(reason);
                             Err(error)
                         }
@@ -348,41 +444,54 @@ impl Session {
         }
     }
 
-    /// One transaction serving `requests` write requests: clear, upsert, delete, announce,
-    /// commit.
+    /// One transaction serving `requests` (see `commit.rs`), and what it did counted and logged
+    /// for each table and backend.
     async fn commit(
         &mut self,
-        rows: &Rows<'_>,
-        requests: usize,
-    ) -> std::result::Result<(), Failed> {
-        if rows.is_empty() {
-            return Ok(());
+        requests: &[(&Attached, &Write)],
+    ) -> std::result::Result<Vec<Outcome>, Failed> {
+        let named: Vec<Request<'_>> = requests
+            .iter()
+            .map(|(table, write)| (table.sql.name.as_str(), *write))
+            .collect();
+        let plan = Plan::new(&named);
+        if plan.is_empty() {
+            return Ok(plan.trivial().outcomes);
         }
-        let payloads = rows.payloads();
         let work = Work::Commit {
-            rows,
-            payloads: &payloads,
-            commit_sent: false,
+            target: &requests[0].0.target,
+            plan: &plan,
+            prune: self.commits.is_multiple_of(log::PRUNE_EVERY_COMMITS),
+            sent: None,
         };
         let start = Instant::now();
-        self.retrying(work).await?;
+        let decided = match self.retrying(work).await? {
+            Loaded::Committed(decided) => decided,
+            _ => unreachable!("a commit answers with what it decided"),
+        };
         let elapsed = start.elapsed();
-        self.counters.commits.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .writes
-            .fetch_add(requests as u64, Ordering::Relaxed);
-        let table = &self.target.table;
-        let changed = rows.upsert_keys.len() + rows.delete_keys.len();
-        tracing::debug!(table = %table, requests, rows = changed, cleared = rows.cleared, elapsed = ?elapsed, "commit");
-        if elapsed > SLOW_COMMIT {
-            tracing::warn!(table = %table, requests, rows = changed, elapsed = ?elapsed, "slow commit");
+        self.commits += 1;
+        count_commit(requests);
+        for (table, summary) in &decided.tables {
+            self.listeners.committed(table);
+            let commit::Summary {
+                requests,
+                rows,
+                cleared,
+                conflicts,
+            } = *summary;
+            tracing::debug!(table = %table, requests, rows, cleared, conflicts, elapsed = ?elapsed, "commit");
+            if elapsed > SLOW_COMMIT {
+                tracing::warn!(table = %table, requests, rows, elapsed = ?elapsed, "slow commit");
+            }
         }
-        Ok(())
+        Ok(decided.outcomes)
     }
 
-    /// Streams every row to `rows`, in chunks.
-    async fn load(&mut self, rows: &mpsc::Sender<Scanned>) {
+    /// Streams every row of `table` to `rows`, in chunks.
+    async fn load(&mut self, table: &Attached, rows: &mpsc::Sender<Scanned>) {
         let work = Work::Load {
+            table,
             rows,
             sent_any: false,
             count: 0,
@@ -390,25 +499,48 @@ impl Session {
         let start = Instant::now();
         let last = match self.retrying(work).await {
             Ok(Loaded::Streamed(count)) => {
-                tracing::debug!(table = %self.target.table, rows = count, elapsed = ?start.elapsed(), "load");
+                table
+                    .counters
+                    .rows_read
+                    .fetch_add(count as u64, Ordering::Relaxed);
+                tracing::debug!(table = %table.target.table, rows = count, elapsed = ?start.elapsed(), "load");
                 Scanned::Finished
             }
-            Ok(Loaded::Rows(_)) => unreachable!("a load streams its rows"),
-            Err(failed) => Scanned::Failed(self.error_of(failed)),
+            Ok(_) => unreachable!("a load streams its rows"),
+            Err(failed) => Scanned::Failed(error_of(&table.target, failed)),
         };
         let _ = rows.send(last).await;
     }
 
-    async fn load_keys(&mut self, keys: &[String]) -> Result<Vec<RawRow>> {
-        let work = Work::LoadKeys { keys };
+    async fn load_keys(&mut self, table: &Attached, keys: &[String]) -> Result<Vec<RawRow>> {
         let start = Instant::now();
-        let found = match self.retrying(work).await {
+        let found = match self.retrying(Work::LoadKeys { table, keys }).await {
             Ok(Loaded::Rows(found)) => found,
-            Ok(Loaded::Streamed(_)) => unreachable!("a key load returns its rows"),
-            Err(failed) => return Err(self.error_of(failed)),
+            Ok(_) => unreachable!("a key load returns its rows"),
+            Err(failed) => return Err(error_of(&table.target, failed)),
         };
-        tracing::debug!(table = %self.target.table, keys = keys.len(), rows = found.len(), elapsed = ?start.elapsed(), "load keys");
+        table
+            .counters
+            .rows_read
+            .fetch_add(found.len() as u64, Ordering::Relaxed);
+        tracing::debug!(table = %table.target.table, keys = keys.len(), rows = found.len(), elapsed = ?start.elapsed(), "load keys");
         Ok(found)
+    }
+
+    async fn read_log(&mut self, table: &Attached, since: i64, origin: i64) -> Result<LogRead> {
+        let start = Instant::now();
+        let work = Work::ReadLog {
+            table,
+            since,
+            origin,
+        };
+        let read = match self.retrying(work).await {
+            Ok(Loaded::Log(read)) => read,
+            Ok(_) => unreachable!("a log read returns the log"),
+            Err(failed) => return Err(error_of(&table.target, failed)),
+        };
+        tracing::debug!(table = %table.target.table, since, rev = read.rev, keys = read.keys.len(), elapsed = ?start.elapsed(), "read the change log");
+        Ok(read)
     }
 
     /// Runs `work` on the connection, reconnecting and trying again while the connection
@@ -424,7 +556,7 @@ impl Session {
                 .live
                 .as_mut()
                 .expect("connect_before returns Ok only with a live connection");
-            let attempt = work.attempt(live, &self.sql, &self.target);
+            let attempt = work.attempt(live);
             let Ok(attempted) = tokio::time::timeout(self.timeouts.operation, attempt).await else {
                 return Err(self.timed_out(&work));
             };
@@ -434,18 +566,18 @@ impl Session {
                 Err(Failure::Transient(error)) => {
                     transient_retries += 1;
                     tracing::warn!(
-                        table = %self.target.table,
+                        table = %work.table(),
                         retry = transient_retries,
                         error = %describe_error(&error),
                         "the server aborted a transaction for a conflict; retrying"
                     );
                     if transient_retries > MAX_TRANSIENT_RETRIES {
-                        return Err(Failed::Refused(self.target.postgres_error(error)));
+                        return Err(Failed::Refused(work.target().postgres_error(error)));
                     }
                 }
                 Err(Failure::BrokenMidway(error)) => {
                     self.drop_connection(describe_error(&error));
-                    return Err(Failed::Refused(self.target.postgres_error(error)));
+                    return Err(Failed::Refused(work.target().postgres_error(error)));
                 }
                 Err(Failure::Connection(error)) => {
                     self.drop_connection(describe_error(&error));
@@ -453,7 +585,7 @@ impl Session {
                         return Err(Failed::Unavailable(self.unreachable_reason()));
                     }
                     tracing::warn!(
-                        table = %self.target.table,
+                        table = %work.table(),
                         commit_answer_lost = work.commit_sent(),
                         "retrying on a new connection"
                     );
@@ -468,7 +600,7 @@ impl Session {
         let timeout = self.timeouts.operation;
         let outcome_unknown = work.commit_sent();
         tracing::warn!(
-            table = %self.target.table,
+            table = %work.table(),
             timeout = ?timeout,
             outcome_unknown,
             "no answer within the operation timeout; dropping the connection"
@@ -476,22 +608,26 @@ impl Session {
         self.drop_connection(format!(
             "no answer within the operation timeout of {timeout:?}"
         ));
-        if outcome_unknown {
-            // The map keeps its old value; the reload after reconnecting shows what happened.
-            self.changes.reload_later();
+        if let (true, Work::Commit { plan, .. }) = (outcome_unknown, work) {
+            // The maps keep their old values; a reload shows what happened. (The log cannot: a
+            // commit that did happen is logged as the writing map's own.)
+            for table in plan.tables() {
+                tracing::warn!(table = %table, "forcing a reload: a commit's outcome is unknown");
+                self.listeners.reload_later(table);
+            }
         }
         Failed::Unavailable(match work {
             Work::Commit { .. } if outcome_unknown => format!(
                 "the commit got no answer within the operation timeout of {timeout:?}, so \
                  whether the write was committed is unknown; the map keeps its old value and \
-                 reloads the table on its first refresh after reconnecting"
+                 reloads the table at its next refresh"
             ),
             Work::Commit { .. } => format!(
                 "no answer within the operation timeout of {timeout:?}; the write was not \
                  committed (its transaction was abandoned with the connection)"
             ),
-            Work::Load { .. } | Work::LoadKeys { .. } => format!(
-                "no answer within the operation timeout of {timeout:?}; the read was abandoned \
+            _ => format!(
+                "no answer within the operation timeout of {timeout:?}; the work was abandoned \
                  with the connection"
             ),
         })
@@ -517,43 +653,50 @@ impl Session {
         Ok(())
     }
 
-    /// One attempt at a new connection, of at most `timeout`. Once it is listening, the map is
-    /// told to reload: what was committed while no connection listened was not heard.
+    /// One attempt at a new connection, of at most `timeout`, serving every attached table.
+    /// What was committed meanwhile is in the change log: the maps are woken to read it.
     async fn reconnect(&mut self, timeout: Duration) -> bool {
         self.generation += 1;
+        let attached: Vec<Arc<Attached>> = self.live_tables().collect();
+        let mut tables: HashMap<&str, Arc<TableSql>> = HashMap::new();
+        for table in &attached {
+            tables.insert(&table.sql.name, Arc::clone(&table.sql));
+        }
+        let tables: Vec<Arc<TableSql>> = tables.into_values().collect();
         let opened = connect::open(
             &self.endpoint,
-            &self.sql,
-            &self.changes,
+            &tables,
+            &self.listeners,
             self.generation,
             timeout,
-            false,
         )
         .await;
-        let table = &self.target.table;
         match opened {
             Ok(live) => {
                 self.live = Some(live);
                 self.backoff = FIRST_BACKOFF;
-                self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
-                self.changes.connected(self.generation, true);
-                tracing::info!(table = %table, host = %self.target.host, generation = self.generation, "reconnected to PostgreSQL");
-                tracing::warn!(table = %table, "forcing a reload: announcements made while disconnected were missed");
+                self.listeners.connected(self.generation);
+                for table in &attached {
+                    table.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(table = %table.target.table, host = %self.endpoint.host, generation = self.generation, "reconnected to PostgreSQL; the maps catch up from the change log");
+                }
                 true
             }
             Err(failure) => {
                 self.last_failure = failure.to_string();
-                tracing::debug!(table = %table, error = %self.last_failure, "a reconnect attempt failed");
+                tracing::debug!(host = %self.endpoint.host, error = %self.last_failure, "a reconnect attempt failed");
                 false
             }
         }
     }
 
     fn drop_connection(&mut self, reason: String) {
-        tracing::warn!(table = %self.target.table, host = %self.target.host, reason = %reason, "lost the connection to PostgreSQL");
+        for table in self.live_tables() {
+            tracing::warn!(table = %table.target.table, host = %self.endpoint.host, reason = %reason, "lost the connection to PostgreSQL");
+        }
         self.live = None;
         self.backoff = FIRST_BACKOFF;
-        self.changes.lost(self.generation, reason.clone());
+        self.listeners.lost(self.generation, &reason);
         self.last_failure = reason;
     }
 
@@ -563,133 +706,243 @@ impl Session {
             self.timeouts.reconnect, self.last_failure
         )
     }
+}
 
-    fn error_of(&self, failed: Failed) -> PersistentError {
-        match failed {
-            Failed::Unavailable(reason) => self.target.connect_error(reason),
-            Failed::Refused(error) => error,
+/// Counts a commit for each backend it served: one transaction, and its requests.
+fn count_commit(requests: &[(&Attached, &Write)]) {
+    let mut served: Vec<(*const Attached, &Attached, u64)> = Vec::new();
+    for (table, _) in requests {
+        let id: *const Attached = *table;
+        match served.iter_mut().find(|(seen, _, _)| *seen == id) {
+            Some((_, _, count)) => *count += 1,
+            None => served.push((id, table, 1)),
         }
+    }
+    for (_, table, count) in served {
+        table.counters.commits.fetch_add(1, Ordering::Relaxed);
+        table.counters.writes.fetch_add(count, Ordering::Relaxed);
+    }
+}
+
+fn error_of(target: &Target, failed: Failed) -> PersistentError {
+    match failed {
+        Failed::Unavailable(reason) => target.connect_error(reason),
+        Failed::Refused(error) => error,
     }
 }
 
 /// What a successful attempt read.
 enum Loaded {
-    /// The rows of the keys asked for (none for a commit).
+    /// What a commit decided.
+    Committed(Decided),
+    /// The table is set up on the connection.
+    Attached,
+    /// The rows of the keys asked for.
     Rows(Vec<RawRow>),
     /// How many rows a load streamed.
     Streamed(usize),
+    Revision(i64),
+    Log(LogRead),
+}
+
+/// A commit whose `COMMIT` was sent: what it decided, and its transaction id, to ask the
+/// server whether it committed if the answer is lost.
+struct Sent {
+    txid: i64,
+    decided: Decided,
 }
 
 /// Work for the connection that can be tried again on a new one.
 enum Work<'a> {
     Commit {
-        rows: &'a Rows<'a>,
-        payloads: &'a [String],
-        /// `COMMIT` was sent by the last attempt: if its answer is lost, so is the outcome.
-        commit_sent: bool,
+        /// Whose errors a refused commit reports (its first request's backend).
+        target: &'a Target,
+        plan: &'a Plan<'a>,
+        /// Also prune the change log (in bounded batches).
+        prune: bool,
+        /// Set once `COMMIT` was sent: if its answer is lost, the next attempt first asks the
+        /// server whether that transaction committed, so that a commit is never made twice.
+        sent: Option<Sent>,
+    },
+    Attach {
+        table: &'a Attached,
     },
     /// Streams every row into `rows`. A connection lost before the first chunk went out is
     /// retried; after that the receiver has part of the table, so the load fails instead.
     Load {
+        table: &'a Attached,
         rows: &'a mpsc::Sender<Scanned>,
         sent_any: bool,
         count: usize,
     },
     LoadKeys {
+        table: &'a Attached,
         keys: &'a [String],
+    },
+    Revision {
+        table: &'a Attached,
+    },
+    ReadLog {
+        table: &'a Attached,
+        since: i64,
+        origin: i64,
     },
 }
 
-impl Work<'_> {
+impl<'a> Work<'a> {
     /// One attempt.
-    async fn attempt(
-        &mut self,
-        live: &mut Live,
-        sql: &TableSql,
-        target: &Target,
-    ) -> std::result::Result<Loaded, Failure> {
+    async fn attempt(&mut self, live: &mut Live) -> std::result::Result<Loaded, Failure> {
+        let target = self.target();
         match self {
             Work::Commit {
-                rows,
-                payloads,
-                commit_sent,
+                plan, prune, sent, ..
             } => {
-                *commit_sent = false;
-                commit_once(live, rows, &sql.name, payloads, target, commit_sent).await?;
-                Ok(Loaded::Rows(Vec::new()))
+                if let Some(earlier) = sent.take() {
+                    if transaction_committed(live, earlier.txid, target).await? {
+                        return Ok(Loaded::Committed(earlier.decided));
+                    }
+                }
+                let decided = commit::commit_once(live, plan, *prune, |txid, decided| {
+                    *sent = Some(Sent {
+                        txid,
+                        decided: decided.clone(),
+                    });
+                })
+                .await
+                .map_err(classify(target))?;
+                *sent = None;
+                Ok(Loaded::Committed(decided))
+            }
+            Work::Attach { table } => {
+                connect::attach(live, &table.sql, true)
+                    .await
+                    .map_err(|failure| match failure {
+                        OpenFailure::Statement(error) => classify(target)(error),
+                        OpenFailure::Rejected(error) => Failure::Refused(error),
+                        OpenFailure::Unreachable(reason) => {
+                            Failure::Refused(target.connect_error(reason))
+                        }
+                    })?;
+                Ok(Loaded::Attached)
             }
             Work::Load {
+                table,
                 rows,
                 sent_any,
                 count,
             } => {
                 *count = 0;
-                scan(live, rows, sent_any, count, target).await?;
+                scan(live, &table.sql.name, rows, sent_any, count, target).await?;
                 Ok(Loaded::Streamed(*count))
             }
-            Work::LoadKeys { keys } => select_keys(live, keys, target).await.map(Loaded::Rows),
+            Work::LoadKeys { table, keys } => {
+                let statement = &live.table(&table.sql.name).select_keys;
+                let found = live
+                    .client
+                    .query(statement, &[keys])
+                    .await
+                    .map_err(classify(target))?;
+                found
+                    .iter()
+                    .map(raw_row)
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map(Loaded::Rows)
+                    .map_err(classify(target))
+            }
+            Work::Revision { table } => {
+                let row = live
+                    .client
+                    .query_one(&live.statements.revision, &[&table.sql.name])
+                    .await
+                    .map_err(classify(target))?;
+                Ok(Loaded::Revision(row.try_get(0).map_err(classify(target))?))
+            }
+            Work::ReadLog {
+                table,
+                since,
+                origin,
+            } => read_log(live, &table.sql.name, *since, *origin)
+                .await
+                .map(Loaded::Log)
+                .map_err(classify(target)),
         }
+    }
+
+    /// Whose errors this work reports.
+    fn target(&self) -> &'a Target {
+        match *self {
+            Work::Commit { target, .. } => target,
+            Work::Attach { table }
+            | Work::Load { table, .. }
+            | Work::LoadKeys { table, .. }
+            | Work::Revision { table }
+            | Work::ReadLog { table, .. } => &table.target,
+        }
+    }
+
+    /// The table this work is about (a commit's first), for logging.
+    fn table(&self) -> &str {
+        &self.target().table
     }
 
     fn commit_sent(&self) -> bool {
-        matches!(
-            self,
-            Work::Commit {
-                commit_sent: true,
-                ..
-            }
-        )
+        matches!(self, Work::Commit { sent: Some(_), .. })
     }
 }
 
-async fn commit_once(
+/// Whether transaction `txid`, whose `COMMIT` was sent on a connection since lost, committed.
+/// While the server still runs it (it has not noticed the lost connection yet), asks again.
+async fn transaction_committed(
     live: &mut Live,
-    rows: &Rows<'_>,
-    channel: &str,
-    payloads: &[String],
+    txid: i64,
     target: &Target,
-    commit_sent: &mut bool,
-) -> std::result::Result<(), Failure> {
-    let transaction = live.client.transaction().await.map_err(classify(target))?;
-    let statements = &live.statements;
-    let table_lock = lock_id(channel, None);
-    let key_locks = rows.key_locks(channel);
-    let mut steps: Vec<(&tokio_postgres::Statement, Vec<&(dyn ToSql + Sync)>)> =
-        Vec::with_capacity(6);
-    match &key_locks {
-        Some(key_locks) => {
-            steps.push((&statements.lock_table_shared, vec![&table_lock]));
-            steps.push((&statements.lock_keys, vec![key_locks]));
+) -> std::result::Result<bool, Failure> {
+    loop {
+        let row = live
+            .client
+            .query_one(&live.statements.transaction_status, &[&txid])
+            .await
+            .map_err(classify(target))?;
+        let status: Option<String> = row.try_get(0).map_err(classify(target))?;
+        match status.as_deref() {
+            Some("committed") => return Ok(true),
+            Some("in progress") => tokio::time::sleep(Duration::from_millis(20)).await,
+            _ => return Ok(false),
         }
-        None => steps.push((&statements.lock_table, vec![&table_lock])),
     }
-    if rows.cleared {
-        steps.push((&statements.delete_all, vec![]));
+}
+
+/// The revision row and the log rows others wrote after `since`, in one statement (one
+/// snapshot).
+async fn read_log(
+    live: &mut Live,
+    table: &str,
+    since: i64,
+    origin: i64,
+) -> std::result::Result<LogRead, tokio_postgres::Error> {
+    let limit = log::MAX_CATCH_UP_ROWS;
+    let rows = live
+        .client
+        .query(
+            &live.statements.read_log,
+            &[&table, &since, &origin, &limit],
+        )
+        .await?;
+    let mut read = LogRead::default();
+    for row in &rows {
+        read.known = true;
+        read.rev = row.try_get(0)?;
+        read.pruned = row.try_get(1)?;
+        if row.try_get::<_, Option<i64>>(2)?.is_some() {
+            read.keys.push(row.try_get(3)?);
+        }
     }
-    if !rows.upsert_keys.is_empty() {
-        steps.push((
-            &statements.upsert,
-            vec![&rows.upsert_keys, &rows.upsert_values],
-        ));
-    }
-    if !rows.delete_keys.is_empty() {
-        steps.push((&statements.delete, vec![&rows.delete_keys]));
-    }
-    steps.push((&statements.notify, vec![&channel, &payloads]));
-    // Sent in order without waiting for each answer: one round trip for all of them.
-    futures_util::future::try_join_all(
-        steps
-            .iter()
-            .map(|(statement, params)| transaction.execute(*statement, params)),
-    )
-    .await
-    .map_err(classify(target))?;
-    *commit_sent = true;
-    transaction.commit().await.map_err(classify(target))
+    Ok(read)
 }
 
 async fn scan(
     live: &mut Live,
+    table: &str,
     rows: &mpsc::Sender<Scanned>,
     sent_any: &mut bool,
     count: &mut usize,
@@ -697,7 +950,7 @@ async fn scan(
 ) -> std::result::Result<(), Failure> {
     let stream = live
         .client
-        .query_raw(&live.statements.select_all, std::iter::empty::<String>())
+        .query_raw(&live.table(table).select_all, std::iter::empty::<String>())
         .await
         .map_err(classify(target))?;
     pin_mut!(stream);
@@ -726,23 +979,6 @@ async fn scan(
     Ok(())
 }
 
-async fn select_keys(
-    live: &mut Live,
-    keys: &[String],
-    target: &Target,
-) -> std::result::Result<Vec<RawRow>, Failure> {
-    let found = live
-        .client
-        .query(&live.statements.select_keys, &[&keys])
-        .await
-        .map_err(classify(target))?;
-    found
-        .iter()
-        .map(raw_row)
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(classify(target))
-}
-
 /// Sorts a tokio-postgres error into what to do about it.
 fn classify(target: &Target) -> impl Fn(tokio_postgres::Error) -> Failure + '_ {
     move |error| {
@@ -768,188 +1004,4 @@ fn classify(target: &Target) -> impl Fn(tokio_postgres::Error) -> Failure + '_ {
 
 fn raw_row(row: &tokio_postgres::Row) -> std::result::Result<RawRow, tokio_postgres::Error> {
     Ok((row.try_get(0)?, row.try_get(1)?))
-}
-
-/// What a set of writes does to the table, merged: the last write of each key wins.
-#[derive(Debug, Default, PartialEq)]
-struct Rows<'a> {
-    /// Every row is deleted first.
-    cleared: bool,
-    /// Sorted by key bytes, as are `delete_keys`.
-    upsert_keys: Vec<&'a str>,
-    upsert_values: Vec<&'a str>,
-    delete_keys: Vec<&'a str>,
-}
-
-impl<'a> Rows<'a> {
-    fn merge(ops: impl IntoIterator<Item = &'a RawOp>) -> Self {
-        let mut cleared = false;
-        let mut last: BTreeMap<&'a str, Option<&'a str>> = BTreeMap::new();
-        for op in ops {
-            match op {
-                RawOp::Upsert { key, value } => {
-                    last.insert(key, Some(value));
-                }
-                RawOp::Delete { key } => {
-                    last.insert(key, None);
-                }
-                RawOp::DeleteAll => {
-                    cleared = true;
-                    last.clear();
-                }
-            }
-        }
-        let mut rows = Rows {
-            cleared,
-            ..Rows::default()
-        };
-        for (key, value) in last {
-            match value {
-                Some(value) => {
-                    rows.upsert_keys.push(key);
-                    rows.upsert_values.push(value);
-                }
-                None => rows.delete_keys.push(key),
-            }
-        }
-        rows
-    }
-
-    fn is_empty(&self) -> bool {
-        !self.cleared && self.upsert_keys.is_empty() && self.delete_keys.is_empty()
-    }
-
-    /// The advisory locks to take, in this order, before touching the rows: one per key
-    /// (sorted, so that every instance takes them in the same order), or `None` for the table's
-    /// lock in exclusive mode, for a clear or a transaction of too many keys to lock one by one.
-    fn key_locks(&self, table: &str) -> Option<Vec<i32>> {
-        let keys = self.upsert_keys.len() + self.delete_keys.len();
-        if self.cleared || keys > MAX_KEY_LOCKS {
-            return None;
-        }
-        let mut locks: Vec<i32> = self
-            .upsert_keys
-            .iter()
-            .chain(&self.delete_keys)
-            .map(|key| lock_id(table, Some(key)))
-            .collect();
-        locks.sort_unstable();
-        locks.dedup();
-        Some(locks)
-    }
-
-    /// The `NOTIFY` payloads announcing these rows.
-    fn payloads(&self) -> Vec<String> {
-        let changed = self.upsert_keys.len() + self.delete_keys.len();
-        let keys = self.upsert_keys.iter().chain(&self.delete_keys).copied();
-        notify::payloads(self.cleared, ExactLen(keys, changed))
-    }
-}
-
-/// The advisory lock of `table` (`key` `None`) or of one of its keys: FNV-1a of their bytes.
-/// Two keys that share a lock only wait for each other.
-fn lock_id(table: &str, key: Option<&str>) -> i32 {
-    let separator: &[u8] = if key.is_some() { &[0] } else { &[] };
-    let bytes = table
-        .as_bytes()
-        .iter()
-        .chain(separator)
-        .chain(key.unwrap_or_default().as_bytes());
-    let hash = bytes.fold(0x811c_9dc5_u32, |hash, byte| {
-        (hash ^ u32::from(*byte)).wrapping_mul(0x0100_0193)
-    });
-    i32::from_ne_bytes(hash.to_ne_bytes())
-}
-
-/// An iterator whose length is known although its type does not say so (a `Chain`).
-struct ExactLen<I>(I, usize);
-
-impl<I: Iterator> Iterator for ExactLen<I> {
-    type Item = I::Item;
-
-    fn next(&mut self) -> Option<I::Item> {
-        let item = self.0.next()?;
-        self.1 -= 1;
-        Some(item)
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.1, Some(self.1))
-    }
-}
-
-impl<I: Iterator> ExactSizeIterator for ExactLen<I> {}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn upsert(key: &str, value: &str) -> RawOp {
-        RawOp::Upsert {
-            key: key.to_owned(),
-            value: value.to_owned(),
-        }
-    }
-
-    fn delete(key: &str) -> RawOp {
-        RawOp::Delete {
-            key: key.to_owned(),
-        }
-    }
-
-    #[test]
-    fn merged_rows_keep_the_last_write_of_each_key_sorted_by_key() {
-        let ops = [
-            upsert("b", "1"),
-            upsert("a", "2"),
-            delete("b"),
-            upsert("c", "3"),
-            upsert("a", "4"),
-            delete("d"),
-        ];
-        let rows = Rows::merge(&ops);
-        assert_eq!(rows.upsert_keys, ["a", "c"]);
-        assert_eq!(rows.upsert_values, ["4", "3"]);
-        assert_eq!(rows.delete_keys, ["b", "d"]);
-        assert!(!rows.cleared);
-        assert_eq!(rows.payloads(), ["k:a", "k:c", "k:b", "k:d"]);
-    }
-
-    #[test]
-    fn a_clear_drops_earlier_writes_and_announces_a_reload() {
-        let ops = [upsert("a", "1"), RawOp::DeleteAll, upsert("b", "2")];
-        let rows = Rows::merge(&ops);
-        assert!(rows.cleared);
-        assert_eq!(rows.upsert_keys, ["b"]);
-        assert!(rows.delete_keys.is_empty());
-        assert_eq!(rows.payloads(), [notify::RELOAD]);
-    }
-
-    #[test]
-    fn key_locks_are_sorted_and_distinct_and_many_keys_lock_the_table() {
-        let ops = [upsert("b", "1"), delete("a"), upsert("c", "2")];
-        let locks = Rows::merge(&ops).key_locks("t").unwrap();
-        assert_eq!(locks.len(), 3);
-        assert!(locks.windows(2).all(|pair| pair[0] < pair[1]), "{locks:?}");
-        assert_ne!(lock_id("t", Some("a")), lock_id("u", Some("a")));
-        assert_ne!(lock_id("t", Some("")), lock_id("t", None));
-
-        let many: Vec<RawOp> = (0..=MAX_KEY_LOCKS)
-            .map(|i| delete(&i.to_string()))
-            .collect();
-        assert_eq!(Rows::merge(&many).key_locks("t"), None);
-        assert_eq!(Rows::merge(&[RawOp::DeleteAll]).key_locks("t"), None);
-    }
-
-    #[test]
-    fn keys_sort_by_their_bytes() {
-        let ops = [
-            upsert("é", "1"),
-            upsert("z", "2"),
-            upsert("Z", "3"),
-            upsert("", "4"),
-        ];
-        assert_eq!(Rows::merge(&ops).upsert_keys, ["", "Z", "z", "é"]);
-        assert!(Rows::merge(&[]).is_empty());
-    }
 }

@@ -1,0 +1,678 @@
+//! One commit of a group of write requests, possibly of several tables: the locks, the checks,
+//! the writes, the log and the announcement, in one transaction and two round trips.
+//!
+//! Instances writing the same keys must not deadlock (PostgreSQL would break the cycle only
+//! after `deadlock_timeout`, a second by default). Row locks cannot be taken in one order across
+//! the upsert and the delete statements, and a key not yet stored has no row to lock, so each
+//! transaction first takes advisory locks in one global order: the tables' locks in ascending
+//! order (shared, or exclusive for a clear or a table with too many keys to lock one by one),
+//! then the keys' locks in ascending order. Every transaction holds the locks of all the keys it
+//! checks or touches before it reads or touches a row, so transactions of this crate wait for
+//! each other but never in a cycle; the revision rows of the change log are bumped last, in
+//! table-name order, for the same reason.
+//!
+//! The stored values that conditions and previous values need are read under those locks, so no
+//! other writer of this crate can change them before the commit. Each request is then decided
+//! in order against the table as the requests before it left it: one whose conditions hold is
+//! applied, one whose conditions fail writes nothing and is told what is stored.
+
+use std::collections::{BTreeMap, HashMap};
+
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Statement;
+
+use super::connect::{Live, TableStatements};
+use super::log;
+use super::notify;
+use super::session::{Outcome, RawOp, Write};
+use crate::backends::encode::same_json;
+
+/// A transaction of more keys of one table than this locks that table instead of each key: the
+/// server's lock table is shared and bounded (`max_locks_per_transaction`).
+pub(super) const MAX_KEY_LOCKS: usize = 256;
+
+/// A request of a group: its table's name and its writes.
+pub(super) type Request<'a> = (&'a str, &'a Write);
+
+/// What one table's part of a commit did, for its log line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Summary {
+    pub(super) requests: usize,
+    pub(super) rows: usize,
+    pub(super) cleared: bool,
+    pub(super) conflicts: usize,
+}
+
+/// A commit as decided: each request's outcome, and a summary per table.
+#[derive(Debug, Clone)]
+pub(super) struct Decided {
+    pub(super) outcomes: Vec<Outcome>,
+    pub(super) tables: BTreeMap<String, Summary>,
+}
+
+/// Why an attempt at a commit failed, with the statement error when there is one.
+pub(super) type Attempt<T> = std::result::Result<T, tokio_postgres::Error>;
+
+/// What a group of requests needs before it can decide: the locks to take and the keys to read.
+pub(super) struct Plan<'a> {
+    requests: &'a [Request<'a>],
+    /// The tables' advisory locks in the order to take them, each exclusive or shared.
+    table_locks: Vec<(i32, bool)>,
+    /// The keys' advisory locks in the order to take them (of tables locked shared).
+    key_locks: Vec<i32>,
+    /// Per table, the keys whose stored values the conditions and previous values need.
+    reads: BTreeMap<&'a str, Vec<&'a str>>,
+}
+
+impl<'a> Plan<'a> {
+    pub(super) fn new(requests: &'a [Request<'a>]) -> Self {
+        #[derive(Default)]
+        struct Needs<'a> {
+            locked: Vec<&'a str>,
+            read: Vec<&'a str>,
+            cleared: bool,
+        }
+        let mut tables: BTreeMap<&str, Needs<'_>> = BTreeMap::new();
+        for (table, write) in requests {
+            let needs = tables.entry(table).or_default();
+            let conditions = write.conditions.iter().map(|(key, _)| key.as_str());
+            needs.locked.extend(conditions.clone());
+            needs.read.extend(conditions);
+            for op in &write.ops {
+                match op.key() {
+                    Some(key) => {
+                        needs.locked.push(key);
+                        if write.want_previous {
+                            needs.read.push(key);
+                        }
+                    }
+                    None => needs.cleared = true,
+                }
+            }
+        }
+        let mut table_locks: Vec<(i32, bool)> = Vec::with_capacity(tables.len());
+        let mut key_locks = Vec::new();
+        let mut reads = BTreeMap::new();
+        for (table, mut needs) in tables {
+            let exclusive = needs.cleared || needs.locked.len() > MAX_KEY_LOCKS;
+            table_locks.push((lock_id(table, None), exclusive));
+            if !exclusive {
+                key_locks.extend(needs.locked.iter().map(|key| lock_id(table, Some(key))));
+            }
+            needs.read.sort_unstable();
+            needs.read.dedup();
+            if !needs.read.is_empty() {
+                reads.insert(table, needs.read);
+            }
+        }
+        // Two tables whose locks collide take it once, exclusive if either needs that.
+        table_locks.sort_unstable();
+        table_locks.dedup_by(|later, earlier| {
+            let same = later.0 == earlier.0;
+            if same {
+                earlier.1 |= later.1;
+            }
+            same
+        });
+        key_locks.sort_unstable();
+        key_locks.dedup();
+        Self {
+            requests,
+            table_locks,
+            key_locks,
+            reads,
+        }
+    }
+
+    /// Nothing to check and nothing to write.
+    pub(super) fn is_empty(&self) -> bool {
+        self.requests
+            .iter()
+            .all(|(_, write)| write.ops.is_empty() && write.conditions.is_empty())
+    }
+
+    /// The tables of the requests, each once.
+    pub(super) fn tables(&self) -> Vec<&'a str> {
+        let mut tables: Vec<&str> = self.requests.iter().map(|(table, _)| *table).collect();
+        tables.sort_unstable();
+        tables.dedup();
+        tables
+    }
+
+    /// The outcomes of requests that neither check nor write anything.
+    pub(super) fn trivial(&self) -> Decided {
+        let outcomes = self
+            .requests
+            .iter()
+            .map(|(_, write)| Outcome::Applied {
+                previous: write.want_previous.then(Vec::new),
+            })
+            .collect();
+        Decided {
+            outcomes,
+            tables: BTreeMap::new(),
+        }
+    }
+}
+
+type Step<'s> = (&'s Statement, Vec<&'s (dyn ToSql + Sync)>);
+
+/// Sends `steps` in order without waiting for each answer (one round trip for all of them),
+/// and returns their rows. Each is sent when its future is first polled, and `try_join_all`
+/// polls them in order.
+async fn pipeline(
+    client: &tokio_postgres::Client,
+    steps: &[Step<'_>],
+) -> Attempt<Vec<Vec<tokio_postgres::Row>>> {
+    futures_util::future::try_join_all(
+        steps
+            .iter()
+            .map(|(statement, params)| client.query(*statement, params)),
+    )
+    .await
+}
+
+/// One attempt at committing `plan`'s requests, in two round trips: `BEGIN`, the locks, the
+/// transaction's id and the rows the requests depend on; then, once each request is decided,
+/// the writes, the announcements, the log and `COMMIT`. (If a statement of the second trip
+/// fails, the server turns the `COMMIT` after it into a rollback.) `on_commit_sent` is called,
+/// with the transaction's id and what it decided, just before the second trip goes out.
+pub(super) async fn commit_once(
+    live: &Live,
+    plan: &Plan<'_>,
+    prune: bool,
+    on_commit_sent: impl FnOnce(i64, &Decided),
+) -> Attempt<Decided> {
+    let (client, statements) = (&live.client, &live.statements);
+    let mut steps: Vec<Step<'_>> = Vec::with_capacity(4 + plan.table_locks.len());
+    steps.push((&statements.begin, vec![]));
+    for (id, exclusive) in &plan.table_locks {
+        let lock = match exclusive {
+            true => &statements.lock_table,
+            false => &statements.lock_table_shared,
+        };
+        steps.push((lock, vec![id]));
+    }
+    if !plan.key_locks.is_empty() {
+        steps.push((&statements.lock_keys, vec![&plan.key_locks]));
+    }
+    let txid_step = steps.len();
+    steps.push((&statements.transaction_id, vec![]));
+    for (table, keys) in &plan.reads {
+        steps.push((&live.table(table).select_keys, vec![keys]));
+    }
+    let answers = match pipeline(client, &steps).await {
+        Ok(answers) => answers,
+        Err(error) => {
+            // The transaction is open and failed: end it (on a broken connection this fails
+            // at once, and does not matter).
+            let _ = client.query(&statements.rollback, &[]).await;
+            return Err(error);
+        }
+    };
+    let txid: i64 = match answers[txid_step].first() {
+        Some(row) => row.try_get(0)?,
+        None => 0,
+    };
+    let mut stored: HashMap<&str, HashMap<String, String>> = HashMap::new();
+    for ((table, _), rows) in plan.reads.iter().zip(&answers[txid_step + 1..]) {
+        let values = stored.entry(table).or_default();
+        for row in rows {
+            let (key, value): (String, Option<String>) = (row.try_get(0)?, row.try_get(1)?);
+            // A SQL NULL (written by another program) compares as JSON `null`.
+            values.insert(key, value.unwrap_or_else(|| "null".to_owned()));
+        }
+    }
+
+    let (outcomes, applied) = evaluate(plan.requests, stored);
+    let mut tables: BTreeMap<&str, Vec<(&RawOp, i64)>> = BTreeMap::new();
+    for (table, op, origin) in applied {
+        tables.entry(table).or_default().push((op, origin));
+    }
+    let merged: BTreeMap<&str, Rows<'_>> = tables
+        .into_iter()
+        .map(|(table, ops)| (table, Rows::merge(ops)))
+        .filter(|(_, rows)| !rows.is_empty())
+        .collect();
+    let decided = Decided {
+        tables: summarize(plan.requests, &outcomes, &merged),
+        outcomes,
+    };
+
+    let logged: Vec<(&str, LogRows<'_>)> = merged
+        .iter()
+        .map(|(table, rows)| (*table, rows.logged()))
+        .collect();
+    let payloads: Vec<&str> = vec![notify::CHANGED];
+    let mut steps: Vec<Step<'_>> = Vec::new();
+    for (table, rows) in &merged {
+        write_steps(&mut steps, live.table(table), rows);
+        if prune {
+            steps.push((
+                &statements.prune_log,
+                vec![table, &log::REVISIONS_KEPT, &log::PRUNE_BATCH_ROWS],
+            ));
+        }
+        steps.push((&statements.notify, vec![table, &payloads]));
+    }
+    // Last, in table order: each revision row's lock orders its table's commits, so it is held
+    // briefly, and taken in one order by every transaction.
+    for (table, (keys, origins)) in &logged {
+        steps.push((&statements.log, vec![table, keys, origins]));
+    }
+    steps.push((&statements.commit, vec![]));
+    on_commit_sent(txid, &decided);
+    pipeline(client, &steps).await?;
+    Ok(decided)
+}
+
+/// The steps that apply `rows` to their table.
+fn write_steps<'s>(steps: &mut Vec<Step<'s>>, table: &'s TableStatements, rows: &'s Rows<'_>) {
+    if rows.cleared {
+        steps.push((&table.delete_all, vec![]));
+    }
+    if !rows.upsert_keys.is_empty() {
+        steps.push((&table.upsert, vec![&rows.upsert_keys, &rows.upsert_values]));
+    }
+    if !rows.delete_keys.is_empty() {
+        steps.push((&table.delete, vec![&rows.delete_keys]));
+    }
+}
+
+/// Per table: its requests, rows written, whether it was cleared, and its conflicts.
+fn summarize(
+    requests: &[Request<'_>],
+    outcomes: &[Outcome],
+    merged: &BTreeMap<&str, Rows<'_>>,
+) -> BTreeMap<String, Summary> {
+    let mut tables: BTreeMap<String, Summary> = BTreeMap::new();
+    for ((table, _), outcome) in requests.iter().zip(outcomes) {
+        let summary = tables.entry((*table).to_owned()).or_default();
+        summary.requests += 1;
+        summary.conflicts += usize::from(matches!(outcome, Outcome::Conflict { .. }));
+    }
+    for (table, rows) in merged {
+        if let Some(summary) = tables.get_mut(*table) {
+            summary.rows = rows.upsert_keys.len() + rows.delete_keys.len();
+            summary.cleared = rows.cleared;
+        }
+    }
+    tables
+}
+
+/// A table as the requests of a group see it, one after the other: what was read, under what
+/// the earlier requests of the group did.
+#[derive(Default)]
+struct Simulated<'a> {
+    stored: HashMap<String, String>,
+    written: HashMap<&'a str, Option<&'a str>>,
+    cleared: bool,
+}
+
+impl<'a> Simulated<'a> {
+    fn get(&self, key: &str) -> Option<&str> {
+        match self.written.get(key) {
+            Some(value) => *value,
+            None if self.cleared => None,
+            None => self.stored.get(key).map(String::as_str),
+        }
+    }
+
+    fn apply(&mut self, op: &'a RawOp) {
+        match op {
+            RawOp::Upsert { key, value } => {
+                self.written.insert(key, Some(value));
+            }
+            RawOp::Delete { key } => {
+                self.written.insert(key, None);
+            }
+            RawOp::DeleteAll => {
+                self.written.clear();
+                self.cleared = true;
+            }
+        }
+    }
+}
+
+/// Decides each request in order against `stored` (per table, the rows read under the locks):
+/// a request whose conditions hold is applied (and seen by the requests after it), one whose
+/// conditions fail writes nothing. Returns the outcomes, and the ops to commit with their
+/// tables and their writers' origins.
+fn evaluate<'a>(
+    requests: &[Request<'a>],
+    mut stored: HashMap<&'a str, HashMap<String, String>>,
+) -> (Vec<Outcome>, Vec<(&'a str, &'a RawOp, i64)>) {
+    let mut tables: HashMap<&str, Simulated<'a>> = HashMap::new();
+    let mut outcomes = Vec::with_capacity(requests.len());
+    let mut applied = Vec::new();
+    for (name, write) in requests {
+        let table = tables.entry(name).or_insert_with(|| Simulated {
+            stored: stored.remove(name).unwrap_or_default(),
+            ..Simulated::default()
+        });
+        let holds = write
+            .conditions
+            .iter()
+            .all(|(key, expected)| same_json(table.get(key), expected.as_deref()));
+        if !holds {
+            let current = write
+                .conditions
+                .iter()
+                .map(|(key, _)| table.get(key).map(str::to_owned))
+                .collect();
+            outcomes.push(Outcome::Conflict { current });
+            continue;
+        }
+        let mut previous = write
+            .want_previous
+            .then(|| Vec::with_capacity(write.ops.len()));
+        for op in &write.ops {
+            if let Some(previous) = &mut previous {
+                previous.push(op.key().and_then(|key| table.get(key).map(str::to_owned)));
+            }
+            table.apply(op);
+            applied.push((*name, op, write.origin));
+        }
+        outcomes.push(Outcome::Applied { previous });
+    }
+    (outcomes, applied)
+}
+
+/// A table's rows of the change log, as the log statement takes them: the keys (`None`:
+/// anything) and who wrote each.
+type LogRows<'a> = (Vec<Option<&'a str>>, Vec<i64>);
+
+/// What a set of writes does to a table, merged: the last write of each key wins.
+#[derive(Debug, Default, PartialEq)]
+struct Rows<'a> {
+    /// Every row is deleted first.
+    cleared: bool,
+    /// The origin of the clear, if any.
+    cleared_by: i64,
+    /// Sorted by key bytes, as are `delete_keys`.
+    upsert_keys: Vec<&'a str>,
+    upsert_values: Vec<&'a str>,
+    delete_keys: Vec<&'a str>,
+    /// Who wrote each key last: the origins of `upsert_keys`, then of `delete_keys`.
+    origins: Vec<i64>,
+}
+
+impl<'a> Rows<'a> {
+    /// Merges `ops`, each with the origin of the map that wrote it.
+    fn merge(ops: impl IntoIterator<Item = (&'a RawOp, i64)>) -> Self {
+        let mut rows = Rows::default();
+        let mut last: BTreeMap<&'a str, (Option<&'a str>, i64)> = BTreeMap::new();
+        for (op, origin) in ops {
+            match op {
+                RawOp::Upsert { key, value } => {
+                    last.insert(key, (Some(value), origin));
+                }
+                RawOp::Delete { key } => {
+                    last.insert(key, (None, origin));
+                }
+                RawOp::DeleteAll => {
+                    rows.cleared = true;
+                    rows.cleared_by = origin;
+                    last.clear();
+                }
+            }
+        }
+        let mut delete_origins = Vec::new();
+        for (key, (value, origin)) in last {
+            match value {
+                Some(value) => {
+                    rows.upsert_keys.push(key);
+                    rows.upsert_values.push(value);
+                    rows.origins.push(origin);
+                }
+                None => {
+                    rows.delete_keys.push(key);
+                    delete_origins.push(origin);
+                }
+            }
+        }
+        rows.origins.extend(delete_origins);
+        rows
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.cleared && self.upsert_keys.is_empty() && self.delete_keys.is_empty()
+    }
+
+    /// The change log's rows for these writes: each key with the origin that wrote it last,
+    /// or one `NULL` key ("anything") for a clear or too many keys.
+    fn logged(&self) -> LogRows<'a> {
+        let keys = self.upsert_keys.len() + self.delete_keys.len();
+        if self.cleared || keys > log::MAX_LOGGED_KEYS {
+            // One writer's: skipped by that writer, whose memory has it all. Several writers'
+            // (a clear followed by another map's writes): nobody's, so every map reloads.
+            let writers = self.origins.iter().copied();
+            let mut writers = writers.chain(self.cleared.then_some(self.cleared_by));
+            let first = writers.next().unwrap_or(0);
+            let origin = if writers.all(|origin| origin == first) {
+                first
+            } else {
+                0
+            };
+            return (vec![None], vec![origin]);
+        }
+        let keys = self.upsert_keys.iter().chain(&self.delete_keys);
+        (keys.map(|key| Some(*key)).collect(), self.origins.clone())
+    }
+}
+
+/// The advisory lock of `table` (`key` `None`) or of one of its keys: FNV-1a of their bytes.
+/// Two keys that share a lock only wait for each other.
+fn lock_id(table: &str, key: Option<&str>) -> i32 {
+    let separator: &[u8] = if key.is_some() { &[0] } else { &[] };
+    let bytes = table
+        .as_bytes()
+        .iter()
+        .chain(separator)
+        .chain(key.unwrap_or_default().as_bytes());
+    let hash = bytes.fold(0x811c_9dc5_u32, |hash, byte| {
+        (hash ^ u32::from(*byte)).wrapping_mul(0x0100_0193)
+    });
+    i32::from_ne_bytes(hash.to_ne_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upsert(key: &str, value: &str) -> RawOp {
+        RawOp::Upsert {
+            key: key.to_owned(),
+            value: value.to_owned(),
+        }
+    }
+
+    fn delete(key: &str) -> RawOp {
+        RawOp::Delete {
+            key: key.to_owned(),
+        }
+    }
+
+    fn by(origin: i64, ops: &[RawOp]) -> Vec<(&RawOp, i64)> {
+        ops.iter().map(|op| (op, origin)).collect()
+    }
+
+    fn stored(
+        table: &'static str,
+        rows: &[(&str, &str)],
+    ) -> HashMap<&'static str, HashMap<String, String>> {
+        let rows = rows
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+            .collect();
+        HashMap::from([(table, rows)])
+    }
+
+    #[test]
+    fn merged_rows_keep_the_last_write_of_each_key_sorted_by_key() {
+        let ops = [
+            upsert("b", "1"),
+            upsert("a", "2"),
+            delete("b"),
+            upsert("c", "3"),
+            upsert("a", "4"),
+            delete("d"),
+        ];
+        let rows = Rows::merge(by(7, &ops));
+        assert_eq!(rows.upsert_keys, ["a", "c"]);
+        assert_eq!(rows.upsert_values, ["4", "3"]);
+        assert_eq!(rows.delete_keys, ["b", "d"]);
+        assert!(!rows.cleared);
+        let (keys, origins) = rows.logged();
+        assert_eq!(keys, [Some("a"), Some("c"), Some("b"), Some("d")]);
+        assert_eq!(origins, [7, 7, 7, 7]);
+    }
+
+    #[test]
+    fn each_key_is_logged_with_its_last_writer_and_a_clear_as_anything() {
+        let (first, second) = ([upsert("a", "1"), upsert("b", "1")], [upsert("a", "2")]);
+        let rows = Rows::merge(by(1, &first).into_iter().chain(by(2, &second)));
+        assert_eq!(rows.logged(), (vec![Some("a"), Some("b")], vec![2, 1]));
+
+        let ops = [upsert("a", "1"), RawOp::DeleteAll, upsert("b", "2")];
+        let rows = Rows::merge(by(3, &ops));
+        assert!(rows.cleared);
+        assert_eq!(rows.upsert_keys, ["b"]);
+        assert!(rows.delete_keys.is_empty());
+        assert_eq!(rows.logged(), (vec![None], vec![3]));
+
+        // A clear and another map's write after it: every map must reload, the clearer too.
+        let (clear, later) = ([RawOp::DeleteAll], [upsert("c", "1")]);
+        let rows = Rows::merge(by(3, &clear).into_iter().chain(by(4, &later)));
+        assert_eq!(rows.logged(), (vec![None], vec![0]));
+    }
+
+    #[test]
+    fn locks_are_sorted_and_distinct_and_many_keys_or_a_clear_lock_the_table() {
+        let write = Write {
+            conditions: vec![("a".into(), None)],
+            ops: vec![upsert("b", "1"), delete("a"), upsert("c", "2")],
+            ..Write::default()
+        };
+        let other = Write {
+            ops: vec![upsert("a", "1")],
+            ..Write::default()
+        };
+        let requests = [("t", &write), ("u", &other)];
+        let plan = Plan::new(&requests);
+        assert_eq!(plan.key_locks.len(), 4);
+        assert!(plan.key_locks.windows(2).all(|pair| pair[0] < pair[1]));
+        assert_eq!(plan.table_locks.len(), 2);
+        assert!(plan
+            .table_locks
+            .windows(2)
+            .all(|pair| pair[0].0 < pair[1].0));
+        assert!(plan.table_locks.iter().all(|(_, exclusive)| !exclusive));
+        assert_ne!(lock_id("t", Some("a")), lock_id("u", Some("a")));
+        assert_ne!(lock_id("t", Some("")), lock_id("t", None));
+
+        let many = Write {
+            ops: (0..=MAX_KEY_LOCKS)
+                .map(|i| delete(&i.to_string()))
+                .collect(),
+            ..Write::default()
+        };
+        let clear = Write {
+            ops: vec![RawOp::DeleteAll],
+            ..Write::default()
+        };
+        for write in [&many, &clear] {
+            let requests = [("t", write)];
+            let plan = Plan::new(&requests);
+            assert_eq!(plan.table_locks, [(lock_id("t", None), true)]);
+            assert!(plan.key_locks.is_empty());
+        }
+    }
+
+    #[test]
+    fn keys_sort_by_their_bytes() {
+        let ops = [
+            upsert("é", "1"),
+            upsert("z", "2"),
+            upsert("Z", "3"),
+            upsert("", "4"),
+        ];
+        assert_eq!(Rows::merge(by(0, &ops)).upsert_keys, ["", "Z", "z", "é"]);
+        assert!(Rows::merge(by(0, &[])).is_empty());
+    }
+
+    fn bump(key: &str, from: Option<&str>, to: &str) -> Write {
+        Write {
+            conditions: vec![(key.to_owned(), from.map(str::to_owned))],
+            ops: vec![upsert(key, to)],
+            want_previous: false,
+            origin: 1,
+        }
+    }
+
+    #[test]
+    fn the_requests_of_a_group_see_the_ones_before_them_in_their_own_table() {
+        let (first, second, stale) = (
+            bump("n", Some("1"), "2"),
+            bump("n", Some("2"), "3"),
+            bump("n", Some("1"), "9"),
+        );
+        let elsewhere = bump("n", None, "1");
+        let requests = [
+            ("t", &first),
+            ("u", &elsewhere),
+            ("t", &second),
+            ("t", &stale),
+        ];
+        let (outcomes, applied) = evaluate(&requests, stored("t", &[("n", "1")]));
+        let applied_ok = Outcome::Applied { previous: None };
+        assert_eq!(
+            outcomes[..3],
+            [applied_ok.clone(), applied_ok.clone(), applied_ok]
+        );
+        assert_eq!(
+            outcomes[3],
+            Outcome::Conflict {
+                current: vec![Some("3".to_owned())]
+            }
+        );
+        let in_t = applied.iter().filter(|(table, _, _)| *table == "t");
+        assert_eq!(
+            Rows::merge(in_t.map(|(_, op, origin)| (*op, *origin))).upsert_values,
+            ["3"]
+        );
+    }
+
+    #[test]
+    fn previous_values_and_json_comparison_follow_the_simulated_table() {
+        let object = r#"{"x": 1, "y": 2}"#;
+        let insert = Write {
+            ops: vec![upsert("a", "5"), delete("a"), upsert("b", "6")],
+            want_previous: true,
+            ..Write::default()
+        };
+        let absent_now = Write {
+            conditions: vec![("a".into(), None)],
+            ops: vec![RawOp::DeleteAll, upsert("c", "1")],
+            want_previous: true,
+            ..Write::default()
+        };
+        let requests = [("t", &insert), ("t", &absent_now)];
+        let (outcomes, _) = evaluate(&requests, stored("t", &[("a", object)]));
+        assert_eq!(
+            outcomes[0],
+            Outcome::Applied {
+                previous: Some(vec![Some(object.into()), Some("5".into()), None])
+            }
+        );
+        assert_eq!(
+            outcomes[1],
+            Outcome::Applied {
+                previous: Some(vec![None, None])
+            }
+        );
+        let reordered = bump("a", Some(r#"{"y":2,"x":1}"#), "7");
+        let (outcomes, _) = evaluate(&[("t", &reordered)], stored("t", &[("a", object)]));
+        assert_eq!(outcomes[0], Outcome::Applied { previous: None });
+    }
+}

@@ -1,0 +1,207 @@
+//! The change log: which keys each commit wrote, so that the other instances re-read just
+//! those keys, and a map's position in it.
+//!
+//! PostgreSQL sequences are not commit-ordered (a transaction can take a number and commit after
+//! one that took a later number), so a log numbered by a sequence could not be read past a
+//! point. Instead every writing transaction bumps its table's row in
+//! `persistent_map_revisions`, as the last statement before `COMMIT`: the row lock it takes
+//! makes the transactions of one table commit in the order of their revisions, so a reader that
+//! sees revision `n` committed sees every revision before it. The transaction logs its keys
+//! under that revision in `persistent_map_log` (one `NULL` key for a clear or for more than
+//! [`MAX_LOGGED_KEYS`] keys: "anything"), with the id of the map that wrote them (its origin).
+//!
+//! A map's position is the revision it has applied (with the backend's epoch and when it last
+//! reloaded, see [`Position`]). Catching up reads the log rows of later revisions written by
+//! other maps. Old rows are pruned in bounded batches by the commits themselves; a position
+//! older than what was pruned is answered with a full reload.
+
+use crate::ChangePosition;
+
+/// Creates what the log needs if it is missing (under the setup lock: concurrent
+/// `CREATE ... IF NOT EXISTS` can fail).
+pub(super) const CREATE: &str = "\
+    CREATE TABLE IF NOT EXISTS persistent_map_revisions (\
+        table_name TEXT PRIMARY KEY, rev BIGINT NOT NULL, pruned BIGINT NOT NULL DEFAULT 0);\
+    CREATE TABLE IF NOT EXISTS persistent_map_log (\
+        table_name TEXT NOT NULL, rev BIGINT NOT NULL, key TEXT, origin BIGINT NOT NULL);\
+    CREATE INDEX IF NOT EXISTS persistent_map_log_by_table ON persistent_map_log (table_name, rev);\
+    CREATE TABLE IF NOT EXISTS persistent_map_tables (\
+        table_name TEXT PRIMARY KEY, key_layout TEXT NOT NULL);";
+
+/// Whether any of the crate's own tables is missing.
+pub(super) const MISSING: &str = "SELECT to_regclass('persistent_map_revisions') IS NULL \
+     OR to_regclass('persistent_map_log') IS NULL \
+     OR to_regclass('persistent_map_tables') IS NULL";
+
+/// `$1` the table: its revision row, made if missing.
+pub(super) const ADD_TABLE: &str =
+    "INSERT INTO persistent_map_revisions (table_name, rev, pruned) \
+     VALUES ($1, 0, 0) ON CONFLICT (table_name) DO NOTHING";
+
+/// `$1` the table, `$2` the keys (`NULL`: anything), `$3` their origins: bumps the revision
+/// (taking its row lock until `COMMIT`) and logs the keys under it.
+pub(super) const LOG: &str = "\
+    WITH bumped AS (\
+        INSERT INTO persistent_map_revisions AS r (table_name, rev, pruned) VALUES ($1, 1, 0) \
+        ON CONFLICT (table_name) DO UPDATE SET rev = r.rev + 1 RETURNING rev) \
+    INSERT INTO persistent_map_log (table_name, rev, key, origin) \
+    SELECT $1, bumped.rev, u.key, u.origin \
+    FROM bumped, unnest($2::text[], $3::int8[]) AS u(key, origin)";
+
+/// `$1` the table, `$2` how many revisions to keep, `$3` the most rows to delete: deletes log
+/// rows of older revisions and records the newest revision deleted.
+pub(super) const PRUNE: &str = "\
+    WITH gone AS (\
+        DELETE FROM persistent_map_log WHERE ctid = ANY(ARRAY(\
+            SELECT ctid FROM persistent_map_log \
+            WHERE table_name = $1 \
+              AND rev <= (SELECT rev FROM persistent_map_revisions WHERE table_name = $1) - $2 \
+            LIMIT $3)) \
+        RETURNING rev) \
+    UPDATE persistent_map_revisions SET pruned = greatest(pruned, (SELECT max(rev) FROM gone)) \
+    WHERE table_name = $1 AND EXISTS (SELECT 1 FROM gone)";
+
+/// `$1` the table: its revision now (no row: 0).
+pub(super) const REVISION: &str =
+    "SELECT coalesce((SELECT rev FROM persistent_map_revisions WHERE table_name = $1), 0)";
+
+/// `$1` the table, `$2` the position's revision, `$3` the asking map's origin, `$4` the most
+/// rows to return: the revision row and the keys others logged after `$2`, in one snapshot.
+/// A row whose `l.rev` is `NULL` is the revision row alone (nothing logged).
+pub(super) const SINCE: &str = "\
+    SELECT r.rev, r.pruned, l.rev, l.key FROM persistent_map_revisions r \
+    LEFT JOIN persistent_map_log l \
+      ON l.table_name = r.table_name AND l.rev > $2 AND l.origin <> $3 \
+    WHERE r.table_name = $1 LIMIT $4";
+
+/// A commit of more keys than this logs one "anything" row: followers reload the table.
+pub(super) const MAX_LOGGED_KEYS: usize = 65_536;
+
+/// A map more keys than this behind reloads instead of reading them from the log.
+pub(super) const MAX_CATCH_UP_ROWS: i64 = 100_000;
+
+/// The log keeps the rows of about this many of each table's newest revisions.
+pub(super) const REVISIONS_KEPT: i64 = 16_384;
+
+/// Every this many commits of a session, its commit also prunes that many rows at most.
+pub(super) const PRUNE_EVERY_COMMITS: u64 = 256;
+pub(super) const PRUNE_BATCH_ROWS: i64 = 10_000;
+
+/// The log since a revision, as read.
+#[derive(Debug, Default)]
+pub(super) struct LogRead {
+    /// Whether the table has a revision row (a table written by this crate does).
+    pub(super) known: bool,
+    pub(super) rev: i64,
+    pub(super) pruned: i64,
+    /// The keys logged since, by others (`None`: anything); possibly repeated.
+    pub(super) keys: Vec<Option<String>>,
+}
+
+/// What the log says changed since a revision.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Logged {
+    /// These key texts, sorted and distinct, possibly none.
+    Keys(Vec<String>),
+    /// Anything may have changed: reload.
+    Unknown,
+}
+
+impl LogRead {
+    /// What changed after `since`, judged from this read.
+    pub(super) fn since(self, since: i64) -> Logged {
+        let truncated = self.keys.len() as i64 >= MAX_CATCH_UP_ROWS;
+        // A revision below the position: the bookkeeping was reset by hand.
+        if !self.known || since > self.rev || since < self.pruned || truncated {
+            return Logged::Unknown;
+        }
+        let mut keys = Vec::with_capacity(self.keys.len());
+        for key in self.keys {
+            match key {
+                Some(key) => keys.push(key),
+                None => return Logged::Unknown,
+            }
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        Logged::Keys(keys)
+    }
+}
+
+/// A map's place, packed in a [`ChangePosition`]: the revision applied, the backend's epoch
+/// when it was taken (see `notify.rs`), and when (tenths of a second since the backend was made) the map
+/// last reloaded everything, for the periodic reconcile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Position {
+    pub(super) rev: i64,
+    pub(super) epoch: u32,
+    pub(super) reloaded_at: u32,
+}
+
+impl Position {
+    pub(super) fn to_change_position(self) -> ChangePosition {
+        ChangePosition::new(
+            (u128::from(self.rev as u64) << 64)
+                | (u128::from(self.epoch) << 32)
+                | u128::from(self.reloaded_at),
+        )
+    }
+
+    pub(super) fn from_change_position(position: ChangePosition) -> Self {
+        let bits = position.get();
+        Self {
+            rev: (bits >> 64) as u64 as i64,
+            epoch: (bits >> 32) as u32,
+            reloaded_at: bits as u32,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_position_survives_its_packing() {
+        for position in [
+            Position {
+                rev: 0,
+                epoch: 0,
+                reloaded_at: 0,
+            },
+            Position {
+                rev: i64::MAX,
+                epoch: u32::MAX,
+                reloaded_at: 77,
+            },
+        ] {
+            let packed = position.to_change_position();
+            assert_eq!(Position::from_change_position(packed), position);
+        }
+    }
+
+    fn read(rev: i64, pruned: i64, keys: &[Option<&str>]) -> LogRead {
+        LogRead {
+            known: true,
+            rev,
+            pruned,
+            keys: keys.iter().map(|key| key.map(str::to_owned)).collect(),
+        }
+    }
+
+    #[test]
+    fn the_log_names_keys_once_and_reloads_when_it_cannot_say() {
+        let keys = read(9, 0, &[Some("b"), Some("a"), Some("b")]).since(5);
+        assert_eq!(keys, Logged::Keys(vec!["a".into(), "b".into()]));
+        assert_eq!(read(9, 0, &[]).since(9), Logged::Keys(vec![]));
+        assert_eq!(read(9, 0, &[Some("a"), None]).since(5), Logged::Unknown);
+        // Pruned past the position, or reset below it, or never written by us.
+        assert_eq!(read(9, 6, &[]).since(5), Logged::Unknown);
+        assert_eq!(
+            read(9, 5, &[Some("a")]).since(5),
+            Logged::Keys(vec!["a".into()])
+        );
+        assert_eq!(read(3, 0, &[]).since(5), Logged::Unknown);
+        assert_eq!(LogRead::default().since(0), Logged::Unknown);
+    }
+}
