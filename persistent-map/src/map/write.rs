@@ -13,7 +13,8 @@ use crate::backends::encode::encode_value;
 use crate::completion::run_to_completion;
 use crate::key_locks::KeyGuard;
 use crate::{
-    BatchOp, Checked, Condition, PersistentError, Result, StorageBackend, Stored, WriteOptions,
+    BatchOp, Checked, Condition, Deadline, PersistentError, Result, StorageBackend, Stored,
+    WriteOptions,
 };
 
 /// What a write did, once memory took it.
@@ -55,7 +56,8 @@ where
     /// # }
     /// ```
     pub async fn insert(&self, key: K, value: V) -> Result<Option<V>> {
-        self.write(BatchOp::Save(key, value)).await
+        let deadline = self.default_deadline();
+        self.write_with(BatchOp::Save(key, value), deadline).await
     }
 
     /// Removes `key` from the backend, then from the map, and returns the value storage held
@@ -76,7 +78,7 @@ where
     /// # }
     /// ```
     pub async fn remove(&self, key: &K) -> Result<Option<V>> {
-        self.write(BatchOp::Delete(key.clone())).await
+        self.write_with(BatchOp::Delete(key.clone()), None).await
     }
 
     /// Atomically replaces the value under `key` with what `change` makes of it, and returns the
@@ -119,7 +121,18 @@ where
     pub async fn update(
         &self,
         key: &K,
+        change: impl FnMut(Option<&V>) -> Option<V>,
+    ) -> Result<Option<V>> {
+        self.update_until(key, change, self.default_deadline())
+            .await
+    }
+
+    /// [`update`](Self::update), the value it stores expiring at `deadline`.
+    pub(super) async fn update_until(
+        &self,
+        key: &K,
         mut change: impl FnMut(Option<&V>) -> Option<V>,
+        deadline: Option<Deadline>,
     ) -> Result<Option<V>> {
         let mut guard = self.shared.key_locks.lock(key).await;
         let mut current = self.get(key);
@@ -136,7 +149,9 @@ where
                 key: key.clone(),
                 expected,
             };
-            let (returned, outcome) = self.commit(guard, vec![condition], ops, false).await;
+            let (returned, outcome) = self
+                .commit(guard, vec![condition], ops, false, deadline)
+                .await;
             guard = returned;
             match outcome? {
                 Outcome::Applied { .. } => return Ok(new),
@@ -183,10 +198,13 @@ where
             return Ok((value, false));
         }
         let value = make();
+        let deadline = self.default_deadline();
         loop {
             let condition = Condition::absent(key.clone());
             let op = BatchOp::Save(key.clone(), value.clone());
-            let (returned, outcome) = self.commit(guard, vec![condition], vec![op], false).await;
+            let (returned, outcome) = self
+                .commit(guard, vec![condition], vec![op], false, deadline)
+                .await;
             guard = returned;
             match outcome? {
                 Outcome::Applied { .. } => return Ok((value, true)),
@@ -278,18 +296,29 @@ where
             Some(value) => BatchOp::Save(key.clone(), value),
             None => BatchOp::Delete(key.clone()),
         };
+        let deadline = self.default_deadline();
         let guard = self.shared.key_locks.lock(key).await;
-        let (_, outcome) = self.commit(guard, vec![condition], vec![op], false).await;
+        let (_, outcome) = self
+            .commit(guard, vec![condition], vec![op], false, deadline)
+            .await;
         Ok(match outcome? {
             Outcome::Applied { .. } => Ok(current.cloned()),
             Outcome::Conflict(mut now) => Err(now.pop().flatten().map(|stored| stored.value)),
         })
     }
 
-    /// One write of one key, in that key's turn.
-    async fn write(&self, op: BatchOp<K, V>) -> Result<Option<V>> {
+    /// One write of one key, in that key's turn; a saved value expires at `deadline`.
+    pub(super) async fn write_with(
+        &self,
+        op: BatchOp<K, V>,
+        deadline: Option<Deadline>,
+    ) -> Result<Option<V>> {
         let guard = self.shared.key_locks.lock(op.key()).await;
-        match self.commit(guard, Vec::new(), vec![op], true).await.1? {
+        match self
+            .commit(guard, Vec::new(), vec![op], true, deadline)
+            .await
+            .1?
+        {
             Outcome::Applied { replaced, .. } => Ok(replaced),
             Outcome::Conflict(_) => unreachable!("a write without conditions has no conflict"),
         }
@@ -298,24 +327,30 @@ where
     /// Stores `ops` in the backend if `conditions` hold, then applies them to memory, holding
     /// `guard` (the turns of every key involved) throughout; on a conflict, makes memory hold
     /// what storage holds under the conditions' keys instead. Runs to completion even if the
-    /// caller stops waiting, and hands `guard` back for a caller that tries again.
+    /// caller stops waiting, and hands `guard` back for a caller that tries again. Saved values
+    /// expire at `deadline`.
     pub(super) async fn commit(
         &self,
         guard: KeyGuard,
         conditions: Vec<Condition<K>>,
         ops: Vec<BatchOp<K, V>>,
         want_previous: bool,
+        deadline: Option<Deadline>,
     ) -> (KeyGuard, Result<Outcome<V>>) {
+        if let Err(unsupported) = self.prepare_deadline(deadline) {
+            return (guard, Err(unsupported));
+        }
         let options = WriteOptions::new()
             .want_previous(want_previous)
-            .origin(self.shared.id);
+            .origin(self.shared.id)
+            .expires(deadline);
         let shared = Arc::clone(&self.shared);
         let backend = Arc::clone(&self.backend);
         run_to_completion(async move {
             let checked = backend.apply_checked(&conditions, &ops, options).await;
             let outcome = match checked {
                 Ok(Checked::Applied { previous }) => {
-                    let (in_memory, removed) = shared.apply_all(ops.into_iter());
+                    let (in_memory, removed) = shared.apply_all(ops.into_iter(), deadline);
                     // Storage's word on what the first write replaced, where the backend gives
                     // it; a value written by another program that does not decode as `V`
                     // falls back to memory's.
@@ -327,11 +362,12 @@ where
                     Ok(Outcome::Applied { replaced, removed })
                 }
                 Ok(Checked::Conflict { current }) => {
-                    for (condition, stored) in conditions.into_iter().zip(&current) {
-                        let value = stored.as_ref().map(|stored| stored.value.clone());
-                        shared.apply_stored(condition.key, value);
-                    }
-                    Ok(Outcome::Conflict(current))
+                    let stored = conditions.into_iter().zip(&current).map(|(condition, stored)| {
+                        (condition.key, stored.as_ref().map(|stored| stored.value.clone()))
+                    });
+                    super::expiry::settle(&shared, &*backend, stored.collect())
+                        .await
+                        .map(|()| Outcome::Conflict(current))
                 }
                 Err(PersistentError::PartialBatch { applied, source }) => Err(
                     super::batch::undo_partial_batch(&shared, &*backend, ops, applied, *source)

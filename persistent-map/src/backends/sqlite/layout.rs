@@ -134,7 +134,7 @@ where
 
     let mut moved: Vec<RawRow> = Vec::with_capacity(rows.len());
     let mut new_keys = HashSet::with_capacity(rows.len());
-    for (old_key, value) in rows {
+    for (old_key, value, expires_at) in rows {
         let key = old_key
             .parse::<Old>()
             .map_err(|source| PersistentError::InvalidStoredKey {
@@ -149,7 +149,7 @@ where
                 key,
             });
         }
-        moved.push((key, value));
+        moved.push((key, value, expires_at));
     }
 
     let count = moved.len();
@@ -164,8 +164,8 @@ where
             transaction.execute(&old_table.delete_all, [])?;
             {
                 let mut insert = transaction.prepare(&new_table.upsert)?;
-                for (key, value) in &moved {
-                    insert.execute((key, value))?;
+                for (key, value, expires_at) in &moved {
+                    insert.execute((key, value, expires_at))?;
                 }
             }
             transaction.execute(CREATE_LAYOUTS, [])?;

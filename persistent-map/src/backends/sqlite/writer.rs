@@ -28,7 +28,12 @@ use crate::{PersistentError, Result};
 /// A write as the writer executes it: key text and JSON value, already encoded.
 #[derive(Debug)]
 pub(crate) enum RawOp {
-    Upsert { key: String, value: String },
+    /// `expires_at`: the deadline in Unix milliseconds (`None`: never), stored as is.
+    Upsert {
+        key: String,
+        value: String,
+        expires_at: Option<i64>,
+    },
     Delete { key: String },
     DeleteAll,
 }
@@ -49,12 +54,17 @@ impl TableSql {
         Self {
             name: name.to_owned(),
             upsert: format!(
-                "INSERT INTO \"{name}\" (key, value) VALUES (?1, ?2) \
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+                "INSERT INTO \"{name}\" (key, value, expires_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
+                 expires_at = excluded.expires_at"
             ),
             delete: format!("DELETE FROM \"{name}\" WHERE key = ?1"),
             delete_all: format!("DELETE FROM \"{name}\""),
-            select: format!("SELECT value FROM \"{name}\" WHERE key = ?1"),
+            // An expired row is absent to conditions and previous values.
+            select: format!(
+                "SELECT value FROM \"{name}\" WHERE key = ?1 \
+                 AND (expires_at IS NULL OR expires_at > ?2)"
+            ),
         }
     }
 }
@@ -545,6 +555,8 @@ fn execute(
             return Ok(Outcome::LayoutChanged { table, stored });
         }
     }
+    // The writer's wall clock decides what has expired, once for the whole request.
+    let now = super::expiry::now_sql();
     if write.parts.iter().any(|part| !part.conditions.is_empty()) {
         let mut holds = true;
         let mut current = Vec::with_capacity(write.parts.len());
@@ -552,7 +564,7 @@ fn execute(
             let stored = part
                 .conditions
                 .iter()
-                .map(|(key, _)| stored_value(connection, &part.table, key))
+                .map(|(key, _)| stored_value(connection, &part.table, key, now))
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             holds &= part
                 .conditions
@@ -575,7 +587,7 @@ fn execute(
             for op in &part.ops {
                 before.push(match op {
                     RawOp::Upsert { key, .. } | RawOp::Delete { key } => {
-                        stored_value(connection, table, key)?
+                        stored_value(connection, table, key, now)?
                     }
                     RawOp::DeleteAll => None,
                 });
@@ -592,16 +604,18 @@ fn execute(
     })
 }
 
-/// The JSON stored under `key`, if any. A value that is not text (written by another program)
-/// is read as the text SQLite makes of it, so that a condition on it fails rather than errs.
+/// The JSON stored under `key`, if any and not expired at `now` (Unix milliseconds). A value
+/// that is not text (written by another program) is read as the text SQLite makes of it, so
+/// that a condition on it fails rather than errs.
 fn stored_value(
     connection: &Connection,
     table: &TableSql,
     key: &str,
+    now: i64,
 ) -> rusqlite::Result<Option<String>> {
     let mut select = connection.prepare_cached(&table.select)?;
     select
-        .query_row([key], |row| {
+        .query_row((key, now), |row| {
             Ok(match row.get_ref(0)? {
                 ValueRef::Text(text) | ValueRef::Blob(text) => {
                     String::from_utf8_lossy(text).into_owned()
@@ -638,7 +652,7 @@ const PRUNE_EVERY_COMMITS: u64 = 1024;
 const INSERT_LOG: &str =
     "INSERT INTO persistent_map_log (table_name, key, origin, writer) VALUES (?1, ?2, ?3, ?4)";
 
-fn log_keys(
+pub(super) fn log_keys(
     connection: &Connection,
     table: &TableSql,
     ops: &[RawOp],
@@ -742,12 +756,16 @@ fn execute_ops(connection: &Connection, table: &TableSql, ops: &[RawOp]) -> rusq
     let mut delete = None;
     for op in ops {
         match op {
-            RawOp::Upsert { key, value } => {
+            RawOp::Upsert {
+                key,
+                value,
+                expires_at,
+            } => {
                 let statement = match &mut upsert {
                     Some(statement) => statement,
                     None => upsert.insert(connection.prepare_cached(&table.upsert)?),
                 };
-                statement.execute((key, value))?;
+                statement.execute((key, value, expires_at))?;
             }
             RawOp::Delete { key } => {
                 let statement = match &mut delete {
