@@ -1,13 +1,15 @@
 //! Expiry in SQLite: the `expires_at` column, and sweeping expired rows.
 //!
 //! `expires_at INTEGER` holds a row's deadline in Unix milliseconds of the writer's wall clock
-//! (`NULL`: never). It is added in place (`ALTER TABLE ... ADD COLUMN`) to a table that lacks it
-//! the first time this version opens the table, so the table keeps persistent-map 0.1.3's
+//! (`NULL`: never). It is added in place (`ALTER TABLE ... ADD COLUMN`) by the first write with
+//! a time to live to the table, in that write's transaction, so a table that never uses one
+//! keeps exactly persistent-map 0.1.3's two columns; and the table keeps persistent-map 0.1.3's
 //! `key` and `value` columns and 0.1.3, which selects those two, still reads it. A partial
 //! index over the rows that have a deadline (`persistent_map_expiry_<table>`) lets a sweep find
 //! expired rows without scanning the table; rows without a deadline are not in it, so writes
 //! that never use a TTL do not maintain it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use rusqlite::types::ValueRef;
@@ -41,42 +43,97 @@ fn index_name(table: &str) -> String {
     format!("persistent_map_expiry_{table}")
 }
 
-/// Adds `expires_at` and its partial index to `table` if `columns` (its `PRAGMA table_info`)
-/// lack the column. Checked again inside an `IMMEDIATE` transaction, so two processes opening
-/// the table at once do not both add it.
-pub(super) fn add_expiry_column(
-    connection: &mut Connection,
+/// Whether `table` has the column `expires_at`.
+pub(super) fn has_column(connection: &Connection, table: &str) -> rusqlite::Result<bool> {
+    let mut statement = connection.prepare_cached(&format!("PRAGMA table_info(\"{table}\")"))?;
+    let mut names = statement.query_map([], |row| row.get::<_, String>("name"))?;
+    names.try_fold(false, |found, name| {
+        Ok(found || name?.eq_ignore_ascii_case("expires_at"))
+    })
+}
+
+/// Adds `expires_at` and its partial index to `table`, inside the caller's transaction.
+pub(super) fn add_column(connection: &Connection, table: &str) -> rusqlite::Result<()> {
+    connection.execute(
+        &format!("ALTER TABLE \"{table}\" ADD COLUMN expires_at INTEGER"),
+        [],
+    )?;
+    connection.execute(
+        &format!(
+            "CREATE INDEX IF NOT EXISTS \"{}\" ON \"{table}\" (expires_at) \
+             WHERE expires_at IS NOT NULL",
+            index_name(table)
+        ),
+        [],
+    )?;
+    Ok(())
+}
+
+/// How a `SELECT` on `table` reads deadlines and keeps out expired rows, whether or not the
+/// table has the column: the column expression, and the condition that a row is live at the
+/// time in the parameter `now_param` (`?1`, `?2`).
+pub(super) fn live_rows_sql(
+    connection: &Connection,
     table: &str,
-    columns: &[(String, i64)],
-) -> rusqlite::Result<()> {
-    let has_column = |columns: &[(String, i64)]| {
-        columns
-            .iter()
-            .any(|(name, _)| name.eq_ignore_ascii_case("expires_at"))
-    };
-    if has_column(columns) {
-        return Ok(());
+    now_param: &str,
+) -> rusqlite::Result<(&'static str, String)> {
+    Ok(if has_column(connection, table)? {
+        (
+            "expires_at",
+            format!("(expires_at IS NULL OR expires_at > {now_param})"),
+        )
+    } else {
+        // The parameter is still bound: mention it.
+        ("NULL", format!("{now_param} IS NOT NULL"))
+    })
+}
+
+/// The writer's knowledge of which tables have `expires_at`, valid while the file's schema is
+/// unchanged (`PRAGMA schema_version`). Until a table's first write with a time to live it has
+/// no such column, and its writes use the SQL of persistent-map 0.1.3's two columns.
+#[derive(Debug, Default)]
+pub(super) struct ExpiryColumns {
+    schema_version: Option<i64>,
+    known: HashMap<String, bool>,
+}
+
+impl ExpiryColumns {
+    /// Called at the start of each transaction: forgets what a schema change may have changed.
+    pub(super) fn begin(&mut self, connection: &Connection) -> rusqlite::Result<()> {
+        let version: i64 = connection
+            .prepare_cached("PRAGMA schema_version")?
+            .query_row([], |row| row.get(0))?;
+        if self.schema_version != Some(version) {
+            self.schema_version = Some(version);
+            self.known.clear();
+        }
+        Ok(())
     }
-    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let columns = transaction
-        .prepare(&format!("PRAGMA table_info(\"{table}\")"))?
-        .query_map([], |row| Ok((row.get::<_, String>("name")?, 0)))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    if !has_column(&columns) {
-        transaction.execute(
-            &format!("ALTER TABLE \"{table}\" ADD COLUMN expires_at INTEGER"),
-            [],
-        )?;
-        transaction.execute(
-            &format!(
-                "CREATE INDEX IF NOT EXISTS \"{}\" ON \"{table}\" (expires_at) \
-                 WHERE expires_at IS NOT NULL",
-                index_name(table)
-            ),
-            [],
-        )?;
+
+    /// Whether `table` has the column, adding it first (in the open transaction) when `add`.
+    pub(super) fn has_column(
+        &mut self,
+        connection: &Connection,
+        table: &str,
+        add: bool,
+    ) -> rusqlite::Result<bool> {
+        let known = match self.known.get(table) {
+            Some(&known) => known,
+            None => {
+                let found = has_column(connection, table)?;
+                self.known.insert(table.to_owned(), found);
+                found
+            }
+        };
+        if known || !add {
+            return Ok(known);
+        }
+        add_column(connection, table)?;
+        self.known.insert(table.to_owned(), true);
+        // A rollback would undo the column and bring the version back: check again next time.
+        self.schema_version = None;
+        Ok(true)
     }
-    transaction.commit()
 }
 
 /// Deletes up to `limit` rows of `table` whose deadline has passed on the writer's clock, in
@@ -92,6 +149,9 @@ pub(super) async fn sweep(
     let id = writer.id();
     writer
         .run(move |connection| {
+            if !has_column(connection, &table.name)? {
+                return Ok(Vec::new()); // No TTL was ever written to this table.
+            }
             let transaction =
                 connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let deleted = {

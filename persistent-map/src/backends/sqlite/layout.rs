@@ -162,10 +162,20 @@ where
             let transaction =
                 connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
             transaction.execute(&old_table.delete_all, [])?;
-            {
-                let mut insert = transaction.prepare(&new_table.upsert)?;
+            // Deadlines move with their rows; a table gains the column only if one has one.
+            let expiring = moved.iter().any(|(_, _, expires_at)| expires_at.is_some());
+            if expiring && !super::expiry::has_column(&transaction, &new_table.name)? {
+                super::expiry::add_column(&transaction, &new_table.name)?;
+            }
+            if expiring {
+                let mut insert = transaction.prepare(&new_table.upsert_expiring)?;
                 for (key, value, expires_at) in &moved {
                     insert.execute((key, value, expires_at))?;
+                }
+            } else {
+                let mut insert = transaction.prepare(&new_table.upsert)?;
+                for (key, value, _) in &moved {
+                    insert.execute((key, value))?;
                 }
             }
             transaction.execute(CREATE_LAYOUTS, [])?;

@@ -25,21 +25,15 @@ pub(super) async fn ensure_table(writer: &Writer, table: &str) -> Result<()> {
         "CREATE TABLE IF NOT EXISTS \"{table}\" (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)"
     );
     let table_info = format!("PRAGMA table_info(\"{table}\")");
-    let name = table.to_owned();
     let columns = writer
         .run(move |connection| {
             connection.execute(&create, [])?;
             connection.execute(super::writer::CREATE_LOG, [])?;
-            let columns = connection
-                .prepare(&table_info)?
-                .query_map([], |row| {
-                    Ok((row.get::<_, String>("name")?, row.get::<_, i64>("pk")?))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            if check_columns(&name, &columns).is_ok() {
-                super::expiry::add_expiry_column(connection, &name, &columns)?;
-            }
-            Ok(columns)
+            let mut statement = connection.prepare(&table_info)?;
+            let columns = statement.query_map([], |row| {
+                Ok((row.get::<_, String>("name")?, row.get::<_, i64>("pk")?))
+            })?;
+            columns.collect::<rusqlite::Result<Vec<_>>>()
         })
         .await?;
     check_columns(table, &columns)
@@ -202,13 +196,13 @@ where
     <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
     V: DeserializeOwned,
 {
-    let select = format!(
-        "SELECT value, expires_at FROM \"{table}\" WHERE key = ?1 \
-         AND (expires_at IS NULL OR expires_at > ?2)"
-    );
+    let name = table.to_owned();
     let rows = writer
         .run(move |connection| {
             let now = super::expiry::now_sql();
+            let (deadline, live) = super::expiry::live_rows_sql(connection, &name, "?2")?;
+            let select =
+                format!("SELECT value, {deadline} FROM \"{name}\" WHERE key = ?1 AND {live}");
             let mut statement = connection.prepare_cached(&select)?;
             let mut rows = Vec::with_capacity(keys.len());
             for key in keys {
@@ -236,12 +230,11 @@ pub(super) type RawRow = (String, String, Option<i64>);
 
 /// Every live row of `table`, as stored.
 pub(super) async fn raw_rows(writer: &Writer, table: &str) -> Result<Vec<RawRow>> {
-    let select = format!(
-        "SELECT key, value, expires_at FROM \"{table}\" \
-         WHERE expires_at IS NULL OR expires_at > ?1"
-    );
+    let name = table.to_owned();
     let rows = writer
         .run(move |connection| {
+            let (deadline, live) = super::expiry::live_rows_sql(connection, &name, "?1")?;
+            let select = format!("SELECT key, value, {deadline} FROM \"{name}\" WHERE {live}");
             let mut statement = connection.prepare(&select)?;
             let mut rows = statement.query([super::expiry::now_sql()])?;
             let mut raw = Vec::new();
@@ -357,9 +350,9 @@ where
     <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
     V: DeserializeOwned,
 {
+    let (deadline, live) = super::expiry::live_rows_sql(connection, table, "?1")?;
     let mut statement = connection.prepare_cached(&format!(
-        "SELECT key, value, expires_at FROM \"{table}\" \
-         WHERE expires_at IS NULL OR expires_at > ?1"
+        "SELECT key, value, {deadline} FROM \"{table}\" WHERE {live}"
     ))?;
     let mut rows = statement.query([super::expiry::now_sql()])?;
     let mut chunk = Chunk::new(sender);
