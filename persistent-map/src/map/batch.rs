@@ -170,7 +170,11 @@ where
         ops: Vec<BatchOp<K, V>>,
         deadline: Option<Deadline>,
     ) -> Result<usize> {
-        match self.commit(guard, Vec::new(), ops, false, deadline).await.1? {
+        match self
+            .commit(guard, Vec::new(), ops, false, deadline)
+            .await
+            .1?
+        {
             Outcome::Applied { removed, .. } => Ok(removed),
             Outcome::Conflict(_) => unreachable!("a batch without conditions has no conflict"),
         }

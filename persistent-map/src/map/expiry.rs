@@ -103,7 +103,10 @@ where
     fn drop_swept(&self, keys: Vec<K>) {
         let now = now_millis();
         for key in keys {
-            if let Some((key, _)) = self.entries.remove_if(&key, |_, slot| !slot.is_live_at(now)) {
+            if let Some((key, _)) = self
+                .entries
+                .remove_if(&key, |_, slot| !slot.is_live_at(now))
+            {
                 self.changes.publish(Some(Change::Expired { key }));
             }
         }

@@ -362,9 +362,15 @@ where
                     Ok(Outcome::Applied { replaced, removed })
                 }
                 Ok(Checked::Conflict { current }) => {
-                    let stored = conditions.into_iter().zip(&current).map(|(condition, stored)| {
-                        (condition.key, stored.as_ref().map(|stored| stored.value.clone()))
-                    });
+                    let stored = conditions
+                        .into_iter()
+                        .zip(&current)
+                        .map(|(condition, stored)| {
+                            (
+                                condition.key,
+                                stored.as_ref().map(|stored| stored.value.clone()),
+                            )
+                        });
                     super::expiry::settle(&shared, &*backend, stored.collect())
                         .await
                         .map(|()| Outcome::Conflict(current))

@@ -519,8 +519,12 @@ where
     }
 
     async fn save(&self, key: K, value: V) -> Result<(), PersistentError> {
-        self.write_ops(vec![encode(&self.table.name, &BatchOp::Save(key, value), None)?])
-            .await
+        self.write_ops(vec![encode(
+            &self.table.name,
+            &BatchOp::Save(key, value),
+            None,
+        )?])
+        .await
     }
 
     async fn delete(&self, key: &K) -> Result<(), PersistentError> {

@@ -34,7 +34,9 @@ pub(crate) enum RawOp {
         value: String,
         expires_at: Option<i64>,
     },
-    Delete { key: String },
+    Delete {
+        key: String,
+    },
     DeleteAll,
 }
 
