@@ -149,7 +149,7 @@ where
     /// Writes from this map wait while it runs. Use it when something else (another process,
     /// the backend used directly) has changed the storage; [`refresh`](Self::refresh) does the
     /// same only when something changed. On error the map is unchanged. Subscribers hear
-    /// [`Change::Reloaded`].
+    /// [`Change::Reloaded`](crate::Change::Reloaded).
     ///
     /// ```
     /// use persistent_map::{in_memory::InMemoryBackend, PersistentMap, StorageBackend};
