@@ -105,7 +105,8 @@ impl Deadline {
         self.passed_at(now_millis())
     }
 
-    /// The time left before the deadline on this process's wall clock; `None` once it passed.
+    /// The time left before the deadline on this process's wall clock, in whole milliseconds
+    /// (rounded down); `None` once it passed.
     ///
     /// ```
     /// # use persistent_map::Deadline;
@@ -114,8 +115,17 @@ impl Deadline {
     /// assert!(left > Duration::from_secs(4) && left <= Duration::from_secs(5));
     /// ```
     pub fn remaining(self) -> Option<Duration> {
-        let now = now_millis();
-        (!self.passed_at(now)).then(|| Duration::from_millis(self.unix_millis() - now))
+        let since_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let floor = u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX);
+        if self.passed_at(floor) {
+            return None;
+        }
+        let ceil = u64::try_from(since_epoch.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
+        Some(Duration::from_millis(
+            self.unix_millis().saturating_sub(ceil),
+        ))
     }
 
     /// Whether the deadline has passed at `now` (Unix milliseconds).
