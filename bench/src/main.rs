@@ -21,6 +21,7 @@
 
 mod composite;
 mod driver;
+mod expiry;
 mod handoff;
 mod keys;
 mod memory;
