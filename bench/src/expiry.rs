@@ -51,11 +51,14 @@ pub(crate) async fn reads_with_ttl<K: BenchKey>(db: &Path, reads: u64) -> BenchR
 /// at a time; reports how long the sweep took and how long writes took before and during it.
 pub(crate) async fn sweep(dir: &Path, n: u64) -> BenchResult {
     let map = Map::<String>::open(dir.join("sweep.db")).await?;
-    let ttl = Duration::from_secs(2);
+    // Long enough that the writes before the sweep run before anything has expired (storing
+    // 1M entries takes seconds), so the background sweep does not start early.
+    let ttl = Duration::from_secs(15);
     map.clone()
         .with_default_ttl(ttl)?
         .insert_many(entries::<String>(n))
         .await?;
+    // The batch's one deadline was taken before `insert_many` returned.
     let expired_at = Instant::now() + ttl;
     let before = {
         let stop = Arc::new(AtomicBool::new(false));
