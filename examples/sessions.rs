@@ -5,7 +5,10 @@
 //! given as the first argument), and starts each run by clearing what an earlier run left.
 //!
 //! - `users`: `UserId(42)` → a profile, key text `42`.
-//! - `sessions`: `SessionKey { tenant, user }` → a session, key text `acme:42`.
+//! - `sessions`: `SessionKey { tenant, user }` → a session, key text `acme:42`. Sessions expire
+//!   after [`IDLE_TIMEOUT`] without a write: the map's default time to live, renewed by every
+//!   write, so an idle session vanishes from every read at its deadline and the background sweep
+//!   deletes its row. A guest session shows it happen.
 //! - `stats`: an enum key (`Logins`, `Logouts`, `Tenant("acme")`, texts `Logins`, `Logouts`,
 //!   `Tenant:acme`) → a counter, bumped by every task with `update`, so the totals show that no
 //!   concurrent update was lost. This table is opened with `Durability::Normal`: its commits
@@ -14,6 +17,7 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use persistent_map::sqlite::{Durability, SqliteBackend};
 use persistent_map::{PersistentKey, PersistentMap};
@@ -22,6 +26,8 @@ use tokio::task::JoinSet;
 
 const TENANTS: [&str; 4] = ["acme", "globex", "initech", "umbrella"];
 const USERS_PER_TENANT: u64 = 25;
+/// How long a session lives after its last write.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 #[derive(PersistentKey, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[persistent_key(table = "users")]
@@ -73,7 +79,9 @@ impl Store {
             .await?;
         Ok(Self {
             users: PersistentMap::open(path).await?,
-            sessions: PersistentMap::open(path).await?,
+            sessions: PersistentMap::open(path)
+                .await?
+                .with_default_ttl(IDLE_TIMEOUT)?,
             stats: PersistentMap::new(stats).await?,
         })
     }
@@ -150,6 +158,37 @@ where
     }
 }
 
+/// A guest session with a short life: present until its deadline, absent from then on (before
+/// any sweep), then swept from storage.
+async fn expire_a_guest_session(store: &Store) -> Result<(), BoxError> {
+    let guest = SessionKey {
+        tenant: "acme".into(),
+        user: 0,
+    };
+    let session = Session {
+        token: "guest".into(),
+        logins: 1,
+    };
+    let deadline = SystemTime::now() + Duration::from_millis(200);
+    store
+        .sessions
+        .insert_until(guest.clone(), session, deadline)
+        .await?;
+    if store.sessions.get(&guest).is_none() && SystemTime::now() < deadline {
+        return Err("the guest session vanished before its deadline".into());
+    }
+    while SystemTime::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if store.sessions.get(&guest).is_some() {
+        return Err("the guest session outlived its deadline".into());
+    }
+    // The background sweep (every second) may have deleted it already; this makes sure.
+    store.sessions.sweep_expired().await?;
+    println!("the guest session expired at its deadline and was swept from storage");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let path = PathBuf::from(std::env::args_os().nth(1).unwrap_or("sessions.db".into()));
@@ -177,6 +216,20 @@ async fn main() -> Result<(), BoxError> {
         "{task_count} tasks wrote {} times to 3 tables in {} commits",
         stats.writes, stats.commits
     );
+
+    if store.sessions.keys().any(|key| {
+        store
+            .sessions
+            .ttl(&key)
+            .is_none_or(|left| left > IDLE_TIMEOUT)
+    }) {
+        return Err("every open session should expire within the idle timeout".into());
+    }
+    println!(
+        "open sessions expire {} minutes after their last write",
+        IDLE_TIMEOUT.as_secs() / 60
+    );
+    expire_a_guest_session(&store).await?;
 
     let written = Contents::of(&store).await;
     let users = USERS_PER_TENANT * TENANTS.len() as u64;

@@ -22,6 +22,7 @@
 
 mod composite;
 mod driver;
+mod expiry;
 mod handoff;
 mod keys;
 mod memory;

@@ -8,6 +8,7 @@ use std::time::Instant;
 use persistent_map::sqlite::SqliteBackend;
 use persistent_map::{PersistentMap, StorageBackend};
 
+use crate::expiry::reads_with_ttl;
 use crate::keys::{entries, with_keys, BenchKey, KeyKind};
 use crate::memory::{dashmap_of, hashmap_of, queries};
 use crate::workload::{
@@ -46,6 +47,13 @@ pub(crate) fn run(workload: &str, options: &Options) -> BenchResult {
                     reads(Path::new(options.text("db")?), options.reads()?).await
                 )
             }
+            "reads-ttl" => {
+                with_keys!(
+                    KeyKind::parse(options.text("keys")?)?,
+                    reads_with_ttl(Path::new(options.text("db")?), options.reads()?).await
+                )
+            }
+            "sweep" => crate::expiry::sweep(dir()?, n()?).await,
             "insert-many" => insert_many(dir()?, n()?).await,
             "hot-update" | "tx3" => crate::updates::ours(workload, dir()?, n()?, options).await,
             other => Err(format!("our map has no workload `{other}`").into()),

@@ -557,6 +557,47 @@ pub(crate) fn rows(sizes: &Sizes) -> Vec<Row> {
             .target(1.2)],
         },
         Row {
+            id: "get-ttl",
+            title: format!(
+                "`get` (a clone) on a {}-entry map whose every entry has a TTL, random keys",
+                count(large)
+            ),
+            unit: "ns/get",
+            better: Better::Lower,
+            ours: ours("reads-ttl", String)
+                .fixture(large)
+                .figure("get_ttl_ns"),
+            anchors: vec![anchor(
+                "`get` on the same map without TTLs, same process",
+                ours("reads-ttl", String).fixture(large).figure("get_ns"),
+            )
+            .target(1.1)],
+        },
+        Row {
+            id: "sweep",
+            title: format!(
+                "slowest of {TASKS} tasks' writes while {} entries that expired together are swept",
+                count(large)
+            ),
+            unit: "ms",
+            better: Better::Lower,
+            ours: ours("sweep", String).n(large).figure("write_max_during_ms"),
+            anchors: vec![
+                anchor(
+                    "median write (one commit) before the sweep",
+                    ours("sweep", String).n(large).figure("write_p50_before_ms"),
+                ),
+                anchor(
+                    "p99 write during the sweep",
+                    ours("sweep", String).n(large).figure("write_p99_during_ms"),
+                ),
+                anchor(
+                    "the sweep itself (s)",
+                    ours("sweep", String).n(large).figure("sweep_secs"),
+                ),
+            ],
+        },
+        Row {
             id: "get-composite",
             title: format!(
                 "`get` (a clone) on a {}-entry map, composite keys",

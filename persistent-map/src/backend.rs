@@ -5,7 +5,7 @@ use std::hash::Hash;
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::{PersistentError, Result};
+use crate::{Deadline, PersistentError, Result};
 
 /// One write of a batch handed to [`StorageBackend::apply_batch`].
 ///
@@ -152,11 +152,13 @@ pub enum Checked<V> {
 /// let options = WriteOptions::new().want_previous(true).origin(7);
 /// assert!(options.wants_previous());
 /// assert_eq!(options.origin_id(), 7);
+/// assert_eq!(options.deadline(), None);
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriteOptions {
     want_previous: bool,
     origin: u64,
+    expires: Option<Deadline>,
 }
 
 impl WriteOptions {
@@ -180,6 +182,28 @@ impl WriteOptions {
     pub fn origin(mut self, origin: u64) -> Self {
         self.origin = origin;
         self
+    }
+
+    /// When every value this write saves expires (`None`, the default: never). A save replaces
+    /// the deadline its key had, as it replaces the value. Only a backend whose
+    /// [`supports_expiry`](StorageBackend::supports_expiry) is `true` is handed a deadline.
+    ///
+    /// ```
+    /// use persistent_map::{Deadline, WriteOptions};
+    /// use std::time::Duration;
+    ///
+    /// let deadline = Deadline::after(Duration::from_secs(30));
+    /// assert_eq!(WriteOptions::new().expires(Some(deadline)).deadline(), Some(deadline));
+    /// ```
+    #[must_use]
+    pub fn expires(mut self, deadline: Option<Deadline>) -> Self {
+        self.expires = deadline;
+        self
+    }
+
+    /// When the values this write saves expire (`None`: never).
+    pub fn deadline(&self) -> Option<Deadline> {
+        self.expires
     }
 
     /// Whether previous values are asked for.
@@ -534,5 +558,58 @@ where
     ) -> Result<(ExternalChanges<K>, Option<ChangePosition>), PersistentError> {
         let _ = (since, origin);
         Ok((self.external_changes().await?, None))
+    }
+
+    /// Whether this backend stores deadlines ([`WriteOptions::deadline`]), so that a map on it
+    /// can hold entries with a time to live; the default is `false`.
+    ///
+    /// A backend that says `true` must: store each save's deadline with its value (clearing it
+    /// when the save has none); treat a stored entry whose deadline has passed on its own clock
+    /// as absent in everything it reads (conditions, previous values, loads, `load_keys`); and
+    /// implement [`load_each_expiring`](Self::load_each_expiring),
+    /// [`load_keys_expiring`](Self::load_keys_expiring) and
+    /// [`sweep_expired`](Self::sweep_expired). The SQLite and in-memory backends do; the
+    /// PostgreSQL and CSV backends do not yet. On a backend that says `false`, a write with a
+    /// time to live fails with [`PersistentError::ExpiryUnsupported`] before anything is
+    /// written, so memory never holds a deadline that storage would forget.
+    fn supports_expiry(&self) -> bool {
+        false
+    }
+
+    /// [`load_each`](Self::load_each) with each entry's deadline; entries already expired are
+    /// left out. The default hands out every entry of `load_each` with no deadline.
+    async fn load_each_expiring(
+        &self,
+        sink: &mut (dyn FnMut(K, V, Option<Deadline>) + Send),
+    ) -> Result<(), PersistentError> {
+        self.load_each(&mut |key, value| sink(key, value, None))
+            .await
+    }
+
+    /// [`load_keys`](Self::load_keys) with each entry's deadline; entries already expired are
+    /// left out. The default is `load_keys` with no deadlines.
+    async fn load_keys_expiring(
+        &self,
+        keys: &[K],
+    ) -> Result<HashMap<K, (V, Option<Deadline>)>, PersistentError> {
+        Ok(self
+            .load_keys(keys)
+            .await?
+            .into_iter()
+            .map(|(key, value)| (key, (value, None)))
+            .collect())
+    }
+
+    /// Deletes up to `limit` stored entries whose deadline has passed, in one atomic step, and
+    /// returns their keys; `origin` is the sweeping map's id, as in [`WriteOptions::origin`].
+    ///
+    /// The map calls it in the background (and from
+    /// [`PersistentMap::sweep_expired`](crate::PersistentMap::sweep_expired)) until it returns
+    /// fewer than `limit` keys, so a backend should keep each call short: other writes wait for
+    /// it. The default deletes nothing: without [`supports_expiry`](Self::supports_expiry)
+    /// nothing is stored with a deadline.
+    async fn sweep_expired(&self, limit: usize, origin: u64) -> Result<Vec<K>, PersistentError> {
+        let _ = (limit, origin);
+        Ok(Vec::new())
     }
 }

@@ -28,6 +28,12 @@ pub enum Change<K, V> {
         /// The key removed.
         key: K,
     },
+    /// `key` reached its deadline and was swept: its entry was already absent to every read
+    /// from that instant; this says it is now gone from memory and storage too.
+    Expired {
+        /// The key that expired.
+        key: K,
+    },
     /// Every entry was removed ([`PersistentMap::clear`](crate::PersistentMap::clear)).
     Cleared,
     /// The map was reloaded from storage wholesale ([`PersistentMap::load`](crate::PersistentMap::load),
@@ -39,7 +45,9 @@ impl<K, V> Change<K, V> {
     /// The key this change is about, if it is about one key.
     pub fn key(&self) -> Option<&K> {
         match self {
-            Change::Inserted { key, .. } | Change::Removed { key } => Some(key),
+            Change::Inserted { key, .. } | Change::Removed { key } | Change::Expired { key } => {
+                Some(key)
+            }
             Change::Cleared | Change::Reloaded => None,
         }
     }

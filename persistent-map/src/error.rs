@@ -237,6 +237,13 @@ pub enum PersistentError {
         path: PathBuf,
     },
 
+    /// A write with a time to live was made on a map whose backend does not store deadlines
+    /// ([`StorageBackend::supports_expiry`](crate::StorageBackend::supports_expiry) is
+    /// `false`: the PostgreSQL and CSV backends, and custom backends unless they opt in).
+    /// Nothing was written.
+    #[error("this backend does not store expiry deadlines, so a write with a time to live was refused; nothing was written")]
+    ExpiryUnsupported,
+
     /// A batch that the backend could not apply atomically failed part-way, and undoing it
     /// failed too.
     ///

@@ -33,6 +33,7 @@ mod backends;
 pub mod blocking;
 mod changes;
 mod completion;
+mod deadline;
 mod error;
 mod key;
 mod key_locks;
@@ -58,6 +59,7 @@ pub use backends::postgres;
 #[cfg(feature = "sqlite")]
 pub use backends::sqlite;
 pub use changes::{Change, RecvError, Subscription, CHANGE_BUFFER};
+pub use deadline::Deadline;
 pub use error::{PersistentError, Result};
 pub use key::{KeyParseError, PersistentKey};
 pub use map::{

@@ -355,9 +355,18 @@ fn sessions_writes_three_tables_concurrently_and_reads_them_back() {
     let first = run_ok("sessions", &dir, &[], &[]);
     assert_has_line(&first, &format!("database: {}", database.display()));
     assert_has_line(&first, summary);
+    assert_has_line(
+        &first,
+        "open sessions expire 30 minutes after their last write",
+    );
+    assert_has_line(
+        &first,
+        "the guest session expired at its deadline and was swept from storage",
+    );
     assert!(!first.contains("cleared"), "{first}");
 
     assert_eq!(stored_rows(&database, "users").len(), 100);
+    // The expired guest session's row is gone.
     assert_eq!(stored_rows(&database, "sessions").len(), 50);
     let stats = stored_rows(&database, "stats");
     for (key, value) in [("Logins", "100"), ("Logouts", "50"), ("Tenant:acme", "25")] {

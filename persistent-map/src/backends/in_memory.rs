@@ -9,8 +9,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::backends::encode::{encode_value, same_json};
+use crate::deadline::{is_live, now_millis};
 use crate::{
-    BatchOp, Checked, Condition, PersistentError, Result, StorageBackend, Stored, WriteOptions,
+    BatchOp, Checked, Condition, Deadline, PersistentError, Result, StorageBackend, Stored,
+    WriteOptions,
 };
 
 /// A backend that stores entries in process memory, so nothing survives the process.
@@ -18,7 +20,8 @@ use crate::{
 /// It keeps a real copy of what was written, as a disk would: a second map opened on a clone of
 /// the backend (clones share one store) loads what the first one wrote. That makes it the
 /// backend for tests and for maps that are persistent only within a process. Batches are atomic
-/// (unless a key's `Hash` or a key's or value's `Clone` panics part-way).
+/// (unless a key's `Hash` or a key's or value's `Clone` panics part-way). It stores deadlines
+/// too, so entries with a time to live expire as they do on SQLite.
 /// The copy costs memory as much again as the map's own.
 ///
 /// ```
@@ -41,20 +44,31 @@ pub struct InMemoryBackend {
     stores: Arc<Mutex<Stores>>,
 }
 
-/// One `HashMap<K, V>` per key and value type, keyed by their `TypeId`s.
+/// One [`Store`] per key and value type, keyed by their `TypeId`s.
 pub(crate) type Stores = HashMap<(TypeId, TypeId), Box<dyn Any + Send>>;
 
+/// The entries of one key and value type, each with its deadline.
+type Store<K, V> = HashMap<K, (V, Option<Deadline>)>;
+
 /// The store of `K` and `V` in `stores`, made empty on first use.
-fn store_in<K, V>(stores: &mut Stores) -> &mut HashMap<K, V>
+fn store_in<K, V>(stores: &mut Stores) -> &mut Store<K, V>
 where
     K: Eq + Hash + Send + 'static,
     V: Send + 'static,
 {
     stores
         .entry((TypeId::of::<K>(), TypeId::of::<V>()))
-        .or_insert_with(|| Box::new(HashMap::<K, V>::new()))
-        .downcast_mut::<HashMap<K, V>>()
-        .expect("the store under (TypeId K, TypeId V) is always a HashMap<K, V>")
+        .or_insert_with(|| Box::new(Store::<K, V>::new()))
+        .downcast_mut::<Store<K, V>>()
+        .expect("the store under (TypeId K, TypeId V) is always a Store<K, V>")
+}
+
+/// The live value under `key`, if any.
+fn live<'s, K: Eq + Hash, V>(store: &'s Store<K, V>, key: &K, now: u64) -> Option<&'s V> {
+    store
+        .get(key)
+        .filter(|(_, deadline)| is_live(*deadline, now))
+        .map(|(value, _)| value)
 }
 
 impl InMemoryBackend {
@@ -69,7 +83,7 @@ impl InMemoryBackend {
         Self::default()
     }
 
-    fn with_store<K, V, R>(&self, f: impl FnOnce(&mut HashMap<K, V>) -> R) -> R
+    fn with_store<K, V, R>(&self, f: impl FnOnce(&mut Store<K, V>) -> R) -> R
     where
         K: Eq + Hash + Send + 'static,
         V: Send + 'static,
@@ -101,22 +115,83 @@ where
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     async fn load_all(&self) -> Result<HashMap<K, V>, PersistentError> {
-        Ok(self.with_store(|store: &mut HashMap<K, V>| store.clone()))
+        let now = now_millis();
+        Ok(self.with_store(|store: &mut Store<K, V>| {
+            store
+                .iter()
+                .filter(|(_, (_, deadline))| is_live(*deadline, now))
+                .map(|(key, (value, _))| (key.clone(), value.clone()))
+                .collect()
+        }))
     }
 
     async fn save(&self, key: K, value: V) -> Result<(), PersistentError> {
-        self.with_store(|store| store.insert(key, value));
+        self.with_store(|store| store.insert(key, (value, None)));
         Ok(())
     }
 
     async fn delete(&self, key: &K) -> Result<(), PersistentError> {
-        self.with_store(|store: &mut HashMap<K, V>| store.remove(key));
+        self.with_store(|store: &mut Store<K, V>| store.remove(key));
         Ok(())
     }
 
     async fn apply_batch(&self, ops: &[BatchOp<K, V>]) -> Result<(), PersistentError> {
-        self.with_store(|store| apply(store, ops));
+        self.with_store(|store| apply(store, ops, None));
         Ok(())
+    }
+
+    fn supports_expiry(&self) -> bool {
+        true
+    }
+
+    async fn load_each_expiring(
+        &self,
+        sink: &mut (dyn FnMut(K, V, Option<Deadline>) + Send),
+    ) -> Result<(), PersistentError> {
+        let now = now_millis();
+        let entries: Vec<(K, V, Option<Deadline>)> = self.with_store(|store: &mut Store<K, V>| {
+            store
+                .iter()
+                .filter(|(_, (_, deadline))| is_live(*deadline, now))
+                .map(|(key, (value, deadline))| (key.clone(), value.clone(), *deadline))
+                .collect()
+        });
+        for (key, value, deadline) in entries {
+            sink(key, value, deadline);
+        }
+        Ok(())
+    }
+
+    async fn load_keys_expiring(
+        &self,
+        keys: &[K],
+    ) -> Result<HashMap<K, (V, Option<Deadline>)>, PersistentError> {
+        let now = now_millis();
+        Ok(self.with_store(|store: &mut Store<K, V>| {
+            keys.iter()
+                .filter_map(|key| {
+                    let (value, deadline) = store.get(key)?;
+                    is_live(*deadline, now).then(|| (key.clone(), (value.clone(), *deadline)))
+                })
+                .collect()
+        }))
+    }
+
+    /// Deletes up to `limit` expired entries under the store's lock.
+    async fn sweep_expired(&self, limit: usize, _origin: u64) -> Result<Vec<K>, PersistentError> {
+        let now = now_millis();
+        Ok(self.with_store(|store: &mut Store<K, V>| {
+            let expired: Vec<K> = store
+                .iter()
+                .filter(|(_, (_, deadline))| !is_live(*deadline, now))
+                .map(|(key, _)| key.clone())
+                .take(limit)
+                .collect();
+            for key in &expired {
+                store.remove(key);
+            }
+            expired
+        }))
     }
 
     /// Checks and writes under the store's lock: atomic against every map on a clone of this
@@ -127,20 +202,22 @@ where
         ops: &[BatchOp<K, V>],
         options: WriteOptions,
     ) -> Result<Checked<V>, PersistentError> {
-        self.with_store(|store: &mut HashMap<K, V>| {
-            let (current, holds) = check(store, conditions)?;
+        let deadline = options.deadline();
+        self.with_store(|store: &mut Store<K, V>| {
+            let now = now_millis();
+            let (current, holds) = check(store, conditions, now)?;
             if !holds {
                 return Ok(Checked::Conflict { current });
             }
             let previous = if options.wants_previous() {
                 let mut previous = Vec::with_capacity(ops.len());
                 for op in ops {
-                    previous.push(store.get(op.key()).map(encode_value).transpose()?);
-                    apply(store, std::slice::from_ref(op));
+                    previous.push(live(store, op.key(), now).map(encode_value).transpose()?);
+                    apply(store, std::slice::from_ref(op), deadline);
                 }
                 Some(previous)
             } else {
-                apply(store, ops);
+                apply(store, ops, deadline);
                 None
             };
             Ok(Checked::Applied { previous })
@@ -158,15 +235,17 @@ where
     }
 }
 
-/// What `store` holds under each condition's key, and whether every condition holds.
+/// What `store` holds (live at `now`) under each condition's key, and whether every condition
+/// holds.
 fn check<K: Eq + Hash, V: Clone + Serialize>(
-    store: &HashMap<K, V>,
+    store: &Store<K, V>,
     conditions: &[Condition<K>],
+    now: u64,
 ) -> Result<(Vec<Option<Stored<V>>>, bool)> {
     let mut current = Vec::with_capacity(conditions.len());
     let mut holds = true;
     for condition in conditions {
-        let stored = store.get(&condition.key);
+        let stored = live(store, &condition.key, now);
         let json = stored.map(encode_value).transpose()?;
         holds &= same_json(json.as_deref(), condition.expected.as_deref());
         current.push(
@@ -190,10 +269,11 @@ where
     fn __transaction_target(&self) -> crate::__private::TransactionTarget<K, V> {
         crate::map::TransactionTarget {
             store: crate::map::Store::InMemory(Arc::clone(&self.stores)),
-            prepare: Box::new(|conditions, ops, _origin| {
+            prepare: Box::new(|conditions, ops, _origin, deadline| {
                 Ok(crate::map::Prepared::InMemory(Box::new(TransactionPart {
                     conditions: conditions.to_vec(),
                     ops: ops.to_vec(),
+                    deadline,
                 })))
             }),
             name: "(in-memory store)".to_owned(),
@@ -205,6 +285,7 @@ where
 struct TransactionPart<K, V> {
     conditions: Vec<Condition<K>>,
     ops: Vec<BatchOp<K, V>>,
+    deadline: Option<Deadline>,
 }
 
 impl<K, V> crate::map::InMemoryPart for TransactionPart<K, V>
@@ -213,7 +294,7 @@ where
     V: Clone + Serialize + Send + Sync + 'static,
 {
     fn check(&self, stores: &mut Stores) -> Result<(Vec<Option<String>>, bool)> {
-        let (current, holds) = check(store_in::<K, V>(stores), &self.conditions)?;
+        let (current, holds) = check(store_in::<K, V>(stores), &self.conditions, now_millis())?;
         let current = current
             .into_iter()
             .map(|stored| stored.map(|stored| stored.json))
@@ -222,14 +303,19 @@ where
     }
 
     fn apply(&self, stores: &mut Stores) {
-        apply(store_in::<K, V>(stores), &self.ops);
+        apply(store_in::<K, V>(stores), &self.ops, self.deadline);
     }
 }
 
-fn apply<K: Eq + Hash + Clone, V: Clone>(store: &mut HashMap<K, V>, ops: &[BatchOp<K, V>]) {
+/// Applies `ops`, the values saved expiring at `deadline`.
+fn apply<K: Eq + Hash + Clone, V: Clone>(
+    store: &mut Store<K, V>,
+    ops: &[BatchOp<K, V>],
+    deadline: Option<Deadline>,
+) {
     for op in ops {
         match op {
-            BatchOp::Save(key, value) => store.insert(key.clone(), value.clone()),
+            BatchOp::Save(key, value) => store.insert(key.clone(), (value.clone(), deadline)),
             BatchOp::Delete(key) => store.remove(key),
         };
     }

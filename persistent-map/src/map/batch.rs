@@ -11,7 +11,7 @@ use super::write::Outcome;
 use super::PersistentMap;
 use crate::completion::run_to_completion;
 use crate::key_locks::KeyGuard;
-use crate::{BatchOp, Change, PersistentError, Result, StorageBackend};
+use crate::{BatchOp, Change, Deadline, PersistentError, Result, StorageBackend};
 
 impl<K, V, B> PersistentMap<K, V, B>
 where
@@ -38,7 +38,9 @@ where
             .into_iter()
             .map(|(key, value)| BatchOp::Save(key, value))
             .collect();
-        self.write_batch(ops).await.map(drop)
+        self.write_batch(ops, self.default_deadline())
+            .await
+            .map(drop)
     }
 
     /// Removes every key of `keys` as one all-or-nothing batch, and returns how many of them the
@@ -56,14 +58,15 @@ where
     /// # }
     /// ```
     pub async fn remove_many(&self, keys: impl IntoIterator<Item = K>) -> Result<usize> {
-        self.write_batch(keys.into_iter().map(BatchOp::Delete).collect())
+        self.write_batch(keys.into_iter().map(BatchOp::Delete).collect(), None)
             .await
     }
 
     /// Keeps only the entries for which `keep` returns `true`, removing the others as one
     /// all-or-nothing batch, and returns how many were removed.
     ///
-    /// Other writes wait while `keep` runs over the map.
+    /// Other writes wait while `keep` runs over the map. Expired entries are not shown to
+    /// `keep`: the sweep removes them.
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
@@ -78,17 +81,19 @@ where
     /// ```
     pub async fn retain(&self, mut keep: impl FnMut(&K, &V) -> bool) -> Result<usize> {
         let all_keys = self.shared.key_locks.lock_all().await;
+        let now = crate::deadline::now_millis();
         let doomed: Vec<BatchOp<K, V>> = self
             .shared
             .entries
             .iter()
-            .filter(|entry| !keep(entry.key(), entry.value()))
+            .filter(|entry| entry.value().is_live_at(now))
+            .filter(|entry| !keep(entry.key(), &entry.value().value))
             .map(|entry| BatchOp::Delete(entry.key().clone()))
             .collect();
         if doomed.is_empty() {
             return Ok(0);
         }
-        self.commit_batch(all_keys, doomed).await
+        self.commit_batch(all_keys, doomed, None).await
     }
 
     /// Removes every entry, from storage too (for SQLite, one `DELETE` in one transaction).
@@ -141,7 +146,11 @@ where
         .await
     }
 
-    async fn write_batch(&self, ops: Vec<BatchOp<K, V>>) -> Result<usize> {
+    async fn write_batch(
+        &self,
+        ops: Vec<BatchOp<K, V>>,
+        deadline: Option<Deadline>,
+    ) -> Result<usize> {
         if ops.is_empty() {
             return Ok(0);
         }
@@ -150,13 +159,22 @@ where
             .key_locks
             .lock_many(ops.iter().map(BatchOp::key))
             .await;
-        self.commit_batch(guard, ops).await
+        self.commit_batch(guard, ops, deadline).await
     }
 
-    /// Stores `ops` as one batch, then applies them to memory; returns how many deletes removed
-    /// a key the map held.
-    async fn commit_batch(&self, guard: KeyGuard, ops: Vec<BatchOp<K, V>>) -> Result<usize> {
-        match self.commit(guard, Vec::new(), ops, false).await.1? {
+    /// Stores `ops` as one batch (saved values expiring at `deadline`), then applies them to
+    /// memory; returns how many deletes removed a key the map held.
+    async fn commit_batch(
+        &self,
+        guard: KeyGuard,
+        ops: Vec<BatchOp<K, V>>,
+        deadline: Option<Deadline>,
+    ) -> Result<usize> {
+        match self
+            .commit(guard, Vec::new(), ops, false, deadline)
+            .await
+            .1?
+        {
             Outcome::Applied { removed, .. } => Ok(removed),
             Outcome::Conflict(_) => unreachable!("a batch without conditions has no conflict"),
         }
@@ -188,7 +206,7 @@ where
         .map(BatchOp::key)
         .filter(|key| seen.insert(*key))
         .map(|key| match shared.entries.get(key) {
-            Some(value) => BatchOp::Save(key.clone(), value.clone()),
+            Some(slot) => BatchOp::Save(key.clone(), slot.value.clone()),
             None => BatchOp::Delete(key.clone()),
         })
         .collect();

@@ -6,6 +6,7 @@
 
 mod batch;
 mod entry;
+mod expiry;
 mod read;
 mod refresh;
 mod registry;
@@ -83,6 +84,8 @@ where
 {
     shared: Arc<Shared<K, V>>,
     backend: Arc<B>,
+    /// The time to live this handle gives what it writes ([`Self::with_default_ttl`]).
+    default_ttl: Option<std::time::Duration>,
 }
 
 impl<K, V, B> PersistentMap<K, V, B>
@@ -115,19 +118,31 @@ where
         let backend = Arc::new(backend);
         let Some(storage_id) = backend.storage_id() else {
             let shared = Arc::new(Shared::load(&*backend).await?);
-            return Ok(Self { shared, backend });
+            return Ok(Self::handle(shared, backend));
         };
         let slot = registry::slot::<(K, V, B), K, V>(storage_id);
         let mut slot = slot.lock().await;
         if let Some(shared) = slot.upgrade() {
             drop(slot);
-            let map = Self { shared, backend };
+            let map = Self::handle(shared, backend);
             map.refresh().await?;
             return Ok(map);
         }
         let shared = Arc::new(Shared::load(&*backend).await?);
         *slot = Arc::downgrade(&shared);
-        Ok(Self { shared, backend })
+        Ok(Self::handle(shared, backend))
+    }
+
+    /// A handle on `shared` writing through `backend`, sweeping expired entries if any are
+    /// loaded.
+    fn handle(shared: Arc<Shared<K, V>>, backend: Arc<B>) -> Self {
+        let map = Self {
+            shared,
+            backend,
+            default_ttl: None,
+        };
+        map.start_sweeping();
+        map
     }
 
     /// Makes the map equal to what the backend holds now, discarding in-memory entries that are
@@ -156,11 +171,13 @@ where
         let all_keys = self.shared.key_locks.lock_all().await;
         let shared = Arc::clone(&self.shared);
         let backend = Arc::clone(&self.backend);
-        run_to_completion(async move {
+        let reloaded = run_to_completion(async move {
             let _all_keys = all_keys;
             shared.reload(&*backend).await
         })
-        .await
+        .await;
+        self.start_sweeping();
+        reloaded
     }
 
     /// Asks the backend to persist anything it buffers ([`StorageBackend::flush`]).
@@ -245,6 +262,7 @@ where
         Self {
             shared: Arc::clone(&self.shared),
             backend: Arc::clone(&self.backend),
+            default_ttl: self.default_ttl,
         }
     }
 }

@@ -59,10 +59,8 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.shared
-            .entries
-            .get(key)
-            .map(|entry| read(entry.value()))
+        let entry = self.shared.entries.get(key)?;
+        entry.value().live().map(read)
     }
 
     /// Whether the map holds `key`.
@@ -82,10 +80,14 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.shared.entries.contains_key(key)
+        self.get_with(key, |_| ()).is_some()
     }
 
-    /// The number of entries.
+    /// The number of entries, not counting expired ones.
+    ///
+    /// Constant time (a count per shard) for a map that has never held an entry with a time to
+    /// live. Once one has, expired entries may still sit in memory until they are swept, so
+    /// this counts the live ones: a pass over every entry, with one clock read.
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
@@ -98,10 +100,18 @@ where
     /// # }
     /// ```
     pub fn len(&self) -> usize {
-        self.shared.entries.len()
+        if !self.shared.expiry.has_deadlines() {
+            return self.shared.entries.len();
+        }
+        let now = crate::deadline::now_millis();
+        self.shared
+            .entries
+            .iter()
+            .filter(|entry| entry.value().is_live_at(now))
+            .count()
     }
 
-    /// Whether the map has no entries.
+    /// Whether the map has no entries (expired ones do not count; see [`len`](Self::len)).
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
@@ -113,7 +123,15 @@ where
     /// # }
     /// ```
     pub fn is_empty(&self) -> bool {
-        self.shared.entries.is_empty()
+        if !self.shared.expiry.has_deadlines() {
+            return self.shared.entries.is_empty();
+        }
+        let now = crate::deadline::now_millis();
+        !self
+            .shared
+            .entries
+            .iter()
+            .any(|entry| entry.value().is_live_at(now))
     }
 
     /// Clones of every entry, in no particular order.
@@ -217,13 +235,16 @@ where
         self.shared.changes.subscribe()
     }
 
+    /// Copies of the live entries, as of one clock read.
     fn copy_entries<T>(&self, copy: impl Fn(&K, &V) -> T) -> std::vec::IntoIter<T> {
-        let mut copies = Vec::with_capacity(self.len());
+        let now = crate::deadline::now_millis();
+        let mut copies = Vec::with_capacity(self.shared.entries.len());
         copies.extend(
             self.shared
                 .entries
                 .iter()
-                .map(|entry| copy(entry.key(), entry.value())),
+                .filter(|entry| entry.value().is_live_at(now))
+                .map(|entry| copy(entry.key(), &entry.value().value)),
         );
         copies.into_iter()
     }

@@ -9,7 +9,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use super::PersistentMap;
 use crate::completion::run_to_completion;
-use crate::{ExternalChanges, PersistentError, Result, StorageBackend};
+use crate::{ChangePosition, ExternalChanges, PersistentError, Result, StorageBackend};
 
 impl<K, V, B> PersistentMap<K, V, B>
 where
@@ -62,22 +62,29 @@ where
             }
             ExternalChanges::Unknown => self.load().await.map(|()| true),
             ExternalChanges::Keys(keys) => {
-                let guard = self.shared.key_locks.lock_many(&keys).await;
-                let shared = Arc::clone(&self.shared);
-                let backend = Arc::clone(&self.backend);
-                run_to_completion(async move {
-                    let _guard = guard;
-                    let mut stored = backend.load_keys(&keys).await?;
-                    for key in keys {
-                        let value = stored.remove(&key);
-                        shared.apply_stored(key, value);
-                    }
-                    shared.set_position(next);
-                    Ok(true)
-                })
-                .await
+                let refreshed = self.refresh_keys(keys, next).await;
+                self.start_sweeping();
+                refreshed
             }
         }
+    }
+
+    /// Re-reads `keys`, then moves the map's place in the backend's history to `next`.
+    async fn refresh_keys(&self, keys: Vec<K>, next: Option<ChangePosition>) -> Result<bool> {
+        let guard = self.shared.key_locks.lock_many(&keys).await;
+        let shared = Arc::clone(&self.shared);
+        let backend = Arc::clone(&self.backend);
+        run_to_completion(async move {
+            let _guard = guard;
+            let mut stored = backend.load_keys_expiring(&keys).await?;
+            for key in keys {
+                let value = stored.remove(&key);
+                shared.apply_stored(key, value);
+            }
+            shared.set_position(next);
+            Ok(true)
+        })
+        .await
     }
 
     /// Refreshes the map in the background: every `interval`, and at once whenever the backend

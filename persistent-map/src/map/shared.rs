@@ -8,14 +8,15 @@ use std::sync::{Mutex, PoisonError};
 use dashmap::DashMap;
 use serde::Serialize;
 
+use super::expiry::{ExpiryState, Slot};
 use crate::changes::ChangeFeed;
 use crate::key_locks::KeyLocks;
-use crate::{BatchOp, Change, ChangePosition, PersistentError, Result, StorageBackend};
+use crate::{BatchOp, Change, ChangePosition, Deadline, PersistentError, Result, StorageBackend};
 
 pub(super) struct Shared<K, V> {
     /// This map's id among the writers of its storage ([`crate::WriteOptions::origin`]).
     pub(super) id: u64,
-    pub(super) entries: DashMap<K, V>,
+    pub(super) entries: DashMap<K, Slot<V>>,
     pub(super) key_locks: KeyLocks,
     pub(super) changes: ChangeFeed<K, V>,
     /// Where `entries` stand in the backend's history of changes: replaced only once what a
@@ -26,6 +27,7 @@ pub(super) struct Shared<K, V> {
     pub(super) refreshing: tokio::sync::Mutex<()>,
     /// Keys with pipelined writes in flight, and what they will hold once those commit.
     pending: DashMap<K, Pending<V>>,
+    pub(super) expiry: ExpiryState,
 }
 
 /// What a key will hold once its pipelined writes in flight are committed.
@@ -52,9 +54,13 @@ where
         let position = backend.change_position().await?;
         let entries = DashMap::with_capacity(room_for(backend.len_hint().await));
         let mut duplicates = Duplicates::default();
+        let expiry = ExpiryState::default();
         backend
-            .load_each(&mut |key, value| match entries.entry(key) {
-                dashmap::Entry::Vacant(vacant) => drop(vacant.insert(value)),
+            .load_each_expiring(&mut |key, value, deadline| match entries.entry(key) {
+                dashmap::Entry::Vacant(vacant) => {
+                    expiry.note(deadline);
+                    drop(vacant.insert(Slot::new(value, deadline)));
+                }
                 dashmap::Entry::Occupied(occupied) => duplicates.saw(occupied.key()),
             })
             .await?;
@@ -67,6 +73,7 @@ where
             position: Mutex::new(position),
             refreshing: tokio::sync::Mutex::new(()),
             pending: DashMap::new(),
+            expiry,
         })
     }
 
@@ -98,7 +105,7 @@ where
             if state.in_flight == 0 {
                 pending.remove();
             } else if !stored && state.last == ticket {
-                state.value = self.entries.get(key).map(|value| value.clone());
+                state.value = self.entries.get(key).and_then(|slot| slot.live().cloned());
             }
         }
     }
@@ -113,44 +120,58 @@ where
 
     /// Applies a stored write to memory and tells subscribers; returns the value it replaced.
     pub(super) fn apply(&self, op: BatchOp<K, V>) -> Option<V> {
+        self.apply_until(op, None)
+    }
+
+    /// Applies a stored write whose saved value expires at `deadline` to memory and tells
+    /// subscribers; returns the live value it replaced.
+    pub(super) fn apply_until(&self, op: BatchOp<K, V>, deadline: Option<Deadline>) -> Option<V> {
         match op {
             BatchOp::Save(key, value) => {
                 let change = self.changes.is_watched().then(|| Change::Inserted {
                     key: key.clone(),
                     value: value.clone(),
                 });
-                let old = self.entries.insert(key, value);
+                self.expiry.note(deadline);
+                let old = self.entries.insert(key, Slot::new(value, deadline));
                 self.changes.publish(change);
-                old
+                old.and_then(Slot::into_live)
             }
             BatchOp::Delete(key) => {
                 let (key, old) = self.entries.remove(&key)?;
-                self.changes.publish(Some(Change::Removed { key }));
-                Some(old)
+                let old = old.into_live();
+                // An expired entry was already absent to every reader; a subscriber that mirrors
+                // the map hears that it expired.
+                self.changes.publish(Some(match old {
+                    Some(_) => Change::Removed { key },
+                    None => Change::Expired { key },
+                }));
+                old
             }
         }
     }
 
-    /// Makes memory hold what storage holds under `key` (`None`: nothing).
-    pub(super) fn apply_stored(&self, key: K, stored: Option<V>) {
+    /// Makes memory hold what storage holds under `key` (`None`: nothing), with its deadline.
+    pub(super) fn apply_stored(&self, key: K, stored: Option<(V, Option<Deadline>)>) {
         match stored {
-            Some(value) => self.apply(BatchOp::Save(key, value)),
+            Some((value, deadline)) => self.apply_until(BatchOp::Save(key, value), deadline),
             None => self.apply(BatchOp::Delete(key)),
         };
     }
 
-    /// Applies stored writes to memory; returns the value the first one replaced, and how many
-    /// deletes removed a key.
+    /// Applies stored writes, whose saved values expire at `deadline`, to memory; returns the
+    /// value the first one replaced, and how many deletes removed a key.
     pub(super) fn apply_all(
         &self,
         ops: impl ExactSizeIterator<Item = BatchOp<K, V>>,
+        deadline: Option<Deadline>,
     ) -> (Option<V>, usize) {
         reserve(&self.entries, ops.len());
         let mut first = None;
         let mut removed = 0;
         for (index, op) in ops.enumerate() {
             let is_delete = matches!(op, BatchOp::Delete(_));
-            let replaced = self.apply(op);
+            let replaced = self.apply_until(op, deadline);
             if replaced.is_some() && is_delete {
                 removed += 1;
             }
@@ -175,8 +196,11 @@ where
         let mut stored = HashMap::with_capacity(room_for(backend.len_hint().await));
         let mut duplicates = Duplicates::default();
         backend
-            .load_each(&mut |key, value| match stored.entry(key) {
-                std::collections::hash_map::Entry::Vacant(vacant) => drop(vacant.insert(value)),
+            .load_each_expiring(&mut |key, value, deadline| match stored.entry(key) {
+                std::collections::hash_map::Entry::Vacant(vacant) => {
+                    self.expiry.note(deadline);
+                    vacant.insert(Slot::new(value, deadline));
+                }
                 std::collections::hash_map::Entry::Occupied(occupied) => {
                     duplicates.saw(occupied.key());
                 }

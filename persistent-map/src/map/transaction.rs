@@ -21,7 +21,7 @@ use super::PersistentMap;
 use crate::backends::encode::encode_value;
 use crate::completion::run_to_completion;
 use crate::key_locks::KeyGuard;
-use crate::{BatchOp, Condition, PersistentError, Result, StorageBackend};
+use crate::{BatchOp, Condition, Deadline, PersistentError, Result, StorageBackend};
 
 /// Backends whose maps can take part in a [`Transaction`]: the SQLite backend (tables of one
 /// file), the in-memory backend (clones of one backend). Sealed: implemented by this crate's
@@ -48,8 +48,8 @@ pub(crate) mod sealed {
 #[doc(hidden)]
 pub struct TransactionTarget<K, V> {
     pub(crate) store: Store,
-    /// Builds this map's share of a transaction from its conditions, its writes and the
-    /// writing map's id.
+    /// Builds this map's share of a transaction from its conditions, its writes, the writing
+    /// map's id and the deadline of the values it saves.
     pub(crate) prepare: Box<PrepareFn<K, V>>,
     /// The table (or store) as errors name it.
     pub(crate) name: String,
@@ -63,8 +63,10 @@ impl<K, V> std::fmt::Debug for TransactionTarget<K, V> {
     }
 }
 
-type PrepareFn<K, V> =
-    dyn Fn(&[Condition<K>], &[BatchOp<K, V>], u64) -> Result<Prepared> + Send + Sync;
+/// Conditions, writes, the writing map's id, and when the saved values expire.
+type PrepareFn<K, V> = dyn Fn(&[Condition<K>], &[BatchOp<K, V>], u64, Option<Deadline>) -> Result<Prepared>
+    + Send
+    + Sync;
 
 /// The storage a transaction commits to; two maps can commit together if theirs are equal.
 #[derive(Clone)]
@@ -342,6 +344,7 @@ impl Transaction {
                     reads: HashMap::new(),
                     writes: HashMap::new(),
                     order: Vec::new(),
+                    deadline: map.default_deadline(),
                 }));
                 self.parts.len() - 1
             }
@@ -421,7 +424,7 @@ async fn commit_parts(store: &Store, parts: &[Box<dyn ErasedPart>]) -> Result<bo
         }
         Some(current) => {
             for (part, current) in parts.iter().zip(current) {
-                part.conflicted(current)?;
+                part.conflicted(current).await?;
             }
             Ok(false)
         }
@@ -465,7 +468,10 @@ trait ErasedPart: Send + Sync {
     /// The commit went through: memory takes the writes.
     fn applied(&self);
     /// A condition failed: memory takes what storage holds under the keys read.
-    fn conflicted(&self, current: Vec<Option<String>>) -> Result<()>;
+    fn conflicted(
+        &self,
+        current: Vec<Option<String>>,
+    ) -> Pin<Box<dyn Future<Output = Result<()>> + Send + '_>>;
 }
 
 /// One map's reads and writes in a transaction.
@@ -482,6 +488,8 @@ where
     writes: HashMap<K, Option<V>>,
     /// Keys in the order of their first write.
     order: Vec<K>,
+    /// When the values written expire: the map's default time to live from the body's run.
+    deadline: Option<Deadline>,
 }
 
 impl<K, V, B> Part<K, V, B>
@@ -566,31 +574,44 @@ where
     }
 
     fn prepare(&self) -> Result<Prepared> {
+        self.map.prepare_deadline(self.deadline)?;
         let target = self.map.backend.__transaction_target();
-        (target.prepare)(&self.conditions()?, &self.ops(), self.shared().id)
+        (target.prepare)(
+            &self.conditions()?,
+            &self.ops(),
+            self.shared().id,
+            self.deadline,
+        )
     }
 
     fn applied(&self) {
-        self.shared().apply_all(self.ops().into_iter());
+        self.shared()
+            .apply_all(self.ops().into_iter(), self.deadline);
     }
 
-    fn conflicted(&self, current: Vec<Option<String>>) -> Result<()> {
-        let target = self.map.backend.__transaction_target();
-        // `conditions()` and `current` follow the same iteration of `reads`.
-        for ((key, _), json) in self.reads.iter().zip(current) {
-            let value = json
-                .map(|json| {
-                    serde_json::from_str(&json).map_err(|source| {
-                        PersistentError::InvalidStoredValue {
-                            table: target.name.clone(),
-                            key: serde_json::to_string(key).unwrap_or_default(),
-                            source: Box::new(source),
-                        }
+    fn conflicted(
+        &self,
+        current: Vec<Option<String>>,
+    ) -> Pin<Box<dyn Future<Output = Result<()>> + Send + '_>> {
+        Box::pin(async move {
+            let target = self.map.backend.__transaction_target();
+            // `conditions()` and `current` follow the same iteration of `reads`.
+            let mut stored = Vec::with_capacity(current.len());
+            for ((key, _), json) in self.reads.iter().zip(current) {
+                let value = json
+                    .map(|json| {
+                        serde_json::from_str(&json).map_err(|source| {
+                            PersistentError::InvalidStoredValue {
+                                table: target.name.clone(),
+                                key: serde_json::to_string(key).unwrap_or_default(),
+                                source: Box::new(source),
+                            }
+                        })
                     })
-                })
-                .transpose()?;
-            self.shared().apply_stored(key.clone(), value);
-        }
-        Ok(())
+                    .transpose()?;
+                stored.push((key.clone(), value));
+            }
+            super::expiry::settle(self.shared(), &*self.map.backend, stored).await
+        })
     }
 }

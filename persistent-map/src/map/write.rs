@@ -15,7 +15,8 @@ use crate::backends::encode::encode_value;
 use crate::completion::run_to_completion;
 use crate::key_locks::{KeyGuard, Ticket};
 use crate::{
-    BatchOp, Checked, Condition, PersistentError, Result, StorageBackend, Stored, WriteOptions,
+    BatchOp, Checked, Condition, Deadline, PersistentError, Result, StorageBackend, Stored,
+    WriteOptions,
 };
 
 /// What a write did, once memory took it.
@@ -57,7 +58,8 @@ where
     /// # }
     /// ```
     pub async fn insert(&self, key: K, value: V) -> Result<Option<V>> {
-        self.write(BatchOp::Save(key, value)).await
+        let deadline = self.default_deadline();
+        self.write_with(BatchOp::Save(key, value), deadline).await
     }
 
     /// Removes `key` from the backend, then from the map, and returns the value storage held
@@ -78,7 +80,7 @@ where
     /// # }
     /// ```
     pub async fn remove(&self, key: &K) -> Result<Option<V>> {
-        self.write(BatchOp::Delete(key.clone())).await
+        self.write_with(BatchOp::Delete(key.clone()), None).await
     }
 
     /// Atomically replaces the value under `key` with what `change` makes of it, and returns the
@@ -121,10 +123,21 @@ where
     pub async fn update(
         &self,
         key: &K,
+        change: impl FnMut(Option<&V>) -> Option<V>,
+    ) -> Result<Option<V>> {
+        self.update_until(key, change, self.default_deadline())
+            .await
+    }
+
+    /// [`update`](Self::update), the value it stores expiring at `deadline`.
+    pub(super) async fn update_until(
+        &self,
+        key: &K,
         mut change: impl FnMut(Option<&V>) -> Option<V>,
+        deadline: Option<Deadline>,
     ) -> Result<Option<V>> {
         if !self.backend.pipelines_writes() {
-            return self.update_in_turn(key, change).await;
+            return self.update_in_turn(key, change, deadline).await;
         }
         // After a conflict with nothing else in flight: storage's own text of what it holds.
         let mut stored_json: Option<Option<String>> = None;
@@ -154,7 +167,14 @@ where
             };
             self.shared.pend(key.clone(), new.clone(), ticket.number());
             let outcome = self
-                .commit_pipelined(guard, ticket, key.clone(), vec![condition], ops, false)
+                .commit_pipelined(
+                    guard,
+                    ticket,
+                    key.clone(),
+                    vec![condition],
+                    ops,
+                    self.write_options(false, deadline),
+                )
                 .await?;
             match outcome {
                 Outcome::Applied { .. } => return Ok(new),
@@ -171,6 +191,7 @@ where
         &self,
         key: &K,
         mut change: impl FnMut(Option<&V>) -> Option<V>,
+        deadline: Option<Deadline>,
     ) -> Result<Option<V>> {
         let mut guard = self.shared.key_locks.lock(key).await;
         let mut current = self.get(key);
@@ -182,7 +203,9 @@ where
                 key: key.clone(),
                 expected,
             };
-            let (returned, outcome) = self.commit(guard, vec![condition], ops, false).await;
+            let (returned, outcome) = self
+                .commit(guard, vec![condition], ops, false, deadline)
+                .await;
             guard = returned;
             match outcome? {
                 Outcome::Applied { .. } => return Ok(new),
@@ -229,10 +252,13 @@ where
             return Ok((value, false));
         }
         let value = make();
+        let deadline = self.default_deadline();
         loop {
             let condition = Condition::absent(key.clone());
             let op = BatchOp::Save(key.clone(), value.clone());
-            let (returned, outcome) = self.commit(guard, vec![condition], vec![op], false).await;
+            let (returned, outcome) = self
+                .commit(guard, vec![condition], vec![op], false, deadline)
+                .await;
             guard = returned;
             match outcome? {
                 Outcome::Applied { .. } => return Ok((value, true)),
@@ -325,15 +351,23 @@ where
             None => BatchOp::Delete(key.clone()),
         };
         let guard = self.shared.key_locks.lock(key).await;
-        let (_, outcome) = self.commit(guard, vec![condition], vec![op], false).await;
+        let deadline = self.default_deadline();
+        let (_, outcome) = self
+            .commit(guard, vec![condition], vec![op], false, deadline)
+            .await;
         Ok(match outcome? {
             Outcome::Applied { .. } => Ok(current.cloned()),
             Outcome::Conflict(mut now) => Err(now.pop().flatten().map(|stored| stored.value)),
         })
     }
 
-    /// One write of one key: pipelined where the backend allows it, else in the key's turn.
-    async fn write(&self, op: BatchOp<K, V>) -> Result<Option<V>> {
+    /// One write of one key: pipelined where the backend allows it, else in the key's turn; a
+    /// saved value expires at `deadline`.
+    pub(super) async fn write_with(
+        &self,
+        op: BatchOp<K, V>,
+        deadline: Option<Deadline>,
+    ) -> Result<Option<V>> {
         let outcome = if self.backend.pipelines_writes() {
             let (guard, ticket) = self.shared.key_locks.pipeline(op.key()).await;
             let (key, value) = match &op {
@@ -341,11 +375,14 @@ where
                 BatchOp::Delete(key) => (key.clone(), None),
             };
             self.shared.pend(key.clone(), value, ticket.number());
-            self.commit_pipelined(guard, ticket, key, Vec::new(), vec![op], true)
+            let options = self.write_options(true, deadline);
+            self.commit_pipelined(guard, ticket, key, Vec::new(), vec![op], options)
                 .await
         } else {
             let guard = self.shared.key_locks.lock(op.key()).await;
-            self.commit(guard, Vec::new(), vec![op], true).await.1
+            self.commit(guard, Vec::new(), vec![op], true, deadline)
+                .await
+                .1
         };
         match outcome? {
             Outcome::Applied { replaced, .. } => Ok(replaced),
@@ -356,20 +393,25 @@ where
     /// Stores `ops` in the backend if `conditions` hold, then applies them to memory, holding
     /// `guard` (the turns of every key involved) throughout; on a conflict, makes memory hold
     /// what storage holds under the conditions' keys instead. Runs to completion even if the
-    /// caller stops waiting, and hands `guard` back for a caller that tries again.
+    /// caller stops waiting, and hands `guard` back for a caller that tries again. Saved values
+    /// expire at `deadline`.
     pub(super) async fn commit(
         &self,
         guard: KeyGuard,
         conditions: Vec<Condition<K>>,
         ops: Vec<BatchOp<K, V>>,
         want_previous: bool,
+        deadline: Option<Deadline>,
     ) -> (KeyGuard, Result<Outcome<V>>) {
-        let options = self.write_options(want_previous);
+        if let Err(unsupported) = self.prepare_deadline(deadline) {
+            return (guard, Err(unsupported));
+        }
+        let options = self.write_options(want_previous, deadline);
         let shared = Arc::clone(&self.shared);
         let backend = Arc::clone(&self.backend);
         run_to_completion(async move {
             let checked = backend.apply_checked(&conditions, &ops, options).await;
-            let outcome = settle(&shared, &*backend, conditions, ops, checked).await;
+            let outcome = settle(&shared, &*backend, conditions, ops, checked, deadline).await;
             (guard, outcome)
         })
         .await
@@ -385,9 +427,16 @@ where
         key: K,
         conditions: Vec<Condition<K>>,
         ops: Vec<BatchOp<K, V>>,
-        want_previous: bool,
+        options: WriteOptions,
     ) -> Result<Outcome<V>> {
-        let options = self.write_options(want_previous);
+        let deadline = options.deadline();
+        if let Err(unsupported) = self.prepare_deadline(deadline) {
+            // Handed nothing over: the ticket's turn passes at once.
+            drop(guard);
+            self.shared.unpend(&key, ticket.number(), false);
+            ticket.finish();
+            return Err(unsupported);
+        }
         let shared = Arc::clone(&self.shared);
         let backend = Arc::clone(&self.backend);
         run_to_completion(async move {
@@ -403,7 +452,7 @@ where
                 }
             };
             ticket.turn().await;
-            let outcome = settle(&shared, &*backend, conditions, ops, checked).await;
+            let outcome = settle(&shared, &*backend, conditions, ops, checked, deadline).await;
             let stored = matches!(outcome, Ok(Outcome::Applied { .. }));
             shared.unpend(&key, ticket.number(), stored);
             ticket.finish();
@@ -412,10 +461,11 @@ where
         .await
     }
 
-    fn write_options(&self, want_previous: bool) -> WriteOptions {
+    fn write_options(&self, want_previous: bool, deadline: Option<Deadline>) -> WriteOptions {
         WriteOptions::new()
             .want_previous(want_previous)
             .origin(self.shared.id)
+            .expires(deadline)
     }
 }
 
@@ -443,6 +493,7 @@ async fn settle<K, V, B>(
     conditions: Vec<Condition<K>>,
     ops: Vec<BatchOp<K, V>>,
     checked: Result<Checked<V>>,
+    deadline: Option<Deadline>,
 ) -> Result<Outcome<V>>
 where
     K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
@@ -451,7 +502,7 @@ where
 {
     match checked {
         Ok(Checked::Applied { previous }) => {
-            let (in_memory, removed) = shared.apply_all(ops.into_iter());
+            let (in_memory, removed) = shared.apply_all(ops.into_iter(), deadline);
             // A value written by another program that does not decode as `V` falls back to
             // memory's.
             let replaced = match previous.and_then(|previous| previous.into_iter().next()) {
@@ -462,11 +513,17 @@ where
             Ok(Outcome::Applied { replaced, removed })
         }
         Ok(Checked::Conflict { current }) => {
-            for (condition, stored) in conditions.into_iter().zip(&current) {
-                let value = stored.as_ref().map(|stored| stored.value.clone());
-                shared.apply_stored(condition.key, value);
-            }
-            Ok(Outcome::Conflict(current))
+            let stored = conditions
+                .into_iter()
+                .zip(&current)
+                .map(|(condition, stored)| {
+                    let value = stored.as_ref().map(|stored| stored.value.clone());
+                    (condition.key, value)
+                })
+                .collect();
+            super::expiry::settle(shared, backend, stored)
+                .await
+                .map(|()| Outcome::Conflict(current))
         }
         Err(PersistentError::PartialBatch { applied, source }) => {
             Err(super::batch::undo_partial_batch(shared, backend, ops, applied, *source).await)

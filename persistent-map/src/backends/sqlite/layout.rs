@@ -134,7 +134,7 @@ where
 
     let mut moved: Vec<RawRow> = Vec::with_capacity(rows.len());
     let mut new_keys = HashSet::with_capacity(rows.len());
-    for (old_key, value) in rows {
+    for (old_key, value, expires_at) in rows {
         let key = old_key
             .parse::<Old>()
             .map_err(|source| PersistentError::InvalidStoredKey {
@@ -149,7 +149,7 @@ where
                 key,
             });
         }
-        moved.push((key, value));
+        moved.push((key, value, expires_at));
     }
 
     let count = moved.len();
@@ -162,9 +162,19 @@ where
             let transaction =
                 connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
             transaction.execute(&old_table.delete_all, [])?;
-            {
+            // Deadlines move with their rows; a table gains the column only if one has one.
+            let expiring = moved.iter().any(|(_, _, expires_at)| expires_at.is_some());
+            if expiring && !super::expiry::has_column(&transaction, &new_table.name)? {
+                super::expiry::add_column(&transaction, &new_table.name)?;
+            }
+            if expiring {
+                let mut insert = transaction.prepare(&new_table.upsert_expiring)?;
+                for (key, value, expires_at) in &moved {
+                    insert.execute((key, value, expires_at))?;
+                }
+            } else {
                 let mut insert = transaction.prepare(&new_table.upsert)?;
-                for (key, value) in &moved {
+                for (key, value, _) in &moved {
                     insert.execute((key, value))?;
                 }
             }

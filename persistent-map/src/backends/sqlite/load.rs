@@ -14,7 +14,10 @@ use tokio::sync::mpsc;
 
 use super::writer::Writer;
 use crate::backends::decode::{decode_key, decode_value, not_text, Column};
-use crate::{PersistentError, Result};
+use crate::{Deadline, PersistentError, Result};
+
+/// An entry as loaded: key, value, deadline.
+type Loaded<K, V> = (K, V, Option<Deadline>);
 
 /// Creates the table if it is missing, then checks that it has the columns this crate uses.
 pub(super) async fn ensure_table(writer: &Writer, table: &str) -> Result<()> {
@@ -63,7 +66,7 @@ fn check_columns(table: &str, columns: &[(String, i64)]) -> Result<()> {
 /// What the scanning thread sends while it scans a table.
 enum Scanned<K, V> {
     /// Rows the writer decoded.
-    Entries(Vec<(K, V)>),
+    Entries(Vec<Loaded<K, V>>),
     /// Rows for the caller to decode: sent when the caller has nothing else to do.
     Rows(RawChunk),
     Failed(PersistentError),
@@ -81,23 +84,33 @@ struct RawChunk {
     /// Per row: where its key ends (its value starts) and where its value ends. A row starts
     /// where the previous one ends.
     bounds: Vec<(usize, usize)>,
+    /// Per row, its deadline.
+    deadlines: Vec<Option<Deadline>>,
 }
 
 impl RawChunk {
-    fn push(&mut self, key: &str, value: &str) {
+    fn push(&mut self, key: &str, value: &str, deadline: Option<Deadline>) {
         self.text.push_str(key);
         let key_end = self.text.len();
         self.text.push_str(value);
         self.bounds.push((key_end, self.text.len()));
+        self.deadlines.push(deadline);
     }
 
-    fn rows(&self) -> impl Iterator<Item = (&str, &str)> {
+    fn rows(&self) -> impl Iterator<Item = (&str, &str, Option<Deadline>)> {
         let mut start = 0;
-        self.bounds.iter().map(move |&(key_end, value_end)| {
-            let row = (&self.text[start..key_end], &self.text[key_end..value_end]);
-            start = value_end;
-            row
-        })
+        self.bounds
+            .iter()
+            .zip(&self.deadlines)
+            .map(move |(&(key_end, value_end), &deadline)| {
+                let row = (
+                    &self.text[start..key_end],
+                    &self.text[key_end..value_end],
+                    deadline,
+                );
+                start = value_end;
+                row
+            })
     }
 }
 
@@ -105,7 +118,8 @@ impl RawChunk {
 /// the rows in flight cost nothing in memory.
 const CHUNK_ROWS: usize = 1024;
 
-/// Streams the table's rows, decoded as `K` and `V`, into `sink`.
+/// Streams the table's live rows, decoded as `K` and `V`, with their deadlines, into `sink`;
+/// a row whose deadline has passed on this process's clock is not loaded.
 ///
 /// A scanning thread (a blocking-pool thread with a read-only connection of its own; the writer
 /// thread for `:memory:`) reads the rows and the caller's task puts them into `sink` (the map);
@@ -116,7 +130,7 @@ const CHUNK_ROWS: usize = 1024;
 pub(super) async fn load_each<K, V>(
     writer: &Writer,
     table: &str,
-    sink: &mut (dyn FnMut(K, V) + Send),
+    sink: &mut (dyn FnMut(K, V, Option<Deadline>) + Send),
 ) -> Result<()>
 where
     K: FromStr + ToString + Send + 'static,
@@ -149,13 +163,14 @@ where
     while let Some(message) = scanned.recv().await {
         match message {
             Scanned::Entries(entries) => {
-                for (key, value) in entries {
-                    sink(key, value);
+                for (key, value, deadline) in entries {
+                    sink(key, value, deadline);
                 }
             }
             Scanned::Rows(chunk) => {
-                for (key, value) in chunk.rows() {
-                    sink(decode_key(table, key)?, decode_value(table, key, value)?);
+                for (key, value, deadline) in chunk.rows() {
+                    let value = decode_value(table, key, value)?;
+                    sink(decode_key(table, key)?, value, deadline);
                 }
             }
             Scanned::Failed(error) => return Err(error),
@@ -169,51 +184,59 @@ where
     })
 }
 
-/// Reads the rows of `keys` (key texts) and decodes them; keys that are not stored are left out.
+/// Reads the live rows of `keys` (key texts) and decodes them, with their deadlines; keys that
+/// are not stored (or expired) are left out.
 pub(super) async fn load_keys<K, V>(
     writer: &Writer,
     table: &str,
     keys: Vec<String>,
-) -> Result<Vec<(K, V)>>
+) -> Result<Vec<Loaded<K, V>>>
 where
     K: FromStr + ToString,
     <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
     V: DeserializeOwned,
 {
-    let select = format!("SELECT value FROM \"{table}\" WHERE key = ?1");
+    let name = table.to_owned();
     let rows = writer
         .run(move |connection| {
+            let now = super::expiry::now_sql();
+            let (deadline, live) = super::expiry::live_rows_sql(connection, &name, "?2")?;
+            let select =
+                format!("SELECT value, {deadline} FROM \"{name}\" WHERE key = ?1 AND {live}");
             let mut statement = connection.prepare_cached(&select)?;
             let mut rows = Vec::with_capacity(keys.len());
             for key in keys {
-                let mut found = statement.query([&key])?;
+                let mut found = statement.query((&key, now))?;
                 if let Some(row) = found.next()? {
                     let value = text_of(row.get_ref(0)?).map(str::to_owned);
-                    rows.push((key, value));
+                    rows.push((key, value, super::expiry::deadline_of(row.get_ref(1)?)));
                 }
             }
             Ok(rows)
         })
         .await?;
     rows.into_iter()
-        .map(|(key, value)| {
+        .map(|(key, value, deadline)| {
             let value =
                 value.map_err(|found| not_text(table, key.clone(), Column::Value, found))?;
-            Ok((decode_key(table, &key)?, decode_value(table, &key, &value)?))
+            let value = decode_value(table, &key, &value)?;
+            Ok((decode_key(table, &key)?, value, deadline))
         })
         .collect()
 }
 
-/// A row as stored: key text and value JSON text.
-pub(super) type RawRow = (String, String);
+/// A row as stored: key text, value JSON text, deadline (Unix milliseconds).
+pub(super) type RawRow = (String, String, Option<i64>);
 
-/// Every row of `table`, as stored.
+/// Every live row of `table`, as stored.
 pub(super) async fn raw_rows(writer: &Writer, table: &str) -> Result<Vec<RawRow>> {
-    let select = format!("SELECT key, value FROM \"{table}\"");
+    let name = table.to_owned();
     let rows = writer
         .run(move |connection| {
+            let (deadline, live) = super::expiry::live_rows_sql(connection, &name, "?1")?;
+            let select = format!("SELECT key, value, {deadline} FROM \"{name}\" WHERE {live}");
             let mut statement = connection.prepare(&select)?;
-            let mut rows = statement.query([])?;
+            let mut rows = statement.query([super::expiry::now_sql()])?;
             let mut raw = Vec::new();
             while let Some(row) = rows.next()? {
                 let key = match text_of(row.get_ref(0)?) {
@@ -221,7 +244,7 @@ pub(super) async fn raw_rows(writer: &Writer, table: &str) -> Result<Vec<RawRow>
                     Err(found) => return Ok(Err((describe(row.get_ref(0)?), Column::Key, found))),
                 };
                 match text_of(row.get_ref(1)?) {
-                    Ok(value) => raw.push((key, value.to_owned())),
+                    Ok(value) => raw.push((key, value.to_owned(), row.get(2)?)),
                     Err(found) => return Ok(Err((key, Column::Value, found))),
                 }
             }
@@ -269,7 +292,7 @@ fn scan_and_report<K, V>(
 /// A chunk being filled on the scanning thread, raw or decoded.
 enum Chunk<K, V> {
     Raw(RawChunk),
-    Decoded(Vec<(K, V)>),
+    Decoded(Vec<Loaded<K, V>>),
 }
 
 impl<K, V> Chunk<K, V> {
@@ -327,9 +350,11 @@ where
     <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
     V: DeserializeOwned,
 {
-    let mut statement =
-        connection.prepare_cached(&format!("SELECT key, value FROM \"{table}\""))?;
-    let mut rows = statement.query([])?;
+    let (deadline, live) = super::expiry::live_rows_sql(connection, table, "?1")?;
+    let mut statement = connection.prepare_cached(&format!(
+        "SELECT key, value, {deadline} FROM \"{table}\" WHERE {live}"
+    ))?;
+    let mut rows = statement.query([super::expiry::now_sql()])?;
     let mut chunk = Chunk::new(sender);
     while let Some(row) = rows.next()? {
         let key = text_of(row.get_ref(0)?).map_err(|found| {
@@ -339,11 +364,12 @@ where
         let value = text_of(row.get_ref(1)?).map_err(|found| {
             ScanError::Row(not_text(table, key.to_owned(), Column::Value, found))
         })?;
+        let deadline = super::expiry::deadline_of(row.get_ref(2)?);
         match &mut chunk {
-            Chunk::Raw(raw) => raw.push(key, value),
+            Chunk::Raw(raw) => raw.push(key, value, deadline),
             Chunk::Decoded(entries) => entries.push(
                 decode_key(table, key)
-                    .and_then(|decoded| Ok((decoded, decode_value(table, key, value)?)))
+                    .and_then(|decoded| Ok((decoded, decode_value(table, key, value)?, deadline)))
                     .map_err(ScanError::Row)?,
             ),
         }
@@ -410,8 +436,8 @@ mod tests {
         let connection = Connection::open_in_memory().unwrap();
         connection
             .execute_batch(
-                "CREATE TABLE t (key TEXT PRIMARY KEY, value TEXT);
-                 INSERT INTO t VALUES ('boom', '1');",
+                "CREATE TABLE t (key TEXT PRIMARY KEY, value TEXT, expires_at INTEGER);
+                 INSERT INTO t (key, value) VALUES ('boom', '1');",
             )
             .unwrap();
         let (sender, mut received) = mpsc::channel::<Scanned<Fragile, u32>>(2);
@@ -434,9 +460,15 @@ mod tests {
     #[test]
     fn raw_chunk_rows_come_back_as_pushed() {
         let mut chunk = RawChunk::default();
-        let rows = [("a", "1"), ("", "\"\""), ("ключ", "{\"x\":[]}"), ("k", "")];
-        for (key, value) in rows {
-            chunk.push(key, value);
+        let soon = Deadline::from_unix_millis(7);
+        let rows = [
+            ("a", "1", None),
+            ("", "\"\"", soon),
+            ("ключ", "{\"x\":[]}", None),
+            ("k", "", soon),
+        ];
+        for (key, value, deadline) in rows {
+            chunk.push(key, value, deadline);
         }
         assert_eq!(chunk.rows().collect::<Vec<_>>(), rows);
     }

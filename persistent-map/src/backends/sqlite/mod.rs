@@ -30,6 +30,7 @@
 //! ```
 
 mod changes;
+mod expiry;
 mod inbox;
 mod layout;
 mod load;
@@ -53,8 +54,8 @@ use self::writer::{Outcome, RawOp, TableSql, Write, WritePart, Writer};
 pub(crate) use self::writer::{WritePart as TransactionPart, Writer as TransactionWriter};
 use crate::backends::decode::{decode_key, decode_value};
 use crate::{
-    BatchOp, ChangePosition, Checked, Condition, ExternalChanges, PersistentError, PersistentKey,
-    Result, StorageBackend, Stored, WriteOptions,
+    BatchOp, ChangePosition, Checked, Condition, Deadline, ExternalChanges, PersistentError,
+    PersistentKey, Result, StorageBackend, Stored, WriteOptions,
 };
 
 /// How much a commit must survive before a write is acknowledged.
@@ -518,8 +519,12 @@ where
     }
 
     async fn save(&self, key: K, value: V) -> Result<(), PersistentError> {
-        self.write_ops(vec![encode(&self.table.name, &BatchOp::Save(key, value))?])
-            .await
+        self.write_ops(vec![encode(
+            &self.table.name,
+            &BatchOp::Save(key, value),
+            None,
+        )?])
+        .await
     }
 
     async fn delete(&self, key: &K) -> Result<(), PersistentError> {
@@ -539,12 +544,52 @@ where
         if ops.is_empty() {
             return Ok(());
         }
-        let ops = crate::backends::encode::encode_all(ops, |op| encode(&self.table.name, op))?;
+        let ops =
+            crate::backends::encode::encode_all(ops, |op| encode(&self.table.name, op, None))?;
         self.write_ops(ops).await
     }
 
     async fn load_each(&self, sink: &mut (dyn FnMut(K, V) + Send)) -> Result<(), PersistentError> {
+        load::load_each(&self.writer, &self.table.name, &mut |key, value, _| {
+            sink(key, value);
+        })
+        .await
+    }
+
+    /// Deadlines live in the column `expires_at` (Unix milliseconds, `NULL`: never).
+    fn supports_expiry(&self) -> bool {
+        true
+    }
+
+    /// Rows whose deadline has passed on this process's clock are not loaded.
+    async fn load_each_expiring(
+        &self,
+        sink: &mut (dyn FnMut(K, V, Option<Deadline>) + Send),
+    ) -> Result<(), PersistentError> {
         load::load_each(&self.writer, &self.table.name, sink).await
+    }
+
+    async fn load_keys_expiring(
+        &self,
+        keys: &[K],
+    ) -> Result<HashMap<K, (V, Option<Deadline>)>, PersistentError> {
+        let texts = keys.iter().map(ToString::to_string).collect();
+        Ok(load::load_keys(&self.writer, &self.table.name, texts)
+            .await?
+            .into_iter()
+            .map(|(key, value, deadline)| (key, (value, deadline)))
+            .collect())
+    }
+
+    /// One `DELETE ... RETURNING` of at most `limit` expired rows (found through the partial
+    /// index on `expires_at`), logged like any write, in a transaction of its own queued on the
+    /// file's writer thread between groups of live writes.
+    async fn sweep_expired(&self, limit: usize, origin: u64) -> Result<Vec<K>, PersistentError> {
+        let texts = expiry::sweep(&self.writer, &self.table, limit, log_origin(origin)).await?;
+        texts
+            .iter()
+            .map(|text| decode_key(&self.table.name, text))
+            .collect()
     }
 
     /// `SELECT count(*)`: a few milliseconds per million rows, against the hash table growing
@@ -563,6 +608,7 @@ where
         Ok(load::load_keys(&self.writer, &self.table.name, texts)
             .await?
             .into_iter()
+            .map(|(key, value, _)| (key, value))
             .collect())
     }
 
@@ -585,7 +631,9 @@ where
             .zip(conditions)
             .map(|(key, condition)| (key.clone(), condition.expected.clone()))
             .collect();
-        let ops = crate::backends::encode::encode_all(ops, |op| encode(&self.table.name, op))?;
+        let deadline = options.deadline();
+        let ops =
+            crate::backends::encode::encode_all(ops, |op| encode(&self.table.name, op, deadline))?;
         match self.write(raw_conditions, ops, options).await? {
             Outcome::Applied { previous } => Ok(Checked::Applied {
                 previous: previous.and_then(|parts| parts.into_iter().next()),
@@ -677,14 +725,16 @@ where
         let layout = self.key_layout;
         crate::map::TransactionTarget {
             store: crate::map::Store::Sqlite(Arc::clone(&self.writer), self.durability),
-            prepare: Box::new(move |conditions, ops, origin| {
+            prepare: Box::new(move |conditions, ops, origin, deadline| {
                 Ok(crate::map::Prepared::Sqlite(WritePart {
                     table: Arc::clone(&table),
                     conditions: conditions
                         .iter()
                         .map(|c| (c.key.to_string(), c.expected.clone()))
                         .collect(),
-                    ops: crate::backends::encode::encode_all(ops, |op| encode(&table.name, op))?,
+                    ops: crate::backends::encode::encode_all(ops, |op| {
+                        encode(&table.name, op, deadline)
+                    })?,
                     layout,
                     origin: log_origin(origin),
                 }))
@@ -704,12 +754,21 @@ impl SqliteBackend {
     }
 }
 
-fn encode<K: ToString, V: Serialize>(table: &str, op: &BatchOp<K, V>) -> Result<RawOp> {
+/// `op` as the writer executes it; a saved value expires at `deadline`.
+fn encode<K: ToString, V: Serialize>(
+    table: &str,
+    op: &BatchOp<K, V>,
+    deadline: Option<Deadline>,
+) -> Result<RawOp> {
     Ok(match op {
         BatchOp::Save(key, value) => {
             let key = key.to_string();
             let value = crate::backends::encode::encode_stored_value(table, &key, value)?;
-            RawOp::Upsert { key, value }
+            RawOp::Upsert {
+                key,
+                value,
+                expires_at: expiry::deadline_to_sql(deadline),
+            }
         }
         BatchOp::Delete(key) => RawOp::Delete {
             key: key.to_string(),

@@ -28,8 +28,15 @@ use crate::{PersistentError, Result};
 /// A write as the writer executes it: key text and JSON value, already encoded.
 #[derive(Debug)]
 pub(crate) enum RawOp {
-    Upsert { key: String, value: String },
-    Delete { key: String },
+    /// `expires_at`: the deadline in Unix milliseconds (`None`: never), stored as is.
+    Upsert {
+        key: String,
+        value: String,
+        expires_at: Option<i64>,
+    },
+    Delete {
+        key: String,
+    },
     DeleteAll,
 }
 
@@ -37,10 +44,14 @@ pub(crate) enum RawOp {
 #[derive(Debug)]
 pub(crate) struct TableSql {
     pub(super) name: String,
+    /// Upsert and select for a table without the column `expires_at` (never used a TTL).
     pub(super) upsert: String,
+    select: String,
+    /// The same for a table with it: a save sets the deadline, an expired row is absent.
+    pub(super) upsert_expiring: String,
+    select_expiring: String,
     delete: String,
     pub(super) delete_all: String,
-    select: String,
 }
 
 impl TableSql {
@@ -52,9 +63,19 @@ impl TableSql {
                 "INSERT INTO \"{name}\" (key, value) VALUES (?1, ?2) \
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value"
             ),
+            select: format!("SELECT value FROM \"{name}\" WHERE key = ?1"),
+            upsert_expiring: format!(
+                "INSERT INTO \"{name}\" (key, value, expires_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
+                 expires_at = excluded.expires_at"
+            ),
+            // An expired row is absent to conditions and previous values.
+            select_expiring: format!(
+                "SELECT value FROM \"{name}\" WHERE key = ?1 \
+                 AND (expires_at IS NULL OR expires_at > ?2)"
+            ),
             delete: format!("DELETE FROM \"{name}\" WHERE key = ?1"),
             delete_all: format!("DELETE FROM \"{name}\""),
-            select: format!("SELECT value FROM \"{name}\" WHERE key = ?1"),
         }
     }
 }
@@ -545,14 +566,33 @@ fn execute(
             return Ok(Outcome::LayoutChanged { table, stored });
         }
     }
+    // The writer's wall clock decides what has expired, once for the whole request.
+    let now = super::expiry::now_sql();
+    let mut expiring = Vec::with_capacity(write.parts.len());
+    for part in &write.parts {
+        let with_deadline = part.ops.iter().any(|op| {
+            matches!(
+                op,
+                RawOp::Upsert {
+                    expires_at: Some(_),
+                    ..
+                }
+            )
+        });
+        expiring.push(fence.expiry_columns.has_column(
+            connection,
+            &part.table.name,
+            with_deadline,
+        )?);
+    }
     if write.parts.iter().any(|part| !part.conditions.is_empty()) {
         let mut holds = true;
         let mut current = Vec::with_capacity(write.parts.len());
-        for part in &write.parts {
+        for (part, &expiring) in write.parts.iter().zip(&expiring) {
             let stored = part
                 .conditions
                 .iter()
-                .map(|(key, _)| stored_value(connection, &part.table, key))
+                .map(|(key, _)| stored_value(connection, &part.table, expiring, key, now))
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             holds &= part
                 .conditions
@@ -568,22 +608,22 @@ fn execute(
         }
     }
     let mut previous = Vec::with_capacity(write.parts.len());
-    for part in &write.parts {
+    for (part, &expiring) in write.parts.iter().zip(&expiring) {
         let table = &part.table;
         if write.want_previous {
             let mut before = Vec::with_capacity(part.ops.len());
             for op in &part.ops {
                 before.push(match op {
                     RawOp::Upsert { key, .. } | RawOp::Delete { key } => {
-                        stored_value(connection, table, key)?
+                        stored_value(connection, table, expiring, key, now)?
                     }
                     RawOp::DeleteAll => None,
                 });
-                execute_ops(connection, table, std::slice::from_ref(op))?;
+                execute_ops(connection, table, expiring, std::slice::from_ref(op))?;
             }
             previous.push(before);
         } else {
-            execute_ops(connection, table, &part.ops)?;
+            execute_ops(connection, table, expiring, &part.ops)?;
         }
         log_keys(connection, table, &part.ops, part.origin, id)?;
     }
@@ -592,16 +632,27 @@ fn execute(
     })
 }
 
-/// The JSON stored under `key`, if any. A value that is not text (written by another program)
-/// is read as the text SQLite makes of it, so that a condition on it fails rather than errs.
+/// The JSON stored under `key`, if any and not expired at `now` (Unix milliseconds). A value
+/// that is not text (written by another program) is read as the text SQLite makes of it, so
+/// that a condition on it fails rather than errs.
 fn stored_value(
     connection: &Connection,
     table: &TableSql,
+    expiring: bool,
     key: &str,
+    now: i64,
 ) -> rusqlite::Result<Option<String>> {
-    let mut select = connection.prepare_cached(&table.select)?;
-    select
-        .query_row([key], |row| {
+    let mut select;
+    let mut found = if expiring {
+        select = connection.prepare_cached(&table.select_expiring)?;
+        select.query((key, now))?
+    } else {
+        select = connection.prepare_cached(&table.select)?;
+        select.query([key])?
+    };
+    found
+        .next()?
+        .map(|row| {
             Ok(match row.get_ref(0)? {
                 ValueRef::Text(text) | ValueRef::Blob(text) => {
                     String::from_utf8_lossy(text).into_owned()
@@ -611,7 +662,7 @@ fn stored_value(
                 ValueRef::Null => "null".to_owned(),
             })
         })
-        .optional()
+        .transpose()
 }
 
 /// The log of which keys each transaction wrote, read by the other processes' maps when they
@@ -638,7 +689,7 @@ const PRUNE_EVERY_COMMITS: u64 = 1024;
 const INSERT_LOG: &str =
     "INSERT INTO persistent_map_log (table_name, key, origin, writer) VALUES (?1, ?2, ?3, ?4)";
 
-fn log_keys(
+pub(super) fn log_keys(
     connection: &Connection,
     table: &TableSql,
     ops: &[RawOp],
@@ -681,6 +732,10 @@ struct LayoutFence {
     checked_at: Option<i64>,
     /// (table, layout) pairs found recorded since.
     confirmed: HashSet<(String, &'static str)>,
+    /// Which tables have the column `expires_at`, as of the schema this transaction sees.
+    /// (Kept here because it is checked at the same moments, for the same reason: another
+    /// process may change a table under this writer.)
+    expiry_columns: super::expiry::ExpiryColumns,
 }
 
 impl LayoutFence {
@@ -693,7 +748,7 @@ impl LayoutFence {
             self.checked_at = Some(version);
             self.confirmed.clear();
         }
-        Ok(())
+        self.expiry_columns.begin(connection)
     }
 
     /// The layout recorded for `table` if it is not `layout`; `None` if it is (or none is
@@ -737,17 +792,36 @@ fn roll_back(connection: &Connection) {
     }
 }
 
-fn execute_ops(connection: &Connection, table: &TableSql, ops: &[RawOp]) -> rusqlite::Result<()> {
+/// Executes `ops` on `table`; `expiring`: it has the column `expires_at`, which saves set.
+fn execute_ops(
+    connection: &Connection,
+    table: &TableSql,
+    expiring: bool,
+    ops: &[RawOp],
+) -> rusqlite::Result<()> {
     let mut upsert = None;
     let mut delete = None;
     for op in ops {
         match op {
-            RawOp::Upsert { key, value } => {
+            RawOp::Upsert {
+                key,
+                value,
+                expires_at,
+            } => {
+                let sql = if expiring {
+                    &table.upsert_expiring
+                } else {
+                    &table.upsert
+                };
                 let statement = match &mut upsert {
                     Some(statement) => statement,
-                    None => upsert.insert(connection.prepare_cached(&table.upsert)?),
+                    None => upsert.insert(connection.prepare_cached(sql)?),
                 };
-                statement.execute((key, value))?;
+                if expiring {
+                    statement.execute((key, value, expires_at))?;
+                } else {
+                    statement.execute((key, value))?;
+                }
             }
             RawOp::Delete { key } => {
                 let statement = match &mut delete {

@@ -1,0 +1,510 @@
+//! Expiry: entries with a time to live.
+//!
+//! Each entry in memory is a [`Slot`]: its value and an `Option<Deadline>` (8 bytes, `None` for
+//! an entry that never expires). A read looks at the deadline only when there is one, so an
+//! entry without a time to live costs no clock read; one with a deadline is absent to every
+//! read from the millisecond its deadline passes on this process's wall clock, whether or not
+//! it has been swept yet. Storage holds the same deadline beside the value, and treats an
+//! expired row as absent in its conditions and loads.
+//!
+//! A background task per map (started by the first entry with a deadline) deletes expired rows
+//! from storage in batches of [`SWEEP_BATCH`] rows, each batch one short transaction of the
+//! backend, and drops them from memory, telling subscribers [`Change::Expired`].
+
+use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use super::shared::Shared;
+use super::PersistentMap;
+use crate::deadline::{is_live, now_millis};
+use crate::{Change, Deadline, PersistentError, Result, StorageBackend};
+
+/// An entry in memory: the value and when it expires (`None`: never).
+#[derive(Debug, Clone)]
+pub(super) struct Slot<V> {
+    pub(super) value: V,
+    pub(super) deadline: Option<Deadline>,
+}
+
+impl<V> Slot<V> {
+    pub(super) fn new(value: V, deadline: Option<Deadline>) -> Self {
+        Self { value, deadline }
+    }
+
+    /// The value, unless it has expired; reads the clock only for an entry with a deadline.
+    #[inline]
+    pub(super) fn live(&self) -> Option<&V> {
+        match self.deadline {
+            None => Some(&self.value),
+            Some(deadline) => (!deadline.has_passed()).then_some(&self.value),
+        }
+    }
+
+    /// Whether the entry is live at `now` (Unix milliseconds), for passes over many entries
+    /// that read the clock once.
+    #[inline]
+    pub(super) fn is_live_at(&self, now: u64) -> bool {
+        is_live(self.deadline, now)
+    }
+
+    /// The value, unless it has expired.
+    pub(super) fn into_live(self) -> Option<V> {
+        self.live().is_some().then_some(self.value)
+    }
+}
+
+/// Rows deleted per sweep transaction: small enough that a live write queued behind one waits
+/// a few milliseconds at most, and within what the change log records key by key (1,024).
+pub(crate) const SWEEP_BATCH: usize = 1000;
+
+/// How often the background sweep runs.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Every this many background sweeps, memory is also scanned for expired entries that another
+/// process swept from storage (this map's own sweep finds no row for them).
+const MEMORY_PASS_EVERY: u64 = 60;
+
+/// What a map's handles share about expiry.
+#[derive(Debug, Default)]
+pub(super) struct ExpiryState {
+    /// Whether any entry ever had a deadline: until then, `len` and `is_empty` need not look
+    /// at the entries.
+    has_deadlines: AtomicBool,
+    /// Whether a background sweep is running.
+    sweeping: AtomicBool,
+}
+
+impl ExpiryState {
+    /// Notes that an entry with `deadline` is (about to be) in memory.
+    #[inline]
+    pub(super) fn note(&self, deadline: Option<Deadline>) {
+        if deadline.is_some() && !self.has_deadlines.load(Ordering::Relaxed) {
+            self.has_deadlines.store(true, Ordering::Release);
+        }
+    }
+
+    #[inline]
+    pub(super) fn has_deadlines(&self) -> bool {
+        self.has_deadlines.load(Ordering::Acquire)
+    }
+}
+
+impl<K, V> Shared<K, V>
+where
+    K: Eq + Hash + Clone + Serialize + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    /// Drops `keys` from memory where their entry has expired (storage has deleted them),
+    /// telling subscribers.
+    fn drop_swept(&self, keys: Vec<K>) {
+        let now = now_millis();
+        for key in keys {
+            if let Some((key, _)) = self
+                .entries
+                .remove_if(&key, |_, slot| !slot.is_live_at(now))
+            {
+                self.changes.publish(Some(Change::Expired { key }));
+            }
+        }
+    }
+
+    /// Drops every expired entry from memory, telling subscribers; returns how many.
+    fn drop_expired_in_memory(&self) -> usize {
+        if !self.expiry.has_deadlines() {
+            return 0;
+        }
+        let now = now_millis();
+        let mut dropped = 0;
+        self.entries.retain(|key, slot| {
+            let live = slot.is_live_at(now);
+            if !live {
+                dropped += 1;
+                self.changes
+                    .publish(Some(Change::Expired { key: key.clone() }));
+            }
+            live
+        });
+        dropped
+    }
+}
+
+impl<K, V, B> PersistentMap<K, V, B>
+where
+    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    B: StorageBackend<K, V> + Send + Sync + 'static,
+{
+    /// This handle with a default time to live: every later write of it that stores a value
+    /// ([`insert`](Self::insert), [`insert_many`](Self::insert_many), [`update`](Self::update),
+    /// [`get_or_insert_with`](Self::get_or_insert_with),
+    /// [`compare_exchange`](Self::compare_exchange), a [`transaction`](crate::transaction)'s
+    /// writes) gives it a deadline `ttl` after the write, replacing the deadline the key had, as
+    /// Redis's `SET ... EX` does. Clones made from the returned handle keep the default; other
+    /// handles on the table are not affected.
+    ///
+    /// Fails with [`PersistentError::ExpiryUnsupported`] if the backend does not store
+    /// deadlines (see [`StorageBackend::supports_expiry`]).
+    ///
+    /// A cache whose entries live ten minutes after their last write:
+    ///
+    /// ```
+    /// use persistent_map::{sqlite::SqliteBackend, PersistentMap};
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// let cache: PersistentMap<String, String, SqliteBackend> =
+    ///     PersistentMap::open(dir.path().join("cache.db")).await?;
+    /// let cache = cache.with_default_ttl(Duration::from_secs(600))?;
+    ///
+    /// cache.insert("/index.html".into(), "<html>…</html>".into()).await?;
+    /// let left = cache.ttl("/index.html").unwrap();
+    /// assert!(left > Duration::from_secs(590) && left <= Duration::from_secs(600));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_default_ttl(mut self, ttl: Duration) -> Result<Self> {
+        if !self.backend.supports_expiry() {
+            return Err(PersistentError::ExpiryUnsupported);
+        }
+        self.default_ttl = Some(ttl);
+        Ok(self)
+    }
+
+    /// This handle's default time to live (see [`with_default_ttl`](Self::with_default_ttl)).
+    ///
+    /// ```
+    /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// assert_eq!(map.default_ttl(), None);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn default_ttl(&self) -> Option<Duration> {
+        self.default_ttl
+    }
+
+    /// The deadline a write of this handle gives the values it stores, if it has a default.
+    pub(super) fn default_deadline(&self) -> Option<Deadline> {
+        self.default_ttl.map(Deadline::after)
+    }
+
+    /// Stores `value` under `key` until `ttl` from now, then returns the value it replaced (as
+    /// [`insert`](Self::insert) does). From the moment the time to live runs out, every read
+    /// treats the key as absent; the background sweep then deletes it from storage and memory.
+    ///
+    /// Fails with [`PersistentError::ExpiryUnsupported`], writing nothing, if the backend does
+    /// not store deadlines.
+    ///
+    /// ```
+    /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
+    /// use std::time::Duration;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let sessions: PersistentMap<String, u64, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// sessions.insert_with_ttl("token-1".into(), 42, Duration::from_secs(1800)).await?;
+    /// assert_eq!(sessions.get("token-1"), Some(42));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn insert_with_ttl(&self, key: K, value: V, ttl: Duration) -> Result<Option<V>> {
+        self.write_until(key, value, Some(Deadline::after(ttl)))
+            .await
+    }
+
+    /// Stores `value` under `key` until the absolute time `deadline` (rounded up to the
+    /// millisecond), then returns the value it replaced. A deadline already past stores the
+    /// entry already expired: every read treats it as absent.
+    ///
+    /// ```
+    /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
+    /// use std::time::{Duration, SystemTime};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let leases: PersistentMap<String, String, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// let until = SystemTime::now() + Duration::from_secs(30);
+    /// leases.insert_until("scheduler".into(), "node-a".into(), until).await?;
+    /// assert!(leases.contains_key("scheduler"));
+    ///
+    /// leases.insert_until("old".into(), "node-b".into(), SystemTime::UNIX_EPOCH).await?;
+    /// assert!(!leases.contains_key("old"));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn insert_until(&self, key: K, value: V, deadline: SystemTime) -> Result<Option<V>> {
+        self.write_until(key, value, Some(Deadline::at(deadline)))
+            .await
+    }
+
+    /// Gives the live entry under `key` a time to live of `ttl` from now, replacing any it had,
+    /// and returns whether there was such an entry (Redis's `EXPIRE`).
+    ///
+    /// The write is conditional on storage still holding the value read (as
+    /// [`update`](Self::update)'s is), so it never resurrects or overwrites a value another
+    /// handle or process wrote meanwhile: it applies to whatever is stored then.
+    ///
+    /// ```
+    /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
+    /// use std::time::Duration;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// map.insert("a".into(), 1).await?;
+    /// assert!(map.expire(&"a".into(), Duration::from_secs(60)).await?);
+    /// assert!(map.ttl("a").is_some());
+    /// assert!(!map.expire(&"missing".into(), Duration::from_secs(60)).await?);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn expire(&self, key: &K, ttl: Duration) -> Result<bool> {
+        self.set_deadline(key, Some(Deadline::after(ttl))).await
+    }
+
+    /// Like [`expire`](Self::expire), with the absolute time `deadline` (Redis's `EXPIREAT`).
+    ///
+    /// ```
+    /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
+    /// use std::time::{Duration, SystemTime};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// map.insert("a".into(), 1).await?;
+    /// assert!(map.expire_at(&"a".into(), SystemTime::now() - Duration::from_secs(1)).await?);
+    /// assert_eq!(map.get("a"), None); // expired at once
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn expire_at(&self, key: &K, deadline: SystemTime) -> Result<bool> {
+        self.set_deadline(key, Some(Deadline::at(deadline))).await
+    }
+
+    /// Removes the time to live of the live entry under `key`, so that it never expires, and
+    /// returns whether there was such an entry (Redis's `PERSIST`). Conditional on what is
+    /// stored, as [`expire`](Self::expire) is.
+    ///
+    /// ```
+    /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
+    /// use std::time::Duration;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// map.insert_with_ttl("a".into(), 1, Duration::from_secs(60)).await?;
+    /// assert!(map.persist(&"a".into()).await?);
+    /// assert_eq!(map.ttl("a"), None);
+    /// assert_eq!(map.get("a"), Some(1));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn persist(&self, key: &K) -> Result<bool> {
+        self.set_deadline(key, None).await
+    }
+
+    /// The time left before the entry under `key` expires: `None` if the key is absent (or
+    /// expired) or never expires. From memory, like [`get`](Self::get).
+    ///
+    /// ```
+    /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
+    /// use std::time::Duration;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// map.insert_with_ttl("a".into(), 1, Duration::from_secs(60)).await?;
+    /// map.insert("b".into(), 2).await?;
+    /// assert!(map.ttl("a").unwrap() <= Duration::from_secs(60));
+    /// assert_eq!(map.ttl("b"), None);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn ttl<Q>(&self, key: &Q) -> Option<Duration>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.deadline(key)?.remaining()
+    }
+
+    /// When the live entry under `key` expires: `None` if the key is absent (or expired) or
+    /// never expires.
+    ///
+    /// ```
+    /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
+    /// use std::time::{Duration, SystemTime};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// let until = SystemTime::now() + Duration::from_secs(60);
+    /// map.insert_until("a".into(), 1, until).await?;
+    /// assert!(map.deadline("a").unwrap().to_system_time() >= until);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn deadline<Q>(&self, key: &Q) -> Option<Deadline>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let slot = self.shared.entries.get(key)?;
+        slot.live()?;
+        slot.deadline
+    }
+
+    /// Deletes every expired entry from storage now, in transactions of at most 1,000 rows, drops expired entries from memory, and returns how many rows were
+    /// deleted from storage.
+    ///
+    /// The background sweep (every second, once the map holds an entry with a deadline) does
+    /// the same; call this to reclaim space at a moment of your choosing. Expired entries are
+    /// absent to every read either way. Subscribers hear [`Change::Expired`] for each entry
+    /// dropped from memory.
+    ///
+    /// ```
+    /// use persistent_map::{sqlite::SqliteBackend, PersistentMap};
+    /// use std::time::SystemTime;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// let map: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(dir.path().join("a.db")).await?;
+    /// map.insert_until("gone".into(), 1, SystemTime::UNIX_EPOCH).await?;
+    /// assert!(map.sweep_expired().await? <= 1); // 0 if the background sweep came first
+    /// assert_eq!(map.sweep_expired().await?, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn sweep_expired(&self) -> Result<usize> {
+        let swept = sweep_storage(&self.shared, &*self.backend).await?;
+        self.shared.drop_expired_in_memory();
+        Ok(swept)
+    }
+
+    /// Stores `value` under `key` with `deadline`, in the key's turn.
+    async fn write_until(&self, key: K, value: V, deadline: Option<Deadline>) -> Result<Option<V>> {
+        self.write_with(crate::BatchOp::Save(key, value), deadline)
+            .await
+    }
+
+    /// Gives the live entry under `key` `deadline`, conditional on its value; whether there was
+    /// one.
+    async fn set_deadline(&self, key: &K, deadline: Option<Deadline>) -> Result<bool> {
+        let kept = self
+            .update_until(key, |value| value.cloned(), deadline)
+            .await?;
+        Ok(kept.is_some())
+    }
+
+    /// Checks that the backend stores deadlines if `deadline` is one, and starts the background
+    /// sweep for it.
+    pub(super) fn prepare_deadline(&self, deadline: Option<Deadline>) -> Result<()> {
+        if deadline.is_none() {
+            return Ok(());
+        }
+        if !self.backend.supports_expiry() {
+            return Err(PersistentError::ExpiryUnsupported);
+        }
+        self.shared.expiry.note(deadline);
+        self.start_sweeping();
+        Ok(())
+    }
+
+    /// Starts the background sweep if entries with deadlines are in memory and none runs.
+    pub(super) fn start_sweeping(&self) {
+        let state = &self.shared.expiry;
+        if !state.has_deadlines() || state.sweeping.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // Outside a runtime (a blocking map between calls): the next write starts it.
+        };
+        if state.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let shared = Arc::downgrade(&self.shared);
+        let backend = Arc::downgrade(&self.backend);
+        runtime.spawn(sweep_in_background(shared, backend));
+    }
+}
+
+/// The background sweep: runs every [`SWEEP_EVERY`] while the map and the backend it was
+/// started with are alive. Holds neither in between, so dropping the map stops it.
+async fn sweep_in_background<K, V, B>(shared: Weak<Shared<K, V>>, backend: Weak<B>)
+where
+    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    B: StorageBackend<K, V> + Send + Sync + 'static,
+{
+    let mut ticks =
+        tokio::time::interval_at(tokio::time::Instant::now() + SWEEP_EVERY, SWEEP_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rounds: u64 = 0;
+    loop {
+        ticks.tick().await;
+        let (Some(shared), Some(backend)) = (shared.upgrade(), backend.upgrade()) else {
+            if let Some(shared) = shared.upgrade() {
+                shared.expiry.sweeping.store(false, Ordering::Release);
+            }
+            return;
+        };
+        // A failed sweep (a busy file, a closed backend) is simply tried again next time.
+        let _ = sweep_storage(&shared, &*backend).await;
+        rounds += 1;
+        if rounds.is_multiple_of(MEMORY_PASS_EVERY) {
+            shared.drop_expired_in_memory();
+        }
+    }
+}
+
+/// Sweeps storage in batches until a batch comes back short; drops what it deleted from memory
+/// after each batch. Returns how many rows were deleted.
+async fn sweep_storage<K, V, B>(shared: &Shared<K, V>, backend: &B) -> Result<usize>
+where
+    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    B: StorageBackend<K, V> + Send + Sync + ?Sized,
+{
+    let mut swept = 0;
+    loop {
+        let keys = backend.sweep_expired(SWEEP_BATCH, shared.id).await?;
+        let batch = keys.len();
+        swept += batch;
+        shared.drop_swept(keys);
+        if batch < SWEEP_BATCH {
+            return Ok(swept);
+        }
+        // Let the writes queued meanwhile go first.
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Makes memory hold what storage holds under the keys of a failed condition: `stored`, the
+/// values the backend reported, with their deadlines re-read from a backend that stores them
+/// (a conflict reports values only).
+pub(super) async fn settle<K, V, B>(
+    shared: &Shared<K, V>,
+    backend: &B,
+    stored: Vec<(K, Option<V>)>,
+) -> Result<()>
+where
+    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    B: StorageBackend<K, V> + Send + Sync + ?Sized,
+{
+    if !backend.supports_expiry() {
+        for (key, value) in stored {
+            shared.apply_stored(key, value.map(|value| (value, None)));
+        }
+        return Ok(());
+    }
+    let keys: Vec<K> = stored.into_iter().map(|(key, _)| key).collect();
+    let mut now = backend.load_keys_expiring(&keys).await?;
+    for key in keys {
+        let value = now.remove(&key);
+        shared.apply_stored(key, value);
+    }
+    Ok(())
+}
