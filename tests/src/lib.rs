@@ -232,3 +232,73 @@ where
         self.inner.changes_since(since, origin).await
     }
 }
+
+#[derive(Debug, Clone)]
+pub struct SeenEvent {
+    pub level: tracing::Level,
+    pub fields: HashMap<String, String>,
+}
+
+/// A `tracing` subscriber that keeps every event, for the tests to look at.
+#[derive(Debug, Clone, Default)]
+pub struct EventLog(Arc<std::sync::Mutex<Vec<SeenEvent>>>);
+
+impl EventLog {
+    /// Every event so far.
+    pub fn all(&self) -> Vec<SeenEvent> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// The events whose field `table` is `table`.
+    pub fn of_table(&self, table: &str) -> Vec<SeenEvent> {
+        let events = self.0.lock().unwrap();
+        events
+            .iter()
+            .filter(|event| event.fields.get("table").map(String::as_str) == Some(table))
+            .cloned()
+            .collect()
+    }
+
+    pub fn has(&self, table: &str, level: tracing::Level, message: &str) -> Option<SeenEvent> {
+        self.of_table(table)
+            .into_iter()
+            .find(|event| event.level == level && event.fields["message"].contains(message))
+    }
+}
+
+struct FieldsOf<'a>(&'a mut HashMap<String, String>);
+
+impl tracing::field::Visit for FieldsOf<'_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+}
+
+impl tracing::Subscriber for EventLog {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut fields = HashMap::new();
+        event.record(&mut FieldsOf(&mut fields));
+        let level = *event.metadata().level();
+        self.0.lock().unwrap().push(SeenEvent { level, fields });
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
+}

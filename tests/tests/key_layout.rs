@@ -185,3 +185,64 @@ async fn recording_a_layout_waits_for_another_process_writing_the_file() {
     assert!(map.is_ok(), "{:?}", map.err());
     assert!(layouts(&path).contains(&("sessions".to_string(), SessionKey::KEY_LAYOUT.to_string())));
 }
+
+#[tokio::test]
+async fn migrating_keys_while_a_map_is_open_on_the_table_is_refused() {
+    let (_dir, path) = temp_db();
+    write_v1(&path).await;
+    let open: PersistentMap<SessionKeyV1, u32, SqliteBackend> =
+        PersistentMap::open(&path).await.unwrap();
+    let migrate = |path| {
+        migrate_keys(path, |old: SessionKeyV1| SessionKey {
+            tenant: old.tenant,
+            user: old.user,
+        })
+    };
+    let err = migrate(&path).await.unwrap_err();
+    assert!(
+        matches!(&err, PersistentError::TableInUse { table, .. } if table == "sessions"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("\"sessions\""), "{err}");
+    // Nothing moved: the open map goes on writing the layout the table holds.
+    assert_eq!(layouts(&path)[0].1, SessionKeyV1::KEY_LAYOUT);
+    open.insert(
+        SessionKeyV1 {
+            user: "cy".into(),
+            tenant: "acme".into(),
+        },
+        3,
+    )
+    .await
+    .unwrap();
+    drop(open);
+    assert_eq!(migrate(&path).await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn a_map_refuses_to_write_a_layout_another_process_migrated_away_from() {
+    let (_dir, path) = temp_db();
+    write_v1(&path).await;
+    let open: PersistentMap<SessionKeyV1, u32, SqliteBackend> =
+        PersistentMap::open(&path).await.unwrap();
+    // Another process migrates the table (here its commit, made by a connection of its own).
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute(
+            "UPDATE persistent_map_tables SET key_layout = ?1 WHERE table_name = 'sessions'",
+            [SessionKey::KEY_LAYOUT],
+        )
+        .unwrap();
+    let before = stored_rows(&path, "sessions");
+    let key = SessionKeyV1 {
+        user: "dan".into(),
+        tenant: "acme".into(),
+    };
+    let err = open.insert(key.clone(), 4).await.unwrap_err();
+    assert!(
+        matches!(&err, PersistentError::IncompatibleKeyLayout { table, .. } if table == "sessions"),
+        "{err:?}"
+    );
+    assert_eq!(open.get(&key), None, "memory unchanged");
+    assert_eq!(stored_rows(&path, "sessions"), before, "nothing written");
+}

@@ -429,3 +429,55 @@ async fn a_slow_subscriber_is_told_it_lagged_and_never_blocks_writers() {
         })
     );
 }
+
+/// A seed-only backend whose deletes fail after the first, and whose loads fail while
+/// `loads_fail` is on: a clear that stops part-way, then a reload that fails too.
+#[derive(Clone)]
+struct Crumbling {
+    store: InMemoryBackend,
+    deletes: Arc<AtomicUsize>,
+    loads_fail: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl StorageBackend<String, u64> for Crumbling {
+    async fn load_all(&self) -> Result<HashMap<String, u64>> {
+        if self.loads_fail.load(Ordering::SeqCst) {
+            return Err(PersistentError::Backend("the store cannot be read".into()));
+        }
+        self.store.load_all().await
+    }
+    async fn save(&self, key: String, value: u64) -> Result<()> {
+        self.store.save(key, value).await
+    }
+    async fn delete(&self, key: &String) -> Result<()> {
+        if self.deletes.fetch_add(1, Ordering::SeqCst) >= 1 {
+            self.loads_fail.store(true, Ordering::SeqCst);
+            return Err(PersistentError::Backend("delete refused".into()));
+        }
+        StorageBackend::<String, u64>::delete(&self.store, key).await
+    }
+}
+
+#[tokio::test]
+async fn a_clear_that_stops_part_way_reports_why_and_memory_catches_up() {
+    let store = seeded_store().await;
+    let backend = Crumbling {
+        store: store.clone(),
+        deletes: Arc::default(),
+        loads_fail: Arc::default(),
+    };
+    let map: PersistentMap<String, u64, _> = PersistentMap::new(backend.clone()).await.unwrap();
+    let err = map.clear().await.unwrap_err();
+    // The error that stopped the clear, not the reload's that followed it.
+    assert!(
+        matches!(&err, PersistentError::PartialBatch { applied: 1, source } if source.to_string() == "delete refused"),
+        "{err:?}"
+    );
+    // The store can be read again: the next refresh reloads, and memory equals storage.
+    backend.loads_fail.store(false, Ordering::SeqCst);
+    assert!(map.refresh().await.unwrap());
+    let left: HashMap<String, u64> = stored(&store).await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(map.snapshot().await, left);
+}

@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 
 mod postgres_common;
+use persistent_map_tests::EventLog;
 use postgres_common::*;
 
 /// A cheap deterministic sequence, so that each run writes the same mix.
@@ -1017,71 +1018,6 @@ async fn a_row_locked_elsewhere_fails_its_write_in_time_and_other_keys_commit() 
 }
 
 /// An event as a test subscriber saw it.
-#[derive(Debug, Clone)]
-struct SeenEvent {
-    level: tracing::Level,
-    fields: HashMap<String, String>,
-}
-
-/// A `tracing` subscriber that keeps every event, for the tests to look at.
-#[derive(Clone, Default)]
-struct EventLog(Arc<std::sync::Mutex<Vec<SeenEvent>>>);
-
-impl EventLog {
-    /// The events whose field `table` is `table`.
-    fn of_table(&self, table: &str) -> Vec<SeenEvent> {
-        let events = self.0.lock().unwrap();
-        events
-            .iter()
-            .filter(|event| event.fields.get("table").map(String::as_str) == Some(table))
-            .cloned()
-            .collect()
-    }
-
-    fn has(&self, table: &str, level: tracing::Level, message: &str) -> Option<SeenEvent> {
-        self.of_table(table)
-            .into_iter()
-            .find(|event| event.level == level && event.fields["message"].contains(message))
-    }
-}
-
-struct FieldsOf<'a>(&'a mut HashMap<String, String>);
-
-impl tracing::field::Visit for FieldsOf<'_> {
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        self.0.insert(field.name().to_owned(), value.to_owned());
-    }
-
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(field.name().to_owned(), format!("{value:?}"));
-    }
-}
-
-impl tracing::Subscriber for EventLog {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-
-    fn event(&self, event: &tracing::Event<'_>) {
-        let mut fields = HashMap::new();
-        event.record(&mut FieldsOf(&mut fields));
-        let level = *event.metadata().level();
-        self.0.lock().unwrap().push(SeenEvent { level, fields });
-    }
-
-    fn enter(&self, _: &tracing::span::Id) {}
-
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
 // One thread, so that every task of the backend runs where the test's subscriber is the
 // default.
 #[tokio::test(flavor = "current_thread")]

@@ -60,7 +60,14 @@ where
                 self.shared.set_position(next);
                 Ok(false)
             }
-            ExternalChanges::Unknown => self.load().await.map(|()| true),
+            ExternalChanges::Unknown => {
+                if since.is_some() {
+                    // The backend keeps a history but could not say what changed (a clear, a
+                    // large batch, a writer that does not log): the whole table is re-read.
+                    tracing::warn!(entries = self.len(), "refresh reloads the whole table");
+                }
+                self.load().await.map(|()| true)
+            }
             ExternalChanges::Keys(keys) => {
                 let refreshed = self.refresh_keys(keys, next).await;
                 self.start_sweeping();

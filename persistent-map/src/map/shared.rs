@@ -51,6 +51,7 @@ where
         K: serde::de::DeserializeOwned,
         V: Serialize + serde::de::DeserializeOwned,
     {
+        let began = std::time::Instant::now();
         let position = backend.change_position().await?;
         let entries = DashMap::with_capacity(room_for(backend.len_hint().await));
         let mut duplicates = Duplicates::default();
@@ -65,6 +66,7 @@ where
             })
             .await?;
         duplicates.check()?;
+        tracing::debug!(entries = entries.len(), elapsed = ?began.elapsed(), "loaded a map");
         Ok(Self {
             id: new_id(),
             entries,
@@ -191,6 +193,7 @@ where
         K: serde::de::DeserializeOwned,
         V: Serialize + serde::de::DeserializeOwned,
     {
+        let began = std::time::Instant::now();
         // Read first: whatever is committed during the scan is reported again, never missed.
         let position = backend.change_position().await?;
         let mut stored = HashMap::with_capacity(room_for(backend.len_hint().await));
@@ -213,6 +216,7 @@ where
         }
         self.set_position(position);
         self.changes.publish(Some(Change::Reloaded));
+        tracing::debug!(entries = self.entries.len(), elapsed = ?began.elapsed(), "reloaded a map");
         Ok(())
     }
 }

@@ -200,5 +200,12 @@ where
             transaction.commit()
         })
         .await?;
+    tracing::info!(
+        path = %path.as_ref().display(),
+        from = Old::TABLE_NAME,
+        to = New::TABLE_NAME,
+        entries = count,
+        "migrated stored keys to a new layout"
+    );
     Ok(count)
 }

@@ -479,9 +479,14 @@ impl SqliteBuilder {
             durability,
             busy_timeout,
         } = self;
-        let writer = tokio::task::spawn_blocking(move || open::writer_for(&path, busy_timeout))
-            .await
-            .map_err(|join_error| PersistentError::Backend(join_error.into()))??;
+        // The blocking thread (and the writer thread it may start) report to the caller's
+        // `tracing` subscriber.
+        let dispatch = tracing::dispatcher::get_default(Clone::clone);
+        let writer = tokio::task::spawn_blocking(move || {
+            tracing::dispatcher::with_default(&dispatch, || open::writer_for(&path, busy_timeout))
+        })
+        .await
+        .map_err(|join_error| PersistentError::Backend(join_error.into()))??;
         load::ensure_table(&writer, &table).await?;
         layout::check_or_record(&writer, &table, key_layout).await?;
         Ok(SqliteBackend {

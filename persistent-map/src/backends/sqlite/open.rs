@@ -50,6 +50,7 @@ fn start_writer(
     let reader = canonical.map(|path| Reader { path, busy_timeout });
     let writer = Writer::spawn(connection, path.to_path_buf(), reader)
         .map_err(|error| open_failure(path, "cannot start the writer thread", error))?;
+    tracing::info!(path = %path.display(), ?busy_timeout, "opened SQLite database");
     Ok(Arc::new(writer))
 }
 

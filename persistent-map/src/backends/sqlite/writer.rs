@@ -181,9 +181,15 @@ impl Writer {
         let counters = Arc::new(Counters::default());
         let id = new_writer_id();
         let (thread_inbox, thread_counters) = (Arc::clone(&inbox), Arc::clone(&counters));
+        // The thread reports to the `tracing` subscriber of whoever opened the file.
+        let dispatch = tracing::dispatcher::get_default(Clone::clone);
         std::thread::Builder::new()
             .name("persistent-map-sqlite".into())
-            .spawn(move || serve(connection, &thread_inbox, &thread_counters, id))?;
+            .spawn(move || {
+                tracing::dispatcher::with_default(&dispatch, || {
+                    serve(connection, &thread_inbox, &thread_counters, id);
+                });
+            })?;
         Ok(Self {
             inbox,
             path,
@@ -357,6 +363,7 @@ fn serve(mut connection: Connection, queue: &Inbox<Command>, counters: &Counters
         }
         gather(queue, &mut group, &mut next, expected);
         let committed = std::mem::take(&mut group);
+        let began = Instant::now();
         let results = commit_group(
             &mut connection,
             &mut synchronous,
@@ -365,12 +372,50 @@ fn serve(mut connection: Connection, queue: &Inbox<Command>, counters: &Counters
             counters,
             id,
         );
+        trace_group(&committed, &results, began.elapsed());
         // What is queued now came from writers other than those about to be acknowledged.
         take_queued(queue, &mut group, &mut next);
         expected = committed.len() + group.len();
         for (request, result) in committed.into_iter().zip(results) {
             let _ = request.done.send(result);
         }
+    }
+}
+
+/// A commit that takes longer than this is worth a warning: the writes in it waited that long.
+const SLOW_COMMIT: Duration = Duration::from_secs(1);
+
+/// One `debug` event per commit group (a `warn` when it was slow), with fields, not text.
+fn trace_group(group: &[WriteRequest], results: &[rusqlite::Result<Outcome>], elapsed: Duration) {
+    let requests = group.len();
+    let failed = results.iter().filter(|result| result.is_err()).count();
+    let conflicts = results
+        .iter()
+        .filter(|result| matches!(result, Ok(Outcome::Conflict { .. })))
+        .count();
+    let tables = group
+        .iter()
+        .flat_map(|request| &request.write.parts)
+        .map(|part| part.table.name.as_str())
+        .collect::<std::collections::BTreeSet<_>>();
+    if elapsed >= SLOW_COMMIT {
+        tracing::warn!(
+            requests,
+            failed,
+            conflicts,
+            ?tables,
+            ?elapsed,
+            "slow SQLite commit"
+        );
+    } else {
+        tracing::debug!(
+            requests,
+            failed,
+            conflicts,
+            ?tables,
+            ?elapsed,
+            "SQLite commit"
+        );
     }
 }
 
@@ -446,21 +491,29 @@ fn commit_group(
         // A busy, locked, full, read-only or failing file refuses every request alike: retrying
         // each alone would only wait out the busy timeout once per request.
         Err(error) if refuses_every_request(&error) => {
+            tracing::warn!(requests = group.len(), %error, "SQLite refused a whole commit group");
             group.iter().map(|_| Err(copy_error(&error))).collect()
         }
-        Err(_) => group
-            .iter()
-            .map(|request| {
-                commit(
-                    connection,
-                    fence,
-                    std::slice::from_ref(request),
-                    counters,
-                    id,
-                )
-                .map(|mut outcomes| outcomes.remove(0))
-            })
-            .collect(),
+        Err(error) => {
+            tracing::warn!(
+                requests = group.len(),
+                %error,
+                "a shared SQLite commit failed; retrying each write alone"
+            );
+            group
+                .iter()
+                .map(|request| {
+                    commit(
+                        connection,
+                        fence,
+                        std::slice::from_ref(request),
+                        counters,
+                        id,
+                    )
+                    .map(|mut outcomes| outcomes.remove(0))
+                })
+                .collect()
+        }
     }
 }
 
