@@ -227,7 +227,12 @@ async fn transactions_over_two_tables_are_all_or_nothing_when_the_connection_is_
             .unwrap();
         tallies.insert(key, tally);
     }
-    assert!(a_map.backend().stats().reconnects >= 10);
+    // Every killed connection but perhaps the last was replaced while the writers still ran.
+    let reconnects = a_map.backend().stats().reconnects;
+    assert!(
+        reconnects + 1 >= killed.unsigned_abs(),
+        "{reconnects} < {killed}"
+    );
 
     // Fresh maps, of instances of their own, load what storage holds.
     let (fresh_a, fresh_b) = (open(&a).await, open(&b).await);
