@@ -4,8 +4,10 @@
 //! A transaction is optimistic, as sled's and FoundationDB's are: its body runs on the caller's
 //! task against memory, remembering what it read and buffering what it writes; the commit sends
 //! the reads as conditions and the writes as one checked write (for SQLite, one `IMMEDIATE`
-//! transaction over every table involved). If another writer changed something the body read,
-//! nothing is written, memory takes what storage holds, and the body runs again.
+//! transaction over every table involved; for PostgreSQL, one write request of the connection's
+//! session, committed in one transaction under the advisory locks of every key involved). If
+//! another writer changed something the body read, nothing is written, memory takes what
+//! storage holds, and the body runs again.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -24,12 +26,15 @@ use crate::key_locks::KeyGuard;
 use crate::{BatchOp, Condition, Deadline, PersistentError, Result, StorageBackend};
 
 /// Backends whose maps can take part in a [`Transaction`]: the SQLite backend (tables of one
-/// file), the in-memory backend (clones of one backend). Sealed: implemented by this crate's
-/// backends only, since committing several maps at once needs storage's own transaction.
+/// file), the PostgreSQL backend (tables of one database, through one connection: backends
+/// opened with the same connection string and timeouts), the in-memory backend (clones of one
+/// backend). Sealed: implemented by this crate's backends only, since committing several maps
+/// at once needs storage's own transaction.
 ///
 /// A transaction that touches a single map works with any backend that implements this trait;
-/// maps of different storage (two files, a file and an in-memory store) in one transaction are
-/// refused with [`PersistentError::MixedStorage`].
+/// maps of different storage (two files, two PostgreSQL databases or connections, PostgreSQL
+/// and SQLite, a file and an in-memory store) in one transaction are refused with
+/// [`PersistentError::MixedStorage`].
 pub trait TransactionalBackend<K, V>:
     StorageBackend<K, V> + sealed::Sealed + Send + Sync + 'static
 where
@@ -76,6 +81,8 @@ pub(crate) enum Store {
         Arc<crate::sqlite::TransactionWriter>,
         crate::sqlite::Durability,
     ),
+    #[cfg(feature = "postgres")]
+    Postgres(crate::postgres::TransactionSession),
     InMemory(Arc<Mutex<crate::in_memory::Stores>>),
 }
 
@@ -84,6 +91,8 @@ impl Store {
         match (self, other) {
             #[cfg(feature = "sqlite")]
             (Store::Sqlite(a, _), Store::Sqlite(b, _)) => Arc::ptr_eq(a, b),
+            #[cfg(feature = "postgres")]
+            (Store::Postgres(a), Store::Postgres(b)) => a.same(b),
             (Store::InMemory(a), Store::InMemory(b)) => Arc::ptr_eq(a, b),
             #[allow(unreachable_patterns)]
             _ => false,
@@ -107,6 +116,8 @@ impl Store {
         match self {
             #[cfg(feature = "sqlite")]
             Store::Sqlite(writer, _) => format!("SQLite file {}", writer.path().display()),
+            #[cfg(feature = "postgres")]
+            Store::Postgres(session) => session.describe(),
             Store::InMemory(stores) => format!("in-memory store {:p}", Arc::as_ptr(stores)),
         }
     }
@@ -116,7 +127,40 @@ impl Store {
 pub(crate) enum Prepared {
     #[cfg(feature = "sqlite")]
     Sqlite(crate::sqlite::TransactionPart),
+    #[cfg(feature = "postgres")]
+    Postgres(crate::postgres::TransactionPart),
     InMemory(Box<dyn InMemoryPart>),
+}
+
+/// The parts of one transaction all come from maps of one store (checked before they are
+/// prepared), so each is of that store's kind.
+const ONE_KIND: &str = "parts of one store are of one kind";
+
+// Each takes the part of its store's kind; with one storage feature, the other arms are gone.
+#[allow(unreachable_patterns)]
+impl Prepared {
+    #[cfg(feature = "sqlite")]
+    fn into_sqlite(self) -> crate::sqlite::TransactionPart {
+        match self {
+            Prepared::Sqlite(part) => part,
+            _ => unreachable!("{ONE_KIND}"),
+        }
+    }
+
+    #[cfg(feature = "postgres")]
+    fn into_postgres(self) -> crate::postgres::TransactionPart {
+        match self {
+            Prepared::Postgres(part) => part,
+            _ => unreachable!("{ONE_KIND}"),
+        }
+    }
+
+    fn into_in_memory(self) -> Box<dyn InMemoryPart> {
+        match self {
+            Prepared::InMemory(part) => part,
+            _ => unreachable!("{ONE_KIND}"),
+        }
+    }
 }
 
 /// A map's share of a transaction on the in-memory backend, checked and applied under the
@@ -133,8 +177,10 @@ pub(crate) trait InMemoryPart: Send + Sync {
 /// (seeing the transaction's own writes first), writes are buffered. When `body` returns `Ok`,
 /// every write is committed at once, on the condition that nothing `body` read has changed
 /// since: for SQLite, in one transaction over every table involved, atomic against every
-/// process on the file. If something it read did change, nothing is written, memory takes what
-/// storage holds, and `body` runs again. When `body` returns `Err`, nothing is written and the
+/// process on the file; for PostgreSQL, in one transaction over every table involved, holding
+/// the advisory locks of every key it reads or writes (the locks every instance's writes take,
+/// in one order), atomic against every instance. If something it read did change, nothing is
+/// written, memory takes what storage holds, and `body` runs again. When `body` returns `Err`, nothing is written and the
 /// error is returned: that is how to abort.
 ///
 /// So `body` may run more than once, on the caller's task: keep it a function of what it
@@ -143,8 +189,15 @@ pub(crate) trait InMemoryPart: Send + Sync {
 /// commit runs, and a failed commit changes nothing anywhere.
 ///
 /// Every map in one transaction must live in the same storage (tables of one SQLite file,
+/// tables of one PostgreSQL database opened with the same connection string and timeouts,
 /// clones of one in-memory backend): others are refused with
 /// [`PersistentError::MixedStorage`] before anything is written.
+///
+/// On PostgreSQL, a commit whose connection is lost is retried on a new one, after asking the
+/// server whether the lost attempt committed, so it is never made twice; if no connection comes
+/// back within the reconnect timeout, the transaction fails with
+/// [`PersistentError::Connect`]: it is then wholly committed or wholly absent (the error says
+/// which, when it knows).
 ///
 /// Counting a hit per link, per day and in total, in three maps of one file, all or nothing:
 ///
@@ -394,24 +447,17 @@ async fn commit_parts(store: &Store, parts: &[Box<dyn ErasedPart>]) -> Result<bo
     let current = match store {
         #[cfg(feature = "sqlite")]
         Store::Sqlite(writer, durability) => {
-            let sqlite_parts = prepared
-                .into_iter()
-                .map(|prepared| match prepared {
-                    Prepared::Sqlite(part) => part,
-                    Prepared::InMemory(_) => unreachable!("parts of one store are of one kind"),
-                })
-                .collect();
-            writer.commit(sqlite_parts, *durability).await?
+            let parts = prepared.into_iter().map(Prepared::into_sqlite).collect();
+            writer.commit(parts, *durability).await?
+        }
+        #[cfg(feature = "postgres")]
+        Store::Postgres(session) => {
+            let parts = prepared.into_iter().map(Prepared::into_postgres).collect();
+            session.commit(parts).await?
         }
         Store::InMemory(stores) => {
-            let parts: Vec<Box<dyn InMemoryPart>> = prepared
-                .into_iter()
-                .map(|prepared| match prepared {
-                    Prepared::InMemory(part) => part,
-                    #[cfg(feature = "sqlite")]
-                    Prepared::Sqlite(_) => unreachable!("parts of one store are of one kind"),
-                })
-                .collect();
+            let parts: Vec<Box<dyn InMemoryPart>> =
+                prepared.into_iter().map(Prepared::into_in_memory).collect();
             commit_in_memory(stores, &parts)?
         }
     };

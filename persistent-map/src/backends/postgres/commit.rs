@@ -13,8 +13,10 @@
 //!
 //! The stored values that conditions and previous values need are read under those locks, so no
 //! other writer of this crate can change them before the commit. Each request is then decided
-//! in order against the table as the requests before it left it: one whose conditions hold is
-//! applied, one whose conditions fail writes nothing and is told what is stored.
+//! in order against the tables as the requests before it left them: one whose conditions hold
+//! is applied, one whose conditions fail writes nothing and is told what is stored. A request
+//! may write several tables (a transaction across maps): it is one request all the same, its
+//! keys locked with everyone else's, and it holds only if the conditions of all its parts do.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -31,8 +33,9 @@ use crate::backends::encode::same_json;
 /// server's lock table is shared and bounded (`max_locks_per_transaction`).
 pub(super) const MAX_KEY_LOCKS: usize = 256;
 
-/// A request of a group: its table's name and its writes.
-pub(super) type Request<'a> = (&'a str, &'a Write);
+/// A request of a group: per table written, the table's name and its writes. All of them are
+/// applied or none is.
+pub(super) type Request<'a> = Vec<(&'a str, &'a Write)>;
 
 /// What one table's part of a commit did, for its log line.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -73,7 +76,7 @@ impl<'a> Plan<'a> {
             cleared: bool,
         }
         let mut tables: BTreeMap<&str, Needs<'_>> = BTreeMap::new();
-        for (table, write) in requests {
+        for (table, write) in requests.iter().flatten() {
             let needs = tables.entry(table).or_default();
             let conditions = write.conditions.iter().map(|(key, _)| key.as_str());
             needs.locked.extend(conditions.clone());
@@ -128,12 +131,18 @@ impl<'a> Plan<'a> {
     pub(super) fn is_empty(&self) -> bool {
         self.requests
             .iter()
+            .flatten()
             .all(|(_, write)| write.ops.is_empty() && write.conditions.is_empty())
     }
 
     /// The tables of the requests, each once.
     pub(super) fn tables(&self) -> Vec<&'a str> {
-        let mut tables: Vec<&str> = self.requests.iter().map(|(table, _)| *table).collect();
+        let mut tables: Vec<&str> = self
+            .requests
+            .iter()
+            .flatten()
+            .map(|(table, _)| *table)
+            .collect();
         tables.sort_unstable();
         tables.dedup();
         tables
@@ -144,8 +153,11 @@ impl<'a> Plan<'a> {
         let outcomes = self
             .requests
             .iter()
-            .map(|(_, write)| Outcome::Applied {
-                previous: write.want_previous.then(Vec::new),
+            .map(|parts| Outcome::Applied {
+                previous: parts
+                    .iter()
+                    .map(|(_, write)| write.want_previous.then(Vec::new))
+                    .collect(),
             })
             .collect();
         Decided {
@@ -279,17 +291,20 @@ fn write_steps<'s>(steps: &mut Vec<Step<'s>>, table: &'s TableStatements, rows: 
     }
 }
 
-/// Per table: its requests, rows written, whether it was cleared, and its conflicts.
+/// Per table: its requests (parts of requests), rows written, whether it was cleared, and its
+/// conflicts.
 fn summarize(
     requests: &[Request<'_>],
     outcomes: &[Outcome],
     merged: &BTreeMap<&str, Rows<'_>>,
 ) -> BTreeMap<String, Summary> {
     let mut tables: BTreeMap<String, Summary> = BTreeMap::new();
-    for ((table, _), outcome) in requests.iter().zip(outcomes) {
-        let summary = tables.entry((*table).to_owned()).or_default();
-        summary.requests += 1;
-        summary.conflicts += usize::from(matches!(outcome, Outcome::Conflict { .. }));
+    for (parts, outcome) in requests.iter().zip(outcomes) {
+        for (table, _) in parts {
+            let summary = tables.entry((*table).to_owned()).or_default();
+            summary.requests += 1;
+            summary.conflicts += usize::from(matches!(outcome, Outcome::Conflict { .. }));
+        }
     }
     for (table, rows) in merged {
         if let Some(summary) = tables.get_mut(*table) {
@@ -335,43 +350,62 @@ impl<'a> Simulated<'a> {
 }
 
 /// Decides each request in order against `stored` (per table, the rows read under the locks):
-/// a request whose conditions hold is applied (and seen by the requests after it), one whose
-/// conditions fail writes nothing. Returns the outcomes, and the ops to commit with their
+/// a request whose conditions, in every part, hold against the tables as the requests before it
+/// left them is applied, every part of it (and seen by the requests after it); one with a
+/// condition that fails writes nothing. Returns the outcomes, and the ops to commit with their
 /// tables and their writers' origins.
 fn evaluate<'a>(
     requests: &[Request<'a>],
     mut stored: HashMap<&'a str, HashMap<String, String>>,
 ) -> (Vec<Outcome>, Vec<(&'a str, &'a RawOp, i64)>) {
     let mut tables: HashMap<&str, Simulated<'a>> = HashMap::new();
-    let mut outcomes = Vec::with_capacity(requests.len());
-    let mut applied = Vec::new();
-    for (name, write) in requests {
-        let table = tables.entry(name).or_insert_with(|| Simulated {
+    for (name, _) in requests.iter().flatten() {
+        tables.entry(name).or_insert_with(|| Simulated {
             stored: stored.remove(name).unwrap_or_default(),
             ..Simulated::default()
         });
-        let holds = write
-            .conditions
-            .iter()
-            .all(|(key, expected)| same_json(table.get(key), expected.as_deref()));
-        if !holds {
-            let current = write
+    }
+    let mut outcomes = Vec::with_capacity(requests.len());
+    let mut applied = Vec::new();
+    for parts in requests {
+        let holds = parts.iter().all(|(name, write)| {
+            let table = &tables[name];
+            write
                 .conditions
                 .iter()
-                .map(|(key, _)| table.get(key).map(str::to_owned))
+                .all(|(key, expected)| same_json(table.get(key), expected.as_deref()))
+        });
+        if !holds {
+            let current = parts
+                .iter()
+                .map(|(name, write)| {
+                    let table = &tables[name];
+                    write
+                        .conditions
+                        .iter()
+                        .map(|(key, _)| table.get(key).map(str::to_owned))
+                        .collect()
+                })
                 .collect();
             outcomes.push(Outcome::Conflict { current });
             continue;
         }
-        let mut previous = write
-            .want_previous
-            .then(|| Vec::with_capacity(write.ops.len()));
-        for op in &write.ops {
-            if let Some(previous) = &mut previous {
-                previous.push(op.key().and_then(|key| table.get(key).map(str::to_owned)));
+        let mut previous = Vec::with_capacity(parts.len());
+        for (name, write) in parts {
+            let table = tables
+                .get_mut(name)
+                .expect("every request's table is simulated");
+            let mut part_previous = write
+                .want_previous
+                .then(|| Vec::with_capacity(write.ops.len()));
+            for op in &write.ops {
+                if let Some(previous) = &mut part_previous {
+                    previous.push(op.key().and_then(|key| table.get(key).map(str::to_owned)));
+                }
+                table.apply(op);
+                applied.push((*name, op, write.origin));
             }
-            table.apply(op);
-            applied.push((*name, op, write.origin));
+            previous.push(part_previous);
         }
         outcomes.push(Outcome::Applied { previous });
     }
@@ -558,7 +592,7 @@ mod tests {
             ops: vec![upsert("a", "1")],
             ..Write::default()
         };
-        let requests = [("t", &write), ("u", &other)];
+        let requests = [vec![("t", &write)], vec![("u", &other)]];
         let plan = Plan::new(&requests);
         assert_eq!(plan.key_locks.len(), 4);
         assert!(plan.key_locks.windows(2).all(|pair| pair[0] < pair[1]));
@@ -582,7 +616,7 @@ mod tests {
             ..Write::default()
         };
         for write in [&many, &clear] {
-            let requests = [("t", write)];
+            let requests = [vec![("t", write)]];
             let plan = Plan::new(&requests);
             assert_eq!(plan.table_locks, [(lock_id("t", None), true)]);
             assert!(plan.key_locks.is_empty());
@@ -619,13 +653,15 @@ mod tests {
         );
         let elsewhere = bump("n", None, "1");
         let requests = [
-            ("t", &first),
-            ("u", &elsewhere),
-            ("t", &second),
-            ("t", &stale),
+            vec![("t", &first)],
+            vec![("u", &elsewhere)],
+            vec![("t", &second)],
+            vec![("t", &stale)],
         ];
         let (outcomes, applied) = evaluate(&requests, stored("t", &[("n", "1")]));
-        let applied_ok = Outcome::Applied { previous: None };
+        let applied_ok = Outcome::Applied {
+            previous: vec![None],
+        };
         assert_eq!(
             outcomes[..3],
             [applied_ok.clone(), applied_ok.clone(), applied_ok]
@@ -633,7 +669,7 @@ mod tests {
         assert_eq!(
             outcomes[3],
             Outcome::Conflict {
-                current: vec![Some("3".to_owned())]
+                current: vec![vec![Some("3".to_owned())]]
             }
         );
         let in_t = applied.iter().filter(|(table, _, _)| *table == "t");
@@ -657,22 +693,64 @@ mod tests {
             want_previous: true,
             ..Write::default()
         };
-        let requests = [("t", &insert), ("t", &absent_now)];
+        let requests = [vec![("t", &insert)], vec![("t", &absent_now)]];
         let (outcomes, _) = evaluate(&requests, stored("t", &[("a", object)]));
         assert_eq!(
             outcomes[0],
             Outcome::Applied {
-                previous: Some(vec![Some(object.into()), Some("5".into()), None])
+                previous: vec![Some(vec![Some(object.into()), Some("5".into()), None])]
             }
         );
         assert_eq!(
             outcomes[1],
             Outcome::Applied {
-                previous: Some(vec![None, None])
+                previous: vec![Some(vec![None, None])]
             }
         );
         let reordered = bump("a", Some(r#"{"y":2,"x":1}"#), "7");
-        let (outcomes, _) = evaluate(&[("t", &reordered)], stored("t", &[("a", object)]));
-        assert_eq!(outcomes[0], Outcome::Applied { previous: None });
+        let (outcomes, _) = evaluate(&[vec![("t", &reordered)]], stored("t", &[("a", object)]));
+        assert_eq!(
+            outcomes[0],
+            Outcome::Applied {
+                previous: vec![None]
+            }
+        );
+    }
+
+    #[test]
+    fn a_request_over_two_tables_is_applied_whole_or_not_at_all() {
+        let mut rows = stored("t", &[("n", "1")]);
+        rows.insert("u", HashMap::from([("n".to_owned(), "5".to_owned())]));
+        // Holds in `t`, fails in `u`: neither is written, and both parts say what is stored.
+        let (in_t, stale_in_u) = (bump("n", Some("1"), "2"), bump("n", Some("4"), "5"));
+        // Both hold, seeing nothing of the request refused before them.
+        let (again_in_t, in_u) = (bump("n", Some("1"), "3"), bump("n", Some("5"), "6"));
+        let requests = [
+            vec![("t", &in_t), ("u", &stale_in_u)],
+            vec![("t", &again_in_t), ("u", &in_u)],
+        ];
+        let plan = Plan::new(&requests);
+        assert_eq!(plan.table_locks.len(), 2);
+        assert_eq!(plan.key_locks.len(), 2);
+        let (outcomes, applied) = evaluate(&requests, rows);
+        assert_eq!(
+            outcomes,
+            [
+                Outcome::Conflict {
+                    current: vec![vec![Some("1".into())], vec![Some("5".into())]]
+                },
+                Outcome::Applied {
+                    previous: vec![None, None]
+                },
+            ]
+        );
+        let written: Vec<(&str, &str)> = applied
+            .iter()
+            .map(|(table, op, _)| match op {
+                RawOp::Upsert { value, .. } => (*table, value.as_str()),
+                _ => unreachable!("only upserts were asked for"),
+            })
+            .collect();
+        assert_eq!(written, [("t", "3"), ("u", "6")]);
     }
 }

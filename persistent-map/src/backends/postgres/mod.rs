@@ -75,6 +75,15 @@
 //!   closure again on that.
 //! - [`insert`](crate::PersistentMap::insert) and [`remove`](crate::PersistentMap::remove)
 //!   return the value the table held just before them, whoever wrote it.
+//! - A [`transaction`](crate::transaction) over maps of several tables of one database
+//!   (backends opened with the same connection string and timeouts, which share the process's
+//!   connection) is one request of that connection: its keys' advisory locks are taken with
+//!   those of the other writes of its group, in the one global order; the conditions of all its
+//!   tables are checked under them; then the writes, log rows and revision bumps of every table
+//!   are committed, or, if a condition fails, nothing is, and the body runs again on what is
+//!   stored. A commit whose connection is lost is retried as any write is (asking first whether
+//!   the lost attempt committed), so a transaction is wholly there or wholly absent. Maps of
+//!   two connections in one transaction are refused with [`PersistentError::MixedStorage`].
 //! - Maps of one process on the same server, database and table (and key and value types)
 //!   share their entries: each sees the others' writes at once. Maps of other instances see
 //!   them at their next [refresh](crate::PersistentMap::refresh) (at once with
@@ -223,6 +232,7 @@ mod notify;
 mod registry;
 mod session;
 mod tls;
+mod transaction;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -241,6 +251,7 @@ use self::log::{LogRead, Logged, Position};
 use self::notify::Changes;
 use self::registry::SessionHandle;
 use self::session::{Attached, Command, Counters, Outcome, RawOp, Scanned, Timeouts, Write};
+pub(crate) use self::transaction::{TransactionPart, TransactionSession};
 use crate::{
     BatchOp, ChangePosition, Checked, Condition, ExternalChanges, PersistentError, PersistentKey,
     Result, StorageBackend, Stored, WriteOptions,
@@ -293,6 +304,8 @@ struct Shared {
     attached: Arc<Attached>,
     /// How long a lost connection counts as reconnecting rather than down.
     reconnect_timeout: Duration,
+    /// The server and the database (`postgres://host:port/database`), as errors name them.
+    database: String,
     /// The server, database and table, for [`StorageBackend::storage_id`].
     storage_id: String,
     /// When the backend was made: positions record reload times relative to it.
@@ -481,11 +494,11 @@ impl PostgresBackend {
         }
     }
 
+    /// Commits `write`, to this backend's table alone.
     async fn write(&self, write: Write) -> Result<Outcome> {
         let (done, committed) = oneshot::channel();
         self.send(Command::Write {
-            table: self.table_ref(),
-            write,
+            parts: vec![(self.table_ref(), write)],
             done,
         })?;
         committed.await.map_err(|_| self.stopped())?
@@ -903,7 +916,8 @@ impl PostgresBuilder {
             .get_dbname()
             .or(endpoint.config.get_user())
             .unwrap_or_default();
-        let mut storage_id = format!("postgres://{}/{database}/{}", endpoint.host, self.table);
+        let database = format!("postgres://{}/{database}", endpoint.host);
+        let mut storage_id = format!("{database}/{}", self.table);
         if let Some(instance) = &self.instance {
             storage_id = format!("{storage_id}#{instance}");
         }
@@ -934,6 +948,7 @@ impl PostgresBuilder {
                 session,
                 attached,
                 reconnect_timeout: self.reconnect_timeout,
+                database,
                 storage_id,
                 created: Instant::now(),
                 reconcile_every: self.reconcile_every,
@@ -1052,12 +1067,14 @@ where
             origin: options.origin_id() as i64,
         };
         match self.write(write).await? {
-            Outcome::Applied { previous } => Ok(Checked::Applied { previous }),
+            Outcome::Applied { previous } => Ok(Checked::Applied {
+                previous: previous.into_iter().next().flatten(),
+            }),
             Outcome::Conflict { current } => {
                 let table = self.table();
                 let current = keys
                     .iter()
-                    .zip(current)
+                    .zip(current.into_iter().flatten())
                     .map(|(key, json)| {
                         json.map(|json| {
                             let value = crate::backends::decode::decode_value(table, key, &json)?;

@@ -51,7 +51,9 @@ impl RawOp {
     }
 }
 
-/// One caller's writes: committed together, only if every condition holds.
+/// One caller's writes to one table: committed together, only if every condition holds. A
+/// request is one or more of them, of different tables (a transaction across maps), and all of
+/// its parts are committed together or none is.
 #[derive(Debug, Default)]
 pub(super) struct Write {
     /// Key texts and the JSON that must be stored under each (`None`: nothing).
@@ -63,16 +65,20 @@ pub(super) struct Write {
     pub(super) origin: i64,
 }
 
-/// What a [`Write`] did.
+/// What a request (one [`Write`] per table it writes) did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Outcome {
     Applied {
-        /// With `want_previous`: per op, the JSON its key held just before it.
-        previous: Option<Vec<Option<String>>>,
+        /// Per part, with its `want_previous`: per op, the JSON its key held just before it.
+        previous: Vec<Option<Vec<Option<String>>>>,
     },
-    /// A condition did not hold and nothing was written: per condition, what is stored.
-    Conflict { current: Vec<Option<String>> },
+    /// A condition of some part did not hold and nothing was written, in any part: per part,
+    /// per condition, what is stored.
+    Conflict { current: Vec<Vec<Option<String>>> },
 }
+
+/// A request's share for one backend's table.
+pub(super) type Part = (Arc<Attached>, Write);
 
 /// A stored row as read: key text and the value's JSON text (`None` for SQL `NULL`).
 pub(super) type RawRow = (String, Option<String>);
@@ -94,10 +100,10 @@ pub(super) enum Command {
         table: Arc<Attached>,
         done: oneshot::Sender<Result<()>>,
     },
-    /// Commit `write` in one transaction, possibly shared with other writes.
+    /// Commit the writes of `parts` (one per table) all together or not at all, in one
+    /// transaction, possibly shared with other requests.
     Write {
-        table: Arc<Attached>,
-        write: Write,
+        parts: Vec<Part>,
         done: oneshot::Sender<Result<Outcome>>,
     },
     /// Stream every row into `rows`.
@@ -152,8 +158,8 @@ pub(super) struct Timeouts {
     pub(super) operation: Duration,
 }
 
-/// One caller's writes, its backend, and where to answer it.
-type WriteRequest = (Arc<Attached>, Write, oneshot::Sender<Result<Outcome>>);
+/// One caller's writes, each with its backend, and where to answer it.
+type WriteRequest = (Vec<Part>, oneshot::Sender<Result<Outcome>>);
 
 /// How long a group waits for the writers it expects: well under a commit, so a straggler costs
 /// less than the commit it joins saves.
@@ -188,7 +194,7 @@ fn take_queued(
 ) {
     while next.is_none() && group.len() < MAX_GROUP_REQUESTS {
         match commands.try_recv() {
-            Ok(Command::Write { table, write, done }) => group.push((table, write, done)),
+            Ok(Command::Write { parts, done }) => group.push((parts, done)),
             Ok(other) => *next = Some(other),
             Err(_) => return,
         }
@@ -295,7 +301,7 @@ impl Session {
                     },
                 };
                 match command {
-                    Command::Write { table, write, done } => group.push((table, write, done)),
+                    Command::Write { parts, done } => group.push((parts, done)),
                     other => {
                         self.serve(other).await;
                         continue;
@@ -307,7 +313,7 @@ impl Session {
             let results = self.commit_group(&committed).await;
             take_queued(&mut commands, &mut group, &mut next);
             expected = committed.len() + group.len();
-            for ((_, _, done), result) in committed.into_iter().zip(results) {
+            for ((_, done), result) in committed.into_iter().zip(results) {
                 let _ = done.send(result);
             }
         }
@@ -403,20 +409,17 @@ impl Session {
     /// A server that cannot be reached or does not answer fails the whole group at once: trying
     /// the requests one by one would make each wait as long again.
     async fn commit_group(&mut self, group: &[WriteRequest]) -> Vec<Result<Outcome>> {
-        let requests: Vec<(&Attached, &Write)> = group
-            .iter()
-            .map(|(table, write, _)| (&**table, write))
-            .collect();
+        let requests: Vec<&[Part]> = group.iter().map(|(parts, _)| parts.as_slice()).collect();
         match self.commit(&requests).await {
             Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
             Err(Failed::Unavailable(reason)) => requests
                 .iter()
-                .map(|(table, _)| Err(table.target.connect_error(reason.clone())))
+                .map(|parts| Err(first_target(parts).connect_error(reason.clone())))
                 .collect(),
             Err(Failed::Refused(error)) if group.len() == 1 => vec![Err(error)],
             Err(Failed::Refused(error)) => {
                 tracing::warn!(
-                    table = %requests[0].0.target.table,
+                    table = %first_target(requests[0]).table,
                     requests = group.len(),
                     error = %error,
                     "a group commit was refused; committing its requests one by one"
@@ -424,7 +427,7 @@ impl Session {
                 let mut results = Vec::with_capacity(group.len());
                 let mut unavailable: Option<String> = None;
                 for request in requests {
-                    let target = &request.0.target;
+                    let target = first_target(request);
                     if let Some(reason) = &unavailable {
                         results.push(Err(target.connect_error(reason.clone())));
                         continue;
@@ -446,20 +449,22 @@ impl Session {
 
     /// One transaction serving `requests` (see `commit.rs`), and what it did counted and logged
     /// for each table and backend.
-    async fn commit(
-        &mut self,
-        requests: &[(&Attached, &Write)],
-    ) -> std::result::Result<Vec<Outcome>, Failed> {
+    async fn commit(&mut self, requests: &[&[Part]]) -> std::result::Result<Vec<Outcome>, Failed> {
         let named: Vec<Request<'_>> = requests
             .iter()
-            .map(|(table, write)| (table.sql.name.as_str(), *write))
+            .map(|parts| {
+                parts
+                    .iter()
+                    .map(|(table, write)| (table.sql.name.as_str(), write))
+                    .collect()
+            })
             .collect();
         let plan = Plan::new(&named);
         if plan.is_empty() {
             return Ok(plan.trivial().outcomes);
         }
         let work = Work::Commit {
-            target: &requests[0].0.target,
+            target: first_target(requests[0]),
             plan: &plan,
             prune: self.commits.is_multiple_of(log::PRUNE_EVERY_COMMITS),
             sent: None,
@@ -708,14 +713,20 @@ impl Session {
     }
 }
 
-/// Counts a commit for each backend it served: one transaction, and its requests.
-fn count_commit(requests: &[(&Attached, &Write)]) {
+/// Whose errors a request reports: its first part's backend. (A request has a part: the
+/// backend sends one, and a transaction only parts that check or write something.)
+fn first_target(parts: &[Part]) -> &Target {
+    &parts.first().expect("a request has a part").0.target
+}
+
+/// Counts a commit for each backend it served: one transaction, and its requests' parts.
+fn count_commit(requests: &[&[Part]]) {
     let mut served: Vec<(*const Attached, &Attached, u64)> = Vec::new();
-    for (table, _) in requests {
-        let id: *const Attached = *table;
+    for (table, _) in requests.iter().copied().flatten() {
+        let id: *const Attached = Arc::as_ptr(table);
         match served.iter_mut().find(|(seen, _, _)| *seen == id) {
             Some((_, _, count)) => *count += 1,
-            None => served.push((id, table, 1)),
+            None => served.push((id, &**table, 1)),
         }
     }
     for (_, table, count) in served {
