@@ -230,12 +230,52 @@ pub async fn transaction<T, E>(
 where
     E: From<PersistentError>,
 {
+    // After a conflict: the turns of every key the last run touched, held while the body runs
+    // again, so that no writer in this process can change them between its reads and its
+    // commit (contended keys then take turns instead of conflicting again and again).
+    let mut held: Option<Held> = None;
     loop {
         let mut tx = Transaction { parts: Vec::new() };
         let value = body(&mut tx)?;
-        if tx.commit().await? {
-            return Ok(value);
+        match tx.commit(held.take()).await? {
+            Attempt::Committed => return Ok(value),
+            Attempt::Conflicted(parts) => held = Some(Held::lock(parts).await),
         }
+    }
+}
+
+/// How one commit of a transaction went.
+enum Attempt {
+    Committed,
+    /// Something read had changed; memory now holds what storage holds. The parts, to hold
+    /// their keys' turns while the body runs again.
+    Conflicted(Vec<Box<dyn ErasedPart>>),
+}
+
+/// The keys' turns of a conflicted run's parts.
+struct Held {
+    parts: Vec<Box<dyn ErasedPart>>,
+    guards: Vec<KeyGuard>,
+}
+
+impl Held {
+    /// Takes the turns of every key of `parts` (sorted by map, as every commit takes them).
+    async fn lock(parts: Vec<Box<dyn ErasedPart>>) -> Self {
+        let mut guards = Vec::with_capacity(parts.len());
+        for part in &parts {
+            guards.push(part.lock().await);
+        }
+        Self { parts, guards }
+    }
+
+    /// The held turns, if they cover every key of `parts` (both sorted by map).
+    fn covering(self, parts: &[Box<dyn ErasedPart>]) -> Option<Vec<KeyGuard>> {
+        let covered = parts.iter().all(|part| {
+            self.parts
+                .iter()
+                .any(|held| held.address() == part.address() && held.covers(&**part))
+        });
+        covered.then_some(self.guards)
     }
 }
 
@@ -410,10 +450,10 @@ impl Transaction {
 
     /// Commits; `Ok(false)` when something read had changed (nothing was written, memory now
     /// holds what storage holds, and the body should run again).
-    async fn commit(mut self) -> Result<bool> {
+    async fn commit(mut self, held: Option<Held>) -> Result<Attempt> {
         self.parts.retain(|part| !part.is_empty());
         if self.parts.is_empty() {
-            return Ok(true);
+            return Ok(Attempt::Committed);
         }
         // One order for every transaction, so that two never wait for each other's keys.
         self.parts.sort_by_key(|part| part.address());
@@ -424,15 +464,27 @@ impl Transaction {
                 second: other.describe(),
             });
         }
-        let mut guards = Vec::with_capacity(self.parts.len());
-        for part in &self.parts {
-            guards.push(part.lock().await);
-        }
+        // Turns held since a conflict serve if this run touched no other key; otherwise they
+        // are let go before any is taken, so that turns are only ever taken in one order.
+        let guards = match held.and_then(|held| held.covering(&self.parts)) {
+            Some(guards) => guards,
+            None => {
+                let mut guards = Vec::with_capacity(self.parts.len());
+                for part in &self.parts {
+                    guards.push(part.lock().await);
+                }
+                guards
+            }
+        };
         let parts = self.parts;
         let store = Store::strongest(targets);
         run_to_completion(async move {
-            let _guards = guards;
-            commit_parts(&store, &parts).await
+            let committed = commit_parts(&store, &parts).await;
+            drop(guards);
+            match committed? {
+                true => Ok(Attempt::Committed),
+                false => Ok(Attempt::Conflicted(parts)),
+            }
         })
         .await
     }
@@ -504,7 +556,10 @@ fn commit_in_memory(
 
 /// A part with its types erased, so that one transaction holds maps of any types.
 trait ErasedPart: Send + Sync {
+    fn as_any(&self) -> &dyn Any;
     fn as_any_mut(&mut self) -> &mut dyn Any;
+    /// Whether every key `other` (a part of the same map) touches is one this part touches.
+    fn covers(&self, other: &dyn ErasedPart) -> bool;
     /// The address of the map's shared entries: one part per map.
     fn address(&self) -> usize;
     fn is_empty(&self) -> bool;
@@ -595,8 +650,24 @@ where
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
     B: TransactionalBackend<K, V>,
 {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
+    }
+
+    fn covers(&self, other: &dyn ErasedPart) -> bool {
+        let touches =
+            |part: &Self, key: &K| part.reads.contains_key(key) || part.writes.contains_key(key);
+        other.as_any().downcast_ref::<Self>().is_some_and(|other| {
+            other
+                .reads
+                .keys()
+                .chain(other.writes.keys())
+                .all(|key| touches(self, key))
+        })
     }
 
     fn address(&self) -> usize {
