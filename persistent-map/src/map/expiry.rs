@@ -1,11 +1,11 @@
 //! Expiry: entries with a time to live.
 //!
-//! Each entry in memory is a [`Slot`]: its value and an `Option<Deadline>` (8 bytes, `None` for
-//! an entry that never expires). A read looks at the deadline only when there is one, so an
-//! entry without a time to live costs no clock read; one with a deadline is absent to every
-//! read from the millisecond its deadline passes on this process's wall clock, whether or not
-//! it has been swept yet. Storage holds the same deadline beside the value, and treats an
-//! expired row as absent in its conditions and loads.
+//! Each entry in memory is a [`Slot`]: its value alone for an entry that never expires, its
+//! value and deadline (on the heap) for one that does. A read looks at the deadline only when
+//! there is one, so an entry without a time to live costs no clock read; one with a deadline
+//! is absent to every read from the millisecond its deadline passes on this process's wall
+//! clock, whether or not it has been swept yet. Storage holds the same deadline beside the
+//! value, and treats an expired row as absent in its conditions and loads.
 //!
 //! A background task per map (started by the first entry with a deadline) deletes expired rows
 //! from storage in batches of at most [`SWEEP_BATCH`] rows, each batch one short transaction of
@@ -27,24 +27,49 @@ use super::PersistentMap;
 use crate::deadline::{is_live, now_millis};
 use crate::{Change, Deadline, PersistentError, Result, StorageBackend};
 
-/// An entry in memory: the value and when it expires (`None`: never).
+/// An entry in memory: the value, and when it expires if it ever does.
+///
+/// An entry that never expires holds just its value: a map without TTLs pays nothing for
+/// them. An entry with a deadline keeps value and deadline together on the heap; where `V`
+/// has a spare bit pattern (a `String`'s or a `Vec`'s capacity, a `bool`), Rust hides which
+/// variant is which in it, so `Slot<V>` is no larger than `V`.
 #[derive(Debug, Clone)]
-pub(super) struct Slot<V> {
-    pub(super) value: V,
-    pub(super) deadline: Option<Deadline>,
+pub(super) enum Slot<V> {
+    Forever(V),
+    Expiring(Box<(V, Deadline)>),
 }
 
 impl<V> Slot<V> {
     pub(super) fn new(value: V, deadline: Option<Deadline>) -> Self {
-        Self { value, deadline }
+        match deadline {
+            None => Self::Forever(value),
+            Some(deadline) => Self::Expiring(Box::new((value, deadline))),
+        }
+    }
+
+    /// The value, expired or not.
+    pub(super) fn value(&self) -> &V {
+        match self {
+            Self::Forever(value) => value,
+            Self::Expiring(expiring) => &expiring.0,
+        }
+    }
+
+    /// When the entry expires (`None`: never).
+    #[inline]
+    pub(super) fn deadline(&self) -> Option<Deadline> {
+        match self {
+            Self::Forever(_) => None,
+            Self::Expiring(expiring) => Some(expiring.1),
+        }
     }
 
     /// The value, unless it has expired; reads the clock only for an entry with a deadline.
     #[inline]
     pub(super) fn live(&self) -> Option<&V> {
-        match self.deadline {
-            None => Some(&self.value),
-            Some(deadline) => (!deadline.has_passed()).then_some(&self.value),
+        match self {
+            Self::Forever(value) => Some(value),
+            Self::Expiring(expiring) => (!expiring.1.has_passed()).then_some(&expiring.0),
         }
     }
 
@@ -52,12 +77,17 @@ impl<V> Slot<V> {
     /// that read the clock once.
     #[inline]
     pub(super) fn is_live_at(&self, now: u64) -> bool {
-        is_live(self.deadline, now)
+        is_live(self.deadline(), now)
     }
 
     /// The value, unless it has expired.
     pub(super) fn into_live(self) -> Option<V> {
-        self.live().is_some().then_some(self.value)
+        let live = self.live().is_some();
+        let value = match self {
+            Self::Forever(value) => value,
+            Self::Expiring(expiring) => expiring.0,
+        };
+        live.then_some(value)
     }
 }
 
@@ -359,7 +389,7 @@ where
     {
         let slot = self.shared.entries.get(key)?;
         slot.live()?;
-        slot.deadline
+        slot.deadline()
     }
 
     /// Deletes every expired entry from storage now, in short transactions (at most 1,000 rows
@@ -547,4 +577,22 @@ where
         shared.apply_stored(key, value);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Slot;
+    use std::mem::size_of;
+
+    /// An entry without a deadline costs nothing for expiry where the value has a niche to
+    /// hide the variant in, as `String`, `Vec` and most structs holding one do.
+    #[test]
+    fn a_slot_is_no_larger_than_a_value_with_a_niche() {
+        assert_eq!(size_of::<Slot<String>>(), size_of::<String>());
+        assert_eq!(
+            size_of::<Slot<(u64, String, bool)>>(),
+            size_of::<(u64, String, bool)>()
+        );
+        assert_eq!(size_of::<Slot<Vec<u8>>>(), size_of::<Vec<u8>>());
+    }
 }
