@@ -21,6 +21,10 @@ type Map<K> = PersistentMap<K, Session, SqliteBackend>;
 /// so the two figures see the same moments of a noisy machine.
 pub(crate) async fn reads_with_ttl<K: BenchKey>(db: &Path, reads: u64) -> BenchResult {
     let copy = db.with_extension("ttl.db");
+    // A log (`-wal`) left by an earlier run would replay that run's `ALTER TABLE` onto the copy.
+    for leftover in ["ttl.db-wal", "ttl.db-shm"] {
+        let _ = std::fs::remove_file(db.with_extension(leftover));
+    }
     std::fs::copy(db, &copy)?;
     let in_an_hour = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64 + 3_600_000;
     let connection = rusqlite::Connection::open(&copy)?;

@@ -605,8 +605,9 @@ where
     ///
     /// The map calls it in the background (and from
     /// [`PersistentMap::sweep_expired`](crate::PersistentMap::sweep_expired)) until it returns
-    /// fewer than `limit` keys, so a backend should keep each call short: other writes wait for
-    /// it. The default deletes nothing: without [`supports_expiry`](Self::supports_expiry)
+    /// no keys, one call at a time per map, so a backend should keep each call short: other
+    /// writes wait for it. It may return fewer than `limit` keys while more have expired (to
+    /// stop a transaction early and let queued writes through); it is called again. The default deletes nothing: without [`supports_expiry`](Self::supports_expiry)
     /// nothing is stored with a deadline.
     async fn sweep_expired(&self, limit: usize, origin: u64) -> Result<Vec<K>, PersistentError> {
         let _ = (limit, origin);

@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// and survives restarts; a process whose clock is ahead of the writer's sees the entry expire
 /// early by as much, one whose clock is behind sees it late.
 ///
-/// `Option<Deadline>` is 8 bytes (the epoch itself is no deadline), which is what each entry of
-/// a map carries beside its value.
+/// `Option<Deadline>` is 8 bytes (the epoch itself is no deadline), as stored beside the value
+/// of an entry that has one.
 ///
 /// ```
 /// use persistent_map::Deadline;

@@ -446,7 +446,8 @@ async fn write_from_16_tasks(map: &Map, round: &str, per_task: u64) -> Vec<Durat
 }
 
 /// 100,000 entries expire at once while 16 tasks keep writing: the sweep deletes them all, in
-/// transactions short enough that no write waits long. (The bench measures 1M.)
+/// transactions short enough that writes keep a pace of a few commits. (The bench measures
+/// 1M.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mass_expiry_is_swept_while_writers_keep_writing() {
     const EXPIRING: u64 = 100_000;
@@ -484,12 +485,21 @@ async fn a_mass_expiry_is_swept_while_writers_keep_writing() {
     assert_eq!(stored_rows(&path, "kv").len() as u64, 16 * (20 + 40 + 5));
     assert_eq!(map.len() as u64, 16 * (20 + 40 + 5));
     let median = baseline[baseline.len() / 2];
+    let median_during = during[during.len() / 2];
     let worst = *during.last().unwrap();
-    println!("writes: median {median:?} before the sweep, worst {worst:?} during it");
-    // Loose: a write waits for at most a sweep batch (1,000 rows) and its own commit, which
-    // is milliseconds; a machine shared with builds gets a generous margin.
+    println!(
+        "writes: median {median:?} before the sweep, median {median_during:?} and worst \
+         {worst:?} during it"
+    );
+    // Loose, for a loaded two-core machine: a sweep transaction costs about two milliseconds,
+    // so the typical write waits a few commits (the bench measures about 4x on 1M rows; before
+    // sweeps were paced it was 30x); the worst waits for one of SQLite's checkpoints too.
     assert!(
-        worst < Duration::from_secs(1) + median * 10,
+        median_during < median * 10 + Duration::from_millis(10),
+        "the median write took {median_during:?} during the sweep, {median:?} before"
+    );
+    assert!(
+        worst < Duration::from_millis(500) + median * 10,
         "a write waited {worst:?}"
     );
 }

@@ -87,7 +87,7 @@ where
             .entries
             .iter()
             .filter(|entry| entry.value().is_live_at(now))
-            .filter(|entry| !keep(entry.key(), &entry.value().value))
+            .filter(|entry| !keep(entry.key(), entry.value().value()))
             .map(|entry| BatchOp::Delete(entry.key().clone()))
             .collect();
         if doomed.is_empty() {
@@ -206,7 +206,7 @@ where
         .map(BatchOp::key)
         .filter(|key| seen.insert(*key))
         .map(|key| match shared.entries.get(key) {
-            Some(slot) => BatchOp::Save(key.clone(), slot.value.clone()),
+            Some(slot) => BatchOp::Save(key.clone(), slot.value().value().clone()),
             None => BatchOp::Delete(key.clone()),
         })
         .collect();

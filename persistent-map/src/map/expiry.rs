@@ -1,15 +1,19 @@
 //! Expiry: entries with a time to live.
 //!
-//! Each entry in memory is a [`Slot`]: its value and an `Option<Deadline>` (8 bytes, `None` for
-//! an entry that never expires). A read looks at the deadline only when there is one, so an
-//! entry without a time to live costs no clock read; one with a deadline is absent to every
-//! read from the millisecond its deadline passes on this process's wall clock, whether or not
-//! it has been swept yet. Storage holds the same deadline beside the value, and treats an
-//! expired row as absent in its conditions and loads.
+//! Each entry in memory is a [`Slot`]: its value alone for an entry that never expires, its
+//! value and deadline (on the heap) for one that does. A read looks at the deadline only when
+//! there is one, so an entry without a time to live costs no clock read; one with a deadline
+//! is absent to every read from the millisecond its deadline passes on this process's wall
+//! clock, whether or not it has been swept yet. Storage holds the same deadline beside the
+//! value, and treats an expired row as absent in its conditions and loads.
 //!
 //! A background task per map (started by the first entry with a deadline) deletes expired rows
-//! from storage in batches of [`SWEEP_BATCH`] rows, each batch one short transaction of the
-//! backend, and drops them from memory, telling subscribers [`Change::Expired`].
+//! from storage in batches of at most [`SWEEP_BATCH`] rows, each batch one short transaction of
+//! the backend (which may cut it shorter still, as SQLite's does to let live writes through),
+//! and drops them from memory on tokio's blocking pool, telling subscribers
+//! [`Change::Expired`]. One sweep of a map runs at a time: the background sweep skips its turn
+//! while [`PersistentMap::sweep_expired`] runs, and `sweep_expired` waits for a background sweep
+//! under way, so two sweeps never take turns with the live writes.
 
 use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,24 +27,49 @@ use super::PersistentMap;
 use crate::deadline::{is_live, now_millis};
 use crate::{Change, Deadline, PersistentError, Result, StorageBackend};
 
-/// An entry in memory: the value and when it expires (`None`: never).
+/// An entry in memory: the value, and when it expires if it ever does.
+///
+/// An entry that never expires holds just its value: a map without TTLs pays nothing for
+/// them. An entry with a deadline keeps value and deadline together on the heap; where `V`
+/// has a spare bit pattern (a `String`'s or a `Vec`'s capacity, a `bool`), Rust hides which
+/// variant is which in it, so `Slot<V>` is no larger than `V`.
 #[derive(Debug, Clone)]
-pub(super) struct Slot<V> {
-    pub(super) value: V,
-    pub(super) deadline: Option<Deadline>,
+pub(super) enum Slot<V> {
+    Forever(V),
+    Expiring(Box<(V, Deadline)>),
 }
 
 impl<V> Slot<V> {
     pub(super) fn new(value: V, deadline: Option<Deadline>) -> Self {
-        Self { value, deadline }
+        match deadline {
+            None => Self::Forever(value),
+            Some(deadline) => Self::Expiring(Box::new((value, deadline))),
+        }
+    }
+
+    /// The value, expired or not.
+    pub(super) fn value(&self) -> &V {
+        match self {
+            Self::Forever(value) => value,
+            Self::Expiring(expiring) => &expiring.0,
+        }
+    }
+
+    /// When the entry expires (`None`: never).
+    #[inline]
+    pub(super) fn deadline(&self) -> Option<Deadline> {
+        match self {
+            Self::Forever(_) => None,
+            Self::Expiring(expiring) => Some(expiring.1),
+        }
     }
 
     /// The value, unless it has expired; reads the clock only for an entry with a deadline.
     #[inline]
     pub(super) fn live(&self) -> Option<&V> {
-        match self.deadline {
-            None => Some(&self.value),
-            Some(deadline) => (!deadline.has_passed()).then_some(&self.value),
+        match self {
+            Self::Forever(value) => Some(value),
+            Self::Expiring(expiring) => (!expiring.1.has_passed()).then_some(&expiring.0),
         }
     }
 
@@ -48,17 +77,23 @@ impl<V> Slot<V> {
     /// that read the clock once.
     #[inline]
     pub(super) fn is_live_at(&self, now: u64) -> bool {
-        is_live(self.deadline, now)
+        is_live(self.deadline(), now)
     }
 
     /// The value, unless it has expired.
     pub(super) fn into_live(self) -> Option<V> {
-        self.live().is_some().then_some(self.value)
+        let live = self.live().is_some();
+        let value = match self {
+            Self::Forever(value) => value,
+            Self::Expiring(expiring) => expiring.0,
+        };
+        live.then_some(value)
     }
 }
 
-/// Rows deleted per sweep transaction: small enough that a live write queued behind one waits
-/// a few milliseconds at most, and within what the change log records key by key (1,024).
+/// Rows deleted per sweep transaction at most, within what the change log records key by key
+/// (1,024). A backend may delete fewer per transaction to keep it short (SQLite bounds each by
+/// time too).
 pub(crate) const SWEEP_BATCH: usize = 1000;
 
 /// How often the background sweep runs.
@@ -74,8 +109,10 @@ pub(super) struct ExpiryState {
     /// Whether any entry ever had a deadline: until then, `len` and `is_empty` need not look
     /// at the entries.
     has_deadlines: AtomicBool,
-    /// Whether a background sweep is running.
+    /// Whether a background sweep task is running.
     sweeping: AtomicBool,
+    /// Held while a sweep deletes: one sweep at a time.
+    sweep_turn: tokio::sync::Mutex<()>,
 }
 
 impl ExpiryState {
@@ -352,11 +389,13 @@ where
     {
         let slot = self.shared.entries.get(key)?;
         slot.live()?;
-        slot.deadline
+        slot.deadline()
     }
 
-    /// Deletes every expired entry from storage now, in transactions of at most 1,000 rows, drops expired entries from memory, and returns how many rows were
-    /// deleted from storage.
+    /// Deletes every expired entry from storage now, in short transactions (at most 1,000 rows
+    /// each, and on SQLite about a millisecond of work when live writes are waiting), drops
+    /// expired entries from memory, and returns how many rows were deleted from storage. If the
+    /// background sweep is under way, waits for it first.
     ///
     /// The background sweep (every second, once the map holds an entry with a deadline) does
     /// the same; call this to reclaim space at a moment of your choosing. Expired entries are
@@ -378,8 +417,12 @@ where
     /// # }
     /// ```
     pub async fn sweep_expired(&self) -> Result<usize> {
-        let swept = sweep_storage(&self.shared, &*self.backend).await?;
-        self.shared.drop_expired_in_memory();
+        let swept = {
+            let _turn = self.shared.expiry.sweep_turn.lock().await;
+            sweep_storage(&self.shared, &*self.backend).await?
+        };
+        let shared = Arc::clone(&self.shared);
+        off_workers(move || shared.drop_expired_in_memory()).await;
         Ok(swept)
     }
 
@@ -450,34 +493,61 @@ where
             }
             return;
         };
+        // A sweep under way (`sweep_expired`) does this round's work.
+        let Ok(_turn) = shared.expiry.sweep_turn.try_lock() else {
+            continue;
+        };
         // A failed sweep (a busy file, a closed backend) is simply tried again next time.
         let _ = sweep_storage(&shared, &*backend).await;
         rounds += 1;
         if rounds.is_multiple_of(MEMORY_PASS_EVERY) {
-            shared.drop_expired_in_memory();
+            let shared = Arc::clone(&shared);
+            off_workers(move || shared.drop_expired_in_memory()).await;
         }
     }
 }
 
-/// Sweeps storage in batches until a batch comes back short; drops what it deleted from memory
-/// after each batch. Returns how many rows were deleted.
-async fn sweep_storage<K, V, B>(shared: &Shared<K, V>, backend: &B) -> Result<usize>
+/// Sweeps storage in batches until a batch comes back empty (a backend may cut a batch short
+/// with more rows expired). What a batch deleted is dropped from memory on the blocking pool
+/// while storage sweeps the next. Returns how many rows were deleted. The caller holds the
+/// sweep's turn.
+async fn sweep_storage<K, V, B>(shared: &Arc<Shared<K, V>>, backend: &B) -> Result<usize>
 where
     K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
     B: StorageBackend<K, V> + Send + Sync + ?Sized,
 {
     let mut swept = 0;
+    let mut dropping = None;
     loop {
         let keys = backend.sweep_expired(SWEEP_BATCH, shared.id).await?;
-        let batch = keys.len();
-        swept += batch;
-        shared.drop_swept(keys);
-        if batch < SWEEP_BATCH {
+        if let Some(dropped) = dropping.take() {
+            join_off_workers(dropped).await;
+        }
+        if keys.is_empty() {
             return Ok(swept);
         }
+        swept += keys.len();
+        let shared = Arc::clone(shared);
+        dropping = Some(tokio::task::spawn_blocking(move || shared.drop_swept(keys)));
         // Let the writes queued meanwhile go first.
         tokio::task::yield_now().await;
+    }
+}
+
+/// Runs `work` on tokio's blocking pool, off the workers that serve the map's callers: a pass
+/// over many entries takes their shards' locks and the CPU for a while.
+async fn off_workers<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) {
+    join_off_workers(tokio::task::spawn_blocking(work)).await;
+}
+
+/// Waits for work on the blocking pool; a panic in it is resumed here. (A runtime shutting
+/// down cancels it: nothing is left to wait for.)
+async fn join_off_workers<T>(work: tokio::task::JoinHandle<T>) {
+    if let Err(error) = work.await {
+        if error.is_panic() {
+            std::panic::resume_unwind(error.into_panic());
+        }
     }
 }
 
@@ -507,4 +577,22 @@ where
         shared.apply_stored(key, value);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Slot;
+    use std::mem::size_of;
+
+    /// An entry without a deadline costs nothing for expiry where the value has a niche to
+    /// hide the variant in, as `String`, `Vec` and most structs holding one do.
+    #[test]
+    fn a_slot_is_no_larger_than_a_value_with_a_niche() {
+        assert_eq!(size_of::<Slot<String>>(), size_of::<String>());
+        assert_eq!(
+            size_of::<Slot<(u64, String, bool)>>(),
+            size_of::<(u64, String, bool)>()
+        );
+        assert_eq!(size_of::<Slot<Vec<u8>>>(), size_of::<Vec<u8>>());
+    }
 }

@@ -244,7 +244,7 @@ where
                 .entries
                 .iter()
                 .filter(|entry| entry.value().is_live_at(now))
-                .map(|entry| copy(entry.key(), &entry.value().value)),
+                .map(|entry| copy(entry.key(), entry.value().value())),
         );
         copies.into_iter()
     }

@@ -10,12 +10,14 @@
 //! that never use a TTL do not maintain it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, TransactionBehavior};
 
-use super::writer::{log_keys, RawOp, TableSql, Writer};
+use super::writer::{log_keys, prune_log_oldest, RawOp, TableSql, Writer};
 use crate::{Deadline, Result};
 
 /// This process's wall clock in Unix milliseconds, as the column holds deadlines.
@@ -136,9 +138,62 @@ impl ExpiryColumns {
     }
 }
 
+/// Rows one statement of a sweep deletes at most: the step at which a sweep looks at the time.
+const SWEEP_STEP: usize = 64;
+
+/// What one sweep transaction may cost, its commit included: a live write queued behind it
+/// waits about this long, a few of its own commits.
+const SWEEP_BUDGET: Duration = Duration::from_millis(2);
+
+/// A sweep transaction makes way once its deletes have taken this long and other work is
+/// queued on the writer, whatever its pace says.
+const SWEEP_SLICE: Duration = Duration::from_millis(1);
+
+/// The fewest rows a sweep transaction aims at, so that a slow disk does not stall the sweep.
+const SWEEP_MIN_ROWS: usize = 16;
+
+/// How many rows a sweep transaction on a file deletes, learned from the last ones so that one
+/// costs about [`SWEEP_BUDGET`]. Deleting is the smaller part: committing writes every page the
+/// rows touched (a row's key index page is anywhere in the index) and now and then makes SQLite
+/// checkpoint the log, so time spent deleting alone says little about what live writes wait.
+#[derive(Debug)]
+pub(super) struct SweepPace {
+    rows: AtomicUsize,
+}
+
+impl Default for SweepPace {
+    fn default() -> Self {
+        Self {
+            rows: AtomicUsize::new(SWEEP_STEP),
+        }
+    }
+}
+
+impl SweepPace {
+    fn rows(&self) -> usize {
+        self.rows.load(Ordering::Relaxed)
+    }
+
+    /// A transaction deleted `rows` in `took`: aim at what fits the budget at that rate,
+    /// halfway from the old aim so that one checkpoint does not swing it.
+    fn learn(&self, rows: usize, took: Duration) {
+        let fits = rows as f64 * SWEEP_BUDGET.as_secs_f64() / took.as_secs_f64().max(1e-6);
+        let aim = (self.rows() as f64 + fits) / 2.0;
+        self.rows
+            .store((aim as usize).max(SWEEP_MIN_ROWS), Ordering::Relaxed);
+    }
+}
+
 /// Deletes up to `limit` rows of `table` whose deadline has passed on the writer's clock, in
 /// one transaction on the writer thread (between groups of live writes), logs their keys as
 /// written by `origin`, and returns them.
+///
+/// The transaction is bounded by its cost as well as by `limit`: it deletes as many rows as the
+/// file's [`SweepPace`] says fit [`SWEEP_BUDGET`], [`SWEEP_STEP`] at a time, and stops early
+/// after [`SWEEP_SLICE`] if other work is queued; so it may return fewer than `limit` keys with
+/// more rows expired, and the caller sweeps until a call returns none. It also deletes as many
+/// of the change log's oldest rows as it adds, so that the log of a mass expiry is not left to
+/// one long prune in a commit of live writes.
 pub(super) async fn sweep(
     writer: &Writer,
     table: &Arc<TableSql>,
@@ -147,39 +202,89 @@ pub(super) async fn sweep(
 ) -> Result<Vec<String>> {
     let table = Arc::clone(table);
     let id = writer.id();
+    let work_queued = writer.work_queued();
+    let pace = Arc::clone(writer.sweep_pace());
     writer
         .run(move |connection| {
             if !has_column(connection, &table.name)? {
                 return Ok(Vec::new()); // No TTL was ever written to this table.
             }
-            let transaction =
-                connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let deleted = {
-                let mut delete = transaction.prepare_cached(&format!(
-                    "DELETE FROM \"{name}\" WHERE key IN (SELECT key FROM \"{name}\" \
-                     WHERE expires_at <= ?1 LIMIT ?2) RETURNING key",
-                    name = table.name
-                ))?;
-                let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-                let keys = delete.query_map((now_sql(), limit), |row| row.get::<_, String>(0))?;
-                keys.collect::<rusqlite::Result<Vec<String>>>()?
-            };
-            if deleted.is_empty() {
-                return Ok(deleted);
+            let began = Instant::now();
+            let limit = limit.min(pace.rows());
+            let deleted = without_sync(connection, |connection| {
+                sweep_once(connection, &table, limit, origin, id, &work_queued)
+            })?;
+            if !deleted.is_empty() {
+                pace.learn(deleted.len(), began.elapsed());
             }
-            let ops: Vec<RawOp> = deleted
-                .into_iter()
-                .map(|key| RawOp::Delete { key })
-                .collect();
-            log_keys(&transaction, &table, &ops, origin, id)?;
-            transaction.commit()?;
-            Ok(ops
-                .into_iter()
-                .filter_map(|op| match op {
-                    RawOp::Delete { key } => Some(key),
-                    _ => None,
-                })
-                .collect())
+            Ok(deleted)
         })
         .await
+}
+
+/// Runs `work` with commits that are not synced, then puts back the writer's level. A sweep
+/// need not be durable: a row whose deletion a crash loses is still expired, is not loaded,
+/// and is swept again; the next synced commit syncs the sweep's anyway. Not waiting for the
+/// disk shortens what live writes queued behind the sweep wait for.
+fn without_sync<T>(
+    connection: &mut Connection,
+    work: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    let level: i64 = connection.pragma_query_value(None, "synchronous", |row| row.get(0))?;
+    connection.pragma_update(None, "synchronous", "NORMAL")?;
+    let result = work(connection);
+    connection.pragma_update(None, "synchronous", level)?;
+    result
+}
+
+/// One sweep transaction of at most `limit` rows (see [`sweep`]).
+fn sweep_once(
+    connection: &mut Connection,
+    table: &TableSql,
+    limit: usize,
+    origin: i64,
+    id: i64,
+    work_queued: &dyn Fn() -> bool,
+) -> rusqlite::Result<Vec<String>> {
+    let began = Instant::now();
+    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let deleted = {
+        let mut delete = transaction.prepare_cached(&format!(
+            "DELETE FROM \"{name}\" WHERE key IN (SELECT key FROM \"{name}\" \
+             WHERE expires_at <= ?1 LIMIT ?2) RETURNING key",
+            name = table.name
+        ))?;
+        let now = now_sql();
+        let mut deleted = Vec::new();
+        loop {
+            let step = SWEEP_STEP.min(limit - deleted.len());
+            let before = deleted.len();
+            let rows = i64::try_from(step).unwrap_or(i64::MAX);
+            let keys = delete.query_map((now, rows), |row| row.get::<_, String>(0))?;
+            for key in keys {
+                deleted.push(key?);
+            }
+            let done = deleted.len() - before < step || deleted.len() >= limit;
+            if done || (began.elapsed() >= SWEEP_SLICE && work_queued()) {
+                break deleted;
+            }
+        }
+    };
+    if deleted.is_empty() {
+        return Ok(deleted);
+    }
+    let ops: Vec<RawOp> = deleted
+        .into_iter()
+        .map(|key| RawOp::Delete { key })
+        .collect();
+    log_keys(&transaction, table, &ops, origin, id)?;
+    prune_log_oldest(&transaction, ops.len())?;
+    transaction.commit()?;
+    Ok(ops
+        .into_iter()
+        .filter_map(|op| match op {
+            RawOp::Delete { key } => Some(key),
+            _ => None,
+        })
+        .collect())
 }

@@ -107,6 +107,11 @@ impl<T> Inbox<T> {
         drop(queued);
     }
 
+    /// Whether anything is queued: work that a long job should make way for.
+    pub(super) fn has_queued(&self) -> bool {
+        !self.lock().items.is_empty()
+    }
+
     /// The next item if one is queued, without waiting.
     pub(super) fn try_pop(&self) -> Option<T> {
         self.lock().items.pop_front()

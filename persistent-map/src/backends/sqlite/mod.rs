@@ -586,9 +586,10 @@ where
             .collect())
     }
 
-    /// One `DELETE ... RETURNING` of at most `limit` expired rows (found through the partial
+    /// `DELETE ... RETURNING`s of at most `limit` expired rows in all (found through the partial
     /// index on `expires_at`), logged like any write, in a transaction of its own queued on the
-    /// file's writer thread between groups of live writes.
+    /// file's writer thread between groups of live writes, and cut short after about a
+    /// millisecond when other work is queued (see `expiry::sweep`).
     async fn sweep_expired(&self, limit: usize, origin: u64) -> Result<Vec<K>, PersistentError> {
         let texts = expiry::sweep(&self.writer, &self.table, limit, log_origin(origin)).await?;
         texts

@@ -144,6 +144,8 @@ pub(crate) struct Writer {
     counters: Arc<Counters>,
     /// This connection's id in the change log's `writer` column.
     id: i64,
+    /// How many rows a sweep transaction on this file deletes, learned from the last ones.
+    sweep_pace: Arc<super::expiry::SweepPace>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -196,6 +198,7 @@ impl Writer {
             reader,
             counters,
             id,
+            sweep_pace: Arc::default(),
         })
     }
 
@@ -215,6 +218,11 @@ impl Writer {
     /// This connection's id in the change log.
     pub(super) fn id(&self) -> i64 {
         self.id
+    }
+
+    /// How many rows a sweep transaction on this file deletes.
+    pub(super) fn sweep_pace(&self) -> &Arc<super::expiry::SweepPace> {
+        &self.sweep_pace
     }
 
     /// The database file, as the first opener named it.
@@ -291,6 +299,13 @@ impl Writer {
             .await
             .map_err(|_| self.closed())?
             .map_err(|source| self.sqlite_error(source))
+    }
+
+    /// A probe that says, from the writer thread, whether other work is queued behind the job
+    /// running: for a long job that should stop early and make way (the sweep).
+    pub(super) fn work_queued(&self) -> impl Fn() -> bool + Send + 'static {
+        let inbox = Arc::clone(&self.inbox);
+        move || inbox.has_queued()
     }
 
     /// Queues `job` without waiting for it (it reports through channels of its own).
@@ -771,6 +786,21 @@ fn prune_log(connection: &Connection) -> rusqlite::Result<()> {
              WHERE seq <= (SELECT max(seq) FROM persistent_map_log) - ?1",
         )?
         .execute([LOG_ROWS_KEPT])
+        .map(drop)
+}
+
+/// Deletes up to `at_most` of the log's oldest rows beyond the [`LOG_ROWS_KEPT`] newest: for a
+/// transaction that logs many keys and must stay short (a sweep), so that it pays for its own
+/// log rows as it goes instead of leaving them to one long prune inside a commit of live
+/// writes.
+pub(super) fn prune_log_oldest(connection: &Connection, at_most: usize) -> rusqlite::Result<()> {
+    connection
+        .prepare_cached(
+            "DELETE FROM persistent_map_log \
+             WHERE seq <= min((SELECT max(seq) FROM persistent_map_log) - ?1, \
+                              (SELECT min(seq) FROM persistent_map_log) + ?2 - 1)",
+        )?
+        .execute((LOG_ROWS_KEPT, i64::try_from(at_most).unwrap_or(i64::MAX)))
         .map(drop)
 }
 
