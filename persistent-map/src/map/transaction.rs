@@ -180,8 +180,10 @@ pub(crate) trait InMemoryPart: Send + Sync {
 /// process on the file; for PostgreSQL, in one transaction over every table involved, holding
 /// the advisory locks of every key it reads or writes (the locks every instance's writes take,
 /// in one order), atomic against every instance. If something it read did change, nothing is
-/// written, memory takes what storage holds, and `body` runs again. When `body` returns `Err`, nothing is written and the
-/// error is returned: that is how to abort.
+/// written, memory takes what storage holds, and `body` runs again, this time holding the turns
+/// of the keys it touched before, so that contended transactions of this process take turns
+/// rather than conflict again (writes of those keys from this process wait meanwhile). When
+/// `body` returns `Err`, nothing is written and the error is returned: that is how to abort.
 ///
 /// So `body` may run more than once, on the caller's task: keep it a function of what it
 /// reads, without side effects that must happen once. Every key's per-key order and failure
@@ -195,9 +197,9 @@ pub(crate) trait InMemoryPart: Send + Sync {
 ///
 /// On PostgreSQL, a commit whose connection is lost is retried on a new one, after asking the
 /// server whether the lost attempt committed, so it is never made twice; if no connection comes
-/// back within the reconnect timeout, the transaction fails with
-/// [`PersistentError::Connect`]: it is then wholly committed or wholly absent (the error says
-/// which, when it knows).
+/// back within the reconnect timeout, the transaction fails with `PersistentError::Connect`
+/// (a variant of feature `postgres`): it is then wholly committed or wholly absent (the error
+/// says which, when it knows).
 ///
 /// Counting a hit per link, per day and in total, in three maps of one file, all or nothing:
 ///
