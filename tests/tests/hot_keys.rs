@@ -59,6 +59,20 @@ async fn updates_of_one_key_share_commits() {
         writes >= 2 * commits,
         "{writes} writes in {commits} commits: a hot key's writes did not share commits"
     );
+    // Other processes catch up by the change log: one row per key per commit tells them all
+    // they need, however many writes of the key the commit held.
+    let logged: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM persistent_map_log WHERE table_name = 'kv' AND key = 'hot'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert!(
+        logged as u64 <= commits,
+        "{logged} log rows for one key in {commits} commits"
+    );
 }
 
 /// Wraps a backend and fails every third write handed to it (before it reaches storage), as a

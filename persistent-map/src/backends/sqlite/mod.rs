@@ -32,6 +32,7 @@
 mod changes;
 mod expiry;
 mod inbox;
+mod known;
 mod layout;
 mod load;
 mod open;

@@ -10,7 +10,6 @@
 //! (`persistent_map_log`), so that the maps of other processes re-read just those keys, and
 //! checks that no other process migrated a table's key layout under a typed writer.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,6 +20,7 @@ use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::inbox::{Inbox, Popped};
+use super::known::Known;
 use super::open::Reader;
 use super::Durability;
 use crate::{PersistentError, Result};
@@ -71,7 +71,7 @@ impl TableSql {
             ),
             // An expired row is absent to conditions and previous values.
             select_expiring: format!(
-                "SELECT value FROM \"{name}\" WHERE key = ?1 \
+                "SELECT value, expires_at FROM \"{name}\" WHERE key = ?1 \
                  AND (expires_at IS NULL OR expires_at > ?2)"
             ),
             delete: format!("DELETE FROM \"{name}\" WHERE key = ?1"),
@@ -589,10 +589,11 @@ fn commit(
     id: i64,
 ) -> rusqlite::Result<Vec<Outcome>> {
     run_statement(connection, "BEGIN IMMEDIATE")?;
+    let mut known = Known::default();
     let committed = fence.begin(connection).and_then(|()| {
         let outcomes = requests
             .iter()
-            .map(|request| execute(connection, fence, &request.write, id))
+            .map(|request| execute(connection, fence, &mut known, &request.write, id))
             .collect::<rusqlite::Result<Vec<Outcome>>>()?;
         if counters
             .commits
@@ -622,9 +623,11 @@ fn commit(
 /// One request inside the group's transaction: the layout checks, every part's conditions
 /// (all read before anything is written, as a transaction's reads come before its writes),
 /// then the ops and their log rows. A request whose check fails writes nothing and says why.
+/// `known`: what the transaction's earlier requests read and wrote.
 fn execute(
     connection: &Connection,
     fence: &mut LayoutFence,
+    known: &mut Known,
     write: &Write,
     id: i64,
 ) -> rusqlite::Result<Outcome> {
@@ -660,7 +663,7 @@ fn execute(
             let stored = part
                 .conditions
                 .iter()
-                .map(|(key, _)| stored_value(connection, &part.table, expiring, key, now))
+                .map(|(key, _)| stored_value(connection, known, &part.table, expiring, key, now))
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             holds &= part
                 .conditions
@@ -683,7 +686,7 @@ fn execute(
             for op in &part.ops {
                 before.push(match op {
                     RawOp::Upsert { key, .. } | RawOp::Delete { key } => {
-                        stored_value(connection, table, expiring, key, now)?
+                        stored_value(connection, known, table, expiring, key, now)?
                     }
                     RawOp::DeleteAll => None,
                 });
@@ -693,23 +696,59 @@ fn execute(
         } else {
             execute_ops(connection, table, expiring, &part.ops)?;
         }
-        log_keys(connection, table, &part.ops, part.origin, id)?;
+        remember_ops(known, table, expiring, &part.ops);
+        if log_everything(&part.ops) {
+            log_keys(connection, table, &part.ops, part.origin, id)?;
+        } else {
+            let mut insert = connection.prepare_cached(INSERT_LOG)?;
+            for op in &part.ops {
+                if let RawOp::Upsert { key, .. } | RawOp::Delete { key } = op {
+                    if known.first_log(&table.name, key, part.origin) {
+                        insert.execute((&table.name, key, part.origin, id))?;
+                    }
+                }
+            }
+        }
     }
     Ok(Outcome::Applied {
         previous: write.want_previous.then_some(previous),
     })
 }
 
-/// The JSON stored under `key`, if any and not expired at `now` (Unix milliseconds). A value
-/// that is not text (written by another program) is read as the text SQLite makes of it, so
-/// that a condition on it fails rather than errs.
+/// What `ops` (just executed) left `table` holding, for the transaction's later requests.
+fn remember_ops(known: &mut Known, table: &TableSql, expiring: bool, ops: &[RawOp]) {
+    for op in ops {
+        match op {
+            RawOp::Upsert {
+                key,
+                value,
+                expires_at,
+            } => {
+                // A table without the column stores no deadline.
+                let deadline = expires_at.filter(|_| expiring);
+                known.set(&table.name, key, Some((value.clone(), deadline)));
+            }
+            RawOp::Delete { key } => known.set(&table.name, key, None),
+            RawOp::DeleteAll => known.forget_values(&table.name),
+        }
+    }
+}
+
+/// The JSON stored under `key`, if any and not expired at `now` (Unix milliseconds), from what
+/// the transaction already knows or else from the table. A value that is not text (written by
+/// another program) is read as the text SQLite makes of it, so that a condition on it fails
+/// rather than errs.
 fn stored_value(
     connection: &Connection,
+    known: &mut Known,
     table: &TableSql,
     expiring: bool,
     key: &str,
     now: i64,
 ) -> rusqlite::Result<Option<String>> {
+    if let Some(held) = known.held(&table.name, key, now) {
+        return Ok(held.map(str::to_owned));
+    }
     let mut select;
     let mut found = if expiring {
         select = connection.prepare_cached(&table.select_expiring)?;
@@ -718,19 +757,24 @@ fn stored_value(
         select = connection.prepare_cached(&table.select)?;
         select.query([key])?
     };
-    found
+    let held = found
         .next()?
         .map(|row| {
-            Ok(match row.get_ref(0)? {
+            let value = match row.get_ref(0)? {
                 ValueRef::Text(text) | ValueRef::Blob(text) => {
                     String::from_utf8_lossy(text).into_owned()
                 }
                 ValueRef::Integer(number) => number.to_string(),
                 ValueRef::Real(number) => number.to_string(),
                 ValueRef::Null => "null".to_owned(),
-            })
+            };
+            let deadline = if expiring { row.get(1)? } else { None };
+            Ok::<_, rusqlite::Error>((value, deadline))
         })
-        .transpose()
+        .transpose()?;
+    let value = held.as_ref().map(|(value, _)| value.clone());
+    known.set(&table.name, key, held);
+    Ok(value)
 }
 
 /// The log of which keys each transaction wrote, read by the other processes' maps when they
@@ -757,6 +801,11 @@ const PRUNE_EVERY_COMMITS: u64 = 1024;
 const INSERT_LOG: &str =
     "INSERT INTO persistent_map_log (table_name, key, origin, writer) VALUES (?1, ?2, ?3, ?4)";
 
+/// Whether `ops` are logged as one "any key" row rather than key by key.
+fn log_everything(ops: &[RawOp]) -> bool {
+    ops.len() > MAX_LOGGED_KEYS || ops.iter().any(|op| matches!(op, RawOp::DeleteAll))
+}
+
 pub(super) fn log_keys(
     connection: &Connection,
     table: &TableSql,
@@ -765,9 +814,7 @@ pub(super) fn log_keys(
     writer: i64,
 ) -> rusqlite::Result<()> {
     let mut insert = connection.prepare_cached(INSERT_LOG)?;
-    let everything =
-        ops.len() > MAX_LOGGED_KEYS || ops.iter().any(|op| matches!(op, RawOp::DeleteAll));
-    if everything {
+    if log_everything(ops) {
         insert.execute((&table.name, None::<&str>, origin, writer))?;
         return Ok(());
     }
@@ -813,8 +860,8 @@ pub(super) fn prune_log_oldest(connection: &Connection, at_most: usize) -> rusql
 struct LayoutFence {
     /// `data_version` when `confirmed` was last valid.
     checked_at: Option<i64>,
-    /// (table, layout) pairs found recorded since.
-    confirmed: HashSet<(String, &'static str)>,
+    /// (table, layout) pairs found recorded since (a few: one per table and key type).
+    confirmed: Vec<(String, &'static str)>,
     /// Which tables have the column `expires_at`, as of the schema this transaction sees.
     /// (Kept here because it is checked at the same moments, for the same reason: another
     /// process may change a table under this writer.)
@@ -842,7 +889,8 @@ impl LayoutFence {
         table: &str,
         layout: &'static str,
     ) -> rusqlite::Result<Option<String>> {
-        if layout.is_empty() || self.confirmed.contains(&(table.to_owned(), layout)) {
+        let confirmed = |(name, confirmed): &(String, &str)| name == table && *confirmed == layout;
+        if layout.is_empty() || self.confirmed.iter().any(confirmed) {
             return Ok(None);
         }
         let recorded: Option<String> = connection
@@ -852,7 +900,7 @@ impl LayoutFence {
         match recorded {
             Some(recorded) if recorded != layout => Ok(Some(recorded)),
             _ => {
-                self.confirmed.insert((table.to_owned(), layout));
+                self.confirmed.push((table.to_owned(), layout));
                 Ok(None)
             }
         }
