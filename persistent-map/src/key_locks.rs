@@ -15,11 +15,13 @@
 //!   turn before it touches memory. Only backends that apply writes in the order they were
 //!   handed over allow this ([`crate::StorageBackend::pipelines_writes`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::poll_fn;
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Poll, Waker};
 
-use tokio::sync::{Mutex as AsyncMutex, Notify, OwnedMutexGuard};
+use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
 const STRIPES: usize = 1024;
 
@@ -32,10 +34,8 @@ struct Stripe {
     /// Held while a write is handed to the backend (or, for an exclusive turn, throughout);
     /// holds the number of the next ticket.
     sending: Arc<AsyncMutex<u64>>,
-    /// Which tickets have finished.
+    /// Which tickets have finished, and who waits for which.
     finished: Mutex<Finished>,
-    /// Woken whenever a ticket finishes.
-    advanced: Notify,
 }
 
 /// Tickets below `next` have all finished; `early` holds those above it that finished first.
@@ -43,6 +43,10 @@ struct Stripe {
 struct Finished {
     next: u64,
     early: BTreeSet<u64>,
+    /// Who waits for `next` to reach each number. Only those whose number is reached are
+    /// woken: on a hot key, waking every waiter at each finish would wake n tasks for each of
+    /// n writes sharing a commit.
+    waiting: BTreeMap<u64, Vec<Waker>>,
 }
 
 /// Held stripes; dropping it lets the next writer of those keys go.
@@ -67,7 +71,6 @@ impl KeyLocks {
                     Arc::new(Stripe {
                         sending: Arc::new(AsyncMutex::new(0)),
                         finished: Mutex::new(Finished::default()),
-                        advanced: Notify::new(),
                     })
                 })
                 .collect(),
@@ -135,8 +138,7 @@ impl KeyLocks {
             let stripe = &self.stripes[index];
             let sending = Arc::clone(&stripe.sending).lock_owned().await;
             // Every ticket handed out must have finished: no write of the stripe in flight.
-            let issued = *sending;
-            stripe.wait_until(|finished| finished.next >= issued).await;
+            stripe.wait_for(*sending).await;
             guards.push(sending);
         }
         KeyGuard { _stripes: guards }
@@ -149,28 +151,29 @@ impl Stripe {
         self.finished.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Waits until `done` holds of the finished tickets.
-    async fn wait_until(&self, done: impl Fn(&Finished) -> bool) {
-        loop {
-            let advanced = self.advanced.notified();
-            tokio::pin!(advanced);
-            // Registered before the check, so a ticket finishing in between still wakes us.
-            advanced.as_mut().enable();
-            if done(&self.finished()) {
-                return;
+    /// Waits until every ticket below `number` has finished.
+    async fn wait_for(&self, number: u64) {
+        poll_fn(|cx| {
+            let mut finished = self.finished();
+            if finished.next >= number {
+                return Poll::Ready(());
             }
-            advanced.await;
-        }
+            // Checked and registered under one lock, so a ticket finishing in between still
+            // wakes us. A waiter dropped before its turn leaves a stale waker, woken once.
+            let wakers = finished.waiting.entry(number).or_default();
+            if !wakers.iter().any(|waker| waker.will_wake(cx.waker())) {
+                wakers.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await;
     }
 }
 
 impl Ticket {
     /// Waits until every earlier ticket of the stripe has finished.
     pub(crate) async fn turn(&self) {
-        let number = self.number;
-        self.stripe
-            .wait_until(|finished| finished.next >= number)
-            .await;
+        self.stripe.wait_for(self.number).await;
     }
 
     /// This ticket's write is done with memory: the next one may go.
@@ -196,8 +199,11 @@ impl Ticket {
             }
             finished.next += 1;
         }
+        let first_unreached = finished.next + 1;
+        let still_waiting = finished.waiting.split_off(&first_unreached);
+        let reached = std::mem::replace(&mut finished.waiting, still_waiting);
         drop(finished);
-        self.stripe.advanced.notify_waiters();
+        reached.into_values().flatten().for_each(Waker::wake);
     }
 }
 
@@ -210,6 +216,8 @@ impl Drop for Ticket {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+
     use super::*;
 
     #[tokio::test]
@@ -229,5 +237,52 @@ mod tests {
         second.turn().await;
         drop(second); // dropped unfinished: still lets the stripe go
         drop(locks.lock("k").await);
+    }
+
+    /// Counts how often it is woken.
+    struct Counting(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Counting {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_finished_ticket_wakes_only_the_next_one() {
+        let locks = KeyLocks::new();
+        let mut tickets = Vec::new();
+        for _ in 0..8 {
+            let (guard, ticket) = locks.pipeline("k").await;
+            drop(guard);
+            tickets.push(ticket);
+        }
+        // Tickets 1..8 wait for their turns, each with a waker that counts.
+        let counters: Vec<_> = (1..8)
+            .map(|_| Arc::new(Counting(Default::default())))
+            .collect();
+        let mut turns: Vec<_> = tickets[1..]
+            .iter()
+            .map(|ticket| Box::pin(ticket.turn()))
+            .collect();
+        for (turn, counter) in turns.iter_mut().zip(&counters) {
+            let waker = Waker::from(Arc::clone(counter));
+            let polled = turn
+                .as_mut()
+                .poll(&mut std::task::Context::from_waker(&waker));
+            assert!(polled.is_pending());
+        }
+        let wakes = || -> Vec<usize> {
+            counters
+                .iter()
+                .map(|counter| counter.0.load(std::sync::atomic::Ordering::SeqCst))
+                .collect()
+        };
+        drop(turns);
+        let mut tickets = tickets.into_iter();
+        tickets.next().unwrap().finish();
+        assert_eq!(wakes(), [1, 0, 0, 0, 0, 0, 0]);
+        tickets.next().unwrap().finish();
+        assert_eq!(wakes(), [1, 1, 0, 0, 0, 0, 0]);
     }
 }
