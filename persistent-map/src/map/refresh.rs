@@ -9,7 +9,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use super::PersistentMap;
 use crate::completion::run_to_completion;
-use crate::{ChangePosition, ExternalChanges, PersistentError, Result, StorageBackend};
+use crate::{ChangePosition, Deadline, ExternalChanges, PersistentError, Result, StorageBackend};
 
 impl<K, V, B> PersistentMap<K, V, B>
 where
@@ -23,7 +23,8 @@ where
     ///
     /// Cheap when nothing changed, and it costs what changed: the map keeps its place in the
     /// backend's history of changes ([`StorageBackend::changes_since`]) and re-reads only the
-    /// keys written since. The SQLite backend logs the keys each commit writes, so another
+    /// keys written since (the PostgreSQL backend reads their values with the log, in one
+    /// statement). The SQLite backend logs the keys each commit writes, so another
     /// process's writes cost a re-read of those keys (a batch of more than 1024 keys, or a
     /// clear, a reload of the table), and a write to another table costs nothing; a commit by a
     /// program that is not persistent-map (`sqlite3`, a script) makes it reload the table.
@@ -54,6 +55,7 @@ where
     pub async fn refresh(&self) -> Result<bool> {
         let _one_at_a_time = self.shared.refreshing.lock().await;
         let since = self.shared.position();
+        let turns = self.shared.key_locks.turns_ended();
         let (changes, next) = self.backend.changes_since(since, self.shared.id).await?;
         match changes {
             ExternalChanges::None => {
@@ -69,23 +71,47 @@ where
                 self.load().await.map(|()| true)
             }
             ExternalChanges::Keys(keys) => {
-                let refreshed = self.refresh_keys(keys, next).await;
+                let refreshed = self.refresh_keys(keys, None, next).await;
+                self.start_sweeping();
+                refreshed
+            }
+            ExternalChanges::Entries(entries) => {
+                let (keys, values) = entries.into_iter().unzip();
+                let refreshed = self.refresh_keys(keys, Some((values, turns)), next).await;
                 self.start_sweeping();
                 refreshed
             }
         }
     }
 
-    /// Re-reads `keys`, then moves the map's place in the backend's history to `next`.
-    async fn refresh_keys(&self, keys: Vec<K>, next: Option<ChangePosition>) -> Result<bool> {
+    /// Makes memory hold what storage holds under `keys`, under their turns, then moves the
+    /// map's place in the backend's history to `next`.
+    ///
+    /// `read` is what the backend read under the keys together with the changes (one value per
+    /// key), and the count of turns ended before it was asked. It is applied as it is unless a
+    /// turn ended since: that may have been a write of this map, committed after the read and
+    /// already in memory, which the read would then put an older value over (and which the
+    /// change log never reports back to its writer). Then, as without `read`, the keys are read
+    /// now, while their turns are held.
+    async fn refresh_keys(
+        &self,
+        keys: Vec<K>,
+        read: Option<(Vec<Option<(V, Option<Deadline>)>>, u64)>,
+        next: Option<ChangePosition>,
+    ) -> Result<bool> {
         let guard = self.shared.key_locks.lock_many(&keys).await;
         let shared = Arc::clone(&self.shared);
         let backend = Arc::clone(&self.backend);
         run_to_completion(async move {
             let _guard = guard;
-            let mut stored = backend.load_keys_expiring(&keys).await?;
-            for key in keys {
-                let value = stored.remove(&key);
+            let values = match read {
+                Some((values, turns)) if shared.key_locks.turns_ended() == turns => values,
+                _ => {
+                    let mut stored = backend.load_keys_expiring(&keys).await?;
+                    keys.iter().map(|key| stored.remove(key)).collect()
+                }
+            };
+            for (key, value) in keys.into_iter().zip(values) {
                 shared.apply_stored(key, value);
             }
             shared.set_position(next);
