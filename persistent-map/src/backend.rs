@@ -64,6 +64,8 @@ pub enum ExternalChanges<K, V = ()> {
     /// applies these without reading the keys again, unless a write of its own to one of them
     /// may have finished while they were read; then it re-reads them, as for
     /// [`Keys`](Self::Keys).
+    // Spelled out rather than aliased, so that the docs show what each key holds.
+    #[allow(clippy::type_complexity)]
     Entries(Vec<(K, Option<(V, Option<Deadline>)>)>),
     /// Something may have changed; the map reloads everything.
     Unknown,

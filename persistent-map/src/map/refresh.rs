@@ -96,7 +96,7 @@ where
     async fn refresh_keys(
         &self,
         keys: Vec<K>,
-        read: Option<(Vec<Option<(V, Option<Deadline>)>>, u64)>,
+        read: Option<ReadWithChanges<V>>,
         next: Option<ChangePosition>,
     ) -> Result<bool> {
         let guard = self.shared.key_locks.lock_many(&keys).await;
@@ -163,6 +163,10 @@ where
         RefreshTask { task, last_error }
     }
 }
+
+/// What a backend read under the changed keys together with the changes (per key: the value
+/// and its deadline, or nothing), and the count of turns ended before it was asked.
+type ReadWithChanges<V> = (Vec<Option<(V, Option<Deadline>)>>, u64);
 
 /// A background refresh started by [`PersistentMap::refresh_every`]; dropping it stops the
 /// refresh.
