@@ -216,3 +216,112 @@ impl Drop for RefreshTask {
         self.task.abort();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::in_memory::InMemoryBackend;
+
+    /// An in-memory store whose `changes_since` reports `k` with the value stored when it was
+    /// asked, as a backend that reads values with its changes does, and, the first time, waits
+    /// for the test before answering, so that the map can write `k` in between.
+    struct ReadsWithChanges {
+        store: InMemoryBackend,
+        asked: Mutex<Option<oneshot::Sender<()>>>,
+        answer: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
+        rereads: AtomicUsize,
+    }
+
+    type Store = dyn StorageBackend<String, u32> + Send + Sync;
+
+    #[async_trait::async_trait]
+    impl StorageBackend<String, u32> for ReadsWithChanges {
+        async fn load_all(&self) -> Result<HashMap<String, u32>> {
+            (&self.store as &Store).load_all().await
+        }
+
+        async fn save(&self, key: String, value: u32) -> Result<()> {
+            (&self.store as &Store).save(key, value).await
+        }
+
+        async fn delete(&self, key: &String) -> Result<()> {
+            (&self.store as &Store).delete(key).await
+        }
+
+        async fn load_keys_expiring(
+            &self,
+            keys: &[String],
+        ) -> Result<HashMap<String, (u32, Option<Deadline>)>> {
+            self.rereads.fetch_add(1, Ordering::SeqCst);
+            (&self.store as &Store).load_keys_expiring(keys).await
+        }
+
+        async fn change_position(&self) -> Result<Option<ChangePosition>> {
+            Ok(Some(ChangePosition::new(0)))
+        }
+
+        async fn changes_since(
+            &self,
+            _since: Option<ChangePosition>,
+            _origin: u64,
+        ) -> Result<(ExternalChanges<String, u32>, Option<ChangePosition>)> {
+            let stored = self.load_all().await?.remove("k");
+            let asked = self
+                .asked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some(asked) = asked {
+                let _ = asked.send(());
+            }
+            if let Some(answer) = self.answer.lock().await.take() {
+                let _ = answer.await;
+            }
+            let read = vec![("k".to_owned(), stored.map(|value| (value, None)))];
+            Ok((ExternalChanges::Entries(read), Some(ChangePosition::new(1))))
+        }
+    }
+
+    #[tokio::test]
+    async fn values_read_with_the_changes_never_go_over_a_newer_write_of_the_map() {
+        let (asked, read) = oneshot::channel();
+        let (answer, answered) = oneshot::channel();
+        let backend = ReadsWithChanges {
+            store: InMemoryBackend::new(),
+            asked: Mutex::new(Some(asked)),
+            answer: tokio::sync::Mutex::new(Some(answered)),
+            rereads: AtomicUsize::new(0),
+        };
+        let map = PersistentMap::new(backend).await.unwrap();
+        map.insert("k".to_owned(), 1).await.unwrap();
+
+        let refreshing = tokio::spawn({
+            let map = map.clone();
+            async move { map.refresh().await }
+        });
+        read.await.unwrap(); // the refresh has read k = 1
+        map.insert("k".to_owned(), 2).await.unwrap();
+        answer.send(()).unwrap();
+        assert!(refreshing.await.unwrap().unwrap());
+        assert_eq!(
+            map.get("k"),
+            Some(2),
+            "the older value read was not applied"
+        );
+        assert_eq!(
+            map.backend().rereads.load(Ordering::SeqCst),
+            1,
+            "k was read again"
+        );
+
+        // With no write in between, what was read is applied as it is.
+        assert!(map.refresh().await.unwrap());
+        assert_eq!(map.get("k"), Some(2));
+        assert_eq!(map.backend().rereads.load(Ordering::SeqCst), 1);
+    }
+}
