@@ -18,6 +18,7 @@
 //! | `load` | `ours`, `raw` (scan + decode), `hashmap`, `dashmap` (`--capacity N`, `--hasher fold`) |
 //! | `reads` (`--reads N`) | `ours`: our map, a `DashMap` and a `HashMap` in one process, read in turns |
 //! | `concurrent-insert` | `pg`: our map on the PostgreSQL backend (feature `postgres`, see `postgres.rs`) |
+//! | `concurrent-tables` (`--tables N`: the keys spread over N maps on N tables of one database) | `ours`, `pg` |
 //! | `propagation` (`--interval-us`, `--pause-us`, `--entries`) | `ours` (SQLite; the follower is a second process, `follow ours --db FILE`), `pg` |
 
 mod composite;
@@ -57,8 +58,18 @@ fn main() -> ExitCode {
     }
 }
 
-/// One measurement, in this process.
+/// One measurement, in this process. With `PM_BENCH_TRACE` set to a level (`debug`, `info`,
+/// ...), the crate's `tracing` events (each commit, load and read of the PostgreSQL change log,
+/// with its `elapsed`) are printed to stderr with microsecond timestamps, to see where a job's
+/// time goes; the figures of such a run are not comparable with others.
 fn run_one(args: &[String]) -> BenchResult {
+    if let Ok(level) = std::env::var("PM_BENCH_TRACE") {
+        let level: tracing_subscriber::filter::LevelFilter = level.parse()?;
+        tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let [workload, implementation, options @ ..] = args else {
         return Err(format!(
             "usage: pm-bench run WORKLOAD IMPL [--name value]...\n\n{}",

@@ -33,6 +33,7 @@ pub(crate) fn run(workload: &str, options: &Options) -> BenchResult {
                 )
             }
             "concurrent-insert" => concurrent(dir()?, n()?, options, |_, index| key(index)).await,
+            "concurrent-tables" => concurrent_tables(dir()?, n()?, options).await,
             "hot-keys" => concurrent(dir()?, n()?, options, |task, _| hot_key(task)).await,
             "remove" => remove(dir()?, n()?, options).await,
             "load" => {
@@ -102,15 +103,36 @@ async fn concurrent(
     key_of: fn(u64, u64) -> String,
 ) -> BenchResult {
     let map = open::<String>(dir).await?;
-    let (done, began) = run_writers(&map, per_task, key_of, options).await?;
+    let (done, began) = run_writers(std::slice::from_ref(&map), per_task, key_of, options).await?;
     report_writes(&map, done, began)
 }
 
-/// Runs [`TASKS`] tokio tasks against `map`, task `t` inserting its `per_task` entries
-/// (`key_of(t, index)`) one at a time, each awaited; returns how many inserts were done and when
-/// they began. The concurrent rows of every backend run this.
+/// As [`concurrent`], with the keys spread over `--tables` maps on tables of one file.
+async fn concurrent_tables(dir: &Path, per_task: u64, options: &Options) -> BenchResult {
+    let path = dir.join("ours.db");
+    let mut maps = Vec::new();
+    for table in table_names(options)? {
+        maps.push(Map::<String>::new(SqliteBackend::with_table(&path, &table).await?).await?);
+    }
+    let (done, began) = run_writers(&maps, per_task, |_, index| key(index), options).await?;
+    report(&[
+        ("ops_per_sec", per_second(done, began.elapsed())),
+        ("ops", done as f64),
+    ])
+}
+
+/// The tables of the `concurrent-tables` workload: `--tables` of them, `t0`, `t1`, ...
+pub(crate) fn table_names(options: &Options) -> BenchResult<Vec<String>> {
+    Ok((0..options.number("tables")?.max(1))
+        .map(|table| format!("t{table}"))
+        .collect())
+}
+
+/// Runs [`TASKS`] tokio tasks against `maps`, task `t` inserting its `per_task` entries
+/// (`key_of(t, index)`, into map `index % maps.len()`) one at a time, each awaited; returns how
+/// many inserts were done and when they began. The concurrent rows of every backend run this.
 pub(crate) async fn run_writers<B>(
-    map: &PersistentMap<String, Session, B>,
+    maps: &[PersistentMap<String, Session, B>],
     per_task: u64,
     key_of: fn(u64, u64) -> String,
     options: &Options,
@@ -118,10 +140,13 @@ pub(crate) async fn run_writers<B>(
 where
     B: StorageBackend<String, Session> + Send + Sync + 'static,
 {
-    let work: Vec<Vec<(String, Session)>> = (0..TASKS)
+    let work: Vec<Vec<(usize, String, Session)>> = (0..TASKS)
         .map(|task| {
             (task * per_task..(task + 1) * per_task)
-                .map(|index| (key_of(task, index), value(index)))
+                .map(|index| {
+                    let map = (index % maps.len() as u64) as usize;
+                    (map, key_of(task, index), value(index))
+                })
                 .collect()
         })
         .collect();
@@ -130,14 +155,14 @@ where
     let writers: Vec<_> = work
         .into_iter()
         .map(|entries| {
-            let map = map.clone();
+            let maps = maps.to_vec();
             tokio::spawn(async move {
                 let mut done = 0;
-                for (key, value) in entries {
+                for (map, key, value) in entries {
                     if !budget.left() {
                         break;
                     }
-                    map.insert(key, value).await?;
+                    maps[map].insert(key, value).await?;
                     done += 1;
                 }
                 Ok::<u64, persistent_map::PersistentError>(done)

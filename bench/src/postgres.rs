@@ -4,10 +4,13 @@
 //! - `pm-bench run concurrent-insert pg --n N`: 16 tokio tasks inserting `N` distinct keys each
 //!   through one `PersistentMap<_, _, PostgresBackend>` (one connection; writes that queue while
 //!   a commit runs share the next transaction), each acknowledged after `COMMIT`;
+//! - `pm-bench run concurrent-tables pg --n N --tables T`: the same with the keys spread over `T`
+//!   maps on `T` tables of the database (one shared connection: a commit serves every table);
 //! - `pm-bench run propagation pg ...`: two maps on two backends in this process, separate
 //!   instances that share the process's connection (see `propagation.rs`).
 //!
-//! Every job works on a table of its own, `pm_bench_<workload>_<pid>`, dropped before and after.
+//! Every job works on a table of its own, `pm_bench_<workload>_<pid>` (`..._<pid>_t0` and so on
+//! for several), dropped before and after.
 
 /// The environment variables naming the server, in the order they are looked at.
 pub(crate) const URL_VARIABLES: [&str; 2] = ["PM_BENCH_POSTGRES_URL", "PM_TEST_POSTGRES_URL"];
@@ -137,26 +140,36 @@ mod with_backend {
             workload.replace('-', "_"),
             std::process::id()
         );
+        let tables = match workload {
+            "concurrent-tables" => crate::ours::table_names(options)?
+                .iter()
+                .map(|name| format!("{table}_{name}"))
+                .collect(),
+            _ => vec![table],
+        };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
-        drop_table(&runtime, &url, &table)?;
+        drop_tables(&runtime, &url, &tables)?;
         let outcome = match workload {
-            "concurrent-insert" => concurrent(&runtime, &url, &table, options),
-            "propagation" => propagation(&runtime, &url, &table, options),
+            "concurrent-insert" => concurrent(&runtime, &url, &tables, options),
+            "concurrent-tables" => concurrent(&runtime, &url, &tables, options),
+            "propagation" => propagation(&runtime, &url, &tables[0], options),
             other => Err(format!("the PostgreSQL backend has no workload `{other}`").into()),
         };
-        let dropped = drop_table(&runtime, &url, &table);
+        let dropped = drop_tables(&runtime, &url, &tables);
         outcome.and(dropped)
     }
 
-    fn drop_table(runtime: &tokio::runtime::Runtime, url: &str, table: &str) -> BenchResult {
+    fn drop_tables(runtime: &tokio::runtime::Runtime, url: &str, tables: &[String]) -> BenchResult {
         runtime.block_on(async {
             let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
             let connection = tokio::spawn(connection);
-            client
-                .batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\""))
-                .await?;
+            for table in tables {
+                client
+                    .batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\""))
+                    .await?;
+            }
             drop(client);
             connection.await??;
             Ok(())
@@ -174,27 +187,36 @@ mod with_backend {
         Ok(PersistentMap::new(backend).await?)
     }
 
-    /// As `ours.rs`'s `concurrent`: [`TASKS`](crate::workload::TASKS) tasks, `--n` distinct keys each, one at a time.
+    /// As `ours.rs`'s `concurrent` and `concurrent_tables`: [`TASKS`](crate::workload::TASKS)
+    /// tasks, `--n` distinct keys each, one at a time, spread over a map per table of `tables`
+    /// (the maps share the process's connection).
     fn concurrent(
         runtime: &tokio::runtime::Runtime,
         url: &str,
-        table: &str,
+        tables: &[String],
         options: &Options,
     ) -> BenchResult {
         let per_task = options.number("n")?;
         runtime.block_on(async {
-            let map = open(url, table, "writer").await?;
+            let mut maps = Vec::new();
+            for table in tables {
+                maps.push(open(url, table, "writer").await?);
+            }
             let (done, began) =
-                crate::ours::run_writers(&map, per_task, |_, index| key(index), options).await?;
+                crate::ours::run_writers(&maps, per_task, |_, index| key(index), options).await?;
             let ops_per_sec = per_second(done, began.elapsed());
-            let stats = map.backend().stats();
-            report(&[
-                ("ops_per_sec", ops_per_sec),
-                ("ops", done as f64),
-                ("commits", stats.commits as f64),
-                ("writes", stats.writes as f64),
-                ("reconnects", stats.reconnects as f64),
-            ])
+            let mut metrics = vec![("ops_per_sec", ops_per_sec), ("ops", done as f64)];
+            // One table: its commits are the connection's. Several: a commit counts for every
+            // table it served, so per-table counts do not add up to the connection's.
+            if let [map] = &maps[..] {
+                let stats = map.backend().stats();
+                metrics.extend([
+                    ("commits", stats.commits as f64),
+                    ("writes", stats.writes as f64),
+                    ("reconnects", stats.reconnects as f64),
+                ]);
+            }
+            report(&metrics)
         })
     }
 

@@ -71,7 +71,7 @@ impl Job {
     /// The writes a write job makes unless its time budget runs out first.
     pub(crate) fn planned_writes(&self) -> Option<u64> {
         match self.workload {
-            "concurrent-insert" | "hot-keys" | "hot-update" | "tx3" => {
+            "concurrent-insert" | "concurrent-tables" | "hot-keys" | "hot-update" | "tx3" => {
                 self.n.map(|per_task| per_task * TASKS)
             }
             "seq-insert" | "remove" | "propagation" => self.n,
@@ -628,6 +628,9 @@ pub(crate) fn rows(sizes: &Sizes) -> Vec<Row> {
     ]
 }
 
+/// The options of the `pg-8tables` row's jobs.
+const EIGHT_TABLES: &[(&str, &str)] = &[("tables", "8")];
+
 /// The PostgreSQL backend's rows: "ours" is our map on PostgreSQL, the anchors our map on SQLite
 /// in the same run. They need the feature `postgres` and a server (`postgres.rs`).
 pub(crate) fn postgres_rows(sizes: &Sizes) -> Vec<Row> {
@@ -679,6 +682,27 @@ pub(crate) fn postgres_rows(sizes: &Sizes) -> Vec<Row> {
                 "SQLite backend, the same workload (the `concurrent` row's ours)",
                 job(Ours, "concurrent-insert", "ours", String)
                     .n(sizes.per_task)
+                    .figure("ops_per_sec"),
+            )],
+        },
+        Row {
+            id: "pg-8tables",
+            title: format!(
+                "8 tables from 16 tasks at once: 16 tasks inserting distinct keys spread over 8 \
+                 maps (8 tables) of one database, durable ({} writes)",
+                16 * sizes.per_task
+            ),
+            unit: "inserts/s",
+            better: Better::Higher,
+            ours: job(Ours, "concurrent-tables", "pg", String)
+                .n(sizes.per_task)
+                .args(EIGHT_TABLES)
+                .figure("ops_per_sec"),
+            anchors: vec![anchor(
+                "SQLite backend, the same workload on 8 tables of one file",
+                job(Ours, "concurrent-tables", "ours", String)
+                    .n(sizes.per_task)
+                    .args(EIGHT_TABLES)
                     .figure("ops_per_sec"),
             )],
         },

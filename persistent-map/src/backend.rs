@@ -36,24 +36,54 @@ impl<K, V> BatchOp<K, V> {
 }
 
 /// What changed in storage, written by someone other than this backend, since the backend last
-/// loaded. Returned by [`StorageBackend::external_changes`].
+/// loaded. Returned by [`StorageBackend::external_changes`] and, with what the changed keys
+/// hold (`V`), by [`StorageBackend::changes_since`].
 ///
 /// ```
 /// use persistent_map::ExternalChanges;
 ///
 /// let changes: ExternalChanges<String> = ExternalChanges::Keys(vec!["a".into()]);
 /// assert!(matches!(changes, ExternalChanges::Keys(keys) if keys.len() == 1));
+///
+/// // Read together with the change: "a" now holds 7 (no deadline), "b" was removed.
+/// let read: ExternalChanges<String, u32> =
+///     ExternalChanges::Entries(vec![("a".into(), Some((7, None))), ("b".into(), None)]);
+/// assert_eq!(read.without_values::<()>(), ExternalChanges::Keys(vec!["a".into(), "b".into()]));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum ExternalChanges<K> {
+pub enum ExternalChanges<K, V = ()> {
     /// Nothing changed: the map is up to date.
     None,
     /// Only these keys may have changed; the map re-reads them with
-    /// [`StorageBackend::load_keys`].
+    /// [`StorageBackend::load_keys_expiring`].
     Keys(Vec<K>),
+    /// Only these keys may have changed, and this is what storage holds under each (`None`:
+    /// nothing; else the value and its deadline), read together with the change and the
+    /// position returned beside it: never older than the change that named the key. The map
+    /// applies these without reading the keys again, unless a write of its own to one of them
+    /// may have finished while they were read; then it re-reads them, as for
+    /// [`Keys`](Self::Keys).
+    // Spelled out rather than aliased, so that the docs show what each key holds.
+    #[allow(clippy::type_complexity)]
+    Entries(Vec<(K, Option<(V, Option<Deadline>)>)>),
     /// Something may have changed; the map reloads everything.
     Unknown,
+}
+
+impl<K, V> ExternalChanges<K, V> {
+    /// The same changes without what the keys hold: [`Entries`](Self::Entries) become
+    /// [`Keys`](Self::Keys), to be read again.
+    pub fn without_values<W>(self) -> ExternalChanges<K, W> {
+        match self {
+            ExternalChanges::None => ExternalChanges::None,
+            ExternalChanges::Keys(keys) => ExternalChanges::Keys(keys),
+            ExternalChanges::Entries(entries) => {
+                ExternalChanges::Keys(entries.into_iter().map(|(key, _)| key).collect())
+            }
+            ExternalChanges::Unknown => ExternalChanges::Unknown,
+        }
+    }
 }
 
 /// What storage must hold under a key for a conditional write to go ahead; see
@@ -549,15 +579,19 @@ where
     /// forget anything it reported. A `since` the backend can no longer answer for (too old,
     /// or `None`) is [`ExternalChanges::Unknown`].
     ///
+    /// A backend that can read what the changed keys hold in the same step (one snapshot with
+    /// the position it returns) answers [`ExternalChanges::Entries`], which spares the map a
+    /// second read; otherwise [`ExternalChanges::Keys`], and the map reads them.
+    ///
     /// The default asks [`external_changes`](Self::external_changes) and keeps no position,
     /// which is only as cancellation-safe as that method is.
     async fn changes_since(
         &self,
         since: Option<ChangePosition>,
         origin: u64,
-    ) -> Result<(ExternalChanges<K>, Option<ChangePosition>), PersistentError> {
+    ) -> Result<(ExternalChanges<K, V>, Option<ChangePosition>), PersistentError> {
         let _ = (since, origin);
-        Ok((self.external_changes().await?, None))
+        Ok((self.external_changes().await?.without_values(), None))
     }
 
     /// Whether this backend stores deadlines ([`WriteOptions::deadline`]), so that a map on it

@@ -14,10 +14,15 @@
 //!   memory still takes them in the order they were handed over: each waits for its ticket's
 //!   turn before it touches memory. Only backends that apply writes in the order they were
 //!   handed over allow this ([`crate::StorageBackend::pipelines_writes`]).
+//!
+//! [`KeyLocks::turns_ended`] counts the turns that have ended, of either kind: a refresh that
+//! read values without holding the keys' turns can tell, once it holds them, whether a write of
+//! this map may have changed memory meanwhile.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::poll_fn;
 use std::hash::{BuildHasher, Hash, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Poll, Waker};
 
@@ -28,6 +33,8 @@ const STRIPES: usize = 1024;
 pub(crate) struct KeyLocks {
     hasher: RandomState,
     stripes: Box<[Arc<Stripe>]>,
+    /// Turns ended, in every stripe: shared by the stripes and the guards.
+    ended: Arc<AtomicU64>,
 }
 
 struct Stripe {
@@ -36,6 +43,8 @@ struct Stripe {
     sending: Arc<AsyncMutex<u64>>,
     /// Which tickets have finished, and who waits for which.
     finished: Mutex<Finished>,
+    /// The [`KeyLocks`]' count of turns ended.
+    ended: Arc<AtomicU64>,
 }
 
 /// Tickets below `next` have all finished; `early` holds those above it that finished first.
@@ -52,6 +61,7 @@ struct Finished {
 /// Held stripes; dropping it lets the next writer of those keys go.
 pub(crate) struct KeyGuard {
     _stripes: Vec<OwnedMutexGuard<u64>>,
+    ended: Arc<AtomicU64>,
 }
 
 /// A pipelined write's place in its stripe's order. Finishing it (or dropping it, should the
@@ -64,6 +74,7 @@ pub(crate) struct Ticket {
 
 impl KeyLocks {
     pub(crate) fn new() -> Self {
+        let ended = Arc::new(AtomicU64::new(0));
         Self {
             hasher: RandomState::new(),
             stripes: (0..STRIPES)
@@ -71,10 +82,19 @@ impl KeyLocks {
                     Arc::new(Stripe {
                         sending: Arc::new(AsyncMutex::new(0)),
                         finished: Mutex::new(Finished::default()),
+                        ended: Arc::clone(&ended),
                     })
                 })
                 .collect(),
+            ended,
         }
+    }
+
+    /// How many turns (exclusive turns, pipelined hand-overs and tickets) have ended so far. A
+    /// turn counts as ended before its stripes are let go, so whoever takes a stripe next sees
+    /// the count of every turn that held it before.
+    pub(crate) fn turns_ended(&self) -> u64 {
+        self.ended.load(Ordering::SeqCst)
     }
 
     fn stripe_of<K: Hash + ?Sized>(&self, key: &K) -> usize {
@@ -127,6 +147,7 @@ impl KeyLocks {
         (
             KeyGuard {
                 _stripes: vec![sending],
+                ended: Arc::clone(&self.ended),
             },
             ticket,
         )
@@ -141,7 +162,17 @@ impl KeyLocks {
             stripe.wait_for(*sending).await;
             guards.push(sending);
         }
-        KeyGuard { _stripes: guards }
+        KeyGuard {
+            _stripes: guards,
+            ended: Arc::clone(&self.ended),
+        }
+    }
+}
+
+impl Drop for KeyGuard {
+    /// Counted before the fields let the stripes go.
+    fn drop(&mut self) {
+        self.ended.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -190,6 +221,7 @@ impl Ticket {
         if std::mem::replace(&mut self.finished, true) {
             return;
         }
+        self.stripe.ended.fetch_add(1, Ordering::SeqCst);
         let mut finished = self.stripe.finished();
         finished.early.insert(self.number);
         loop {
@@ -284,5 +316,21 @@ mod tests {
         assert_eq!(wakes(), [1, 0, 0, 0, 0, 0, 0]);
         tickets.next().unwrap().finish();
         assert_eq!(wakes(), [1, 1, 0, 0, 0, 0, 0]);
+    }
+
+    #[tokio::test]
+    async fn every_kind_of_turn_is_counted_once_it_ends() {
+        let locks = KeyLocks::new();
+        let exclusive = locks.lock_many(["a", "b"].iter()).await;
+        assert_eq!(locks.turns_ended(), 0, "a turn held has not ended");
+        drop(exclusive);
+        assert_eq!(locks.turns_ended(), 1);
+        let (guard, ticket) = locks.pipeline("a").await;
+        drop(guard);
+        assert_eq!(locks.turns_ended(), 2, "the hand-over ended");
+        ticket.finish();
+        assert_eq!(locks.turns_ended(), 3, "and then the write's ticket");
+        drop(locks.lock_all().await);
+        assert_eq!(locks.turns_ended(), 4);
     }
 }

@@ -225,7 +225,7 @@ where
         since: Option<persistent_map::ChangePosition>,
         origin: u64,
     ) -> Result<(
-        persistent_map::ExternalChanges<K>,
+        persistent_map::ExternalChanges<K, V>,
         Option<persistent_map::ChangePosition>,
     )> {
         self.point().await?;

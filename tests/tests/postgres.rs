@@ -611,21 +611,6 @@ impl Relay {
     }
 }
 
-fn server_address() -> SocketAddr {
-    use std::net::ToSocketAddrs;
-    let config: tokio_postgres::Config = url().parse().unwrap();
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-        _ => panic!("the relay test needs a TCP host in {URL_VARIABLE}"),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    (host.as_str(), port)
-        .to_socket_addrs()
-        .unwrap()
-        .next()
-        .expect("the server's address")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_cut_off_fails_clearly_then_catches_up_on_what_it_missed() {
     let table = TestTable::new("partition");
@@ -726,25 +711,6 @@ async fn refresh_until_equal(map: &Map, truth: &HashMap<String, u64>) {
         map.refresh().await.unwrap();
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-}
-
-/// `PM_TEST_POSTGRES_URL`'s user and database at `host` (and `port`, else the URL's), with
-/// `parameters` added, as `key=value` pairs.
-fn url_at_host(host: &str, port: Option<u16>, parameters: &[(&str, &str)]) -> String {
-    let config: tokio_postgres::Config = url().parse().unwrap();
-    let port = port.unwrap_or_else(|| config.get_ports().first().copied().unwrap_or(5432));
-    let mut url = format!(
-        "host={host} port={port} user={} dbname={}",
-        config.get_user().unwrap_or("postgres"),
-        config.get_dbname().unwrap_or("postgres"),
-    );
-    if let Some(password) = config.get_password() {
-        url.push_str(&format!(" password={}", String::from_utf8_lossy(password)));
-    }
-    for (name, value) in parameters {
-        url.push_str(&format!(" {name}='{value}'"));
-    }
-    url
 }
 
 /// Whether the session of the connection named `application_name` is encrypted.

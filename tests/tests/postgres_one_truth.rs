@@ -8,6 +8,8 @@
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use persistent_map::postgres::PostgresBackend;
@@ -374,4 +376,207 @@ async fn a_reconcile_picks_up_an_unannounced_edit_when_it_is_due() {
     );
     let everything: HashMap<String, u64> = contents(&map);
     assert_eq!(everything.len(), 1);
+}
+
+/// A TCP proxy to the server that can lose the answer to a commit: once armed, it passes
+/// everything on until the server answers a `COMMIT` (so the transaction has committed), then
+/// drops that answer and closes both connections, so the client never hears that its commit
+/// happened. While held, it refuses new connections (accepts and closes them at once), as a
+/// server still out of reach would.
+///
+/// How it tells the commit's answer apart: it reads the server's side as PostgreSQL messages,
+/// each a type byte and a 4-byte length that counts itself, framed from the first byte when the
+/// connection is plain (the proxy's URL says `sslmode=disable`; through TLS it would see only
+/// ciphertext). The answer to a `COMMIT` that committed is a CommandComplete message (`C`) whose
+/// tag is `COMMIT` (a `COMMIT` of a failed transaction answers `ROLLBACK`). The client's side
+/// is not parsed: the backend sends `COMMIT` as a Bind and Execute of a statement it prepared
+/// once, which do not carry the SQL text.
+struct CommitAnswerDropper {
+    address: std::net::SocketAddr,
+    armed: Arc<AtomicBool>,
+    held: Arc<AtomicBool>,
+    dropped: Arc<tokio::sync::Notify>,
+}
+
+impl CommitAnswerDropper {
+    async fn start(server: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = Self {
+            address: listener.local_addr().unwrap(),
+            armed: Arc::new(AtomicBool::new(false)),
+            held: Arc::new(AtomicBool::new(false)),
+            dropped: Arc::new(tokio::sync::Notify::new()),
+        };
+        let (armed, held, dropped) = (
+            Arc::clone(&proxy.armed),
+            Arc::clone(&proxy.held),
+            Arc::clone(&proxy.dropped),
+        );
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if held.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection closes at once
+                }
+                let Ok(server) = tokio::net::TcpStream::connect(server).await else {
+                    return;
+                };
+                let (armed, dropped) = (Arc::clone(&armed), Arc::clone(&dropped));
+                tokio::spawn(async move {
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    tokio::select! {
+                        _ = tokio::io::copy(&mut client_read, &mut server_write) => {}
+                        _ = pass_answers(&mut server_read, &mut client_write, &armed, &dropped) => {}
+                    }
+                    // Every half is dropped here: both connections close.
+                });
+            }
+        });
+        proxy
+    }
+
+    /// The URL of the test server through this proxy, without TLS, so that the proxy can read
+    /// the server's messages.
+    fn url(&self) -> String {
+        url_at_host(
+            &self.address.ip().to_string(),
+            Some(self.address.port()),
+            &[("sslmode", "disable")],
+        )
+    }
+
+    /// Loses the answer to the next `COMMIT` that commits, and refuses new connections until
+    /// [`release`](Self::release).
+    fn arm(&self) {
+        self.held.store(true, Ordering::SeqCst);
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits until an answer was lost (for a few seconds at most).
+    async fn answer_dropped(&self) {
+        tokio::time::timeout(Duration::from_secs(10), self.dropped.notified())
+            .await
+            .expect("no commit's answer came through the proxy");
+    }
+
+    fn release(&self) {
+        self.held.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Passes the server's messages to the client, whole, until it passes the answer to a commit
+/// while `armed`: then it disarms, tells `dropped`, and returns without passing that answer or
+/// anything after it.
+async fn pass_answers(
+    server: &mut tokio::net::tcp::OwnedReadHalf,
+    client: &mut tokio::net::tcp::OwnedWriteHalf,
+    armed: &AtomicBool,
+    dropped: &tokio::sync::Notify,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut pending: Vec<u8> = Vec::new();
+    let mut chunk = vec![0; 16 * 1024];
+    loop {
+        let read = server.read(&mut chunk).await?;
+        if read == 0 {
+            return Ok(());
+        }
+        pending.extend_from_slice(&chunk[..read]);
+        let mut whole = 0;
+        while let Some(length) = message_length(&pending[whole..]) {
+            let message = &pending[whole..whole + length];
+            let commit_answer = message[0] == b'C' && &message[5..] == b"COMMIT\0";
+            if commit_answer
+                && armed
+                    .compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            {
+                client.write_all(&pending[..whole]).await?;
+                dropped.notify_one();
+                return Ok(());
+            }
+            whole += length;
+        }
+        client.write_all(&pending[..whole]).await?;
+        pending.drain(..whole);
+    }
+}
+
+/// The length of the server message at the start of `bytes`, if all of it is there.
+fn message_length(bytes: &[u8]) -> Option<usize> {
+    let header: [u8; 4] = bytes.get(1..5)?.try_into().ok()?;
+    let length = 1 + u32::from_be_bytes(header) as usize;
+    (bytes.len() >= length).then_some(length)
+}
+
+/// The module docs of the backend ("Faults"): a commit whose answer is lost with the connection
+/// is looked up by its transaction id on the new connection; if it committed, the write is
+/// acknowledged with what that transaction decided, and never sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_answer_is_lost_is_acknowledged_once_and_never_sent_again() {
+    let table = TestTable::new("lost_answer");
+    let proxy = CommitAnswerDropper::start(server_address()).await;
+    let proxied: Map = PersistentMap::new(instance_at(&proxy.url(), &table).await)
+        .await
+        .unwrap();
+    let other = open(&table).await;
+    proxied.insert("counter".into(), 0).await.unwrap();
+    proxied.insert("contested".into(), 1).await.unwrap();
+    assert!(other.refresh().await.unwrap());
+    let admin = admin().await;
+
+    // An update whose commit's answer is lost: applied once, acknowledged once. (Sent again, its
+    // condition "counter holds 0" would fail and the update would run again on 1: 2.)
+    proxy.arm();
+    let runs = Arc::new(AtomicU64::new(0));
+    let bump = {
+        let (proxied, runs) = (proxied.clone(), Arc::clone(&runs));
+        tokio::spawn(async move {
+            proxied
+                .update(&"counter".to_string(), |n| {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    Some(n.copied().unwrap_or(0) + 1)
+                })
+                .await
+        })
+    };
+    proxy.answer_dropped().await;
+    assert_eq!(stored_counter(table.name()).await, Some(1), "it committed");
+    assert!(!bump.is_finished(), "the writer has not heard yet");
+    proxy.release();
+    assert_eq!(bump.await.unwrap().unwrap(), Some(1));
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the update ran once");
+    assert_eq!(stored_counter(table.name()).await, Some(1));
+    assert_eq!(proxied.get("counter"), Some(1));
+
+    // An insert whose answer is lost, and meanwhile another instance's newer write of the same
+    // key, acknowledged: the lost commit is not put back over it.
+    proxy.arm();
+    let lost = {
+        let proxied = proxied.clone();
+        tokio::spawn(async move { proxied.insert("contested".into(), 2).await })
+    };
+    proxy.answer_dropped().await;
+    assert_eq!(other.insert("contested".into(), 3).await.unwrap(), Some(2));
+    proxy.release();
+    assert_eq!(
+        lost.await.unwrap().unwrap(),
+        Some(1),
+        "acknowledged with what its transaction replaced"
+    );
+    let stored: HashMap<String, u64> = read_table(&admin, table.name()).await;
+    assert_eq!(
+        stored,
+        HashMap::from([("counter".into(), 1), ("contested".into(), 3)])
+    );
+    assert!(
+        proxied.backend().stats().reconnects >= 2,
+        "each answer was lost with its connection"
+    );
+
+    // Both instances catch up to what is stored.
+    assert!(proxied.refresh().await.unwrap());
+    other.refresh().await.unwrap();
+    assert_eq!(contents(&proxied), stored);
+    assert_eq!(contents(&other), stored);
 }

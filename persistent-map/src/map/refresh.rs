@@ -9,7 +9,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use super::PersistentMap;
 use crate::completion::run_to_completion;
-use crate::{ChangePosition, ExternalChanges, PersistentError, Result, StorageBackend};
+use crate::{ChangePosition, Deadline, ExternalChanges, PersistentError, Result, StorageBackend};
 
 impl<K, V, B> PersistentMap<K, V, B>
 where
@@ -23,7 +23,8 @@ where
     ///
     /// Cheap when nothing changed, and it costs what changed: the map keeps its place in the
     /// backend's history of changes ([`StorageBackend::changes_since`]) and re-reads only the
-    /// keys written since. The SQLite backend logs the keys each commit writes, so another
+    /// keys written since (the PostgreSQL backend reads their values with the log, in one
+    /// statement). The SQLite backend logs the keys each commit writes, so another
     /// process's writes cost a re-read of those keys (a batch of more than 1024 keys, or a
     /// clear, a reload of the table), and a write to another table costs nothing; a commit by a
     /// program that is not persistent-map (`sqlite3`, a script) makes it reload the table.
@@ -54,6 +55,7 @@ where
     pub async fn refresh(&self) -> Result<bool> {
         let _one_at_a_time = self.shared.refreshing.lock().await;
         let since = self.shared.position();
+        let turns = self.shared.key_locks.turns_ended();
         let (changes, next) = self.backend.changes_since(since, self.shared.id).await?;
         match changes {
             ExternalChanges::None => {
@@ -69,23 +71,47 @@ where
                 self.load().await.map(|()| true)
             }
             ExternalChanges::Keys(keys) => {
-                let refreshed = self.refresh_keys(keys, next).await;
+                let refreshed = self.refresh_keys(keys, None, next).await;
+                self.start_sweeping();
+                refreshed
+            }
+            ExternalChanges::Entries(entries) => {
+                let (keys, values) = entries.into_iter().unzip();
+                let refreshed = self.refresh_keys(keys, Some((values, turns)), next).await;
                 self.start_sweeping();
                 refreshed
             }
         }
     }
 
-    /// Re-reads `keys`, then moves the map's place in the backend's history to `next`.
-    async fn refresh_keys(&self, keys: Vec<K>, next: Option<ChangePosition>) -> Result<bool> {
+    /// Makes memory hold what storage holds under `keys`, under their turns, then moves the
+    /// map's place in the backend's history to `next`.
+    ///
+    /// `read` is what the backend read under the keys together with the changes (one value per
+    /// key), and the count of turns ended before it was asked. It is applied as it is unless a
+    /// turn ended since: that may have been a write of this map, committed after the read and
+    /// already in memory, which the read would then put an older value over (and which the
+    /// change log never reports back to its writer). Then, as without `read`, the keys are read
+    /// now, while their turns are held.
+    async fn refresh_keys(
+        &self,
+        keys: Vec<K>,
+        read: Option<ReadWithChanges<V>>,
+        next: Option<ChangePosition>,
+    ) -> Result<bool> {
         let guard = self.shared.key_locks.lock_many(&keys).await;
         let shared = Arc::clone(&self.shared);
         let backend = Arc::clone(&self.backend);
         run_to_completion(async move {
             let _guard = guard;
-            let mut stored = backend.load_keys_expiring(&keys).await?;
-            for key in keys {
-                let value = stored.remove(&key);
+            let values = match read {
+                Some((values, turns)) if shared.key_locks.turns_ended() == turns => values,
+                _ => {
+                    let mut stored = backend.load_keys_expiring(&keys).await?;
+                    keys.iter().map(|key| stored.remove(key)).collect()
+                }
+            };
+            for (key, value) in keys.into_iter().zip(values) {
                 shared.apply_stored(key, value);
             }
             shared.set_position(next);
@@ -138,6 +164,10 @@ where
     }
 }
 
+/// What a backend read under the changed keys together with the changes (per key: the value
+/// and its deadline, or nothing), and the count of turns ended before it was asked.
+type ReadWithChanges<V> = (Vec<Option<(V, Option<Deadline>)>>, u64);
+
 /// A background refresh started by [`PersistentMap::refresh_every`]; dropping it stops the
 /// refresh.
 #[derive(Debug)]
@@ -184,5 +214,114 @@ impl RefreshTask {
 impl Drop for RefreshTask {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::in_memory::InMemoryBackend;
+
+    /// An in-memory store whose `changes_since` reports `k` with the value stored when it was
+    /// asked, as a backend that reads values with its changes does, and, the first time, waits
+    /// for the test before answering, so that the map can write `k` in between.
+    struct ReadsWithChanges {
+        store: InMemoryBackend,
+        asked: Mutex<Option<oneshot::Sender<()>>>,
+        answer: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
+        rereads: AtomicUsize,
+    }
+
+    type Store = dyn StorageBackend<String, u32> + Send + Sync;
+
+    #[async_trait::async_trait]
+    impl StorageBackend<String, u32> for ReadsWithChanges {
+        async fn load_all(&self) -> Result<HashMap<String, u32>> {
+            (&self.store as &Store).load_all().await
+        }
+
+        async fn save(&self, key: String, value: u32) -> Result<()> {
+            (&self.store as &Store).save(key, value).await
+        }
+
+        async fn delete(&self, key: &String) -> Result<()> {
+            (&self.store as &Store).delete(key).await
+        }
+
+        async fn load_keys_expiring(
+            &self,
+            keys: &[String],
+        ) -> Result<HashMap<String, (u32, Option<Deadline>)>> {
+            self.rereads.fetch_add(1, Ordering::SeqCst);
+            (&self.store as &Store).load_keys_expiring(keys).await
+        }
+
+        async fn change_position(&self) -> Result<Option<ChangePosition>> {
+            Ok(Some(ChangePosition::new(0)))
+        }
+
+        async fn changes_since(
+            &self,
+            _since: Option<ChangePosition>,
+            _origin: u64,
+        ) -> Result<(ExternalChanges<String, u32>, Option<ChangePosition>)> {
+            let stored = self.load_all().await?.remove("k");
+            let asked = self
+                .asked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some(asked) = asked {
+                let _ = asked.send(());
+            }
+            if let Some(answer) = self.answer.lock().await.take() {
+                let _ = answer.await;
+            }
+            let read = vec![("k".to_owned(), stored.map(|value| (value, None)))];
+            Ok((ExternalChanges::Entries(read), Some(ChangePosition::new(1))))
+        }
+    }
+
+    #[tokio::test]
+    async fn values_read_with_the_changes_never_go_over_a_newer_write_of_the_map() {
+        let (asked, read) = oneshot::channel();
+        let (answer, answered) = oneshot::channel();
+        let backend = ReadsWithChanges {
+            store: InMemoryBackend::new(),
+            asked: Mutex::new(Some(asked)),
+            answer: tokio::sync::Mutex::new(Some(answered)),
+            rereads: AtomicUsize::new(0),
+        };
+        let map = PersistentMap::new(backend).await.unwrap();
+        map.insert("k".to_owned(), 1).await.unwrap();
+
+        let refreshing = tokio::spawn({
+            let map = map.clone();
+            async move { map.refresh().await }
+        });
+        read.await.unwrap(); // the refresh has read k = 1
+        map.insert("k".to_owned(), 2).await.unwrap();
+        answer.send(()).unwrap();
+        assert!(refreshing.await.unwrap().unwrap());
+        assert_eq!(
+            map.get("k"),
+            Some(2),
+            "the older value read was not applied"
+        );
+        assert_eq!(
+            map.backend().rereads.load(Ordering::SeqCst),
+            1,
+            "k was read again"
+        );
+
+        // With no write in between, what was read is applied as it is.
+        assert!(map.refresh().await.unwrap());
+        assert_eq!(map.get("k"), Some(2));
+        assert_eq!(map.backend().rereads.load(Ordering::SeqCst), 1);
     }
 }

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -168,4 +169,39 @@ pub(crate) async fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) ->
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+}
+
+/// The address of the test server, for a proxy in front of it.
+pub(crate) fn server_address() -> SocketAddr {
+    use std::net::ToSocketAddrs;
+    let config: tokio_postgres::Config = url().parse().unwrap();
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        _ => panic!("the proxy tests need a TCP host in {URL_VARIABLE}"),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    (host.as_str(), port)
+        .to_socket_addrs()
+        .unwrap()
+        .next()
+        .expect("the server's address")
+}
+
+/// `PM_TEST_POSTGRES_URL`'s user and database at `host` (and `port`, else the URL's), with
+/// `parameters` added, as `key=value` pairs.
+pub(crate) fn url_at_host(host: &str, port: Option<u16>, parameters: &[(&str, &str)]) -> String {
+    let config: tokio_postgres::Config = url().parse().unwrap();
+    let port = port.unwrap_or_else(|| config.get_ports().first().copied().unwrap_or(5432));
+    let mut url = format!(
+        "host={host} port={port} user={} dbname={}",
+        config.get_user().unwrap_or("postgres"),
+        config.get_dbname().unwrap_or("postgres"),
+    );
+    if let Some(password) = config.get_password() {
+        url.push_str(&format!(" password={}", String::from_utf8_lossy(password)));
+    }
+    for (name, value) in parameters {
+        url.push_str(&format!(" {name}='{value}'"));
+    }
+    url
 }

@@ -221,6 +221,7 @@ pub(super) struct TableSql {
     delete_all: String,
     select_all: String,
     select_keys: String,
+    read_log: String,
 }
 
 impl TableSql {
@@ -245,6 +246,7 @@ impl TableSql {
             select_keys: format!(
                 "SELECT key, value::text FROM {quoted} WHERE key = ANY($1::text[])"
             ),
+            read_log: log::since(&quoted),
         }
     }
 }
@@ -270,7 +272,6 @@ pub(super) struct Statements {
     pub(super) log: Statement,
     pub(super) prune_log: Statement,
     pub(super) revision: Statement,
-    pub(super) read_log: Statement,
 }
 
 /// The statements of one table on one connection, prepared when the table is attached.
@@ -281,6 +282,8 @@ pub(super) struct TableStatements {
     pub(super) delete_all: Statement,
     pub(super) select_all: Statement,
     pub(super) select_keys: Statement,
+    /// The change log since a revision, with the rows of the keys it names (see `log.rs`).
+    pub(super) read_log: Statement,
 }
 
 /// An open connection: the client, its statements, and word of its end.
@@ -466,13 +469,12 @@ async fn prepare(client: &Client) -> std::result::Result<Statements, tokio_postg
         client.prepare("COMMIT"),
         client.prepare("ROLLBACK"),
     )?;
-    let (transaction_id, transaction_status, log, prune_log, revision, read_log) = tokio::try_join!(
+    let (transaction_id, transaction_status, log, prune_log, revision) = tokio::try_join!(
         client.prepare("SELECT txid_current()"),
         client.prepare("SELECT txid_status($1)"),
         client.prepare(log::LOG),
         client.prepare(log::PRUNE),
         client.prepare(log::REVISION),
-        client.prepare(log::SINCE),
     )?;
     Ok(Statements {
         notify,
@@ -487,7 +489,6 @@ async fn prepare(client: &Client) -> std::result::Result<Statements, tokio_postg
         log,
         prune_log,
         revision,
-        read_log,
     })
 }
 
@@ -495,12 +496,13 @@ async fn prepare_table(
     client: &Client,
     sql: &TableSql,
 ) -> std::result::Result<TableStatements, tokio_postgres::Error> {
-    let (upsert, delete, delete_all, select_all, select_keys) = tokio::try_join!(
+    let (upsert, delete, delete_all, select_all, select_keys, read_log) = tokio::try_join!(
         client.prepare(&sql.upsert),
         client.prepare(&sql.delete),
         client.prepare(&sql.delete_all),
         client.prepare(&sql.select_all),
         client.prepare(&sql.select_keys),
+        client.prepare(&sql.read_log),
     )?;
     Ok(TableStatements {
         upsert,
@@ -508,6 +510,7 @@ async fn prepare_table(
         delete_all,
         select_all,
         select_keys,
+        read_log,
     })
 }
 

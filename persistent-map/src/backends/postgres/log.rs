@@ -12,9 +12,13 @@
 //!
 //! A map's position is the revision it has applied (with the backend's epoch and when it last
 //! reloaded, see [`Position`]). Catching up reads the log rows of later revisions written by
-//! other maps. Old rows are pruned in bounded batches by the commits themselves; a position
-//! older than what was pruned is answered with a full reload.
+//! other maps, joined with what the table holds under their keys now, in one statement: one
+//! round trip, and one snapshot, so a value read is never older than the log row that named its
+//! key, and the revision read is exactly what was read up to. Old rows are pruned in bounded
+//! batches by the commits themselves; a position older than what was pruned is answered with a
+//! full reload.
 
+use super::session::RawRow;
 use crate::ChangePosition;
 
 /// Creates what the log needs if it is missing (under the setup lock: concurrent
@@ -65,14 +69,25 @@ pub(super) const PRUNE: &str = "\
 pub(super) const REVISION: &str =
     "SELECT coalesce((SELECT rev FROM persistent_map_revisions WHERE table_name = $1), 0)";
 
-/// `$1` the table, `$2` the position's revision, `$3` the asking map's origin, `$4` the most
-/// rows to return: the revision row and the keys others logged after `$2`, in one snapshot.
-/// A row whose `l.rev` is `NULL` is the revision row alone (nothing logged).
-pub(super) const SINCE: &str = "\
-    SELECT r.rev, r.pruned, l.rev, l.key FROM persistent_map_revisions r \
-    LEFT JOIN persistent_map_log l \
-      ON l.table_name = r.table_name AND l.rev > $2 AND l.origin <> $3 \
-    WHERE r.table_name = $1 LIMIT $4";
+/// The statement that reads the changes of the table `quoted` (its name, quoted). `$1` the
+/// table's name, `$2` the position's revision, `$3` the asking map's origin, `$4` the most log
+/// rows to read: the revision row, and each key others logged after `$2` (once; a `NULL` key
+/// is "anything") with how many log rows named it and the table's row under it now (`t.key`
+/// `NULL`: none), all in one snapshot. A row whose count is `NULL` is the revision row alone
+/// (nothing logged).
+pub(super) fn since(quoted: &str) -> String {
+    format!(
+        "SELECT r.rev, r.pruned, l.logged, l.key, t.key, t.value::text \
+         FROM persistent_map_revisions r \
+         LEFT JOIN (\
+             SELECT key, count(*) AS logged FROM (\
+                 SELECT key FROM persistent_map_log \
+                 WHERE table_name = $1 AND rev > $2 AND origin <> $3 LIMIT $4) AS recent \
+             GROUP BY key) AS l ON true \
+         LEFT JOIN {quoted} t ON t.key = l.key \
+         WHERE r.table_name = $1"
+    )
+}
 
 /// A commit of more keys than this logs one "anything" row: followers reload the table.
 pub(super) const MAX_LOGGED_KEYS: usize = 65_536;
@@ -87,22 +102,26 @@ pub(super) const REVISIONS_KEPT: i64 = 16_384;
 pub(super) const PRUNE_EVERY_COMMITS: u64 = 256;
 pub(super) const PRUNE_BATCH_ROWS: i64 = 10_000;
 
-/// The log since a revision, as read.
+/// The log since a revision, and the rows of the keys it names, as read.
 #[derive(Debug, Default)]
 pub(super) struct LogRead {
     /// Whether the table has a revision row (a table written by this crate does).
     pub(super) known: bool,
     pub(super) rev: i64,
     pub(super) pruned: i64,
-    /// The keys logged since, by others (`None`: anything); possibly repeated.
-    pub(super) keys: Vec<Option<String>>,
+    /// How many log rows were read (at most [`MAX_CATCH_UP_ROWS`]).
+    pub(super) rows: i64,
+    /// The keys logged since, by others, each once (`None`: anything), with the table's row
+    /// under each (`None`: no row).
+    pub(super) keys: Vec<(Option<String>, Option<RawRow>)>,
 }
 
 /// What the log says changed since a revision.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Logged {
-    /// These key texts, sorted and distinct, possibly none.
-    Keys(Vec<String>),
+    /// These key texts, sorted and distinct, possibly none, with the table's row under each
+    /// (`None`: no row) as of the revision read.
+    Entries(Vec<(String, Option<RawRow>)>),
     /// Anything may have changed: reload.
     Unknown,
 }
@@ -110,21 +129,20 @@ pub(super) enum Logged {
 impl LogRead {
     /// What changed after `since`, judged from this read.
     pub(super) fn since(self, since: i64) -> Logged {
-        let truncated = self.keys.len() as i64 >= MAX_CATCH_UP_ROWS;
+        let truncated = self.rows >= MAX_CATCH_UP_ROWS;
         // A revision below the position: the bookkeeping was reset by hand.
         if !self.known || since > self.rev || since < self.pruned || truncated {
             return Logged::Unknown;
         }
-        let mut keys = Vec::with_capacity(self.keys.len());
-        for key in self.keys {
+        let mut entries = Vec::with_capacity(self.keys.len());
+        for (key, row) in self.keys {
             match key {
-                Some(key) => keys.push(key),
+                Some(key) => entries.push((key, row)),
                 None => return Logged::Unknown,
             }
         }
-        keys.sort_unstable();
-        keys.dedup();
-        Logged::Keys(keys)
+        entries.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+        Logged::Entries(entries)
     }
 }
 
@@ -180,28 +198,47 @@ mod tests {
         }
     }
 
-    fn read(rev: i64, pruned: i64, keys: &[Option<&str>]) -> LogRead {
+    /// A read of `keys` (the key, whether the table has a row under it), one log row each.
+    fn read(rev: i64, pruned: i64, keys: &[(Option<&str>, bool)]) -> LogRead {
         LogRead {
             known: true,
             rev,
             pruned,
-            keys: keys.iter().map(|key| key.map(str::to_owned)).collect(),
+            rows: keys.len() as i64,
+            keys: keys
+                .iter()
+                .map(|&(key, stored)| {
+                    let row = key
+                        .filter(|_| stored)
+                        .map(|key| (key.to_owned(), Some(format!("\"{key}\""))));
+                    (key.map(str::to_owned), row)
+                })
+                .collect(),
         }
     }
 
     #[test]
-    fn the_log_names_keys_once_and_reloads_when_it_cannot_say() {
-        let keys = read(9, 0, &[Some("b"), Some("a"), Some("b")]).since(5);
-        assert_eq!(keys, Logged::Keys(vec!["a".into(), "b".into()]));
-        assert_eq!(read(9, 0, &[]).since(9), Logged::Keys(vec![]));
-        assert_eq!(read(9, 0, &[Some("a"), None]).since(5), Logged::Unknown);
+    fn the_log_names_keys_with_their_rows_and_reloads_when_it_cannot_say() {
+        let changed = read(9, 0, &[(Some("b"), false), (Some("a"), true)]).since(5);
+        let a_row = ("a".to_owned(), Some("\"a\"".to_owned()));
+        assert_eq!(
+            changed,
+            Logged::Entries(vec![("a".into(), Some(a_row.clone())), ("b".into(), None)])
+        );
+        assert_eq!(read(9, 0, &[]).since(9), Logged::Entries(vec![]));
+        let anything = read(9, 0, &[(Some("a"), true), (None, false)]);
+        assert_eq!(anything.since(5), Logged::Unknown);
         // Pruned past the position, or reset below it, or never written by us.
         assert_eq!(read(9, 6, &[]).since(5), Logged::Unknown);
         assert_eq!(
-            read(9, 5, &[Some("a")]).since(5),
-            Logged::Keys(vec!["a".into()])
+            read(9, 5, &[(Some("a"), true)]).since(5),
+            Logged::Entries(vec![("a".into(), Some(a_row))])
         );
         assert_eq!(read(3, 0, &[]).since(5), Logged::Unknown);
         assert_eq!(LogRead::default().since(0), Logged::Unknown);
+        // As many log rows as a catch-up reads: more may follow, so reload.
+        let mut full = read(9, 0, &[(Some("a"), true)]);
+        full.rows = MAX_CATCH_UP_ROWS;
+        assert_eq!(full.since(5), Logged::Unknown);
     }
 }

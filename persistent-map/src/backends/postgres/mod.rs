@@ -100,9 +100,12 @@
 //! lock makes a table's commits take revisions in commit order), with the id of the map that
 //! wrote them; a clear, or a transaction of more than 65,536 keys, logs one `NULL` key,
 //! "anything". A map keeps its own position (the revision it has applied) and a refresh
-//! reads the log after it, leaving out its own writes: it re-reads just the keys others wrote,
-//! so a batch of 5,000 keys costs every other instance a read of those 5,000 rows, not of the
-//! table. The position is replaced only once what was read is applied, so a refresh that is
+//! reads the log after it, leaving out its own writes, together with what the table holds
+//! under the keys others wrote, in one statement (one round trip, one snapshot): it re-reads
+//! just those keys, so a batch of 5,000 keys costs every other instance a read of those 5,000
+//! rows, not of the table. (If a write of the map's own to one of those keys finished while
+//! the statement ran, the map reads those keys once more before applying them, so that it
+//! never puts an older value over its own newer one.) The position is replaced only once what was read is applied, so a refresh that is
 //! cancelled (a `timeout`, a dropped [`RefreshTask`](crate::RefreshTask)) or fails loses
 //! nothing: the next one reads the same changes. The log keeps the rows of each table's last
 //! 16,384 revisions (older ones are pruned in bounded batches by later commits); a map further
@@ -220,9 +223,9 @@
 //! installed, that costs next to nothing), every event with the field `table`: at `debug` each
 //! commit (`requests`, `rows`, `cleared`, `conflicts`, `elapsed`), each load (`rows`,
 //! `elapsed`; `keys` for a load of some keys) and each read of the change log (`since`, `rev`,
-//! `keys`, `elapsed`); at `info` connects and reconnects; at `warn` slow commits (over a
-//! second), retries, lost connections, operation timeouts and forced reloads. The example
-//! `tracing` shows them with a subscriber.
+//! `keys`, the `rows` of values read with them, `elapsed`); at `info` connects and reconnects;
+//! at `warn` slow commits (over a second), retries, lost connections, operation timeouts and
+//! forced reloads. The example `tracing` shows them with a subscriber.
 
 mod commit;
 mod connect;
@@ -1111,7 +1114,8 @@ where
         Ok(Some(position.to_change_position()))
     }
 
-    /// The keys that other maps logged after `since` (see the [module docs](self#coherence-across-instances)).
+    /// The keys that other maps logged after `since`, with what the table holds under them,
+    /// read in one statement (see the [module docs](self#coherence-across-instances)).
     /// [`ExternalChanges::Unknown`] when the log cannot say: `since` older than the pruned
     /// log, a clear or a commit of very many keys, an announcement of an unlogged change, a
     /// commit whose outcome is unknown, or a reconcile that is due. While the backend
@@ -1122,7 +1126,7 @@ where
         &self,
         since: Option<ChangePosition>,
         origin: u64,
-    ) -> Result<(ExternalChanges<K>, Option<ChangePosition>), PersistentError> {
+    ) -> Result<(ExternalChanges<K, V>, Option<ChangePosition>), PersistentError> {
         let Some(since) = since else {
             return Ok((ExternalChanges::Unknown, None));
         };
@@ -1152,23 +1156,30 @@ where
             rev: read.rev,
             ..position
         };
-        let texts = match read.since(position.rev) {
+        let logged = match read.since(position.rev) {
             Logged::Unknown => return Ok((ExternalChanges::Unknown, None)),
-            Logged::Keys(texts) if texts.is_empty() => {
+            Logged::Entries(logged) if logged.is_empty() => {
                 return Ok((ExternalChanges::None, Some(next.to_change_position())))
             }
-            Logged::Keys(texts) => texts,
+            Logged::Entries(logged) => logged,
         };
-        let keys: Result<Vec<K>> = texts
-            .iter()
-            .map(|text| decode::decode_key(self.table(), text))
-            .collect();
-        // A key this type cannot parse was not written by a map of this type: reload, which
-        // reports the row that does not parse.
-        Ok(match keys {
-            Ok(keys) => (ExternalChanges::Keys(keys), Some(next.to_change_position())),
-            Err(_) => (ExternalChanges::Unknown, None),
-        })
+        let mut entries = Vec::with_capacity(logged.len());
+        for (text, row) in logged {
+            // A key this type cannot parse was not written by a map of this type: reload,
+            // which reports the row that does not parse.
+            let Ok(key) = decode::decode_key(self.table(), &text) else {
+                return Ok((ExternalChanges::Unknown, None));
+            };
+            let stored = match row {
+                Some(row) => Some((decode::decode_row::<K, V>(self.table(), row)?.1, None)),
+                None => None,
+            };
+            entries.push((key, stored));
+        }
+        Ok((
+            ExternalChanges::Entries(entries),
+            Some(next.to_change_position()),
+        ))
     }
 
     /// Resolves when another instance's announcement arrives, or the connection is lost or

@@ -16,7 +16,12 @@
 //! listener the process id of the backend that sent the notification, and a process sends its
 //! notifications from the same connection it listens on, so it recognises its own by that id.
 //! The other backends of the process on that table do not hear them, so the session wakes them
-//! itself after each commit ([`Listeners::committed`]).
+//! itself after each commit ([`Listeners::committed`]). It does not wake a backend whose own
+//! writes were all the commit wrote to the table: its map would read nothing but its own writes,
+//! which the log leaves out, and on a shared connection that read would queue before the reads
+//! of the maps that do have news. Every [`WAKE_WRITERS_EVERY_COMMITS`] commits it wakes them too,
+//! so that a map that only writes still moves its position along the log, far from what is
+//! pruned.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -26,6 +31,10 @@ use tokio::sync::Notify;
 
 /// The payload of a commit of this crate: its keys are in the log.
 pub(super) const CHANGED: &str = "changed";
+
+/// Every this many commits of a session, a commit wakes its sole writer too (see the module
+/// docs): far fewer than the log's kept revisions.
+pub(super) const WAKE_WRITERS_EVERY_COMMITS: u64 = 256;
 
 /// What has been heard, shared by the backend and the tasks that read the connections.
 #[derive(Debug, Default)]
@@ -136,9 +145,14 @@ impl Listeners {
     }
 
     /// This process committed to `channel`: the other backends on it do not hear the `NOTIFY`
-    /// (it comes from their own session), so they are woken here.
-    pub(super) fn committed(&self, channel: &str) {
-        self.each_on(channel, Changes::wake);
+    /// (it comes from their own session), so they are woken here, all but `sole_writer` (the
+    /// backend that wrote everything the commit wrote to `channel`, if one did).
+    pub(super) fn committed(&self, channel: &str, sole_writer: Option<&Changes>) {
+        self.each_on(channel, |changes| {
+            if !sole_writer.is_some_and(|writer| std::ptr::eq(writer, changes)) {
+                changes.wake();
+            }
+        });
     }
 
     pub(super) fn connected(&self, generation: u64) {
@@ -193,6 +207,23 @@ mod tests {
         let after_reload = changes.epoch();
         changes.heard("k:a");
         assert_ne!(changes.epoch(), after_reload);
+    }
+
+    #[tokio::test]
+    async fn a_commit_wakes_every_backend_on_its_table_but_its_sole_writer() {
+        let listeners = Listeners::default();
+        let (writer, other) = (Arc::new(Changes::default()), Arc::new(Changes::default()));
+        listeners.add("t", &writer);
+        listeners.add("t", &other);
+        let woken = |changes: &Changes| {
+            let signalled = changes.signalled();
+            futures_util::FutureExt::now_or_never(signalled).is_some()
+        };
+        listeners.committed("t", Some(&writer));
+        assert!(woken(&other));
+        assert!(!woken(&writer));
+        listeners.committed("t", None);
+        assert!(woken(&other) && woken(&writer));
     }
 
     #[test]

@@ -31,7 +31,7 @@ use tokio_postgres::error::SqlState;
 use super::commit::{self, Decided, Plan, Request};
 use super::connect::{self, describe_error, Endpoint, Live, OpenFailure, TableSql, Target};
 use super::log::{self, LogRead};
-use super::notify::{Changes, Listeners};
+use super::notify::{self, Changes, Listeners};
 use crate::{PersistentError, Result};
 
 /// A write as the session executes it: key text and JSON text, already encoded.
@@ -122,7 +122,8 @@ pub(super) enum Command {
         table: Arc<Attached>,
         done: oneshot::Sender<Result<i64>>,
     },
-    /// Read the table's log after revision `since`, leaving out what `origin` wrote.
+    /// Read the table's log after revision `since`, leaving out what `origin` wrote, with the
+    /// rows of the keys it names.
     ReadLog {
         table: Arc<Attached>,
         since: i64,
@@ -475,10 +476,14 @@ impl Session {
             _ => unreachable!("a commit answers with what it decided"),
         };
         let elapsed = start.elapsed();
+        let wake_writers = self
+            .commits
+            .is_multiple_of(notify::WAKE_WRITERS_EVERY_COMMITS);
         self.commits += 1;
         count_commit(requests);
         for (table, summary) in &decided.tables {
-            self.listeners.committed(table);
+            let sole_writer = sole_writer(requests, table).filter(|_| !wake_writers);
+            self.listeners.committed(table, sole_writer);
             let commit::Summary {
                 requests,
                 rows,
@@ -544,7 +549,12 @@ impl Session {
             Ok(_) => unreachable!("a log read returns the log"),
             Err(failed) => return Err(error_of(&table.target, failed)),
         };
-        tracing::debug!(table = %table.target.table, since, rev = read.rev, keys = read.keys.len(), elapsed = ?start.elapsed(), "read the change log");
+        let rows = read.keys.iter().filter(|(_, row)| row.is_some()).count();
+        table
+            .counters
+            .rows_read
+            .fetch_add(rows as u64, Ordering::Relaxed);
+        tracing::debug!(table = %table.target.table, since, rev = read.rev, keys = read.keys.len(), rows, elapsed = ?start.elapsed(), "read the change log");
         Ok(read)
     }
 
@@ -717,6 +727,20 @@ impl Session {
 /// backend sends one, and a transaction only parts that check or write something.)
 fn first_target(parts: &[Part]) -> &Target {
     &parts.first().expect("a request has a part").0.target
+}
+
+/// The backend that made every part of `requests` on `table`, if one did.
+fn sole_writer<'r>(requests: &[&'r [Part]], table: &str) -> Option<&'r Changes> {
+    let mut writers = requests
+        .iter()
+        .copied()
+        .flatten()
+        .filter(|(attached, _)| attached.sql.name == table)
+        .map(|(attached, _)| &attached.changes);
+    let first = writers.next()?;
+    writers
+        .all(|other| Arc::ptr_eq(other, first))
+        .then_some(&**first)
 }
 
 /// Counts a commit for each backend it served: one transaction, and its requests' parts.
@@ -923,8 +947,8 @@ async fn transaction_committed(
     }
 }
 
-/// The revision row and the log rows others wrote after `since`, in one statement (one
-/// snapshot).
+/// The revision row, the keys others logged after `since`, and the table's rows under them,
+/// in one statement (one snapshot: see `log.rs`).
 async fn read_log(
     live: &mut Live,
     table: &str,
@@ -935,7 +959,7 @@ async fn read_log(
     let rows = live
         .client
         .query(
-            &live.statements.read_log,
+            &live.table(table).read_log,
             &[&table, &since, &origin, &limit],
         )
         .await?;
@@ -944,9 +968,15 @@ async fn read_log(
         read.known = true;
         read.rev = row.try_get(0)?;
         read.pruned = row.try_get(1)?;
-        if row.try_get::<_, Option<i64>>(2)?.is_some() {
-            read.keys.push(row.try_get(3)?);
-        }
+        let Some(logged) = row.try_get::<_, Option<i64>>(2)? else {
+            continue; // the revision row alone: nothing logged
+        };
+        read.rows += logged;
+        let stored = match row.try_get::<_, Option<String>>(4)? {
+            Some(key) => Some((key, row.try_get(5)?)),
+            None => None,
+        };
+        read.keys.push((row.try_get(3)?, stored));
     }
     Ok(read)
 }

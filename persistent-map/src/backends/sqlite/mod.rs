@@ -688,7 +688,7 @@ where
         &self,
         since: Option<ChangePosition>,
         origin: u64,
-    ) -> Result<(ExternalChanges<K>, Option<ChangePosition>), PersistentError> {
+    ) -> Result<(ExternalChanges<K, V>, Option<ChangePosition>), PersistentError> {
         let since = since.map(Place::from_position);
         let origin = log_origin(origin);
         let (logged, now) = changes::since(&self.writer, &self.table.name, origin, since).await?;
