@@ -68,8 +68,10 @@ async fn stored_counter(table: &str) -> Option<u64> {
 async fn refresh_until_counter(map: &Map, total: u64) {
     let start = Instant::now();
     while map.get("counter") != Some(total) {
+        // A bound, not a pace: a child process waits here for its parent's updates too, which
+        // on a loaded machine take seconds.
         assert!(
-            start.elapsed() < Duration::from_secs(5),
+            start.elapsed() < Duration::from_secs(60),
             "the counter stayed at {:?}",
             map.get("counter")
         );
