@@ -209,6 +209,10 @@ fn hosts_in_unparsed(url: &str) -> String {
 }
 
 /// The SQL of one table, written once per backend.
+///
+/// The statements of a table come in two sets: for a table without the column `expires_at`
+/// (one that never saw a time to live, as every table starts) and for one with it (see
+/// `expiry.rs`). Both take the same parameters, so callers need not know which is prepared.
 #[derive(Debug)]
 pub(super) struct TableSql {
     pub(super) name: String,
@@ -216,10 +220,26 @@ pub(super) struct TableSql {
     pub(super) layout: &'static str,
     create: String,
     listen: String,
-    upsert: String,
     delete: String,
     delete_all: String,
+    /// Locks the table against a schema change (an `expires_at` being added) until the
+    /// transaction ends; reads nothing.
+    lock_shared: String,
+    plain: LayoutSql,
+    expiring: LayoutSql,
+    /// `$1` now, `$2` the most rows: the keys of expired rows, oldest deadline first.
+    sweep_candidates: String,
+}
+
+/// The statements of a table that depend on whether it has the column `expires_at`.
+#[derive(Debug)]
+struct LayoutSql {
+    /// `$1` keys, `$2` JSON values, `$3` deadlines (Unix ms, `NULL`: never).
+    upsert: String,
+    /// `$1` now (Unix ms): the live rows, as key, value text, deadline.
     select_all: String,
+    /// `$1` keys, `$2` now: their rows, as key, value text, deadline, and whether the row has
+    /// expired (returned so that a sweep can tell an expired row from a missing one).
     select_keys: String,
 }
 
@@ -234,17 +254,53 @@ impl TableSql {
                 "CREATE TABLE IF NOT EXISTS {quoted} (key TEXT PRIMARY KEY, value JSONB NOT NULL)"
             ),
             listen: format!("LISTEN {quoted}"),
-            upsert: format!(
-                "INSERT INTO {quoted} (key, value) \
-                 SELECT k, v::jsonb FROM unnest($1::text[], $2::text[]) AS u(k, v) \
-                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
-            ),
             delete: format!("DELETE FROM {quoted} WHERE key = ANY($1::text[])"),
             delete_all: format!("DELETE FROM {quoted}"),
-            select_all: format!("SELECT key, value::text FROM {quoted}"),
-            select_keys: format!(
-                "SELECT key, value::text FROM {quoted} WHERE key = ANY($1::text[])"
+            lock_shared: format!("LOCK TABLE {quoted} IN ACCESS SHARE MODE"),
+            // The parameters a table without deadlines has no use for are still mentioned, so
+            // that both sets take the same ones.
+            plain: LayoutSql {
+                upsert: format!(
+                    "INSERT INTO {quoted} (key, value) \
+                     SELECT k, v::jsonb FROM unnest($1::text[], $2::text[], $3::int8[]) AS u(k, v, e) \
+                     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+                ),
+                select_all: format!(
+                    "SELECT key, value::text, NULL::int8 FROM {quoted} WHERE $1::int8 IS NOT NULL"
+                ),
+                select_keys: format!(
+                    "SELECT key, value::text, NULL::int8, $2::int8 IS NULL \
+                     FROM {quoted} WHERE key = ANY($1::text[])"
+                ),
+            },
+            expiring: LayoutSql {
+                upsert: format!(
+                    "INSERT INTO {quoted} (key, value, expires_at) \
+                     SELECT k, v::jsonb, e FROM unnest($1::text[], $2::text[], $3::int8[]) AS u(k, v, e) \
+                     ON CONFLICT (key) DO UPDATE \
+                     SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at"
+                ),
+                select_all: format!(
+                    "SELECT key, value::text, expires_at FROM {quoted} \
+                     WHERE expires_at IS NULL OR expires_at > $1::int8"
+                ),
+                select_keys: format!(
+                    "SELECT key, value::text, expires_at, coalesce(expires_at <= $2::int8, false) \
+                     FROM {quoted} WHERE key = ANY($1::text[])"
+                ),
+            },
+            sweep_candidates: format!(
+                "SELECT key FROM {quoted} WHERE expires_at <= $1::int8 \
+                 ORDER BY expires_at LIMIT $2::int8"
             ),
+        }
+    }
+
+    fn layout_sql(&self, expiring: bool) -> &LayoutSql {
+        if expiring {
+            &self.expiring
+        } else {
+            &self.plain
         }
     }
 }
@@ -266,6 +322,8 @@ pub(super) struct Statements {
     /// The transaction's id, and (`$1`) the status of a transaction by id.
     pub(super) transaction_id: Statement,
     pub(super) transaction_status: Statement,
+    /// `$1` table names: those of them that have the column `expires_at`.
+    pub(super) expiry_columns: Statement,
     /// The change log's statements (see `log.rs`).
     pub(super) log: Statement,
     pub(super) prune_log: Statement,
@@ -273,14 +331,22 @@ pub(super) struct Statements {
     pub(super) read_log: Statement,
 }
 
-/// The statements of one table on one connection, prepared when the table is attached.
+/// The statements of one table on one connection, prepared when the table is attached, for the
+/// table's layout then (`expiring`: it has the column `expires_at`), and again when the layout
+/// is found to have changed.
 #[derive(Debug)]
 pub(super) struct TableStatements {
+    pub(super) sql: Arc<TableSql>,
+    /// Whether these statements are those of a table with the column `expires_at`.
+    pub(super) expiring: bool,
     pub(super) upsert: Statement,
     pub(super) delete: Statement,
     pub(super) delete_all: Statement,
     pub(super) select_all: Statement,
     pub(super) select_keys: Statement,
+    pub(super) lock_shared: Statement,
+    /// Only for a table with the column.
+    pub(super) sweep_candidates: Option<Statement>,
 }
 
 /// An open connection: the client, its statements, and word of its end.
@@ -406,7 +472,7 @@ pub(super) async fn open(
 /// up.
 pub(super) async fn attach(
     live: &mut Live,
-    table: &TableSql,
+    table: &Arc<TableSql>,
     set_up_table: bool,
 ) -> std::result::Result<(), OpenFailure> {
     if set_up_table {
@@ -416,8 +482,33 @@ pub(super) async fn attach(
         return Ok(());
     }
     live.client.batch_execute(&table.listen).await?;
-    let statements = prepare_table(&live.client, table).await?;
+    let expiring = has_expiry_column(live, &table.name).await?;
+    let statements = prepare_table(&live.client, table, expiring).await?;
     live.tables.insert(table.name.clone(), statements);
+    Ok(())
+}
+
+/// Whether `table` has the column `expires_at` now.
+pub(super) async fn has_expiry_column(
+    live: &Live,
+    table: &str,
+) -> std::result::Result<bool, tokio_postgres::Error> {
+    let rows = live
+        .client
+        .query(&live.statements.expiry_columns, &[&[table].as_slice()])
+        .await?;
+    Ok(!rows.is_empty())
+}
+
+/// Prepares `table`'s statements again, for the layout it has now (`expiring`).
+pub(super) async fn reprepare_table(
+    live: &mut Live,
+    table: &str,
+    expiring: bool,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    let sql = Arc::clone(&live.table(table).sql);
+    let statements = prepare_table(&live.client, &sql, expiring).await?;
+    live.tables.insert(sql.name.clone(), statements);
     Ok(())
 }
 
@@ -466,14 +557,16 @@ async fn prepare(client: &Client) -> std::result::Result<Statements, tokio_postg
         client.prepare("COMMIT"),
         client.prepare("ROLLBACK"),
     )?;
-    let (transaction_id, transaction_status, log, prune_log, revision, read_log) = tokio::try_join!(
-        client.prepare("SELECT txid_current()"),
-        client.prepare("SELECT txid_status($1)"),
-        client.prepare(log::LOG),
-        client.prepare(log::PRUNE),
-        client.prepare(log::REVISION),
-        client.prepare(log::SINCE),
-    )?;
+    let (transaction_id, transaction_status, expiry_columns, log, prune_log, revision, read_log) =
+        tokio::try_join!(
+            client.prepare("SELECT txid_current()"),
+            client.prepare("SELECT txid_status($1)"),
+            client.prepare(super::expiry::COLUMNS),
+            client.prepare(log::LOG),
+            client.prepare(log::PRUNE),
+            client.prepare(log::REVISION),
+            client.prepare(log::SINCE),
+        )?;
     Ok(Statements {
         notify,
         lock_table,
@@ -484,6 +577,7 @@ async fn prepare(client: &Client) -> std::result::Result<Statements, tokio_postg
         rollback,
         transaction_id,
         transaction_status,
+        expiry_columns,
         log,
         prune_log,
         revision,
@@ -493,21 +587,32 @@ async fn prepare(client: &Client) -> std::result::Result<Statements, tokio_postg
 
 async fn prepare_table(
     client: &Client,
-    sql: &TableSql,
+    sql: &Arc<TableSql>,
+    expiring: bool,
 ) -> std::result::Result<TableStatements, tokio_postgres::Error> {
-    let (upsert, delete, delete_all, select_all, select_keys) = tokio::try_join!(
-        client.prepare(&sql.upsert),
+    let layout = sql.layout_sql(expiring);
+    let (upsert, delete, delete_all, select_all, select_keys, lock_shared) = tokio::try_join!(
+        client.prepare(&layout.upsert),
         client.prepare(&sql.delete),
         client.prepare(&sql.delete_all),
-        client.prepare(&sql.select_all),
-        client.prepare(&sql.select_keys),
+        client.prepare(&layout.select_all),
+        client.prepare(&layout.select_keys),
+        client.prepare(&sql.lock_shared),
     )?;
+    let sweep_candidates = match expiring {
+        true => Some(client.prepare(&sql.sweep_candidates).await?),
+        false => None,
+    };
     Ok(TableStatements {
+        sql: Arc::clone(sql),
+        expiring,
         upsert,
         delete,
         delete_all,
         select_all,
         select_keys,
+        lock_shared,
+        sweep_candidates,
     })
 }
 

@@ -227,6 +227,7 @@
 mod commit;
 mod connect;
 mod decode;
+mod expiry;
 mod log;
 mod notify;
 mod registry;
@@ -253,8 +254,8 @@ use self::registry::SessionHandle;
 use self::session::{Attached, Command, Counters, Outcome, RawOp, Scanned, Timeouts, Write};
 pub(crate) use self::transaction::{TransactionPart, TransactionSession};
 use crate::{
-    BatchOp, ChangePosition, Checked, Condition, ExternalChanges, PersistentError, PersistentKey,
-    Result, StorageBackend, Stored, WriteOptions,
+    BatchOp, ChangePosition, Checked, Condition, Deadline, ExternalChanges, PersistentError,
+    PersistentKey, Result, StorageBackend, Stored, WriteOptions,
 };
 
 /// The tokio-postgres this backend is built on, whose error
@@ -563,7 +564,10 @@ impl PostgresBackend {
         )
     }
 
-    async fn load_rows<K, V>(&self, sink: &mut (dyn FnMut(K, V) + Send)) -> Result<()>
+    async fn load_rows<K, V>(
+        &self,
+        sink: &mut (dyn FnMut(K, V, Option<Deadline>) + Send),
+    ) -> Result<()>
     where
         K: FromStr + ToString,
         <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
@@ -580,8 +584,8 @@ impl PostgresBackend {
             match message {
                 Scanned::Rows(chunk) => {
                     for row in chunk {
-                        let (key, value) = decode::decode_row(table, row)?;
-                        sink(key, value);
+                        let (key, value, deadline) = decode::decode_row(table, row)?;
+                        sink(key, value, deadline);
                     }
                 }
                 Scanned::Failed(error) => return Err(error),
@@ -987,6 +991,7 @@ where
         self.write_ops(vec![encode(
             &self.shared.attached.target.table,
             &BatchOp::Save(key, value),
+            None,
         )?])
         .await
     }
@@ -1012,14 +1017,14 @@ where
             return Ok(());
         }
         let ops = crate::backends::encode::encode_all(ops, |op| {
-            encode(&self.shared.attached.target.table, op)
+            encode(&self.shared.attached.target.table, op, None)
         })?;
         self.write_ops(ops).await
     }
 
-    /// Streams the rows from the server in chunks, decoding one while the next arrives.
+    /// Streams the live rows from the server in chunks, decoding one while the next arrives.
     async fn load_each(&self, sink: &mut (dyn FnMut(K, V) + Send)) -> Result<(), PersistentError> {
-        self.load_rows(sink).await
+        self.load_rows(&mut |key, value, _| sink(key, value)).await
     }
 
     /// One `DELETE` in one transaction, logged as "anything changed".
@@ -1028,17 +1033,12 @@ where
     }
 
     async fn load_keys(&self, keys: &[K]) -> Result<HashMap<K, V>, PersistentError> {
-        let texts = keys.iter().map(ToString::to_string).collect();
-        let rows = self
-            .ask(|done| Command::LoadKeys {
-                table: self.table_ref(),
-                keys: texts,
-                done,
-            })
-            .await?;
-        rows.into_iter()
-            .map(|row| decode::decode_row(self.table(), row))
-            .collect()
+        Ok(self
+            .load_keys_expiring(keys)
+            .await?
+            .into_iter()
+            .map(|(key, (value, _))| (key, value))
+            .collect())
     }
 
     /// Checks the conditions and applies the writes in one transaction that holds the advisory
@@ -1060,7 +1060,7 @@ where
                 .map(|(key, condition)| (key.clone(), condition.expected.clone()))
                 .collect(),
             ops: crate::backends::encode::encode_all(ops, |op| {
-                encode(&self.shared.attached.target.table, op)
+                encode(&self.shared.attached.target.table, op, options.deadline())
             })?,
             want_previous: options.wants_previous(),
             // The map's id, as the log stores it: the same 64 bits.
@@ -1176,14 +1176,98 @@ where
     async fn external_change_signal(&self) {
         self.shared.attached.changes.signalled().await;
     }
+
+    /// Deadlines live in the column `expires_at` (Unix milliseconds, `NULL`: never), which a
+    /// table gains with its first write that has a time to live (see the
+    /// [module docs](self#expiry)).
+    fn supports_expiry(&self) -> bool {
+        true
+    }
+
+    /// Rows whose deadline has passed on this instance's clock are not loaded.
+    async fn load_each_expiring(
+        &self,
+        sink: &mut (dyn FnMut(K, V, Option<Deadline>) + Send),
+    ) -> Result<(), PersistentError> {
+        self.load_rows(sink).await
+    }
+
+    async fn load_keys_expiring(
+        &self,
+        keys: &[K],
+    ) -> Result<HashMap<K, (V, Option<Deadline>)>, PersistentError> {
+        let texts = keys.iter().map(ToString::to_string).collect();
+        let rows = self
+            .ask(|done| Command::LoadKeys {
+                table: self.table_ref(),
+                keys: texts,
+                done,
+            })
+            .await?;
+        rows.into_iter()
+            .map(|row| {
+                let (key, value, deadline) = decode::decode_row(self.table(), row)?;
+                Ok((key, (value, deadline)))
+            })
+            .collect()
+    }
+
+    /// Finds up to `limit` (at most 256, so that the commit locks keys, not the table) expired
+    /// rows by the partial index on `expires_at`, then deletes those still expired under their
+    /// keys' advisory locks in one commit, shared with other writes, which logs and announces
+    /// them as it does any delete: the other instances drop the keys at their next refresh.
+    async fn sweep_expired(&self, limit: usize, origin: u64) -> Result<Vec<K>, PersistentError> {
+        let limit = limit.min(commit::MAX_KEY_LOCKS);
+        let candidates = self
+            .ask(|done| Command::ExpiredKeys {
+                table: self.table_ref(),
+                limit: i64::try_from(limit).unwrap_or(i64::MAX),
+                done,
+            })
+            .await?;
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let write = Write {
+            ops: candidates
+                .iter()
+                .map(|key| RawOp::Sweep { key: key.clone() })
+                .collect(),
+            // Each sweep op's previous value says whether it deleted a row.
+            want_previous: true,
+            // The map's id, as the log stores it: the same 64 bits.
+            origin: origin as i64,
+            ..Write::default()
+        };
+        let previous = match self.write(write).await? {
+            Outcome::Applied { previous } => previous.into_iter().next().flatten(),
+            Outcome::Conflict { .. } => unreachable!("a sweep has no conditions"),
+        };
+        let previous = previous.unwrap_or_default();
+        candidates
+            .iter()
+            .zip(previous)
+            .filter(|(_, swept)| swept.is_some())
+            .map(|(key, _)| decode::decode_key(self.table(), key))
+            .collect()
+    }
 }
 
-fn encode<K: ToString, V: Serialize>(table: &str, op: &BatchOp<K, V>) -> Result<RawOp> {
+/// `op` as the session executes it; a saved value expires at `deadline`.
+fn encode<K: ToString, V: Serialize>(
+    table: &str,
+    op: &BatchOp<K, V>,
+    deadline: Option<Deadline>,
+) -> Result<RawOp> {
     Ok(match op {
         BatchOp::Save(key, value) => {
             let key = key.to_string();
             let value = crate::backends::encode::encode_stored_value(table, &key, value)?;
-            RawOp::Upsert { key, value }
+            RawOp::Upsert {
+                key,
+                value,
+                expires_at: expiry::deadline_to_sql(deadline),
+            }
         }
         BatchOp::Delete(key) => RawOp::Delete {
             key: key.to_string(),
