@@ -438,6 +438,7 @@ pub(super) async fn open(
         generation,
         Arc::clone(&own_pid),
     );
+    let mut client = client;
     let set_up = async {
         let pid: i32 = client
             .query_one("SELECT pg_backend_pid()", &[])
@@ -447,6 +448,9 @@ pub(super) async fn open(
         if !endpoint.session_settings.is_empty() {
             client.batch_execute(&endpoint.session_settings).await?;
         }
+        // The statements of the change log name its tables: on a database that has never
+        // seen this crate (or whose tables were dropped), they must exist first.
+        create_own_tables(&mut client).await?;
         let statements = prepare(&client).await?;
         let mut live = Live {
             client,
@@ -626,18 +630,7 @@ type Column = (String, String, bool);
 /// concurrent one. Existing tables are only read, so a role without the right to create tables
 /// can use ones made for it.
 async fn set_up_table(client: &mut Client, sql: &TableSql) -> std::result::Result<(), OpenFailure> {
-    let missing: bool = client.query_one(log::MISSING, &[]).await?.try_get(0)?;
-    if missing {
-        let transaction = client.transaction().await?;
-        transaction
-            .execute(
-                "SELECT pg_advisory_xact_lock($1, hashtext('persistent_map_log'))",
-                &[&CREATE_LOCK_CLASS],
-            )
-            .await?;
-        transaction.batch_execute(log::CREATE).await?;
-        transaction.commit().await?;
-    }
+    create_own_tables(client).await?;
     let mut found = columns(client, &sql.name).await?;
     if found.is_empty() {
         let transaction = client.transaction().await?;
@@ -664,6 +657,24 @@ async fn set_up_table(client: &mut Client, sql: &TableSql) -> std::result::Resul
     check_columns(&sql.name, &found).map_err(OpenFailure::Rejected)?;
     client.execute(log::ADD_TABLE, &[&sql.name]).await?;
     check_or_record_layout(client, sql).await
+}
+
+/// Makes the crate's own tables (the change log, the key layouts) if any is missing, under the
+/// setup lock: concurrent `CREATE ... IF NOT EXISTS` can fail.
+async fn create_own_tables(client: &mut Client) -> std::result::Result<(), tokio_postgres::Error> {
+    let missing: bool = client.query_one(log::MISSING, &[]).await?.try_get(0)?;
+    if missing {
+        let transaction = client.transaction().await?;
+        transaction
+            .execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext('persistent_map_log'))",
+                &[&CREATE_LOCK_CLASS],
+            )
+            .await?;
+        transaction.batch_execute(log::CREATE).await?;
+        transaction.commit().await?;
+    }
+    Ok(())
 }
 
 /// Records the key layout of `sql` for its table if none is recorded, else checks that it is
