@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio_postgres::config::Host;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{AsyncMessage, Client, Config, Connection, Socket, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -448,10 +449,15 @@ pub(super) async fn open(
         if !endpoint.session_settings.is_empty() {
             client.batch_execute(&endpoint.session_settings).await?;
         }
-        // The statements of the change log name its tables: on a database that has never
-        // seen this crate (or whose tables were dropped), they must exist first.
-        create_own_tables(&mut client).await?;
-        let statements = prepare(&client).await?;
+        let statements = match prepare(&client).await {
+            // The statements of the change log name its tables: on a database that has never
+            // seen this crate (or whose tables were dropped), they must be made first.
+            Err(error) if error.code() == Some(&SqlState::UNDEFINED_TABLE) => {
+                create_own_tables(&mut client).await?;
+                prepare(&client).await?
+            }
+            prepared => prepared?,
+        };
         let mut live = Live {
             client,
             statements,
@@ -485,8 +491,10 @@ pub(super) async fn attach(
     if live.tables.contains_key(&table.name) {
         return Ok(());
     }
-    live.client.batch_execute(&table.listen).await?;
-    let expiring = has_expiry_column(live, &table.name).await?;
+    let (_, expiring) = tokio::try_join!(
+        live.client.batch_execute(&table.listen),
+        has_expiry_column(live, &table.name),
+    )?;
     let statements = prepare_table(&live.client, table, expiring).await?;
     live.tables.insert(table.name.clone(), statements);
     Ok(())
