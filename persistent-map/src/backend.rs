@@ -568,8 +568,8 @@ where
     /// as absent in everything it reads (conditions, previous values, loads, `load_keys`); and
     /// implement [`load_each_expiring`](Self::load_each_expiring),
     /// [`load_keys_expiring`](Self::load_keys_expiring) and
-    /// [`sweep_expired`](Self::sweep_expired). The SQLite and in-memory backends do; the
-    /// PostgreSQL and CSV backends do not yet. On a backend that says `false`, a write with a
+    /// [`sweep_expired`](Self::sweep_expired). The SQLite, PostgreSQL and in-memory backends
+    /// do; the CSV backend does not yet. On a backend that says `false`, a write with a
     /// time to live fails with [`PersistentError::ExpiryUnsupported`] before anything is
     /// written, so memory never holds a deadline that storage would forget.
     fn supports_expiry(&self) -> bool {

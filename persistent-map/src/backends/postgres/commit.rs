@@ -271,10 +271,10 @@ pub(super) async fn commit_once(
         .iter()
         .map(|row| row.try_get(0))
         .collect::<Attempt<Vec<String>>>()?;
-    let layout_changed = tables
+    if !tables
         .iter()
-        .any(|table| live.table(table).expiring != with_column.iter().any(|name| name == table));
-    if layout_changed {
+        .all(|table| live.layout_matches(table, &with_column))
+    {
         client.query(&statements.rollback, &[]).await?;
         return Ok(Committed::LayoutChanged(with_column));
     }

@@ -366,6 +366,12 @@ impl Live {
         let _ = (&mut self.closed).await;
     }
 
+    /// Whether `table`'s statements are prepared for the layout it has, given `with_column`,
+    /// the tables found to have the column `expires_at`.
+    pub(super) fn layout_matches(&self, table: &str, with_column: &[String]) -> bool {
+        self.table(table).expiring == with_column.iter().any(|name| name == table)
+    }
+
     /// The statements of `table`, which is attached.
     pub(super) fn table(&self, table: &str) -> &TableStatements {
         self.tables

@@ -33,7 +33,8 @@
 //! Each map lives in one table, by default its key type's
 //! ([`PersistentKey::TABLE_NAME`](crate::PersistentKey::TABLE_NAME)), created if missing:
 //! `key TEXT PRIMARY KEY` holding the key's `Display` text and `value JSONB NOT NULL` holding
-//! the value as JSON, so `psql` shows (and can query) the data. Table names follow
+//! the value as JSON, so `psql` shows (and can query) the data (and, once the map has stored
+//! an entry with a time to live, `expires_at`: see "Expiry"). Table names follow
 //! [`validate_table_name`](crate::validate_table_name), are at most 63 bytes (PostgreSQL's
 //! limit) and are quoted, so they keep their case. An existing table without those columns is
 //! refused with [`PersistentError::IncompatibleTable`] before anything is written.
@@ -42,6 +43,42 @@
 //! key is refused with [`PersistentError::Postgres`] and nothing is written. A value can be as
 //! large as JSONB allows (255 MB); JSONB refuses the character U+0000 in strings, so a value
 //! holding it is refused the same way.
+//!
+//! # Expiry
+//!
+//! Entries with a time to live ([`insert_with_ttl`](crate::PersistentMap::insert_with_ttl)
+//! and the rest of the map's expiry methods) work as on SQLite. A row's deadline is stored in
+//! a nullable column `expires_at BIGINT`: Unix milliseconds (`NULL`: never), so
+//! `SELECT key, value, to_timestamp(expires_at / 1000.0) FROM sessions` shows it. A table gains
+//! the column in place, with a partial index over the rows that have a deadline
+//! (`persistent_map_expiry_<table>`), just before the first commit that saves a value with a
+//! time to live to it (`ALTER TABLE ... ADD COLUMN IF NOT EXISTS`, in a short transaction of
+//! its own holding the table's advisory lock exclusively, so instances adding it at once take
+//! turns); a table that never sees one keeps its two columns. A save replaces the deadline as
+//! it replaces the value: a save without a time to live clears it (Redis's `SET`).
+//!
+//! The clock: a deadline is a point on the wall clock of the instance that wrote it, and every
+//! read compares it with the reading instance's own wall clock (sent with the query, not the
+//! server's `now()`): a row whose deadline is at or before that instant is absent to loads,
+//! to the re-reads of a refresh, and to the conditions and previous values of writes, so
+//! [`update`](crate::PersistentMap::update) sees `None` and a
+//! [`compare_exchange`](crate::PersistentMap::compare_exchange) expecting `None` succeeds,
+//! whether or not the row was swept yet. Instances whose clocks disagree disagree on expiry by
+//! as much: one whose clock runs ahead sees entries expire early, one behind late, and a
+//! sweep deletes what the sweeping instance's clock says has expired. Keep hosts on NTP.
+//!
+//! Each connection prepares a table's statements for the columns it found, and checks them
+//! again under the table's locks in every commit and every read (a read locks the table
+//! `IN ACCESS SHARE MODE` for that); when another instance has given the table the column
+//! meanwhile, the statements are prepared again and the work is redone, so no instance reads
+//! an expired row as live or leaves a deadline behind a plain save.
+//!
+//! A sweep ([`PersistentMap::sweep_expired`](crate::PersistentMap::sweep_expired), and the
+//! map's background sweep) finds up to 256 expired rows by the partial index, then deletes
+//! those that are still expired under their keys' advisory locks in one commit, shared with
+//! other writes as any write's is, and logs and announces them as deletes: the other
+//! instances drop those keys at their next refresh, and their subscribers hear
+//! [`Change::Expired`](crate::Change::Expired) for entries that had expired.
 //!
 //! # Writes
 //!
@@ -220,7 +257,8 @@
 //! installed, that costs next to nothing), every event with the field `table`: at `debug` each
 //! commit (`requests`, `rows`, `cleared`, `conflicts`, `elapsed`), each load (`rows`,
 //! `elapsed`; `keys` for a load of some keys) and each read of the change log (`since`, `rev`,
-//! `keys`, `elapsed`); at `info` connects and reconnects; at `warn` slow commits (over a
+//! `keys`, `elapsed`); at `info` connects and reconnects, and a table gaining the column
+//! `expires_at`; at `warn` slow commits (over a
 //! second), retries, lost connections, operation timeouts and forced reloads. The example
 //! `tracing` shows them with a subscriber.
 

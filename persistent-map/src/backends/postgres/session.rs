@@ -1066,8 +1066,8 @@ async fn relayout(
         )));
     }
     for table in tables {
-        let expiring = with_column.iter().any(|name| name == table);
-        if live.table(table).expiring != expiring {
+        if !live.layout_matches(table, with_column) {
+            let expiring = !live.table(table).expiring;
             tracing::debug!(table = %table, expiring, "the table's columns changed; preparing its statements again");
             connect::reprepare_table(live, table, expiring)
                 .await
@@ -1120,7 +1120,7 @@ async fn read_checked(
             }
         };
         let with_column = columns_of(&answers[2]).map_err(classify(target))?;
-        if live.table(table).expiring == !with_column.is_empty() {
+        if live.layout_matches(table, &with_column) {
             return Ok(match answers.len() {
                 5 => answers.swap_remove(3),
                 _ => Vec::new(),
@@ -1165,7 +1165,7 @@ async fn scan(
             }
         };
         let result = match checked {
-            Ok(with_column) if live.table(table).expiring != !with_column.is_empty() => {
+            Ok(with_column) if !live.layout_matches(table, &with_column) => {
                 let _ = live.client.query(&live.statements.rollback, &[]).await;
                 attempt += 1;
                 relayout(live, tables, &with_column, attempt, target).await?;
