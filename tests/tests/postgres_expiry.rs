@@ -92,6 +92,16 @@ async fn create_two_column_table(
     }
 }
 
+/// A map of a new instance on `table` with a connection of its own (backends of one process
+/// share a connection per connection string, and with it the statements prepared for a
+/// table's columns): as another machine's would be.
+async fn open_elsewhere(table: &TestTable, name: &str) -> Map {
+    let url = with_parameter(&url(), "application_name", &format!("pm_expiry_{name}"));
+    PersistentMap::new(instance_at(&url, table).await)
+        .await
+        .expect("load the map")
+}
+
 /// Refreshes `map` until `done` holds, for at most [`GENEROUS`].
 async fn refresh_until(map: &Map, what: &str, mut done: impl FnMut(&Map) -> bool) {
     let start = std::time::Instant::now();
@@ -105,7 +115,7 @@ async fn refresh_until(map: &Map, what: &str, mut done: impl FnMut(&Map) -> bool
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_with_a_ttl_expires_in_every_instance_and_a_reopen_does_not_load_it() {
     let table = TestTable::new("expiry_both");
-    let (a, b) = (open(&table).await, open(&table).await);
+    let (a, b) = (open(&table).await, open_elsewhere(&table, "b").await);
     let deadline = whole_ms_after(Duration::from_secs(2));
     a.insert_until("short".into(), 1, deadline).await.unwrap();
     a.insert_with_ttl("long".into(), 2, Duration::from_secs(600))
@@ -196,7 +206,7 @@ async fn a_row_that_expired_in_storage_is_not_loaded_and_a_sweep_deletes_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn setting_and_clearing_a_ttl_reach_the_other_instance() {
     let table = TestTable::new("expiry_persist");
-    let (a, b) = (open(&table).await, open(&table).await);
+    let (a, b) = (open(&table).await, open_elsewhere(&table, "b").await);
     let admin = admin().await;
     a.insert("k".into(), 1).await.unwrap();
     b.refresh().await.unwrap();
@@ -246,7 +256,7 @@ async fn setting_and_clearing_a_ttl_reach_the_other_instance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_modify_writes_on_another_instance_treat_an_expired_key_as_absent() {
     let table = TestTable::new("expiry_conditions");
-    let (a, b) = (open(&table).await, open(&table).await);
+    let (a, b) = (open(&table).await, open_elsewhere(&table, "b").await);
     let admin = admin().await;
     let key = "k".to_string();
 
@@ -309,7 +319,7 @@ async fn a_sweep_on_one_instance_reaches_the_others_as_removals() {
     let a = open(&table).await;
     // B is a bare backend, so that no background sweep of its own can take the rows first.
     let b = instance(&table).await;
-    let b_map = open(&table).await;
+    let b_map = open_elsewhere(&table, "b").await;
     let deadline = whole_ms_after(Duration::from_millis(300));
     for key in ["x", "y"] {
         a.insert_until(key.into(), 1, deadline).await.unwrap();
@@ -373,9 +383,10 @@ async fn a_table_made_before_expiry_gains_the_column_in_place_on_its_first_ttl_w
     let table = TestTable::new("expiry_old_table");
     let admin = admin().await;
     create_two_column_table(&admin, table.name(), &[("a", 1), ("b", 2)]).await;
-    // Both attach to the two-column table: their statements know no deadline yet.
-    let (a, b) = (open(&table).await, open(&table).await);
-    let stale = open(&table).await;
+    // All attach to the two-column table, each on a connection of its own: their statements
+    // know no deadline yet.
+    let (a, b) = (open(&table).await, open_elsewhere(&table, "b").await);
+    let stale = open_elsewhere(&table, "stale").await;
     assert_eq!(contents(&a).len(), 2);
     a.insert("plain".into(), 3).await.unwrap();
     assert!(
@@ -441,8 +452,8 @@ async fn instances_giving_an_old_table_the_column_at_once_all_succeed() {
     let admin = admin().await;
     create_two_column_table(&admin, table.name(), &[("old", 1)]).await;
     let mut maps = Vec::new();
-    for _ in 0..4 {
-        maps.push(open(&table).await);
+    for i in 0..4 {
+        maps.push(open_elsewhere(&table, &format!("racer{i}")).await);
     }
     let writes: Vec<_> = maps
         .iter()
