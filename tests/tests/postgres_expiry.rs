@@ -11,7 +11,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use persistent_map::postgres::tokio_postgres;
-use persistent_map::{Change, ExternalChanges, PersistentMap, StorageBackend};
+use persistent_map::{
+    transaction, Change, ExternalChanges, PersistentError, PersistentMap, StorageBackend,
+};
 
 mod postgres_common;
 use postgres_common::*;
@@ -479,6 +481,63 @@ async fn instances_giving_an_old_table_the_column_at_once_all_succeed() {
     }
     let reopened = open(&table).await;
     assert_eq!(reopened.len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_store_their_default_ttl_and_read_an_expired_key_as_absent() {
+    let (sessions, counts) = (
+        TestTable::new("expiry_tx_sessions"),
+        TestTable::new("expiry_tx_counts"),
+    );
+    let admin = admin().await;
+    let sessions_map = open(&sessions).await;
+    let sessions_ttl = sessions_map
+        .clone()
+        .with_default_ttl(Duration::from_secs(600))
+        .unwrap();
+    let counts_map = open(&counts).await;
+    let key = "user-1".to_string();
+
+    // One transaction over two tables: the write through the TTL handle gets its deadline,
+    // the other none.
+    transaction(|tx| {
+        tx.insert(&sessions_ttl, key.clone(), 1);
+        tx.update(&counts_map, &key, |n| Some(n.copied().unwrap_or(0) + 1));
+        Ok::<_, PersistentError>(())
+    })
+    .await
+    .unwrap();
+    let stored = stored_deadline(&admin, sessions.name(), &key)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored,
+        sessions_map
+            .deadline(&key)
+            .map(|d| i64::try_from(d.unix_millis()).unwrap())
+    );
+    assert!(stored.is_some());
+    assert!(!has_expiry_column(&admin, counts.name()).await);
+    let other = open_elsewhere(&sessions, "tx_other").await;
+    assert_eq!(other.deadline(&key), sessions_map.deadline(&key));
+
+    // Another instance makes it expire; this one, not told, runs its body again on `None`.
+    assert!(other.expire_at(&key, past()).await.unwrap());
+    assert_eq!(sessions_map.get(&key), Some(1), "not refreshed");
+    let mut seen = Vec::new();
+    transaction(|tx| {
+        seen.push(tx.get(&sessions_map, &key));
+        tx.update(&sessions_map, &key, |n| Some(n.map_or(10, |n| n + 1)));
+        Ok::<_, PersistentError>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(seen.last(), Some(&None), "{seen:?}");
+    assert_eq!(read_table::<u64>(&admin, sessions.name()).await[&key], 10);
+    assert_eq!(
+        stored_deadline(&admin, sessions.name(), &key).await,
+        Some(None)
+    );
 }
 
 #[test]

@@ -57,6 +57,18 @@
 //! turns); a table that never sees one keeps its two columns. A save replaces the deadline as
 //! it replaces the value: a save without a time to live clears it (Redis's `SET`).
 //!
+//! Adding the column is instant, but building the index reads the whole table while the
+//! `ALTER`'s lock keeps every other read and write of the table waiting, and must finish
+//! within the statement timeout (see [`PostgresBuilder::operation_timeout`]), else the write
+//! fails and nothing changes. For a large table, add both beforehand, as the backend would
+//! (it finds them by name):
+//!
+//! ```sql
+//! ALTER TABLE sessions ADD COLUMN IF NOT EXISTS expires_at BIGINT;
+//! CREATE INDEX CONCURRENTLY IF NOT EXISTS persistent_map_expiry_sessions
+//!     ON sessions (expires_at) WHERE expires_at IS NOT NULL;
+//! ```
+//!
 //! The clock: a deadline is a point on the wall clock of the instance that wrote it, and every
 //! read compares it with the reading instance's own wall clock (sent with the query, not the
 //! server's `now()`): a row whose deadline is at or before that instant is absent to loads,
