@@ -142,6 +142,14 @@ pub enum Checked<V> {
         /// What storage holds under each condition's key.
         current: Vec<Option<Stored<V>>>,
     },
+    /// As [`Conflict`](Self::Conflict), from a backend that stores deadlines and read each
+    /// key's deadline with its value (as the PostgreSQL backend does): the map takes them as
+    /// they are, instead of reading the keys again with
+    /// [`load_keys_expiring`](StorageBackend::load_keys_expiring).
+    ConflictWithDeadlines {
+        /// What storage holds under each condition's key, and when it expires (`None`: never).
+        current: Vec<Option<(Stored<V>, Option<Deadline>)>>,
+    },
 }
 
 /// How the map asks for a write; see [`StorageBackend::apply_checked`].

@@ -285,10 +285,11 @@ pub(super) async fn commit_once(
             let (key, value): (String, Option<String>) = (row.try_get(0)?, row.try_get(1)?);
             // A SQL NULL (written by another program) compares as JSON `null`.
             let value = value.unwrap_or_else(|| "null".to_owned());
-            match row.try_get(3)? {
-                true => values.expired.insert(key, value),
-                false => values.live.insert(key, value),
-            };
+            if row.try_get(3)? {
+                values.expired.insert(key, value);
+            } else {
+                values.live.insert(key, (value, row.try_get(2)?));
+            }
         }
     }
 
@@ -378,30 +379,43 @@ fn summarize(
     tables
 }
 
-/// The rows of a table read under the locks: key to value JSON, live and expired apart.
+/// The rows of a table read under the locks, live and expired apart: key to value JSON, and
+/// for a live row its deadline.
 #[derive(Debug, Default)]
 struct StoredRows {
-    live: HashMap<String, String>,
+    live: HashMap<String, (String, Option<i64>)>,
     expired: HashMap<String, String>,
 }
+
+/// A value as a request of a group sees it: JSON text and deadline (Unix ms).
+type Seen<'a> = (&'a str, Option<i64>);
 
 /// A table as the requests of a group see it, one after the other: what was read, under what
 /// the earlier requests of the group did.
 #[derive(Default)]
 struct Simulated<'a> {
     stored: StoredRows,
-    written: HashMap<&'a str, Option<&'a str>>,
+    written: HashMap<&'a str, Option<Seen<'a>>>,
     cleared: bool,
 }
 
 impl<'a> Simulated<'a> {
-    /// The live value under `key`: an expired row is absent.
-    fn get(&self, key: &str) -> Option<&str> {
+    /// The live value under `key`, with its deadline: an expired row is absent.
+    fn get(&self, key: &str) -> Option<Seen<'_>> {
         match self.written.get(key) {
             Some(value) => *value,
             None if self.cleared => None,
-            None => self.stored.live.get(key).map(String::as_str),
+            None => self
+                .stored
+                .live
+                .get(key)
+                .map(|(value, deadline)| (value.as_str(), *deadline)),
         }
+    }
+
+    /// The live value's JSON under `key`.
+    fn value(&self, key: &str) -> Option<&str> {
+        self.get(key).map(|(value, _)| value)
     }
 
     /// The value of the expired row under `key`, if storage holds one that no earlier request
@@ -418,14 +432,18 @@ impl<'a> Simulated<'a> {
     fn found(&self, op: &RawOp) -> Option<&str> {
         match op {
             RawOp::Sweep { key } => self.expired(key),
-            op => op.key().and_then(|key| self.get(key)),
+            op => op.key().and_then(|key| self.value(key)),
         }
     }
 
     fn apply(&mut self, op: &'a RawOp) {
         match op {
-            RawOp::Upsert { key, value, .. } => {
-                self.written.insert(key, Some(value));
+            RawOp::Upsert {
+                key,
+                value,
+                expires_at,
+            } => {
+                self.written.insert(key, Some((value, *expires_at)));
             }
             RawOp::Delete { key } | RawOp::Sweep { key } => {
                 self.written.insert(key, None);
@@ -463,7 +481,7 @@ fn evaluate<'a>(
             write
                 .conditions
                 .iter()
-                .all(|(key, expected)| same_json(table.get(key), expected.as_deref()))
+                .all(|(key, expected)| same_json(table.value(key), expected.as_deref()))
         });
         if !holds {
             let current = parts
@@ -473,7 +491,11 @@ fn evaluate<'a>(
                     write
                         .conditions
                         .iter()
-                        .map(|(key, _)| table.get(key).map(str::to_owned))
+                        .map(|(key, _)| {
+                            table
+                                .get(key)
+                                .map(|(value, deadline)| (value.to_owned(), deadline))
+                        })
                         .collect()
                 })
                 .collect();
@@ -649,8 +671,12 @@ mod tests {
         live: &[(&str, &str)],
         expired: &[(&str, &str)],
     ) -> HashMap<&'static str, StoredRows> {
+        let live = rows(live)
+            .into_iter()
+            .map(|(key, value)| (key, (value, None)))
+            .collect();
         let rows = StoredRows {
-            live: rows(live),
+            live,
             expired: rows(expired),
         };
         HashMap::from([(table, rows)])
@@ -783,7 +809,7 @@ mod tests {
         assert_eq!(
             outcomes[3],
             Outcome::Conflict {
-                current: vec![vec![Some("3".to_owned())]]
+                current: vec![vec![Some(("3".to_owned(), None))]]
             }
         );
         let in_t = applied.iter().filter(|(table, _, _)| *table == "t");
@@ -851,7 +877,10 @@ mod tests {
             outcomes,
             [
                 Outcome::Conflict {
-                    current: vec![vec![Some("1".into())], vec![Some("5".into())]]
+                    current: vec![
+                        vec![Some(("1".into(), None))],
+                        vec![Some(("5".into(), None))]
+                    ]
                 },
                 Outcome::Applied {
                     previous: vec![None, None]
@@ -954,5 +983,37 @@ mod tests {
         assert_eq!(Plan::new(&requests).tables_with_deadlines(), ["t"]);
         let rows = Rows::merge(by(0, &expiring.ops));
         assert_eq!(rows.upsert_deadlines, [Some(1_700_000_000_000), None]);
+    }
+
+    #[test]
+    fn a_conflict_reports_each_value_with_its_deadline() {
+        let renew = Write {
+            ops: vec![RawOp::Upsert {
+                key: "a".into(),
+                value: "2".into(),
+                expires_at: Some(1_800_000_000_000),
+            }],
+            ..Write::default()
+        };
+        let stale = Write {
+            conditions: vec![("a".into(), Some("1".into())), ("b".into(), None)],
+            ..Write::default()
+        };
+        let requests = [vec![("t", &renew)], vec![("t", &stale)]];
+        let mut stored = stored("t", &[("a", "1")]);
+        let table = stored.get_mut("t").unwrap();
+        table
+            .live
+            .insert("b".into(), ("3".into(), Some(1_700_000_000_000)));
+        let (outcomes, _) = evaluate(&requests, stored);
+        assert_eq!(
+            outcomes[1],
+            Outcome::Conflict {
+                current: vec![vec![
+                    Some(("2".into(), Some(1_800_000_000_000))),
+                    Some(("3".into(), Some(1_700_000_000_000))),
+                ]]
+            }
+        );
     }
 }

@@ -1125,15 +1125,16 @@ where
                 let current = keys
                     .iter()
                     .zip(current.into_iter().flatten())
-                    .map(|(key, json)| {
-                        json.map(|json| {
+                    .map(|(key, now)| {
+                        now.map(|(json, expires_at)| {
                             let value = crate::backends::decode::decode_value(table, key, &json)?;
-                            Ok(Stored { value, json })
+                            let deadline = expiry::deadline_of(expires_at);
+                            Ok((Stored { value, json }, deadline))
                         })
                         .transpose()
                     })
                     .collect::<Result<_>>()?;
-                Ok(Checked::Conflict { current })
+                Ok(Checked::ConflictWithDeadlines { current })
             }
         }
     }

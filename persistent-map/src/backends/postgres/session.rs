@@ -92,8 +92,10 @@ pub(super) enum Outcome {
         previous: Vec<Option<Vec<Option<String>>>>,
     },
     /// A condition of some part did not hold and nothing was written, in any part: per part,
-    /// per condition, what is stored.
-    Conflict { current: Vec<Vec<Option<String>>> },
+    /// per condition, what is stored: the value's JSON and its deadline (Unix ms).
+    Conflict {
+        current: Vec<Vec<Option<(String, Option<i64>)>>>,
+    },
 }
 
 /// A request's share for one backend's table.

@@ -76,7 +76,17 @@ impl TransactionSession {
             .map_err(|()| stopped())?;
         match committed.await.map_err(|_| stopped())?? {
             Outcome::Applied { .. } => Ok(None),
-            Outcome::Conflict { current } => Ok(Some(current)),
+            // The map reads the keys again, with their deadlines.
+            Outcome::Conflict { current } => Ok(Some(
+                current
+                    .into_iter()
+                    .map(|part| {
+                        part.into_iter()
+                            .map(|now| now.map(|(json, _)| json))
+                            .collect()
+                    })
+                    .collect(),
+            )),
         }
     }
 }
