@@ -92,11 +92,12 @@ pub(super) enum Outcome {
         previous: Vec<Option<Vec<Option<String>>>>,
     },
     /// A condition of some part did not hold and nothing was written, in any part: per part,
-    /// per condition, what is stored: the value's JSON and its deadline (Unix ms).
-    Conflict {
-        current: Vec<Vec<Option<(String, Option<i64>)>>>,
-    },
+    /// per condition, what is stored.
+    Conflict { current: Vec<Vec<Option<Current>>> },
 }
+
+/// A stored value as a conflict reports it: its JSON text and its deadline (Unix ms).
+pub(super) type Current = (String, Option<i64>);
 
 /// A request's share for one backend's table.
 pub(super) type Part = (Arc<Attached>, Write);
@@ -861,14 +862,7 @@ impl<'a> Work<'a> {
                         return Ok(Loaded::Committed(earlier.decided));
                     }
                 }
-                for table in plan.tables_with_deadlines() {
-                    if !live.table(table).expiring {
-                        let lock = commit::lock_id(table, None);
-                        expiry::add_column(live, table, lock)
-                            .await
-                            .map_err(classify(target))?;
-                    }
-                }
+                add_missing_columns(live, plan, target).await?;
                 let mut relayouts = 0;
                 loop {
                     let committed = commit::commit_once(live, plan, *prune, |txid, decided| {
@@ -887,14 +881,7 @@ impl<'a> Work<'a> {
                             relayouts += 1;
                             relayout(live, &plan.tables(), &with_column, relayouts, target).await?;
                             // A table that lost the column must get it back for a deadline.
-                            for table in plan.tables_with_deadlines() {
-                                if !live.table(table).expiring {
-                                    let lock = commit::lock_id(table, None);
-                                    expiry::add_column(live, table, lock)
-                                        .await
-                                        .map_err(classify(target))?;
-                                }
-                            }
+                            add_missing_columns(live, plan, target).await?;
                         }
                         Err(error) => return Err(classify(target)(error)),
                     }
@@ -1072,6 +1059,24 @@ async fn relayout(
             let expiring = !live.table(table).expiring;
             tracing::debug!(table = %table, expiring, "the table's columns changed; preparing its statements again");
             connect::reprepare_table(live, table, expiring)
+                .await
+                .map_err(classify(target))?;
+        }
+    }
+    Ok(())
+}
+
+/// Gives the column `expires_at` to each table of `plan` that a request saves a deadline to and
+/// whose statements on `live` are those of a table without it.
+async fn add_missing_columns(
+    live: &mut Live,
+    plan: &Plan<'_>,
+    target: &Target,
+) -> std::result::Result<(), Failure> {
+    for table in plan.tables_with_deadlines() {
+        if !live.table(table).expiring {
+            let lock = commit::lock_id(table, None);
+            expiry::add_column(live, table, lock)
                 .await
                 .map_err(classify(target))?;
         }
