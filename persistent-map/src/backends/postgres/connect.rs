@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -219,6 +219,9 @@ pub(super) struct TableSql {
     pub(super) name: String,
     /// The key layout of the backend's key type, recorded and checked on open (empty: none).
     pub(super) layout: &'static str,
+    /// Whether the table had the column `expires_at` when last seen: a reconnection prepares
+    /// its statements for that layout while it checks it.
+    expiring_seen: AtomicBool,
     create: String,
     listen: String,
     delete: String,
@@ -251,6 +254,7 @@ impl TableSql {
         Self {
             name: name.to_owned(),
             layout,
+            expiring_seen: AtomicBool::new(false),
             create: format!(
                 "CREATE TABLE IF NOT EXISTS {quoted} (key TEXT PRIMARY KEY, value JSONB NOT NULL)"
             ),
@@ -497,11 +501,20 @@ pub(super) async fn attach(
     if live.tables.contains_key(&table.name) {
         return Ok(());
     }
-    let (_, expiring) = tokio::try_join!(
+    // In the round trip that reads the table's columns, its statements are prepared for the
+    // columns it had when last seen (they rarely change), and again only if they did.
+    let assumed = table.expiring_seen.load(Ordering::Relaxed);
+    let (listened, expiring, prepared) = tokio::join!(
         live.client.batch_execute(&table.listen),
         has_expiry_column(live, &table.name),
-    )?;
-    let statements = prepare_table(&live.client, table, expiring).await?;
+        prepare_table(&live.client, table, assumed),
+    );
+    listened?;
+    let expiring = expiring?;
+    let statements = match prepared {
+        Ok(statements) if expiring == assumed => statements,
+        _ => prepare_table(&live.client, table, expiring).await?,
+    };
     live.tables.insert(table.name.clone(), statements);
     Ok(())
 }
@@ -609,18 +622,22 @@ async fn prepare_table(
     expiring: bool,
 ) -> std::result::Result<TableStatements, tokio_postgres::Error> {
     let layout = sql.layout_sql(expiring);
-    let (upsert, delete, delete_all, select_all, select_keys, lock_shared) = tokio::try_join!(
+    let sweep_candidates = async {
+        match expiring {
+            true => client.prepare(&sql.sweep_candidates).await.map(Some),
+            false => Ok(None),
+        }
+    };
+    let (upsert, delete, delete_all, select_all, select_keys, lock_shared, sweep_candidates) = tokio::try_join!(
         client.prepare(&layout.upsert),
         client.prepare(&sql.delete),
         client.prepare(&sql.delete_all),
         client.prepare(&layout.select_all),
         client.prepare(&layout.select_keys),
         client.prepare(&sql.lock_shared),
+        sweep_candidates,
     )?;
-    let sweep_candidates = match expiring {
-        true => Some(client.prepare(&sql.sweep_candidates).await?),
-        false => None,
-    };
+    sql.expiring_seen.store(expiring, Ordering::Relaxed);
     Ok(TableStatements {
         sql: Arc::clone(sql),
         expiring,
