@@ -172,6 +172,14 @@ pub enum Checked<V> {
         /// What storage holds under each condition's key.
         current: Vec<Option<Stored<V>>>,
     },
+    /// As [`Conflict`](Self::Conflict), from a backend that stores deadlines and read each
+    /// key's deadline with its value (as the PostgreSQL backend does): the map takes them as
+    /// they are, instead of reading the keys again with
+    /// [`load_keys_expiring`](StorageBackend::load_keys_expiring).
+    ConflictWithDeadlines {
+        /// What storage holds under each condition's key, and when it expires (`None`: never).
+        current: Vec<Option<(Stored<V>, Option<Deadline>)>>,
+    },
 }
 
 /// How the map asks for a write; see [`StorageBackend::apply_checked`].
@@ -602,8 +610,8 @@ where
     /// as absent in everything it reads (conditions, previous values, loads, `load_keys`); and
     /// implement [`load_each_expiring`](Self::load_each_expiring),
     /// [`load_keys_expiring`](Self::load_keys_expiring) and
-    /// [`sweep_expired`](Self::sweep_expired). The SQLite and in-memory backends do; the
-    /// PostgreSQL and CSV backends do not yet. On a backend that says `false`, a write with a
+    /// [`sweep_expired`](Self::sweep_expired). The SQLite, PostgreSQL and in-memory backends
+    /// do; the CSV backend does not yet. On a backend that says `false`, a write with a
     /// time to live fails with [`PersistentError::ExpiryUnsupported`] before anything is
     /// written, so memory never holds a deadline that storage would forget.
     fn supports_expiry(&self) -> bool {

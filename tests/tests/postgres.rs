@@ -19,7 +19,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 
 mod postgres_common;
-use persistent_map_tests::EventLog;
 use postgres_common::*;
 
 /// A cheap deterministic sequence, so that each run writes the same mix.
@@ -477,18 +476,6 @@ async fn an_unreachable_server_is_a_clear_error_naming_the_host_within_the_timeo
         start.elapsed()
     );
     assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
-}
-
-async fn terminate(admin: &tokio_postgres::Client, application_name: &str) -> i64 {
-    admin
-        .query_one(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-             WHERE application_name = $1",
-            &[&application_name],
-        )
-        .await
-        .unwrap()
-        .get(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -981,78 +968,6 @@ async fn a_row_locked_elsewhere_fails_its_write_in_time_and_other_keys_commit() 
     let stored: HashMap<String, u64> = read_table(&locker, table.name()).await;
     assert_eq!(stored.len(), 9);
     assert_eq!(stored["locked"], 3);
-}
-
-/// An event as a test subscriber saw it.
-// One thread, so that every task of the backend runs where the test's subscriber is the
-// default.
-#[tokio::test(flavor = "current_thread")]
-async fn commits_and_reconnects_are_traced_and_a_quick_reconnect_is_no_error() {
-    let log = EventLog::default();
-    let _subscriber = tracing::subscriber::set_default(log.clone());
-    let table = TestTable::new("traced");
-    let name = format!("pm_traced_{}", std::process::id());
-    let backend = PostgresBackend::with_table(
-        &with_parameter(&url(), "application_name", &name),
-        table.name(),
-    )
-    .await
-    .unwrap();
-    let map: Map = PersistentMap::new(backend).await.unwrap();
-    assert!(log
-        .has(table.name(), tracing::Level::INFO, "connected")
-        .is_some());
-    let refresher = map.refresh_every(Duration::from_secs(60));
-
-    map.insert("a".into(), 1).await.unwrap();
-    let commit = log
-        .has(table.name(), tracing::Level::DEBUG, "commit")
-        .expect("a commit event");
-    assert_eq!(commit.fields["requests"], "1");
-    assert_eq!(commit.fields["rows"], "1");
-    assert!(commit.fields.contains_key("elapsed"), "{commit:?}");
-
-    let loads = |log: &EventLog| {
-        let events = log.of_table(table.name());
-        events
-            .iter()
-            .filter(|event| event.fields["message"] == "load")
-            .count()
-    };
-    let log_reads = |log: &EventLog| {
-        let events = log.of_table(table.name());
-        events
-            .iter()
-            .filter(|event| event.fields["message"] == "read the change log")
-            .count()
-    };
-    let reads_before = log_reads(&log);
-    let loads_before = loads(&log);
-    assert_eq!(terminate(&admin().await, &name).await, 1);
-    let reconnected = wait_for(Duration::from_secs(5), || {
-        map.backend().stats().reconnects >= 1
-    })
-    .await;
-    assert!(reconnected.is_some(), "no reconnection");
-    let lost = log
-        .has(table.name(), tracing::Level::WARN, "lost the connection")
-        .expect("a warning about the lost connection");
-    assert!(lost.fields.contains_key("reason"), "{lost:?}");
-    assert!(log
-        .has(table.name(), tracing::Level::INFO, "reconnected")
-        .is_some());
-    assert!(map.backend().health().is_connected());
-
-    // The background refresh catches up from the change log after the reconnection, without
-    // a reload, and reports no error.
-    let caught_up = wait_for(Duration::from_secs(5), || log_reads(&log) > reads_before).await;
-    assert!(caught_up.is_some(), "no catching up after the reconnection");
-    assert_eq!(loads(&log), loads_before, "a reconnection costs no reload");
-    assert!(
-        refresher.take_error().is_none(),
-        "a reconnect within the reconnect timeout is no error"
-    );
-    map.insert("b".into(), 2).await.unwrap();
 }
 
 /// How many sessions the server has with `application_name`.

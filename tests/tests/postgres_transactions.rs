@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use persistent_map::postgres::{tokio_postgres, PostgresBackend};
+use persistent_map::postgres::PostgresBackend;
 use persistent_map::sqlite::SqliteBackend;
 use persistent_map::{transaction, PersistentError, PersistentMap};
 use persistent_map_tests::temp_db;
@@ -136,18 +136,6 @@ async fn a_write_of_another_instance_before_the_commit_makes_the_body_run_again_
     // The refused first run wrote nothing in the other table either: one increment, not two.
     assert_eq!(stored_hits, HashMap::from([("all".into(), 2)]));
     assert_eq!(contents(&hits_map), stored_hits);
-}
-
-async fn terminate(admin: &tokio_postgres::Client, application_name: &str) -> i64 {
-    admin
-        .query_one(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-             WHERE application_name = $1",
-            &[&application_name],
-        )
-        .await
-        .unwrap()
-        .get(0)
 }
 
 /// A map on `table` through the connection of `url`, whose work waits only briefly for a

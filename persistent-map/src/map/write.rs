@@ -525,6 +525,19 @@ where
                 .await
                 .map(|()| Outcome::Conflict(current))
         }
+        Ok(Checked::ConflictWithDeadlines { current }) => {
+            let mut values = Vec::with_capacity(current.len());
+            for (condition, now) in conditions.into_iter().zip(current) {
+                let (stored, deadline) =
+                    now.map_or((None, None), |(stored, deadline)| (Some(stored), deadline));
+                let value = stored
+                    .as_ref()
+                    .map(|stored| (stored.value.clone(), deadline));
+                shared.apply_stored(condition.key, value);
+                values.push(stored);
+            }
+            Ok(Outcome::Conflict(values))
+        }
         Err(PersistentError::PartialBatch { applied, source }) => {
             Err(super::batch::undo_partial_batch(shared, backend, ops, applied, *source).await)
         }

@@ -50,6 +50,20 @@ pub(crate) async fn admin() -> tokio_postgres::Client {
     client
 }
 
+/// Kills, through `admin`, every session whose `application_name` is `application_name`;
+/// returns how many there were.
+pub(crate) async fn terminate(admin: &tokio_postgres::Client, application_name: &str) -> i64 {
+    admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name = $1",
+            &[&application_name],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// A table name for one test, dropped before the test starts and when it ends (even by panic).
 pub(crate) struct TestTable(String);
 

@@ -24,6 +24,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Statement;
 
 use super::connect::{Live, TableStatements};
+use super::expiry;
 use super::log;
 use super::notify;
 use super::session::{Outcome, RawOp, Write};
@@ -85,7 +86,8 @@ impl<'a> Plan<'a> {
                 match op.key() {
                     Some(key) => {
                         needs.locked.push(key);
-                        if write.want_previous {
+                        // A sweep deletes only a row it reads as expired.
+                        if write.want_previous || matches!(op, RawOp::Sweep { .. }) {
                             needs.read.push(key);
                         }
                     }
@@ -135,6 +137,31 @@ impl<'a> Plan<'a> {
             .all(|(_, write)| write.ops.is_empty() && write.conditions.is_empty())
     }
 
+    /// The tables that a request saves a value with a deadline to: they need the column
+    /// `expires_at` before the commit.
+    pub(super) fn tables_with_deadlines(&self) -> Vec<&'a str> {
+        let mut tables: Vec<&str> = self
+            .requests
+            .iter()
+            .flatten()
+            .filter(|(_, write)| {
+                write.ops.iter().any(|op| {
+                    matches!(
+                        op,
+                        RawOp::Upsert {
+                            expires_at: Some(_),
+                            ..
+                        }
+                    )
+                })
+            })
+            .map(|(table, _)| *table)
+            .collect();
+        tables.sort_unstable();
+        tables.dedup();
+        tables
+    }
+
     /// The tables of the requests, each once.
     pub(super) fn tables(&self) -> Vec<&'a str> {
         let mut tables: Vec<&str> = self
@@ -167,12 +194,12 @@ impl<'a> Plan<'a> {
     }
 }
 
-type Step<'s> = (&'s Statement, Vec<&'s (dyn ToSql + Sync)>);
+pub(super) type Step<'s> = (&'s Statement, Vec<&'s (dyn ToSql + Sync)>);
 
 /// Sends `steps` in order without waiting for each answer (one round trip for all of them),
 /// and returns their rows. Each is sent when its future is first polled, and `try_join_all`
 /// polls them in order.
-async fn pipeline(
+pub(super) async fn pipeline(
     client: &tokio_postgres::Client,
     steps: &[Step<'_>],
 ) -> Attempt<Vec<Vec<tokio_postgres::Row>>> {
@@ -184,17 +211,28 @@ async fn pipeline(
     .await
 }
 
+/// What one attempt at a commit came to.
+pub(super) enum Committed {
+    Done(Decided),
+    /// The tables' layouts under the locks are not the ones their statements were prepared
+    /// for (another instance gave one the column `expires_at`): nothing was written; prepare
+    /// them again (with these, the tables that have the column) and try again.
+    LayoutChanged(Vec<String>),
+}
+
 /// One attempt at committing `plan`'s requests, in two round trips: `BEGIN`, the locks, the
-/// transaction's id and the rows the requests depend on; then, once each request is decided,
-/// the writes, the announcements, the log and `COMMIT`. (If a statement of the second trip
-/// fails, the server turns the `COMMIT` after it into a rollback.) `on_commit_sent` is called,
-/// with the transaction's id and what it decided, just before the second trip goes out.
+/// transaction's id, which tables have the column `expires_at`, and the rows the requests
+/// depend on (read at this instance's clock: an expired row is absent); then, once each request
+/// is decided, the writes, the announcements, the log and `COMMIT`. (If a statement of the
+/// second trip fails, the server turns the `COMMIT` after it into a rollback.)
+/// `on_commit_sent` is called, with the transaction's id and what it decided, just before the
+/// second trip goes out.
 pub(super) async fn commit_once(
     live: &Live,
     plan: &Plan<'_>,
     prune: bool,
     on_commit_sent: impl FnOnce(i64, &Decided),
-) -> Attempt<Decided> {
+) -> Attempt<Committed> {
     let (client, statements) = (&live.client, &live.statements);
     let mut steps: Vec<Step<'_>> = Vec::with_capacity(4 + plan.table_locks.len());
     steps.push((&statements.begin, vec![]));
@@ -210,8 +248,11 @@ pub(super) async fn commit_once(
     }
     let txid_step = steps.len();
     steps.push((&statements.transaction_id, vec![]));
+    let tables = plan.tables();
+    steps.push((&statements.expiry_columns, vec![&tables]));
+    let now = expiry::now_sql();
     for (table, keys) in &plan.reads {
-        steps.push((&live.table(table).select_keys, vec![keys]));
+        steps.push((&live.table(table).select_keys, vec![keys, &now]));
     }
     let answers = match pipeline(client, &steps).await {
         Ok(answers) => answers,
@@ -226,13 +267,29 @@ pub(super) async fn commit_once(
         Some(row) => row.try_get(0)?,
         None => 0,
     };
-    let mut stored: HashMap<&str, HashMap<String, String>> = HashMap::new();
-    for ((table, _), rows) in plan.reads.iter().zip(&answers[txid_step + 1..]) {
+    let with_column = answers[txid_step + 1]
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Attempt<Vec<String>>>()?;
+    if !tables
+        .iter()
+        .all(|table| live.layout_matches(table, &with_column))
+    {
+        client.query(&statements.rollback, &[]).await?;
+        return Ok(Committed::LayoutChanged(with_column));
+    }
+    let mut stored: HashMap<&str, StoredRows> = HashMap::new();
+    for ((table, _), rows) in plan.reads.iter().zip(&answers[txid_step + 2..]) {
         let values = stored.entry(table).or_default();
         for row in rows {
             let (key, value): (String, Option<String>) = (row.try_get(0)?, row.try_get(1)?);
             // A SQL NULL (written by another program) compares as JSON `null`.
-            values.insert(key, value.unwrap_or_else(|| "null".to_owned()));
+            let value = value.unwrap_or_else(|| "null".to_owned());
+            if row.try_get(3)? {
+                values.expired.insert(key, value);
+            } else {
+                values.live.insert(key, (value, row.try_get(2)?));
+            }
         }
     }
 
@@ -275,7 +332,7 @@ pub(super) async fn commit_once(
     steps.push((&statements.commit, vec![]));
     on_commit_sent(txid, &decided);
     pipeline(client, &steps).await?;
-    Ok(decided)
+    Ok(Committed::Done(decided))
 }
 
 /// The steps that apply `rows` to their table.
@@ -284,7 +341,14 @@ fn write_steps<'s>(steps: &mut Vec<Step<'s>>, table: &'s TableStatements, rows: 
         steps.push((&table.delete_all, vec![]));
     }
     if !rows.upsert_keys.is_empty() {
-        steps.push((&table.upsert, vec![&rows.upsert_keys, &rows.upsert_values]));
+        steps.push((
+            &table.upsert,
+            vec![
+                &rows.upsert_keys,
+                &rows.upsert_values,
+                &rows.upsert_deadlines,
+            ],
+        ));
     }
     if !rows.delete_keys.is_empty() {
         steps.push((&table.delete, vec![&rows.delete_keys]));
@@ -315,30 +379,73 @@ fn summarize(
     tables
 }
 
+/// The rows of a table read under the locks, live and expired apart: key to value JSON, and
+/// for a live row its deadline.
+#[derive(Debug, Default)]
+struct StoredRows {
+    live: HashMap<String, (String, Option<i64>)>,
+    expired: HashMap<String, String>,
+}
+
+/// A value as a request of a group sees it: JSON text and deadline (Unix ms).
+type Seen<'a> = (&'a str, Option<i64>);
+
 /// A table as the requests of a group see it, one after the other: what was read, under what
 /// the earlier requests of the group did.
 #[derive(Default)]
 struct Simulated<'a> {
-    stored: HashMap<String, String>,
-    written: HashMap<&'a str, Option<&'a str>>,
+    stored: StoredRows,
+    written: HashMap<&'a str, Option<Seen<'a>>>,
     cleared: bool,
 }
 
 impl<'a> Simulated<'a> {
-    fn get(&self, key: &str) -> Option<&str> {
+    /// The live value under `key`, with its deadline: an expired row is absent.
+    fn get(&self, key: &str) -> Option<Seen<'_>> {
         match self.written.get(key) {
             Some(value) => *value,
             None if self.cleared => None,
-            None => self.stored.get(key).map(String::as_str),
+            None => self
+                .stored
+                .live
+                .get(key)
+                .map(|(value, deadline)| (value.as_str(), *deadline)),
+        }
+    }
+
+    /// The live value's JSON under `key`.
+    fn value(&self, key: &str) -> Option<&str> {
+        self.get(key).map(|(value, _)| value)
+    }
+
+    /// The value of the expired row under `key`, if storage holds one that no earlier request
+    /// of the group replaced.
+    fn expired(&self, key: &str) -> Option<&str> {
+        match self.written.contains_key(key) || self.cleared {
+            true => None,
+            false => self.stored.expired.get(key).map(String::as_str),
+        }
+    }
+
+    /// What `op` finds under its key: the live value, or for a sweep the expired one it
+    /// deletes (`None`: it deletes nothing).
+    fn found(&self, op: &RawOp) -> Option<&str> {
+        match op {
+            RawOp::Sweep { key } => self.expired(key),
+            op => op.key().and_then(|key| self.value(key)),
         }
     }
 
     fn apply(&mut self, op: &'a RawOp) {
         match op {
-            RawOp::Upsert { key, value } => {
-                self.written.insert(key, Some(value));
+            RawOp::Upsert {
+                key,
+                value,
+                expires_at,
+            } => {
+                self.written.insert(key, Some((value, *expires_at)));
             }
-            RawOp::Delete { key } => {
+            RawOp::Delete { key } | RawOp::Sweep { key } => {
                 self.written.insert(key, None);
             }
             RawOp::DeleteAll => {
@@ -352,11 +459,12 @@ impl<'a> Simulated<'a> {
 /// Decides each request in order against `stored` (per table, the rows read under the locks):
 /// a request whose conditions, in every part, hold against the tables as the requests before it
 /// left them is applied, every part of it (and seen by the requests after it); one with a
-/// condition that fails writes nothing. Returns the outcomes, and the ops to commit with their
-/// tables and their writers' origins.
+/// condition that fails writes nothing. A sweep op applies only where it finds an expired row
+/// that no earlier request replaced; its previous value is that row's (`None`: not swept).
+/// Returns the outcomes, and the ops to commit with their tables and their writers' origins.
 fn evaluate<'a>(
     requests: &[Request<'a>],
-    mut stored: HashMap<&'a str, HashMap<String, String>>,
+    mut stored: HashMap<&'a str, StoredRows>,
 ) -> (Vec<Outcome>, Vec<(&'a str, &'a RawOp, i64)>) {
     let mut tables: HashMap<&str, Simulated<'a>> = HashMap::new();
     for (name, _) in requests.iter().flatten() {
@@ -373,7 +481,7 @@ fn evaluate<'a>(
             write
                 .conditions
                 .iter()
-                .all(|(key, expected)| same_json(table.get(key), expected.as_deref()))
+                .all(|(key, expected)| same_json(table.value(key), expected.as_deref()))
         });
         if !holds {
             let current = parts
@@ -383,7 +491,11 @@ fn evaluate<'a>(
                     write
                         .conditions
                         .iter()
-                        .map(|(key, _)| table.get(key).map(str::to_owned))
+                        .map(|(key, _)| {
+                            table
+                                .get(key)
+                                .map(|(value, deadline)| (value.to_owned(), deadline))
+                        })
                         .collect()
                 })
                 .collect();
@@ -399,8 +511,12 @@ fn evaluate<'a>(
                 .want_previous
                 .then(|| Vec::with_capacity(write.ops.len()));
             for op in &write.ops {
+                let found = table.found(op);
                 if let Some(previous) = &mut part_previous {
-                    previous.push(op.key().and_then(|key| table.get(key).map(str::to_owned)));
+                    previous.push(found.map(str::to_owned));
+                }
+                if matches!(op, RawOp::Sweep { .. }) && found.is_none() {
+                    continue;
                 }
                 table.apply(op);
                 applied.push((*name, op, write.origin));
@@ -426,6 +542,8 @@ struct Rows<'a> {
     /// Sorted by key bytes, as are `delete_keys`.
     upsert_keys: Vec<&'a str>,
     upsert_values: Vec<&'a str>,
+    /// The deadlines of `upsert_values` (Unix ms, `None`: never).
+    upsert_deadlines: Vec<Option<i64>>,
     delete_keys: Vec<&'a str>,
     /// Who wrote each key last: the origins of `upsert_keys`, then of `delete_keys`.
     origins: Vec<i64>,
@@ -435,13 +553,18 @@ impl<'a> Rows<'a> {
     /// Merges `ops`, each with the origin of the map that wrote it.
     fn merge(ops: impl IntoIterator<Item = (&'a RawOp, i64)>) -> Self {
         let mut rows = Rows::default();
-        let mut last: BTreeMap<&'a str, (Option<&'a str>, i64)> = BTreeMap::new();
+        type Saved<'a> = Option<(&'a str, Option<i64>)>;
+        let mut last: BTreeMap<&'a str, (Saved<'a>, i64)> = BTreeMap::new();
         for (op, origin) in ops {
             match op {
-                RawOp::Upsert { key, value } => {
-                    last.insert(key, (Some(value), origin));
+                RawOp::Upsert {
+                    key,
+                    value,
+                    expires_at,
+                } => {
+                    last.insert(key, (Some((value, *expires_at)), origin));
                 }
-                RawOp::Delete { key } => {
+                RawOp::Delete { key } | RawOp::Sweep { key } => {
                     last.insert(key, (None, origin));
                 }
                 RawOp::DeleteAll => {
@@ -454,9 +577,10 @@ impl<'a> Rows<'a> {
         let mut delete_origins = Vec::new();
         for (key, (value, origin)) in last {
             match value {
-                Some(value) => {
+                Some((value, expires_at)) => {
                     rows.upsert_keys.push(key);
                     rows.upsert_values.push(value);
+                    rows.upsert_deadlines.push(expires_at);
                     rows.origins.push(origin);
                 }
                 None => {
@@ -497,7 +621,7 @@ impl<'a> Rows<'a> {
 
 /// The advisory lock of `table` (`key` `None`) or of one of its keys: FNV-1a of their bytes.
 /// Two keys that share a lock only wait for each other.
-fn lock_id(table: &str, key: Option<&str>) -> i32 {
+pub(super) fn lock_id(table: &str, key: Option<&str>) -> i32 {
     let separator: &[u8] = if key.is_some() { &[0] } else { &[] };
     let bytes = table
         .as_bytes()
@@ -518,6 +642,7 @@ mod tests {
         RawOp::Upsert {
             key: key.to_owned(),
             value: value.to_owned(),
+            expires_at: None,
         }
     }
 
@@ -531,14 +656,29 @@ mod tests {
         ops.iter().map(|op| (op, origin)).collect()
     }
 
-    fn stored(
-        table: &'static str,
-        rows: &[(&str, &str)],
-    ) -> HashMap<&'static str, HashMap<String, String>> {
-        let rows = rows
-            .iter()
+    fn rows(rows: &[(&str, &str)]) -> HashMap<String, String> {
+        rows.iter()
             .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+            .collect()
+    }
+
+    fn stored(table: &'static str, live: &[(&str, &str)]) -> HashMap<&'static str, StoredRows> {
+        stored_with_expired(table, live, &[])
+    }
+
+    fn stored_with_expired(
+        table: &'static str,
+        live: &[(&str, &str)],
+        expired: &[(&str, &str)],
+    ) -> HashMap<&'static str, StoredRows> {
+        let live = rows(live)
+            .into_iter()
+            .map(|(key, value)| (key, (value, None)))
             .collect();
+        let rows = StoredRows {
+            live,
+            expired: rows(expired),
+        };
         HashMap::from([(table, rows)])
     }
 
@@ -669,7 +809,7 @@ mod tests {
         assert_eq!(
             outcomes[3],
             Outcome::Conflict {
-                current: vec![vec![Some("3".to_owned())]]
+                current: vec![vec![Some(("3".to_owned(), None))]]
             }
         );
         let in_t = applied.iter().filter(|(table, _, _)| *table == "t");
@@ -720,7 +860,7 @@ mod tests {
     #[test]
     fn a_request_over_two_tables_is_applied_whole_or_not_at_all() {
         let mut rows = stored("t", &[("n", "1")]);
-        rows.insert("u", HashMap::from([("n".to_owned(), "5".to_owned())]));
+        rows.extend(stored("u", &[("n", "5")]));
         // Holds in `t`, fails in `u`: neither is written, and both parts say what is stored.
         let (in_t, stale_in_u) = (bump("n", Some("1"), "2"), bump("n", Some("4"), "5"));
         // Both hold, seeing nothing of the request refused before them.
@@ -737,7 +877,10 @@ mod tests {
             outcomes,
             [
                 Outcome::Conflict {
-                    current: vec![vec![Some("1".into())], vec![Some("5".into())]]
+                    current: vec![
+                        vec![Some(("1".into(), None))],
+                        vec![Some(("5".into(), None))]
+                    ]
                 },
                 Outcome::Applied {
                     previous: vec![None, None]
@@ -752,5 +895,125 @@ mod tests {
             })
             .collect();
         assert_eq!(written, [("t", "3"), ("u", "6")]);
+    }
+
+    fn sweep(key: &str) -> RawOp {
+        RawOp::Sweep {
+            key: key.to_owned(),
+        }
+    }
+
+    #[test]
+    fn an_expired_row_is_absent_to_conditions_and_previous_values() {
+        let insert = Write {
+            ops: vec![upsert("old", "2")],
+            want_previous: true,
+            ..Write::default()
+        };
+        let claim = bump("lease", None, "\"mine\"");
+        let requests = [vec![("t", &insert)], vec![("t", &claim)]];
+        let stored = stored_with_expired("t", &[], &[("old", "1"), ("lease", "\"theirs\"")]);
+        let (outcomes, applied) = evaluate(&requests, stored);
+        assert_eq!(
+            outcomes[0],
+            Outcome::Applied {
+                previous: vec![Some(vec![None])]
+            }
+        );
+        assert!(matches!(outcomes[1], Outcome::Applied { .. }));
+        assert_eq!(applied.len(), 2);
+    }
+
+    #[test]
+    fn a_sweep_deletes_only_rows_still_expired_and_not_replaced_in_its_group() {
+        let renew = Write {
+            ops: vec![upsert("renewed", "9")],
+            ..Write::default()
+        };
+        let sweeping = Write {
+            ops: vec![
+                sweep("expired"),
+                sweep("renewed"),
+                sweep("live"),
+                sweep("gone"),
+            ],
+            want_previous: true,
+            origin: 5,
+            ..Write::default()
+        };
+        let requests = [vec![("t", &renew)], vec![("t", &sweeping)]];
+        let plan = Plan::new(&requests);
+        assert_eq!(plan.reads["t"], ["expired", "gone", "live", "renewed"]);
+        let stored =
+            stored_with_expired("t", &[("live", "1")], &[("expired", "2"), ("renewed", "3")]);
+        let (outcomes, applied) = evaluate(&requests, stored);
+        assert_eq!(
+            outcomes[1],
+            Outcome::Applied {
+                previous: vec![Some(vec![Some("2".into()), None, None, None])]
+            }
+        );
+        let rows = Rows::merge(applied.iter().map(|(_, op, origin)| (*op, *origin)));
+        assert_eq!(rows.upsert_keys, ["renewed"]);
+        assert_eq!(rows.delete_keys, ["expired"]);
+        assert_eq!(
+            rows.logged(),
+            (vec![Some("renewed"), Some("expired")], vec![0, 5])
+        );
+    }
+
+    #[test]
+    fn saved_deadlines_follow_their_values_and_mark_the_tables_that_need_the_column() {
+        let expiring = Write {
+            ops: vec![
+                RawOp::Upsert {
+                    key: "a".into(),
+                    value: "1".into(),
+                    expires_at: Some(1_700_000_000_000),
+                },
+                upsert("b", "2"),
+            ],
+            ..Write::default()
+        };
+        let plain = Write {
+            ops: vec![upsert("c", "3")],
+            ..Write::default()
+        };
+        let requests = [vec![("t", &expiring), ("u", &plain)]];
+        assert_eq!(Plan::new(&requests).tables_with_deadlines(), ["t"]);
+        let rows = Rows::merge(by(0, &expiring.ops));
+        assert_eq!(rows.upsert_deadlines, [Some(1_700_000_000_000), None]);
+    }
+
+    #[test]
+    fn a_conflict_reports_each_value_with_its_deadline() {
+        let renew = Write {
+            ops: vec![RawOp::Upsert {
+                key: "a".into(),
+                value: "2".into(),
+                expires_at: Some(1_800_000_000_000),
+            }],
+            ..Write::default()
+        };
+        let stale = Write {
+            conditions: vec![("a".into(), Some("1".into())), ("b".into(), None)],
+            ..Write::default()
+        };
+        let requests = [vec![("t", &renew)], vec![("t", &stale)]];
+        let mut stored = stored("t", &[("a", "1")]);
+        let table = stored.get_mut("t").unwrap();
+        table
+            .live
+            .insert("b".into(), ("3".into(), Some(1_700_000_000_000)));
+        let (outcomes, _) = evaluate(&requests, stored);
+        assert_eq!(
+            outcomes[1],
+            Outcome::Conflict {
+                current: vec![vec![
+                    Some(("2".into(), Some(1_800_000_000_000))),
+                    Some(("3".into(), Some(1_700_000_000_000))),
+                ]]
+            }
+        );
     }
 }

@@ -3,12 +3,13 @@
 
 use std::collections::HashMap;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio_postgres::config::Host;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{AsyncMessage, Client, Config, Connection, Socket, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -209,18 +210,43 @@ fn hosts_in_unparsed(url: &str) -> String {
 }
 
 /// The SQL of one table, written once per backend.
+///
+/// The statements of a table come in two sets: for a table without the column `expires_at`
+/// (one that never saw a time to live, as every table starts) and for one with it (see
+/// `expiry.rs`). Both take the same parameters, so callers need not know which is prepared.
 #[derive(Debug)]
 pub(super) struct TableSql {
     pub(super) name: String,
     /// The key layout of the backend's key type, recorded and checked on open (empty: none).
     pub(super) layout: &'static str,
+    /// Whether the table had the column `expires_at` when last seen: a reconnection prepares
+    /// its statements for that layout while it checks it.
+    expiring_seen: AtomicBool,
     create: String,
     listen: String,
-    upsert: String,
     delete: String,
     delete_all: String,
+    /// Locks the table against a schema change (an `expires_at` being added) until the
+    /// transaction ends; reads nothing.
+    lock_shared: String,
+    plain: LayoutSql,
+    expiring: LayoutSql,
+    /// `$1` now, `$2` the most rows: the keys of expired rows, oldest deadline first.
+    sweep_candidates: String,
+}
+
+/// The statements of a table that depend on whether it has the column `expires_at`.
+#[derive(Debug)]
+struct LayoutSql {
+    /// `$1` keys, `$2` JSON values, `$3` deadlines (Unix ms, `NULL`: never).
+    upsert: String,
+    /// `$1` now (Unix ms): the live rows, as key, value text, deadline.
     select_all: String,
+    /// `$1` keys, `$2` now: their rows, as key, value text, deadline, and whether the row has
+    /// expired (returned so that a sweep can tell an expired row from a missing one).
     select_keys: String,
+    /// The change log since a revision with the live rows of the keys it names, as key,
+    /// value text, deadline (see `log::since`).
     read_log: String,
 }
 
@@ -231,22 +257,60 @@ impl TableSql {
         Self {
             name: name.to_owned(),
             layout,
+            expiring_seen: AtomicBool::new(false),
             create: format!(
                 "CREATE TABLE IF NOT EXISTS {quoted} (key TEXT PRIMARY KEY, value JSONB NOT NULL)"
             ),
             listen: format!("LISTEN {quoted}"),
-            upsert: format!(
-                "INSERT INTO {quoted} (key, value) \
-                 SELECT k, v::jsonb FROM unnest($1::text[], $2::text[]) AS u(k, v) \
-                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
-            ),
             delete: format!("DELETE FROM {quoted} WHERE key = ANY($1::text[])"),
             delete_all: format!("DELETE FROM {quoted}"),
-            select_all: format!("SELECT key, value::text FROM {quoted}"),
-            select_keys: format!(
-                "SELECT key, value::text FROM {quoted} WHERE key = ANY($1::text[])"
+            lock_shared: format!("LOCK TABLE {quoted} IN ACCESS SHARE MODE"),
+            // The parameters a table without deadlines has no use for are still mentioned, so
+            // that both sets take the same ones.
+            plain: LayoutSql {
+                upsert: format!(
+                    "INSERT INTO {quoted} (key, value) \
+                     SELECT k, v::jsonb FROM unnest($1::text[], $2::text[], $3::int8[]) AS u(k, v, e) \
+                     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+                ),
+                select_all: format!(
+                    "SELECT key, value::text, NULL::int8 FROM {quoted} WHERE $1::int8 IS NOT NULL"
+                ),
+                select_keys: format!(
+                    "SELECT key, value::text, NULL::int8, $2::int8 IS NULL \
+                     FROM {quoted} WHERE key = ANY($1::text[])"
+                ),
+                read_log: log::since(&quoted, false),
+            },
+            expiring: LayoutSql {
+                upsert: format!(
+                    "INSERT INTO {quoted} (key, value, expires_at) \
+                     SELECT k, v::jsonb, e FROM unnest($1::text[], $2::text[], $3::int8[]) AS u(k, v, e) \
+                     ON CONFLICT (key) DO UPDATE \
+                     SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at"
+                ),
+                select_all: format!(
+                    "SELECT key, value::text, expires_at FROM {quoted} \
+                     WHERE expires_at IS NULL OR expires_at > $1::int8"
+                ),
+                select_keys: format!(
+                    "SELECT key, value::text, expires_at, coalesce(expires_at <= $2::int8, false) \
+                     FROM {quoted} WHERE key = ANY($1::text[])"
+                ),
+                read_log: log::since(&quoted, true),
+            },
+            sweep_candidates: format!(
+                "SELECT key FROM {quoted} WHERE expires_at <= $1::int8 \
+                 ORDER BY expires_at LIMIT $2::int8"
             ),
-            read_log: log::since(&quoted),
+        }
+    }
+
+    fn layout_sql(&self, expiring: bool) -> &LayoutSql {
+        if expiring {
+            &self.expiring
+        } else {
+            &self.plain
         }
     }
 }
@@ -268,15 +332,22 @@ pub(super) struct Statements {
     /// The transaction's id, and (`$1`) the status of a transaction by id.
     pub(super) transaction_id: Statement,
     pub(super) transaction_status: Statement,
+    /// `$1` table names: those of them that have the column `expires_at`.
+    pub(super) expiry_columns: Statement,
     /// The change log's statements (see `log.rs`).
     pub(super) log: Statement,
     pub(super) prune_log: Statement,
     pub(super) revision: Statement,
 }
 
-/// The statements of one table on one connection, prepared when the table is attached.
+/// The statements of one table on one connection, prepared when the table is attached, for the
+/// table's layout then (`expiring`: it has the column `expires_at`), and again when the layout
+/// is found to have changed.
 #[derive(Debug)]
 pub(super) struct TableStatements {
+    pub(super) sql: Arc<TableSql>,
+    /// Whether these statements are those of a table with the column `expires_at`.
+    pub(super) expiring: bool,
     pub(super) upsert: Statement,
     pub(super) delete: Statement,
     pub(super) delete_all: Statement,
@@ -284,6 +355,9 @@ pub(super) struct TableStatements {
     pub(super) select_keys: Statement,
     /// The change log since a revision, with the rows of the keys it names (see `log.rs`).
     pub(super) read_log: Statement,
+    pub(super) lock_shared: Statement,
+    /// Only for a table with the column.
+    pub(super) sweep_candidates: Option<Statement>,
 }
 
 /// An open connection: the client, its statements, and word of its end.
@@ -300,6 +374,12 @@ impl Live {
     /// Resolves when the connection has ended.
     pub(super) async fn closed(&mut self) {
         let _ = (&mut self.closed).await;
+    }
+
+    /// Whether `table`'s statements are prepared for the layout it has, given `with_column`,
+    /// the tables found to have the column `expires_at`.
+    pub(super) fn layout_matches(&self, table: &str, with_column: &[String]) -> bool {
+        self.table(table).expiring == with_column.iter().any(|name| name == table)
     }
 
     /// The statements of `table`, which is attached.
@@ -375,6 +455,7 @@ pub(super) async fn open(
         generation,
         Arc::clone(&own_pid),
     );
+    let mut client = client;
     let set_up = async {
         let pid: i32 = client
             .query_one("SELECT pg_backend_pid()", &[])
@@ -384,7 +465,15 @@ pub(super) async fn open(
         if !endpoint.session_settings.is_empty() {
             client.batch_execute(&endpoint.session_settings).await?;
         }
-        let statements = prepare(&client).await?;
+        let statements = match prepare(&client).await {
+            // The statements of the change log name its tables: on a database that has never
+            // seen this crate (or whose tables were dropped), they must be made first.
+            Err(error) if error.code() == Some(&SqlState::UNDEFINED_TABLE) => {
+                create_own_tables(&mut client).await?;
+                prepare(&client).await?
+            }
+            prepared => prepared?,
+        };
         let mut live = Live {
             client,
             statements,
@@ -409,7 +498,7 @@ pub(super) async fn open(
 /// up.
 pub(super) async fn attach(
     live: &mut Live,
-    table: &TableSql,
+    table: &Arc<TableSql>,
     set_up_table: bool,
 ) -> std::result::Result<(), OpenFailure> {
     if set_up_table {
@@ -418,9 +507,45 @@ pub(super) async fn attach(
     if live.tables.contains_key(&table.name) {
         return Ok(());
     }
-    live.client.batch_execute(&table.listen).await?;
-    let statements = prepare_table(&live.client, table).await?;
+    // In the round trip that reads the table's columns, its statements are prepared for the
+    // columns it had when last seen (they rarely change), and again only if they did.
+    let assumed = table.expiring_seen.load(Ordering::Relaxed);
+    let (listened, expiring, prepared) = tokio::join!(
+        live.client.batch_execute(&table.listen),
+        has_expiry_column(live, &table.name),
+        prepare_table(&live.client, table, assumed),
+    );
+    listened?;
+    let expiring = expiring?;
+    let statements = match prepared {
+        Ok(statements) if expiring == assumed => statements,
+        _ => prepare_table(&live.client, table, expiring).await?,
+    };
     live.tables.insert(table.name.clone(), statements);
+    Ok(())
+}
+
+/// Whether `table` has the column `expires_at` now.
+pub(super) async fn has_expiry_column(
+    live: &Live,
+    table: &str,
+) -> std::result::Result<bool, tokio_postgres::Error> {
+    let rows = live
+        .client
+        .query(&live.statements.expiry_columns, &[&[table].as_slice()])
+        .await?;
+    Ok(!rows.is_empty())
+}
+
+/// Prepares `table`'s statements again, for the layout it has now (`expiring`).
+pub(super) async fn reprepare_table(
+    live: &mut Live,
+    table: &str,
+    expiring: bool,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    let sql = Arc::clone(&live.table(table).sql);
+    let statements = prepare_table(&live.client, &sql, expiring).await?;
+    live.tables.insert(sql.name.clone(), statements);
     Ok(())
 }
 
@@ -469,9 +594,10 @@ async fn prepare(client: &Client) -> std::result::Result<Statements, tokio_postg
         client.prepare("COMMIT"),
         client.prepare("ROLLBACK"),
     )?;
-    let (transaction_id, transaction_status, log, prune_log, revision) = tokio::try_join!(
+    let (transaction_id, transaction_status, expiry_columns, log, prune_log, revision) = tokio::try_join!(
         client.prepare("SELECT txid_current()"),
         client.prepare("SELECT txid_status($1)"),
+        client.prepare(super::expiry::COLUMNS),
         client.prepare(log::LOG),
         client.prepare(log::PRUNE),
         client.prepare(log::REVISION),
@@ -486,6 +612,7 @@ async fn prepare(client: &Client) -> std::result::Result<Statements, tokio_postg
         rollback,
         transaction_id,
         transaction_status,
+        expiry_columns,
         log,
         prune_log,
         revision,
@@ -494,23 +621,47 @@ async fn prepare(client: &Client) -> std::result::Result<Statements, tokio_postg
 
 async fn prepare_table(
     client: &Client,
-    sql: &TableSql,
+    sql: &Arc<TableSql>,
+    expiring: bool,
 ) -> std::result::Result<TableStatements, tokio_postgres::Error> {
-    let (upsert, delete, delete_all, select_all, select_keys, read_log) = tokio::try_join!(
-        client.prepare(&sql.upsert),
-        client.prepare(&sql.delete),
-        client.prepare(&sql.delete_all),
-        client.prepare(&sql.select_all),
-        client.prepare(&sql.select_keys),
-        client.prepare(&sql.read_log),
-    )?;
-    Ok(TableStatements {
+    let layout = sql.layout_sql(expiring);
+    let sweep_candidates = async {
+        match expiring {
+            true => client.prepare(&sql.sweep_candidates).await.map(Some),
+            false => Ok(None),
+        }
+    };
+    let (
         upsert,
         delete,
         delete_all,
         select_all,
         select_keys,
         read_log,
+        lock_shared,
+        sweep_candidates,
+    ) = tokio::try_join!(
+        client.prepare(&layout.upsert),
+        client.prepare(&sql.delete),
+        client.prepare(&sql.delete_all),
+        client.prepare(&layout.select_all),
+        client.prepare(&layout.select_keys),
+        client.prepare(&layout.read_log),
+        client.prepare(&sql.lock_shared),
+        sweep_candidates,
+    )?;
+    sql.expiring_seen.store(expiring, Ordering::Relaxed);
+    Ok(TableStatements {
+        sql: Arc::clone(sql),
+        expiring,
+        upsert,
+        delete,
+        delete_all,
+        select_all,
+        select_keys,
+        read_log,
+        lock_shared,
+        sweep_candidates,
     })
 }
 
@@ -524,18 +675,7 @@ type Column = (String, String, bool);
 /// concurrent one. Existing tables are only read, so a role without the right to create tables
 /// can use ones made for it.
 async fn set_up_table(client: &mut Client, sql: &TableSql) -> std::result::Result<(), OpenFailure> {
-    let missing: bool = client.query_one(log::MISSING, &[]).await?.try_get(0)?;
-    if missing {
-        let transaction = client.transaction().await?;
-        transaction
-            .execute(
-                "SELECT pg_advisory_xact_lock($1, hashtext('persistent_map_log'))",
-                &[&CREATE_LOCK_CLASS],
-            )
-            .await?;
-        transaction.batch_execute(log::CREATE).await?;
-        transaction.commit().await?;
-    }
+    create_own_tables(client).await?;
     let mut found = columns(client, &sql.name).await?;
     if found.is_empty() {
         let transaction = client.transaction().await?;
@@ -562,6 +702,24 @@ async fn set_up_table(client: &mut Client, sql: &TableSql) -> std::result::Resul
     check_columns(&sql.name, &found).map_err(OpenFailure::Rejected)?;
     client.execute(log::ADD_TABLE, &[&sql.name]).await?;
     check_or_record_layout(client, sql).await
+}
+
+/// Makes the crate's own tables (the change log, the key layouts) if any is missing, under the
+/// setup lock: concurrent `CREATE ... IF NOT EXISTS` can fail.
+async fn create_own_tables(client: &mut Client) -> std::result::Result<(), tokio_postgres::Error> {
+    let missing: bool = client.query_one(log::MISSING, &[]).await?.try_get(0)?;
+    if missing {
+        let transaction = client.transaction().await?;
+        transaction
+            .execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext('persistent_map_log'))",
+                &[&CREATE_LOCK_CLASS],
+            )
+            .await?;
+        transaction.batch_execute(log::CREATE).await?;
+        transaction.commit().await?;
+    }
+    Ok(())
 }
 
 /// Records the key layout of `sql` for its table if none is recorded, else checks that it is

@@ -69,22 +69,32 @@ pub(super) const PRUNE: &str = "\
 pub(super) const REVISION: &str =
     "SELECT coalesce((SELECT rev FROM persistent_map_revisions WHERE table_name = $1), 0)";
 
-/// The statement that reads the changes of the table `quoted` (its name, quoted). `$1` the
-/// table's name, `$2` the position's revision, `$3` the asking map's origin, `$4` the most log
-/// rows to read: the revision row, and each key others logged after `$2` (once; a `NULL` key
-/// is "anything") with how many log rows named it and the table's row under it now (`t.key`
-/// `NULL`: none), all in one snapshot. A row whose count is `NULL` is the revision row alone
+/// The statement that reads the changes of the table `quoted` (its name, quoted; `expiring`:
+/// it has the column `expires_at`). `$1` the table's name, `$2` the position's revision, `$3`
+/// the asking map's origin, `$4` the most log rows to read, `$5` now (Unix ms): the revision
+/// row, and each key others logged after `$2` (once; a `NULL` key is "anything") with how many
+/// log rows named it and the table's live row under it now (`t.key` `NULL`: none) with its
+/// deadline, all in one snapshot. A row whose count is `NULL` is the revision row alone
 /// (nothing logged).
-pub(super) fn since(quoted: &str) -> String {
+pub(super) fn since(quoted: &str, expiring: bool) -> String {
+    // A table without the column still mentions `$5`, so that both take the same parameters.
+    let (deadline, live) = if expiring {
+        (
+            "t.expires_at",
+            "AND (t.expires_at IS NULL OR t.expires_at > $5::int8)",
+        )
+    } else {
+        ("NULL::int8", "AND $5::int8 IS NOT NULL")
+    };
     format!(
-        "SELECT r.rev, r.pruned, l.logged, l.key, t.key, t.value::text \
+        "SELECT r.rev, r.pruned, l.logged, l.key, t.key, t.value::text, {deadline} \
          FROM persistent_map_revisions r \
          LEFT JOIN (\
              SELECT key, count(*) AS logged FROM (\
                  SELECT key FROM persistent_map_log \
                  WHERE table_name = $1 AND rev > $2 AND origin <> $3 LIMIT $4) AS recent \
              GROUP BY key) AS l ON true \
-         LEFT JOIN {quoted} t ON t.key = l.key \
+         LEFT JOIN {quoted} t ON t.key = l.key {live} \
          WHERE r.table_name = $1"
     )
 }
@@ -210,7 +220,7 @@ mod tests {
                 .map(|&(key, stored)| {
                     let row = key
                         .filter(|_| stored)
-                        .map(|key| (key.to_owned(), Some(format!("\"{key}\""))));
+                        .map(|key| (key.to_owned(), Some(format!("\"{key}\"")), None));
                     (key.map(str::to_owned), row)
                 })
                 .collect(),
@@ -220,7 +230,7 @@ mod tests {
     #[test]
     fn the_log_names_keys_with_their_rows_and_reloads_when_it_cannot_say() {
         let changed = read(9, 0, &[(Some("b"), false), (Some("a"), true)]).since(5);
-        let a_row = ("a".to_owned(), Some("\"a\"".to_owned()));
+        let a_row = ("a".to_owned(), Some("\"a\"".to_owned()), None);
         assert_eq!(
             changed,
             Logged::Entries(vec![("a".into(), Some(a_row.clone())), ("b".into(), None)])

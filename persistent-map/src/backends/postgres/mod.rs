@@ -33,7 +33,8 @@
 //! Each map lives in one table, by default its key type's
 //! ([`PersistentKey::TABLE_NAME`](crate::PersistentKey::TABLE_NAME)), created if missing:
 //! `key TEXT PRIMARY KEY` holding the key's `Display` text and `value JSONB NOT NULL` holding
-//! the value as JSON, so `psql` shows (and can query) the data. Table names follow
+//! the value as JSON, so `psql` shows (and can query) the data (and, once the map has stored
+//! an entry with a time to live, `expires_at`: see "Expiry"). Table names follow
 //! [`validate_table_name`](crate::validate_table_name), are at most 63 bytes (PostgreSQL's
 //! limit) and are quoted, so they keep their case. An existing table without those columns is
 //! refused with [`PersistentError::IncompatibleTable`] before anything is written.
@@ -42,6 +43,54 @@
 //! key is refused with [`PersistentError::Postgres`] and nothing is written. A value can be as
 //! large as JSONB allows (255 MB); JSONB refuses the character U+0000 in strings, so a value
 //! holding it is refused the same way.
+//!
+//! # Expiry
+//!
+//! Entries with a time to live ([`insert_with_ttl`](crate::PersistentMap::insert_with_ttl)
+//! and the rest of the map's expiry methods) work as on SQLite. A row's deadline is stored in
+//! a nullable column `expires_at BIGINT`: Unix milliseconds (`NULL`: never), so
+//! `SELECT key, value, to_timestamp(expires_at / 1000.0) FROM sessions` shows it. A table gains
+//! the column in place, with a partial index over the rows that have a deadline
+//! (`persistent_map_expiry_<table>`), just before the first commit that saves a value with a
+//! time to live to it (`ALTER TABLE ... ADD COLUMN IF NOT EXISTS`, in a short transaction of
+//! its own holding the table's advisory lock exclusively, so instances adding it at once take
+//! turns); a table that never sees one keeps its two columns. A save replaces the deadline as
+//! it replaces the value: a save without a time to live clears it (Redis's `SET`).
+//!
+//! Adding the column is instant, but building the index reads the whole table while the
+//! `ALTER`'s lock keeps every other read and write of the table waiting, and must finish
+//! within the statement timeout (see [`PostgresBuilder::operation_timeout`]), else the write
+//! fails and nothing changes. For a large table, add both beforehand, as the backend would
+//! (it finds them by name):
+//!
+//! ```sql
+//! ALTER TABLE sessions ADD COLUMN IF NOT EXISTS expires_at BIGINT;
+//! CREATE INDEX CONCURRENTLY IF NOT EXISTS persistent_map_expiry_sessions
+//!     ON sessions (expires_at) WHERE expires_at IS NOT NULL;
+//! ```
+//!
+//! The clock: a deadline is a point on the wall clock of the instance that wrote it, and every
+//! read compares it with the reading instance's own wall clock (sent with the query, not the
+//! server's `now()`): a row whose deadline is at or before that instant is absent to loads,
+//! to the re-reads of a refresh, and to the conditions and previous values of writes, so
+//! [`update`](crate::PersistentMap::update) sees `None` and a
+//! [`compare_exchange`](crate::PersistentMap::compare_exchange) expecting `None` succeeds,
+//! whether or not the row was swept yet. Instances whose clocks disagree disagree on expiry by
+//! as much: one whose clock runs ahead sees entries expire early, one behind late, and a
+//! sweep deletes what the sweeping instance's clock says has expired. Keep hosts on NTP.
+//!
+//! Each connection prepares a table's statements for the columns it found, and checks them
+//! again under the table's locks in every commit and every read (a read locks the table
+//! `IN ACCESS SHARE MODE` for that); when another instance has given the table the column
+//! meanwhile, the statements are prepared again and the work is redone, so no instance reads
+//! an expired row as live or leaves a deadline behind a plain save.
+//!
+//! A sweep ([`PersistentMap::sweep_expired`](crate::PersistentMap::sweep_expired), and the
+//! map's background sweep) finds up to 256 expired rows by the partial index, then deletes
+//! those that are still expired under their keys' advisory locks in one commit, shared with
+//! other writes as any write's is, and logs and announces them as deletes: the other
+//! instances drop those keys at their next refresh, and their subscribers hear
+//! [`Change::Expired`](crate::Change::Expired) for entries that had expired.
 //!
 //! # Writes
 //!
@@ -223,13 +272,15 @@
 //! installed, that costs next to nothing), every event with the field `table`: at `debug` each
 //! commit (`requests`, `rows`, `cleared`, `conflicts`, `elapsed`), each load (`rows`,
 //! `elapsed`; `keys` for a load of some keys) and each read of the change log (`since`, `rev`,
-//! `keys`, the `rows` of values read with them, `elapsed`); at `info` connects and reconnects;
-//! at `warn` slow commits (over a second), retries, lost connections, operation timeouts and
-//! forced reloads. The example `tracing` shows them with a subscriber.
+//! `keys`, the `rows` of values read with them, `elapsed`); at `info` connects and reconnects,
+//! and a table gaining the column `expires_at`; at `warn` slow commits (over a second),
+//! retries, lost connections, operation timeouts and forced reloads. The example `tracing`
+//! shows them with a subscriber.
 
 mod commit;
 mod connect;
 mod decode;
+mod expiry;
 mod log;
 mod notify;
 mod registry;
@@ -256,8 +307,8 @@ use self::registry::SessionHandle;
 use self::session::{Attached, Command, Counters, Outcome, RawOp, Scanned, Timeouts, Write};
 pub(crate) use self::transaction::{TransactionPart, TransactionSession};
 use crate::{
-    BatchOp, ChangePosition, Checked, Condition, ExternalChanges, PersistentError, PersistentKey,
-    Result, StorageBackend, Stored, WriteOptions,
+    BatchOp, ChangePosition, Checked, Condition, Deadline, ExternalChanges, PersistentError,
+    PersistentKey, Result, StorageBackend, Stored, WriteOptions,
 };
 
 /// The tokio-postgres this backend is built on, whose error
@@ -566,7 +617,10 @@ impl PostgresBackend {
         )
     }
 
-    async fn load_rows<K, V>(&self, sink: &mut (dyn FnMut(K, V) + Send)) -> Result<()>
+    async fn load_rows<K, V>(
+        &self,
+        sink: &mut (dyn FnMut(K, V, Option<Deadline>) + Send),
+    ) -> Result<()>
     where
         K: FromStr + ToString,
         <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
@@ -583,8 +637,8 @@ impl PostgresBackend {
             match message {
                 Scanned::Rows(chunk) => {
                     for row in chunk {
-                        let (key, value) = decode::decode_row(table, row)?;
-                        sink(key, value);
+                        let (key, value, deadline) = decode::decode_row(table, row)?;
+                        sink(key, value, deadline);
                     }
                 }
                 Scanned::Failed(error) => return Err(error),
@@ -990,6 +1044,7 @@ where
         self.write_ops(vec![encode(
             &self.shared.attached.target.table,
             &BatchOp::Save(key, value),
+            None,
         )?])
         .await
     }
@@ -1015,14 +1070,14 @@ where
             return Ok(());
         }
         let ops = crate::backends::encode::encode_all(ops, |op| {
-            encode(&self.shared.attached.target.table, op)
+            encode(&self.shared.attached.target.table, op, None)
         })?;
         self.write_ops(ops).await
     }
 
-    /// Streams the rows from the server in chunks, decoding one while the next arrives.
+    /// Streams the live rows from the server in chunks, decoding one while the next arrives.
     async fn load_each(&self, sink: &mut (dyn FnMut(K, V) + Send)) -> Result<(), PersistentError> {
-        self.load_rows(sink).await
+        self.load_rows(&mut |key, value, _| sink(key, value)).await
     }
 
     /// One `DELETE` in one transaction, logged as "anything changed".
@@ -1031,17 +1086,12 @@ where
     }
 
     async fn load_keys(&self, keys: &[K]) -> Result<HashMap<K, V>, PersistentError> {
-        let texts = keys.iter().map(ToString::to_string).collect();
-        let rows = self
-            .ask(|done| Command::LoadKeys {
-                table: self.table_ref(),
-                keys: texts,
-                done,
-            })
-            .await?;
-        rows.into_iter()
-            .map(|row| decode::decode_row(self.table(), row))
-            .collect()
+        Ok(self
+            .load_keys_expiring(keys)
+            .await?
+            .into_iter()
+            .map(|(key, (value, _))| (key, value))
+            .collect())
     }
 
     /// Checks the conditions and applies the writes in one transaction that holds the advisory
@@ -1063,7 +1113,7 @@ where
                 .map(|(key, condition)| (key.clone(), condition.expected.clone()))
                 .collect(),
             ops: crate::backends::encode::encode_all(ops, |op| {
-                encode(&self.shared.attached.target.table, op)
+                encode(&self.shared.attached.target.table, op, options.deadline())
             })?,
             want_previous: options.wants_previous(),
             // The map's id, as the log stores it: the same 64 bits.
@@ -1078,15 +1128,16 @@ where
                 let current = keys
                     .iter()
                     .zip(current.into_iter().flatten())
-                    .map(|(key, json)| {
-                        json.map(|json| {
+                    .map(|(key, now)| {
+                        now.map(|(json, expires_at)| {
                             let value = crate::backends::decode::decode_value(table, key, &json)?;
-                            Ok(Stored { value, json })
+                            let deadline = expiry::deadline_of(expires_at);
+                            Ok((Stored { value, json }, deadline))
                         })
                         .transpose()
                     })
                     .collect::<Result<_>>()?;
-                Ok(Checked::Conflict { current })
+                Ok(Checked::ConflictWithDeadlines { current })
             }
         }
     }
@@ -1171,7 +1222,10 @@ where
                 return Ok((ExternalChanges::Unknown, None));
             };
             let stored = match row {
-                Some(row) => Some((decode::decode_row::<K, V>(self.table(), row)?.1, None)),
+                Some(row) => {
+                    let (_, value, deadline) = decode::decode_row::<K, V>(self.table(), row)?;
+                    Some((value, deadline))
+                }
                 None => None,
             };
             entries.push((key, stored));
@@ -1187,14 +1241,98 @@ where
     async fn external_change_signal(&self) {
         self.shared.attached.changes.signalled().await;
     }
+
+    /// Deadlines live in the column `expires_at` (Unix milliseconds, `NULL`: never), which a
+    /// table gains with its first write that has a time to live (see the
+    /// [module docs](self#expiry)).
+    fn supports_expiry(&self) -> bool {
+        true
+    }
+
+    /// Rows whose deadline has passed on this instance's clock are not loaded.
+    async fn load_each_expiring(
+        &self,
+        sink: &mut (dyn FnMut(K, V, Option<Deadline>) + Send),
+    ) -> Result<(), PersistentError> {
+        self.load_rows(sink).await
+    }
+
+    async fn load_keys_expiring(
+        &self,
+        keys: &[K],
+    ) -> Result<HashMap<K, (V, Option<Deadline>)>, PersistentError> {
+        let texts = keys.iter().map(ToString::to_string).collect();
+        let rows = self
+            .ask(|done| Command::LoadKeys {
+                table: self.table_ref(),
+                keys: texts,
+                done,
+            })
+            .await?;
+        rows.into_iter()
+            .map(|row| {
+                let (key, value, deadline) = decode::decode_row(self.table(), row)?;
+                Ok((key, (value, deadline)))
+            })
+            .collect()
+    }
+
+    /// Finds up to `limit` (at most 256, so that the commit locks keys, not the table) expired
+    /// rows by the partial index on `expires_at`, then deletes those still expired under their
+    /// keys' advisory locks in one commit, shared with other writes, which logs and announces
+    /// them as it does any delete: the other instances drop the keys at their next refresh.
+    async fn sweep_expired(&self, limit: usize, origin: u64) -> Result<Vec<K>, PersistentError> {
+        let limit = limit.min(commit::MAX_KEY_LOCKS);
+        let candidates = self
+            .ask(|done| Command::ExpiredKeys {
+                table: self.table_ref(),
+                limit: i64::try_from(limit).unwrap_or(i64::MAX),
+                done,
+            })
+            .await?;
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let write = Write {
+            ops: candidates
+                .iter()
+                .map(|key| RawOp::Sweep { key: key.clone() })
+                .collect(),
+            // Each sweep op's previous value says whether it deleted a row.
+            want_previous: true,
+            // The map's id, as the log stores it: the same 64 bits.
+            origin: origin as i64,
+            ..Write::default()
+        };
+        let previous = match self.write(write).await? {
+            Outcome::Applied { previous } => previous.into_iter().next().flatten(),
+            Outcome::Conflict { .. } => unreachable!("a sweep has no conditions"),
+        };
+        let previous = previous.unwrap_or_default();
+        candidates
+            .iter()
+            .zip(previous)
+            .filter(|(_, swept)| swept.is_some())
+            .map(|(key, _)| decode::decode_key(self.table(), key))
+            .collect()
+    }
 }
 
-fn encode<K: ToString, V: Serialize>(table: &str, op: &BatchOp<K, V>) -> Result<RawOp> {
+/// `op` as the session executes it; a saved value expires at `deadline`.
+fn encode<K: ToString, V: Serialize>(
+    table: &str,
+    op: &BatchOp<K, V>,
+    deadline: Option<Deadline>,
+) -> Result<RawOp> {
     Ok(match op {
         BatchOp::Save(key, value) => {
             let key = key.to_string();
             let value = crate::backends::encode::encode_stored_value(table, &key, value)?;
-            RawOp::Upsert { key, value }
+            RawOp::Upsert {
+                key,
+                value,
+                expires_at: expiry::deadline_to_sql(deadline),
+            }
         }
         BatchOp::Delete(key) => RawOp::Delete {
             key: key.to_string(),

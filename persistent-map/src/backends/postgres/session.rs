@@ -28,8 +28,14 @@ use futures_util::{pin_mut, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::error::SqlState;
 
-use super::commit::{self, Decided, Plan, Request};
-use super::connect::{self, describe_error, Endpoint, Live, OpenFailure, TableSql, Target};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Statement;
+
+use super::commit::{self, Committed, Decided, Plan, Request, Step};
+use super::connect::{
+    self, describe_error, Endpoint, Live, OpenFailure, TableSql, TableStatements, Target,
+};
+use super::expiry;
 use super::log::{self, LogRead};
 use super::notify::{self, Changes, Listeners};
 use crate::{PersistentError, Result};
@@ -37,15 +43,28 @@ use crate::{PersistentError, Result};
 /// A write as the session executes it: key text and JSON text, already encoded.
 #[derive(Debug)]
 pub(super) enum RawOp {
-    Upsert { key: String, value: String },
-    Delete { key: String },
+    /// `expires_at`: the deadline in Unix milliseconds (`None`: never), replacing the key's.
+    Upsert {
+        key: String,
+        value: String,
+        expires_at: Option<i64>,
+    },
+    Delete {
+        key: String,
+    },
+    /// Deletes the key's row only if it has expired (read under the key's lock at the
+    /// committing instance's clock); a live row, or one an earlier write of the group
+    /// replaced, is left alone.
+    Sweep {
+        key: String,
+    },
     DeleteAll,
 }
 
 impl RawOp {
     pub(super) fn key(&self) -> Option<&str> {
         match self {
-            RawOp::Upsert { key, .. } | RawOp::Delete { key } => Some(key),
+            RawOp::Upsert { key, .. } | RawOp::Delete { key } | RawOp::Sweep { key } => Some(key),
             RawOp::DeleteAll => None,
         }
     }
@@ -74,14 +93,18 @@ pub(super) enum Outcome {
     },
     /// A condition of some part did not hold and nothing was written, in any part: per part,
     /// per condition, what is stored.
-    Conflict { current: Vec<Vec<Option<String>>> },
+    Conflict { current: Vec<Vec<Option<Current>>> },
 }
+
+/// A stored value as a conflict reports it: its JSON text and its deadline (Unix ms).
+pub(super) type Current = (String, Option<i64>);
 
 /// A request's share for one backend's table.
 pub(super) type Part = (Arc<Attached>, Write);
 
-/// A stored row as read: key text and the value's JSON text (`None` for SQL `NULL`).
-pub(super) type RawRow = (String, Option<String>);
+/// A stored row as read: key text, the value's JSON text (`None` for SQL `NULL`) and its
+/// deadline (`expires_at`, Unix milliseconds; `None`: never).
+pub(super) type RawRow = (String, Option<String>, Option<i64>);
 
 /// A backend as the session knows it: its table, and where its news and counts go.
 #[derive(Debug)]
@@ -111,11 +134,17 @@ pub(super) enum Command {
         table: Arc<Attached>,
         rows: mpsc::Sender<Scanned>,
     },
-    /// Read the rows of these keys.
+    /// Read the live rows of these keys.
     LoadKeys {
         table: Arc<Attached>,
         keys: Vec<String>,
         done: oneshot::Sender<Result<Vec<RawRow>>>,
+    },
+    /// Read the keys of at most `limit` expired rows, oldest deadline first.
+    ExpiredKeys {
+        table: Arc<Attached>,
+        limit: i64,
+        done: oneshot::Sender<Result<Vec<String>>>,
     },
     /// Read the table's revision.
     Revision {
@@ -331,6 +360,20 @@ impl Session {
             Command::Load { table, rows } => self.load(&table, &rows).await,
             Command::LoadKeys { table, keys, done } => {
                 let result = self.load_keys(&table, &keys).await;
+                let _ = done.send(result);
+            }
+            Command::ExpiredKeys { table, limit, done } => {
+                let result = match self
+                    .retrying(Work::ExpiredKeys {
+                        table: &table,
+                        limit,
+                    })
+                    .await
+                {
+                    Ok(Loaded::Keys(keys)) => Ok(keys),
+                    Ok(_) => unreachable!("a read of expired keys returns keys"),
+                    Err(failed) => Err(error_of(&table.target, failed)),
+                };
                 let _ = done.send(result);
             }
             Command::Revision { table, done } => {
@@ -774,6 +817,8 @@ enum Loaded {
     Attached,
     /// The rows of the keys asked for.
     Rows(Vec<RawRow>),
+    /// The keys of expired rows.
+    Keys(Vec<String>),
     /// How many rows a load streamed.
     Streamed(usize),
     Revision(i64),
@@ -814,6 +859,10 @@ enum Work<'a> {
         table: &'a Attached,
         keys: &'a [String],
     },
+    ExpiredKeys {
+        table: &'a Attached,
+        limit: i64,
+    },
     Revision {
         table: &'a Attached,
     },
@@ -837,16 +886,30 @@ impl<'a> Work<'a> {
                         return Ok(Loaded::Committed(earlier.decided));
                     }
                 }
-                let decided = commit::commit_once(live, plan, *prune, |txid, decided| {
-                    *sent = Some(Sent {
-                        txid,
-                        decided: decided.clone(),
-                    });
-                })
-                .await
-                .map_err(classify(target))?;
-                *sent = None;
-                Ok(Loaded::Committed(decided))
+                add_missing_columns(live, plan, target).await?;
+                let mut relayouts = 0;
+                loop {
+                    let committed = commit::commit_once(live, plan, *prune, |txid, decided| {
+                        *sent = Some(Sent {
+                            txid,
+                            decided: decided.clone(),
+                        });
+                    })
+                    .await;
+                    match committed {
+                        Ok(Committed::Done(decided)) => {
+                            *sent = None;
+                            return Ok(Loaded::Committed(decided));
+                        }
+                        Ok(Committed::LayoutChanged(with_column)) => {
+                            relayouts += 1;
+                            relayout(live, &plan.tables(), &with_column, relayouts, target).await?;
+                            // A table that lost the column must get it back for a deadline.
+                            add_missing_columns(live, plan, target).await?;
+                        }
+                        Err(error) => return Err(classify(target)(error)),
+                    }
+                }
             }
             Work::Attach { table } => {
                 connect::attach(live, &table.sql, true)
@@ -871,17 +934,37 @@ impl<'a> Work<'a> {
                 Ok(Loaded::Streamed(*count))
             }
             Work::LoadKeys { table, keys } => {
-                let statement = &live.table(&table.sql.name).select_keys;
-                let found = live
-                    .client
-                    .query(statement, &[keys])
-                    .await
-                    .map_err(classify(target))?;
-                found
-                    .iter()
-                    .map(raw_row)
-                    .collect::<std::result::Result<Vec<_>, _>>()
-                    .map(Loaded::Rows)
+                let now = expiry::now_sql();
+                let found = read_checked(
+                    live,
+                    &table.sql.name,
+                    target,
+                    |statements| Some(&statements.select_keys),
+                    &[keys, &now],
+                )
+                .await?;
+                let mut rows = Vec::with_capacity(found.len());
+                for row in &found {
+                    // The fourth column: whether the row has expired.
+                    if !row.try_get::<_, bool>(3).map_err(classify(target))? {
+                        rows.push(raw_row(row).map_err(classify(target))?);
+                    }
+                }
+                Ok(Loaded::Rows(rows))
+            }
+            Work::ExpiredKeys { table, limit } => {
+                let now = expiry::now_sql();
+                // A table without the column has no statement: nothing has a deadline.
+                let found = read_checked(
+                    live,
+                    &table.sql.name,
+                    target,
+                    |statements| statements.sweep_candidates.as_ref(),
+                    &[&now, limit],
+                )
+                .await?;
+                columns_of(&found)
+                    .map(Loaded::Keys)
                     .map_err(classify(target))
             }
             Work::Revision { table } => {
@@ -896,10 +979,18 @@ impl<'a> Work<'a> {
                 table,
                 since,
                 origin,
-            } => read_log(live, &table.sql.name, *since, *origin)
-                .await
-                .map(Loaded::Log)
-                .map_err(classify(target)),
+            } => {
+                let (limit, now) = (log::MAX_CATCH_UP_ROWS, expiry::now_sql());
+                let rows = read_checked(
+                    live,
+                    &table.sql.name,
+                    target,
+                    |statements| Some(&statements.read_log),
+                    &[&table.sql.name, since, origin, &limit, &now],
+                )
+                .await?;
+                read_log(&rows).map(Loaded::Log).map_err(classify(target))
+            }
         }
     }
 
@@ -910,6 +1001,7 @@ impl<'a> Work<'a> {
             Work::Attach { table }
             | Work::Load { table, .. }
             | Work::LoadKeys { table, .. }
+            | Work::ExpiredKeys { table, .. }
             | Work::Revision { table }
             | Work::ReadLog { table, .. } => &table.target,
         }
@@ -947,24 +1039,11 @@ async fn transaction_committed(
     }
 }
 
-/// The revision row, the keys others logged after `since`, and the table's rows under them,
-/// in one statement (one snapshot: see `log.rs`).
-async fn read_log(
-    live: &mut Live,
-    table: &str,
-    since: i64,
-    origin: i64,
-) -> std::result::Result<LogRead, tokio_postgres::Error> {
-    let limit = log::MAX_CATCH_UP_ROWS;
-    let rows = live
-        .client
-        .query(
-            &live.table(table).read_log,
-            &[&table, &since, &origin, &limit],
-        )
-        .await?;
+/// What the change log statement (`log::since`) returned: the revision row, the keys others
+/// logged after the position, and the table's live rows under them, in one snapshot.
+fn read_log(rows: &[tokio_postgres::Row]) -> std::result::Result<LogRead, tokio_postgres::Error> {
     let mut read = LogRead::default();
-    for row in &rows {
+    for row in rows {
         read.known = true;
         read.rev = row.try_get(0)?;
         read.pruned = row.try_get(1)?;
@@ -973,7 +1052,7 @@ async fn read_log(
         };
         read.rows += logged;
         let stored = match row.try_get::<_, Option<String>>(4)? {
-            Some(key) => Some((key, row.try_get(5)?)),
+            Some(key) => Some((key, row.try_get(5)?, row.try_get(6)?)),
             None => None,
         };
         read.keys.push((row.try_get(3)?, stored));
@@ -981,6 +1060,119 @@ async fn read_log(
     Ok(read)
 }
 
+/// Makes `table`'s statements on `live` those of the layout it has (`with_column`: the tables
+/// that have the column `expires_at`). A layout that keeps changing under the work (which only
+/// a program adding and dropping the column over and over could cause) fails it.
+async fn relayout(
+    live: &mut Live,
+    tables: &[&str],
+    with_column: &[String],
+    attempt: u32,
+    target: &Target,
+) -> std::result::Result<(), Failure> {
+    if attempt > MAX_RELAYOUTS {
+        return Err(Failure::Refused(PersistentError::Backend(
+            format!(
+                "the columns of table {:?} at {} kept changing while it was being used",
+                target.table, target.host
+            )
+            .into(),
+        )));
+    }
+    for table in tables {
+        if !live.layout_matches(table, with_column) {
+            let expiring = !live.table(table).expiring;
+            tracing::debug!(table = %table, expiring, "the table's columns changed; preparing its statements again");
+            connect::reprepare_table(live, table, expiring)
+                .await
+                .map_err(classify(target))?;
+        }
+    }
+    Ok(())
+}
+
+/// Gives the column `expires_at` to each table of `plan` that a request saves a deadline to and
+/// whose statements on `live` are those of a table without it.
+async fn add_missing_columns(
+    live: &mut Live,
+    plan: &Plan<'_>,
+    target: &Target,
+) -> std::result::Result<(), Failure> {
+    for table in plan.tables_with_deadlines() {
+        if !live.table(table).expiring {
+            let lock = commit::lock_id(table, None);
+            expiry::add_column(live, table, lock)
+                .await
+                .map_err(classify(target))?;
+        }
+    }
+    Ok(())
+}
+
+/// How many times a piece of work is redone for a table's layout changing under it.
+const MAX_RELAYOUTS: u32 = 4;
+
+/// The statement a checked read runs, of the table's current statements (`None`: nothing to
+/// read in this layout).
+type ReadStatement = fn(&TableStatements) -> Option<&Statement>;
+
+/// Runs `statement` with `params` on `table` in a transaction that first locks the table
+/// against schema changes (`ACCESS SHARE`) and reads its layout, all in one round trip. If the
+/// layout is not the one `table`'s statements were prepared for, prepares them again and reads
+/// again, so that an expired row never reads as live through statements prepared before the
+/// table had the column `expires_at`.
+async fn read_checked(
+    live: &mut Live,
+    table: &str,
+    target: &Target,
+    statement: ReadStatement,
+    params: &[&(dyn ToSql + Sync)],
+) -> std::result::Result<Vec<tokio_postgres::Row>, Failure> {
+    let mut attempt = 0;
+    loop {
+        let tables: &[&str] = &[table];
+        let answers = {
+            let (statements, table_statements) = (&live.statements, live.table(table));
+            let mut steps: Vec<Step<'_>> = vec![
+                (&statements.begin, vec![]),
+                (&table_statements.lock_shared, vec![]),
+                (&statements.expiry_columns, vec![&tables]),
+            ];
+            if let Some(statement) = statement(table_statements) {
+                steps.push((statement, params.to_vec()));
+            }
+            steps.push((&statements.commit, vec![]));
+            commit::pipeline(&live.client, &steps).await
+        };
+        let mut answers = match answers {
+            Ok(answers) => answers,
+            Err(error) => {
+                let _ = live.client.query(&live.statements.rollback, &[]).await;
+                return Err(classify(target)(error));
+            }
+        };
+        let with_column = columns_of(&answers[2]).map_err(classify(target))?;
+        if live.layout_matches(table, &with_column) {
+            return Ok(match answers.len() {
+                5 => answers.swap_remove(3),
+                _ => Vec::new(),
+            });
+        }
+        attempt += 1;
+        relayout(live, tables, &with_column, attempt, target).await?;
+    }
+}
+
+/// The table names an `expiry_columns` statement returned.
+fn columns_of(
+    rows: &[tokio_postgres::Row],
+) -> std::result::Result<Vec<String>, tokio_postgres::Error> {
+    rows.iter().map(|row| row.try_get(0)).collect()
+}
+
+/// Streams the live rows of `table` in a transaction that first locks the table against schema
+/// changes and checks its layout (as [`read_checked`] does), preparing its statements again if
+/// the layout changed.
 async fn scan(
     live: &mut Live,
     table: &str,
@@ -989,12 +1181,74 @@ async fn scan(
     count: &mut usize,
     target: &Target,
 ) -> std::result::Result<(), Failure> {
+    let mut attempt = 0;
+    loop {
+        let tables: &[&str] = &[table];
+        let checked = {
+            let statements = &live.statements;
+            let steps: Vec<Step<'_>> = vec![
+                (&statements.begin, vec![]),
+                (&live.table(table).lock_shared, vec![]),
+                (&statements.expiry_columns, vec![&tables]),
+            ];
+            match commit::pipeline(&live.client, &steps).await {
+                Ok(answers) => columns_of(&answers[2]),
+                Err(error) => Err(error),
+            }
+        };
+        let result = match checked {
+            Ok(with_column) if !live.layout_matches(table, &with_column) => {
+                let _ = live.client.query(&live.statements.rollback, &[]).await;
+                attempt += 1;
+                relayout(live, tables, &with_column, attempt, target).await?;
+                continue;
+            }
+            Ok(_) => scan_locked(live, table, rows, sent_any, count, target).await,
+            Err(error) => Err(classify(target)(error)),
+        };
+        if result.is_err() {
+            let _ = live.client.query(&live.statements.rollback, &[]).await;
+        }
+        return result;
+    }
+}
+
+/// The scan itself, inside the transaction [`scan`] opened; commits it at the end.
+async fn scan_locked(
+    live: &mut Live,
+    table: &str,
+    rows: &mpsc::Sender<Scanned>,
+    sent_any: &mut bool,
+    count: &mut usize,
+    target: &Target,
+) -> std::result::Result<(), Failure> {
+    let now = expiry::now_sql();
     let stream = live
         .client
-        .query_raw(&live.table(table).select_all, std::iter::empty::<String>())
+        .query_raw(&live.table(table).select_all, [now])
         .await
         .map_err(classify(target))?;
-    pin_mut!(stream);
+    {
+        pin_mut!(stream);
+        read_rows(stream, rows, sent_any, count, target).await?;
+    }
+    // The stream is dropped (any rows it still had are discarded): end the transaction.
+    live.client
+        .query(&live.statements.commit, &[])
+        .await
+        .map_err(classify(target))?;
+    Ok(())
+}
+
+/// Sends the rows of `stream` to `rows` in chunks, until it ends or the receiver stops
+/// listening.
+async fn read_rows(
+    mut stream: std::pin::Pin<&mut tokio_postgres::RowStream>,
+    rows: &mpsc::Sender<Scanned>,
+    sent_any: &mut bool,
+    count: &mut usize,
+    target: &Target,
+) -> std::result::Result<(), Failure> {
     let mut chunk = Vec::with_capacity(CHUNK_ROWS);
     while let Some(row) = stream.next().await {
         let row = row.map_err(|error| {
@@ -1044,5 +1298,5 @@ fn classify(target: &Target) -> impl Fn(tokio_postgres::Error) -> Failure + '_ {
 }
 
 fn raw_row(row: &tokio_postgres::Row) -> std::result::Result<RawRow, tokio_postgres::Error> {
-    Ok((row.try_get(0)?, row.try_get(1)?))
+    Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
 }

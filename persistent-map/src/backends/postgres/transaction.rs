@@ -76,7 +76,17 @@ impl TransactionSession {
             .map_err(|()| stopped())?;
         match committed.await.map_err(|_| stopped())?? {
             Outcome::Applied { .. } => Ok(None),
-            Outcome::Conflict { current } => Ok(Some(current)),
+            // The map reads the keys again, with their deadlines.
+            Outcome::Conflict { current } => Ok(Some(
+                current
+                    .into_iter()
+                    .map(|part| {
+                        part.into_iter()
+                            .map(|now| now.map(|(json, _)| json))
+                            .collect()
+                    })
+                    .collect(),
+            )),
         }
     }
 }
@@ -106,16 +116,14 @@ where
                 session: Arc::clone(&self.shared.session),
                 database: self.shared.database.clone(),
             }),
-            // No deadline reaches here: this backend keeps no time to live, so the map refuses
-            // one before it prepares a part.
-            prepare: Box::new(move |conditions, ops, origin, _deadline| {
+            prepare: Box::new(move |conditions, ops, origin, deadline| {
                 let write = Write {
                     conditions: conditions
                         .iter()
                         .map(|c| (c.key.to_string(), c.expected.clone()))
                         .collect(),
                     ops: crate::backends::encode::encode_all(ops, |op| {
-                        encode(&table.target.table, op)
+                        encode(&table.target.table, op, deadline)
                     })?,
                     want_previous: false,
                     // The map's id, as the log stores it: the same 64 bits.
