@@ -58,19 +58,24 @@ pub(crate) async fn sweep(dir: &Path, n: u64) -> BenchResult {
     // Long enough that the writes before the sweep run before anything has expired (storing
     // 1M entries takes seconds), so the background sweep does not start early.
     let ttl = Duration::from_secs(15);
-    let entries = entries::<String>(n);
-    // The batch's one deadline is taken when `insert_many` is called (a moment after this),
-    // not when it returns: on a loaded machine storing 1M entries takes most of the TTL, and
-    // timing the sweep from the return let it run (and end) before the writes meant to
-    // measure it.
-    let expired_at = Instant::now() + ttl;
     map.clone()
         .with_default_ttl(ttl)?
-        .insert_many(entries)
+        .insert_many(entries::<String>(n))
         .await?;
-    if Instant::now() + Duration::from_secs(1) > expired_at {
+    // The batch's one deadline was taken inside `insert_many`, before it stored anything: on a
+    // loaded machine storing 1M entries takes most of the TTL, and timing the sweep from the
+    // return let it run (and end) before the writes meant to measure it. Read it back instead.
+    let deadline = map
+        .deadline(&String::nth(0))
+        .ok_or("the entries have no deadline")?;
+    let left = deadline
+        .to_system_time()
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    if left < Duration::from_secs(1) {
         return Err(format!("storing {n} entries took longer than their TTL of {ttl:?}").into());
     }
+    let expired_at = Instant::now() + left;
     let before = {
         let stop = Arc::new(AtomicBool::new(false));
         let writers = tokio::spawn(write_from_tasks(map.clone(), "before", Arc::clone(&stop)));
@@ -78,8 +83,8 @@ pub(crate) async fn sweep(dir: &Path, n: u64) -> BenchResult {
         stop.store(true, Ordering::Relaxed);
         writers.await??
     };
-    // Past the deadline, which is rounded up to the millisecond and taken a moment later.
-    tokio::time::sleep_until((expired_at + Duration::from_millis(20)).into()).await;
+    // Just past the deadline (the wall clock and `Instant` may disagree by a little).
+    tokio::time::sleep_until((expired_at + Duration::from_millis(10)).into()).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let writers = tokio::spawn(write_from_tasks(map.clone(), "during", Arc::clone(&stop)));
