@@ -24,12 +24,13 @@
 //! Each map (with its clones) owns a private tokio runtime on a thread of its own, started by
 //! the constructor and stopped when the last clone is dropped. A blocking call runs its work
 //! on the calling thread while that runtime drives I/O and timers and runs the backend's
-//! background tasks (the PostgreSQL backend's connection and its `LISTEN`), which therefore go
-//! on between calls, as `reqwest::blocking` keeps its client's connections.
+//! background tasks (the PostgreSQL backend's connection and its `LISTEN`, the sweep of expired
+//! entries), which therefore go on between calls, as `reqwest::blocking` keeps its client's connections.
 //!
 //! A call that blocks (the constructors, the writes, [`snapshot`](PersistentMap::snapshot),
 //! [`flush`](PersistentMap::flush), [`load`](PersistentMap::load),
-//! [`refresh`](PersistentMap::refresh), [`Subscription::recv`]) on a thread that is inside a
+//! [`refresh`](PersistentMap::refresh), [`sweep_expired`](PersistentMap::sweep_expired),
+//! [`Subscription::recv`]) on a thread that is inside a
 //! tokio runtime returns [`PersistentError::BlockingInAsyncContext`] and does nothing: blocking
 //! there would stall the runtime's thread, or deadlock it. Use the async map there
 //! ([`as_async`](PersistentMap::as_async)). This includes `spawn_blocking` threads, which run
@@ -54,12 +55,12 @@ use std::hash::Hash;
 #[cfg(feature = "sqlite")]
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::oneshot;
 
-use crate::{Change, PersistentError, RecvError, RefreshTask, Result, StorageBackend};
+use crate::{Change, Deadline, PersistentError, RecvError, RefreshTask, Result, StorageBackend};
 
 /// The async [`crate::PersistentMap`] with writes that block the calling thread; see the
 /// [module docs](self) for the runtime it brings.
@@ -294,6 +295,203 @@ where
     /// ```
     pub fn clear(&self) -> Result<()> {
         self.block_on("clear", self.map.clear())?
+    }
+
+    /// This handle with a default time to live: every later write of it that stores a value
+    /// gives it a deadline `ttl` after the write ([`crate::PersistentMap::with_default_ttl`]).
+    /// Clones made from the returned handle keep the default; other handles are not affected.
+    /// It does not block, so it works anywhere.
+    ///
+    /// Fails with [`PersistentError::ExpiryUnsupported`] if the backend does not store
+    /// deadlines.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// use persistent_map::{blocking::PersistentMap, in_memory::InMemoryBackend};
+    ///
+    /// let cache: PersistentMap<String, String, _> = PersistentMap::new(InMemoryBackend::new())?;
+    /// let cache = cache.with_default_ttl(Duration::from_secs(600))?;
+    /// assert_eq!(cache.default_ttl(), Some(Duration::from_secs(600)));
+    /// cache.insert("/index.html".into(), "<html>…</html>".into())?;
+    /// assert!(cache.ttl("/index.html").unwrap() <= Duration::from_secs(600));
+    /// # Ok::<(), persistent_map::PersistentError>(())
+    /// ```
+    pub fn with_default_ttl(self, ttl: Duration) -> Result<Self> {
+        Ok(PersistentMap {
+            map: self.map.with_default_ttl(ttl)?,
+            runtime: self.runtime,
+        })
+    }
+
+    /// This handle's default time to live ([`crate::PersistentMap::default_ttl`]).
+    ///
+    /// ```
+    /// # use persistent_map::{blocking::PersistentMap, in_memory::InMemoryBackend};
+    /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new())?;
+    /// assert_eq!(map.default_ttl(), None);
+    /// # Ok::<(), persistent_map::PersistentError>(())
+    /// ```
+    pub fn default_ttl(&self) -> Option<Duration> {
+        self.map.default_ttl()
+    }
+
+    /// Stores `value` under `key` until `ttl` from now and returns the value it replaced;
+    /// blocks until the backend has committed it ([`crate::PersistentMap::insert_with_ttl`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// # use persistent_map::{blocking::PersistentMap, in_memory::InMemoryBackend};
+    /// # let sessions: PersistentMap<String, u64, _> = PersistentMap::new(InMemoryBackend::new())?;
+    /// sessions.insert_with_ttl("token-1".into(), 42, Duration::from_secs(1800))?;
+    /// assert_eq!(sessions.get("token-1"), Some(42));
+    /// # Ok::<(), persistent_map::PersistentError>(())
+    /// ```
+    pub fn insert_with_ttl(&self, key: K, value: V, ttl: Duration) -> Result<Option<V>> {
+        self.block_on("insert_with_ttl", self.map.insert_with_ttl(key, value, ttl))?
+    }
+
+    /// Stores `value` under `key` until the absolute time `deadline` and returns the value it
+    /// replaced; blocks until the backend has committed it
+    /// ([`crate::PersistentMap::insert_until`]). A deadline already past stores the entry
+    /// already expired.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    ///
+    /// # use persistent_map::{blocking::PersistentMap, in_memory::InMemoryBackend};
+    /// # let leases: PersistentMap<String, String, _> = PersistentMap::new(InMemoryBackend::new())?;
+    /// let until = SystemTime::now() + Duration::from_secs(30);
+    /// leases.insert_until("scheduler".into(), "node-a".into(), until)?;
+    /// assert!(leases.contains_key("scheduler"));
+    /// leases.insert_until("old".into(), "node-b".into(), SystemTime::UNIX_EPOCH)?;
+    /// assert!(!leases.contains_key("old"));
+    /// # Ok::<(), persistent_map::PersistentError>(())
+    /// ```
+    pub fn insert_until(&self, key: K, value: V, deadline: SystemTime) -> Result<Option<V>> {
+        self.block_on("insert_until", self.map.insert_until(key, value, deadline))?
+    }
+
+    /// Gives the live entry under `key` a time to live of `ttl` from now and returns whether
+    /// there was such an entry; blocks until the backend has committed it
+    /// ([`crate::PersistentMap::expire`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// # use persistent_map::{blocking::PersistentMap, in_memory::InMemoryBackend};
+    /// # let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new())?;
+    /// map.insert("a".into(), 1)?;
+    /// assert!(map.expire(&"a".into(), Duration::from_secs(60))?);
+    /// assert!(map.ttl("a").is_some());
+    /// assert!(!map.expire(&"missing".into(), Duration::from_secs(60))?);
+    /// # Ok::<(), persistent_map::PersistentError>(())
+    /// ```
+    pub fn expire(&self, key: &K, ttl: Duration) -> Result<bool> {
+        self.block_on("expire", self.map.expire(key, ttl))?
+    }
+
+    /// Like [`expire`](Self::expire), with the absolute time `deadline`
+    /// ([`crate::PersistentMap::expire_at`]).
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    ///
+    /// # use persistent_map::{blocking::PersistentMap, in_memory::InMemoryBackend};
+    /// # let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new())?;
+    /// map.insert("a".into(), 1)?;
+    /// assert!(map.expire_at(&"a".into(), SystemTime::now() - Duration::from_secs(1))?);
+    /// assert_eq!(map.get("a"), None); // expired at once
+    /// # Ok::<(), persistent_map::PersistentError>(())
+    /// ```
+    pub fn expire_at(&self, key: &K, deadline: SystemTime) -> Result<bool> {
+        self.block_on("expire_at", self.map.expire_at(key, deadline))?
+    }
+
+    /// Removes the time to live of the live entry under `key`, so that it never expires, and
+    /// returns whether there was such an entry; blocks until the backend has committed it
+    /// ([`crate::PersistentMap::persist`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// # use persistent_map::{blocking::PersistentMap, in_memory::InMemoryBackend};
+    /// # let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new())?;
+    /// map.insert_with_ttl("a".into(), 1, Duration::from_secs(60))?;
+    /// assert!(map.persist(&"a".into())?);
+    /// assert_eq!(map.ttl("a"), None);
+    /// assert_eq!(map.get("a"), Some(1));
+    /// # Ok::<(), persistent_map::PersistentError>(())
+    /// ```
+    pub fn persist(&self, key: &K) -> Result<bool> {
+        self.block_on("persist", self.map.persist(key))?
+    }
+
+    /// The time left before the entry under `key` expires: `None` if the key is absent (or
+    /// expired) or never expires. From memory, so it works anywhere
+    /// ([`crate::PersistentMap::ttl`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// # use persistent_map::{blocking::PersistentMap, in_memory::InMemoryBackend};
+    /// # let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new())?;
+    /// map.insert_with_ttl("a".into(), 1, Duration::from_secs(60))?;
+    /// map.insert("b".into(), 2)?;
+    /// assert!(map.ttl("a").unwrap() <= Duration::from_secs(60));
+    /// assert_eq!(map.ttl("b"), None);
+    /// # Ok::<(), persistent_map::PersistentError>(())
+    /// ```
+    pub fn ttl<Q>(&self, key: &Q) -> Option<Duration>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.map.ttl(key)
+    }
+
+    /// When the live entry under `key` expires: `None` if the key is absent (or expired) or
+    /// never expires. From memory, so it works anywhere ([`crate::PersistentMap::deadline`]).
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    ///
+    /// # use persistent_map::{blocking::PersistentMap, in_memory::InMemoryBackend};
+    /// # let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new())?;
+    /// let until = SystemTime::now() + Duration::from_secs(60);
+    /// map.insert_until("a".into(), 1, until)?;
+    /// assert!(map.deadline("a").unwrap().to_system_time() >= until);
+    /// # Ok::<(), persistent_map::PersistentError>(())
+    /// ```
+    pub fn deadline<Q>(&self, key: &Q) -> Option<Deadline>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.map.deadline(key)
+    }
+
+    /// Deletes every expired entry from storage now, drops expired entries from memory, and
+    /// returns how many rows were deleted from storage; blocks until it is done
+    /// ([`crate::PersistentMap::sweep_expired`]). The map's runtime also sweeps in the
+    /// background, every second once the map holds an entry with a deadline.
+    ///
+    /// ```
+    /// use std::time::SystemTime;
+    ///
+    /// use persistent_map::{blocking::PersistentMap, sqlite::SqliteBackend};
+    ///
+    /// # let dir = tempfile::tempdir()?;
+    /// let map: PersistentMap<String, u32, SqliteBackend> =
+    ///     PersistentMap::open(dir.path().join("a.db"))?;
+    /// map.insert_until("gone".into(), 1, SystemTime::UNIX_EPOCH)?;
+    /// assert!(map.sweep_expired()? <= 1); // 0 if the background sweep came first
+    /// assert_eq!(map.sweep_expired()?, 0);
+    /// # Ok::<(), persistent_map::PersistentError>(())
+    /// ```
+    pub fn sweep_expired(&self) -> Result<usize> {
+        self.block_on("sweep_expired", self.map.sweep_expired())?
     }
 
     /// A copy of the value under `key`, from memory ([`crate::PersistentMap::get`]).
