@@ -482,13 +482,7 @@ async fn an_unreachable_server_is_a_clear_error_naming_the_host_within_the_timeo
 async fn a_terminated_connection_is_reconnected_and_no_acknowledged_write_is_lost() {
     let table = TestTable::new("terminated");
     let name = format!("pm_terminated_{}", std::process::id());
-    let backend = PostgresBackend::with_table(
-        &with_parameter(&url(), "application_name", &name),
-        table.name(),
-    )
-    .await
-    .unwrap();
-    let map: Map = PersistentMap::new(backend).await.unwrap();
+    let map = open_named(&table, &name).await;
     let admin = admin().await;
 
     let writing = Arc::new(AtomicBool::new(true));

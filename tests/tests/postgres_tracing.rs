@@ -8,9 +8,6 @@
 
 use std::time::Duration;
 
-use persistent_map::postgres::PostgresBackend;
-use persistent_map::PersistentMap;
-
 mod postgres_common;
 use persistent_map_tests::EventLog;
 use postgres_common::*;
@@ -23,13 +20,7 @@ async fn commits_and_reconnects_are_traced_and_a_quick_reconnect_is_no_error() {
     let _subscriber = tracing::subscriber::set_default(log.clone());
     let table = TestTable::new("traced");
     let name = format!("pm_traced_{}", std::process::id());
-    let backend = PostgresBackend::with_table(
-        &with_parameter(&url(), "application_name", &name),
-        table.name(),
-    )
-    .await
-    .unwrap();
-    let map: Map = PersistentMap::new(backend).await.unwrap();
+    let map = open_named(&table, &name).await;
     assert!(log
         .has(table.name(), tracing::Level::INFO, "connected")
         .is_some());

@@ -64,6 +64,16 @@ pub(crate) async fn terminate(admin: &tokio_postgres::Client, application_name: 
         .get(0)
 }
 
+/// A map on `table` whose connection is named `application_name`, so that the test can find
+/// it in `pg_stat_activity` (and kill it with [`terminate`]).
+pub(crate) async fn open_named(table: &TestTable, application_name: &str) -> Map {
+    let url = with_parameter(&url(), "application_name", application_name);
+    let backend = PostgresBackend::with_table(&url, table.name())
+        .await
+        .unwrap();
+    PersistentMap::new(backend).await.unwrap()
+}
+
 /// A table name for one test, dropped before the test starts and when it ends (even by panic).
 pub(crate) struct TestTable(String);
 
