@@ -75,7 +75,10 @@ pub(super) const REVISION: &str =
 /// row, and each key others logged after `$2` (once; a `NULL` key is "anything") with how many
 /// log rows named it and the table's live row under it now (`t.key` `NULL`: none) with its
 /// deadline, all in one snapshot. A row whose count is `NULL` is the revision row alone
-/// (nothing logged).
+/// (nothing logged). The last column says whether the table has the column `expires_at` in
+/// that snapshot (the statement holds the table's lock from before its snapshot is taken, so a
+/// column added by another instance is either seen or waits for the statement): a connection
+/// whose statements are for the other layout reads again after preparing them anew.
 pub(super) fn since(quoted: &str, expiring: bool) -> String {
     // A table without the column still mentions `$5`, so that both take the same parameters.
     let (deadline, live) = if expiring {
@@ -87,7 +90,9 @@ pub(super) fn since(quoted: &str, expiring: bool) -> String {
         ("NULL::int8", "AND $5::int8 IS NOT NULL")
     };
     format!(
-        "SELECT r.rev, r.pruned, l.logged, l.key, t.key, t.value::text, {deadline} \
+        "SELECT r.rev, r.pruned, l.logged, l.key, t.key, t.value::text, {deadline}, \
+             EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(quote_ident($1)) \
+                     AND attname = 'expires_at' AND NOT attisdropped) \
          FROM persistent_map_revisions r \
          LEFT JOIN (\
              SELECT key, count(*) AS logged FROM (\

@@ -981,14 +981,31 @@ impl<'a> Work<'a> {
                 origin,
             } => {
                 let (limit, now) = (log::MAX_CATCH_UP_ROWS, expiry::now_sql());
-                let rows = read_checked(
-                    live,
-                    &table.sql.name,
-                    target,
-                    |statements| Some(&statements.read_log),
-                    &[&table.sql.name, since, origin, &limit, &now],
-                )
-                .await?;
+                let params: [&(dyn ToSql + Sync); 5] =
+                    [&table.sql.name, since, origin, &limit, &now];
+                // One statement, which also says whether the table has the column `expires_at`
+                // (see `log::since`): the catch-up after another instance's commit is one
+                // round trip. Statements prepared for the other layout read again, checked.
+                let statements = live.table(&table.sql.name);
+                let expiring = statements.expiring;
+                let mut rows = live
+                    .client
+                    .query(&statements.read_log, &params)
+                    .await
+                    .map_err(classify(target))?;
+                let layout_held = rows
+                    .iter()
+                    .all(|row| row.try_get::<_, bool>(7).is_ok_and(|has| has == expiring));
+                if !layout_held {
+                    rows = read_checked(
+                        live,
+                        &table.sql.name,
+                        target,
+                        |statements| Some(&statements.read_log),
+                        &params,
+                    )
+                    .await?;
+                }
                 read_log(&rows).map(Loaded::Log).map_err(classify(target))
             }
         }
