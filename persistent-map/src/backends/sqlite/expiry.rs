@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, TransactionBehavior};
 
-use super::writer::{log_keys, prune_log_oldest, RawOp, TableSql, Writer};
+use super::writer::{
+    log_keys, prune_log_oldest, run_statement, RawOp, SweepRequest, TableSql, Writer,
+};
 use crate::{Deadline, Result};
 
 /// This process's wall clock in Unix milliseconds, as the column holds deadlines.
@@ -141,16 +143,24 @@ impl ExpiryColumns {
 /// Rows one statement of a sweep deletes at most: the step at which a sweep looks at the time.
 const SWEEP_STEP: usize = 64;
 
-/// What one sweep transaction may cost, its commit included: a live write queued behind it
-/// waits about this long, a few of its own commits.
+/// What a sweep in a transaction of its own may cost, its commit included: a live write that
+/// arrives meanwhile waits about this long.
 const SWEEP_BUDGET: Duration = Duration::from_millis(2);
 
-/// A sweep transaction makes way once its deletes have taken this long and other work is
-/// queued on the writer, whatever its pace says.
+/// A sweep in a transaction of its own makes way once its deletes have taken this long and
+/// other work is queued on the writer, whatever its pace says.
 const SWEEP_SLICE: Duration = Duration::from_millis(1);
 
 /// The fewest rows a sweep transaction aims at, so that a slow disk does not stall the sweep.
 const SWEEP_MIN_ROWS: usize = 16;
+
+/// Rows one statement of a sweep riding on a commit of live writes deletes at most.
+const RIDING_STEP: usize = 64;
+
+/// What a sweep riding on a commit of live writes may add to it: a fraction of the commit's
+/// own time (about half a millisecond here), so that a write never waits for a sweep longer
+/// than for a share of its own commit.
+const RIDING_BUDGET: Duration = Duration::from_micros(150);
 
 /// How many rows a sweep transaction on a file deletes, learned from the last ones so that one
 /// costs about [`SWEEP_BUDGET`]. Deleting is the smaller part: committing writes every page the
@@ -174,8 +184,8 @@ impl SweepPace {
         self.rows.load(Ordering::Relaxed)
     }
 
-    /// A transaction deleted `rows` in `took`: aim at what fits the budget at that rate,
-    /// halfway from the old aim so that one checkpoint does not swing it.
+    /// Aims the next transaction halfway between this one's size and the size that would have
+    /// taken [`SWEEP_BUDGET`].
     fn learn(&self, rows: usize, took: Duration) {
         let fits = rows as f64 * SWEEP_BUDGET.as_secs_f64() / took.as_secs_f64().max(1e-6);
         let aim = (self.rows() as f64 + fits) / 2.0;
@@ -184,48 +194,80 @@ impl SweepPace {
     }
 }
 
-/// Deletes up to `limit` rows of `table` whose deadline has passed on the writer's clock, in
-/// one transaction on the writer thread (between groups of live writes), logs their keys as
-/// written by `origin`, and returns them.
-///
-/// The transaction is bounded by its cost as well as by `limit`: it deletes as many rows as the
-/// file's [`SweepPace`] says fit [`SWEEP_BUDGET`], [`SWEEP_STEP`] at a time, and stops early
-/// after [`SWEEP_SLICE`] if other work is queued; so it may return fewer than `limit` keys with
-/// more rows expired, and the caller sweeps until a call returns none. It also deletes as many
-/// of the change log's oldest rows as it adds, so that the log of a mass expiry is not left to
-/// one long prune in a commit of live writes.
+/// Deletes at most `limit` rows of `table` whose deadline has passed by the writer's clock, and
+/// returns their keys once that is committed. The writer thread decides how (see
+/// [`sweep_riding`] and [`sweep_alone`]): a sweep never holds a live write for long.
 pub(super) async fn sweep(
     writer: &Writer,
     table: &Arc<TableSql>,
     limit: usize,
     origin: i64,
 ) -> Result<Vec<String>> {
-    let table = Arc::clone(table);
-    let id = writer.id();
-    let work_queued = writer.work_queued();
-    let pace = Arc::clone(writer.sweep_pace());
-    writer
-        .run(move |connection| {
-            if !has_column(connection, &table.name)? {
-                return Ok(Vec::new()); // No TTL was ever written to this table.
-            }
-            let began = Instant::now();
-            let limit = limit.min(pace.rows());
-            let deleted = without_sync(connection, |connection| {
-                sweep_once(connection, &table, limit, origin, id, &work_queued)
-            })?;
-            if !deleted.is_empty() {
-                pace.learn(deleted.len(), began.elapsed());
-            }
-            Ok(deleted)
-        })
-        .await
+    writer.sweep(Arc::clone(table), limit, origin).await
 }
 
-/// Runs `work` with commits that are not synced, then puts back the writer's level. A sweep
-/// need not be durable: a row whose deletion a crash loses is still expired, is not loaded,
-/// and is swept again; the next synced commit syncs the sweep's anyway. Not waiting for the
-/// disk shortens what live writes queued behind the sweep wait for.
+/// A sweep inside a commit of live writes, after them: deletes for at most about
+/// [`RIDING_BUDGET`] (one step at least), under a savepoint, so that a sweep that fails is
+/// undone alone and the writes still commit. The outer error is a savepoint that could not be
+/// undone, which fails the whole transaction.
+pub(super) fn sweep_riding(
+    connection: &Connection,
+    columns: &mut ExpiryColumns,
+    request: &SweepRequest,
+    id: i64,
+) -> rusqlite::Result<rusqlite::Result<Vec<String>>> {
+    if !columns.has_column(connection, &request.table.name, false)? {
+        return Ok(Ok(Vec::new())); // No TTL was ever written to this table.
+    }
+    run_statement(connection, "SAVEPOINT persistent_map_sweep")?;
+    let began = Instant::now();
+    let enough = || began.elapsed() >= RIDING_BUDGET;
+    match delete_expired(connection, request, request.limit, RIDING_STEP, id, &enough) {
+        Ok(deleted) => {
+            run_statement(connection, "RELEASE persistent_map_sweep")?;
+            Ok(Ok(deleted))
+        }
+        Err(error) => {
+            run_statement(connection, "ROLLBACK TO persistent_map_sweep")?;
+            run_statement(connection, "RELEASE persistent_map_sweep")?;
+            Ok(Err(error))
+        }
+    }
+}
+
+/// A sweep in a transaction of its own, for when no live write is coming: as many rows as
+/// `pace` says fit in [`SWEEP_BUDGET`], cut short once [`SWEEP_SLICE`] has passed and
+/// `work_queued()` says other work waits. Not synced: a sweep lost to a power cut only brings
+/// back rows that are expired anyway, and the next synced commit syncs it.
+pub(super) fn sweep_alone(
+    connection: &mut Connection,
+    request: &SweepRequest,
+    id: i64,
+    pace: &SweepPace,
+    work_queued: &dyn Fn() -> bool,
+) -> rusqlite::Result<Vec<String>> {
+    if !has_column(connection, &request.table.name)? {
+        return Ok(Vec::new()); // No TTL was ever written to this table.
+    }
+    let began = Instant::now();
+    let limit = request.limit.min(pace.rows());
+    let deleted = without_sync(connection, |connection| {
+        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let enough = || began.elapsed() >= SWEEP_SLICE && work_queued();
+        let deleted = delete_expired(&transaction, request, limit, SWEEP_STEP, id, &enough)?;
+        if !deleted.is_empty() {
+            transaction.commit()?;
+        }
+        Ok(deleted)
+    })?;
+    if !deleted.is_empty() {
+        pace.learn(deleted.len(), began.elapsed());
+    }
+    Ok(deleted)
+}
+
+/// Runs `work` with `synchronous = NORMAL`: in WAL mode a commit is then not synced (the next
+/// synced commit syncs it), and it stays consistent.
 fn without_sync<T>(
     connection: &mut Connection,
     work: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
@@ -237,39 +279,39 @@ fn without_sync<T>(
     result
 }
 
-/// One sweep transaction of at most `limit` rows (see [`sweep`]).
-fn sweep_once(
-    connection: &mut Connection,
-    table: &TableSql,
+/// Deletes rows of the request's table whose deadline has passed (one clock reading for all),
+/// `step` rows per statement, until `limit` rows (at most the request's) are deleted, none is left, or `enough()` says
+/// so after a step; logs their keys and prunes as many of the log's oldest rows, so that a
+/// sweep pays for its own log. In the caller's transaction.
+fn delete_expired(
+    connection: &Connection,
+    request: &SweepRequest,
     limit: usize,
-    origin: i64,
+    step: usize,
     id: i64,
-    work_queued: &dyn Fn() -> bool,
+    enough: &dyn Fn() -> bool,
 ) -> rusqlite::Result<Vec<String>> {
-    let began = Instant::now();
-    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let deleted = {
-        let mut delete = transaction.prepare_cached(&format!(
-            "DELETE FROM \"{name}\" WHERE key IN (SELECT key FROM \"{name}\" \
-             WHERE expires_at <= ?1 LIMIT ?2) RETURNING key",
-            name = table.name
-        ))?;
-        let now = now_sql();
-        let mut deleted = Vec::new();
-        loop {
-            let step = SWEEP_STEP.min(limit - deleted.len());
-            let before = deleted.len();
-            let rows = i64::try_from(step).unwrap_or(i64::MAX);
-            let keys = delete.query_map((now, rows), |row| row.get::<_, String>(0))?;
-            for key in keys {
-                deleted.push(key?);
-            }
-            let done = deleted.len() - before < step || deleted.len() >= limit;
-            if done || (began.elapsed() >= SWEEP_SLICE && work_queued()) {
-                break deleted;
-            }
+    let table = &request.table;
+    let limit = limit.min(request.limit);
+    let mut delete = connection.prepare_cached(&format!(
+        "DELETE FROM \"{name}\" WHERE key IN (SELECT key FROM \"{name}\" \
+         WHERE expires_at <= ?1 LIMIT ?2) RETURNING key",
+        name = table.name
+    ))?;
+    let now = now_sql();
+    let mut deleted = Vec::new();
+    loop {
+        let step = step.min(limit - deleted.len());
+        let before = deleted.len();
+        let rows = i64::try_from(step).unwrap_or(i64::MAX);
+        let keys = delete.query_map((now, rows), |row| row.get::<_, String>(0))?;
+        for key in keys {
+            deleted.push(key?);
         }
-    };
+        if deleted.len() - before < step || deleted.len() >= limit || enough() {
+            break;
+        }
+    }
     if deleted.is_empty() {
         return Ok(deleted);
     }
@@ -277,9 +319,8 @@ fn sweep_once(
         .into_iter()
         .map(|key| RawOp::Delete { key })
         .collect();
-    log_keys(&transaction, table, &ops, origin, id)?;
-    prune_log_oldest(&transaction, ops.len())?;
-    transaction.commit()?;
+    log_keys(connection, table, &ops, request.origin, id)?;
+    prune_log_oldest(connection, ops.len())?;
     Ok(ops
         .into_iter()
         .filter_map(|op| match op {
@@ -287,4 +328,150 @@ fn sweep_once(
             _ => None,
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::super::SqliteBackend;
+    use crate::{PersistentMap, StorageBackend};
+
+    const EXPIRED: usize = 200;
+
+    /// A file whose table holds `EXPIRED` rows that expired an hour ago (so the map loads none
+    /// and starts no background sweep) and the map on it.
+    async fn expired_rows(dir: &tempfile::TempDir) -> PersistentMap<String, u64, SqliteBackend> {
+        let path = dir.path().join("sweep.db");
+        let connection = rusqlite::Connection::open(&path).unwrap();
+        connection
+            .execute_batch(
+                "CREATE TABLE kv (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL, \
+                 expires_at INTEGER);",
+            )
+            .unwrap();
+        let an_hour_ago = super::now_sql() - 3_600_000;
+        for i in 0..EXPIRED {
+            connection
+                .execute(
+                    "INSERT INTO kv VALUES (?1, '1', ?2)",
+                    (format!("old-{i:04}"), an_hour_ago),
+                )
+                .unwrap();
+        }
+        drop(connection);
+        let map = PersistentMap::open(&path).await.unwrap();
+        assert!(map.is_empty());
+        map
+    }
+
+    async fn sweep_kv(
+        map: &PersistentMap<String, u64, SqliteBackend>,
+    ) -> crate::Result<Vec<String>> {
+        StorageBackend::<String, u64>::sweep_expired(map.backend(), EXPIRED, 7).await
+    }
+
+    fn rows(map: &PersistentMap<String, u64, SqliteBackend>) -> i64 {
+        let connection = rusqlite::Connection::open(map.backend().writer.path()).unwrap();
+        connection
+            .query_row("SELECT count(*) FROM kv", [], |row| row.get(0))
+            .unwrap()
+    }
+
+    /// Holds the writer thread until the returned sender is dropped, so that what is sent
+    /// meanwhile queues up and is taken as one group.
+    fn hold_writer(map: &PersistentMap<String, u64, SqliteBackend>) -> mpsc::Sender<()> {
+        let (release, held) = mpsc::channel::<()>();
+        map.backend()
+            .writer
+            .start(Box::new(move |_| {
+                let _ = held.recv();
+            }))
+            .unwrap();
+        release
+    }
+
+    /// A sweep queued with a live write is done inside the write's commit (one transaction for
+    /// both), and deletes a bounded share of the expired rows there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sweep_rides_on_the_commit_of_a_live_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let map = expired_rows(&dir).await;
+        let commits = map.backend().stats().commits;
+        let release = hold_writer(&map);
+        let sweep = {
+            let map = map.clone();
+            tokio::spawn(async move { sweep_kv(&map).await })
+        };
+        let insert = {
+            let map = map.clone();
+            tokio::spawn(async move { map.insert("live".to_owned(), 1).await })
+        };
+        // Both are queued behind the held writer well before this.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(release);
+        let swept = sweep.await.unwrap().unwrap();
+        insert.await.unwrap().unwrap();
+        assert_eq!(
+            map.backend().stats().commits,
+            commits + 1,
+            "the sweep took a transaction of its own"
+        );
+        assert!(
+            (super::RIDING_STEP..EXPIRED).contains(&swept.len()),
+            "a sweep riding on a commit deletes one step at least and not everything \
+             ({} of {EXPIRED})",
+            swept.len()
+        );
+        assert_eq!(rows(&map), (EXPIRED - swept.len() + 1) as i64);
+        assert_eq!(map.get("live"), Some(1));
+    }
+
+    /// A sweep that fails inside a commit of live writes is undone alone: the writes commit,
+    /// every expired row is still stored, and the sweep reports the error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sweep_that_fails_in_a_shared_commit_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let map = expired_rows(&dir).await;
+        rusqlite::Connection::open(map.backend().writer.path())
+            .unwrap()
+            .execute_batch(
+                "CREATE TRIGGER keep BEFORE DELETE ON kv \
+                 BEGIN SELECT RAISE(ABORT, 'rows of kv are kept'); END;",
+            )
+            .unwrap();
+        let commits = map.backend().stats().commits;
+        let release = hold_writer(&map);
+        let sweep = {
+            let map = map.clone();
+            tokio::spawn(async move { sweep_kv(&map).await })
+        };
+        let inserts: Vec<_> = (0..3)
+            .map(|i| {
+                let map = map.clone();
+                tokio::spawn(async move { map.insert(format!("live-{i}"), i).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(release);
+        let error = sweep.await.unwrap().unwrap_err();
+        assert!(
+            error.to_string().contains("rows of kv are kept"),
+            "the sweep's error says why: {error}"
+        );
+        for insert in inserts {
+            insert.await.unwrap().unwrap();
+        }
+        assert_eq!(
+            map.backend().stats().commits,
+            commits + 1,
+            "the writes were not retried alone"
+        );
+        assert_eq!(rows(&map), (EXPIRED + 3) as i64);
+        assert_eq!(map.len(), 3);
+        // Alone, too, it fails and deletes nothing.
+        assert!(sweep_kv(&map).await.is_err());
+        assert_eq!(rows(&map), (EXPIRED + 3) as i64);
+    }
 }

@@ -588,9 +588,10 @@ where
     }
 
     /// `DELETE ... RETURNING`s of at most `limit` expired rows in all (found through the partial
-    /// index on `expires_at`), logged like any write, in a transaction of its own queued on the
-    /// file's writer thread between groups of live writes, and cut short after about a
-    /// millisecond when other work is queued (see `expiry::sweep`).
+    /// index on `expires_at`), logged like any write: inside the file's next commit of live
+    /// writes, after them, for at most about 150 µs of it, or, when no write is coming, in a
+    /// transaction of its own, cut short after about a millisecond when other work is queued
+    /// (see `expiry.rs`).
     async fn sweep_expired(&self, limit: usize, origin: u64) -> Result<Vec<K>, PersistentError> {
         let texts = expiry::sweep(&self.writer, &self.table, limit, log_origin(origin)).await?;
         texts

@@ -129,6 +129,17 @@ enum Command {
     Write(WriteRequest),
     /// Anything else that needs the connection (table setup, loads), run between commits.
     Run(Job),
+    /// Delete expired rows: in the next commit of live writes, or alone if none is coming.
+    Sweep(SweepRequest),
+}
+
+/// A request to delete at most `limit` expired rows of `table`, logged under `origin`; answered
+/// with the keys deleted once that is committed (see `expiry.rs`).
+pub(super) struct SweepRequest {
+    pub(super) table: Arc<TableSql>,
+    pub(super) limit: usize,
+    pub(super) origin: i64,
+    pub(super) done: oneshot::Sender<rusqlite::Result<Vec<String>>>,
 }
 
 /// Requests merged into one transaction at most; bounds the work one fsync waits for.
@@ -144,8 +155,6 @@ pub(crate) struct Writer {
     counters: Arc<Counters>,
     /// This connection's id in the change log's `writer` column.
     id: i64,
-    /// How many rows a sweep transaction on this file deletes, learned from the last ones.
-    sweep_pace: Arc<super::expiry::SweepPace>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -198,7 +207,6 @@ impl Writer {
             reader,
             counters,
             id,
-            sweep_pace: Arc::default(),
         })
     }
 
@@ -218,11 +226,6 @@ impl Writer {
     /// This connection's id in the change log.
     pub(super) fn id(&self) -> i64 {
         self.id
-    }
-
-    /// How many rows a sweep transaction on this file deletes.
-    pub(super) fn sweep_pace(&self) -> &Arc<super::expiry::SweepPace> {
-        &self.sweep_pace
     }
 
     /// The database file, as the first opener named it.
@@ -301,11 +304,27 @@ impl Writer {
             .map_err(|source| self.sqlite_error(source))
     }
 
-    /// A probe that says, from the writer thread, whether other work is queued behind the job
-    /// running: for a long job that should stop early and make way (the sweep).
-    pub(super) fn work_queued(&self) -> impl Fn() -> bool + Send + 'static {
-        let inbox = Arc::clone(&self.inbox);
-        move || inbox.has_queued()
+    /// Deletes at most `limit` expired rows of `table` (fewer when live writes are waiting),
+    /// logged under `origin`, and returns their keys once that is committed: inside the next
+    /// commit of live writes, which then pays only a bounded share of its time for it, or in a
+    /// transaction of its own when no write is coming.
+    pub(super) async fn sweep(
+        &self,
+        table: Arc<TableSql>,
+        limit: usize,
+        origin: i64,
+    ) -> Result<Vec<String>> {
+        let (done, swept) = oneshot::channel();
+        self.send(Command::Sweep(SweepRequest {
+            table,
+            limit,
+            origin,
+            done,
+        }))?;
+        swept
+            .await
+            .map_err(|_| self.closed())?
+            .map_err(|source| self.sqlite_error(source))
     }
 
     /// Queues `job` without waiting for it (it reports through channels of its own).
@@ -356,19 +375,24 @@ fn serve(mut connection: Connection, queue: &Inbox<Command>, counters: &Counters
     let _abandon_on_exit = AbandonOnExit(queue);
     let mut synchronous = Durability::Full;
     let mut fence = LayoutFence::default();
+    // How many rows a sweep in a transaction of its own deletes, learned from the last ones.
+    let pace = super::expiry::SweepPace::default();
     let mut group: Vec<WriteRequest> = Vec::new();
+    // Sweeps waiting for a commit to ride on (or to run alone if no write comes).
+    let mut sweeps: Vec<SweepRequest> = Vec::new();
     // A command that is not a write, found while gathering a group: it runs after the group.
     let mut next: Option<Job> = None;
     // Writers acknowledged by the last commit plus those already queued for the next one.
     let mut expected = 0;
     loop {
-        if group.is_empty() {
+        if group.is_empty() && sweeps.is_empty() {
             if let Some(job) = next.take() {
                 job(&mut connection);
                 continue;
             }
             match queue.pop(None) {
                 Popped::Item(Command::Write(request)) => group.push(request),
+                Popped::Item(Command::Sweep(request)) => sweeps.push(request),
                 Popped::Item(Command::Run(job)) => {
                     job(&mut connection);
                     continue;
@@ -376,23 +400,46 @@ fn serve(mut connection: Connection, queue: &Inbox<Command>, counters: &Counters
                 Popped::TimedOut | Popped::Closed => return,
             }
         }
-        gather(queue, &mut group, &mut next, expected);
+        gather(queue, &mut group, &mut sweeps, &mut next, expected);
+        if group.is_empty() {
+            // No live write to ride on: each sweep runs in a transaction of its own.
+            for request in sweeps.drain(..) {
+                let swept =
+                    super::expiry::sweep_alone(&mut connection, &request, id, &pace, &|| {
+                        queue.has_queued()
+                    });
+                let _ = request.done.send(swept);
+            }
+            expected = 0;
+            continue;
+        }
         let committed = std::mem::take(&mut group);
+        let riding = std::mem::take(&mut sweeps);
         let began = Instant::now();
-        let results = commit_group(
+        let (results, swept) = commit_group(
             &mut connection,
             &mut synchronous,
             &mut fence,
             &committed,
+            &riding,
             counters,
             id,
         );
         trace_group(&committed, &results, began.elapsed());
         // What is queued now came from writers other than those about to be acknowledged.
-        take_queued(queue, &mut group, &mut next);
+        take_queued(queue, &mut group, &mut sweeps, &mut next);
         expected = committed.len() + group.len();
         for (request, result) in committed.into_iter().zip(results) {
             let _ = request.done.send(result);
+        }
+        match swept {
+            Some(swept) => {
+                for (request, result) in riding.into_iter().zip(swept) {
+                    let _ = request.done.send(result);
+                }
+            }
+            // The shared transaction failed: they go again, with the next commit or alone.
+            None => sweeps.extend(riding),
         }
     }
 }
@@ -454,43 +501,54 @@ const GROUP_WAIT: Duration = Duration::from_micros(200);
 fn gather(
     queue: &Inbox<Command>,
     group: &mut Vec<WriteRequest>,
+    sweeps: &mut Vec<SweepRequest>,
     next: &mut Option<Job>,
     expected: usize,
 ) {
-    take_queued(queue, group, next);
+    take_queued(queue, group, sweeps, next);
     let deadline = Instant::now() + GROUP_WAIT;
     while group.len() < expected.min(MAX_GROUP_REQUESTS) && next.is_none() {
         match queue.pop(Some(deadline)) {
             Popped::Item(Command::Write(request)) => group.push(request),
+            Popped::Item(Command::Sweep(request)) => sweeps.push(request),
             Popped::Item(Command::Run(job)) => *next = Some(job),
             Popped::TimedOut | Popped::Closed => return,
         }
-        take_queued(queue, group, next);
+        take_queued(queue, group, sweeps, next);
     }
 }
 
-/// Moves queued writes into `group` without waiting, up to a command that is not a write.
-fn take_queued(queue: &Inbox<Command>, group: &mut Vec<WriteRequest>, next: &mut Option<Job>) {
+/// Moves queued writes and sweeps into `group` and `sweeps` without waiting, up to a command
+/// that is neither.
+fn take_queued(
+    queue: &Inbox<Command>,
+    group: &mut Vec<WriteRequest>,
+    sweeps: &mut Vec<SweepRequest>,
+    next: &mut Option<Job>,
+) {
     while next.is_none() && group.len() < MAX_GROUP_REQUESTS {
         match queue.try_pop() {
             Some(Command::Write(request)) => group.push(request),
+            Some(Command::Sweep(request)) => sweeps.push(request),
             Some(Command::Run(job)) => *next = Some(job),
             None => return,
         }
     }
 }
 
-/// Commits `group` in one transaction and returns each request's result. If the shared
-/// transaction fails, each request is retried in a transaction of its own, so one bad request
-/// fails alone and the others still commit.
+/// Commits `group` in one transaction and returns each request's result, and the result of
+/// each of `sweeps` that rode on it (`None`: the shared transaction failed, and they did not
+/// run). If the shared transaction fails, each request is retried in a transaction of its own,
+/// so one bad request fails alone and the others still commit.
 fn commit_group(
     connection: &mut Connection,
     synchronous: &mut Durability,
     fence: &mut LayoutFence,
     group: &[WriteRequest],
+    sweeps: &[SweepRequest],
     counters: &Counters,
     id: i64,
-) -> Vec<rusqlite::Result<Outcome>> {
+) -> (Vec<rusqlite::Result<Outcome>>, Option<Vec<Swept>>) {
     let wanted = group
         .iter()
         .map(|request| request.write.durability)
@@ -498,39 +556,48 @@ fn commit_group(
         .unwrap_or_default();
     if let Err(error) = set_synchronous(connection, synchronous, wanted) {
         // Committing at a weaker level than asked would break the promise: commit nothing.
-        return group.iter().map(|_| Err(copy_error(&error))).collect();
+        return (
+            group.iter().map(|_| Err(copy_error(&error))).collect(),
+            None,
+        );
     }
-    match commit(connection, fence, group, counters, id) {
-        Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
-        Err(error) if group.len() == 1 => vec![Err(error)],
+    let error = match commit(connection, fence, group, sweeps, counters, id) {
+        Ok((outcomes, swept)) => return (outcomes.into_iter().map(Ok).collect(), Some(swept)),
+        Err(error) => error,
+    };
+    let results = if group.len() == 1 {
+        vec![Err(error)]
+    } else if refuses_every_request(&error) {
         // A busy, locked, full, read-only or failing file refuses every request alike: retrying
         // each alone would only wait out the busy timeout once per request.
-        Err(error) if refuses_every_request(&error) => {
-            tracing::warn!(requests = group.len(), %error, "SQLite refused a whole commit group");
-            group.iter().map(|_| Err(copy_error(&error))).collect()
-        }
-        Err(error) => {
-            tracing::warn!(
-                requests = group.len(),
-                %error,
-                "a shared SQLite commit failed; retrying each write alone"
-            );
-            group
-                .iter()
-                .map(|request| {
-                    commit(
-                        connection,
-                        fence,
-                        std::slice::from_ref(request),
-                        counters,
-                        id,
-                    )
-                    .map(|mut outcomes| outcomes.remove(0))
-                })
-                .collect()
-        }
-    }
+        tracing::warn!(requests = group.len(), %error, "SQLite refused a whole commit group");
+        group.iter().map(|_| Err(copy_error(&error))).collect()
+    } else {
+        tracing::warn!(
+            requests = group.len(),
+            %error,
+            "a shared SQLite commit failed; retrying each write alone"
+        );
+        group
+            .iter()
+            .map(|request| {
+                commit(
+                    connection,
+                    fence,
+                    std::slice::from_ref(request),
+                    &[],
+                    counters,
+                    id,
+                )
+                .map(|(mut outcomes, _)| outcomes.remove(0))
+            })
+            .collect()
+    };
+    (results, None)
 }
+
+/// What a sweep deleted: the keys, or why it could not.
+type Swept = rusqlite::Result<Vec<String>>;
 
 fn refuses_every_request(error: &rusqlite::Error) -> bool {
     use rusqlite::ErrorCode::*;
@@ -576,8 +643,9 @@ fn set_synchronous(
     Ok(())
 }
 
-/// One transaction holding every op of `requests`; rolled back (by the transaction's drop) if
-/// any statement or the commit fails.
+/// One transaction holding every op of `requests`, then as many expired rows as `sweeps` may
+/// delete in a bounded time; rolled back (by the transaction's drop) if any write's statement
+/// or the commit fails. A sweep that fails is undone alone (a savepoint) and reports its error.
 ///
 /// `BEGIN`, `COMMIT` and `ROLLBACK` are cached statements: rusqlite's `Transaction` parses and
 /// prepares them anew for every transaction, which cost a few microseconds of every commit.
@@ -585,9 +653,10 @@ fn commit(
     connection: &mut Connection,
     fence: &mut LayoutFence,
     requests: &[WriteRequest],
+    sweeps: &[SweepRequest],
     counters: &Counters,
     id: i64,
-) -> rusqlite::Result<Vec<Outcome>> {
+) -> rusqlite::Result<(Vec<Outcome>, Vec<Swept>)> {
     run_statement(connection, "BEGIN IMMEDIATE")?;
     let mut known = Known::default();
     let committed = fence.begin(connection).and_then(|()| {
@@ -595,6 +664,12 @@ fn commit(
             .iter()
             .map(|request| execute(connection, fence, &mut known, &request.write, id))
             .collect::<rusqlite::Result<Vec<Outcome>>>()?;
+        let swept = sweeps
+            .iter()
+            .map(|sweep| {
+                super::expiry::sweep_riding(connection, &mut fence.expiry_columns, sweep, id)
+            })
+            .collect::<rusqlite::Result<Vec<Swept>>>()?;
         if counters
             .commits
             .load(Ordering::Relaxed)
@@ -603,15 +678,15 @@ fn commit(
             prune_log(connection)?;
         }
         run_statement(connection, "COMMIT")?;
-        Ok(outcomes)
+        Ok((outcomes, swept))
     });
     match committed {
-        Ok(outcomes) => {
+        Ok(committed) => {
             counters.commits.fetch_add(1, Ordering::Relaxed);
             counters
                 .requests
                 .fetch_add(requests.len() as u64, Ordering::Relaxed);
-            Ok(outcomes)
+            Ok(committed)
         }
         Err(error) => {
             roll_back(connection);
@@ -907,7 +982,7 @@ impl LayoutFence {
     }
 }
 
-fn run_statement(connection: &Connection, sql: &str) -> rusqlite::Result<()> {
+pub(super) fn run_statement(connection: &Connection, sql: &str) -> rusqlite::Result<()> {
     connection.prepare_cached(sql)?.execute([]).map(drop)
 }
 
