@@ -13,7 +13,7 @@
 //! | `seq-insert` | `ours`, `raw`, `raw-thread` (`--spin-us N`: see `handoff.rs`) |
 //! | `remove`, `insert-many` | `ours`, `raw` |
 //! | `seq-insert`, `remove` | `paired`: ours and its raw anchors in one process, in turns |
-//! | `concurrent-insert`, `hot-keys` | `ours`, `raw-conns`, `raw-mutex`, `raw-grouped` |
+//! | `concurrent-insert`, `hot-keys` | `ours`, `raw-conns`, `raw-mutex`, `raw-grouped`, `raw-thread` (see `handoff.rs`) |
 //! | `hot-update` (`--processes 2`: ours in two processes), `tx3` | `ours`, `raw-mutex` (see `updates.rs`) |
 //! | `load` | `ours`, `raw` (scan + decode), `hashmap`, `dashmap` (`--capacity N`, `--hasher fold`) |
 //! | `reads` (`--reads N`) | `ours`: our map, a `DashMap` and a `HashMap` in one process, read in turns |
