@@ -466,7 +466,9 @@ mod tests {
         assert_eq!(
             map.backend().stats().commits,
             commits + 1,
-            "the writes were not retried alone"
+            "the writes were not retried alone (commits {} then {})",
+            commits,
+            map.backend().stats().commits
         );
         assert_eq!(rows(&map), (EXPIRED + 3) as i64);
         assert_eq!(map.len(), 3);

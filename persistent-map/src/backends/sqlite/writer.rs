@@ -377,22 +377,22 @@ fn serve(mut connection: Connection, queue: &Inbox<Command>, counters: &Counters
     let mut fence = LayoutFence::default();
     // How many rows a sweep in a transaction of its own deletes, learned from the last ones.
     let pace = super::expiry::SweepPace::default();
-    let mut group: Vec<WriteRequest> = Vec::new();
-    // Sweeps waiting for a commit to ride on (or to run alone if no write comes).
-    let mut sweeps: Vec<SweepRequest> = Vec::new();
-    // A command that is not a write, found while gathering a group: it runs after the group.
-    let mut next: Option<Job> = None;
-    // Writers acknowledged by the last commit plus those already queued for the next one.
-    let mut expected = 0;
+    let mut intake = Intake {
+        queue,
+        group: Vec::new(),
+        sweeps: Vec::new(),
+        next: None,
+        expected: 0,
+    };
     loop {
-        if group.is_empty() && sweeps.is_empty() {
-            if let Some(job) = next.take() {
+        if intake.group.is_empty() && intake.sweeps.is_empty() {
+            if let Some(job) = intake.next.take() {
                 job(&mut connection);
                 continue;
             }
             match queue.pop(None) {
-                Popped::Item(Command::Write(request)) => group.push(request),
-                Popped::Item(Command::Sweep(request)) => sweeps.push(request),
+                Popped::Item(Command::Write(request)) => intake.group.push(request),
+                Popped::Item(Command::Sweep(request)) => intake.sweeps.push(request),
                 Popped::Item(Command::Run(job)) => {
                     job(&mut connection);
                     continue;
@@ -400,35 +400,55 @@ fn serve(mut connection: Connection, queue: &Inbox<Command>, counters: &Counters
                 Popped::TimedOut | Popped::Closed => return,
             }
         }
-        gather(queue, &mut group, &mut sweeps, &mut next, expected);
-        if group.is_empty() {
+        if intake.group.is_empty() {
+            // Only sweeps so far: wait for the writes they could ride on, once.
+            intake.gather(|_| true);
+            intake.expected = 0;
+        } else {
+            intake.take_queued();
+        }
+        if intake.group.is_empty() {
             // No live write to ride on: each sweep runs in a transaction of its own.
-            for request in sweeps.drain(..) {
+            for request in intake.sweeps.drain(..) {
                 let swept =
                     super::expiry::sweep_alone(&mut connection, &request, id, &pace, &|| {
                         queue.has_queued()
                     });
                 let _ = request.done.send(swept);
             }
-            expected = 0;
             continue;
         }
-        let committed = std::mem::take(&mut group);
-        let riding = std::mem::take(&mut sweeps);
         let began = Instant::now();
-        let (results, swept) = commit_group(
-            &mut connection,
-            &mut synchronous,
-            &mut fence,
-            &committed,
-            &riding,
-            counters,
-            id,
-        );
+        let (committed, riding, results, swept) = if fence.alone {
+            commit_gathering(
+                &mut connection,
+                &mut synchronous,
+                &mut fence,
+                &mut intake,
+                counters,
+                id,
+            )
+        } else {
+            // Another connection writes to the file too: gather first, so that the file's
+            // write lock is held only for the commit.
+            intake.gather(|_| true);
+            let committed = std::mem::take(&mut intake.group);
+            let riding = std::mem::take(&mut intake.sweeps);
+            let (results, swept) = commit_group(
+                &mut connection,
+                &mut synchronous,
+                &mut fence,
+                &committed,
+                &riding,
+                counters,
+                id,
+            );
+            (committed, riding, results, swept)
+        };
         trace_group(&committed, &results, began.elapsed());
         // What is queued now came from writers other than those about to be acknowledged.
-        take_queued(queue, &mut group, &mut sweeps, &mut next);
-        expected = committed.len() + group.len();
+        intake.take_queued();
+        intake.expected = committed.len() + intake.group.len();
         for (request, result) in committed.into_iter().zip(results) {
             let _ = request.done.send(result);
         }
@@ -439,7 +459,209 @@ fn serve(mut connection: Connection, queue: &Inbox<Command>, counters: &Counters
                 }
             }
             // The shared transaction failed: they go again, with the next commit or alone.
-            None => sweeps.extend(riding),
+            None => intake.sweeps.extend(riding),
+        }
+    }
+}
+
+/// What the writer thread has taken from its inbox and not yet done.
+struct Intake<'q> {
+    queue: &'q Inbox<Command>,
+    /// The writes of the next commit.
+    group: Vec<WriteRequest>,
+    /// Sweeps waiting for a commit to ride on (or to run alone if no write comes).
+    sweeps: Vec<SweepRequest>,
+    /// A command that is not a write, found while gathering a group: it runs after the group.
+    next: Option<Job>,
+    /// Writers acknowledged by the last commit plus those already queued for the next one.
+    expected: usize,
+}
+
+/// How long a group waits for the writers it expects. Well under a commit's fsync, so a
+/// straggler costs less than the commit it joins saves.
+const GROUP_WAIT: Duration = Duration::from_micros(200);
+
+impl Intake<'_> {
+    /// Adds what is queued to the group, then waits up to [`GROUP_WAIT`] for more while the
+    /// group is smaller than expected. Stops at a command that is not a write (kept in
+    /// `next`), or when `arrived`, shown the group after each arrival, says `false`.
+    fn gather(&mut self, mut arrived: impl FnMut(&[WriteRequest]) -> bool) {
+        self.take_queued();
+        if !arrived(&self.group) {
+            return;
+        }
+        let deadline = Instant::now() + GROUP_WAIT;
+        while self.group.len() < self.expected.min(MAX_GROUP_REQUESTS) && self.next.is_none() {
+            match self.queue.pop(Some(deadline)) {
+                Popped::Item(Command::Write(request)) => self.group.push(request),
+                Popped::Item(Command::Sweep(request)) => self.sweeps.push(request),
+                Popped::Item(Command::Run(job)) => self.next = Some(job),
+                Popped::TimedOut | Popped::Closed => return,
+            }
+            self.take_queued();
+            if !arrived(&self.group) {
+                return;
+            }
+        }
+    }
+
+    /// Moves queued writes and sweeps in without waiting, up to a command that is neither.
+    fn take_queued(&mut self) {
+        while self.next.is_none() && self.group.len() < MAX_GROUP_REQUESTS {
+            match self.queue.try_pop() {
+                Some(Command::Write(request)) => self.group.push(request),
+                Some(Command::Sweep(request)) => self.sweeps.push(request),
+                Some(Command::Run(job)) => self.next = Some(job),
+                None => return,
+            }
+        }
+    }
+}
+
+/// What a group's commit answers: the writes and their results, and the sweeps that rode on it
+/// and theirs (`None`: they did not run).
+type Committed = (
+    Vec<WriteRequest>,
+    Vec<SweepRequest>,
+    Vec<rusqlite::Result<Outcome>>,
+    Option<Vec<Swept>>,
+);
+
+/// Commits the intake's group with its transaction open while the group gathers: each write
+/// is executed as it arrives, so that once the group is complete only the commit is left. For
+/// a file no other connection writes to: this holds the file's write lock for up to
+/// [`GROUP_WAIT`] longer. Writes that want a stronger durability than the group's first stay
+/// in the intake for the next group.
+fn commit_gathering(
+    connection: &mut Connection,
+    synchronous: &mut Durability,
+    fence: &mut LayoutFence,
+    intake: &mut Intake<'_>,
+    counters: &Counters,
+    id: i64,
+) -> Committed {
+    let level = intake
+        .group
+        .iter()
+        .map(|request| request.write.durability)
+        .max()
+        .unwrap_or_default();
+    let mut open = match OpenGroup::begin(connection, synchronous, fence, level) {
+        Ok(open) => open,
+        Err(error) => {
+            // Busy, or the file refuses: as for a shared commit that could not begin, every
+            // write of the group hears why, and the sweeps wait for the next commit.
+            tracing::warn!(requests = intake.group.len(), %error, "SQLite refused a whole commit group");
+            let results = intake
+                .group
+                .iter()
+                .map(|_| Err(copy_error(&error)))
+                .collect();
+            return (std::mem::take(&mut intake.group), Vec::new(), results, None);
+        }
+    };
+    let mut stopped_at = None;
+    intake.gather(|group| {
+        stopped_at = open.catch_up(connection, fence, group, id);
+        stopped_at.is_none()
+    });
+    let carried = stopped_at.map_or_else(Vec::new, |at| intake.group.split_off(at));
+    let committed = std::mem::replace(&mut intake.group, carried);
+    let riding = std::mem::take(&mut intake.sweeps);
+    let (results, swept) = match open.finish(connection, fence, &riding, counters, id) {
+        Ok((outcomes, swept)) => (outcomes.into_iter().map(Ok).collect(), Some(swept)),
+        // A statement or the commit failed: the group goes again the slow way, shared and
+        // then each write alone.
+        Err(_) => commit_group(
+            connection,
+            synchronous,
+            fence,
+            &committed,
+            &riding,
+            counters,
+            id,
+        ),
+    };
+    (committed, riding, results, swept)
+}
+
+/// A group's transaction, open while the group gathers.
+struct OpenGroup {
+    level: Durability,
+    known: Known,
+    outcomes: Vec<Outcome>,
+    /// A statement failed: nothing more is executed, and the transaction is rolled back.
+    failed: Option<rusqlite::Error>,
+}
+
+impl OpenGroup {
+    /// Sets the connection's durability to `level` and begins the transaction.
+    fn begin(
+        connection: &Connection,
+        synchronous: &mut Durability,
+        fence: &mut LayoutFence,
+        level: Durability,
+    ) -> rusqlite::Result<Self> {
+        // SQLite cannot change it inside a transaction.
+        set_synchronous(connection, synchronous, level)?;
+        run_statement(connection, "BEGIN IMMEDIATE")?;
+        if let Err(error) = fence.begin(connection) {
+            roll_back(connection);
+            return Err(error);
+        }
+        Ok(Self {
+            level,
+            known: Known::default(),
+            outcomes: Vec::new(),
+            failed: None,
+        })
+    }
+
+    /// Executes the writes of `group` not executed yet, in order. Returns the index of the
+    /// first that wants a stronger durability than the transaction's, which must wait for
+    /// the next one.
+    fn catch_up(
+        &mut self,
+        connection: &Connection,
+        fence: &mut LayoutFence,
+        group: &[WriteRequest],
+        id: i64,
+    ) -> Option<usize> {
+        while self.failed.is_none() && self.outcomes.len() < group.len() {
+            let request = &group[self.outcomes.len()];
+            if request.write.durability > self.level {
+                return Some(self.outcomes.len());
+            }
+            match execute(connection, fence, &mut self.known, &request.write, id) {
+                Ok(outcome) => self.outcomes.push(outcome),
+                Err(error) => self.failed = Some(error),
+            }
+        }
+        None
+    }
+
+    /// Runs `sweeps` after the writes and commits; on any failure rolls back.
+    fn finish(
+        self,
+        connection: &Connection,
+        fence: &mut LayoutFence,
+        sweeps: &[SweepRequest],
+        counters: &Counters,
+        id: i64,
+    ) -> rusqlite::Result<(Vec<Outcome>, Vec<Swept>)> {
+        let committed = match self.failed {
+            Some(error) => Err(error),
+            None => finish_transaction(connection, fence, sweeps, counters, id),
+        };
+        match committed {
+            Ok(swept) => {
+                count_commit(counters, self.outcomes.len());
+                Ok((self.outcomes, swept))
+            }
+            Err(error) => {
+                roll_back(connection);
+                Err(error)
+            }
         }
     }
 }
@@ -489,50 +711,6 @@ struct AbandonOnExit<'a>(&'a Inbox<Command>);
 impl Drop for AbandonOnExit<'_> {
     fn drop(&mut self) {
         self.0.abandon();
-    }
-}
-
-/// How long a group waits for the writers it expects. Well under a commit's fsync, so a
-/// straggler costs less than the commit it joins saves.
-const GROUP_WAIT: Duration = Duration::from_micros(200);
-
-/// Adds what is queued to `group`, then waits up to [`GROUP_WAIT`] for more while the group is
-/// smaller than `expected`. Stops at a command that is not a write (kept in `next`).
-fn gather(
-    queue: &Inbox<Command>,
-    group: &mut Vec<WriteRequest>,
-    sweeps: &mut Vec<SweepRequest>,
-    next: &mut Option<Job>,
-    expected: usize,
-) {
-    take_queued(queue, group, sweeps, next);
-    let deadline = Instant::now() + GROUP_WAIT;
-    while group.len() < expected.min(MAX_GROUP_REQUESTS) && next.is_none() {
-        match queue.pop(Some(deadline)) {
-            Popped::Item(Command::Write(request)) => group.push(request),
-            Popped::Item(Command::Sweep(request)) => sweeps.push(request),
-            Popped::Item(Command::Run(job)) => *next = Some(job),
-            Popped::TimedOut | Popped::Closed => return,
-        }
-        take_queued(queue, group, sweeps, next);
-    }
-}
-
-/// Moves queued writes and sweeps into `group` and `sweeps` without waiting, up to a command
-/// that is neither.
-fn take_queued(
-    queue: &Inbox<Command>,
-    group: &mut Vec<WriteRequest>,
-    sweeps: &mut Vec<SweepRequest>,
-    next: &mut Option<Job>,
-) {
-    while next.is_none() && group.len() < MAX_GROUP_REQUESTS {
-        match queue.try_pop() {
-            Some(Command::Write(request)) => group.push(request),
-            Some(Command::Sweep(request)) => sweeps.push(request),
-            Some(Command::Run(job)) => *next = Some(job),
-            None => return,
-        }
     }
 }
 
@@ -664,28 +842,12 @@ fn commit(
             .iter()
             .map(|request| execute(connection, fence, &mut known, &request.write, id))
             .collect::<rusqlite::Result<Vec<Outcome>>>()?;
-        let swept = sweeps
-            .iter()
-            .map(|sweep| {
-                super::expiry::sweep_riding(connection, &mut fence.expiry_columns, sweep, id)
-            })
-            .collect::<rusqlite::Result<Vec<Swept>>>()?;
-        if counters
-            .commits
-            .load(Ordering::Relaxed)
-            .is_multiple_of(PRUNE_EVERY_COMMITS)
-        {
-            prune_log(connection)?;
-        }
-        run_statement(connection, "COMMIT")?;
+        let swept = finish_transaction(connection, fence, sweeps, counters, id)?;
         Ok((outcomes, swept))
     });
     match committed {
         Ok(committed) => {
-            counters.commits.fetch_add(1, Ordering::Relaxed);
-            counters
-                .requests
-                .fetch_add(requests.len() as u64, Ordering::Relaxed);
+            count_commit(counters, requests.len());
             Ok(committed)
         }
         Err(error) => {
@@ -693,6 +855,37 @@ fn commit(
             Err(error)
         }
     }
+}
+
+/// The end of a group's transaction, after its writes: the sweeps riding on it, the log's
+/// pruning now and then, and `COMMIT`.
+fn finish_transaction(
+    connection: &Connection,
+    fence: &mut LayoutFence,
+    sweeps: &[SweepRequest],
+    counters: &Counters,
+    id: i64,
+) -> rusqlite::Result<Vec<Swept>> {
+    let swept = sweeps
+        .iter()
+        .map(|sweep| super::expiry::sweep_riding(connection, &mut fence.expiry_columns, sweep, id))
+        .collect::<rusqlite::Result<Vec<Swept>>>()?;
+    if counters
+        .commits
+        .load(Ordering::Relaxed)
+        .is_multiple_of(PRUNE_EVERY_COMMITS)
+    {
+        prune_log(connection)?;
+    }
+    run_statement(connection, "COMMIT")?;
+    Ok(swept)
+}
+
+fn count_commit(counters: &Counters, requests: usize) {
+    counters.commits.fetch_add(1, Ordering::Relaxed);
+    counters
+        .requests
+        .fetch_add(requests as u64, Ordering::Relaxed);
 }
 
 /// One request inside the group's transaction: the layout checks, every part's conditions
@@ -941,6 +1134,9 @@ struct LayoutFence {
     /// (Kept here because it is checked at the same moments, for the same reason: another
     /// process may change a table under this writer.)
     expiry_columns: super::expiry::ExpiryColumns,
+    /// Whether no other connection had committed to the file between this one's last two
+    /// transactions: then a group may hold the file's write lock while it gathers.
+    alone: bool,
 }
 
 impl LayoutFence {
@@ -949,6 +1145,7 @@ impl LayoutFence {
         let version: i64 = connection
             .prepare_cached("PRAGMA data_version")?
             .query_row([], |row| row.get(0))?;
+        self.alone = self.checked_at == Some(version);
         if self.checked_at != Some(version) {
             self.checked_at = Some(version);
             self.confirmed.clear();
