@@ -2,7 +2,11 @@
 //!
 //! Every map on one file sends its work here, so the file has one writer in this process: no
 //! `database is locked` between our own maps, and one commit (one fsync) serves every write that
-//! queued while the previous commit was syncing.
+//! queued while the previous commit was syncing. While no other connection commits to the file,
+//! a group's transaction begins with its first write and executes each write as it arrives, so
+//! that only `COMMIT` is left once the group is complete; a file other processes write to gets
+//! the group gathered first, so that its write lock is held only for the commit. Sweeps of
+//! expired rows ride on these commits (see `expiry.rs`).
 //!
 //! A write may carry conditions (what must be stored under some keys for it to go ahead): they
 //! are checked inside the same `IMMEDIATE` transaction that writes, which holds the file's write
