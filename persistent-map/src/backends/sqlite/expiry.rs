@@ -20,6 +20,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use super::writer::{
     log_keys, prune_log_oldest, run_statement, RawOp, SweepRequest, TableSql, Writer,
 };
+use super::Durability;
 use crate::{Deadline, Result};
 
 /// This process's wall clock in Unix milliseconds, as the column holds deadlines.
@@ -208,8 +209,8 @@ pub(super) async fn sweep(
 
 /// A sweep inside a commit of live writes, after them: deletes for at most about
 /// [`RIDING_BUDGET`] (one step at least), under a savepoint, so that a sweep that fails is
-/// undone alone and the writes still commit. The outer error is a savepoint that could not be
-/// undone, which fails the whole transaction.
+/// undone alone and the writes still commit. The outer error fails the whole transaction: a
+/// savepoint that could not be undone, or an error after which SQLite had ended it.
 pub(super) fn sweep_riding(
     connection: &Connection,
     columns: &mut ExpiryColumns,
@@ -227,6 +228,9 @@ pub(super) fn sweep_riding(
             run_statement(connection, "RELEASE persistent_map_sweep")?;
             Ok(Ok(deleted))
         }
+        // SQLite ended the whole transaction (a trigger's `RAISE(ROLLBACK)`, a full disk):
+        // nothing to roll back to, and the writes must go again.
+        Err(error) if connection.is_autocommit() => Err(error),
         Err(error) => {
             run_statement(connection, "ROLLBACK TO persistent_map_sweep")?;
             run_statement(connection, "RELEASE persistent_map_sweep")?;
@@ -241,6 +245,7 @@ pub(super) fn sweep_riding(
 /// back rows that are expired anyway, and the next synced commit syncs it.
 pub(super) fn sweep_alone(
     connection: &mut Connection,
+    synchronous: &mut Durability,
     request: &SweepRequest,
     id: i64,
     pace: &SweepPace,
@@ -251,7 +256,7 @@ pub(super) fn sweep_alone(
     }
     let began = Instant::now();
     let limit = request.limit.min(pace.rows());
-    let deleted = without_sync(connection, |connection| {
+    let deleted = without_sync(connection, synchronous, |connection| {
         let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let enough = || began.elapsed() >= SWEEP_SLICE && work_queued();
         let deleted = delete_expired(&transaction, request, limit, SWEEP_STEP, id, &enough)?;
@@ -267,22 +272,29 @@ pub(super) fn sweep_alone(
 }
 
 /// Runs `work` with `synchronous = NORMAL`: in WAL mode a commit is then not synced (the next
-/// synced commit syncs it), and it stays consistent.
+/// synced commit syncs it), and it stays consistent. Then sets the level back to `synchronous`,
+/// the writer's record of it; if that fails, the record says `Normal`, so that the next commit
+/// sets the level it needs.
 fn without_sync<T>(
     connection: &mut Connection,
+    synchronous: &mut Durability,
     work: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
 ) -> rusqlite::Result<T> {
-    let level: i64 = connection.pragma_query_value(None, "synchronous", |row| row.get(0))?;
     connection.pragma_update(None, "synchronous", "NORMAL")?;
     let result = work(connection);
-    connection.pragma_update(None, "synchronous", level)?;
-    result
+    match connection.pragma_update(None, "synchronous", synchronous.pragma_value()) {
+        Ok(()) => result,
+        Err(error) => {
+            *synchronous = Durability::Normal;
+            result.and(Err(error))
+        }
+    }
 }
 
 /// Deletes rows of the request's table whose deadline has passed (one clock reading for all),
-/// `step` rows per statement, until `limit` rows (at most the request's) are deleted, none is left, or `enough()` says
-/// so after a step; logs their keys and prunes as many of the log's oldest rows, so that a
-/// sweep pays for its own log. In the caller's transaction.
+/// `step` rows per statement, until `limit` rows (at most the request's) are deleted, none is
+/// left, or `enough()` says so after a step; logs their keys and prunes as many of the log's
+/// oldest rows, so that a sweep pays for its own log. In the caller's transaction.
 fn delete_expired(
     connection: &Connection,
     request: &SweepRequest,
@@ -301,7 +313,8 @@ fn delete_expired(
     let now = now_sql();
     let mut deleted = Vec::new();
     loop {
-        let step = step.min(limit - deleted.len());
+        // Another program's table may hold a key twice and so lose more rows than asked.
+        let step = step.min(limit.saturating_sub(deleted.len()));
         let before = deleted.len();
         let rows = i64::try_from(step).unwrap_or(i64::MAX);
         let keys = delete.query_map((now, rows), |row| row.get::<_, String>(0))?;
@@ -338,14 +351,20 @@ mod tests {
     use super::super::SqliteBackend;
     use crate::{PersistentMap, StorageBackend};
 
-    const EXPIRED: usize = 200;
+    type Map = PersistentMap<String, u64, SqliteBackend>;
+
+    /// Enough that a sweep riding on a commit cannot delete them all within its budget.
+    const EXPIRED: usize = 2000;
 
     /// A file whose table holds `EXPIRED` rows that expired an hour ago (so the map loads none
-    /// and starts no background sweep) and the map on it.
-    async fn expired_rows(dir: &tempfile::TempDir) -> PersistentMap<String, u64, SqliteBackend> {
+    /// and starts no background sweep), `setup` run on it, and the map on it. With `warm`, the
+    /// map then commits twice, so that the writer knows no other connection writes and gathers
+    /// its groups with their transaction open.
+    async fn expired_rows(dir: &tempfile::TempDir, setup: &str, warm: bool) -> Map {
         let path = dir.path().join("sweep.db");
-        let connection = rusqlite::Connection::open(&path).unwrap();
-        connection
+        let mut connection = rusqlite::Connection::open(&path).unwrap();
+        let transaction = connection.transaction().unwrap();
+        transaction
             .execute_batch(
                 "CREATE TABLE kv (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL, \
                  expires_at INTEGER);",
@@ -353,35 +372,41 @@ mod tests {
             .unwrap();
         let an_hour_ago = super::now_sql() - 3_600_000;
         for i in 0..EXPIRED {
-            connection
+            transaction
                 .execute(
                     "INSERT INTO kv VALUES (?1, '1', ?2)",
                     (format!("old-{i:04}"), an_hour_ago),
                 )
                 .unwrap();
         }
+        transaction.execute_batch(setup).unwrap();
+        transaction.commit().unwrap();
         drop(connection);
-        let map = PersistentMap::open(&path).await.unwrap();
+        let map: Map = PersistentMap::open(&path).await.unwrap();
         assert!(map.is_empty());
+        if warm {
+            for i in 0..2 {
+                map.insert(format!("warm-{i}"), i).await.unwrap();
+            }
+        }
         map
     }
 
-    async fn sweep_kv(
-        map: &PersistentMap<String, u64, SqliteBackend>,
-    ) -> crate::Result<Vec<String>> {
+    async fn sweep_kv(map: &Map) -> crate::Result<Vec<String>> {
         StorageBackend::<String, u64>::sweep_expired(map.backend(), EXPIRED, 7).await
     }
 
-    fn rows(map: &PersistentMap<String, u64, SqliteBackend>) -> i64 {
+    fn rows(map: &Map) -> usize {
         let connection = rusqlite::Connection::open(map.backend().writer.path()).unwrap();
         connection
-            .query_row("SELECT count(*) FROM kv", [], |row| row.get(0))
-            .unwrap()
+            .query_row("SELECT count(*) FROM kv", [], |row| row.get::<_, i64>(0))
+            .unwrap() as usize
     }
 
-    /// Holds the writer thread until the returned sender is dropped, so that what is sent
-    /// meanwhile queues up and is taken as one group.
-    fn hold_writer(map: &PersistentMap<String, u64, SqliteBackend>) -> mpsc::Sender<()> {
+    /// Queues a sweep and `writes` inserts behind a held writer thread, so that they are taken
+    /// as one group, then lets the writer go; returns the sweep's result once the inserts are
+    /// done (each must succeed).
+    async fn sweep_with_writes(map: &Map, writes: u64) -> crate::Result<Vec<String>> {
         let (release, held) = mpsc::channel::<()>();
         map.backend()
             .writer
@@ -389,34 +414,40 @@ mod tests {
                 let _ = held.recv();
             }))
             .unwrap();
-        release
-    }
-
-    /// A sweep queued with a live write is done inside the write's commit (one transaction for
-    /// both), and deletes a bounded share of the expired rows there.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_sweep_rides_on_the_commit_of_a_live_write() {
-        let dir = tempfile::tempdir().unwrap();
-        let map = expired_rows(&dir).await;
-        let commits = map.backend().stats().commits;
-        let release = hold_writer(&map);
         let sweep = {
             let map = map.clone();
             tokio::spawn(async move { sweep_kv(&map).await })
         };
-        let insert = {
-            let map = map.clone();
-            tokio::spawn(async move { map.insert("live".to_owned(), 1).await })
-        };
-        // Both are queued behind the held writer well before this.
+        let inserts: Vec<_> = (0..writes)
+            .map(|i| {
+                let map = map.clone();
+                tokio::spawn(async move { map.insert(format!("live-{i}"), i).await })
+            })
+            .collect();
+        // All of them are queued behind the held writer well before this.
         tokio::time::sleep(Duration::from_millis(200)).await;
         drop(release);
-        let swept = sweep.await.unwrap().unwrap();
-        insert.await.unwrap().unwrap();
+        let swept = sweep.await.unwrap();
+        for insert in inserts {
+            insert.await.unwrap().unwrap();
+        }
+        swept
+    }
+
+    /// A sweep queued with live writes is done inside their commit (one transaction for all,
+    /// none of the sweep's own) and deletes a bounded share of the expired rows there, whether
+    /// the group was gathered first (`warm` false) or with its transaction open.
+    async fn a_sweep_rides_on_the_commit_of_live_writes(warm: bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let map = expired_rows(&dir, "", warm).await;
+        let commits = map.backend().stats().commits;
+        let (alone, gathering) = map.backend().writer.paths_taken();
+        let swept = sweep_with_writes(&map, 3).await.unwrap();
+        assert_eq!(map.backend().stats().commits, commits + 1);
         assert_eq!(
-            map.backend().stats().commits,
-            commits + 1,
-            "the sweep took a transaction of its own"
+            map.backend().writer.paths_taken(),
+            (alone, gathering + u64::from(warm)),
+            "(sweeps alone, groups gathered with the transaction open)"
         );
         assert!(
             (super::RIDING_STEP..EXPIRED).contains(&swept.len()),
@@ -424,56 +455,69 @@ mod tests {
              ({} of {EXPIRED})",
             swept.len()
         );
-        assert_eq!(rows(&map), (EXPIRED - swept.len() + 1) as i64);
-        assert_eq!(map.get("live"), Some(1));
+        assert_eq!(
+            rows(&map),
+            EXPIRED - swept.len() + 3 + if warm { 2 } else { 0 }
+        );
+        assert_eq!(map.get("live-2"), Some(2));
     }
 
-    /// A sweep that fails inside a commit of live writes is undone alone: the writes commit,
-    /// every expired row is still stored, and the sweep reports the error.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_sweep_that_fails_in_a_shared_commit_fails_alone() {
+    async fn a_sweep_rides_on_a_group_gathered_first() {
+        a_sweep_rides_on_the_commit_of_live_writes(false).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sweep_rides_on_a_group_gathered_with_its_transaction_open() {
+        a_sweep_rides_on_the_commit_of_live_writes(true).await;
+    }
+
+    /// A sweep that fails inside a commit of live writes fails alone: the writes commit (in one
+    /// commit: not retried each alone), every expired row is still stored, and the sweep
+    /// reports the error. `raise` is how a trigger refuses the delete: `ABORT` undoes the
+    /// statement (the savepoint undoes the sweep), `ROLLBACK` ends the whole transaction (the
+    /// writes go again without the sweep).
+    async fn a_sweep_that_fails_in_a_shared_commit_fails_alone(raise: &str, warm: bool) {
         let dir = tempfile::tempdir().unwrap();
-        let map = expired_rows(&dir).await;
-        rusqlite::Connection::open(map.backend().writer.path())
-            .unwrap()
-            .execute_batch(
-                "CREATE TRIGGER keep BEFORE DELETE ON kv \
-                 BEGIN SELECT RAISE(ABORT, 'rows of kv are kept'); END;",
-            )
-            .unwrap();
+        let trigger = format!(
+            "CREATE TRIGGER keep BEFORE DELETE ON kv \
+             BEGIN SELECT RAISE({raise}, 'rows of kv are kept'); END;"
+        );
+        let map = expired_rows(&dir, &trigger, warm).await;
         let commits = map.backend().stats().commits;
-        let release = hold_writer(&map);
-        let sweep = {
-            let map = map.clone();
-            tokio::spawn(async move { sweep_kv(&map).await })
-        };
-        let inserts: Vec<_> = (0..3)
-            .map(|i| {
-                let map = map.clone();
-                tokio::spawn(async move { map.insert(format!("live-{i}"), i).await })
-            })
-            .collect();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        drop(release);
-        let error = sweep.await.unwrap().unwrap_err();
+        let (alone, _) = map.backend().writer.paths_taken();
+        let error = sweep_with_writes(&map, 3).await.unwrap_err();
         assert!(
             error.to_string().contains("rows of kv are kept"),
             "the sweep's error says why: {error}"
         );
-        for insert in inserts {
-            insert.await.unwrap().unwrap();
-        }
         assert_eq!(
             map.backend().stats().commits,
             commits + 1,
-            "the writes were not retried alone (commits {} then {})",
-            commits,
-            map.backend().stats().commits
+            "the writes were committed together"
         );
-        assert_eq!(rows(&map), (EXPIRED + 3) as i64);
-        assert_eq!(map.len(), 3);
+        assert_eq!(
+            map.backend().writer.paths_taken().0,
+            alone,
+            "no sweep ran alone"
+        );
+        let warmed = if warm { 2 } else { 0 };
+        assert_eq!(rows(&map), EXPIRED + 3 + warmed);
+        assert_eq!(map.len(), 3 + warmed);
         // Alone, too, it fails and deletes nothing.
         assert!(sweep_kv(&map).await.is_err());
-        assert_eq!(rows(&map), (EXPIRED + 3) as i64);
+        assert_eq!(rows(&map), EXPIRED + 3 + warmed);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sweep_undone_by_its_savepoint_fails_alone() {
+        a_sweep_that_fails_in_a_shared_commit_fails_alone("ABORT", false).await;
+        a_sweep_that_fails_in_a_shared_commit_fails_alone("ABORT", true).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sweep_that_ends_the_transaction_fails_alone() {
+        a_sweep_that_fails_in_a_shared_commit_fails_alone("ROLLBACK", false).await;
+        a_sweep_that_fails_in_a_shared_commit_fails_alone("ROLLBACK", true).await;
     }
 }

@@ -183,6 +183,10 @@ impl Drop for Writer {
 struct Counters {
     commits: AtomicU64,
     requests: AtomicU64,
+    /// Sweeps run in a transaction of their own, and groups committed with their transaction
+    /// open while they gathered: for tests to tell which way the writer went.
+    sweeps_alone: AtomicU64,
+    gathering: AtomicU64,
 }
 
 impl Writer {
@@ -219,6 +223,15 @@ impl Writer {
         (
             self.counters.commits.load(Ordering::Relaxed),
             self.counters.requests.load(Ordering::Relaxed),
+        )
+    }
+
+    /// (sweeps run alone, groups committed while gathering) since the thread started.
+    #[cfg(test)]
+    pub(super) fn paths_taken(&self) -> (u64, u64) {
+        (
+            self.counters.sweeps_alone.load(Ordering::Relaxed),
+            self.counters.gathering.load(Ordering::Relaxed),
         )
     }
 
@@ -414,10 +427,15 @@ fn serve(mut connection: Connection, queue: &Inbox<Command>, counters: &Counters
         if intake.group.is_empty() {
             // No live write to ride on: each sweep runs in a transaction of its own.
             for request in intake.sweeps.drain(..) {
-                let swept =
-                    super::expiry::sweep_alone(&mut connection, &request, id, &pace, &|| {
-                        queue.has_queued()
-                    });
+                counters.sweeps_alone.fetch_add(1, Ordering::Relaxed);
+                let swept = super::expiry::sweep_alone(
+                    &mut connection,
+                    &mut synchronous,
+                    &request,
+                    id,
+                    &pace,
+                    &|| queue.has_queued(),
+                );
                 let _ = request.done.send(swept);
             }
             continue;
@@ -553,6 +571,8 @@ fn commit_gathering(
     let mut open = match OpenGroup::begin(connection, synchronous, fence, level) {
         Ok(open) => open,
         Err(error) => {
+            // Busy most likely: another connection writes, so gather first from now on.
+            fence.alone = false;
             // Busy, or the file refuses: as for a shared commit that could not begin, every
             // write of the group hears why, and the sweeps wait for the next commit.
             tracing::warn!(requests = intake.group.len(), %error, "SQLite refused a whole commit group");
@@ -564,10 +584,12 @@ fn commit_gathering(
             return (std::mem::take(&mut intake.group), Vec::new(), results, None);
         }
     };
+    counters.gathering.fetch_add(1, Ordering::Relaxed);
     let mut stopped_at = None;
     intake.gather(|group| {
         stopped_at = open.catch_up(connection, fence, group, id);
-        stopped_at.is_none()
+        // After a failed statement the group goes the slow way: no use holding the lock.
+        stopped_at.is_none() && open.failed.is_none()
     });
     let carried = stopped_at.map_or_else(Vec::new, |at| intake.group.split_off(at));
     let committed = std::mem::replace(&mut intake.group, carried);
@@ -719,9 +741,9 @@ impl Drop for AbandonOnExit<'_> {
 }
 
 /// Commits `group` in one transaction and returns each request's result, and the result of
-/// each of `sweeps` that rode on it (`None`: the shared transaction failed, and they did not
-/// run). If the shared transaction fails, each request is retried in a transaction of its own,
-/// so one bad request fails alone and the others still commit.
+/// each of `sweeps` that rode on it (`None`: they did not run, and go again). If the shared
+/// transaction fails, it is tried again without the sweeps, then each request in a transaction
+/// of its own, so that one bad sweep or request fails alone and the others still commit.
 fn commit_group(
     connection: &mut Connection,
     synchronous: &mut Durability,
@@ -743,10 +765,22 @@ fn commit_group(
             None,
         );
     }
-    let error = match commit(connection, fence, group, sweeps, counters, id) {
+    let mut error = match commit(connection, fence, group, sweeps, counters, id) {
         Ok((outcomes, swept)) => return (outcomes.into_iter().map(Ok).collect(), Some(swept)),
         Err(error) => error,
     };
+    if !sweeps.is_empty() && !refuses_every_request(&error) {
+        // A sweep can fail so that SQLite ends the whole transaction (a trigger's
+        // `RAISE(ROLLBACK)`): the writes go again without the sweeps, which hear the error if
+        // the writes then commit.
+        match commit(connection, fence, group, &[], counters, id) {
+            Ok((outcomes, _)) => {
+                let swept = sweeps.iter().map(|_| Err(copy_error(&error))).collect();
+                return (outcomes.into_iter().map(Ok).collect(), Some(swept));
+            }
+            Err(again) => error = again,
+        }
+    }
     let results = if group.len() == 1 {
         vec![Err(error)]
     } else if refuses_every_request(&error) {
