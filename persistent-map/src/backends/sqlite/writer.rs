@@ -425,8 +425,10 @@ fn serve(mut connection: Connection, queue: &Inbox<Command>, counters: &Counters
             intake.take_queued();
         }
         if intake.group.is_empty() {
-            // No live write to ride on: each sweep runs in a transaction of its own.
-            for request in intake.sweeps.drain(..) {
+            // No live write to ride on: each sweep runs in a transaction of its own, until
+            // work arrives; then the sweeps left ride on it.
+            let mut waiting = std::mem::take(&mut intake.sweeps).into_iter();
+            for request in waiting.by_ref() {
                 counters.sweeps_alone.fetch_add(1, Ordering::Relaxed);
                 let swept = super::expiry::sweep_alone(
                     &mut connection,
@@ -437,7 +439,11 @@ fn serve(mut connection: Connection, queue: &Inbox<Command>, counters: &Counters
                     &|| queue.has_queued(),
                 );
                 let _ = request.done.send(swept);
+                if queue.has_queued() {
+                    break;
+                }
             }
+            intake.sweeps.extend(waiting);
             continue;
         }
         let began = Instant::now();
