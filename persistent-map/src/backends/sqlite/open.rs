@@ -2,7 +2,6 @@
 //! registry that gives each file one writer per process.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
@@ -11,9 +10,6 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::writer::Writer;
 use crate::{PersistentError, Result};
-
-/// The first 16 bytes of every SQLite database file.
-const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
 
 /// Writers by canonical path. Entries are weak so that a file's writer stops once its last
 /// backend is dropped.
@@ -28,7 +24,7 @@ pub(super) fn writer_for(path: &Path, busy_timeout: Duration) -> Result<Arc<Writ
         // from another connection.
         return start_writer(path, None, busy_timeout);
     }
-    check_file(path)?;
+    check_path(path)?;
     let canonical = canonical_path(path)?;
     let mut writers = WRITERS.lock().unwrap_or_else(PoisonError::into_inner);
     let writers = writers.get_or_insert_with(HashMap::new);
@@ -77,42 +73,21 @@ impl Reader {
     }
 }
 
-/// Refuses, before SQLite opens it, anything that is not a SQLite database or an empty file: a
-/// file of another kind must stay byte-for-byte as it is.
-fn check_file(path: &Path) -> Result<()> {
+/// Refuses a path that cannot be a database file: empty, a directory, or in a directory that
+/// is missing or not a directory. Only asks the file system about the path (`stat`); it never
+/// opens the file, so it cannot drop the locks SQLite holds on it in this process (closing any
+/// descriptor of a file drops every POSIX lock the process holds on it). Whether the file is a
+/// database is SQLite's to say, when it first reads it.
+fn check_path(path: &Path) -> Result<()> {
     if path.as_os_str().is_empty() {
         return Err(open_error(path, "the path is empty"));
     }
-    let metadata = match std::fs::metadata(path) {
-        Ok(metadata) => metadata,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            return check_parent_dir(path);
-        }
-        Err(error) => return Err(open_failure(path, "cannot read its metadata", error)),
-    };
-    if metadata.is_dir() {
-        return Err(open_error(path, "it is a directory"));
+    match std::fs::metadata(path) {
+        Ok(metadata) if metadata.is_dir() => Err(open_error(path, "it is a directory")),
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => check_parent_dir(path),
+        Err(error) => Err(open_failure(path, "cannot read its metadata", error)),
     }
-    if metadata.len() == 0 {
-        // SQLite treats an empty file as an empty database.
-        return Ok(());
-    }
-    let mut header = [0u8; 16];
-    let read = std::fs::File::open(path)
-        .and_then(|mut file| file.read_exact(&mut header))
-        .map_err(|error| match error.kind() {
-            std::io::ErrorKind::UnexpectedEof => PersistentError::NotADatabase {
-                path: path.to_path_buf(),
-            },
-            _ => open_failure(path, "cannot read it", error),
-        });
-    read?;
-    if &header != SQLITE_HEADER {
-        return Err(PersistentError::NotADatabase {
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(())
 }
 
 fn check_parent_dir(path: &Path) -> Result<()> {
