@@ -100,6 +100,52 @@ async fn a_damaged_database_is_an_error_not_a_panic() {
     assert_eq!(std::fs::read(&path).unwrap(), damaged);
 }
 
+/// The names in `path`'s directory, sorted.
+fn files_beside(path: &std::path::Path) -> Vec<std::ffi::OsString> {
+    let mut names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A database of persistent-map 0.1.3 (a rollback journal, a table `kv`) whose pages from the
+/// eighth on were overwritten: the open refuses it before changing anything, rather than first
+/// switching it to WAL and creating the crate's tables in it.
+#[tokio::test]
+async fn a_damaged_database_is_refused_and_left_byte_for_byte() {
+    let (_dir, path) = temp_db();
+    {
+        let mut connection = rusqlite::Connection::open(&path).unwrap();
+        let transaction = connection.transaction().unwrap();
+        transaction
+            .execute("CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT)", [])
+            .unwrap();
+        let value = format!("\"{}\"", "x".repeat(60));
+        for key in 0..2000 {
+            transaction
+                .execute("INSERT INTO kv VALUES (?1, ?2)", (key.to_string(), &value))
+                .unwrap();
+        }
+        transaction.commit().unwrap();
+    }
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.len() > 16 * 4096, "the file has pages to damage");
+    bytes[7 * 4096..].fill(0xA5);
+    std::fs::write(&path, &bytes).unwrap();
+
+    let err = PersistentMap::<String, String, SqliteBackend>::open(&path)
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, PersistentError::Open { .. }), "{err:?}");
+    assert!(message.contains("damaged"), "{message}");
+    assert!(message.contains(&path.display().to_string()), "{message}");
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "the file was changed");
+    assert_eq!(files_beside(&path), ["test.db"], "no -wal or -shm was left");
+}
+
 #[tokio::test]
 async fn a_stored_key_that_no_longer_parses_names_table_and_key_and_is_kept() {
     let (_dir, path) = temp_db();

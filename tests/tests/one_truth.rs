@@ -422,3 +422,27 @@ async fn handles_of_other_types_on_one_table_catch_up_by_refresh() {
         .unwrap();
     assert_eq!(refused, Err(Some(serde_json::json!(4))));
 }
+
+/// A batch of many keys is logged key by key: another process's map re-reads those keys when
+/// it refreshes, rather than reloading its whole table (and holding every key's turn meanwhile).
+#[tokio::test]
+async fn a_large_batch_is_logged_key_by_key() {
+    let (_dir, path) = temp_db();
+    let follower = SqliteBackend::new(&path).await.unwrap();
+    let position = StorageBackend::<String, u64>::change_position(&follower)
+        .await
+        .unwrap();
+    let writer: Map = PersistentMap::open(&path).await.unwrap();
+    writer
+        .insert_many((0..5000).map(|i| (format!("k{i}"), i)))
+        .await
+        .unwrap();
+    // A follower of another origin (as another process's map would be).
+    let (changes, _) = StorageBackend::<String, u64>::changes_since(&follower, position, 0)
+        .await
+        .unwrap();
+    match changes {
+        persistent_map::ExternalChanges::Keys(keys) => assert_eq!(keys.len(), 5000),
+        other => panic!("expected the 5000 keys, got {other:?}"),
+    }
+}

@@ -25,9 +25,10 @@ where
     /// backend's history of changes ([`StorageBackend::changes_since`]) and re-reads only the
     /// keys written since (the PostgreSQL backend reads their values with the log, in one
     /// statement). The SQLite backend logs the keys each commit writes, so another
-    /// process's writes cost a re-read of those keys (a batch of more than 1024 keys, or a
-    /// clear, a reload of the table), and a write to another table costs nothing; a commit by a
-    /// program that is not persistent-map (`sqlite3`, a script) makes it reload the table.
+    /// process's writes cost a re-read of those keys (a clear, a reload of the table), and a
+    /// write to another table costs nothing; a commit by a program that is not persistent-map
+    /// (`sqlite3`, a script), or falling more than 65,536 logged keys of the table behind, makes
+    /// it reload the table.
     /// Backends that cannot tell reload every time.
     ///
     /// Handles on the same table in this process share their entries, so they never need a

@@ -17,9 +17,7 @@ use std::time::{Duration, Instant};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, TransactionBehavior};
 
-use super::writer::{
-    log_keys, prune_log_oldest, run_statement, RawOp, SweepRequest, TableSql, Writer,
-};
+use super::writer::{run_statement, RawOp, SweepRequest, TableSql, Writer};
 use super::Durability;
 use crate::{Deadline, Result};
 
@@ -332,8 +330,14 @@ fn delete_expired(
         .into_iter()
         .map(|key| RawOp::Delete { key })
         .collect();
-    log_keys(connection, table, &ops, request.origin, id)?;
-    prune_log_oldest(connection, ops.len())?;
+    super::log::log_ops(
+        connection,
+        &mut super::known::Known::default(),
+        table,
+        &ops,
+        request.origin,
+        id,
+    )?;
     Ok(ops
         .into_iter()
         .filter_map(|op| match op {

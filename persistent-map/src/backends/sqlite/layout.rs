@@ -8,60 +8,11 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use rusqlite::{OptionalExtension, TransactionBehavior};
+use rusqlite::TransactionBehavior;
 
 use super::load::{self, RawRow};
-use super::writer::Writer;
 use super::SqliteBackend;
 use crate::{PersistentError, PersistentKey, Result};
-
-const CREATE_LAYOUTS: &str = "CREATE TABLE IF NOT EXISTS persistent_map_tables \
-     (table_name TEXT PRIMARY KEY NOT NULL, key_layout TEXT NOT NULL)";
-
-/// Records `layout` for `table` if none is recorded, else checks that it is the one recorded.
-/// An empty layout (hand-written key text) is neither recorded nor checked.
-pub(super) async fn check_or_record(
-    writer: &Writer,
-    table: &str,
-    layout: &'static str,
-) -> Result<()> {
-    if layout.is_empty() {
-        return Ok(());
-    }
-    let name = table.to_owned();
-    let stored = writer
-        .run(move |connection| {
-            // Immediate: a deferred transaction that reads and then writes is refused at once
-            // (not after the busy timeout) when another process writes meanwhile.
-            let transaction =
-                connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            transaction.execute(CREATE_LAYOUTS, [])?;
-            let stored: Option<String> = transaction
-                .query_row(
-                    "SELECT key_layout FROM persistent_map_tables WHERE table_name = ?1",
-                    [&name],
-                    |row| row.get(0),
-                )
-                .optional()?;
-            if stored.is_none() {
-                transaction.execute(
-                    "INSERT INTO persistent_map_tables (table_name, key_layout) VALUES (?1, ?2)",
-                    (&name, layout),
-                )?;
-            }
-            transaction.commit()?;
-            Ok(stored)
-        })
-        .await?;
-    match stored {
-        Some(stored) if stored != layout => Err(PersistentError::IncompatibleKeyLayout {
-            table: table.to_owned(),
-            stored,
-            expected: layout.to_owned(),
-        }),
-        _ => Ok(()),
-    }
-}
 
 /// Rewrites every key stored by the key type `Old` as the key `convert` makes of it, of type
 /// `New`, in one transaction, and records `New`'s layout. Returns how many entries moved.
@@ -178,7 +129,6 @@ where
                     insert.execute((key, value))?;
                 }
             }
-            transaction.execute(CREATE_LAYOUTS, [])?;
             transaction.execute(
                 "DELETE FROM persistent_map_tables WHERE table_name IN (?1, ?2)",
                 (&old_table.name, &new_table.name),

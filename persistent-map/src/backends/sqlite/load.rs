@@ -1,4 +1,4 @@
-//! Table setup and loading: rows are read (and partly decoded) on a thread and connection of
+//! Loading: rows are read (and partly decoded) on a thread and connection of
 //! their own, and stored by the caller, the two at once, so a large table loads on two cores
 //! without holding up the file's writer.
 
@@ -18,50 +18,6 @@ use crate::{Deadline, PersistentError, Result};
 
 /// An entry as loaded: key, value, deadline.
 type Loaded<K, V> = (K, V, Option<Deadline>);
-
-/// Creates the table if it is missing, then checks that it has the columns this crate uses.
-pub(super) async fn ensure_table(writer: &Writer, table: &str) -> Result<()> {
-    let create = format!(
-        "CREATE TABLE IF NOT EXISTS \"{table}\" (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)"
-    );
-    let table_info = format!("PRAGMA table_info(\"{table}\")");
-    let columns = writer
-        .run(move |connection| {
-            connection.execute(&create, [])?;
-            connection.execute(super::writer::CREATE_LOG, [])?;
-            let mut statement = connection.prepare(&table_info)?;
-            let columns = statement.query_map([], |row| {
-                Ok((row.get::<_, String>("name")?, row.get::<_, i64>("pk")?))
-            })?;
-            columns.collect::<rusqlite::Result<Vec<_>>>()
-        })
-        .await?;
-    check_columns(table, &columns)
-}
-
-fn check_columns(table: &str, columns: &[(String, i64)]) -> Result<()> {
-    let incompatible = |reason: String| PersistentError::IncompatibleTable {
-        table: table.to_owned(),
-        reason,
-    };
-    let key_is_primary_key = columns
-        .iter()
-        .any(|(name, pk)| name.eq_ignore_ascii_case("key") && *pk == 1);
-    let primary_key_columns = columns.iter().filter(|(_, pk)| *pk > 0).count();
-    if !key_is_primary_key || primary_key_columns != 1 {
-        let names: Vec<&str> = columns.iter().map(|(name, _)| name.as_str()).collect();
-        return Err(incompatible(format!(
-            "it needs a column `key` that is its whole primary key; its columns are {names:?}"
-        )));
-    }
-    if !columns
-        .iter()
-        .any(|(name, _)| name.eq_ignore_ascii_case("value"))
-    {
-        return Err(incompatible("it has no column `value`".to_owned()));
-    }
-    Ok(())
-}
 
 /// What the scanning thread sends while it scans a table.
 enum Scanned<K, V> {
@@ -471,24 +427,5 @@ mod tests {
             chunk.push(key, value, deadline);
         }
         assert_eq!(chunk.rows().collect::<Vec<_>>(), rows);
-    }
-
-    #[test]
-    fn tables_without_key_primary_key_are_rejected() {
-        let columns = |list: &[(&str, i64)]| {
-            list.iter()
-                .map(|(name, pk)| (name.to_string(), *pk))
-                .collect::<Vec<_>>()
-        };
-        assert!(check_columns("t", &columns(&[("key", 1), ("value", 0)])).is_ok());
-        for bad in [
-            columns(&[("key", 0), ("value", 0)]),
-            columns(&[("id", 1), ("key", 0), ("value", 0)]),
-            columns(&[("key", 1), ("other", 2), ("value", 0)]),
-            columns(&[("key", 1), ("data", 0)]),
-        ] {
-            let err = check_columns("t", &bad).unwrap_err();
-            assert!(err.to_string().contains("\"t\""), "{err}");
-        }
     }
 }

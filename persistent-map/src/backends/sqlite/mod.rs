@@ -29,13 +29,14 @@
 //! # }
 //! ```
 
-mod changes;
 mod expiry;
 mod inbox;
 mod known;
 mod layout;
 mod load;
+mod log;
 mod open;
+mod setup;
 mod writer;
 
 pub use layout::migrate_keys;
@@ -50,7 +51,7 @@ use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use self::changes::{Logged, Place};
+use self::log::{Logged, Place};
 use self::writer::{Outcome, RawOp, TableSql, Write, WritePart, Writer};
 pub(crate) use self::writer::{WritePart as TransactionPart, Writer as TransactionWriter};
 use crate::backends::decode::{decode_key, decode_value};
@@ -104,8 +105,8 @@ impl Durability {
 /// Conditional writes (what [`PersistentMap::update`](crate::PersistentMap::update) and
 /// [`compare_exchange`](crate::PersistentMap::compare_exchange) send) are checked in the
 /// `IMMEDIATE` transaction that writes, so they are atomic against every process on the file.
-/// Each transaction logs the keys it wrote in the table `persistent_map_log` (the last 65,536
-/// rows are kept), so that another process's map re-reads just those keys when it
+/// Each transaction logs the keys it wrote in the table `persistent_map_log` (each table keeps
+/// its last 65,536 rows), so that another process's map re-reads just those keys when it
 /// [refreshes](crate::PersistentMap::refresh).
 ///
 /// Errors name what was wrong: a path that cannot be opened, a file that is not a SQLite
@@ -488,8 +489,7 @@ impl SqliteBuilder {
         })
         .await
         .map_err(|join_error| PersistentError::Backend(join_error.into()))??;
-        load::ensure_table(&writer, &table).await?;
-        layout::check_or_record(&writer, &table, key_layout).await?;
+        setup::set_up_table(&writer, &table, key_layout).await?;
         Ok(SqliteBackend {
             writer,
             table: Arc::new(TableSql::new(&table)),
@@ -678,13 +678,13 @@ where
     }
 
     async fn change_position(&self) -> Result<Option<ChangePosition>, PersistentError> {
-        Ok(Some(changes::place(&self.writer).await?.to_position()))
+        Ok(Some(log::place(&self.writer).await?.to_position()))
     }
 
     /// The keys that other maps (in other processes, or of other types on this table in this
-    /// process) logged since `since`; [`ExternalChanges::Unknown`] after a clear or a batch of more than
-    /// 1024 keys, after a commit by a program that does not log (the `sqlite3` shell), or when
-    /// `since` is older than the rows the log keeps.
+    /// process) logged since `since`, read in one snapshot; [`ExternalChanges::Unknown`] after
+    /// a clear, after a commit by a program that does not log (the `sqlite3` shell), or when
+    /// `since` is older than the rows the log keeps of this table (its newest 65,536).
     async fn changes_since(
         &self,
         since: Option<ChangePosition>,
@@ -692,7 +692,7 @@ where
     ) -> Result<(ExternalChanges<K, V>, Option<ChangePosition>), PersistentError> {
         let since = since.map(Place::from_position);
         let origin = log_origin(origin);
-        let (logged, now) = changes::since(&self.writer, &self.table.name, origin, since).await?;
+        let (logged, now) = log::since(&self.writer, &self.table.name, origin, since).await?;
         let changes = match logged {
             Logged::Unknown => ExternalChanges::Unknown,
             Logged::Keys(texts) if texts.is_empty() => ExternalChanges::None,

@@ -128,7 +128,8 @@ fn canonical_path(path: &Path) -> Result<PathBuf> {
 }
 
 /// Opens the connection with this crate's settings: WAL, `synchronous=FULL` until a request asks
-/// for less, and a busy timeout for other processes that write the same file.
+/// for less, and a busy timeout for other processes that write the same file; the file is set
+/// up (checked before anything changes) as `setup.rs` says.
 fn connect(path: &Path, busy_timeout: Duration) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
@@ -139,26 +140,19 @@ fn connect(path: &Path, busy_timeout: Duration) -> Result<Connection> {
     connection
         .busy_timeout(busy_timeout)
         .map_err(|error| open_failure(path, "SQLite cannot set the busy timeout", error))?;
-    configure(&connection).map_err(|error| match error.sqlite_error_code() {
+    super::setup::set_up_file(&connection).map_err(|error| match error.sqlite_error_code() {
         Some(rusqlite::ErrorCode::NotADatabase) => PersistentError::NotADatabase {
             path: path.to_path_buf(),
         },
+        Some(rusqlite::ErrorCode::DatabaseCorrupt) => {
+            open_failure(path, super::setup::DAMAGED, error)
+        }
         _ => open_failure(path, "SQLite cannot set it up", error),
     })?;
     // Each table keeps a few statements cached (upsert, delete, select) beside the shared
     // BEGIN/COMMIT/ROLLBACK: room for a few dozen tables before the cache evicts.
     connection.set_prepared_statement_cache_capacity(128);
     Ok(connection)
-}
-
-fn configure(connection: &Connection) -> rusqlite::Result<()> {
-    // Reading the journal mode reads the header, so a damaged file fails here, before any write.
-    let mode: String = connection.query_row("PRAGMA journal_mode", [], |row| row.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        connection.pragma_update(None, "journal_mode", "WAL")?;
-    }
-    connection.pragma_update(None, "synchronous", "FULL")?;
-    Ok(())
 }
 
 fn open_error(path: &Path, reason: &str) -> PersistentError {

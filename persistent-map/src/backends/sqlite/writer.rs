@@ -407,6 +407,9 @@ fn serve(mut connection: Connection, queue: &Inbox<Command>, counters: &Counters
                 job(&mut connection);
                 continue;
             }
+            if !queue.has_queued() && prune_a_step(&connection, &mut fence.log_backlog) {
+                continue;
+            }
             match queue.pop(None) {
                 Popped::Item(Command::Write(request)) => intake.group.push(request),
                 Popped::Item(Command::Sweep(request)) => intake.sweeps.push(request),
@@ -438,6 +441,9 @@ fn serve(mut connection: Connection, queue: &Inbox<Command>, counters: &Counters
                     &pace,
                     &|| queue.has_queued(),
                 );
+                if let Ok(keys) = &swept {
+                    fence.log_backlog.add(&request.table.name, keys.len());
+                }
                 let _ = request.done.send(swept);
                 if queue.has_queued() {
                     break;
@@ -490,6 +496,20 @@ fn serve(mut connection: Connection, queue: &Inbox<Command>, counters: &Counters
             None => intake.sweeps.extend(riding),
         }
     }
+}
+
+/// With nothing queued: prunes one step of the change log of a table due for it (see
+/// `log.rs`), off the commit path of live writes; returns whether it did.
+fn prune_a_step(connection: &Connection, backlog: &mut super::log::Backlog) -> bool {
+    let Some(table) = backlog.due() else {
+        return false;
+    };
+    let pruned = super::log::prune_step(connection, &table);
+    if let Err(error) = &pruned {
+        tracing::debug!(%table, %error, "pruning the change log failed; tried again later");
+    }
+    backlog.pruned(&table, pruned.ok());
+    true
 }
 
 /// What the writer thread has taken from its inbox and not yet done.
@@ -683,7 +703,7 @@ impl OpenGroup {
     ) -> rusqlite::Result<(Vec<Outcome>, Vec<Swept>)> {
         let committed = match self.failed {
             Some(error) => Err(error),
-            None => finish_transaction(connection, fence, sweeps, counters, id),
+            None => finish_transaction(connection, fence, sweeps, id),
         };
         match committed {
             Ok(swept) => {
@@ -886,7 +906,7 @@ fn commit(
             .iter()
             .map(|request| execute(connection, fence, &mut known, &request.write, id))
             .collect::<rusqlite::Result<Vec<Outcome>>>()?;
-        let swept = finish_transaction(connection, fence, sweeps, counters, id)?;
+        let swept = finish_transaction(connection, fence, sweeps, id)?;
         Ok((outcomes, swept))
     });
     match committed {
@@ -901,26 +921,24 @@ fn commit(
     }
 }
 
-/// The end of a group's transaction, after its writes: the sweeps riding on it, the log's
-/// pruning now and then, and `COMMIT`.
+/// The end of a group's transaction, after its writes: the sweeps riding on it, and `COMMIT`.
 fn finish_transaction(
     connection: &Connection,
     fence: &mut LayoutFence,
     sweeps: &[SweepRequest],
-    counters: &Counters,
     id: i64,
 ) -> rusqlite::Result<Vec<Swept>> {
     let swept = sweeps
         .iter()
-        .map(|sweep| super::expiry::sweep_riding(connection, &mut fence.expiry_columns, sweep, id))
+        .map(|sweep| {
+            let swept =
+                super::expiry::sweep_riding(connection, &mut fence.expiry_columns, sweep, id)?;
+            if let Ok(keys) = &swept {
+                fence.log_backlog.add(&sweep.table.name, keys.len());
+            }
+            Ok(swept)
+        })
         .collect::<rusqlite::Result<Vec<Swept>>>()?;
-    if counters
-        .commits
-        .load(Ordering::Relaxed)
-        .is_multiple_of(PRUNE_EVERY_COMMITS)
-    {
-        prune_log(connection)?;
-    }
     run_statement(connection, "COMMIT")?;
     Ok(swept)
 }
@@ -1009,18 +1027,8 @@ fn execute(
             execute_ops(connection, table, expiring, &part.ops)?;
         }
         remember_ops(known, table, expiring, &part.ops);
-        if log_everything(&part.ops) {
-            log_keys(connection, table, &part.ops, part.origin, id)?;
-        } else {
-            let mut insert = connection.prepare_cached(INSERT_LOG)?;
-            for op in &part.ops {
-                if let RawOp::Upsert { key, .. } | RawOp::Delete { key } = op {
-                    if known.first_log(&table.name, key, part.origin) {
-                        insert.execute((&table.name, key, part.origin, id))?;
-                    }
-                }
-            }
-        }
+        let logged = super::log::log_ops(connection, known, table, &part.ops, part.origin, id)?;
+        fence.log_backlog.add(&table.name, logged);
     }
     Ok(Outcome::Applied {
         previous: write.want_previous.then_some(previous),
@@ -1089,80 +1097,6 @@ fn stored_value(
     Ok(value)
 }
 
-/// The log of which keys each transaction wrote, read by the other processes' maps when they
-/// refresh (see `changes.rs`). A key `NULL` means "any key of the table".
-///
-/// `origin` is the writing map's id, `writer` the writing connection's (one per file per
-/// process): a reader that sees the file's data version move with no row from another
-/// connection knows that a program that does not log committed.
-pub(super) const CREATE_LOG: &str = "CREATE TABLE IF NOT EXISTS persistent_map_log \
-     (seq INTEGER PRIMARY KEY, table_name TEXT NOT NULL, key TEXT, origin INTEGER NOT NULL, \
-     writer INTEGER NOT NULL)";
-
-/// A write of more keys than this logs one "any key" row instead: a reader then reloads the
-/// table, which for a batch that large costs about what re-reading its keys would.
-pub(super) const MAX_LOGGED_KEYS: usize = 1024;
-
-/// The log keeps about this many of its newest rows; a map that fell further behind reloads.
-const LOG_ROWS_KEPT: i64 = 65_536;
-
-/// How often (in commits) the log's oldest rows are deleted, inside a commit that is made
-/// anyway.
-const PRUNE_EVERY_COMMITS: u64 = 1024;
-
-const INSERT_LOG: &str =
-    "INSERT INTO persistent_map_log (table_name, key, origin, writer) VALUES (?1, ?2, ?3, ?4)";
-
-/// Whether `ops` are logged as one "any key" row rather than key by key.
-fn log_everything(ops: &[RawOp]) -> bool {
-    ops.len() > MAX_LOGGED_KEYS || ops.iter().any(|op| matches!(op, RawOp::DeleteAll))
-}
-
-pub(super) fn log_keys(
-    connection: &Connection,
-    table: &TableSql,
-    ops: &[RawOp],
-    origin: i64,
-    writer: i64,
-) -> rusqlite::Result<()> {
-    let mut insert = connection.prepare_cached(INSERT_LOG)?;
-    if log_everything(ops) {
-        insert.execute((&table.name, None::<&str>, origin, writer))?;
-        return Ok(());
-    }
-    for op in ops {
-        if let RawOp::Upsert { key, .. } | RawOp::Delete { key } = op {
-            insert.execute((&table.name, key, origin, writer))?;
-        }
-    }
-    Ok(())
-}
-
-fn prune_log(connection: &Connection) -> rusqlite::Result<()> {
-    connection
-        .prepare_cached(
-            "DELETE FROM persistent_map_log \
-             WHERE seq <= (SELECT max(seq) FROM persistent_map_log) - ?1",
-        )?
-        .execute([LOG_ROWS_KEPT])
-        .map(drop)
-}
-
-/// Deletes up to `at_most` of the log's oldest rows beyond the [`LOG_ROWS_KEPT`] newest: for a
-/// transaction that logs many keys and must stay short (a sweep), so that it pays for its own
-/// log rows as it goes instead of leaving them to one long prune inside a commit of live
-/// writes.
-pub(super) fn prune_log_oldest(connection: &Connection, at_most: usize) -> rusqlite::Result<()> {
-    connection
-        .prepare_cached(
-            "DELETE FROM persistent_map_log \
-             WHERE seq <= min((SELECT max(seq) FROM persistent_map_log) - ?1, \
-                              (SELECT min(seq) FROM persistent_map_log) + ?2 - 1)",
-        )?
-        .execute((LOG_ROWS_KEPT, i64::try_from(at_most).unwrap_or(i64::MAX)))
-        .map(drop)
-}
-
 /// Keeps typed writers from writing keys in a layout that another process has since migrated
 /// the table away from (`migrate_keys`). Checking `persistent_map_tables` costs a query, so a
 /// table's layout is checked again only after another connection committed to the file
@@ -1181,6 +1115,8 @@ struct LayoutFence {
     /// Whether no other connection had committed to the file between this one's last two
     /// transactions: then a group may hold the file's write lock while it gathers.
     alone: bool,
+    /// Log rows added per table, to prune while idle.
+    log_backlog: super::log::Backlog,
 }
 
 impl LayoutFence {
