@@ -655,4 +655,11 @@ where
         let _ = (limit, origin);
         Ok(Vec::new())
     }
+
+    /// Where the map's writes go, for this crate's own backends. Not public API: a custom
+    /// backend keeps the default, and the map writes through [`apply_checked`](Self::apply_checked).
+    #[doc(hidden)]
+    fn __transaction_target(&self) -> Option<crate::__private::TransactionTarget<K, V>> {
+        None
+    }
 }

@@ -28,6 +28,14 @@ pub enum Change<K, V> {
         /// The key removed.
         key: K,
     },
+    /// Only the deadline of `key`'s entry changed ([`expire`](crate::PersistentMap::expire),
+    /// [`persist`](crate::PersistentMap::persist)): its value is as it was.
+    DeadlineChanged {
+        /// The key whose deadline changed.
+        key: K,
+        /// When its entry expires now (`None`: never).
+        deadline: Option<crate::Deadline>,
+    },
     /// `key` reached its deadline and was swept: its entry was already absent to every read
     /// from that instant; this says it is now gone from memory and storage too.
     Expired {
@@ -45,9 +53,10 @@ impl<K, V> Change<K, V> {
     /// The key this change is about, if it is about one key.
     pub fn key(&self) -> Option<&K> {
         match self {
-            Change::Inserted { key, .. } | Change::Removed { key } | Change::Expired { key } => {
-                Some(key)
-            }
+            Change::Inserted { key, .. }
+            | Change::Removed { key }
+            | Change::Expired { key }
+            | Change::DeadlineChanged { key, .. } => Some(key),
             Change::Cleared | Change::Reloaded => None,
         }
     }

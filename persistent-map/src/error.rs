@@ -110,6 +110,23 @@ pub enum PersistentError {
         path: PathBuf,
     },
 
+    /// A read-modify-write ([`update`](crate::PersistentMap::update), a
+    /// [`transaction`](crate::transaction), ...) found the key changed by another writer at
+    /// every one of its attempts, and gave up. Nothing was written by this call; memory holds
+    /// what storage held at the last attempt.
+    #[error(
+        "table {table:?}: key {key} changed under every one of {attempts} attempts of a \
+         read-modify-write; nothing was written by this call (another writer keeps changing it)"
+    )]
+    KeepsChanging {
+        /// The table (or store).
+        table: String,
+        /// The key, as JSON.
+        key: String,
+        /// How many attempts were made.
+        attempts: usize,
+    },
+
     /// A transaction touched maps that live in different storage (two SQLite files, a file
     /// and an in-memory store), which no single commit can cover. Nothing was written.
     #[error(

@@ -299,6 +299,34 @@ checked_struct! {
     SerializeStructVariant;
 }
 
+/// Whether the stored JSON `stored` (`None`: nothing stored) satisfies a condition expecting
+/// `expected`: the same JSON, or the same once `canonical` has decoded it as the value type and
+/// encoded it again, so that an old row's spelling (a field it lacks that the type defaults, an
+/// unknown field, another key order, `1.0` for `1`) never refuses a write of what it means.
+pub(crate) fn condition_holds(
+    stored: Option<&str>,
+    expected: Option<&str>,
+    canonical: fn(&str) -> Option<String>,
+) -> bool {
+    if same_json(stored, expected) {
+        return true;
+    }
+    match (stored, expected) {
+        (Some(stored), Some(_)) => {
+            canonical(stored).is_some_and(|canonical| same_json(Some(&canonical), expected))
+        }
+        _ => false,
+    }
+}
+
+/// `json` as the value type `V` writes what it decodes to (`None`: it does not decode).
+pub(crate) fn canonical_json<V: Serialize + serde::de::DeserializeOwned>(
+    json: &str,
+) -> Option<String> {
+    let value: V = serde_json::from_str(json).ok()?;
+    encode_value(&value).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;

@@ -10,6 +10,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::backends::encode::{encode_value, same_json};
 use crate::deadline::{is_live, now_millis};
+use crate::map::{Op, Write};
 use crate::{
     BatchOp, Checked, Condition, Deadline, PersistentError, Result, StorageBackend, Stored,
     WriteOptions,
@@ -136,8 +137,9 @@ where
     }
 
     async fn apply_batch(&self, ops: &[BatchOp<K, V>]) -> Result<(), PersistentError> {
-        self.with_store(|store| apply(store, ops, None));
-        Ok(())
+        let write = Write::from_batch(&[], ops, WriteOptions::new());
+        self.with_store(|store| apply(store, &write.ops, false, now_millis()))
+            .map(drop)
     }
 
     fn supports_expiry(&self) -> bool {
@@ -202,25 +204,28 @@ where
         ops: &[BatchOp<K, V>],
         options: WriteOptions,
     ) -> Result<Checked<V>, PersistentError> {
-        let deadline = options.deadline();
+        let write = Write::from_batch(conditions, ops, options);
         self.with_store(|store: &mut Store<K, V>| {
             let now = now_millis();
             let (current, holds) = check(store, conditions, now)?;
             if !holds {
-                return Ok(Checked::Conflict { current });
+                return Ok(Checked::ConflictWithDeadlines { current });
             }
-            let previous = if options.wants_previous() {
-                let mut previous = Vec::with_capacity(ops.len());
-                for op in ops {
-                    previous.push(live(store, op.key(), now).map(encode_value).transpose()?);
-                    apply(store, std::slice::from_ref(op), deadline);
-                }
-                Some(previous)
-            } else {
-                apply(store, ops, deadline);
-                None
-            };
+            let previous = apply(store, &write.ops, write.want_previous, now)?;
             Ok(Checked::Applied { previous })
+        })
+    }
+
+    fn __transaction_target(&self) -> Option<crate::__private::TransactionTarget<K, V>> {
+        Some(crate::map::TransactionTarget {
+            store: crate::map::Store::InMemory(Arc::clone(&self.stores)),
+            prepare: Box::new(|write, _origin| {
+                Ok(crate::map::Prepared::InMemory(Box::new(WritePart {
+                    conditions: write.conditions.clone(),
+                    ops: write.ops.clone(),
+                })))
+            }),
+            name: "(in-memory store)".to_owned(),
         })
     }
 
@@ -235,27 +240,55 @@ where
     }
 }
 
-/// What `store` holds (live at `now`) under each condition's key, and whether every condition
-/// holds.
+/// What `store` holds (live at `now`) under each condition's key, with its deadline, and
+/// whether every condition holds.
+#[allow(clippy::type_complexity)]
 fn check<K: Eq + Hash, V: Clone + Serialize>(
     store: &Store<K, V>,
     conditions: &[Condition<K>],
     now: u64,
-) -> Result<(Vec<Option<Stored<V>>>, bool)> {
+) -> Result<(Vec<Option<(Stored<V>, Option<Deadline>)>>, bool)> {
     let mut current = Vec::with_capacity(conditions.len());
     let mut holds = true;
     for condition in conditions {
-        let stored = live(store, &condition.key, now);
-        let json = stored.map(encode_value).transpose()?;
+        let stored = store
+            .get(&condition.key)
+            .filter(|(_, deadline)| is_live(*deadline, now));
+        let json = stored.map(|(value, _)| encode_value(value)).transpose()?;
         holds &= same_json(json.as_deref(), condition.expected.as_deref());
-        current.push(
-            stored
-                .cloned()
-                .zip(json)
-                .map(|(value, json)| Stored { value, json }),
-        );
+        current.push(stored.zip(json).map(|((value, deadline), json)| {
+            let value = value.clone();
+            (Stored { value, json }, *deadline)
+        }));
     }
     Ok((current, holds))
+}
+
+/// Applies `ops` to `store`; with `want_previous`, says what each op's key held (live at
+/// `now`) just before it.
+fn apply<K: Eq + Hash + Clone, V: Clone + Serialize>(
+    store: &mut Store<K, V>,
+    ops: &[Op<K, V>],
+    want_previous: bool,
+    now: u64,
+) -> Result<Option<Vec<Option<String>>>> {
+    let mut previous = Vec::with_capacity(if want_previous { ops.len() } else { 0 });
+    for op in ops {
+        if want_previous {
+            let held = op.key().and_then(|key| live(store, key, now));
+            previous.push(held.map(encode_value).transpose()?);
+        }
+        match op {
+            Op::Save {
+                key,
+                value,
+                deadline,
+            } => drop(store.insert(key.clone(), (value.clone(), *deadline))),
+            Op::Delete(key) => drop(store.remove(key)),
+            Op::Clear => store.clear(),
+        }
+    }
+    Ok(want_previous.then_some(previous))
 }
 
 impl crate::map::sealed::Sealed for InMemoryBackend {}
@@ -266,57 +299,38 @@ where
     K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
-    fn __transaction_target(&self) -> crate::__private::TransactionTarget<K, V> {
-        crate::map::TransactionTarget {
-            store: crate::map::Store::InMemory(Arc::clone(&self.stores)),
-            prepare: Box::new(|conditions, ops, _origin, deadline| {
-                Ok(crate::map::Prepared::InMemory(Box::new(TransactionPart {
-                    conditions: conditions.to_vec(),
-                    ops: ops.to_vec(),
-                    deadline,
-                })))
-            }),
-            name: "(in-memory store)".to_owned(),
-        }
-    }
 }
 
-/// A map's share of a transaction on this backend.
-struct TransactionPart<K, V> {
+/// A map's share of a write on this backend.
+struct WritePart<K, V> {
     conditions: Vec<Condition<K>>,
-    ops: Vec<BatchOp<K, V>>,
-    deadline: Option<Deadline>,
+    ops: Vec<Op<K, V>>,
 }
 
-impl<K, V> crate::map::InMemoryPart for TransactionPart<K, V>
+impl<K, V> crate::map::InMemoryPart for WritePart<K, V>
 where
     K: Eq + Hash + Clone + Serialize + Send + Sync + 'static,
     V: Clone + Serialize + Send + Sync + 'static,
 {
-    fn check(&self, stores: &mut Stores) -> Result<(Vec<Option<String>>, bool)> {
+    fn check(&self, stores: &mut Stores) -> Result<(crate::map::Current, bool)> {
         let (current, holds) = check(store_in::<K, V>(stores), &self.conditions, now_millis())?;
         let current = current
             .into_iter()
-            .map(|stored| stored.map(|stored| stored.json))
+            .map(|now| now.map(|(stored, deadline)| (stored.json, deadline)))
             .collect();
         Ok((current, holds))
     }
 
-    fn apply(&self, stores: &mut Stores) {
-        apply(store_in::<K, V>(stores), &self.ops, self.deadline);
-    }
-}
-
-/// Applies `ops`, the values saved expiring at `deadline`.
-fn apply<K: Eq + Hash + Clone, V: Clone>(
-    store: &mut Store<K, V>,
-    ops: &[BatchOp<K, V>],
-    deadline: Option<Deadline>,
-) {
-    for op in ops {
-        match op {
-            BatchOp::Save(key, value) => store.insert(key.clone(), (value.clone(), deadline)),
-            BatchOp::Delete(key) => store.remove(key),
-        };
+    fn apply(
+        &self,
+        stores: &mut Stores,
+        want_previous: bool,
+    ) -> Result<Option<Vec<Option<String>>>> {
+        apply(
+            store_in::<K, V>(stores),
+            &self.ops,
+            want_previous,
+            now_millis(),
+        )
     }
 }

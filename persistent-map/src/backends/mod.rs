@@ -1,6 +1,6 @@
 #[cfg(feature = "csv_backend")]
 pub mod csv;
-mod decode;
+pub(crate) mod decode;
 pub(crate) mod encode;
 pub mod in_memory;
 #[cfg(feature = "postgres")]

@@ -2,16 +2,14 @@
 
 use std::collections::HashSet;
 use std::hash::Hash;
-use std::sync::Arc;
 
 use serde::{de::DeserializeOwned, Serialize};
 
+use super::commit::{commit_one, MapWrite, Op, Turn, Write};
 use super::shared::Shared;
-use super::write::Outcome;
 use super::PersistentMap;
-use crate::completion::run_to_completion;
 use crate::key_locks::KeyGuard;
-use crate::{BatchOp, Change, Deadline, PersistentError, Result, StorageBackend};
+use crate::{BatchOp, PersistentError, Result, StorageBackend};
 
 impl<K, V, B> PersistentMap<K, V, B>
 where
@@ -34,13 +32,16 @@ where
     /// # }
     /// ```
     pub async fn insert_many(&self, entries: impl IntoIterator<Item = (K, V)>) -> Result<()> {
+        let deadline = self.default_deadline();
         let ops = entries
             .into_iter()
-            .map(|(key, value)| BatchOp::Save(key, value))
+            .map(|(key, value)| Op::Save {
+                key,
+                value,
+                deadline,
+            })
             .collect();
-        self.write_batch(ops, self.default_deadline())
-            .await
-            .map(drop)
+        self.write_batch(ops).await.map(drop)
     }
 
     /// Removes every key of `keys` as one all-or-nothing batch, and returns how many of them the
@@ -58,7 +59,7 @@ where
     /// # }
     /// ```
     pub async fn remove_many(&self, keys: impl IntoIterator<Item = K>) -> Result<usize> {
-        self.write_batch(keys.into_iter().map(BatchOp::Delete).collect(), None)
+        self.write_batch(keys.into_iter().map(Op::Delete).collect())
             .await
     }
 
@@ -82,24 +83,24 @@ where
     pub async fn retain(&self, mut keep: impl FnMut(&K, &V) -> bool) -> Result<usize> {
         let all_keys = self.shared.key_locks.lock_all().await;
         let now = crate::deadline::now_millis();
-        let doomed: Vec<BatchOp<K, V>> = self
+        let doomed: Vec<Op<K, V>> = self
             .shared
             .entries
             .iter()
             .filter(|entry| entry.value().is_live_at(now))
             .filter(|entry| !keep(entry.key(), entry.value().value()))
-            .map(|entry| BatchOp::Delete(entry.key().clone()))
+            .map(|entry| Op::Delete(entry.key().clone()))
             .collect();
         if doomed.is_empty() {
             return Ok(0);
         }
-        self.commit_batch(all_keys, doomed, None).await
+        self.commit_batch(all_keys, doomed).await
     }
 
     /// Removes every entry, from storage too (for SQLite, one `DELETE` in one transaction).
     ///
     /// Unlike persistent-map 0.1.3's `clear`, which emptied only memory (and so was undone by
-    /// the next load), this empties the backend first. Subscribers hear [`Change::Cleared`].
+    /// the next load), this empties the backend first. Subscribers hear [`Change::Cleared`](crate::Change::Cleared).
     ///
     /// A backend that cannot clear atomically (the default [`StorageBackend::clear`]) may
     /// fail part-way: the error is the one that stopped it, and the map reloads so that memory
@@ -122,62 +123,27 @@ where
     /// ```
     pub async fn clear(&self) -> Result<()> {
         let all_keys = self.shared.key_locks.lock_all().await;
-        let shared = Arc::clone(&self.shared);
-        let backend = Arc::clone(&self.backend);
-        run_to_completion(async move {
-            let _all_keys = all_keys;
-            match backend.clear().await {
-                Ok(()) => {
-                    shared.entries.clear();
-                    shared.changes.publish(Some(Change::Cleared));
-                    Ok(())
-                }
-                Err(partial @ PersistentError::PartialBatch { .. }) => {
-                    // Part of the store was cleared: make memory match what is left, and
-                    // report what stopped the clear either way.
-                    if shared.reload(&*backend).await.is_err() {
-                        shared.set_position(None);
-                    }
-                    Err(partial)
-                }
-                Err(error) => Err(error),
-            }
-        })
-        .await
+        self.commit_batch(all_keys, vec![Op::Clear]).await.map(drop)
     }
 
-    async fn write_batch(
-        &self,
-        ops: Vec<BatchOp<K, V>>,
-        deadline: Option<Deadline>,
-    ) -> Result<usize> {
+    async fn write_batch(&self, ops: Vec<Op<K, V>>) -> Result<usize> {
         if ops.is_empty() {
             return Ok(0);
         }
         let guard = self
             .shared
             .key_locks
-            .lock_many(ops.iter().map(BatchOp::key))
+            .lock_many(ops.iter().filter_map(Op::key))
             .await;
-        self.commit_batch(guard, ops, deadline).await
+        self.commit_batch(guard, ops).await
     }
 
-    /// Stores `ops` as one batch (saved values expiring at `deadline`), then applies them to
-    /// memory; returns how many deletes removed a key the map held.
-    async fn commit_batch(
-        &self,
-        guard: KeyGuard,
-        ops: Vec<BatchOp<K, V>>,
-        deadline: Option<Deadline>,
-    ) -> Result<usize> {
-        match self
-            .commit(guard, Vec::new(), ops, false, deadline)
-            .await
-            .1?
-        {
-            Outcome::Applied { removed, .. } => Ok(removed),
-            Outcome::Conflict(_) => unreachable!("a batch without conditions has no conflict"),
-        }
+    /// Stores `ops` as one write, then applies them to memory; returns how many deletes removed
+    /// a key the map held.
+    async fn commit_batch(&self, guard: KeyGuard, ops: Vec<Op<K, V>>) -> Result<usize> {
+        let write = Write::new(Vec::new(), ops);
+        let settled = commit_one(MapWrite::new(self, write, Turn::Exclusive(guard))).await?;
+        Ok(settled.removed())
     }
 }
 
@@ -185,11 +151,12 @@ where
 /// and then failed with `cause`. Restores those keys' previous values in storage so that the
 /// batch changed nothing, and returns `cause`. Where the restore fails too, memory takes the
 /// batch's values instead, so memory still equals storage, and the error says how much of the
-/// batch was applied.
+/// batch was applied. A clear that stopped part-way reloads memory instead (if that fails too,
+/// the next refresh reloads everything).
 pub(super) async fn undo_partial_batch<K, V, B>(
     shared: &Shared<K, V>,
     backend: &B,
-    mut ops: Vec<BatchOp<K, V>>,
+    mut ops: Vec<Op<K, V>>,
     applied: usize,
     cause: PersistentError,
 ) -> PersistentError
@@ -198,12 +165,22 @@ where
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
     B: StorageBackend<K, V> + Send + Sync + ?Sized,
 {
+    let partial = |cause| PersistentError::PartialBatch {
+        applied,
+        source: Box::new(cause),
+    };
+    if ops.iter().any(|op| matches!(op, Op::Clear)) {
+        if shared.reload(backend).await.is_err() {
+            shared.set_position(None);
+        }
+        return partial(cause);
+    }
     ops.truncate(applied);
     // Memory still holds every key's value from before the batch.
     let mut seen = HashSet::new();
     let restore: Vec<BatchOp<K, V>> = ops
         .iter()
-        .map(BatchOp::key)
+        .filter_map(Op::key)
         .filter(|key| seen.insert(*key))
         .map(|key| match shared.entries.get(key) {
             Some(slot) => BatchOp::Save(key.clone(), slot.value().value().clone()),
@@ -220,13 +197,11 @@ where
         .iter()
         .map(BatchOp::key)
         .collect();
-    for op in ops {
-        if unrestored.contains(op.key()) {
-            shared.apply(op);
-        }
-    }
-    PersistentError::PartialBatch {
-        applied,
-        source: Box::new(cause),
-    }
+    let diverged: Vec<Op<K, V>> = ops
+        .into_iter()
+        .filter(|op| op.key().is_some_and(|key| unrestored.contains(key)))
+        .collect();
+    let write = Write::new(Vec::new(), diverged);
+    let _ = shared.settle(write, super::commit::Answer::Applied { previous: None }, "");
+    partial(cause)
 }

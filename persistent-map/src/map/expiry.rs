@@ -15,13 +15,17 @@
 //! while [`PersistentMap::sweep_expired`] runs, and `sweep_expired` waits for a background sweep
 //! under way, so two sweeps never take turns with the live writes.
 
+use std::future::Future;
 use std::hash::Hash;
+use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
 use serde::{de::DeserializeOwned, Serialize};
 
+use super::commit::{Answer, Kind, Op, Write};
 use super::shared::Shared;
 use super::PersistentMap;
 use crate::deadline::{is_live, now_millis};
@@ -130,25 +134,97 @@ impl ExpiryState {
     }
 }
 
+/// The backends of a map's handles, as its sweep uses them: held weakly, so that the sweep goes
+/// on through any handle still open, and stops once none is.
+pub(super) struct Sweepers<K> {
+    backends: Mutex<Vec<Box<dyn Sweeper<K>>>>,
+}
+
+/// A backend as the sweep uses it, its value type erased.
+trait Sweeper<K>: Send + Sync {
+    fn address(&self) -> usize;
+    /// Deletes expired rows; `None` if the backend is gone.
+    fn sweep(&self, limit: usize, origin: u64) -> Option<Sweep<K>>;
+}
+
+type Sweep<K> = Pin<Box<dyn Future<Output = Result<Vec<K>>> + Send>>;
+
+struct WeakBackend<B, V> {
+    backend: Weak<B>,
+    values: PhantomData<fn() -> V>,
+}
+
+impl<K, V, B> Sweeper<K> for WeakBackend<B, V>
+where
+    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    B: StorageBackend<K, V> + Send + Sync + 'static,
+{
+    fn address(&self) -> usize {
+        self.backend.as_ptr() as *const () as usize
+    }
+
+    fn sweep(&self, limit: usize, origin: u64) -> Option<Sweep<K>> {
+        let backend = self.backend.upgrade()?;
+        Some(Box::pin(async move {
+            backend.sweep_expired(limit, origin).await
+        }))
+    }
+}
+
+impl<K> Default for Sweepers<K> {
+    fn default() -> Self {
+        Self {
+            backends: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl<K: Send + 'static> Sweepers<K> {
+    fn backends(&self) -> std::sync::MutexGuard<'_, Vec<Box<dyn Sweeper<K>>>> {
+        // Every change to the list is one `Vec` call.
+        self.backends.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Lets the sweep use `backend` (once).
+    pub(super) fn add<V, B>(&self, backend: &Arc<B>)
+    where
+        K: Eq + Hash + Clone + Serialize + DeserializeOwned + Sync,
+        V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+        B: StorageBackend<K, V> + Send + Sync + 'static,
+    {
+        let address = Arc::as_ptr(backend) as *const () as usize;
+        let mut backends = self.backends();
+        if !backends.iter().any(|known| known.address() == address) {
+            backends.push(Box::new(WeakBackend {
+                backend: Arc::downgrade(backend),
+                values: PhantomData::<fn() -> V>,
+            }));
+        }
+    }
+
+    /// Sweeps through the first backend still alive (forgetting those that are gone); `None`
+    /// if none is.
+    async fn sweep(&self, limit: usize, origin: u64) -> Option<Result<Vec<K>>> {
+        let sweep = {
+            let mut backends = self.backends();
+            loop {
+                let first = backends.first()?;
+                match first.sweep(limit, origin) {
+                    Some(sweep) => break sweep,
+                    None => drop(backends.remove(0)),
+                }
+            }
+        };
+        Some(sweep.await)
+    }
+}
+
 impl<K, V> Shared<K, V>
 where
     K: Eq + Hash + Clone + Serialize + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
-    /// Drops `keys` from memory where their entry has expired (storage has deleted them),
-    /// telling subscribers.
-    fn drop_swept(&self, keys: Vec<K>) {
-        let now = now_millis();
-        for key in keys {
-            if let Some((key, _)) = self
-                .entries
-                .remove_if(&key, |_, slot| !slot.is_live_at(now))
-            {
-                self.changes.publish(Some(Change::Expired { key }));
-            }
-        }
-    }
-
     /// Drops every expired entry from memory, telling subscribers; returns how many.
     fn drop_expired_in_memory(&self) -> usize {
         if !self.expiry.has_deadlines() {
@@ -340,6 +416,9 @@ where
     /// # }
     /// ```
     pub async fn persist(&self, key: &K) -> Result<bool> {
+        if self.deadline(key).is_none() {
+            return Ok(false); // Absent, or never expires: nothing to write.
+        }
         self.set_deadline(key, None).await
     }
 
@@ -417,9 +496,10 @@ where
     /// # }
     /// ```
     pub async fn sweep_expired(&self) -> Result<usize> {
+        self.shared.sweepers.add(&self.backend);
         let swept = {
             let _turn = self.shared.expiry.sweep_turn.lock().await;
-            sweep_storage(&self.shared, &*self.backend).await?
+            sweep_storage(&self.shared).await?
         };
         let shared = Arc::clone(&self.shared);
         off_workers(move || shared.drop_expired_in_memory()).await;
@@ -428,22 +508,30 @@ where
 
     /// Stores `value` under `key` with `deadline`, in the key's turn.
     async fn write_until(&self, key: K, value: V, deadline: Option<Deadline>) -> Result<Option<V>> {
-        self.write_with(crate::BatchOp::Save(key, value), deadline)
-            .await
+        self.write_one(Op::Save {
+            key,
+            value,
+            deadline,
+        })
+        .await
     }
 
     /// Gives the live entry under `key` `deadline`, conditional on its value; whether there was
     /// one.
     async fn set_deadline(&self, key: &K, deadline: Option<Deadline>) -> Result<bool> {
         let kept = self
-            .update_until(key, |value| value.cloned(), deadline)
+            .read_modify_write(key, deadline, Kind::DeadlineOnly, |value| value.cloned())
             .await?;
         Ok(kept.is_some())
     }
 
-    /// Checks that the backend stores deadlines if `deadline` is one, and starts the background
-    /// sweep for it.
-    pub(super) fn prepare_deadline(&self, deadline: Option<Deadline>) -> Result<()> {
+    /// Refuses `write` if it saves a value with a deadline and the backend stores none; else
+    /// makes sure the background sweep runs for it.
+    pub(super) fn check_deadlines(&self, write: &Write<K, V>) -> Result<()> {
+        let deadline = write.ops.iter().find_map(|op| match op {
+            Op::Save { deadline, .. } => *deadline,
+            _ => None,
+        });
         if deadline.is_none() {
             return Ok(());
         }
@@ -455,31 +543,56 @@ where
         Ok(())
     }
 
-    /// Starts the background sweep if entries with deadlines are in memory and none runs.
+    /// Starts the map's background sweep unless it runs: a round every [`SWEEP_EVERY`] while
+    /// memory holds entries with deadlines. A backend that stores deadlines is swept once soon
+    /// after a map opens on it, so expired rows left by an earlier run go without a call.
     pub(super) fn start_sweeping(&self) {
-        let state = &self.shared.expiry;
-        if !state.has_deadlines() || state.sweeping.load(Ordering::Relaxed) {
+        if !self.backend.supports_expiry() {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return; // Outside a runtime (a blocking map between calls): the next write starts it.
-        };
+        self.shared.sweepers.add(&self.backend);
+        let state = &self.shared.expiry;
         if state.sweeping.swap(true, Ordering::AcqRel) {
             return;
         }
         let shared = Arc::downgrade(&self.shared);
-        let backend = Arc::downgrade(&self.backend);
-        runtime.spawn(sweep_in_background(shared, backend));
+        match sweep_runtime() {
+            Some(runtime) => drop(runtime.spawn(sweep_in_background(shared))),
+            None => state.sweeping.store(false, Ordering::Release),
+        }
     }
 }
 
-/// The background sweep: runs every [`SWEEP_EVERY`] while the map and the backend it was
-/// started with are alive. Holds neither in between, so dropping the map stops it.
-async fn sweep_in_background<K, V, B>(shared: Weak<Shared<K, V>>, backend: Weak<B>)
+/// The runtime every map's background sweep runs on: a thread of its own, so that a sweep
+/// outlives the runtime of whichever handle started it (a blocking map's, a test's). `None` if
+/// no thread can be had; the next write tries again.
+fn sweep_runtime() -> Option<&'static tokio::runtime::Handle> {
+    static RUNTIME: std::sync::OnceLock<Option<tokio::runtime::Handle>> =
+        std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .ok()?;
+            let handle = runtime.handle().clone();
+            std::thread::Builder::new()
+                .name("persistent-map-expiry".into())
+                .spawn(move || runtime.block_on(std::future::pending::<()>()))
+                .ok()?;
+            Some(handle)
+        })
+        .as_ref()
+}
+
+/// The background sweep: a round every [`SWEEP_EVERY`] while the map is alive and holds
+/// deadlines (the first one [`SWEEP_EVERY`] after it starts, out of the way of the writes a
+/// program makes as it opens its maps), through whichever of its handles' backends is still
+/// alive. Holds neither the map nor a backend in between, so dropping the map stops it.
+async fn sweep_in_background<K, V>(shared: Weak<Shared<K, V>>)
 where
     K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    B: StorageBackend<K, V> + Send + Sync + 'static,
 {
     let mut ticks =
         tokio::time::interval_at(tokio::time::Instant::now() + SWEEP_EVERY, SWEEP_EVERY);
@@ -487,40 +600,49 @@ where
     let mut rounds: u64 = 0;
     loop {
         ticks.tick().await;
-        let (Some(shared), Some(backend)) = (shared.upgrade(), backend.upgrade()) else {
-            if let Some(shared) = shared.upgrade() {
-                shared.expiry.sweeping.store(false, Ordering::Release);
-            }
+        let Some(shared) = shared.upgrade() else {
             return;
         };
-        // A sweep under way (`sweep_expired`) does this round's work.
-        let Ok(_turn) = shared.expiry.sweep_turn.try_lock() else {
-            continue;
+        let swept = {
+            // A sweep under way (`sweep_expired`) does this round's work.
+            let Ok(_turn) = shared.expiry.sweep_turn.try_lock() else {
+                continue;
+            };
+            // A failed sweep (a busy file, a closed backend) is simply tried again next time.
+            sweep_storage(&shared).await.unwrap_or(0)
         };
-        // A failed sweep (a busy file, a closed backend) is simply tried again next time.
-        let _ = sweep_storage(&shared, &*backend).await;
         rounds += 1;
         if rounds.is_multiple_of(MEMORY_PASS_EVERY) {
             let shared = Arc::clone(&shared);
             off_workers(move || shared.drop_expired_in_memory()).await;
         }
+        if swept == 0 && !shared.expiry.has_deadlines() {
+            // Nothing to sweep: stop, unless a deadline arrived meanwhile.
+            shared.expiry.sweeping.store(false, Ordering::Release);
+            if !shared.expiry.has_deadlines() || shared.expiry.sweeping.swap(true, Ordering::AcqRel)
+            {
+                return;
+            }
+        }
     }
 }
 
 /// Sweeps storage in batches until a batch comes back empty (a backend may cut a batch short
-/// with more rows expired). What a batch deleted is dropped from memory on the blocking pool
-/// while storage sweeps the next. Returns how many rows were deleted. The caller holds the
-/// sweep's turn.
-async fn sweep_storage<K, V, B>(shared: &Arc<Shared<K, V>>, backend: &B) -> Result<usize>
+/// with more rows expired), through a live backend of the map's handles. What a batch deleted
+/// is dropped from memory on the blocking pool while storage sweeps the next. Returns how many
+/// rows were deleted. The caller holds the sweep's turn.
+async fn sweep_storage<K, V>(shared: &Arc<Shared<K, V>>) -> Result<usize>
 where
     K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    B: StorageBackend<K, V> + Send + Sync + ?Sized,
 {
     let mut swept = 0;
     let mut dropping = None;
     loop {
-        let keys = backend.sweep_expired(SWEEP_BATCH, shared.id).await?;
+        let Some(keys) = shared.sweepers.sweep(SWEEP_BATCH, shared.id).await else {
+            return Ok(swept); // Every handle is gone.
+        };
+        let keys = keys?;
         if let Some(dropped) = dropping.take() {
             join_off_workers(dropped).await;
         }
@@ -529,7 +651,11 @@ where
         }
         swept += keys.len();
         let shared = Arc::clone(shared);
-        dropping = Some(tokio::task::spawn_blocking(move || shared.drop_swept(keys)));
+        dropping = Some(tokio::task::spawn_blocking(move || {
+            let mut write = Write::new(Vec::new(), keys.into_iter().map(Op::Delete).collect());
+            write.kind = Kind::Sweep;
+            let _ = shared.settle(write, Answer::Applied { previous: None }, "");
+        }));
         // Let the writes queued meanwhile go first.
         tokio::task::yield_now().await;
     }
@@ -549,34 +675,6 @@ async fn join_off_workers<T>(work: tokio::task::JoinHandle<T>) {
             std::panic::resume_unwind(error.into_panic());
         }
     }
-}
-
-/// Makes memory hold what storage holds under the keys of a failed condition: `stored`, the
-/// values the backend reported, with their deadlines re-read from a backend that stores them
-/// (a conflict reports values only).
-pub(super) async fn settle<K, V, B>(
-    shared: &Shared<K, V>,
-    backend: &B,
-    stored: Vec<(K, Option<V>)>,
-) -> Result<()>
-where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    B: StorageBackend<K, V> + Send + Sync + ?Sized,
-{
-    if !backend.supports_expiry() {
-        for (key, value) in stored {
-            shared.apply_stored(key, value.map(|value| (value, None)));
-        }
-        return Ok(());
-    }
-    let keys: Vec<K> = stored.into_iter().map(|(key, _)| key).collect();
-    let mut now = backend.load_keys_expiring(&keys).await?;
-    for key in keys {
-        let value = now.remove(&key);
-        shared.apply_stored(key, value);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! [`write`] (single writes and read-modify-writes), [`batch`] and [`refresh`].
 
 mod batch;
+mod commit;
 mod entry;
 mod expiry;
 mod read;
@@ -14,12 +15,13 @@ mod shared;
 mod transaction;
 mod write;
 
+#[doc(hidden)]
+pub use commit::TransactionTarget;
+pub(crate) use commit::{Answer, Current, InMemoryPart, Op, Prepared, Store, Write};
 pub use entry::{Entry, Upserted};
 pub use refresh::RefreshTask;
 pub(crate) use registry::is_open;
-#[doc(hidden)]
-pub use transaction::TransactionTarget;
-pub(crate) use transaction::{sealed, InMemoryPart, Prepared, Store};
+pub(crate) use transaction::sealed;
 pub use transaction::{transaction, Transaction, TransactionalBackend};
 
 use std::fmt;
@@ -84,6 +86,8 @@ where
 {
     shared: Arc<Shared<K, V>>,
     backend: Arc<B>,
+    /// Where this handle's writes go.
+    target: Arc<TransactionTarget<K, V>>,
     /// The time to live this handle gives what it writes ([`Self::with_default_ttl`]).
     default_ttl: Option<std::time::Duration>,
 }
@@ -136,9 +140,13 @@ where
     /// A handle on `shared` writing through `backend`, sweeping expired entries if any are
     /// loaded.
     fn handle(shared: Arc<Shared<K, V>>, backend: Arc<B>) -> Self {
+        let target = backend
+            .__transaction_target()
+            .unwrap_or_else(|| commit::custom_target(&backend));
         let map = Self {
             shared,
             backend,
+            target: Arc::new(target),
             default_ttl: None,
         };
         map.start_sweeping();
@@ -262,6 +270,7 @@ where
         Self {
             shared: Arc::clone(&self.shared),
             backend: Arc::clone(&self.backend),
+            target: Arc::clone(&self.target),
             default_ttl: self.default_ttl,
         }
     }

@@ -8,10 +8,11 @@ use std::sync::{Mutex, PoisonError};
 use dashmap::DashMap;
 use serde::Serialize;
 
-use super::expiry::{ExpiryState, Slot};
+use super::commit::{Answer, Kind, Op, Write};
+use super::expiry::{ExpiryState, Slot, Sweepers};
 use crate::changes::ChangeFeed;
 use crate::key_locks::KeyLocks;
-use crate::{BatchOp, Change, ChangePosition, Deadline, PersistentError, Result, StorageBackend};
+use crate::{Change, ChangePosition, Deadline, PersistentError, Result, StorageBackend, Stored};
 
 pub(super) struct Shared<K, V> {
     /// This map's id among the writers of its storage ([`crate::WriteOptions::origin`]).
@@ -28,6 +29,40 @@ pub(super) struct Shared<K, V> {
     /// Keys with pipelined writes in flight, and what they will hold once those commit.
     pending: DashMap<K, Pending<V>>,
     pub(super) expiry: ExpiryState,
+    pub(super) sweepers: Sweepers<K>,
+}
+
+/// What a write did, once memory took it.
+pub(super) enum Settled<V> {
+    /// Every op was applied, in storage and then in memory.
+    Applied {
+        /// What the first op's key held before it: storage's word where the backend gives it,
+        /// else memory's.
+        replaced: Option<V>,
+        /// How many deletes removed a key that memory held.
+        removed: usize,
+    },
+    /// A condition did not hold and nothing was written; memory now holds what storage holds
+    /// under each condition's key (in the order of the conditions): its value and its text.
+    Conflict(Vec<Option<Stored<V>>>),
+}
+
+impl<V> Settled<V> {
+    /// What the first op replaced. (A write without conditions never settles as a conflict.)
+    pub(super) fn replaced(self) -> Option<V> {
+        match self {
+            Settled::Applied { replaced, .. } => replaced,
+            Settled::Conflict(_) => None,
+        }
+    }
+
+    /// How many deletes removed a key that memory held.
+    pub(super) fn removed(&self) -> usize {
+        match self {
+            Settled::Applied { removed, .. } => *removed,
+            Settled::Conflict(_) => 0,
+        }
+    }
 }
 
 /// What a key will hold once its pipelined writes in flight are committed.
@@ -76,6 +111,7 @@ where
             refreshing: tokio::sync::Mutex::new(()),
             pending: DashMap::new(),
             expiry,
+            sweepers: Sweepers::default(),
         })
     }
 
@@ -120,35 +156,76 @@ where
         *self.position.lock().unwrap_or_else(PoisonError::into_inner) = position;
     }
 
-    /// Applies a stored write to memory and tells subscribers; returns the value it replaced.
-    pub(super) fn apply(&self, op: BatchOp<K, V>) -> Option<V> {
-        self.apply_until(op, None)
-    }
-
-    /// Applies a stored write whose saved value expires at `deadline` to memory and tells
-    /// subscribers; returns the live value it replaced.
-    pub(super) fn apply_until(&self, op: BatchOp<K, V>, deadline: Option<Deadline>) -> Option<V> {
-        match op {
-            BatchOp::Save(key, value) => {
-                let change = self.changes.is_watched().then(|| Change::Inserted {
-                    key: key.clone(),
-                    value: value.clone(),
-                });
-                self.expiry.note(deadline);
-                let old = self.entries.insert(key, Slot::new(value, deadline));
-                self.changes.publish(change);
-                old.and_then(Slot::into_live)
+    /// Applies what storage did with `write` to memory and tells subscribers: the one place a
+    /// write reaches memory. Applied: every op, in order, each save with its own deadline;
+    /// what the first op replaced (storage's word where it gave it). A conflict: what storage
+    /// holds under each condition's key, value and deadline from the same read, decoded (an
+    /// error names `table` and the key, and leaves that key as it was); a part without
+    /// conditions conflicts only because another part of its write did.
+    pub(super) fn settle(
+        &self,
+        write: Write<K, V>,
+        answer: Answer,
+        table: &str,
+    ) -> Result<Settled<V>>
+    where
+        V: serde::de::DeserializeOwned,
+    {
+        match answer {
+            Answer::Applied { previous } => {
+                reserve(&self.entries, write.ops.len());
+                let mut first = None;
+                let mut removed = 0;
+                for (index, op) in write.ops.into_iter().enumerate() {
+                    let replaced = match op {
+                        Op::Save {
+                            key,
+                            value,
+                            deadline,
+                        } => self.put(key, value, deadline, write.kind),
+                        Op::Delete(key) => {
+                            let replaced = self.take(&key, write.kind);
+                            removed += usize::from(replaced.is_some());
+                            replaced
+                        }
+                        Op::Clear => {
+                            self.entries.clear();
+                            self.changes.publish(Some(Change::Cleared));
+                            None
+                        }
+                    };
+                    if index == 0 {
+                        first = replaced;
+                    }
+                }
+                // A value written by another program that does not decode as `V` falls back to
+                // memory's.
+                let replaced = match previous.and_then(|previous| previous.into_iter().next()) {
+                    Some(None) => None,
+                    Some(Some(json)) => serde_json::from_str(&json).ok().or(first),
+                    None => first,
+                };
+                Ok(Settled::Applied { replaced, removed })
             }
-            BatchOp::Delete(key) => {
-                let (key, old) = self.entries.remove(&key)?;
-                let old = old.into_live();
-                // An expired entry was already absent to every reader; a subscriber that mirrors
-                // the map hears that it expired.
-                self.changes.publish(Some(match old {
-                    Some(_) => Change::Removed { key },
-                    None => Change::Expired { key },
-                }));
-                old
+            Answer::Conflict { current } => {
+                let mut read = Vec::with_capacity(current.len());
+                for (condition, now) in write.conditions.into_iter().zip(current) {
+                    let Some((json, deadline)) = now else {
+                        self.apply_stored(condition.key, None);
+                        read.push(None);
+                        continue;
+                    };
+                    let value: V = serde_json::from_str(&json).map_err(|source| {
+                        PersistentError::InvalidStoredValue {
+                            table: table.to_owned(),
+                            key: serde_json::to_string(&condition.key).unwrap_or_default(),
+                            source: Box::new(source),
+                        }
+                    })?;
+                    self.apply_stored(condition.key, Some((value.clone(), deadline)));
+                    read.push(Some(Stored { value, json }));
+                }
+                Ok(Settled::Conflict(read))
             }
         }
     }
@@ -156,32 +233,49 @@ where
     /// Makes memory hold what storage holds under `key` (`None`: nothing), with its deadline.
     pub(super) fn apply_stored(&self, key: K, stored: Option<(V, Option<Deadline>)>) {
         match stored {
-            Some((value, deadline)) => self.apply_until(BatchOp::Save(key, value), deadline),
-            None => self.apply(BatchOp::Delete(key)),
-        };
+            Some((value, deadline)) => drop(self.put(key, value, deadline, Kind::Plain)),
+            None => drop(self.take(&key, Kind::Plain)),
+        }
     }
 
-    /// Applies stored writes, whose saved values expire at `deadline`, to memory; returns the
-    /// value the first one replaced, and how many deletes removed a key.
-    pub(super) fn apply_all(
-        &self,
-        ops: impl ExactSizeIterator<Item = BatchOp<K, V>>,
-        deadline: Option<Deadline>,
-    ) -> (Option<V>, usize) {
-        reserve(&self.entries, ops.len());
-        let mut first = None;
-        let mut removed = 0;
-        for (index, op) in ops.enumerate() {
-            let is_delete = matches!(op, BatchOp::Delete(_));
-            let replaced = self.apply_until(op, deadline);
-            if replaced.is_some() && is_delete {
-                removed += 1;
+    /// Puts `value` under `key` until `deadline`, telling subscribers; returns the live value
+    /// it replaced.
+    fn put(&self, key: K, value: V, deadline: Option<Deadline>, kind: Kind) -> Option<V> {
+        let change = self.changes.is_watched().then(|| match kind {
+            Kind::DeadlineOnly => Change::DeadlineChanged {
+                key: key.clone(),
+                deadline,
+            },
+            _ => Change::Inserted {
+                key: key.clone(),
+                value: value.clone(),
+            },
+        });
+        self.expiry.note(deadline);
+        let old = self.entries.insert(key, Slot::new(value, deadline));
+        self.changes.publish(change);
+        old.and_then(Slot::into_live)
+    }
+
+    /// Takes `key` out of memory, telling subscribers; returns its live value. A sweep's delete
+    /// takes only an entry that has expired in memory too.
+    fn take(&self, key: &K, kind: Kind) -> Option<V> {
+        let (key, old) = match kind {
+            Kind::Sweep => {
+                let now = crate::deadline::now_millis();
+                self.entries
+                    .remove_if(key, |_, slot| !slot.is_live_at(now))?
             }
-            if index == 0 {
-                first = replaced;
-            }
-        }
-        (first, removed)
+            _ => self.entries.remove(key)?,
+        };
+        let old = old.into_live();
+        // An expired entry was already absent to every reader; a subscriber that mirrors the
+        // map hears that it expired.
+        self.changes.publish(Some(match old {
+            Some(_) => Change::Removed { key },
+            None => Change::Expired { key },
+        }));
+        old
     }
 
     /// Replaces memory with what the backend holds. The caller holds every key's turn.

@@ -14,16 +14,15 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::shared::Shared;
+use super::commit::{commit, MapWrite, Op, Part, Turn, Write, MAX_ATTEMPTS};
 use super::PersistentMap;
 use crate::backends::encode::encode_value;
-use crate::completion::run_to_completion;
 use crate::key_locks::KeyGuard;
-use crate::{BatchOp, Condition, Deadline, PersistentError, Result, StorageBackend};
+use crate::{Condition, Deadline, PersistentError, Result, StorageBackend};
 
 /// Backends whose maps can take part in a [`Transaction`]: the SQLite backend (tables of one
 /// file), the PostgreSQL backend (tables of one database, through one connection: backends
@@ -31,8 +30,7 @@ use crate::{BatchOp, Condition, Deadline, PersistentError, Result, StorageBacken
 /// backend). Sealed: implemented by this crate's backends only, since committing several maps
 /// at once needs storage's own transaction.
 ///
-/// A transaction that touches a single map works with any backend that implements this trait;
-/// maps of different storage (two files, two PostgreSQL databases or connections, PostgreSQL
+/// Maps of different storage (two files, two PostgreSQL databases or connections, PostgreSQL
 /// and SQLite, a file and an in-memory store) in one transaction are refused with
 /// [`PersistentError::MixedStorage`].
 pub trait TransactionalBackend<K, V>:
@@ -41,134 +39,10 @@ where
     K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
-    #[doc(hidden)]
-    fn __transaction_target(&self) -> crate::__private::TransactionTarget<K, V>;
 }
 
 pub(crate) mod sealed {
     pub trait Sealed {}
-}
-
-/// Where a map's share of a transaction goes; made by [`TransactionalBackend`]. Not public API.
-#[doc(hidden)]
-pub struct TransactionTarget<K, V> {
-    pub(crate) store: Store,
-    /// Builds this map's share of a transaction from its conditions, its writes, the writing
-    /// map's id and the deadline of the values it saves.
-    pub(crate) prepare: Box<PrepareFn<K, V>>,
-    /// The table (or store) as errors name it.
-    pub(crate) name: String,
-}
-
-impl<K, V> std::fmt::Debug for TransactionTarget<K, V> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TransactionTarget")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Conditions, writes, the writing map's id, and when the saved values expire.
-type PrepareFn<K, V> = dyn Fn(&[Condition<K>], &[BatchOp<K, V>], u64, Option<Deadline>) -> Result<Prepared>
-    + Send
-    + Sync;
-
-/// The storage a transaction commits to; two maps can commit together if theirs are equal.
-#[derive(Clone)]
-pub(crate) enum Store {
-    #[cfg(feature = "sqlite")]
-    Sqlite(
-        Arc<crate::sqlite::TransactionWriter>,
-        crate::sqlite::Durability,
-    ),
-    #[cfg(feature = "postgres")]
-    Postgres(crate::postgres::TransactionSession),
-    InMemory(Arc<Mutex<crate::in_memory::Stores>>),
-}
-
-impl Store {
-    fn same(&self, other: &Store) -> bool {
-        match (self, other) {
-            #[cfg(feature = "sqlite")]
-            (Store::Sqlite(a, _), Store::Sqlite(b, _)) => Arc::ptr_eq(a, b),
-            #[cfg(feature = "postgres")]
-            (Store::Postgres(a), Store::Postgres(b)) => a.same(b),
-            (Store::InMemory(a), Store::InMemory(b)) => Arc::ptr_eq(a, b),
-            #[allow(unreachable_patterns)]
-            _ => false,
-        }
-    }
-
-    /// The store of every part (all the same), committing at the strongest durability any of
-    /// them asks for.
-    fn strongest(stores: Vec<Store>) -> Store {
-        stores
-            .into_iter()
-            .reduce(|kept, next| match (kept, next) {
-                #[cfg(feature = "sqlite")]
-                (Store::Sqlite(writer, a), Store::Sqlite(_, b)) => Store::Sqlite(writer, a.max(b)),
-                (kept, _) => kept,
-            })
-            .expect("a transaction with parts has a store")
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            #[cfg(feature = "sqlite")]
-            Store::Sqlite(writer, _) => format!("SQLite file {}", writer.path().display()),
-            #[cfg(feature = "postgres")]
-            Store::Postgres(session) => session.describe(),
-            Store::InMemory(stores) => format!("in-memory store {:p}", Arc::as_ptr(stores)),
-        }
-    }
-}
-
-/// One map's share of a transaction, ready for its storage.
-pub(crate) enum Prepared {
-    #[cfg(feature = "sqlite")]
-    Sqlite(crate::sqlite::TransactionPart),
-    #[cfg(feature = "postgres")]
-    Postgres(crate::postgres::TransactionPart),
-    InMemory(Box<dyn InMemoryPart>),
-}
-
-/// The parts of one transaction all come from maps of one store (checked before they are
-/// prepared), so each is of that store's kind.
-const ONE_KIND: &str = "parts of one store are of one kind";
-
-// Each takes the part of its store's kind; with one storage feature, the other arms are gone.
-#[allow(unreachable_patterns)]
-impl Prepared {
-    #[cfg(feature = "sqlite")]
-    fn into_sqlite(self) -> crate::sqlite::TransactionPart {
-        match self {
-            Prepared::Sqlite(part) => part,
-            _ => unreachable!("{ONE_KIND}"),
-        }
-    }
-
-    #[cfg(feature = "postgres")]
-    fn into_postgres(self) -> crate::postgres::TransactionPart {
-        match self {
-            Prepared::Postgres(part) => part,
-            _ => unreachable!("{ONE_KIND}"),
-        }
-    }
-
-    fn into_in_memory(self) -> Box<dyn InMemoryPart> {
-        match self {
-            Prepared::InMemory(part) => part,
-            _ => unreachable!("{ONE_KIND}"),
-        }
-    }
-}
-
-/// A map's share of a transaction on the in-memory backend, checked and applied under the
-/// store's lock.
-pub(crate) trait InMemoryPart: Send + Sync {
-    /// What is stored under each condition's key, as JSON, and whether every condition holds.
-    fn check(&self, stores: &mut crate::in_memory::Stores) -> Result<(Vec<Option<String>>, bool)>;
-    fn apply(&self, stores: &mut crate::in_memory::Stores);
 }
 
 /// Runs `body` as one transaction and returns what it returns.
@@ -236,65 +110,95 @@ where
     // again, so that no writer in this process can change them between its reads and its
     // commit (contended keys then take turns instead of conflicting again and again).
     let mut held: Option<Held> = None;
-    loop {
-        let mut tx = Transaction { parts: Vec::new() };
+    let mut gave_up = None;
+    for _ in 0..MAX_ATTEMPTS {
+        let mut tx = Transaction {
+            buffers: Vec::new(),
+        };
         let value = body(&mut tx)?;
         match tx.commit(held.take()).await? {
             Attempt::Committed => return Ok(value),
-            Attempt::Conflicted(parts) => held = Some(Held::lock(parts).await),
+            Attempt::Conflicted(buffers) => {
+                gave_up = buffers.first().map(|buffer| buffer.keeps_changing());
+                held = Some(Held::lock(buffers).await);
+            }
         }
     }
+    Err(gave_up
+        .expect("a transaction that conflicted has a buffer")
+        .into())
 }
 
 /// How one commit of a transaction went.
 enum Attempt {
     Committed,
-    /// Something read had changed; memory now holds what storage holds. The parts, to hold
+    /// Something read had changed; memory now holds what storage holds. The buffers, to hold
     /// their keys' turns while the body runs again.
-    Conflicted(Vec<Box<dyn ErasedPart>>),
+    Conflicted(Vec<Box<dyn Buffer>>),
 }
 
-/// The keys' turns of a conflicted run's parts.
+/// The keys' turns of a conflicted run's buffers, one guard per map.
 struct Held {
-    parts: Vec<Box<dyn ErasedPart>>,
+    buffers: Vec<Box<dyn Buffer>>,
     guards: Vec<KeyGuard>,
 }
 
 impl Held {
-    /// Takes the turns of every key of `parts` (sorted by map, as every commit takes them).
-    async fn lock(parts: Vec<Box<dyn ErasedPart>>) -> Self {
-        let mut guards = Vec::with_capacity(parts.len());
-        for part in &parts {
-            guards.push(part.lock().await);
+    /// Takes the turns of every key of `buffers` (sorted by map, as every commit takes them).
+    async fn lock(buffers: Vec<Box<dyn Buffer>>) -> Self {
+        let mut guards = Vec::with_capacity(buffers.len());
+        for buffer in &buffers {
+            guards.push(buffer.lock().await);
         }
-        Self { parts, guards }
+        Self { buffers, guards }
     }
 
-    /// The held turns, if they cover every key of `parts` (both sorted by map).
-    fn covering(self, parts: &[Box<dyn ErasedPart>]) -> Option<Vec<KeyGuard>> {
-        let covered = parts.iter().all(|part| {
-            self.parts
+    /// The held turns of each of `buffers`' maps, if they cover every key of `buffers`.
+    fn covering(self, buffers: &[Box<dyn Buffer>]) -> Option<Vec<KeyGuard>> {
+        let covered = buffers.iter().all(|buffer| {
+            self.buffers
                 .iter()
-                .any(|held| held.address() == part.address() && held.covers(&**part))
+                .any(|held| held.address() == buffer.address() && held.covers(&**buffer))
         });
-        covered.then_some(self.guards)
+        if !covered {
+            return None;
+        }
+        let mut guards: Vec<(usize, KeyGuard)> = self
+            .buffers
+            .iter()
+            .map(|held| held.address())
+            .zip(self.guards)
+            .collect();
+        let guards = buffers
+            .iter()
+            .map(|buffer| {
+                let at = guards
+                    .iter()
+                    .position(|(address, _)| *address == buffer.address())
+                    .expect("covered: every map is held");
+                guards.swap_remove(at).1
+            })
+            .collect();
+        Some(guards)
     }
 }
 
 /// The reads and writes of one run of a [`transaction`]'s body.
 ///
 /// Reads ([`get`](Self::get), and the read half of [`update`](Self::update)) come from memory
-/// and are remembered: the commit goes ahead only if storage still holds what was read. Writes
-/// ([`insert`](Self::insert), [`remove`](Self::remove)) are buffered until the commit, and later
-/// reads of the same key in this transaction see them.
+/// and are remembered: the commit goes ahead only if storage still holds what was read (what
+/// it means: an old row that lacks a `#[serde(default)]` field holds the value it decodes to).
+/// Writes ([`insert`](Self::insert), [`remove`](Self::remove)) are buffered until the commit,
+/// each with the time to live of the handle it went through, and later reads of the same key
+/// in this transaction see them.
 pub struct Transaction {
-    parts: Vec<Box<dyn ErasedPart>>,
+    buffers: Vec<Box<dyn Buffer>>,
 }
 
 impl std::fmt::Debug for Transaction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Transaction")
-            .field("maps", &self.parts.len())
+            .field("maps", &self.buffers.len())
             .finish_non_exhaustive()
     }
 }
@@ -325,7 +229,7 @@ impl Transaction {
         V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
         B: TransactionalBackend<K, V>,
     {
-        self.part(map).read(key)
+        self.buffer(map).read(key)
     }
 
     /// Stores `value` under `key` in `map` when the transaction commits.
@@ -353,7 +257,8 @@ impl Transaction {
         V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
         B: TransactionalBackend<K, V>,
     {
-        self.part(map).write(key, Some(value));
+        let deadline = map.default_deadline();
+        self.buffer(map).write(key, Some(value), deadline);
     }
 
     /// Removes `key` from `map` when the transaction commits.
@@ -380,7 +285,7 @@ impl Transaction {
         V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
         B: TransactionalBackend<K, V>,
     {
-        self.part(map).write(key.clone(), None);
+        self.buffer(map).write(key.clone(), None, None);
     }
 
     /// Replaces the value under `key` in `map` with what `change` makes of it (`None` removes
@@ -414,171 +319,106 @@ impl Transaction {
         V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
         B: TransactionalBackend<K, V>,
     {
-        let part = self.part(map);
-        let current = part.read(key);
+        let deadline = map.default_deadline();
+        let buffer = self.buffer(map);
+        let current = buffer.read(key);
         let new = change(current.as_ref());
         if new.is_some() || current.is_some() {
-            part.write(key.clone(), new.clone());
+            buffer.write(key.clone(), new.clone(), deadline);
         }
         new
     }
 
-    /// This transaction's share for `map`, made on first use.
-    fn part<K, V, B>(&mut self, map: &PersistentMap<K, V, B>) -> &mut Part<K, V, B>
+    /// This transaction's buffer for `map`, made on first use.
+    fn buffer<K, V, B>(&mut self, map: &PersistentMap<K, V, B>) -> &mut MapBuffer<K, V, B>
     where
         K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
         V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
         B: TransactionalBackend<K, V>,
     {
         let address = Arc::as_ptr(&map.shared) as usize;
-        let index = match self.parts.iter().position(|part| part.address() == address) {
+        let index = match self
+            .buffers
+            .iter()
+            .position(|buffer| buffer.address() == address)
+        {
             Some(index) => index,
             None => {
-                self.parts.push(Box::new(Part {
+                self.buffers.push(Box::new(MapBuffer {
                     map: map.clone(),
                     reads: HashMap::new(),
                     writes: HashMap::new(),
                     order: Vec::new(),
-                    deadline: map.default_deadline(),
                 }));
-                self.parts.len() - 1
+                self.buffers.len() - 1
             }
         };
-        self.parts[index]
+        self.buffers[index]
             .as_any_mut()
-            .downcast_mut::<Part<K, V, B>>()
+            .downcast_mut::<MapBuffer<K, V, B>>()
             .expect("maps sharing entries have the same key, value and backend types")
     }
 
-    /// Commits; `Ok(false)` when something read had changed (nothing was written, memory now
-    /// holds what storage holds, and the body should run again).
+    /// Commits every map's reads (as conditions) and writes as one write on the write path.
     async fn commit(mut self, held: Option<Held>) -> Result<Attempt> {
-        self.parts.retain(|part| !part.is_empty());
-        if self.parts.is_empty() {
+        self.buffers.retain(|buffer| !buffer.is_empty());
+        if self.buffers.is_empty() {
             return Ok(Attempt::Committed);
         }
         // One order for every transaction, so that two never wait for each other's keys.
-        self.parts.sort_by_key(|part| part.address());
-        let targets: Vec<Store> = self.parts.iter().map(|part| part.store()).collect();
-        if let Some(other) = targets.iter().find(|store| !store.same(&targets[0])) {
-            return Err(PersistentError::MixedStorage {
-                first: targets[0].describe(),
-                second: other.describe(),
-            });
-        }
+        self.buffers.sort_by_key(|buffer| buffer.address());
         // Turns held since a conflict serve if this run touched no other key; otherwise they
         // are let go before any is taken, so that turns are only ever taken in one order.
-        let guards = match held.and_then(|held| held.covering(&self.parts)) {
+        let guards = match held.and_then(|held| held.covering(&self.buffers)) {
             Some(guards) => guards,
             None => {
-                let mut guards = Vec::with_capacity(self.parts.len());
-                for part in &self.parts {
-                    guards.push(part.lock().await);
+                let mut guards = Vec::with_capacity(self.buffers.len());
+                for buffer in &self.buffers {
+                    guards.push(buffer.lock().await);
                 }
                 guards
             }
         };
-        let parts = self.parts;
-        let store = Store::strongest(targets);
-        run_to_completion(async move {
-            let committed = commit_parts(&store, &parts).await;
-            drop(guards);
-            match committed? {
-                true => Ok(Attempt::Committed),
-                false => Ok(Attempt::Conflicted(parts)),
+        let parts = self
+            .buffers
+            .iter()
+            .zip(guards)
+            .map(|(buffer, guard)| buffer.to_part(guard))
+            .collect::<Result<Vec<_>>>()?;
+        let (mut parts, committed) = commit(parts).await;
+        committed?;
+        let mut conflicted = false;
+        for part in &mut parts {
+            if let Some(error) = part.take_error() {
+                return Err(error);
             }
+            conflicted |= part.conflicted();
+        }
+        Ok(match conflicted {
+            true => Attempt::Conflicted(self.buffers),
+            false => Attempt::Committed,
         })
-        .await
     }
 }
 
-/// Sends every part to `store` as one checked write, then settles each part in memory.
-async fn commit_parts(store: &Store, parts: &[Box<dyn ErasedPart>]) -> Result<bool> {
-    let prepared = parts
-        .iter()
-        .map(|part| part.prepare())
-        .collect::<Result<Vec<_>>>()?;
-    let current = match store {
-        #[cfg(feature = "sqlite")]
-        Store::Sqlite(writer, durability) => {
-            let parts = prepared.into_iter().map(Prepared::into_sqlite).collect();
-            writer.commit(parts, *durability).await?
-        }
-        #[cfg(feature = "postgres")]
-        Store::Postgres(session) => {
-            let parts = prepared.into_iter().map(Prepared::into_postgres).collect();
-            session.commit(parts).await?
-        }
-        Store::InMemory(stores) => {
-            let parts: Vec<Box<dyn InMemoryPart>> =
-                prepared.into_iter().map(Prepared::into_in_memory).collect();
-            commit_in_memory(stores, &parts)?
-        }
-    };
-    match current {
-        None => {
-            for part in parts {
-                part.applied();
-            }
-            Ok(true)
-        }
-        Some(current) => {
-            for (part, current) in parts.iter().zip(current) {
-                part.conflicted(current).await?;
-            }
-            Ok(false)
-        }
-    }
-}
-
-/// Checks every part's conditions, then applies every part, under the store's lock. Returns
-/// what each condition's key holds if a condition failed.
-fn commit_in_memory(
-    stores: &Mutex<crate::in_memory::Stores>,
-    parts: &[Box<dyn InMemoryPart>],
-) -> Result<Option<Vec<Vec<Option<String>>>>> {
-    let mut stores = stores
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut holds = true;
-    let mut current = Vec::with_capacity(parts.len());
-    for part in parts {
-        let (stored, part_holds) = part.check(&mut stores)?;
-        holds &= part_holds;
-        current.push(stored);
-    }
-    if !holds {
-        return Ok(Some(current));
-    }
-    for part in parts {
-        part.apply(&mut stores);
-    }
-    Ok(None)
-}
-
-/// A part with its types erased, so that one transaction holds maps of any types.
-trait ErasedPart: Send + Sync {
+/// A buffer with its types erased, so that one transaction holds maps of any types.
+trait Buffer: Send + Sync {
     fn as_any(&self) -> &dyn Any;
     fn as_any_mut(&mut self) -> &mut dyn Any;
-    /// Whether every key `other` (a part of the same map) touches is one this part touches.
-    fn covers(&self, other: &dyn ErasedPart) -> bool;
-    /// The address of the map's shared entries: one part per map.
+    /// Whether every key `other` (a buffer of the same map) touches is one this one touches.
+    fn covers(&self, other: &dyn Buffer) -> bool;
+    /// The address of the map's shared entries: one buffer per map.
     fn address(&self) -> usize;
     fn is_empty(&self) -> bool;
-    fn store(&self) -> Store;
     fn lock(&self) -> Pin<Box<dyn Future<Output = KeyGuard> + Send + '_>>;
-    fn prepare(&self) -> Result<Prepared>;
-    /// The commit went through: memory takes the writes.
-    fn applied(&self);
-    /// A condition failed: memory takes what storage holds under the keys read.
-    fn conflicted(
-        &self,
-        current: Vec<Option<String>>,
-    ) -> Pin<Box<dyn Future<Output = Result<()>> + Send + '_>>;
+    /// The map's share of the write, in the turns of `guard`.
+    fn to_part(&self, guard: KeyGuard) -> Result<Box<dyn Part>>;
+    /// The error of a transaction that gave up on this map.
+    fn keeps_changing(&self) -> PersistentError;
 }
 
 /// One map's reads and writes in a transaction.
-struct Part<K, V, B>
+struct MapBuffer<K, V, B>
 where
     K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
@@ -587,22 +427,21 @@ where
     map: PersistentMap<K, V, B>,
     /// What the transaction read under each key (memory's value at the time).
     reads: HashMap<K, Option<V>>,
-    /// The last write of each key (`None`: remove).
-    writes: HashMap<K, Option<V>>,
+    /// The last write of each key (`None`: remove), with the deadline of the handle that
+    /// wrote it.
+    writes: HashMap<K, (Option<V>, Option<Deadline>)>,
     /// Keys in the order of their first write.
     order: Vec<K>,
-    /// When the values written expire: the map's default time to live from the body's run.
-    deadline: Option<Deadline>,
 }
 
-impl<K, V, B> Part<K, V, B>
+impl<K, V, B> MapBuffer<K, V, B>
 where
     K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
     B: TransactionalBackend<K, V>,
 {
     fn read(&mut self, key: &K) -> Option<V> {
-        if let Some(written) = self.writes.get(key) {
+        if let Some((written, _)) = self.writes.get(key) {
             return written.clone();
         }
         if let Some(read) = self.reads.get(key) {
@@ -613,40 +452,14 @@ where
         value
     }
 
-    fn write(&mut self, key: K, value: Option<V>) {
-        if self.writes.insert(key.clone(), value).is_none() {
+    fn write(&mut self, key: K, value: Option<V>, deadline: Option<Deadline>) {
+        if self.writes.insert(key.clone(), (value, deadline)).is_none() {
             self.order.push(key);
         }
     }
-
-    fn ops(&self) -> Vec<BatchOp<K, V>> {
-        self.order
-            .iter()
-            .map(|key| match &self.writes[key] {
-                Some(value) => BatchOp::Save(key.clone(), value.clone()),
-                None => BatchOp::Delete(key.clone()),
-            })
-            .collect()
-    }
-
-    fn conditions(&self) -> Result<Vec<Condition<K>>> {
-        self.reads
-            .iter()
-            .map(|(key, read)| {
-                Ok(Condition {
-                    key: key.clone(),
-                    expected: read.as_ref().map(encode_value).transpose()?,
-                })
-            })
-            .collect()
-    }
-
-    fn shared(&self) -> &Arc<Shared<K, V>> {
-        &self.map.shared
-    }
 }
 
-impl<K, V, B> ErasedPart for Part<K, V, B>
+impl<K, V, B> Buffer for MapBuffer<K, V, B>
 where
     K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
@@ -660,9 +473,10 @@ where
         self
     }
 
-    fn covers(&self, other: &dyn ErasedPart) -> bool {
-        let touches =
-            |part: &Self, key: &K| part.reads.contains_key(key) || part.writes.contains_key(key);
+    fn covers(&self, other: &dyn Buffer) -> bool {
+        let touches = |buffer: &Self, key: &K| {
+            buffer.reads.contains_key(key) || buffer.writes.contains_key(key)
+        };
         other.as_any().downcast_ref::<Self>().is_some_and(|other| {
             other
                 .reads
@@ -673,64 +487,58 @@ where
     }
 
     fn address(&self) -> usize {
-        Arc::as_ptr(self.shared()) as usize
+        Arc::as_ptr(&self.map.shared) as usize
     }
 
     fn is_empty(&self) -> bool {
         self.reads.is_empty() && self.writes.is_empty()
     }
 
-    fn store(&self) -> Store {
-        self.map.backend.__transaction_target().store
-    }
-
     fn lock(&self) -> Pin<Box<dyn Future<Output = KeyGuard> + Send + '_>> {
         Box::pin(
-            self.shared()
+            self.map
+                .shared
                 .key_locks
                 .lock_many(self.reads.keys().chain(self.writes.keys())),
         )
     }
 
-    fn prepare(&self) -> Result<Prepared> {
-        self.map.prepare_deadline(self.deadline)?;
-        let target = self.map.backend.__transaction_target();
-        (target.prepare)(
-            &self.conditions()?,
-            &self.ops(),
-            self.shared().id,
-            self.deadline,
-        )
+    fn to_part(&self, guard: KeyGuard) -> Result<Box<dyn Part>> {
+        let conditions = self
+            .reads
+            .iter()
+            .map(|(key, read)| {
+                Ok(Condition {
+                    key: key.clone(),
+                    expected: read.as_ref().map(encode_value).transpose()?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let ops = self
+            .order
+            .iter()
+            .map(|key| match &self.writes[key] {
+                (Some(value), deadline) => Op::Save {
+                    key: key.clone(),
+                    value: value.clone(),
+                    deadline: *deadline,
+                },
+                (None, _) => Op::Delete(key.clone()),
+            })
+            .collect();
+        let write = Write::new(conditions, ops);
+        Ok(Box::new(MapWrite::new(
+            &self.map,
+            write,
+            Turn::Exclusive(guard),
+        )))
     }
 
-    fn applied(&self) {
-        self.shared()
-            .apply_all(self.ops().into_iter(), self.deadline);
-    }
-
-    fn conflicted(
-        &self,
-        current: Vec<Option<String>>,
-    ) -> Pin<Box<dyn Future<Output = Result<()>> + Send + '_>> {
-        Box::pin(async move {
-            let target = self.map.backend.__transaction_target();
-            // `conditions()` and `current` follow the same iteration of `reads`.
-            let mut stored = Vec::with_capacity(current.len());
-            for ((key, _), json) in self.reads.iter().zip(current) {
-                let value = json
-                    .map(|json| {
-                        serde_json::from_str(&json).map_err(|source| {
-                            PersistentError::InvalidStoredValue {
-                                table: target.name.clone(),
-                                key: serde_json::to_string(key).unwrap_or_default(),
-                                source: Box::new(source),
-                            }
-                        })
-                    })
-                    .transpose()?;
-                stored.push((key.clone(), value));
-            }
-            super::expiry::settle(self.shared(), &*self.map.backend, stored).await
-        })
+    fn keeps_changing(&self) -> PersistentError {
+        let key = self.reads.keys().chain(self.writes.keys()).next();
+        match key {
+            Some(key) => self.map.keeps_changing(key),
+            None => PersistentError::Backend("a transaction kept conflicting".into()),
+        }
     }
 }

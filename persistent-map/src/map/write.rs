@@ -1,38 +1,15 @@
-//! Writes: each goes to the backend first, then to memory, in its key's turn, and runs to
-//! completion even when its caller stops waiting. Every write is one call of
-//! [`StorageBackend::apply_checked`]: a plain write, a write with conditions (the
-//! read-modify-writes), or a batch.
+//! Writes of one key: each is one [`Write`] on the write path (`commit.rs`), in its key's
+//! turn; the read-modify-writes are a loop around it.
 
 use std::hash::Hash;
-use std::sync::Arc;
-use std::task::Poll;
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::shared::Shared;
+use super::commit::{commit_one, Kind, MapWrite, Op, Turn, Write, MAX_ATTEMPTS};
+use super::shared::Settled;
 use super::PersistentMap;
 use crate::backends::encode::encode_value;
-use crate::completion::run_to_completion;
-use crate::key_locks::{KeyGuard, Ticket};
-use crate::{
-    BatchOp, Checked, Condition, Deadline, PersistentError, Result, StorageBackend, Stored,
-    WriteOptions,
-};
-
-/// What a write did, once memory took it.
-pub(super) enum Outcome<V> {
-    /// Every write was applied, in storage and then in memory.
-    Applied {
-        /// What the first write's key held before it: storage's word where the backend gives
-        /// it, else memory's.
-        replaced: Option<V>,
-        /// How many deletes removed a key that memory held.
-        removed: usize,
-    },
-    /// A condition did not hold and nothing was written; memory now holds what storage holds
-    /// under each condition's key (in the order of the conditions).
-    Conflict(Vec<Option<Stored<V>>>),
-}
+use crate::{Condition, Deadline, PersistentError, Result, StorageBackend, Stored};
 
 impl<K, V, B> PersistentMap<K, V, B>
 where
@@ -59,7 +36,12 @@ where
     /// ```
     pub async fn insert(&self, key: K, value: V) -> Result<Option<V>> {
         let deadline = self.default_deadline();
-        self.write_with(BatchOp::Save(key, value), deadline).await
+        self.write_one(Op::Save {
+            key,
+            value,
+            deadline,
+        })
+        .await
     }
 
     /// Removes `key` from the backend, then from the map, and returns the value storage held
@@ -80,7 +62,7 @@ where
     /// # }
     /// ```
     pub async fn remove(&self, key: &K) -> Result<Option<V>> {
-        self.write_with(BatchOp::Delete(key.clone()), None).await
+        self.write_one(Op::Delete(key.clone())).await
     }
 
     /// Atomically replaces the value under `key` with what `change` makes of it, and returns the
@@ -125,96 +107,98 @@ where
         key: &K,
         change: impl FnMut(Option<&V>) -> Option<V>,
     ) -> Result<Option<V>> {
-        self.update_until(key, change, self.default_deadline())
+        let deadline = self.default_deadline();
+        self.read_modify_write(key, deadline, Kind::Plain, change)
             .await
     }
 
-    /// [`update`](Self::update), the value it stores expiring at `deadline`.
-    pub(super) async fn update_until(
+    /// The loop of every read-modify-write of one key: `change` computes the key's next value
+    /// (saved expiring at `deadline`) from what it holds, and the write is conditional on the
+    /// key still holding that. The value and the text expected come from one source: the
+    /// writes of this map still in flight (a hot key's next update is computed from the one
+    /// before it, before that one commits), else the last conflict's read of storage, else
+    /// memory. Gives up after [`MAX_ATTEMPTS`] conflicts.
+    pub(super) async fn read_modify_write(
         &self,
         key: &K,
-        mut change: impl FnMut(Option<&V>) -> Option<V>,
         deadline: Option<Deadline>,
+        kind: Kind,
+        mut change: impl FnMut(Option<&V>) -> Option<V>,
     ) -> Result<Option<V>> {
-        if !self.backend.pipelines_writes() {
-            return self.update_in_turn(key, change, deadline).await;
-        }
-        // After a conflict with nothing else in flight: storage's own text of what it holds.
-        let mut stored_json: Option<Option<String>> = None;
-        loop {
-            let (guard, ticket) = self.shared.key_locks.pipeline(key).await;
-            // What the key will hold once the writes already handed over commit: a hot key's
-            // next update is computed from its previous one before that one commits.
-            let (current, expected) = match self.shared.pending_value(key) {
-                Some(pending) => {
+        // After a conflict: what storage holds, value and text from one read, and the count of
+        // turns ended when memory took it.
+        let mut read: Option<(Option<Stored<V>>, u64)> = None;
+        for _ in 0..MAX_ATTEMPTS {
+            // After a conflict the key's turn is taken whole: the writes of it in flight (computed
+            // from a value that may be gone too) settle first, and this attempt builds on what
+            // they left rather than conflicting along with them.
+            let (turn, pending) = if self.backend.pipelines_writes() && read.is_none() {
+                let (guard, ticket) = self.shared.key_locks.pipeline(key).await;
+                let pending = self.shared.pending_value(key);
+                let turn = Turn::Pipelined {
+                    handover: Some(guard),
+                    ticket: Some(ticket),
+                };
+                (turn, pending)
+            } else {
+                (Turn::Exclusive(self.shared.key_locks.lock(key).await), None)
+            };
+            let (current, expected) = match (pending, read.take()) {
+                (Some(pending), _) => {
                     let json = pending.as_ref().map(encode_value).transpose()?;
                     (pending, json)
                 }
-                None => {
+                // No write of this map ended since memory took the conflict's read: storage's
+                // own value and text. (Else memory holds what came after.)
+                (None, Some((stored, turns))) if self.shared.key_locks.turns_ended() == turns => {
+                    stored.map_or((None, None), |s| (Some(s.value), Some(s.json)))
+                }
+                (None, _) => {
                     let current = self.get(key);
-                    let json = match stored_json.take() {
-                        Some(json) => json,
-                        None => current.as_ref().map(encode_value).transpose()?,
-                    };
+                    let json = current.as_ref().map(encode_value).transpose()?;
                     (current, json)
                 }
             };
             let new = change(current.as_ref());
-            let ops = update_ops(key, &current, &new);
+            let op = match (&new, &current) {
+                (Some(value), _) => Some(Op::Save {
+                    key: key.clone(),
+                    value: value.clone(),
+                    deadline,
+                }),
+                (None, Some(_)) => Some(Op::Delete(key.clone())),
+                // Absent, and to stay absent: the condition alone says storage agrees.
+                (None, None) => None,
+            };
             let condition = Condition {
                 key: key.clone(),
                 expected,
             };
-            self.shared.pend(key.clone(), new.clone(), ticket.number());
-            let outcome = self
-                .commit_pipelined(
-                    guard,
-                    ticket,
-                    key.clone(),
-                    vec![condition],
-                    ops,
-                    self.write_options(false, deadline),
-                )
-                .await?;
-            match outcome {
-                Outcome::Applied { .. } => return Ok(new),
-                Outcome::Conflict(mut now) => {
-                    stored_json = Some(now.pop().flatten().map(|stored| stored.json));
+            let mut write = Write::new(vec![condition], op.into_iter().collect());
+            write.kind = kind;
+            if let Turn::Pipelined {
+                ticket: Some(ticket),
+                ..
+            } = &turn
+            {
+                self.shared.pend(key.clone(), new.clone(), ticket.number());
+            }
+            match commit_one(MapWrite::new(self, write, turn)).await? {
+                Settled::Applied { .. } => return Ok(new),
+                Settled::Conflict(mut now) => {
+                    read = Some((now.pop().flatten(), self.shared.key_locks.turns_ended()));
                 }
             }
         }
+        Err(self.keeps_changing(key))
     }
 
-    /// [`update`](Self::update) holding the key's turn until each attempt is done, for backends
-    /// that do not pipeline writes.
-    async fn update_in_turn(
-        &self,
-        key: &K,
-        mut change: impl FnMut(Option<&V>) -> Option<V>,
-        deadline: Option<Deadline>,
-    ) -> Result<Option<V>> {
-        let mut guard = self.shared.key_locks.lock(key).await;
-        let mut current = self.get(key);
-        let mut expected = current.as_ref().map(encode_value).transpose()?;
-        loop {
-            let new = change(current.as_ref());
-            let ops = update_ops(key, &current, &new);
-            let condition = Condition {
-                key: key.clone(),
-                expected,
-            };
-            let (returned, outcome) = self
-                .commit(guard, vec![condition], ops, false, deadline)
-                .await;
-            guard = returned;
-            match outcome? {
-                Outcome::Applied { .. } => return Ok(new),
-                Outcome::Conflict(mut now) => {
-                    let stored = now.pop().flatten();
-                    expected = stored.as_ref().map(|stored| stored.json.clone());
-                    current = stored.map(|stored| stored.value);
-                }
-            }
+    /// The error of a read-modify-write of `key` that gave up.
+    pub(super) fn keeps_changing(&self, key: &K) -> PersistentError {
+        PersistentError::KeepsChanging {
+            table: self.target.name.clone(),
+            key: serde_json::to_string(key).unwrap_or_default(),
+            attempts: MAX_ATTEMPTS,
         }
     }
 
@@ -247,22 +231,27 @@ where
         key: K,
         make: impl FnOnce() -> V,
     ) -> Result<(V, bool)> {
-        let mut guard = self.shared.key_locks.lock(&key).await;
-        if let Some(value) = self.get(&key) {
-            return Ok((value, false));
-        }
-        let value = make();
-        let deadline = self.default_deadline();
-        loop {
-            let condition = Condition::absent(key.clone());
-            let op = BatchOp::Save(key.clone(), value.clone());
-            let (returned, outcome) = self
-                .commit(guard, vec![condition], vec![op], false, deadline)
-                .await;
-            guard = returned;
-            match outcome? {
-                Outcome::Applied { .. } => return Ok((value, true)),
-                Outcome::Conflict(mut now) => {
+        let mut make = Some(make);
+        let mut made = None;
+        for _ in 0..MAX_ATTEMPTS {
+            let turn = self.shared.key_locks.lock(&key).await;
+            if let Some(value) = self.get(&key) {
+                return Ok((value, false));
+            }
+            let value: V = match (&made, make.take()) {
+                (Some(value), _) => Clone::clone(value),
+                (None, Some(make)) => made.insert(make()).clone(),
+                (None, None) => unreachable!("`make` is taken only to fill `made`"),
+            };
+            let save = Op::Save {
+                key: key.clone(),
+                value: value.clone(),
+                deadline: self.default_deadline(),
+            };
+            let write = Write::new(vec![Condition::absent(key.clone())], vec![save]);
+            match commit_one(MapWrite::new(self, write, Turn::Exclusive(turn))).await? {
+                Settled::Applied { .. } => return Ok((value, true)),
+                Settled::Conflict(mut now) => {
                     if let Some(stored) = now.pop().flatten() {
                         return Ok((stored.value, false));
                     }
@@ -270,6 +259,7 @@ where
                 }
             }
         }
+        Err(self.keeps_changing(&key))
     }
 
     /// Stores `new` under `key` (`None` removes it) only if storage holds `current` there
@@ -347,200 +337,43 @@ where
             expected: current.map(encode_value).transpose()?,
         };
         let op = match new {
-            Some(value) => BatchOp::Save(key.clone(), value),
-            None => BatchOp::Delete(key.clone()),
+            Some(value) => Op::Save {
+                key: key.clone(),
+                value,
+                deadline: self.default_deadline(),
+            },
+            None => Op::Delete(key.clone()),
         };
-        let guard = self.shared.key_locks.lock(key).await;
-        let deadline = self.default_deadline();
-        let (_, outcome) = self
-            .commit(guard, vec![condition], vec![op], false, deadline)
-            .await;
-        Ok(match outcome? {
-            Outcome::Applied { .. } => Ok(current.cloned()),
-            Outcome::Conflict(mut now) => Err(now.pop().flatten().map(|stored| stored.value)),
+        let turn = Turn::Exclusive(self.shared.key_locks.lock(key).await);
+        let write = Write::new(vec![condition], vec![op]);
+        Ok(match commit_one(MapWrite::new(self, write, turn)).await? {
+            Settled::Applied { .. } => Ok(current.cloned()),
+            Settled::Conflict(mut now) => Err(now.pop().flatten().map(|stored| stored.value)),
         })
     }
 
-    /// One write of one key: pipelined where the backend allows it, else in the key's turn; a
-    /// saved value expires at `deadline`.
-    pub(super) async fn write_with(
-        &self,
-        op: BatchOp<K, V>,
-        deadline: Option<Deadline>,
-    ) -> Result<Option<V>> {
-        let outcome = if self.backend.pipelines_writes() {
-            let (guard, ticket) = self.shared.key_locks.pipeline(op.key()).await;
-            let (key, value) = match &op {
-                BatchOp::Save(key, value) => (key.clone(), Some(value.clone())),
-                BatchOp::Delete(key) => (key.clone(), None),
+    /// One write of one key, saying what the key held before it: pipelined where the backend
+    /// allows it, else in the key's turn.
+    pub(super) async fn write_one(&self, op: Op<K, V>) -> Result<Option<V>> {
+        let key = op.key().expect("a write of one key").clone();
+        let turn = if self.backend.pipelines_writes() {
+            let (guard, ticket) = self.shared.key_locks.pipeline(&key).await;
+            let value = match &op {
+                Op::Save { value, .. } => Some(value.clone()),
+                _ => None,
             };
-            self.shared.pend(key.clone(), value, ticket.number());
-            let options = self.write_options(true, deadline);
-            self.commit_pipelined(guard, ticket, key, Vec::new(), vec![op], options)
-                .await
-        } else {
-            let guard = self.shared.key_locks.lock(op.key()).await;
-            self.commit(guard, Vec::new(), vec![op], true, deadline)
-                .await
-                .1
-        };
-        match outcome? {
-            Outcome::Applied { replaced, .. } => Ok(replaced),
-            Outcome::Conflict(_) => unreachable!("a write without conditions has no conflict"),
-        }
-    }
-
-    /// Stores `ops` in the backend if `conditions` hold, then applies them to memory, holding
-    /// `guard` (the turns of every key involved) throughout; on a conflict, makes memory hold
-    /// what storage holds under the conditions' keys instead. Runs to completion even if the
-    /// caller stops waiting, and hands `guard` back for a caller that tries again. Saved values
-    /// expire at `deadline`.
-    pub(super) async fn commit(
-        &self,
-        guard: KeyGuard,
-        conditions: Vec<Condition<K>>,
-        ops: Vec<BatchOp<K, V>>,
-        want_previous: bool,
-        deadline: Option<Deadline>,
-    ) -> (KeyGuard, Result<Outcome<V>>) {
-        if let Err(unsupported) = self.prepare_deadline(deadline) {
-            return (guard, Err(unsupported));
-        }
-        let options = self.write_options(want_previous, deadline);
-        let shared = Arc::clone(&self.shared);
-        let backend = Arc::clone(&self.backend);
-        run_to_completion(async move {
-            let checked = backend.apply_checked(&conditions, &ops, options).await;
-            let outcome = settle(&shared, &*backend, conditions, ops, checked, deadline).await;
-            (guard, outcome)
-        })
-        .await
-    }
-
-    /// [`commit`](Self::commit) for the writes of one key, pipelined: `guard` is held only until
-    /// the backend has the write, so the key's next write can join the same commit; memory
-    /// takes the write in `ticket`'s turn. The caller has [pended](Shared::pend) the write.
-    async fn commit_pipelined(
-        &self,
-        guard: KeyGuard,
-        ticket: Ticket,
-        key: K,
-        conditions: Vec<Condition<K>>,
-        ops: Vec<BatchOp<K, V>>,
-        options: WriteOptions,
-    ) -> Result<Outcome<V>> {
-        let deadline = options.deadline();
-        if let Err(unsupported) = self.prepare_deadline(deadline) {
-            // Handed nothing over: the ticket's turn passes at once.
-            drop(guard);
-            self.shared.unpend(&key, ticket.number(), false);
-            ticket.finish();
-            return Err(unsupported);
-        }
-        let shared = Arc::clone(&self.shared);
-        let backend = Arc::clone(&self.backend);
-        run_to_completion(async move {
-            let checked = {
-                let mut call = backend.apply_checked(&conditions, &ops, options);
-                // `pipelines_writes`: the first poll hands the write over, in the stripe's
-                // order; then the key's next write may go.
-                let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
-                drop(guard);
-                match first {
-                    Poll::Ready(checked) => checked,
-                    Poll::Pending => call.await,
-                }
-            };
-            ticket.turn().await;
-            let outcome = settle(&shared, &*backend, conditions, ops, checked, deadline).await;
-            let stored = matches!(outcome, Ok(Outcome::Applied { .. }));
-            shared.unpend(&key, ticket.number(), stored);
-            ticket.finish();
-            outcome
-        })
-        .await
-    }
-
-    fn write_options(&self, want_previous: bool, deadline: Option<Deadline>) -> WriteOptions {
-        WriteOptions::new()
-            .want_previous(want_previous)
-            .origin(self.shared.id)
-            .expires(deadline)
-    }
-}
-
-/// The write an update makes: `new` under `key`, or a remove if it had `current` and `new` is
-/// `None`, or nothing (absent, and to stay absent).
-fn update_ops<K: Clone, V: Clone>(
-    key: &K,
-    current: &Option<V>,
-    new: &Option<V>,
-) -> Vec<BatchOp<K, V>> {
-    match (new, current) {
-        (Some(value), _) => vec![BatchOp::Save(key.clone(), value.clone())],
-        (None, Some(_)) => vec![BatchOp::Delete(key.clone())],
-        (None, None) => Vec::new(),
-    }
-}
-
-/// Makes memory follow what the backend did with `ops`: applies them if they were stored
-/// (returning what the first one replaced, by storage's word where the backend gives it),
-/// applies what storage holds under the conditions' keys on a conflict, and undoes a batch
-/// that a non-atomic backend applied part of.
-async fn settle<K, V, B>(
-    shared: &Shared<K, V>,
-    backend: &B,
-    conditions: Vec<Condition<K>>,
-    ops: Vec<BatchOp<K, V>>,
-    checked: Result<Checked<V>>,
-    deadline: Option<Deadline>,
-) -> Result<Outcome<V>>
-where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    B: StorageBackend<K, V> + Send + Sync + ?Sized,
-{
-    match checked {
-        Ok(Checked::Applied { previous }) => {
-            let (in_memory, removed) = shared.apply_all(ops.into_iter(), deadline);
-            // A value written by another program that does not decode as `V` falls back to
-            // memory's.
-            let replaced = match previous.and_then(|previous| previous.into_iter().next()) {
-                Some(None) => None,
-                Some(Some(json)) => serde_json::from_str(&json).ok().or(in_memory),
-                None => in_memory,
-            };
-            Ok(Outcome::Applied { replaced, removed })
-        }
-        Ok(Checked::Conflict { current }) => {
-            let stored = conditions
-                .into_iter()
-                .zip(&current)
-                .map(|(condition, stored)| {
-                    let value = stored.as_ref().map(|stored| stored.value.clone());
-                    (condition.key, value)
-                })
-                .collect();
-            super::expiry::settle(shared, backend, stored)
-                .await
-                .map(|()| Outcome::Conflict(current))
-        }
-        Ok(Checked::ConflictWithDeadlines { current }) => {
-            let mut values = Vec::with_capacity(current.len());
-            for (condition, now) in conditions.into_iter().zip(current) {
-                let (stored, deadline) =
-                    now.map_or((None, None), |(stored, deadline)| (Some(stored), deadline));
-                let value = stored
-                    .as_ref()
-                    .map(|stored| (stored.value.clone(), deadline));
-                shared.apply_stored(condition.key, value);
-                values.push(stored);
+            self.shared.pend(key, value, ticket.number());
+            Turn::Pipelined {
+                handover: Some(guard),
+                ticket: Some(ticket),
             }
-            Ok(Outcome::Conflict(values))
-        }
-        Err(PersistentError::PartialBatch { applied, source }) => {
-            Err(super::batch::undo_partial_batch(shared, backend, ops, applied, *source).await)
-        }
-        Err(error) => Err(error),
+        } else {
+            Turn::Exclusive(self.shared.key_locks.lock(&key).await)
+        };
+        let mut write = Write::new(Vec::new(), vec![op]);
+        write.want_previous = true;
+        Ok(commit_one(MapWrite::new(self, write, turn))
+            .await?
+            .replaced())
     }
 }

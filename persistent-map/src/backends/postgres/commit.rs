@@ -28,7 +28,7 @@ use super::expiry;
 use super::log;
 use super::notify;
 use super::session::{Outcome, RawOp, Write};
-use crate::backends::encode::same_json;
+use crate::backends::encode::condition_holds;
 
 /// A transaction of more keys of one table than this locks that table instead of each key: the
 /// server's lock table is shared and bounded (`max_locks_per_transaction`).
@@ -478,10 +478,9 @@ fn evaluate<'a>(
     for parts in requests {
         let holds = parts.iter().all(|(name, write)| {
             let table = &tables[name];
-            write
-                .conditions
-                .iter()
-                .all(|(key, expected)| same_json(table.value(key), expected.as_deref()))
+            write.conditions.iter().all(|(key, expected)| {
+                condition_holds(table.value(key), expected.as_deref(), write.canonical)
+            })
         });
         if !holds {
             let current = parts
@@ -779,8 +778,8 @@ mod tests {
         Write {
             conditions: vec![(key.to_owned(), from.map(str::to_owned))],
             ops: vec![upsert(key, to)],
-            want_previous: false,
             origin: 1,
+            ..Write::default()
         }
     }
 

@@ -306,9 +306,10 @@ use self::notify::Changes;
 use self::registry::SessionHandle;
 use self::session::{Attached, Command, Counters, Outcome, RawOp, Scanned, Timeouts, Write};
 pub(crate) use self::transaction::{TransactionPart, TransactionSession};
+use crate::map::{Answer, Op};
 use crate::{
     BatchOp, ChangePosition, Checked, Condition, Deadline, ExternalChanges, PersistentError,
-    PersistentKey, Result, StorageBackend, Stored, WriteOptions,
+    PersistentKey, Result, StorageBackend, WriteOptions,
 };
 
 /// The tokio-postgres this backend is built on, whose error
@@ -558,14 +559,23 @@ impl PostgresBackend {
         committed.await.map_err(|_| self.stopped())?
     }
 
-    /// Writes `ops` unconditionally, as nobody in particular (origin 0: every map hears of it).
-    async fn write_ops(&self, ops: Vec<RawOp>) -> Result<()> {
-        self.write(Write {
-            ops,
-            ..Write::default()
-        })
-        .await
-        .map(drop)
+    /// Commits one map's `write` (by the map with id `origin`) alone, as the backend's own
+    /// methods do; what storage did with it.
+    async fn commit_write<K, V>(
+        &self,
+        write: crate::map::Write<K, V>,
+        origin: u64,
+    ) -> Result<Answer>
+    where
+        K: ToString + Sync,
+        V: Serialize + DeserializeOwned + Sync,
+    {
+        let write = transaction::write_part(self.table(), &write, origin)?;
+        let answers = transaction::answers(self.write(write).await?);
+        Ok(answers
+            .into_iter()
+            .next()
+            .expect("the session answers each part of a write"))
     }
 
     /// Asks the session something and waits for the answer.
@@ -1041,20 +1051,22 @@ where
 
     /// Returns once the row is committed.
     async fn save(&self, key: K, value: V) -> Result<(), PersistentError> {
-        self.write_ops(vec![encode(
-            &self.shared.attached.target.table,
-            &BatchOp::Save(key, value),
-            None,
-        )?])
-        .await
+        let save = Op::Save {
+            key,
+            value,
+            deadline: None,
+        };
+        self.commit_write(crate::map::Write::new(Vec::new(), vec![save]), 0)
+            .await
+            .map(drop)
     }
 
     /// Returns once the delete is committed.
     async fn delete(&self, key: &K) -> Result<(), PersistentError> {
-        self.write_ops(vec![RawOp::Delete {
-            key: key.to_string(),
-        }])
-        .await
+        let delete = Op::Delete(key.clone());
+        self.commit_write(crate::map::Write::<K, V>::new(Vec::new(), vec![delete]), 0)
+            .await
+            .map(drop)
     }
 
     /// Returns once every write sent before it is committed.
@@ -1069,10 +1081,8 @@ where
         if ops.is_empty() {
             return Ok(());
         }
-        let ops = crate::backends::encode::encode_all(ops, |op| {
-            encode(&self.shared.attached.target.table, op, None)
-        })?;
-        self.write_ops(ops).await
+        let write = crate::map::Write::from_batch(&[], ops, WriteOptions::new());
+        self.commit_write(write, 0).await.map(drop)
     }
 
     /// Streams the live rows from the server in chunks, decoding one while the next arrives.
@@ -1082,7 +1092,8 @@ where
 
     /// One `DELETE` in one transaction, logged as "anything changed".
     async fn clear(&self) -> Result<(), PersistentError> {
-        self.write_ops(vec![RawOp::DeleteAll]).await
+        let clear = crate::map::Write::<K, V>::new(Vec::new(), vec![Op::Clear]);
+        self.commit_write(clear, 0).await.map(drop)
     }
 
     async fn load_keys(&self, keys: &[K]) -> Result<HashMap<K, V>, PersistentError> {
@@ -1105,41 +1116,13 @@ where
         ops: &[BatchOp<K, V>],
         options: WriteOptions,
     ) -> Result<Checked<V>, PersistentError> {
-        let keys: Vec<String> = conditions.iter().map(|c| c.key.to_string()).collect();
-        let write = Write {
-            conditions: keys
-                .iter()
-                .zip(conditions)
-                .map(|(key, condition)| (key.clone(), condition.expected.clone()))
-                .collect(),
-            ops: crate::backends::encode::encode_all(ops, |op| {
-                encode(&self.shared.attached.target.table, op, options.deadline())
-            })?,
-            want_previous: options.wants_previous(),
-            // The map's id, as the log stores it: the same 64 bits.
-            origin: options.origin_id() as i64,
-        };
-        match self.write(write).await? {
-            Outcome::Applied { previous } => Ok(Checked::Applied {
-                previous: previous.into_iter().next().flatten(),
-            }),
-            Outcome::Conflict { current } => {
-                let table = self.table();
-                let current = keys
-                    .iter()
-                    .zip(current.into_iter().flatten())
-                    .map(|(key, now)| {
-                        now.map(|(json, expires_at)| {
-                            let value = crate::backends::decode::decode_value(table, key, &json)?;
-                            let deadline = expiry::deadline_of(expires_at);
-                            Ok((Stored { value, json }, deadline))
-                        })
-                        .transpose()
-                    })
-                    .collect::<Result<_>>()?;
-                Ok(Checked::ConflictWithDeadlines { current })
-            }
-        }
+        let write = crate::map::Write::from_batch(conditions, ops, options);
+        let answer = self.commit_write(write, options.origin_id()).await?;
+        answer.into_checked(self.table(), conditions)
+    }
+
+    fn __transaction_target(&self) -> Option<crate::__private::TransactionTarget<K, V>> {
+        Some(self.target())
     }
 
     /// The server, the database and the table: maps of one process on the same table share
@@ -1318,24 +1301,25 @@ where
     }
 }
 
-/// `op` as the session executes it; a saved value expires at `deadline`.
-fn encode<K: ToString, V: Serialize>(
-    table: &str,
-    op: &BatchOp<K, V>,
-    deadline: Option<Deadline>,
-) -> Result<RawOp> {
+/// `op` as the session executes it.
+fn encode<K: ToString, V: Serialize>(table: &str, op: &Op<K, V>) -> Result<RawOp> {
     Ok(match op {
-        BatchOp::Save(key, value) => {
+        Op::Save {
+            key,
+            value,
+            deadline,
+        } => {
             let key = key.to_string();
             let value = crate::backends::encode::encode_stored_value(table, &key, value)?;
             RawOp::Upsert {
                 key,
                 value,
-                expires_at: expiry::deadline_to_sql(deadline),
+                expires_at: expiry::deadline_to_sql(*deadline),
             }
         }
-        BatchOp::Delete(key) => RawOp::Delete {
+        Op::Delete(key) => RawOp::Delete {
             key: key.to_string(),
         },
+        Op::Clear => RawOp::DeleteAll,
     })
 }

@@ -73,7 +73,7 @@ impl RawOp {
 /// One caller's writes to one table: committed together, only if every condition holds. A
 /// request is one or more of them, of different tables (a transaction across maps), and all of
 /// its parts are committed together or none is.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Write {
     /// Key texts and the JSON that must be stored under each (`None`: nothing).
     pub(super) conditions: Vec<(String, Option<String>)>,
@@ -82,6 +82,21 @@ pub(super) struct Write {
     pub(super) want_previous: bool,
     /// The writing map's id, logged with its keys (0: nobody in particular).
     pub(super) origin: i64,
+    /// A stored JSON text as the value type would write what it decodes to (`None`: it does
+    /// not decode), so that a condition compares what a value means, not how it was spelled.
+    pub(super) canonical: fn(&str) -> Option<String>,
+}
+
+impl Default for Write {
+    fn default() -> Self {
+        Self {
+            conditions: Vec::new(),
+            ops: Vec::new(),
+            want_previous: false,
+            origin: 0,
+            canonical: |_| None,
+        }
+    }
 }
 
 /// What a request (one [`Write`] per table it writes) did.

@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use super::registry::SessionHandle;
 use super::session::{Attached, Command, Outcome, Write};
 use super::{encode, PostgresBackend};
+use crate::map::Answer;
 use crate::{PersistentError, Result};
 
 /// The session a transaction commits through; two maps can commit together if theirs is the
@@ -51,21 +52,25 @@ impl TransactionSession {
         )
     }
 
-    /// Commits every part in one transaction, if every part's conditions hold; else writes
-    /// nothing and returns, per part, per condition, what is stored.
+    /// Commits every part in one transaction, if every part's conditions hold; what the
+    /// storage did with each.
     pub(crate) async fn commit(
         &self,
         parts: Vec<TransactionPart>,
-    ) -> Result<Option<Vec<Vec<Option<String>>>>> {
+        want_previous: bool,
+    ) -> Result<Vec<Answer>> {
         let (done, committed) = oneshot::channel();
         let parts = parts
             .into_iter()
-            .map(|part| (part.table, part.write))
+            .map(|mut part| {
+                part.write.want_previous = want_previous;
+                (part.table, part.write)
+            })
             .collect();
         let stopped = || {
             PersistentError::Backend(
                 format!(
-                    "the PostgreSQL session for {} has stopped; the transaction was not committed",
+                    "the PostgreSQL session for {} has stopped; the write was not committed",
                     self.database
                 )
                 .into(),
@@ -74,21 +79,51 @@ impl TransactionSession {
         self.session
             .send(Command::Write { parts, done })
             .map_err(|()| stopped())?;
-        match committed.await.map_err(|_| stopped())?? {
-            Outcome::Applied { .. } => Ok(None),
-            // The map reads the keys again, with their deadlines.
-            Outcome::Conflict { current } => Ok(Some(
-                current
-                    .into_iter()
-                    .map(|part| {
-                        part.into_iter()
-                            .map(|now| now.map(|(json, _)| json))
-                            .collect()
-                    })
-                    .collect(),
-            )),
-        }
+        Ok(answers(committed.await.map_err(|_| stopped())??))
     }
+}
+
+/// What a request did, part by part.
+pub(super) fn answers(outcome: Outcome) -> Vec<Answer> {
+    match outcome {
+        Outcome::Applied { previous } => previous
+            .into_iter()
+            .map(|previous| Answer::Applied { previous })
+            .collect(),
+        Outcome::Conflict { current } => current
+            .into_iter()
+            .map(|current| Answer::Conflict {
+                current: current
+                    .into_iter()
+                    .map(|now| now.map(|(json, at)| (json, super::expiry::deadline_of(at))))
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// `write` as the session executes it on `table`, by the map with id `origin`.
+pub(super) fn write_part<K, V>(
+    table: &str,
+    write: &crate::map::Write<K, V>,
+    origin: u64,
+) -> Result<Write>
+where
+    K: ToString + Sync,
+    V: Serialize + DeserializeOwned + Sync,
+{
+    Ok(Write {
+        conditions: write
+            .conditions
+            .iter()
+            .map(|c| (c.key.to_string(), c.expected.clone()))
+            .collect(),
+        ops: crate::backends::encode::encode_all(&write.ops, |op| encode(table, op))?,
+        want_previous: write.want_previous,
+        // The map's id, as the log stores it: the same 64 bits.
+        origin: origin as i64,
+        canonical: crate::backends::encode::canonical_json::<V>,
+    })
 }
 
 impl crate::map::sealed::Sealed for PostgresBackend {}
@@ -109,26 +144,23 @@ where
     <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
-    fn __transaction_target(&self) -> crate::__private::TransactionTarget<K, V> {
+}
+
+impl PostgresBackend {
+    /// Where a map on this backend writes.
+    pub(super) fn target<K, V>(&self) -> crate::__private::TransactionTarget<K, V>
+    where
+        K: ToString + Sync,
+        V: Serialize + DeserializeOwned + Sync,
+    {
         let table = self.table_ref();
         crate::map::TransactionTarget {
             store: crate::map::Store::Postgres(TransactionSession {
                 session: Arc::clone(&self.shared.session),
                 database: self.shared.database.clone(),
             }),
-            prepare: Box::new(move |conditions, ops, origin, deadline| {
-                let write = Write {
-                    conditions: conditions
-                        .iter()
-                        .map(|c| (c.key.to_string(), c.expected.clone()))
-                        .collect(),
-                    ops: crate::backends::encode::encode_all(ops, |op| {
-                        encode(&table.target.table, op, deadline)
-                    })?,
-                    want_previous: false,
-                    // The map's id, as the log stores it: the same 64 bits.
-                    origin: origin as i64,
-                };
+            prepare: Box::new(move |write, origin| {
+                let write = write_part(&table.target.table, write, origin)?;
                 Ok(crate::map::Prepared::Postgres(TransactionPart {
                     table: Arc::clone(&table),
                     write,

@@ -34,12 +34,22 @@ pub(super) fn deadline_to_sql(deadline: Option<Deadline>) -> Option<i64> {
 /// The deadline in an `expires_at` cell. `NULL`, and anything that is not a positive integer
 /// (written by another program), is no deadline.
 pub(super) fn deadline_of(cell: ValueRef<'_>) -> Option<Deadline> {
+    deadline_of_millis(millis_of(cell))
+}
+
+/// An `expires_at` cell as Unix milliseconds; `None` as for [`deadline_of`].
+pub(super) fn millis_of(cell: ValueRef<'_>) -> Option<i64> {
     match cell {
-        ValueRef::Integer(millis) => u64::try_from(millis)
-            .ok()
-            .and_then(Deadline::from_unix_millis),
+        ValueRef::Integer(millis) => Some(millis),
         _ => None,
     }
+}
+
+/// Unix milliseconds as the column holds them, as a deadline.
+pub(super) fn deadline_of_millis(millis: Option<i64>) -> Option<Deadline> {
+    millis
+        .and_then(|millis| u64::try_from(millis).ok())
+        .and_then(Deadline::from_unix_millis)
 }
 
 fn index_name(table: &str) -> String {
@@ -361,19 +371,33 @@ mod tests {
     const EXPIRED: usize = 2000;
 
     /// A file whose table holds `EXPIRED` rows that expired an hour ago (so the map loads none
-    /// and starts no background sweep), `setup` run on it, and the map on it. With `warm`, the
-    /// map then commits twice, so that the writer knows no other connection writes and gathers
-    /// its groups with their transaction open.
+    /// and its background sweep stops after the round it makes as it opens), `setup` run on
+    /// it, and the map on it. With `warm`, the map then commits twice, so that the writer knows
+    /// no other connection writes and gathers its groups with their transaction open.
     async fn expired_rows(dir: &tempfile::TempDir, setup: &str, warm: bool) -> Map {
         let path = dir.path().join("sweep.db");
-        let mut connection = rusqlite::Connection::open(&path).unwrap();
-        let transaction = connection.transaction().unwrap();
-        transaction
+        let connection = rusqlite::Connection::open(&path).unwrap();
+        connection
             .execute_batch(
                 "CREATE TABLE kv (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL, \
                  expires_at INTEGER);",
             )
             .unwrap();
+        connection.execute_batch(setup).unwrap();
+        let map: Map = PersistentMap::open(&path).await.unwrap();
+        // The round the map sweeps as it opens, with nothing expired: only the test's own
+        // sweeps meet the rows.
+        let began = std::time::Instant::now();
+        while map.backend().writer.paths_taken().0 == 0 {
+            assert!(
+                began.elapsed() < Duration::from_secs(10),
+                "no sweep on open"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut connection = connection;
+        let transaction = connection.transaction().unwrap();
         let an_hour_ago = super::now_sql() - 3_600_000;
         for i in 0..EXPIRED {
             transaction
@@ -383,10 +407,8 @@ mod tests {
                 )
                 .unwrap();
         }
-        transaction.execute_batch(setup).unwrap();
         transaction.commit().unwrap();
         drop(connection);
-        let map: Map = PersistentMap::open(&path).await.unwrap();
         assert!(map.is_empty());
         if warm {
             for i in 0..2 {

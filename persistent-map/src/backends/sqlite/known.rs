@@ -29,12 +29,17 @@ pub(super) struct Known {
 
 impl Known {
     /// What `key` of `table` holds at `now` (Unix milliseconds), if this transaction knows:
-    /// `Some(None)` for nothing or an entry expired by `now`.
-    pub(super) fn held(&self, table: &str, key: &str, now: i64) -> Option<Option<&str>> {
+    /// its JSON and deadline, or `Some(None)` for nothing or an entry expired by `now`.
+    pub(super) fn held(
+        &self,
+        table: &str,
+        key: &str,
+        now: i64,
+    ) -> Option<Option<(&str, Option<i64>)>> {
         let held = self.tables.get(table)?.get(key)?.held.as_ref()?;
         Some(match held {
             Some((value, deadline)) if deadline.is_none_or(|deadline| deadline > now) => {
-                Some(value.as_str())
+                Some((value.as_str(), *deadline))
             }
             _ => None,
         })
@@ -87,8 +92,8 @@ mod tests {
         known.set("t", "a", Some(("1".into(), None)));
         known.set("t", "b", Some(("2".into(), Some(100))));
         known.set("u", "a", None);
-        assert_eq!(known.held("t", "a", 0), Some(Some("1")));
-        assert_eq!(known.held("t", "b", 99), Some(Some("2")));
+        assert_eq!(known.held("t", "a", 0), Some(Some(("1", None))));
+        assert_eq!(known.held("t", "b", 99), Some(Some(("2", Some(100)))));
         assert_eq!(
             known.held("t", "b", 100),
             Some(None),

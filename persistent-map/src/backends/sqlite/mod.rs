@@ -52,12 +52,13 @@ use std::time::Duration;
 use serde::{de::DeserializeOwned, Serialize};
 
 use self::log::{Logged, Place};
-use self::writer::{Outcome, RawOp, TableSql, Write, WritePart, Writer};
+use self::writer::{RawOp, TableSql, WritePart, Writer};
 pub(crate) use self::writer::{WritePart as TransactionPart, Writer as TransactionWriter};
-use crate::backends::decode::{decode_key, decode_value};
+use crate::backends::decode::decode_key;
+use crate::map::{Answer, Op, Write};
 use crate::{
     BatchOp, ChangePosition, Checked, Condition, Deadline, ExternalChanges, PersistentError,
-    PersistentKey, Result, StorageBackend, Stored, WriteOptions,
+    PersistentKey, Result, StorageBackend, WriteOptions,
 };
 
 /// How much a commit must survive before a write is acknowledged.
@@ -294,35 +295,25 @@ impl SqliteBackend {
         let (commits, writes) = self.writer.counts();
         SqliteStats { commits, writes }
     }
+}
 
-    /// Commits `ops` if `conditions` (key texts and expected JSON) hold.
-    async fn write(
-        &self,
-        conditions: Vec<(String, Option<String>)>,
-        ops: Vec<RawOp>,
-        options: WriteOptions,
-    ) -> Result<Outcome> {
-        let part = WritePart {
-            table: Arc::clone(&self.table),
-            conditions,
-            ops,
-            layout: self.key_layout,
-            origin: log_origin(options.origin_id()),
-        };
-        self.writer
-            .write_checked(Write {
-                parts: vec![part],
-                want_previous: options.wants_previous(),
-                durability: self.durability,
-            })
-            .await
-    }
-
-    /// Commits `ops`, which have no conditions.
-    async fn write_ops(&self, ops: Vec<RawOp>) -> Result<()> {
-        self.write(Vec::new(), ops, WriteOptions::new())
-            .await
-            .map(drop)
+impl SqliteBackend {
+    /// Commits one map's `write` (by the map with id `origin`) alone, as the backend's own
+    /// methods do; what storage did with it.
+    async fn commit_write<K, V>(&self, write: Write<K, V>, origin: u64) -> Result<Answer>
+    where
+        K: ToString + Sync,
+        V: Serialize + DeserializeOwned + Sync,
+    {
+        let part = write_part(&self.table, self.key_layout, &write, origin)?;
+        let answers = self
+            .writer
+            .commit(vec![part], self.durability, write.want_previous)
+            .await?;
+        Ok(answers
+            .into_iter()
+            .next()
+            .expect("the writer answers each part of a write"))
     }
 }
 
@@ -525,19 +516,21 @@ where
     }
 
     async fn save(&self, key: K, value: V) -> Result<(), PersistentError> {
-        self.write_ops(vec![encode(
-            &self.table.name,
-            &BatchOp::Save(key, value),
-            None,
-        )?])
-        .await
+        let save = Op::Save {
+            key,
+            value,
+            deadline: None,
+        };
+        self.commit_write(Write::new(Vec::new(), vec![save]), 0)
+            .await
+            .map(drop)
     }
 
     async fn delete(&self, key: &K) -> Result<(), PersistentError> {
-        self.write_ops(vec![RawOp::Delete {
-            key: key.to_string(),
-        }])
-        .await
+        let delete = Op::Delete(key.clone());
+        self.commit_write(Write::<K, V>::new(Vec::new(), vec![delete]), 0)
+            .await
+            .map(drop)
     }
 
     /// Returns once every write queued before it on this file is committed.
@@ -550,9 +543,8 @@ where
         if ops.is_empty() {
             return Ok(());
         }
-        let ops =
-            crate::backends::encode::encode_all(ops, |op| encode(&self.table.name, op, None))?;
-        self.write_ops(ops).await
+        let write = Write::from_batch(&[], ops, WriteOptions::new());
+        self.commit_write(write, 0).await.map(drop)
     }
 
     async fn load_each(&self, sink: &mut (dyn FnMut(K, V) + Send)) -> Result<(), PersistentError> {
@@ -587,6 +579,18 @@ where
             .collect())
     }
 
+    fn __transaction_target(&self) -> Option<crate::__private::TransactionTarget<K, V>> {
+        let table = Arc::clone(&self.table);
+        let layout = self.key_layout;
+        Some(crate::map::TransactionTarget {
+            store: crate::map::Store::Sqlite(Arc::clone(&self.writer), self.durability),
+            prepare: Box::new(move |write, origin| {
+                write_part(&table, layout, write, origin).map(crate::map::Prepared::Sqlite)
+            }),
+            name: self.table.name.clone(),
+        })
+    }
+
     /// `DELETE ... RETURNING`s of at most `limit` expired rows in all (found through the partial
     /// index on `expires_at`), logged like any write: inside the file's next commit of live
     /// writes, after them, for at most about 150 µs of it, or, when no write is coming, in a
@@ -608,7 +612,9 @@ where
 
     /// One `DELETE` in one transaction.
     async fn clear(&self) -> Result<(), PersistentError> {
-        self.write_ops(vec![RawOp::DeleteAll]).await
+        self.commit_write(Write::<K, V>::new(Vec::new(), vec![Op::Clear]), 0)
+            .await
+            .map(drop)
     }
 
     async fn load_keys(&self, keys: &[K]) -> Result<HashMap<K, V>, PersistentError> {
@@ -633,37 +639,9 @@ where
                 previous: options.wants_previous().then(Vec::new),
             });
         }
-        let keys: Vec<String> = conditions.iter().map(|c| c.key.to_string()).collect();
-        let raw_conditions = keys
-            .iter()
-            .zip(conditions)
-            .map(|(key, condition)| (key.clone(), condition.expected.clone()))
-            .collect();
-        let deadline = options.deadline();
-        let ops =
-            crate::backends::encode::encode_all(ops, |op| encode(&self.table.name, op, deadline))?;
-        match self.write(raw_conditions, ops, options).await? {
-            Outcome::Applied { previous } => Ok(Checked::Applied {
-                previous: previous.and_then(|parts| parts.into_iter().next()),
-            }),
-            Outcome::Conflict { current } => {
-                let current = current.into_iter().next().unwrap_or_default();
-                let table = &self.table.name;
-                let current = keys
-                    .iter()
-                    .zip(current)
-                    .map(|(key, json)| {
-                        json.map(|json| {
-                            let value = decode_value(table, key, &json)?;
-                            Ok(Stored { value, json })
-                        })
-                        .transpose()
-                    })
-                    .collect::<Result<_>>()?;
-                Ok(Checked::Conflict { current })
-            }
-            Outcome::LayoutChanged { .. } => unreachable!("`write` turns it into an error"),
-        }
+        let write = Write::from_batch(conditions, ops, options);
+        let answer = self.commit_write(write, options.origin_id()).await?;
+        answer.into_checked(&self.table.name, conditions)
     }
 
     /// Writes queue on the file's writer thread as their futures are first polled, and it
@@ -728,28 +706,6 @@ where
     <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
-    fn __transaction_target(&self) -> crate::__private::TransactionTarget<K, V> {
-        let table = Arc::clone(&self.table);
-        let layout = self.key_layout;
-        crate::map::TransactionTarget {
-            store: crate::map::Store::Sqlite(Arc::clone(&self.writer), self.durability),
-            prepare: Box::new(move |conditions, ops, origin, deadline| {
-                Ok(crate::map::Prepared::Sqlite(WritePart {
-                    table: Arc::clone(&table),
-                    conditions: conditions
-                        .iter()
-                        .map(|c| (c.key.to_string(), c.expected.clone()))
-                        .collect(),
-                    ops: crate::backends::encode::encode_all(ops, |op| {
-                        encode(&table.name, op, deadline)
-                    })?,
-                    layout,
-                    origin: log_origin(origin),
-                }))
-            }),
-            name: self.table.name.clone(),
-        }
-    }
 }
 
 impl SqliteBackend {
@@ -762,24 +718,50 @@ impl SqliteBackend {
     }
 }
 
-/// `op` as the writer executes it; a saved value expires at `deadline`.
-fn encode<K: ToString, V: Serialize>(
-    table: &str,
-    op: &BatchOp<K, V>,
-    deadline: Option<Deadline>,
-) -> Result<RawOp> {
+/// `write` as the writer executes it on `table`, by the map with id `origin`.
+fn write_part<K, V>(
+    table: &Arc<TableSql>,
+    layout: &'static str,
+    write: &Write<K, V>,
+    origin: u64,
+) -> Result<WritePart>
+where
+    K: ToString + Sync,
+    V: Serialize + DeserializeOwned + Sync,
+{
+    Ok(WritePart {
+        table: Arc::clone(table),
+        conditions: write
+            .conditions
+            .iter()
+            .map(|c| (c.key.to_string(), c.expected.clone()))
+            .collect(),
+        ops: crate::backends::encode::encode_all(&write.ops, |op| encode(&table.name, op))?,
+        layout,
+        origin: log_origin(origin),
+        canonical: crate::backends::encode::canonical_json::<V>,
+    })
+}
+
+/// `op` as the writer executes it.
+fn encode<K: ToString, V: Serialize>(table: &str, op: &Op<K, V>) -> Result<RawOp> {
     Ok(match op {
-        BatchOp::Save(key, value) => {
+        Op::Save {
+            key,
+            value,
+            deadline,
+        } => {
             let key = key.to_string();
             let value = crate::backends::encode::encode_stored_value(table, &key, value)?;
             RawOp::Upsert {
                 key,
                 value,
-                expires_at: expiry::deadline_to_sql(deadline),
+                expires_at: expiry::deadline_to_sql(*deadline),
             }
         }
-        BatchOp::Delete(key) => RawOp::Delete {
+        Op::Delete(key) => RawOp::Delete {
             key: key.to_string(),
         },
+        Op::Clear => RawOp::DeleteAll,
     })
 }

@@ -27,6 +27,8 @@ use super::inbox::{Inbox, Popped};
 use super::known::Known;
 use super::open::Reader;
 use super::Durability;
+use crate::backends::encode::condition_holds;
+use crate::map::Answer;
 use crate::{PersistentError, Result};
 
 /// A write as the writer executes it: key text and JSON value, already encoded.
@@ -105,7 +107,14 @@ pub(crate) struct WritePart {
     pub(crate) layout: &'static str,
     /// Which map wrote, as logged: a map skips its own writes when it catches up.
     pub(crate) origin: i64,
+    /// A stored JSON text as the value type would write what it decodes to (`None`: it does
+    /// not decode), so that a condition compares what a value means, not how it was spelled.
+    pub(crate) canonical: fn(&str) -> Option<String>,
 }
+
+/// What storage holds under each condition's key: its JSON text and its deadline (Unix
+/// milliseconds).
+pub(crate) type Current = Vec<Option<(String, Option<i64>)>>;
 
 /// What a [`Write`] did.
 #[derive(Debug)]
@@ -115,8 +124,8 @@ pub(crate) enum Outcome {
         previous: Option<Vec<Vec<Option<String>>>>,
     },
     /// A condition did not hold; nothing was written. Per part, per condition, what is
-    /// stored.
-    Conflict { current: Vec<Vec<Option<String>>> },
+    /// stored: its JSON text and deadline.
+    Conflict { current: Vec<Current> },
     /// Another process migrated `table` to another key layout (`stored`); nothing was
     /// written.
     LayoutChanged { table: String, stored: String },
@@ -261,17 +270,51 @@ impl Writer {
         }
     }
 
-    /// [`write`](Self::write), with a table migrated to another layout reported as the error
+    /// Commits a write's `parts` at `durability`, in one transaction (possibly shared with
+    /// other requests), if every condition holds; what storage did with each part. A table
+    /// migrated to another layout under a typed writer is the error
     /// [`PersistentError::IncompatibleKeyLayout`].
-    pub(crate) async fn write_checked(&self, write: Write) -> Result<Outcome> {
-        let expected: Vec<(String, &'static str)> = write
-            .parts
+    pub(crate) async fn commit(
+        &self,
+        parts: Vec<WritePart>,
+        durability: Durability,
+        want_previous: bool,
+    ) -> Result<Vec<Answer>> {
+        let layouts: Vec<(String, &'static str)> = parts
             .iter()
             .map(|part| (part.table.name.clone(), part.layout))
             .collect();
+        let write = Write {
+            parts,
+            want_previous,
+            durability,
+        };
         match self.write(write).await? {
+            Outcome::Applied { previous } => Ok(match previous {
+                Some(previous) => previous
+                    .into_iter()
+                    .map(|previous| Answer::Applied {
+                        previous: Some(previous),
+                    })
+                    .collect(),
+                None => layouts
+                    .iter()
+                    .map(|_| Answer::Applied { previous: None })
+                    .collect(),
+            }),
+            Outcome::Conflict { current } => Ok(current
+                .into_iter()
+                .map(|current| Answer::Conflict {
+                    current: current
+                        .into_iter()
+                        .map(|now| {
+                            now.map(|(json, at)| (json, super::expiry::deadline_of_millis(at)))
+                        })
+                        .collect(),
+                })
+                .collect()),
             Outcome::LayoutChanged { table, stored } => {
-                let expected = expected
+                let expected = layouts
                     .into_iter()
                     .find(|(name, _)| *name == table)
                     .map_or("", |(_, layout)| layout);
@@ -281,26 +324,6 @@ impl Writer {
                     expected: expected.to_owned(),
                 })
             }
-            outcome => Ok(outcome),
-        }
-    }
-
-    /// Commits a transaction's `parts` at `durability`: `None` if every condition held and
-    /// everything was written, else what each part's condition keys hold (nothing was written).
-    pub(crate) async fn commit(
-        &self,
-        parts: Vec<WritePart>,
-        durability: Durability,
-    ) -> Result<Option<Vec<Vec<Option<String>>>>> {
-        let write = Write {
-            parts,
-            want_previous: false,
-            durability,
-        };
-        match self.write_checked(write).await? {
-            Outcome::Applied { .. } => Ok(None),
-            Outcome::Conflict { current } => Ok(Some(current)),
-            Outcome::LayoutChanged { .. } => unreachable!("`write_checked` makes it an error"),
         }
     }
 
@@ -1000,7 +1023,8 @@ fn execute(
                 .iter()
                 .zip(&stored)
                 .all(|((_, expected), stored)| {
-                    crate::backends::encode::same_json(stored.as_deref(), expected.as_deref())
+                    let stored = stored.as_ref().map(|(json, _)| json.as_str());
+                    condition_holds(stored, expected.as_deref(), part.canonical)
                 });
             current.push(stored);
         }
@@ -1017,6 +1041,7 @@ fn execute(
                 before.push(match op {
                     RawOp::Upsert { key, .. } | RawOp::Delete { key } => {
                         stored_value(connection, known, table, expiring, key, now)?
+                            .map(|(json, _)| json)
                     }
                     RawOp::DeleteAll => None,
                 });
@@ -1065,9 +1090,9 @@ fn stored_value(
     expiring: bool,
     key: &str,
     now: i64,
-) -> rusqlite::Result<Option<String>> {
+) -> rusqlite::Result<Option<(String, Option<i64>)>> {
     if let Some(held) = known.held(&table.name, key, now) {
-        return Ok(held.map(str::to_owned));
+        return Ok(held.map(|(json, expires_at)| (json.to_owned(), expires_at)));
     }
     let mut select;
     let mut found = if expiring {
@@ -1088,13 +1113,17 @@ fn stored_value(
                 ValueRef::Real(number) => number.to_string(),
                 ValueRef::Null => "null".to_owned(),
             };
-            let deadline = if expiring { row.get(1)? } else { None };
+            // A cell that is not an integer (written by another program) is no deadline, as
+            // loads read it.
+            let deadline = match expiring {
+                true => super::expiry::millis_of(row.get_ref(1)?),
+                false => None,
+            };
             Ok::<_, rusqlite::Error>((value, deadline))
         })
         .transpose()?;
-    let value = held.as_ref().map(|(value, _)| value.clone());
-    known.set(&table.name, key, held);
-    Ok(value)
+    known.set(&table.name, key, held.clone());
+    Ok(held)
 }
 
 /// Keeps typed writers from writing keys in a layout that another process has since migrated
