@@ -170,7 +170,7 @@ where
         source: Box::new(cause),
     };
     if ops.iter().any(|op| matches!(op, Op::Clear)) {
-        if shared.reload(backend).await.is_err() {
+        if shared.reload_in_turn(backend).await.is_err() {
             shared.set_position(None);
         }
         return partial(cause);

@@ -156,9 +156,10 @@ where
     /// Makes the map equal to what the backend holds now, discarding in-memory entries that are
     /// no longer stored.
     ///
-    /// Writes from this map wait while it runs. Use it when something else (another process,
-    /// the backend used directly) has changed the storage; [`refresh`](Self::refresh) does the
-    /// same only when something changed. On error the map is unchanged. Subscribers hear
+    /// Writes from this map go on while it reads storage and wait only while it applies what
+    /// it read; a key written meanwhile keeps the value the write left. Use it when something
+    /// else (another process, the backend used directly) has changed the storage;
+    /// [`refresh`](Self::refresh) does the same only when something changed. On error the map is unchanged. Subscribers hear
     /// [`Change::Reloaded`](crate::Change::Reloaded).
     ///
     /// ```
@@ -176,14 +177,9 @@ where
     /// # }
     /// ```
     pub async fn load(&self) -> Result<(), PersistentError> {
-        let all_keys = self.shared.key_locks.lock_all().await;
         let shared = Arc::clone(&self.shared);
         let backend = Arc::clone(&self.backend);
-        let reloaded = run_to_completion(async move {
-            let _all_keys = all_keys;
-            shared.reload(&*backend).await
-        })
-        .await;
+        let reloaded = run_to_completion(async move { shared.reload(&*backend).await }).await;
         self.start_sweeping();
         reloaded
     }

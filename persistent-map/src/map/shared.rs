@@ -1,8 +1,9 @@
 //! What every handle on one table in this process shares: the entries, the keys' turns, the
 //! change feed, and where the entries stand in the backend's history of changes.
 
-use std::collections::HashMap;
+use std::collections::{hash_map, HashMap, HashSet};
 use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use dashmap::DashMap;
@@ -26,6 +27,9 @@ pub(super) struct Shared<K, V> {
     position: Mutex<Option<ChangePosition>>,
     /// One refresh at a time, so that positions are replaced in order.
     pub(super) refreshing: tokio::sync::Mutex<()>,
+    /// One reload at a time, and the keys written while it scans.
+    reloading: tokio::sync::Mutex<()>,
+    written_meanwhile: WrittenMeanwhile<K>,
     /// Keys with pipelined writes in flight, and what they will hold once those commit.
     pending: DashMap<K, Pending<V>>,
     pub(super) expiry: ExpiryState,
@@ -87,20 +91,13 @@ where
         V: Serialize + serde::de::DeserializeOwned,
     {
         let began = std::time::Instant::now();
-        let position = backend.change_position().await?;
         let entries = DashMap::with_capacity(room_for(backend.len_hint().await));
-        let mut duplicates = Duplicates::default();
         let expiry = ExpiryState::default();
-        backend
-            .load_each_expiring(&mut |key, value, deadline| match entries.entry(key) {
-                dashmap::Entry::Vacant(vacant) => {
-                    expiry.note(deadline);
-                    drop(vacant.insert(Slot::new(value, deadline)));
-                }
-                dashmap::Entry::Occupied(occupied) => duplicates.saw(occupied.key()),
-            })
-            .await?;
-        duplicates.check()?;
+        let position = scan(backend, &expiry, |key, slot| match entries.entry(key) {
+            dashmap::Entry::Vacant(vacant) => Ok(drop(vacant.insert(slot))),
+            dashmap::Entry::Occupied(occupied) => Err(occupied.key().clone()),
+        })
+        .await?;
         tracing::debug!(entries = entries.len(), elapsed = ?began.elapsed(), "loaded a map");
         Ok(Self {
             id: new_id(),
@@ -109,6 +106,8 @@ where
             changes: ChangeFeed::new(),
             position: Mutex::new(position),
             refreshing: tokio::sync::Mutex::new(()),
+            reloading: tokio::sync::Mutex::new(()),
+            written_meanwhile: WrittenMeanwhile::default(),
             pending: DashMap::new(),
             expiry,
             sweepers: Sweepers::default(),
@@ -252,6 +251,7 @@ where
             },
         });
         self.expiry.note(deadline);
+        self.written_meanwhile.note(&key);
         let old = self.entries.insert(key, Slot::new(value, deadline));
         self.changes.publish(change);
         old.and_then(Slot::into_live)
@@ -260,6 +260,7 @@ where
     /// Takes `key` out of memory, telling subscribers; returns its live value. A sweep's delete
     /// takes only an entry that has expired in memory too.
     fn take(&self, key: &K, kind: Kind) -> Option<V> {
+        self.written_meanwhile.note(key);
         let (key, old) = match kind {
             Kind::Sweep => {
                 let now = crate::deadline::now_millis();
@@ -278,7 +279,11 @@ where
         old
     }
 
-    /// Replaces memory with what the backend holds. The caller holds every key's turn.
+    /// Replaces memory with what the backend holds. Scans holding no key's turn, so writes go
+    /// on meanwhile; then takes every turn just to apply what it read, keeping memory's entry
+    /// for each key a write of this map settled while it scanned (that write may have come
+    /// after the scan's read; if it came before, what came after it is reported by the next
+    /// refresh, from the place read before the scan). On error memory is unchanged.
     pub(super) async fn reload<B: StorageBackend<K, V> + Send + Sync + ?Sized>(
         &self,
         backend: &B,
@@ -287,31 +292,144 @@ where
         K: serde::de::DeserializeOwned,
         V: Serialize + serde::de::DeserializeOwned,
     {
-        let began = std::time::Instant::now();
-        // Read first: whatever is committed during the scan is reported again, never missed.
-        let position = backend.change_position().await?;
+        let _one_at_a_time = self.reloading.lock().await;
+        self.written_meanwhile.track();
+        let scanned = self.scan_all(backend).await;
+        let _all_keys = self.key_locks.lock_all().await;
+        let written = self.written_meanwhile.take();
+        let (position, stored) = scanned?;
+        self.replace(stored, &written, position);
+        Ok(())
+    }
+
+    /// [`reload`](Self::reload) for a caller that holds every key's turn.
+    pub(super) async fn reload_in_turn<B: StorageBackend<K, V> + Send + Sync + ?Sized>(
+        &self,
+        backend: &B,
+    ) -> Result<()>
+    where
+        K: serde::de::DeserializeOwned,
+        V: Serialize + serde::de::DeserializeOwned,
+    {
+        let (position, stored) = self.scan_all(backend).await?;
+        self.replace(stored, &HashSet::new(), position);
+        Ok(())
+    }
+
+    /// Everything `backend` holds, and the place in its history read before.
+    async fn scan_all<B: StorageBackend<K, V> + Send + Sync + ?Sized>(
+        &self,
+        backend: &B,
+    ) -> Result<(Option<ChangePosition>, HashMap<K, Slot<V>>)>
+    where
+        K: serde::de::DeserializeOwned,
+        V: Serialize + serde::de::DeserializeOwned,
+    {
         let mut stored = HashMap::with_capacity(room_for(backend.len_hint().await));
-        let mut duplicates = Duplicates::default();
-        backend
-            .load_each_expiring(&mut |key, value, deadline| match stored.entry(key) {
-                std::collections::hash_map::Entry::Vacant(vacant) => {
-                    self.expiry.note(deadline);
-                    vacant.insert(Slot::new(value, deadline));
-                }
-                std::collections::hash_map::Entry::Occupied(occupied) => {
-                    duplicates.saw(occupied.key());
-                }
-            })
-            .await?;
-        duplicates.check()?;
-        self.entries.retain(|key, _| stored.contains_key(key));
-        for (key, value) in stored {
-            self.entries.insert(key, value);
+        let position = scan(backend, &self.expiry, |key, slot| match stored.entry(key) {
+            hash_map::Entry::Vacant(vacant) => {
+                vacant.insert(slot);
+                Ok(())
+            }
+            hash_map::Entry::Occupied(occupied) => Err(occupied.key().clone()),
+        })
+        .await?;
+        Ok((position, stored))
+    }
+
+    /// Makes memory hold `stored`, but for the keys in `keep`; tells subscribers.
+    fn replace(
+        &self,
+        stored: HashMap<K, Slot<V>>,
+        keep: &HashSet<K>,
+        position: Option<ChangePosition>,
+    ) {
+        self.entries
+            .retain(|key, _| stored.contains_key(key) || keep.contains(key));
+        reserve(
+            &self.entries,
+            stored.len().saturating_sub(self.entries.len()),
+        );
+        for (key, slot) in stored {
+            if !keep.contains(&key) {
+                self.entries.insert(key, slot);
+            }
         }
         self.set_position(position);
         self.changes.publish(Some(Change::Reloaded));
-        tracing::debug!(entries = self.entries.len(), elapsed = ?began.elapsed(), "reloaded a map");
-        Ok(())
+        tracing::debug!(
+            entries = self.entries.len(),
+            kept = keep.len(),
+            "reloaded a map"
+        );
+    }
+}
+
+/// Reads everything `backend` holds into `put` (which hands back a key it already had), noting
+/// deadlines in `expiry`; returns the place in the backend's history read first, so that
+/// whatever is committed during the scan is reported again, never missed. Two stored entries
+/// that parse to one key are an error.
+async fn scan<K, V, B>(
+    backend: &B,
+    expiry: &ExpiryState,
+    mut put: impl FnMut(K, Slot<V>) -> std::result::Result<(), K> + Send,
+) -> Result<Option<ChangePosition>>
+where
+    K: Serialize + Send,
+    V: Send,
+    B: StorageBackend<K, V> + Send + Sync + ?Sized,
+    K: Eq + Hash + Clone + serde::de::DeserializeOwned + Sync + 'static,
+    V: Clone + Serialize + serde::de::DeserializeOwned + Sync + 'static,
+{
+    let position = backend.change_position().await?;
+    let mut duplicates = Duplicates::default();
+    backend
+        .load_each_expiring(&mut |key, value, deadline| {
+            expiry.note(deadline);
+            if let Err(key) = put(key, Slot::new(value, deadline)) {
+                duplicates.saw(&key);
+            }
+        })
+        .await?;
+    duplicates.check()?;
+    Ok(position)
+}
+
+/// The keys that writes of this map settled while a reload scanned, which the reload then
+/// leaves as memory has them. Costs a write one atomic load while no reload scans.
+pub(super) struct WrittenMeanwhile<K> {
+    tracking: AtomicBool,
+    keys: Mutex<HashSet<K>>,
+}
+
+impl<K> Default for WrittenMeanwhile<K> {
+    fn default() -> Self {
+        Self {
+            tracking: AtomicBool::new(false),
+            keys: Mutex::new(HashSet::new()),
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone> WrittenMeanwhile<K> {
+    fn keys(&self) -> std::sync::MutexGuard<'_, HashSet<K>> {
+        self.keys.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn track(&self) {
+        self.keys().clear();
+        self.tracking.store(true, Ordering::SeqCst);
+    }
+
+    fn note(&self, key: &K) {
+        if self.tracking.load(Ordering::SeqCst) {
+            self.keys().insert(key.clone());
+        }
+    }
+
+    fn take(&self) -> HashSet<K> {
+        self.tracking.store(false, Ordering::SeqCst);
+        std::mem::take(&mut *self.keys())
     }
 }
 
