@@ -94,7 +94,10 @@ where
         let entries = DashMap::with_capacity(room_for(backend.len_hint().await));
         let expiry = ExpiryState::default();
         let position = scan(backend, &expiry, |key, slot| match entries.entry(key) {
-            dashmap::Entry::Vacant(vacant) => Ok(drop(vacant.insert(slot))),
+            dashmap::Entry::Vacant(vacant) => {
+                drop(vacant.insert(slot));
+                Ok(())
+            }
             dashmap::Entry::Occupied(occupied) => Err(occupied.key().clone()),
         })
         .await?;
