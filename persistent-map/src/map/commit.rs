@@ -616,10 +616,10 @@ where
                 let stored = matches!(settled, Ok(Settled::Applied { .. }));
                 shared.unpend(&key, number, stored);
             }
-            if let Turn::Pipelined { ticket, .. } = &mut self.turn {
-                if let Some(ticket) = ticket.take() {
-                    ticket.finish();
-                }
+            if let Turn::Pipelined { ticket, .. } = &mut self.turn
+                && let Some(ticket) = ticket.take()
+            {
+                ticket.finish();
             }
             self.settled = Some(settled);
         })

@@ -109,10 +109,10 @@ impl Backlog {
     /// A prune step of `table` deleted `deleted` rows (or failed: `None`, tried again later,
     /// after more rows).
     pub(super) fn pruned(&mut self, table: &str, deleted: Option<usize>) {
-        if let Some(added) = self.added.get_mut(table) {
-            if deleted.is_none_or(|deleted| deleted < PRUNE_STEP) {
-                *added = 0;
-            }
+        if let Some(added) = self.added.get_mut(table)
+            && deleted.is_none_or(|deleted| deleted < PRUNE_STEP)
+        {
+            *added = 0;
         }
     }
 }
