@@ -280,6 +280,42 @@ impl ChangePosition {
     }
 }
 
+/// One page of a scan in the order of the keys' text, as
+/// [`StorageBackend::scan_page`] returns it.
+///
+/// ```
+/// use persistent_map::ScanPage;
+///
+/// // Two live entries, and more to read after the key text "b".
+/// let page: ScanPage<String, u32> =
+///     ScanPage::new(vec![("a".into(), 1, None), ("b".into(), 2, None)], Some("b".into()));
+/// assert_eq!(page.entries.len(), 2);
+/// assert_eq!(page.resume_after.as_deref(), Some("b"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ScanPage<K, V> {
+    /// The live entries of the page, in the order of their key text, with their deadlines
+    /// (`None`: never expires).
+    // Spelled out rather than aliased, so that the docs show what each entry holds.
+    #[allow(clippy::type_complexity)]
+    pub entries: Vec<(K, V, Option<Deadline>)>,
+    /// The key text to go on after, if the scan may have more (`None`: it is done). It may
+    /// come after the last of `entries`: the rows read past it had expired.
+    pub resume_after: Option<String>,
+}
+
+impl<K, V> ScanPage<K, V> {
+    /// A page of `entries`, going on after the key text `resume_after` (`None`: the last page).
+    #[allow(clippy::type_complexity)]
+    pub fn new(entries: Vec<(K, V, Option<Deadline>)>, resume_after: Option<String>) -> Self {
+        Self {
+            entries,
+            resume_after,
+        }
+    }
+}
+
 /// A trait for implementing storage backends for [`PersistentMap`](crate::PersistentMap).
 ///
 /// A backend stores what the map holds in memory. The map calls it in a way that makes a simple
@@ -654,6 +690,56 @@ where
     async fn sweep_expired(&self, limit: usize, origin: u64) -> Result<Vec<K>, PersistentError> {
         let _ = (limit, origin);
         Ok(Vec::new())
+    }
+
+    /// Up to `limit` live entries whose key text (`to_string()`, the text the SQLite and
+    /// PostgreSQL backends store) starts with `prefix`, in the byte order of that text, after
+    /// the key text `after` (from the first, when `None`); and where to go on from. A scan
+    /// ([`PersistentMap::scan`](crate::PersistentMap::scan),
+    /// [`CachedMap::scan`](crate::CachedMap::scan)) asks for one page after another, so the
+    /// table is never held in memory at once.
+    ///
+    /// Each page is read on its own: a key stored throughout the scan is visited once, in its
+    /// place in the order; one written or removed meanwhile may or may not be.
+    ///
+    /// The default loads every entry ([`load_each_expiring`](Self::load_each_expiring)), keeps
+    /// those of the page and sorts them: correct, and as slow as a full load per page. The
+    /// SQLite backend reads one page through the primary key's index, on a read-only
+    /// connection of its own.
+    async fn scan_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ScanPage<K, V>, PersistentError>
+    where
+        K: ToString,
+    {
+        let limit = limit.max(1);
+        let mut rows = Vec::new();
+        self.load_each_expiring(&mut |key, value, deadline| {
+            let text = key.to_string();
+            if text.starts_with(prefix) && after.is_none_or(|after| text.as_str() > after) {
+                rows.push((text, (key, value, deadline)));
+            }
+        })
+        .await?;
+        rows.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+        let resume_after = (rows.len() > limit).then(|| rows[limit - 1].0.clone());
+        rows.truncate(limit);
+        let entries = rows.into_iter().map(|(_, entry)| entry).collect();
+        Ok(ScanPage::new(entries, resume_after))
+    }
+
+    /// How many live entries are stored, counted in storage.
+    ///
+    /// [`CachedMap::len`](crate::CachedMap::len) asks this (its memory holds only some). The
+    /// default counts what [`load_each_expiring`](Self::load_each_expiring) hands out; the
+    /// SQLite backend runs one `SELECT count(*)` on a read-only connection of its own.
+    async fn count_live(&self) -> Result<usize, PersistentError> {
+        let mut count = 0;
+        self.load_each_expiring(&mut |_, _, _| count += 1).await?;
+        Ok(count)
     }
 
     /// Where the map's writes go, for this crate's own backends. Not public API: a custom

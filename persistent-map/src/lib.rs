@@ -20,6 +20,9 @@
 //! ```
 //!
 //! - [`PersistentMap`] holds the entries in memory and writes through to a [`StorageBackend`].
+//! - [`CachedMap`] keeps its entries in storage and at most a [`CacheCapacity`] of the hot ones
+//!   in memory, for tables larger than memory: it opens without loading, and a read of a key
+//!   it does not hold reads storage.
 //! - [`sqlite::SqliteBackend`] (feature `sqlite`, on by default) stores each map in a table of a
 //!   SQLite file: `key TEXT PRIMARY KEY` (the key's `Display` text) and `value TEXT` (JSON).
 //! - [`in_memory::InMemoryBackend`] keeps the store in process memory, for tests.
@@ -48,7 +51,7 @@ mod table_name;
 pub mod __private;
 
 pub use backend::{
-    BatchOp, ChangePosition, Checked, Condition, ExternalChanges, StorageBackend, Stored,
+    BatchOp, ChangePosition, Checked, Condition, ExternalChanges, ScanPage, StorageBackend, Stored,
     WriteOptions,
 };
 #[cfg(feature = "csv_backend")]
@@ -63,7 +66,8 @@ pub use deadline::Deadline;
 pub use error::{PersistentError, Result};
 pub use key::{KeyParseError, PersistentKey};
 pub use map::{
-    transaction, Entry, PersistentMap, RefreshTask, Transaction, TransactionalBackend, Upserted,
+    transaction, CacheCapacity, CacheLookup, CacheStats, CachedMap, Entry, PersistentMap,
+    RefreshTask, Scan, Transaction, TransactionalBackend, Upserted,
 };
 #[cfg(feature = "postgres")]
 pub use options::PostgresOptions;

@@ -6,6 +6,7 @@ use std::hash::Hash;
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::commit::{commit_one, MapWrite, Op, Turn, Write};
+use super::entries::Lookup;
 use super::shared::Shared;
 use super::PersistentMap;
 use crate::key_locks::KeyGuard;
@@ -82,15 +83,14 @@ where
     /// ```
     pub async fn retain(&self, mut keep: impl FnMut(&K, &V) -> bool) -> Result<usize> {
         let all_keys = self.shared.key_locks.lock_all().await;
-        let now = crate::deadline::now_millis();
-        let doomed: Vec<Op<K, V>> = self
-            .shared
+        let mut doomed = Vec::new();
+        self.shared
             .entries
-            .iter()
-            .filter(|entry| entry.value().is_live_at(now))
-            .filter(|entry| !keep(entry.key(), entry.value().value()))
-            .map(|entry| Op::Delete(entry.key().clone()))
-            .collect();
+            .for_each_live(crate::deadline::now_millis(), |key, value| {
+                if !keep(key, value) {
+                    doomed.push(Op::Delete(key.clone()));
+                }
+            });
         if doomed.is_empty() {
             return Ok(0);
         }
@@ -139,9 +139,12 @@ where
     }
 
     /// Stores `ops` as one write, then applies them to memory; returns how many deletes removed
-    /// a key the map held.
+    /// a key the map held (in storage, for a cached map).
     async fn commit_batch(&self, guard: KeyGuard, ops: Vec<Op<K, V>>) -> Result<usize> {
-        let write = Write::new(Vec::new(), ops);
+        let mut write = Write::new(Vec::new(), ops);
+        // A cached map counts (and tells subscribers of) the keys a delete removed as storage
+        // says: memory need not have held them.
+        write.want_previous = self.shared.entries.cached().is_some();
         let settled = commit_one(MapWrite::new(self, write, Turn::Exclusive(guard))).await?;
         Ok(settled.removed())
     }
@@ -176,19 +179,29 @@ where
         return partial(cause);
     }
     ops.truncate(applied);
-    // Memory still holds every key's value from before the batch.
+    // Memory still holds every key's value from before the batch, or (a cached map) knows
+    // nothing of it: such a key keeps the batch's value in storage, and memory still knows
+    // nothing of it.
     let mut seen = HashSet::new();
+    let mut unknown = false;
     let restore: Vec<BatchOp<K, V>> = ops
         .iter()
         .filter_map(Op::key)
         .filter(|key| seen.insert(*key))
-        .map(|key| match shared.entries.get(key) {
-            Some(slot) => BatchOp::Save(key.clone(), slot.value().value().clone()),
-            None => BatchOp::Delete(key.clone()),
-        })
+        .filter_map(
+            |key| match shared.entries.lookup(key, |value, _| value.clone()) {
+                Lookup::Live(value) => Some(BatchOp::Save(key.clone(), value)),
+                Lookup::Absent => Some(BatchOp::Delete(key.clone())),
+                Lookup::NotCached => {
+                    unknown = true;
+                    None
+                }
+            },
+        )
         .collect();
     let restored = match backend.apply_batch(&restore).await {
-        Ok(()) => return cause,
+        Ok(()) if !unknown => return cause,
+        Ok(()) => return partial(cause),
         Err(PersistentError::PartialBatch { applied, .. }) => applied,
         Err(_) => 0,
     };

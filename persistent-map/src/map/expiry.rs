@@ -26,6 +26,7 @@ use std::time::{Duration, SystemTime};
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::commit::{Answer, Kind, Op, Write};
+use super::entries::Lookup;
 use super::shared::Shared;
 use super::PersistentMap;
 use crate::deadline::{is_live, now_millis};
@@ -230,18 +231,10 @@ where
         if !self.expiry.has_deadlines() {
             return 0;
         }
-        let now = now_millis();
-        let mut dropped = 0;
-        self.entries.retain(|key, slot| {
-            let live = slot.is_live_at(now);
-            if !live {
-                dropped += 1;
-                self.changes
-                    .publish(Some(Change::Expired { key: key.clone() }));
-            }
-            live
-        });
-        dropped
+        self.entries.drop_expired(now_millis(), |key| {
+            self.changes
+                .publish(Some(Change::Expired { key: key.clone() }));
+        })
     }
 }
 
@@ -416,7 +409,8 @@ where
     /// # }
     /// ```
     pub async fn persist(&self, key: &K) -> Result<bool> {
-        if self.deadline(key).is_none() {
+        let known = self.shared.entries.lookup(key, |_, deadline| deadline);
+        if matches!(known, Lookup::Absent | Lookup::Live(None)) {
             return Ok(false); // Absent, or never expires: nothing to write.
         }
         self.set_deadline(key, None).await
@@ -466,9 +460,11 @@ where
         K: std::borrow::Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let slot = self.shared.entries.get(key)?;
-        slot.live()?;
-        slot.deadline()
+        self.shared
+            .entries
+            .lookup(key, |_, deadline| deadline)
+            .live()
+            .flatten()
     }
 
     /// Deletes every expired entry from storage now, in short transactions (at most 1,000 rows

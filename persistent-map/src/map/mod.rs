@@ -1,26 +1,34 @@
 //! The map: entries in memory, every write through to a backend first.
 //!
-//! The map is split by concern: [`shared`] holds what the handles on one table share,
+//! The map is split by concern: [`shared`] holds what the handles on one table share, with the
+//! entries in memory ([`entries`]: all of them, or the hot ones of a [`CachedMap`]),
 //! [`registry`] finds it for a map opened on the same table, and the methods live in [`read`],
-//! [`write`] (single writes and read-modify-writes), [`batch`] and [`refresh`].
+//! [`write`] (single writes and read-modify-writes), [`batch`], [`refresh`] and [`scan`];
+//! [`cached`] is the map that holds only the hot entries.
 
 mod batch;
+mod cached;
 mod commit;
+mod entries;
 mod entry;
 mod expiry;
 mod read;
 mod refresh;
 mod registry;
+mod scan;
 mod shared;
 mod transaction;
 mod write;
 
+pub use cached::{CacheLookup, CacheStats, CachedMap};
 #[doc(hidden)]
 pub use commit::TransactionTarget;
 pub(crate) use commit::{Answer, Current, InMemoryPart, Op, Prepared, Store, Write};
+pub use entries::CacheCapacity;
 pub use entry::{Entry, Upserted};
 pub use refresh::RefreshTask;
 pub(crate) use registry::is_open;
+pub use scan::Scan;
 pub(crate) use transaction::sealed;
 pub use transaction::{transaction, Transaction, TransactionalBackend};
 
@@ -119,22 +127,55 @@ where
     /// # }
     /// ```
     pub async fn new(backend: B) -> Result<Self> {
+        Self::open_on(backend, None).await
+    }
+
+    /// A handle on `backend`'s table. It shares the entries of a map of the same kind open on
+    /// the table in this process (a cached map also those of a resident one, which holds
+    /// every entry), catching up with a refresh; else it holds every entry, loaded now
+    /// (`capacity` `None`), or at most `capacity` of them, none yet.
+    pub(super) async fn open_on(
+        backend: B,
+        capacity: Option<&CacheCapacity<K, V>>,
+    ) -> Result<Self> {
         let backend = Arc::new(backend);
+        let open = |backend: Arc<B>| async move {
+            let shared = match capacity {
+                None => Shared::load(&*backend).await?,
+                Some(capacity) => Shared::cached(&*backend, capacity).await?,
+            };
+            Ok::<_, PersistentError>(Arc::new(shared))
+        };
         let Some(storage_id) = backend.storage_id() else {
-            let shared = Arc::new(Shared::load(&*backend).await?);
+            let shared = open(Arc::clone(&backend)).await?;
             return Ok(Self::handle(shared, backend));
         };
-        let slot = registry::slot::<(K, V, B), K, V>(storage_id);
+        let resident = registry::slot::<(K, V, B), K, V>(storage_id.clone());
+        let slot = match capacity {
+            None => resident,
+            Some(_) => {
+                let open_resident = resident.lock().await.upgrade();
+                if let Some(shared) = open_resident {
+                    return Self::share(shared, backend).await;
+                }
+                registry::slot::<(K, V, B, CachedMap<K, V, B>), K, V>(storage_id)
+            }
+        };
         let mut slot = slot.lock().await;
         if let Some(shared) = slot.upgrade() {
             drop(slot);
-            let map = Self::handle(shared, backend);
-            map.refresh().await?;
-            return Ok(map);
+            return Self::share(shared, backend).await;
         }
-        let shared = Arc::new(Shared::load(&*backend).await?);
+        let shared = open(Arc::clone(&backend)).await?;
         *slot = Arc::downgrade(&shared);
         Ok(Self::handle(shared, backend))
+    }
+
+    /// A handle on entries already open, caught up with what others wrote since.
+    async fn share(shared: Arc<Shared<K, V>>, backend: Arc<B>) -> Result<Self> {
+        let map = Self::handle(shared, backend);
+        map.refresh().await?;
+        Ok(map)
     }
 
     /// A handle on `shared` writing through `backend`, sweeping expired entries if any are

@@ -6,8 +6,9 @@ use std::hash::Hash;
 
 use serde::{de::DeserializeOwned, Serialize};
 
+use super::entries::Lookup;
 use super::PersistentMap;
-use crate::{StorageBackend, Subscription};
+use crate::{Deadline, Result, StorageBackend, Subscription};
 
 impl<K, V, B> PersistentMap<K, V, B>
 where
@@ -59,8 +60,11 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let entry = self.shared.entries.get(key)?;
-        entry.value().live().map(read)
+        // A resident map's memory never answers `NotCached`.
+        self.shared
+            .entries
+            .lookup(key, |value, _| read(value))
+            .live()
     }
 
     /// Whether the map holds `key`.
@@ -103,12 +107,11 @@ where
         if !self.shared.expiry.has_deadlines() {
             return self.shared.entries.len();
         }
-        let now = crate::deadline::now_millis();
+        let mut live = 0;
         self.shared
             .entries
-            .iter()
-            .filter(|entry| entry.value().is_live_at(now))
-            .count()
+            .for_each_live(crate::deadline::now_millis(), |_, _| live += 1);
+        live
     }
 
     /// Whether the map has no entries (expired ones do not count; see [`len`](Self::len)).
@@ -124,14 +127,9 @@ where
     /// ```
     pub fn is_empty(&self) -> bool {
         if !self.shared.expiry.has_deadlines() {
-            return self.shared.entries.is_empty();
+            return self.shared.entries.len() == 0;
         }
-        let now = crate::deadline::now_millis();
-        !self
-            .shared
-            .entries
-            .iter()
-            .any(|entry| entry.value().is_live_at(now))
+        !self.shared.entries.any_live(crate::deadline::now_millis())
     }
 
     /// Clones of every entry, in no particular order.
@@ -235,17 +233,42 @@ where
         self.shared.changes.subscribe()
     }
 
+    /// What `key` holds now: memory's word or, for a cached map that does not hold the key,
+    /// storage's, which memory then keeps. The caller holds the key's turn, so no write of
+    /// this map to the key is in flight, and what storage holds is the newest there is.
+    pub(super) async fn current(&self, key: &K) -> Result<Option<V>> {
+        Ok(self.current_entry(key).await?.map(|(value, _)| value))
+    }
+
+    /// [`current`](Self::current), with the entry's deadline.
+    pub(super) async fn current_entry(&self, key: &K) -> Result<Option<(V, Option<Deadline>)>> {
+        match self
+            .shared
+            .entries
+            .lookup(key, |value, deadline| (value.clone(), deadline))
+        {
+            Lookup::Live(entry) => Ok(Some(entry)),
+            Lookup::Absent => Ok(None),
+            Lookup::NotCached => {
+                let stored = self
+                    .backend
+                    .load_keys_expiring(std::slice::from_ref(key))
+                    .await?
+                    .remove(key);
+                self.shared.fill(key.clone(), stored.as_ref());
+                Ok(stored)
+            }
+        }
+    }
+
     /// Copies of the live entries, as of one clock read.
     fn copy_entries<T>(&self, copy: impl Fn(&K, &V) -> T) -> std::vec::IntoIter<T> {
-        let now = crate::deadline::now_millis();
         let mut copies = Vec::with_capacity(self.shared.entries.len());
-        copies.extend(
-            self.shared
-                .entries
-                .iter()
-                .filter(|entry| entry.value().is_live_at(now))
-                .map(|entry| copy(entry.key(), entry.value().value())),
-        );
+        self.shared
+            .entries
+            .for_each_live(crate::deadline::now_millis(), |key, value| {
+                copies.push(copy(key, value));
+            });
         copies.into_iter()
     }
 }

@@ -105,15 +105,34 @@ where
         let backend = Arc::clone(&self.backend);
         run_to_completion(async move {
             let _guard = guard;
-            let values = match read {
-                Some((values, turns)) if shared.key_locks.turns_ended() == turns => values,
+            let applied: Vec<_> = match read {
+                Some((values, turns)) if shared.key_locks.turns_ended() == turns => {
+                    keys.into_iter().zip(values).collect()
+                }
                 _ => {
-                    let mut stored = backend.load_keys_expiring(&keys).await?;
-                    keys.iter().map(|key| stored.remove(key)).collect()
+                    // A cached map need not read a key it does not hold, unless a subscriber
+                    // is to hear what the key holds now.
+                    let keys: Vec<K> = match shared.changes.is_watched() {
+                        true => keys,
+                        false => keys
+                            .into_iter()
+                            .filter(|key| shared.entries.knows(key))
+                            .collect(),
+                    };
+                    let mut stored = match keys.is_empty() {
+                        true => Default::default(),
+                        false => backend.load_keys_expiring(&keys).await?,
+                    };
+                    keys.into_iter()
+                        .map(|key| {
+                            let value = stored.remove(&key);
+                            (key, value)
+                        })
+                        .collect()
                 }
             };
-            for (key, value) in keys.into_iter().zip(values) {
-                shared.apply_stored(key, value);
+            for (key, value) in applied {
+                shared.apply_refreshed(key, value);
             }
             shared.set_position(next);
             Ok(true)

@@ -10,6 +10,7 @@ use dashmap::DashMap;
 use serde::Serialize;
 
 use super::commit::{Answer, Kind, Op, Write};
+use super::entries::{room_for, CacheCapacity, Entries, Held, Hot};
 use super::expiry::{ExpiryState, Slot, Sweepers};
 use crate::changes::ChangeFeed;
 use crate::key_locks::KeyLocks;
@@ -18,7 +19,7 @@ use crate::{Change, ChangePosition, Deadline, PersistentError, Result, StorageBa
 pub(super) struct Shared<K, V> {
     /// This map's id among the writers of its storage ([`crate::WriteOptions::origin`]).
     pub(super) id: u64,
-    pub(super) entries: DashMap<K, Slot<V>>,
+    pub(super) entries: Entries<K, V>,
     pub(super) key_locks: KeyLocks,
     pub(super) changes: ChangeFeed<K, V>,
     /// Where `entries` stand in the backend's history of changes: replaced only once what a
@@ -102,7 +103,38 @@ where
         })
         .await?;
         tracing::debug!(entries = entries.len(), elapsed = ?began.elapsed(), "loaded a map");
-        Ok(Self {
+        Ok(Self::with_entries(
+            Entries::Resident(entries),
+            position,
+            expiry,
+        ))
+    }
+
+    /// Opens on `backend` holding nothing yet, to keep at most `capacity` of its entries: reads
+    /// only where the backend's history of changes stands.
+    pub(super) async fn cached<B: StorageBackend<K, V> + Send + Sync + ?Sized>(
+        backend: &B,
+        capacity: &CacheCapacity<K, V>,
+    ) -> Result<Self>
+    where
+        K: serde::de::DeserializeOwned,
+        V: Serialize + serde::de::DeserializeOwned,
+    {
+        let position = backend.change_position().await?;
+        let entries = Entries::Cached(Hot::new(capacity));
+        Ok(Self::with_entries(
+            entries,
+            position,
+            ExpiryState::default(),
+        ))
+    }
+
+    fn with_entries(
+        entries: Entries<K, V>,
+        position: Option<ChangePosition>,
+        expiry: ExpiryState,
+    ) -> Self {
+        Self {
             id: new_id(),
             entries,
             key_locks: KeyLocks::new(),
@@ -114,7 +146,7 @@ where
             pending: DashMap::new(),
             expiry,
             sweepers: Sweepers::default(),
-        })
+        }
     }
 
     /// What `key` will hold once the writes in flight commit: `Some` only while pipelined
@@ -145,7 +177,9 @@ where
             if state.in_flight == 0 {
                 pending.remove();
             } else if !stored && state.last == ticket {
-                state.value = self.entries.get(key).and_then(|slot| slot.live().cloned());
+                // A cached map that no longer holds the key says `None`: the next
+                // read-modify-write expects that, conflicts, and goes on from storage's value.
+                state.value = self.entries.lookup(key, |value, _| value.clone()).live();
             }
         }
     }
@@ -175,10 +209,15 @@ where
     {
         match answer {
             Answer::Applied { previous } => {
-                reserve(&self.entries, write.ops.len());
+                self.entries.reserve(write.ops.len());
                 let mut first = None;
                 let mut removed = 0;
                 for (index, op) in write.ops.into_iter().enumerate() {
+                    // Whether storage held the key just before this op, where it said.
+                    let stored_before = previous
+                        .as_ref()
+                        .and_then(|previous| previous.get(index))
+                        .map(Option::is_some);
                     let replaced = match op {
                         Op::Save {
                             key,
@@ -186,8 +225,8 @@ where
                             deadline,
                         } => self.put(key, value, deadline, write.kind),
                         Op::Delete(key) => {
-                            let replaced = self.take(&key, write.kind);
-                            removed += usize::from(replaced.is_some());
+                            let replaced = self.take(&key, write.kind, stored_before);
+                            removed += usize::from(stored_before.unwrap_or(replaced.is_some()));
                             replaced
                         }
                         Op::Clear => {
@@ -233,10 +272,40 @@ where
     }
 
     /// Makes memory hold what storage holds under `key` (`None`: nothing), with its deadline.
+    /// The caller holds the key's turn.
     pub(super) fn apply_stored(&self, key: K, stored: Option<(V, Option<Deadline>)>) {
         match stored {
             Some((value, deadline)) => drop(self.put(key, value, deadline, Kind::Plain)),
-            None => drop(self.take(&key, Kind::Plain)),
+            None => drop(self.take(&key, Kind::Plain, None)),
+        }
+    }
+
+    /// What a refresh read under `key`, written by someone else: applied as
+    /// [`apply_stored`](Self::apply_stored) does to a key memory knows. A cached map does not
+    /// take a key it does not hold into memory (it is not known to be hot); its subscribers
+    /// still hear of the change. The caller holds the key's turn.
+    pub(super) fn apply_refreshed(&self, key: K, stored: Option<(V, Option<Deadline>)>) {
+        if self.entries.knows(&key) {
+            return self.apply_stored(key, stored);
+        }
+        self.changes.publish(Some(match stored {
+            Some((value, _)) => Change::Inserted { key, value },
+            None => Change::Removed { key },
+        }));
+    }
+
+    /// What a cached map read from storage under `key` on a miss, in the key's turn: memory
+    /// takes it without telling subscribers (nothing changed).
+    pub(super) fn fill(&self, key: K, stored: Option<&(V, Option<Deadline>)>) {
+        if let Some(hot) = self.entries.cached() {
+            hot.count_storage_read();
+        }
+        match stored {
+            Some((value, deadline)) => {
+                self.expiry.note(*deadline);
+                drop(self.entries.set(key, Slot::new(value.clone(), *deadline)));
+            }
+            None => drop(self.entries.set_absent(&key)),
         }
     }
 
@@ -255,31 +324,41 @@ where
         });
         self.expiry.note(deadline);
         self.written_meanwhile.note(&key);
-        let old = self.entries.insert(key, Slot::new(value, deadline));
+        let old = self.entries.set(key, Slot::new(value, deadline));
         self.changes.publish(change);
-        old.and_then(Slot::into_live)
+        old.into_live()
     }
 
     /// Takes `key` out of memory, telling subscribers; returns its live value. A sweep's delete
-    /// takes only an entry that has expired in memory too.
-    fn take(&self, key: &K, kind: Kind) -> Option<V> {
+    /// takes only an entry that has expired in memory too. `stored_before`: whether storage
+    /// held the key just before, where it said, for a cached map that did not know.
+    fn take(&self, key: &K, kind: Kind, stored_before: Option<bool>) -> Option<V> {
         self.written_meanwhile.note(key);
-        let (key, old) = match kind {
-            Kind::Sweep => {
-                let now = crate::deadline::now_millis();
-                self.entries
-                    .remove_if(key, |_, slot| !slot.is_live_at(now))?
-            }
-            _ => self.entries.remove(key)?,
+        let old = match kind {
+            Kind::Sweep => self
+                .entries
+                .forget_expired(key, crate::deadline::now_millis()),
+            _ => self.entries.set_absent(key),
         };
-        let old = old.into_live();
+        let key = key.clone();
         // An expired entry was already absent to every reader; a subscriber that mirrors the
-        // map hears that it expired.
-        self.changes.publish(Some(match old {
-            Some(_) => Change::Removed { key },
-            None => Change::Expired { key },
-        }));
-        old
+        // map hears that it expired. A key a cached map did not hold is reported as storage
+        // had it: the sweep deletes only expired rows.
+        let change = match old {
+            Held::Slot(slot) => match slot.into_live() {
+                Some(value) => {
+                    self.changes.publish(Some(Change::Removed { key }));
+                    return Some(value);
+                }
+                None => Change::Expired { key },
+            },
+            Held::Absent => return None,
+            Held::NotCached if kind == Kind::Sweep => Change::Expired { key },
+            Held::NotCached if stored_before == Some(false) => return None,
+            Held::NotCached => Change::Removed { key },
+        };
+        self.changes.publish(Some(change));
+        None
     }
 
     /// Replaces memory with what the backend holds. Scans holding no key's turn, so writes go
@@ -296,6 +375,10 @@ where
         V: Serialize + serde::de::DeserializeOwned,
     {
         let _one_at_a_time = self.reloading.lock().await;
+        if self.entries.cached().is_some() {
+            let _all_keys = self.key_locks.lock_all().await;
+            return self.forget_all(backend).await;
+        }
         self.written_meanwhile.track();
         let scanned = self.scan_all(backend).await;
         let _all_keys = self.key_locks.lock_all().await;
@@ -314,8 +397,31 @@ where
         K: serde::de::DeserializeOwned,
         V: Serialize + serde::de::DeserializeOwned,
     {
+        if self.entries.cached().is_some() {
+            return self.forget_all(backend).await;
+        }
         let (position, stored) = self.scan_all(backend).await?;
         self.replace(stored, &HashSet::new(), position);
+        Ok(())
+    }
+
+    /// A cached map's reload: memory lets go of all it knows, and the next read of each key
+    /// asks storage. The place in the backend's history is read first, so that what is
+    /// committed from then on is reported by the next refresh; what came before, the reads
+    /// see. The caller holds every key's turn, so no read is filling memory meanwhile.
+    async fn forget_all<B: StorageBackend<K, V> + Send + Sync + ?Sized>(
+        &self,
+        backend: &B,
+    ) -> Result<()>
+    where
+        K: serde::de::DeserializeOwned,
+        V: Serialize + serde::de::DeserializeOwned,
+    {
+        let position = backend.change_position().await?;
+        self.entries.clear();
+        self.set_position(position);
+        self.changes.publish(Some(Change::Reloaded));
+        tracing::debug!("a cached map let go of everything it held");
         Ok(())
     }
 
@@ -347,15 +453,16 @@ where
         keep: &HashSet<K>,
         position: Option<ChangePosition>,
     ) {
+        let entries = self
+            .entries
+            .resident()
+            .expect("only a resident map scans the whole table");
+        entries.retain(|key, _| stored.contains_key(key) || keep.contains(key));
         self.entries
-            .retain(|key, _| stored.contains_key(key) || keep.contains(key));
-        reserve(
-            &self.entries,
-            stored.len().saturating_sub(self.entries.len()),
-        );
+            .reserve(stored.len().saturating_sub(entries.len()));
         for (key, slot) in stored {
             if !keep.contains(&key) {
-                self.entries.insert(key, slot);
+                entries.insert(key, slot);
             }
         }
         self.set_position(position);
@@ -448,23 +555,6 @@ fn new_id() -> u64 {
         .max(1)
 }
 
-/// Makes room in `entries` for `additional` more before a large batch, so that the shards grow
-/// once instead of doubling (and rehashing every key) again and again on the way. A small
-/// batch is not worth the locking of every shard.
-fn reserve<K: Hash + Eq, V>(entries: &DashMap<K, V>, additional: usize) {
-    if additional < 4096 {
-        return;
-    }
-    let shards = entries.shards();
-    let per_shard = room_for(Some(additional / shards.len()));
-    let hasher = entries.hasher();
-    for shard in shards {
-        shard
-            .write()
-            .reserve(per_shard, |(key, _)| hasher.hash_one(key));
-    }
-}
-
 /// Keys that a load found twice: two stored entries that parse to the same key. The SQLite and
 /// PostgreSQL backends refuse a stored key text that is not the key's own text before it gets
 /// here; a custom backend may not. Loading either entry would let one silently hide the other,
@@ -490,11 +580,4 @@ impl Duplicates {
             Some(key) => Err(PersistentError::AmbiguousStoredKey { key }),
         }
     }
-}
-
-/// The capacity to give a table about to receive `hint` entries. The map's shards split it
-/// evenly, but keys do not split perfectly evenly, so a little slack keeps a shard that gets a
-/// few more than its share from doubling.
-fn room_for(hint: Option<usize>) -> usize {
-    hint.map_or(0, |entries| entries + entries / 64)
 }

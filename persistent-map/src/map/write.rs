@@ -154,7 +154,7 @@ where
                     stored.map_or((None, None), |s| (Some(s.value), Some(s.json)))
                 }
                 (None, _) => {
-                    let current = self.get(key);
+                    let current = self.current(key).await?;
                     let json = current.as_ref().map(encode_value).transpose()?;
                     (current, json)
                 }
@@ -204,7 +204,7 @@ where
 
     /// Returns the value under `key`, first storing `make()` there if the key is absent.
     ///
-    /// `make` runs at most once, only when memory does not hold the key. The insert is
+    /// `make` runs at most once, only when the key is absent. The insert is
     /// conditional on storage not holding the key either (checked in the same atomic step, as
     /// [`update`](Self::update) does): if another handle, process or instance stored it
     /// meanwhile, its value is kept and returned, and `make`'s is dropped.
@@ -235,7 +235,7 @@ where
         let mut made = None;
         for _ in 0..MAX_ATTEMPTS {
             let turn = self.shared.key_locks.lock(&key).await;
-            if let Some(value) = self.get(&key) {
+            if let Some(value) = self.current(&key).await? {
                 return Ok((value, false));
             }
             let value: V = match (&made, make.take()) {

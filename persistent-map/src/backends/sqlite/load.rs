@@ -140,47 +140,6 @@ where
     })
 }
 
-/// Reads the live rows of `keys` (key texts) and decodes them, with their deadlines; keys that
-/// are not stored (or expired) are left out.
-pub(super) async fn load_keys<K, V>(
-    writer: &Writer,
-    table: &str,
-    keys: Vec<String>,
-) -> Result<Vec<Loaded<K, V>>>
-where
-    K: FromStr + ToString,
-    <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
-    V: DeserializeOwned,
-{
-    let name = table.to_owned();
-    let rows = writer
-        .run(move |connection| {
-            let now = super::expiry::now_sql();
-            let (deadline, live) = super::expiry::live_rows_sql(connection, &name, "?2")?;
-            let select =
-                format!("SELECT value, {deadline} FROM \"{name}\" WHERE key = ?1 AND {live}");
-            let mut statement = connection.prepare_cached(&select)?;
-            let mut rows = Vec::with_capacity(keys.len());
-            for key in keys {
-                let mut found = statement.query((&key, now))?;
-                if let Some(row) = found.next()? {
-                    let value = text_of(row.get_ref(0)?).map(str::to_owned);
-                    rows.push((key, value, super::expiry::deadline_of(row.get_ref(1)?)));
-                }
-            }
-            Ok(rows)
-        })
-        .await?;
-    rows.into_iter()
-        .map(|(key, value, deadline)| {
-            let value =
-                value.map_err(|found| not_text(table, key.clone(), Column::Value, found))?;
-            let value = decode_value(table, &key, &value)?;
-            Ok((decode_key(table, &key)?, value, deadline))
-        })
-        .collect()
-}
-
 /// A row as stored: key text, value JSON text, deadline (Unix milliseconds).
 pub(super) type RawRow = (String, String, Option<i64>);
 
@@ -343,7 +302,7 @@ where
 }
 
 /// The cell as text, or what it is instead.
-fn text_of(cell: ValueRef<'_>) -> Result<&str, &'static str> {
+pub(super) fn text_of(cell: ValueRef<'_>) -> Result<&str, &'static str> {
     match cell {
         ValueRef::Text(bytes) => std::str::from_utf8(bytes).map_err(|_| "text that is not UTF-8"),
         ValueRef::Null => Err("NULL"),
@@ -354,7 +313,7 @@ fn text_of(cell: ValueRef<'_>) -> Result<&str, &'static str> {
 }
 
 /// A key that is not text, written so that a user can find the row.
-fn describe(cell: ValueRef<'_>) -> String {
+pub(super) fn describe(cell: ValueRef<'_>) -> String {
     match cell {
         ValueRef::Null => "NULL".to_owned(),
         ValueRef::Integer(number) => number.to_string(),

@@ -36,6 +36,7 @@ mod layout;
 mod load;
 mod log;
 mod open;
+mod read;
 mod setup;
 mod writer;
 
@@ -52,13 +53,14 @@ use std::time::Duration;
 use serde::{de::DeserializeOwned, Serialize};
 
 use self::log::{Logged, Place};
+use self::read::Readers;
 use self::writer::{RawOp, TableSql, WritePart, Writer};
 pub(crate) use self::writer::{WritePart as TransactionPart, Writer as TransactionWriter};
 use crate::backends::decode::decode_key;
 use crate::map::{Answer, Op, Write};
 use crate::{
     BatchOp, ChangePosition, Checked, Condition, Deadline, ExternalChanges, PersistentError,
-    PersistentKey, Result, StorageBackend, WriteOptions,
+    PersistentKey, Result, ScanPage, StorageBackend, WriteOptions,
 };
 
 /// How much a commit must survive before a write is acknowledged.
@@ -132,6 +134,8 @@ impl Durability {
 #[derive(Clone)]
 pub struct SqliteBackend {
     writer: Arc<Writer>,
+    /// Read-only connections for reads of a few keys and pages of scans.
+    readers: Arc<Readers>,
     table: Arc<TableSql>,
     durability: Durability,
     /// The layout of the key type this backend was opened for (empty: none checked).
@@ -482,6 +486,7 @@ impl SqliteBuilder {
         .map_err(|join_error| PersistentError::Backend(join_error.into()))??;
         setup::set_up_table(&writer, &table, key_layout).await?;
         Ok(SqliteBackend {
+            readers: Arc::new(Readers::new(Arc::clone(&writer))),
             writer,
             table: Arc::new(TableSql::new(&table)),
             durability,
@@ -567,16 +572,13 @@ where
         load::load_each(&self.writer, &self.table.name, sink).await
     }
 
+    /// One `SELECT` by primary key per key, on a read-only connection of its own (see
+    /// [`CachedMap`](crate::CachedMap)), off the writer thread.
     async fn load_keys_expiring(
         &self,
         keys: &[K],
     ) -> Result<HashMap<K, (V, Option<Deadline>)>, PersistentError> {
-        let texts = keys.iter().map(ToString::to_string).collect();
-        Ok(load::load_keys(&self.writer, &self.table.name, texts)
-            .await?
-            .into_iter()
-            .map(|(key, value, deadline)| (key, (value, deadline)))
-            .collect())
+        self.readers.rows_of(&self.table.name, keys).await
     }
 
     fn __transaction_target(&self) -> Option<crate::__private::TransactionTarget<K, V>> {
@@ -618,12 +620,34 @@ where
     }
 
     async fn load_keys(&self, keys: &[K]) -> Result<HashMap<K, V>, PersistentError> {
-        let texts = keys.iter().map(ToString::to_string).collect();
-        Ok(load::load_keys(&self.writer, &self.table.name, texts)
+        Ok(self
+            .readers
+            .rows_of(&self.table.name, keys)
             .await?
             .into_iter()
-            .map(|(key, value, _)| (key, value))
+            .map(|(key, (value, _))| (key, value))
             .collect())
+    }
+
+    /// One `SELECT ... ORDER BY key LIMIT` through the primary key's index, on a read-only
+    /// connection of its own, off the writer thread.
+    async fn scan_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ScanPage<K, V>, PersistentError>
+    where
+        K: ToString,
+    {
+        self.readers
+            .page(&self.table.name, prefix, after, limit)
+            .await
+    }
+
+    /// One `SELECT count(*)` of the live rows, on a read-only connection of its own.
+    async fn count_live(&self) -> Result<usize, PersistentError> {
+        self.readers.count_live(&self.table.name).await
     }
 
     /// Checks and writes in one `IMMEDIATE` transaction, shared with the other writes of its
