@@ -29,7 +29,10 @@
 //! # }
 //! ```
 
+mod execute;
 mod expiry;
+mod fence;
+mod gather;
 mod inbox;
 mod known;
 mod layout;
