@@ -650,8 +650,12 @@ where
             return Ok(swept);
         }
         swept += keys.len();
+        // In the keys' turns, as every write settles: a write of one of them settling meanwhile
+        // must not hear of it out of order.
+        let turns = shared.key_locks.lock_many(&keys).await;
         let shared = Arc::clone(shared);
         dropping = Some(tokio::task::spawn_blocking(move || {
+            let _turns = turns;
             let mut write = Write::new(Vec::new(), keys.into_iter().map(Op::Delete).collect());
             write.kind = Kind::Sweep;
             let _ = shared.settle(write, Answer::Applied { previous: None }, "");

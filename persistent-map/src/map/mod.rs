@@ -157,7 +157,7 @@ where
     /// no longer stored.
     ///
     /// Writes from this map go on while it reads storage and wait only while it applies what
-    /// it read; a key written meanwhile keeps the value the write left. Use it when something
+    /// it read (a key written meanwhile is read again then). Use it when something
     /// else (another process, the backend used directly) has changed the storage;
     /// [`refresh`](Self::refresh) does the same only when something changed. On error the map is unchanged. Subscribers hear
     /// [`Change::Reloaded`](crate::Change::Reloaded).

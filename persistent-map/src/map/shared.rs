@@ -283,10 +283,10 @@ where
     }
 
     /// Replaces memory with what the backend holds. Scans holding no key's turn, so writes go
-    /// on meanwhile; then takes every turn just to apply what it read, keeping memory's entry
-    /// for each key a write of this map settled while it scanned (that write may have come
-    /// after the scan's read; if it came before, what came after it is reported by the next
-    /// refresh, from the place read before the scan). On error memory is unchanged.
+    /// on meanwhile; then takes every turn to apply what it read, reading again (with nothing
+    /// of this map in flight) the keys that a write of this map settled while it scanned: such
+    /// a write may have come after the scan's read, or before it and after something else the
+    /// scan saw. On error memory is unchanged.
     pub(super) async fn reload<B: StorageBackend<K, V> + Send + Sync + ?Sized>(
         &self,
         backend: &B,
@@ -300,8 +300,18 @@ where
         let scanned = self.scan_all(backend).await;
         let _all_keys = self.key_locks.lock_all().await;
         let written = self.written_meanwhile.take();
-        let (position, stored) = scanned?;
-        self.replace(stored, &written, position);
+        let (position, mut stored) = scanned?;
+        if !written.is_empty() {
+            let keys: Vec<K> = written.into_iter().collect();
+            let mut now = backend.load_keys_expiring(&keys).await?;
+            for key in keys {
+                match now.remove(&key) {
+                    Some((value, deadline)) => drop(stored.insert(key, Slot::new(value, deadline))),
+                    None => drop(stored.remove(&key)),
+                }
+            }
+        }
+        self.replace(stored, position);
         Ok(())
     }
 
@@ -315,7 +325,7 @@ where
         V: Serialize + serde::de::DeserializeOwned,
     {
         let (position, stored) = self.scan_all(backend).await?;
-        self.replace(stored, &HashSet::new(), position);
+        self.replace(stored, position);
         Ok(())
     }
 
@@ -340,31 +350,19 @@ where
         Ok((position, stored))
     }
 
-    /// Makes memory hold `stored`, but for the keys in `keep`; tells subscribers.
-    fn replace(
-        &self,
-        stored: HashMap<K, Slot<V>>,
-        keep: &HashSet<K>,
-        position: Option<ChangePosition>,
-    ) {
-        self.entries
-            .retain(|key, _| stored.contains_key(key) || keep.contains(key));
+    /// Makes memory hold `stored`; tells subscribers.
+    fn replace(&self, stored: HashMap<K, Slot<V>>, position: Option<ChangePosition>) {
+        self.entries.retain(|key, _| stored.contains_key(key));
         reserve(
             &self.entries,
             stored.len().saturating_sub(self.entries.len()),
         );
         for (key, slot) in stored {
-            if !keep.contains(&key) {
-                self.entries.insert(key, slot);
-            }
+            self.entries.insert(key, slot);
         }
         self.set_position(position);
         self.changes.publish(Some(Change::Reloaded));
-        tracing::debug!(
-            entries = self.entries.len(),
-            kept = keep.len(),
-            "reloaded a map"
-        );
+        tracing::debug!(entries = self.entries.len(), "reloaded a map");
     }
 }
 
@@ -398,8 +396,8 @@ where
     Ok(position)
 }
 
-/// The keys that writes of this map settled while a reload scanned, which the reload then
-/// leaves as memory has them. Costs a write one atomic load while no reload scans.
+/// The keys that writes of this map settled while a reload scanned, which the reload then reads
+/// again. Costs a write one atomic load while no reload scans.
 pub(super) struct WrittenMeanwhile<K> {
     tracking: AtomicBool,
     keys: Mutex<HashSet<K>>,
