@@ -2,6 +2,14 @@
 
 use std::path::PathBuf;
 
+/// `: cause` for an error with a cause, nothing for one without.
+fn describe_cause(source: &Option<Box<dyn std::error::Error + Send + Sync>>) -> String {
+    source
+        .as_ref()
+        .map(|source| format!(" ({source})"))
+        .unwrap_or_default()
+}
+
 /// A specialized `Result` whose error defaults to [`PersistentError`].
 ///
 /// ```
@@ -42,8 +50,10 @@ pub enum PersistentError {
     #[error("JSON error: {0}")]
     Serde(#[from] serde_json::Error),
 
-    /// The database file could not be opened or prepared.
-    #[error("cannot open database {}: {reason}", path.display())]
+    /// The database file could not be opened or prepared. The message says why, with the
+    /// operating system's or SQLite's own words when there are some (also the error's
+    /// `source`), and what to do where that is clear.
+    #[error("cannot open database {}: {reason}{}", path.display(), describe_cause(.source))]
     Open {
         /// The path as given by the caller.
         path: PathBuf,

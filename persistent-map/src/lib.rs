@@ -63,7 +63,8 @@ pub use deadline::Deadline;
 pub use error::{PersistentError, Result};
 pub use key::{KeyParseError, PersistentKey};
 pub use map::{
-    transaction, Entry, PersistentMap, RefreshTask, Transaction, TransactionalBackend, Upserted,
+    transaction, Entry, PersistentMap, RefreshTask, Transaction, TransactionError,
+    TransactionalBackend, Upserted,
 };
 #[cfg(feature = "postgres")]
 pub use options::PostgresOptions;

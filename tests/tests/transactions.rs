@@ -325,3 +325,50 @@ fn transactions_survive_sigkill_all_or_nothing() {
         assert_eq!(maps.0.values().sum::<u64>(), total);
     });
 }
+
+/// A transaction aborts with a reason of the caller's own type, however plain: the failing
+/// case of the issue (`return Err("insufficient".to_string())`) compiles through
+/// `TransactionError`, writes nothing, and says why.
+#[tokio::test]
+async fn a_transaction_aborts_with_a_reason_of_its_own() {
+    let (_dir, path) = temp_db();
+    let accounts = counts(&path, "accounts").await;
+    accounts.insert("ada".into(), 20).await.unwrap();
+    let result: Result<(), persistent_map::TransactionError<String>> = transaction(|tx| {
+        let balance = tx.get(&accounts, &"ada".to_string()).unwrap_or(0);
+        tx.insert(&accounts, "bob".to_string(), 30);
+        if balance < 30 {
+            return Err(persistent_map::TransactionError::Abort(
+                "insufficient".to_string(),
+            ));
+        }
+        Ok(())
+    })
+    .await;
+    match result {
+        Err(persistent_map::TransactionError::Abort(reason)) => assert_eq!(reason, "insufficient"),
+        other => panic!("expected the abort, got {other:?}"),
+    }
+    assert_eq!(accounts.get("bob"), None);
+    assert_eq!(
+        stored_rows(&path, "accounts").len(),
+        1,
+        "nothing was written"
+    );
+
+    // A storage failure comes through the same type, as `Storage`.
+    let (_other_dir, other_path) = temp_db();
+    let other = counts(&other_path, "accounts").await;
+    let mixed: Result<(), persistent_map::TransactionError<String>> = transaction(|tx| {
+        tx.insert(&accounts, "a".into(), 1);
+        tx.insert(&other, "b".into(), 2);
+        Ok(())
+    })
+    .await;
+    assert!(matches!(
+        mixed,
+        Err(persistent_map::TransactionError::Storage(
+            PersistentError::MixedStorage { .. }
+        ))
+    ));
+}

@@ -22,7 +22,7 @@ pub use entry::{Entry, Upserted};
 pub use refresh::RefreshTask;
 pub(crate) use registry::is_open;
 pub(crate) use transaction::sealed;
-pub use transaction::{transaction, Transaction, TransactionalBackend};
+pub use transaction::{transaction, Transaction, TransactionError, TransactionalBackend};
 
 use std::fmt;
 use std::hash::Hash;
