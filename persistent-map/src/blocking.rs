@@ -474,8 +474,8 @@ where
 
     /// Deletes every expired entry from storage now, drops expired entries from memory, and
     /// returns how many rows were deleted from storage; blocks until it is done
-    /// ([`crate::PersistentMap::sweep_expired`]). The map's runtime also sweeps in the
-    /// background, every second once the map holds an entry with a deadline.
+    /// ([`crate::PersistentMap::sweep_expired`]). The map also sweeps in the background, on a
+    /// thread of its own, every second while it holds an entry with a deadline.
     ///
     /// ```
     /// use std::time::SystemTime;

@@ -7,11 +7,14 @@
 //! clock, whether or not it has been swept yet. Storage holds the same deadline beside the
 //! value, and treats an expired row as absent in its conditions and loads.
 //!
-//! A background task per map (started by the first entry with a deadline) deletes expired rows
-//! from storage in batches of at most [`SWEEP_BATCH`] rows, each batch one short transaction of
-//! the backend (which may cut it shorter still, as SQLite's does to let live writes through),
-//! and drops them from memory on tokio's blocking pool, telling subscribers
-//! [`Change::Expired`]. One sweep of a map runs at a time: the background sweep skips its turn
+//! A background task per map deletes expired rows from storage in batches of at most
+//! [`SWEEP_BATCH`] rows, each batch one short transaction of the backend (which may cut it
+//! shorter still, as SQLite's does to let live writes through), and drops them from memory in
+//! their keys' turns on tokio's blocking pool, telling subscribers [`Change::Expired`]. The task
+//! belongs to the map, not to any handle's runtime: it runs on a thread of the crate's own, through
+//! whichever handle's backend is still open, starts when a map opens on a backend that stores
+//! deadlines (so expired rows left by an earlier run go without a call) and whenever memory
+//! gains a deadline, and stops once the map is dropped or holds no deadline. One sweep of a map runs at a time: the background sweep skips its turn
 //! while [`PersistentMap::sweep_expired`] runs, and `sweep_expired` waits for a background sweep
 //! under way, so two sweeps never take turns with the live writes.
 
@@ -476,8 +479,8 @@ where
     /// expired entries from memory, and returns how many rows were deleted from storage. If the
     /// background sweep is under way, waits for it first.
     ///
-    /// The background sweep (every second, once the map holds an entry with a deadline) does
-    /// the same; call this to reclaim space at a moment of your choosing. Expired entries are
+    /// The background sweep (every second while the map holds an entry with a deadline, and once
+    /// soon after the map opens) does the same; call this to reclaim space at a moment of your choosing. Expired entries are
     /// absent to every read either way. Subscribers hear [`Change::Expired`] for each entry
     /// dropped from memory.
     ///

@@ -268,9 +268,10 @@ where
     ///
     /// Shaped like std's `AtomicU64::compare_exchange`: `Ok(previous)` when it wrote (the
     /// previous value is `current`), `Err(actual)` with what storage holds when it did not;
-    /// memory then holds that too. Values are compared as JSON (field order and spacing aside),
-    /// so `V` needs no `PartialEq`. The outer `Result` is the backend's error, as for every
-    /// write.
+    /// memory then holds that too. Values are compared by what they mean as `V`'s JSON (field
+    /// order, spacing, and a stored row's missing `#[serde(default)]` fields aside), so `V`
+    /// needs no `PartialEq`, and a loop that retries with `actual` ends. The outer `Result` is
+    /// the backend's error, as for every write.
     ///
     /// A counter that never loses an increment, however many processes bump it:
     ///
