@@ -41,6 +41,16 @@ where
 {
 }
 
+/// Every backend of this crate's on the key and value types it stores: the store its maps write
+/// to is what a transaction commits to.
+impl<K, V, B> TransactionalBackend<K, V> for B
+where
+    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    B: StorageBackend<K, V> + sealed::Sealed + Send + Sync + 'static,
+{
+}
+
 pub(crate) mod sealed {
     pub trait Sealed {}
 }

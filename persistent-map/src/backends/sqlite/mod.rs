@@ -693,24 +693,6 @@ where
 
 impl crate::map::sealed::Sealed for SqliteBackend {}
 
-/// Tables of one file commit together: a transaction is one write of the file's writer.
-impl<K, V> crate::TransactionalBackend<K, V> for SqliteBackend
-where
-    K: Eq
-        + Hash
-        + Clone
-        + Serialize
-        + DeserializeOwned
-        + Send
-        + Sync
-        + 'static
-        + ToString
-        + FromStr,
-    <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-{
-}
-
 impl SqliteBackend {
     /// The name of `table` on this backend's file, as [`StorageBackend::storage_id`] gives it.
     pub(super) fn storage_id_of(&self, table: &str) -> String {
