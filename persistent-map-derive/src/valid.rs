@@ -68,13 +68,13 @@ fn table_name_problem(name: &str) -> Option<&'static str> {
 
 fn check_derived_text(input: &Input<'_>, cx: &Ctxt) {
     let separator = input.separator();
-    if let Some(attr) = &input.attrs.separator {
-        if attr.value == ESCAPE {
-            cx.error_spanned_by(
+    if let Some(attr) = &input.attrs.separator
+        && attr.value == ESCAPE
+    {
+        cx.error_spanned_by(
                 attr,
                 "the separator cannot be a backslash: the backslash escapes the separator inside fields",
             );
-        }
     }
     match &input.data {
         Data::Struct(_) => {

@@ -544,10 +544,10 @@ async fn off_workers<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'stati
 /// Waits for work on the blocking pool; a panic in it is resumed here. (A runtime shutting
 /// down cancels it: nothing is left to wait for.)
 async fn join_off_workers<T>(work: tokio::task::JoinHandle<T>) {
-    if let Err(error) = work.await {
-        if error.is_panic() {
-            std::panic::resume_unwind(error.into_panic());
-        }
+    if let Err(error) = work.await
+        && error.is_panic()
+    {
+        std::panic::resume_unwind(error.into_panic());
     }
 }
 

@@ -881,10 +881,10 @@ impl<'a> Work<'a> {
             Work::Commit {
                 plan, prune, sent, ..
             } => {
-                if let Some(earlier) = sent.take() {
-                    if transaction_committed(live, earlier.txid, target).await? {
-                        return Ok(Loaded::Committed(earlier.decided));
-                    }
+                if let Some(earlier) = sent.take()
+                    && transaction_committed(live, earlier.txid, target).await?
+                {
+                    return Ok(Loaded::Committed(earlier.decided));
                 }
                 add_missing_columns(live, plan, target).await?;
                 let mut relayouts = 0;

@@ -1014,10 +1014,10 @@ fn execute(
         } else {
             let mut insert = connection.prepare_cached(INSERT_LOG)?;
             for op in &part.ops {
-                if let RawOp::Upsert { key, .. } | RawOp::Delete { key } = op {
-                    if known.first_log(&table.name, key, part.origin) {
-                        insert.execute((&table.name, key, part.origin, id))?;
-                    }
+                if let RawOp::Upsert { key, .. } | RawOp::Delete { key } = op
+                    && known.first_log(&table.name, key, part.origin)
+                {
+                    insert.execute((&table.name, key, part.origin, id))?;
                 }
             }
         }
