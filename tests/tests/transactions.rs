@@ -3,14 +3,14 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use persistent_map::in_memory::InMemoryBackend;
 use persistent_map::sqlite::SqliteBackend;
 use persistent_map::{transaction, PersistentError, PersistentMap};
-use persistent_map_tests::{integrity_check, stored_rows, temp_db};
+use persistent_map_tests::{child_test, integrity_check, stored_rows, temp_db};
 
 type Counts = PersistentMap<String, u64, SqliteBackend>;
 
@@ -270,14 +270,8 @@ fn transactions_child() {
 #[test]
 fn transactions_survive_sigkill_all_or_nothing() {
     let (_dir, path) = temp_db();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "transactions_child",
-            "--nocapture",
-            "-q",
-        ])
+    let mut child = child_test(module_path!(), "transactions_child")
+        .args(["--nocapture", "-q"])
         .env(CHILD_DB, &path)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
