@@ -8,12 +8,12 @@
 //! # async fn main() -> persistent_map::Result<()> {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("app.db");
-//! let map: PersistentMap<String, u64, SqliteBackend> = PersistentMap::open(&path).await?;
+//! let map: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(&path).await?;
 //! map.insert("visits".to_string(), 1).await?; // committed to SQLite when this returns Ok
 //! assert_eq!(map.get(&"visits".to_string()), Some(1)); // served from memory
 //! drop(map);
 //!
-//! let reopened: PersistentMap<String, u64, SqliteBackend> = PersistentMap::open(&path).await?;
+//! let reopened: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(&path).await?;
 //! assert_eq!(reopened.get(&"visits".to_string()), Some(1));
 //! # Ok(())
 //! # }
