@@ -109,7 +109,7 @@ where
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> persistent_map::Result<()> {
-    /// let map: PersistentMap<u32, String, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// let map: PersistentMap<u32, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// assert!(map.is_empty());
     /// # Ok(())
     /// # }
@@ -159,8 +159,8 @@ where
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> persistent_map::Result<()> {
     /// let backend = InMemoryBackend::new();
-    /// let map: PersistentMap<String, u8, _> = PersistentMap::new(backend.clone()).await?;
-    /// backend.save("written-elsewhere".to_string(), 7u8).await?;
+    /// let map: PersistentMap<String, u32, _> = PersistentMap::new(backend.clone()).await?;
+    /// backend.save("written-elsewhere".to_string(), 7u32).await?;
     /// assert_eq!(map.get("written-elsewhere"), None);
     /// map.load().await?;
     /// assert_eq!(map.get("written-elsewhere"), Some(7));
