@@ -111,7 +111,10 @@ where
     /// # Ok::<(), persistent_map::PersistentError>(())
     /// ```
     pub fn new(backend: B) -> Result<Self> {
-        Self::open_backend(|| async { Ok(backend) })
+        Self::start(
+            "new",
+            async move { crate::PersistentMap::new(backend).await },
+        )
     }
 
     /// Makes the backend with `make` on the map's own runtime, then creates the map over it:
@@ -133,12 +136,18 @@ where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<B>>,
     {
-        Self::start(async move { crate::PersistentMap::new(make().await?).await })
+        Self::start("open_backend", async move {
+            crate::PersistentMap::new(make().await?).await
+        })
     }
 
-    /// Starts the map's runtime and runs `open` on it to make the async map.
-    fn start(open: impl Future<Output = Result<crate::PersistentMap<K, V, B>>>) -> Result<Self> {
-        refuse_inside_async("open")?;
+    /// Starts the map's runtime and runs `open` on it to make the async map; refused, naming
+    /// the `constructor` that was called, on a thread inside a runtime.
+    fn start(
+        constructor: &'static str,
+        open: impl Future<Output = Result<crate::PersistentMap<K, V, B>>>,
+    ) -> Result<Self> {
+        refuse_inside_async(constructor)?;
         let runtime = Arc::new(Runtime::start()?);
         let map = runtime.handle.block_on(open)?;
         Ok(PersistentMap { map, runtime })
@@ -739,7 +748,7 @@ where
     /// # Ok::<(), persistent_map::PersistentError>(())
     /// ```
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        Self::open_with(path, crate::SqliteOptions::new())
+        Self::start("open", crate::SqliteOptions::new().open(path))
     }
 
     /// Opens (or creates) the SQLite database at `path` and loads the map, with `options`
@@ -758,7 +767,7 @@ where
     /// # Ok::<(), persistent_map::PersistentError>(())
     /// ```
     pub fn open_with(path: impl AsRef<Path>, options: crate::SqliteOptions) -> Result<Self> {
-        Self::start(options.open(path))
+        Self::start("open_with", options.open(path))
     }
 }
 
@@ -789,7 +798,7 @@ where
     /// # Ok::<(), persistent_map::PersistentError>(())
     /// ```
     pub fn open_postgres(url: &str) -> Result<Self> {
-        Self::open_postgres_with(url, crate::PostgresOptions::new())
+        Self::start("open_postgres", crate::PostgresOptions::new().connect(url))
     }
 
     /// Connects to the PostgreSQL database at `url` and loads the map, with `options`
@@ -807,7 +816,7 @@ where
     /// # Ok::<(), persistent_map::PersistentError>(())
     /// ```
     pub fn open_postgres_with(url: &str, options: crate::PostgresOptions) -> Result<Self> {
-        Self::start(options.connect(url))
+        Self::start("open_postgres_with", options.connect(url))
     }
 }
 

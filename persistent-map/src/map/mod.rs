@@ -231,8 +231,9 @@ where
     /// Opens (or creates) the SQLite database at `path` and loads the map stored in the key
     /// type's table, [`K::TABLE_NAME`](crate::PersistentKey::TABLE_NAME).
     ///
-    /// The one-line way in; for options (durability, another table) build a
-    /// [`SqliteBackend`](crate::sqlite::SqliteBackend) and call [`new`](Self::new).
+    /// The one-line way in. For options (another table, durability, a busy timeout), use
+    /// [`open_with`](Self::open_with) and [`SqliteOptions`](crate::SqliteOptions):
+    /// `PersistentMap::open_with(path, SqliteOptions::new().table("visits")).await`.
     ///
     /// ```
     /// use persistent_map::{sqlite::SqliteBackend, PersistentMap};
