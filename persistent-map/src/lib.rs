@@ -26,7 +26,9 @@
 //! - [`PersistentKey`] gives a key type its text form and its own table; derive it (feature
 //!   `derive`, on by default).
 #![warn(missing_docs)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+// On docs.rs (nightly), mark each item with the features it needs. `doc_auto_cfg` was folded
+// into `doc_cfg`, which now does this by itself; naming the old feature fails the build.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
 mod backends;
