@@ -33,8 +33,8 @@ use crate::{PersistentKey, PersistentMap, Result};
 /// # let dir = tempfile::tempdir()?;
 /// # let path = dir.path().join("app.db");
 /// let options = SqliteOptions::new().table("visits").durability(Durability::Normal);
-/// let map: PersistentMap<u64, String, SqliteBackend> = options.open(&path).await?;
-/// map.insert(7, "seven".into()).await?;
+/// let map: PersistentMap<String, u32, SqliteBackend> = options.open(&path).await?;
+/// map.insert("home".into(), 7).await?;
 /// assert_eq!(map.backend().table(), "visits");
 /// assert_eq!(map.backend().durability(), Durability::Normal);
 /// # Ok(())
@@ -111,9 +111,9 @@ impl SqliteOptions {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> persistent_map::Result<()> {
     /// # let dir = tempfile::tempdir()?;
-    /// let map: PersistentMap<char, u32, SqliteBackend> =
+    /// let map: PersistentMap<String, u32, SqliteBackend> =
     ///     SqliteOptions::new().open(dir.path().join("app.db")).await?;
-    /// assert_eq!(map.backend().table(), "std__char");
+    /// assert_eq!(map.backend().table(), "kv"); // the table of `String` keys
     /// # Ok(())
     /// # }
     /// ```
@@ -156,10 +156,10 @@ where
     /// # async fn main() -> persistent_map::Result<()> {
     /// # let dir = tempfile::tempdir()?;
     /// # let path = dir.path().join("app.db");
-    /// let map: PersistentMap<i32, String, SqliteBackend> =
+    /// let map: PersistentMap<String, u32, SqliteBackend> =
     ///     PersistentMap::open_with(&path, SqliteOptions::new().durability(Durability::Normal))
     ///         .await?;
-    /// map.insert(-1, "minus one".into()).await?;
+    /// map.insert("visits".into(), 1).await?;
     /// # Ok(())
     /// # }
     /// ```

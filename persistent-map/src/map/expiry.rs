@@ -274,12 +274,12 @@ where
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> persistent_map::Result<()> {
     /// # let dir = tempfile::tempdir()?;
-    /// let cache: PersistentMap<String, String, SqliteBackend> =
-    ///     PersistentMap::open(dir.path().join("cache.db")).await?;
-    /// let cache = cache.with_default_ttl(Duration::from_secs(600))?;
+    /// let sessions: PersistentMap<String, u32, SqliteBackend> =
+    ///     PersistentMap::open(dir.path().join("sessions.db")).await?;
+    /// let sessions = sessions.with_default_ttl(Duration::from_secs(600))?;
     ///
-    /// cache.insert("/index.html".into(), "<html>…</html>".into()).await?;
-    /// let left = cache.ttl("/index.html").unwrap();
+    /// sessions.insert("token-1".into(), 42).await?;
+    /// let left = sessions.ttl("token-1").unwrap();
     /// assert!(left > Duration::from_secs(590) && left <= Duration::from_secs(600));
     /// # Ok(())
     /// # }
@@ -324,7 +324,7 @@ where
     /// use std::time::Duration;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> persistent_map::Result<()> {
-    /// let sessions: PersistentMap<String, u64, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// let sessions: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// sessions.insert_with_ttl("token-1".into(), 42, Duration::from_secs(1800)).await?;
     /// assert_eq!(sessions.get("token-1"), Some(42));
     /// # Ok(())

@@ -330,15 +330,15 @@ impl Transaction {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> persistent_map::Result<()> {
     /// let backend = InMemoryBackend::new();
-    /// let names: PersistentMap<u32, String, _> = PersistentMap::new(backend.clone()).await?;
+    /// let names: PersistentMap<String, String, _> = PersistentMap::new(backend.clone()).await?;
     /// let ids: PersistentMap<String, u32, _> = PersistentMap::new(backend).await?;
     /// transaction(|tx| {
-    ///     tx.insert(&names, 7, "ada".to_string());
+    ///     tx.insert(&names, "user-7".to_string(), "ada".to_string());
     ///     tx.insert(&ids, "ada".to_string(), 7);
     ///     Ok::<_, persistent_map::PersistentError>(())
     /// })
     /// .await?;
-    /// assert_eq!((names.get(&7), ids.get("ada")), (Some("ada".to_string()), Some(7)));
+    /// assert_eq!((names.get("user-7"), ids.get("ada")), (Some("ada".to_string()), Some(7)));
     /// # Ok(())
     /// # }
     /// ```
@@ -387,7 +387,7 @@ impl Transaction {
     /// # use persistent_map::{in_memory::InMemoryBackend, transaction, PersistentMap};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> persistent_map::Result<()> {
-    /// let accounts: PersistentMap<String, i64, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// let accounts: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// accounts.insert("ada".into(), 100).await?;
     /// transaction(|tx| {
     ///     tx.update(&accounts, &"ada".to_string(), |b| b.map(|b| b - 30));

@@ -93,8 +93,8 @@ where
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> persistent_map::Result<()> {
-    /// let hits: PersistentMap<String, u64, _> = PersistentMap::new(InMemoryBackend::new()).await?;
-    /// let bump = |old: Option<&u64>| Some(old.copied().unwrap_or(0) + 1);
+    /// let hits: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// let bump = |old: Option<&u32>| Some(old.copied().unwrap_or(0) + 1);
     /// assert_eq!(hits.update(&"home".to_string(), bump).await?, Some(1));
     /// assert_eq!(hits.update(&"home".to_string(), bump).await?, Some(2));
     /// assert_eq!(hits.update(&"home".to_string(), |_| None).await?, None); // removed
@@ -279,7 +279,7 @@ where
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> persistent_map::Result<()> {
-    /// let counters: PersistentMap<String, u64, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// let counters: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// let key = "jobs".to_string();
     /// let mut seen = counters.get(&key);
     /// loop {
