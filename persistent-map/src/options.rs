@@ -174,7 +174,7 @@ where
 /// Every option left unset keeps the default of
 /// [`PostgresBackend::builder`](crate::postgres::PostgresBackend::builder): the key type's
 /// table ([`K::TABLE_NAME`](PersistentKey::TABLE_NAME)), the URL's connect timeout (else 5
-/// seconds), a 10 second reconnect timeout.
+/// seconds), a 10 second reconnect timeout, a 10 second operation timeout.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -199,6 +199,7 @@ pub struct PostgresOptions {
     table: Option<String>,
     connect_timeout: Option<Duration>,
     reconnect_timeout: Option<Duration>,
+    operation_timeout: Option<Duration>,
 }
 
 #[cfg(feature = "postgres")]
@@ -251,6 +252,21 @@ impl PostgresOptions {
         self
     }
 
+    /// How long one attempt at some work may wait for the server, and from it the session's
+    /// server-side limits (`lock_timeout`, `statement_timeout`,
+    /// `idle_in_transaction_session_timeout`, keepalives)
+    /// ([`PostgresBuilder::operation_timeout`](crate::postgres::PostgresBuilder::operation_timeout)).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let options = persistent_map::PostgresOptions::new().operation_timeout(Duration::from_secs(4));
+    /// # let _ = options;
+    /// ```
+    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
+        self.operation_timeout = Some(timeout);
+        self
+    }
+
     /// Connects to the database at `url` and loads the map, with these options.
     ///
     /// Fails as [`PostgresBuilder::connect`](crate::postgres::PostgresBuilder::connect) and
@@ -288,6 +304,9 @@ impl PostgresOptions {
         }
         if let Some(timeout) = self.reconnect_timeout {
             builder = builder.reconnect_timeout(timeout);
+        }
+        if let Some(timeout) = self.operation_timeout {
+            builder = builder.operation_timeout(timeout);
         }
         PersistentMap::new(builder.connect().await?).await
     }

@@ -14,6 +14,9 @@ use persistent_map::postgres::PostgresBackend;
 use persistent_map::PersistentMap;
 use serde::Serialize;
 
+mod proxy;
+pub(crate) use proxy::FreezingProxy;
+
 pub(crate) const URL_VARIABLE: &str = "PM_TEST_POSTGRES_URL";
 
 /// How long two instances may take to agree after a burst of writes: the announcements should

@@ -194,26 +194,42 @@
 //!
 //! # Faults
 //!
-//! Every wait is bounded:
+//! Every wait is bounded, and no server session of an instance holds a lock past the work it
+//! did:
 //!
 //! - An unreachable server is a [`PersistentError::Connect`] naming the host, after the
 //!   connect timeout at most ([`PostgresBuilder::connect_timeout`], the URL's
 //!   `connect_timeout`, else 5 seconds).
-//! - A server that keeps the connection open but stops answering fails the work in hand with
-//!   [`PersistentError::Connect`] after the operation timeout
-//!   ([`PostgresBuilder::operation_timeout`], 10 seconds by default); the connection is then
-//!   dropped and re-established in the background. The same timeout sets the session's
-//!   `lock_timeout` (a quarter of it) and `statement_timeout` (90%), unless the URL's `options`
-//!   set them, and the TCP user timeout: a write of a row that another program keeps locked
-//!   fails with [`PersistentError::Postgres`] ("lock timeout"), and the writes of other keys
-//!   that shared its transaction are committed without it, so they wait at most about half the
-//!   operation timeout behind it.
+//! - A server that keeps the connection open but stops answering (or a path that goes dead
+//!   without closing) fails the work in hand with [`PersistentError::Connect`] after the
+//!   operation timeout ([`PostgresBuilder::operation_timeout`], 10 seconds by default). The
+//!   connection is then dropped, its server session ended from a new connection
+//!   (`pg_terminate_backend`, which needs the same role or `pg_signal_backend`), and a new
+//!   connection is made in the background. Where that new connection cannot reach the server
+//!   either, the server ends the session itself: every session sets
+//!   `idle_in_transaction_session_timeout` to half the operation timeout (the crate's
+//!   transactions never idle, but one whose instance froze between its two round trips
+//!   would). Either way a stuck instance's advisory and row locks are free within about the
+//!   operation timeout, and the other instances, which wait for them at most `lock_timeout`
+//!   (a quarter of it), are back to full speed; measured in `tests/postgres_faults.rs`:
+//!   released after 1.0 s with a 2 s operation timeout, 2.0 s when the server's timeout is
+//!   turned off and the new connection ends it.
+//! - The same timeout sets the session's `lock_timeout` (a quarter of it), `statement_timeout`
+//!   (90%), `idle_in_transaction_session_timeout` (half) and TCP keepalives on both ends (after
+//!   the operation timeout of silence, then every quarter of it, three probes), unless the
+//!   URL's `options` (`options=-c idle_in_transaction_session_timeout=0`) or keepalive
+//!   parameters set them, and the client's TCP user timeout.
 //! - When the connection breaks (the server restarts, `pg_terminate_backend`, the network), the
 //!   backend reconnects at once, then with growing pauses of up to a second. Work in hand is
 //!   retried on the new connection until the reconnect timeout
-//!   ([`PostgresBuilder::reconnect_timeout`], 10 seconds by default), then fails with
-//!   [`PersistentError::Connect`]. [`PostgresBackend::health`] tells connected, reconnecting
-//!   and down (gone for longer than the reconnect timeout) apart.
+//!   ([`PostgresBuilder::reconnect_timeout`], 10 seconds by default) counted from the loss,
+//!   then fails with [`PersistentError::Connect`].
+//! - [`PostgresBackend::health`] says what work sent now would meet: connected; stalled (the
+//!   work in flight has had no answer for half the operation timeout: new work waits behind
+//!   it); reconnecting (work waits); or down, once the server stopped answering for the
+//!   operation timeout or the connection has been gone for the reconnect timeout. While it is
+//!   down, new work fails at once with [`PersistentError::Connect`] and is never done later;
+//!   the backend keeps reconnecting in the background.
 //! - A refresh while the backend reconnects finds nothing to do (a quick reconnect is not an
 //!   error, for [`RefreshTask::take_error`](crate::RefreshTask::take_error) either); once it is
 //!   down, refreshes return [`PersistentError::Connect`]. Once reconnected, the next refresh
@@ -222,7 +238,8 @@
 //! A write whose commit was sent but not answered has an unknown outcome:
 //!
 //! - If the answer is lost with the connection, the backend asks the server on the new
-//!   connection whether that transaction (by its id, `txid_status`) committed. If it did, the
+//!   connection whether that transaction (by its id, `txid_status`) committed (ending the old
+//!   session first if the server still runs it, which settles it). If it did, the
 //!   write is acknowledged with what that transaction decided; if not, the write is tried
 //!   again, its conditions checked anew. So a write is never applied twice, and a retry never
 //!   puts an older value back over a newer write that another instance had acknowledged.
@@ -269,18 +286,28 @@
 //! # Logging
 //!
 //! The backend reports through [`tracing`](https://docs.rs/tracing) (with no subscriber
-//! installed, that costs next to nothing), every event with the field `table`: at `debug` each
-//! commit (`requests`, `rows`, `cleared`, `conflicts`, `elapsed`), each load (`rows`,
-//! `elapsed`; `keys` for a load of some keys) and each read of the change log (`since`, `rev`,
-//! `keys`, the `rows` of values read with them, `elapsed`); at `info` connects and reconnects,
-//! and a table gaining the column `expires_at`; at `warn` slow commits (over a second),
-//! retries, lost connections, operation timeouts and forced reloads. The example `tracing`
-//! shows them with a subscriber.
+//! installed, that costs next to nothing). Events about a table's work carry the field
+//! `table`: at `debug` each commit (`requests`, `rows`, `cleared`, `conflicts`, `elapsed`),
+//! each load (`rows`, `elapsed`; `keys` for a load of some keys) and each read of the change
+//! log (`since`, `rev`, `keys`, the `rows` of values read with them, `elapsed`); at `info` a
+//! backend connecting, a table gaining the column `expires_at`, and a commit whose answer was
+//! lost found committed (`txid`); at `warn` slow commits (over a second), retries, a commit
+//! whose answer was lost found not committed (it is tried again), operation timeouts and
+//! forced reloads.
+//!
+//! Events about the connection are one per connection, whatever the number of tables on it,
+//! with the fields `host` and `tables` (the tables it serves, comma-separated): every change
+//! of [`health`](PostgresBackend::health), with its `reason`, at `warn` (stalled, lost and
+//! reconnecting, down) or `info` (answering or reconnected again); each failed reconnect
+//! attempt at `warn`; and whether the server session of a connection that stopped answering
+//! was ended, at `info` (`pid`), or could not be (`warn`). The example `logging` shows them
+//! with a subscriber.
 
 mod commit;
 mod connect;
 mod decode;
 mod expiry;
+mod link;
 mod log;
 mod notify;
 mod registry;
@@ -356,8 +383,6 @@ struct Shared {
     session: Arc<SessionHandle>,
     /// This backend's table, news and counts, as the session knows them.
     attached: Arc<Attached>,
-    /// How long a lost connection counts as reconnecting rather than down.
-    reconnect_timeout: Duration,
     /// The server and the database (`postgres://host:port/database`), as errors name them.
     database: String,
     /// The server, database and table, for [`StorageBackend::storage_id`].
@@ -513,15 +538,18 @@ impl PostgresBackend {
         PostgresStats {
             commits: counters.commits.load(Ordering::Relaxed),
             writes: counters.writes.load(Ordering::Relaxed),
+            conflicts: counters.conflicts.load(Ordering::Relaxed),
             reconnects: counters.reconnects.load(Ordering::Relaxed),
             rows_read: counters.rows_read.load(Ordering::Relaxed),
         }
     }
 
-    /// Whether the backend is connected now, reconnecting, or down (disconnected for longer
-    /// than the reconnect timeout): for health checks and alerts. While it reconnects, work
-    /// waits for the connection; once it is down, work fails with
-    /// [`PersistentError::Connect`] (and the backend keeps trying to reconnect).
+    /// What work sent now would meet: for health checks and alerts (see [`Health`]). While the
+    /// connection is stalled or reconnecting, work waits; once it is down (the server stopped
+    /// answering for the operation timeout, or the connection has been gone for the reconnect
+    /// timeout), new work fails at once with [`PersistentError::Connect`] and is never done
+    /// later, while the backend keeps trying to reconnect in the background. Every change of
+    /// health is logged once per connection (see "Logging" in the [module docs](self)).
     ///
     /// ```no_run
     /// use persistent_map::postgres::{Health, PostgresBackend};
@@ -531,6 +559,7 @@ impl PostgresBackend {
     /// let backend = PostgresBackend::connect("postgres://postgres@127.0.0.1:5432/test").await?;
     /// match backend.health() {
     ///     Health::Connected => {}
+    ///     Health::Stalled { since, reason, .. } => eprintln!("stalled for {since:?}: {reason}"),
     ///     Health::Reconnecting { since, reason, .. } => eprintln!("reconnecting for {since:?}: {reason}"),
     ///     Health::Down { since, reason, .. } => eprintln!("down for {since:?}: {reason}"),
     ///     _ => {}
@@ -539,13 +568,7 @@ impl PostgresBackend {
     /// # }
     /// ```
     pub fn health(&self) -> Health {
-        match self.shared.attached.changes.disconnected() {
-            None => Health::Connected,
-            Some((reason, since)) if since < self.shared.reconnect_timeout => {
-                Health::Reconnecting { since, reason }
-            }
-            Some((reason, since)) => Health::Down { since, reason },
-        }
+        self.shared.session.link.health()
     }
 
     /// Commits `write`, to this backend's table alone.
@@ -593,11 +616,12 @@ impl PostgresBackend {
         })
     }
 
+    /// Sends `command` to the session, unless the connection is down: then the work fails at
+    /// once (and is never done later).
     fn send(&self, command: Command) -> Result<()> {
-        self.shared
-            .session
-            .send(command)
-            .map_err(|()| self.stopped())
+        let session = &self.shared.session;
+        session.refuse_if_down(&self.shared.attached.target)?;
+        session.send(command).map_err(|()| self.stopped())
     }
 
     /// This backend, as the session's commands name it.
@@ -667,11 +691,16 @@ impl fmt::Debug for PostgresBackend {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct PostgresStats {
-    /// Transactions committed that carried this backend's writes (a transaction of the shared
-    /// connection may carry other backends' too).
+    /// Transactions committed that carried at least one of this backend's acknowledged writes
+    /// (a transaction of the shared connection may carry other backends' too).
     pub commits: u64,
-    /// Write requests (a single insert or remove, or one batch) committed and acknowledged.
+    /// Write requests (a single insert or remove, one batch, one attempt of a
+    /// read-modify-write whose condition held) committed and acknowledged.
     pub writes: u64,
+    /// Attempts of read-modify-writes (and conditional writes) that wrote nothing because their
+    /// condition no longer held when checked under the key's lock: `update` then runs its
+    /// closure again. `conflicts / writes` is how often a write was computed from a stale value.
+    pub conflicts: u64,
     /// Connections lost and re-established.
     pub reconnects: u64,
     /// Rows read to load the table or to re-read the keys others changed: what catching up
@@ -692,38 +721,54 @@ pub struct PostgresStats {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Health {
-    /// The connection is up and listening for the other instances' announcements.
+    /// The connection is up and listening for the other instances' announcements, and the
+    /// work in flight (if any) has been sent less than half the operation timeout ago.
     Connected,
+    /// The connection is up, but the work in flight has had no answer for `since`, at least
+    /// half the operation timeout: new work waits behind it. If no answer comes within the
+    /// operation timeout, that work fails and the backend is [down](Health::Down).
+    Stalled {
+        /// How long the work in flight has waited for an answer.
+        since: Duration,
+        /// What is waiting.
+        reason: String,
+    },
     /// The connection was lost `since` ago, less than the reconnect timeout: the backend is
-    /// reconnecting, and work waits for it.
+    /// reconnecting, and work waits for it, until the reconnect timeout after the loss.
     Reconnecting {
         /// How long the connection has been gone.
         since: Duration,
         /// Why it was lost, or why the last attempt to reconnect failed.
         reason: String,
     },
-    /// The connection has been gone for longer than the reconnect timeout: work fails with
-    /// [`PersistentError::Connect`] until a reconnect attempt (made in the background, with
-    /// pauses of up to a second) succeeds.
+    /// The connection has been gone for longer than the reconnect timeout, or the server
+    /// stopped answering (work got no answer within the operation timeout): new work fails at
+    /// once with [`PersistentError::Connect`] until a reconnect attempt (made in the
+    /// background, with pauses of up to a second) succeeds.
     Down {
         /// How long the connection has been gone.
         since: Duration,
-        /// Why it was lost.
+        /// Why it was lost, or why the last attempt to reconnect failed.
         reason: String,
     },
 }
 
 impl Health {
-    /// Whether the connection is up.
+    /// Whether the connection is up and answering ([`Health::Connected`]).
     ///
     /// ```
-    /// assert!(persistent_map::postgres::Health::Connected.is_connected());
+    /// use persistent_map::postgres::Health;
+    /// use std::time::Duration;
+    ///
+    /// assert!(Health::Connected.is_connected());
+    /// let stalled = Health::Stalled { since: Duration::from_secs(6), reason: "no answer".into() };
+    /// assert!(!stalled.is_connected() && !stalled.is_down());
     /// ```
     pub fn is_connected(&self) -> bool {
         matches!(self, Health::Connected)
     }
 
-    /// Whether the connection has been gone for longer than the reconnect timeout.
+    /// Whether the backend is down: new work fails at once.
     ///
     /// ```
     /// use persistent_map::postgres::Health;
@@ -915,14 +960,21 @@ impl PostgresBuilder {
     /// dropped and re-established in the background.
     ///
     /// It also sets the server-side limits of each session, unless the connection string's
-    /// `options` set them: `lock_timeout` to a quarter of it (a row locked by another program
-    /// fails the write of that key, and the other writes of its group are then committed
-    /// without it) and `statement_timeout` to 90% of it (so a load of a table that takes longer
-    /// to read than that fails: raise this timeout for such tables), and the TCP user timeout
-    /// to all of it.
+    /// `options` set them (`options=-c idle_in_transaction_session_timeout=0`, say):
+    /// `lock_timeout` to a quarter of it (a write that waits that long for a key's lock
+    /// fails), `statement_timeout` to 90% of it (so a load of a table that takes longer to
+    /// read than that fails: raise this timeout for such tables),
+    /// `idle_in_transaction_session_timeout` to half of it (the server ends a session of this
+    /// instance that stopped talking in the middle of a transaction, freeing its locks), and
+    /// TCP keepalives on both ends (a probe after this long of silence, then every quarter of
+    /// it, three unanswered: gone) unless the URL sets `keepalives_idle`; and the client's TCP
+    /// user timeout to all of it. Work unanswered for half of it makes
+    /// [`health`](PostgresBackend::health) report [`Health::Stalled`].
     ///
     /// A commit that got no answer may have committed or not: the error says which, if it
-    /// knows, or that the outcome is unknown. See the [module docs](self#faults).
+    /// knows, or that the outcome is unknown. Its server session is then ended from a new
+    /// connection (`pg_terminate_backend`), so that its locks are freed at once. See the
+    /// [module docs](self#faults).
     ///
     /// ```no_run
     /// # #[tokio::main]
@@ -996,6 +1048,7 @@ impl PostgresBuilder {
         let (done, attaching) = oneshot::channel();
         let table = Arc::clone(&attached);
         let stopped = || PersistentError::Backend("the PostgreSQL session has stopped".into());
+        session.refuse_if_down(&attached.target)?;
         session
             .send(Command::Attach { table, done })
             .map_err(|()| stopped())?;
@@ -1004,7 +1057,6 @@ impl PostgresBuilder {
             shared: Arc::new(Shared {
                 session,
                 attached,
-                reconnect_timeout: self.reconnect_timeout,
                 database,
                 storage_id,
                 created: Instant::now(),
@@ -1181,14 +1233,15 @@ where
         let Some(since) = since else {
             return Ok((ExternalChanges::Unknown, None));
         };
-        if let Some((reason, down_for)) = self.shared.attached.changes.disconnected() {
-            if down_for < self.shared.reconnect_timeout {
-                return Ok((ExternalChanges::None, Some(since)));
+        match self.health() {
+            Health::Reconnecting { .. } => return Ok((ExternalChanges::None, Some(since))),
+            Health::Down { since, reason } => {
+                return Err(self.shared.attached.target.connect_error(format!(
+                    "the connection was lost {since:?} ago ({reason}) and is not back; still \
+                     reconnecting, the map will catch up from the change log then"
+                )))
             }
-            return Err(self.shared.attached.target.connect_error(format!(
-                "the connection was lost {down_for:?} ago ({reason}) and is not back; still \
-                 reconnecting, the map will catch up from the change log then"
-            )));
+            Health::Connected | Health::Stalled { .. } => {}
         }
         let position = Position::from_change_position(since);
         let epoch = self.shared.attached.changes.epoch();

@@ -33,9 +33,11 @@ use tokio_postgres::Statement;
 
 use super::commit::{self, Committed, Decided, Plan, Request, Step};
 use super::connect::{
-    self, describe_error, Endpoint, Live, OpenFailure, TableSql, TableStatements, Target,
+    self, describe_error, Endpoint, Live, OpenFailure, ServerSession, TableSql, TableStatements,
+    Target,
 };
 use super::expiry;
+use super::link::Link;
 use super::log::{self, LogRead};
 use super::notify::{self, Changes, Listeners};
 use crate::{PersistentError, Result};
@@ -175,6 +177,7 @@ pub(super) enum Scanned {
 pub(super) struct Counters {
     pub(super) commits: AtomicU64,
     pub(super) writes: AtomicU64,
+    pub(super) conflicts: AtomicU64,
     pub(super) reconnects: AtomicU64,
     pub(super) rows_read: AtomicU64,
 }
@@ -269,6 +272,8 @@ enum Failed {
 pub(super) struct Session {
     endpoint: Endpoint,
     listeners: Arc<Listeners>,
+    /// The connection's state, as the backends report it and refuse work by it.
+    link: Arc<Link>,
     /// The backends whose tables the connection serves, kept across reconnections.
     attached: Vec<Weak<Attached>>,
     timeouts: Timeouts,
@@ -289,16 +294,18 @@ impl Session {
         endpoint: Endpoint,
         timeouts: Timeouts,
         target: &Target,
+        link: Arc<Link>,
     ) -> Result<Self> {
         let generation = 1;
         let listeners = Arc::new(Listeners::default());
         let timeout = endpoint.connect_timeout;
-        let live = connect::open(&endpoint, &[], &listeners, generation, timeout)
+        let live = connect::open(&endpoint, &[], &listeners, &link, generation, timeout)
             .await
             .map_err(|failure| failure.into_error(target))?;
         Ok(Self {
             endpoint,
             listeners,
+            link,
             attached: Vec::new(),
             timeouts,
             live: Some(live),
@@ -410,13 +417,23 @@ impl Session {
                 Some(live) => tokio::select! {
                     biased;
                     command = commands.recv() => return command,
-                    () = live.closed() => self.drop_connection("the connection was closed".to_owned()),
+                    () = live.closed() => self.drop_connection("the connection was closed".to_owned(), false),
                 },
                 None => tokio::select! {
                     biased;
                     command = commands.recv() => return command,
                     () = tokio::time::sleep(self.backoff) => {
-                        if !self.reconnect(self.endpoint.connect_timeout).await {
+                        // While reconnecting, an attempt ends by the time the connection counts
+                        // as down, so that work queued meanwhile waits no longer than that.
+                        let left = self
+                            .link
+                            .wait_for_connection_until()
+                            .saturating_duration_since(Instant::now());
+                        let timeout = match left.is_zero() {
+                            true => self.endpoint.connect_timeout,
+                            false => self.endpoint.connect_timeout.min(left),
+                        };
+                        if !self.reconnect(timeout).await {
                             self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
                         }
                     }
@@ -433,7 +450,6 @@ impl Session {
             Err(failed) => return Err(error_of(&table.target, failed)),
         }
         self.listeners.add(&table.sql.name, &table.changes);
-        table.changes.connected(self.generation);
         self.attached.retain(|attached| attached.strong_count() > 0);
         self.attached.push(Arc::downgrade(&table));
         let target = &table.target;
@@ -523,7 +539,7 @@ impl Session {
             .commits
             .is_multiple_of(notify::WAKE_WRITERS_EVERY_COMMITS);
         self.commits += 1;
-        count_commit(requests);
+        count_commit(requests, &decided.outcomes);
         for (table, summary) in &decided.tables {
             let sole_writer = sole_writer(requests, table).filter(|_| !wake_writers);
             self.listeners.committed(table, sole_writer);
@@ -602,20 +618,15 @@ impl Session {
     }
 
     /// Runs `work` on the connection, reconnecting and trying again while the connection
-    /// breaks, until the reconnect timeout. An attempt the server does not finish answering
-    /// within the operation timeout is not tried again: its connection is dropped (the server
-    /// may be stuck with it) and the work fails.
+    /// breaks, until the reconnect timeout counted from the loss. An attempt the server does not
+    /// finish answering within the operation timeout is not tried again: its connection is
+    /// dropped, its server session ended from a new connection (the server may still hold its
+    /// locks), and the work fails.
     async fn retrying(&mut self, mut work: Work<'_>) -> std::result::Result<Loaded, Failed> {
-        let deadline = Instant::now() + self.timeouts.reconnect;
         let mut transient_retries = 0;
         loop {
-            self.connect_before(deadline).await?;
-            let live = self
-                .live
-                .as_mut()
-                .expect("connect_before returns Ok only with a live connection");
-            let attempt = work.attempt(live);
-            let Ok(attempted) = tokio::time::timeout(self.timeouts.operation, attempt).await else {
+            self.connect_before().await?;
+            let Some(attempted) = self.attempt(&mut work).await else {
                 return Err(self.timed_out(&work));
             };
             match attempted {
@@ -634,14 +645,11 @@ impl Session {
                     }
                 }
                 Err(Failure::BrokenMidway(error)) => {
-                    self.drop_connection(describe_error(&error));
+                    self.drop_connection(describe_error(&error), false);
                     return Err(Failed::Refused(work.target().postgres_error(error)));
                 }
                 Err(Failure::Connection(error)) => {
-                    self.drop_connection(describe_error(&error));
-                    if Instant::now() >= deadline {
-                        return Err(Failed::Unavailable(self.unreachable_reason()));
-                    }
+                    self.drop_connection(describe_error(&error), false);
                     tracing::warn!(
                         table = %work.table(),
                         commit_answer_lost = work.commit_sent(),
@@ -652,8 +660,41 @@ impl Session {
         }
     }
 
-    /// The attempt at `work` got no answer in time: drops the connection and says what that
-    /// means for the work.
+    /// One attempt at `work` on the live connection, marked in flight on the link (stalled,
+    /// and logged so, once unanswered for half the operation timeout); `None` if it had no
+    /// answer within the operation timeout.
+    async fn attempt(
+        &mut self,
+        work: &mut Work<'_>,
+    ) -> Option<std::result::Result<Loaded, Failure>> {
+        let live = self
+            .live
+            .as_mut()
+            .expect("connect_before returns Ok only with a live connection");
+        let (link, attached) = (&self.link, &self.attached);
+        let attempt = work.attempt(live);
+        tokio::pin!(attempt);
+        link.sent();
+        let stall_after = link.stall_after();
+        let answered = tokio::select! {
+            biased;
+            attempted = &mut attempt => Some(attempted),
+            () = tokio::time::sleep(stall_after) => {
+                link.log_change(|| table_names(attached));
+                let left = self.timeouts.operation.saturating_sub(stall_after);
+                tokio::time::timeout(left, &mut attempt).await.ok()
+            }
+        };
+        link.answered();
+        if answered.is_some() {
+            link.log_change(|| table_names(attached));
+        }
+        answered
+    }
+
+    /// The attempt at `work` got no answer in time: drops the connection (the link is down at
+    /// once: new work fails until a reconnection succeeds), ends its server session from a new
+    /// connection, and says what that means for the work.
     fn timed_out(&mut self, work: &Work<'_>) -> Failed {
         let timeout = self.timeouts.operation;
         let outcome_unknown = work.commit_sent();
@@ -663,9 +704,19 @@ impl Session {
             outcome_unknown,
             "no answer within the operation timeout; dropping the connection"
         );
-        self.drop_connection(format!(
-            "no answer within the operation timeout of {timeout:?}"
-        ));
+        if let Some(live) = &self.live {
+            tokio::spawn(connect::end_stuck_session(
+                self.endpoint.config.clone(),
+                self.endpoint.tls.clone(),
+                self.endpoint.connect_timeout,
+                self.endpoint.host.clone(),
+                live.server_session.clone(),
+            ));
+        }
+        self.drop_connection(
+            format!("the server did not answer within the operation timeout of {timeout:?}"),
+            true,
+        );
         if let (true, Work::Commit { plan, .. }) = (outcome_unknown, work) {
             // The maps keep their old values; a reload shows what happened. (The log cannot: a
             // commit that did happen is logged as the writing map's own.)
@@ -691,10 +742,18 @@ impl Session {
         })
     }
 
-    /// Makes sure there is a connection, trying until `deadline`.
-    async fn connect_before(&mut self, deadline: Instant) -> std::result::Result<(), Failed> {
+    /// Makes sure there is a connection, trying until the reconnect timeout after the loss;
+    /// fails at once if the link is down.
+    async fn connect_before(&mut self) -> std::result::Result<(), Failed> {
         while self.live.is_none() {
+            if let Some(refusal) = self.link.refusal() {
+                return Err(Failed::Unavailable(refusal));
+            }
+            let deadline = self.link.wait_for_connection_until();
             let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Failed::Unavailable(self.unreachable_reason()));
+            }
             if self
                 .reconnect(self.endpoint.connect_timeout.min(left))
                 .await
@@ -725,37 +784,41 @@ impl Session {
             &self.endpoint,
             &tables,
             &self.listeners,
+            &self.link,
             self.generation,
             timeout,
         )
         .await;
-        match opened {
+        let opened = match opened {
             Ok(live) => {
                 self.live = Some(live);
                 self.backoff = FIRST_BACKOFF;
-                self.listeners.connected(self.generation);
+                self.link.connected(self.generation);
+                self.listeners.connection_changed();
                 for table in &attached {
                     table.counters.reconnects.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(table = %table.target.table, host = %self.endpoint.host, generation = self.generation, "reconnected to PostgreSQL; the maps catch up from the change log");
                 }
                 true
             }
             Err(failure) => {
                 self.last_failure = failure.to_string();
-                tracing::debug!(host = %self.endpoint.host, error = %self.last_failure, "a reconnect attempt failed");
+                self.link.reconnect_failed(&self.last_failure);
+                tracing::warn!(host = %self.endpoint.host, tables = %table_names(&self.attached), generation = self.generation, error = %self.last_failure, "a reconnect attempt failed");
                 false
             }
-        }
+        };
+        self.link.log_change(|| table_names(&self.attached));
+        opened
     }
 
-    fn drop_connection(&mut self, reason: String) {
-        for table in self.live_tables() {
-            tracing::warn!(table = %table.target.table, host = %self.endpoint.host, reason = %reason, "lost the connection to PostgreSQL");
-        }
+    /// Forgets the connection, lost for `reason` (`unanswered`: the server stopped answering).
+    fn drop_connection(&mut self, reason: String, unanswered: bool) {
         self.live = None;
         self.backoff = FIRST_BACKOFF;
-        self.listeners.lost(self.generation, &reason);
+        self.link.lost(self.generation, &reason, unanswered);
+        self.listeners.connection_changed();
         self.last_failure = reason;
+        self.link.log_change(|| table_names(&self.attached));
     }
 
     fn unreachable_reason(&self) -> String {
@@ -764,6 +827,18 @@ impl Session {
             self.timeouts.reconnect, self.last_failure
         )
     }
+}
+
+/// The tables a connection serves, for its events: `a,b,c`.
+fn table_names(attached: &[Weak<Attached>]) -> String {
+    let mut names: Vec<String> = attached
+        .iter()
+        .filter_map(Weak::upgrade)
+        .map(|table| table.sql.name.clone())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names.join(",")
 }
 
 /// Whose errors a request reports: its first part's backend. (A request has a part: the
@@ -786,19 +861,35 @@ fn sole_writer<'r>(requests: &[&'r [Part]], table: &str) -> Option<&'r Changes> 
         .then_some(&**first)
 }
 
-/// Counts a commit for each backend it served: one transaction, and its requests' parts.
-fn count_commit(requests: &[&[Part]]) {
-    let mut served: Vec<(*const Attached, &Attached, u64)> = Vec::new();
-    for (table, _) in requests.iter().copied().flatten() {
-        let id: *const Attached = Arc::as_ptr(table);
-        match served.iter_mut().find(|(seen, _, _)| *seen == id) {
-            Some((_, _, count)) => *count += 1,
-            None => served.push((id, &**table, 1)),
+/// Counts a commit for each backend it served: per backend, the parts of its requests that
+/// were applied (acknowledged writes) and refused by a condition (conflicts), and one commit
+/// if the transaction carried a write of its.
+fn count_commit(requests: &[&[Part]], outcomes: &[Outcome]) {
+    /// A backend, and its applied and refused parts.
+    type Served<'r> = (*const Attached, &'r Attached, u64, u64);
+    let mut served: Vec<Served<'_>> = Vec::new();
+    for (parts, outcome) in requests.iter().copied().zip(outcomes) {
+        let applied = matches!(outcome, Outcome::Applied { .. });
+        for (table, _) in parts {
+            let id: *const Attached = Arc::as_ptr(table);
+            let index = match served.iter().position(|(seen, ..)| *seen == id) {
+                Some(index) => index,
+                None => {
+                    served.push((id, &**table, 0, 0));
+                    served.len() - 1
+                }
+            };
+            let (_, _, writes, conflicts) = &mut served[index];
+            *(if applied { writes } else { conflicts }) += 1;
         }
     }
-    for (_, table, count) in served {
-        table.counters.commits.fetch_add(1, Ordering::Relaxed);
-        table.counters.writes.fetch_add(count, Ordering::Relaxed);
+    for (_, table, writes, conflicts) in served {
+        let counters = &table.counters;
+        if writes > 0 {
+            counters.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        counters.writes.fetch_add(writes, Ordering::Relaxed);
+        counters.conflicts.fetch_add(conflicts, Ordering::Relaxed);
     }
 }
 
@@ -830,6 +921,8 @@ enum Loaded {
 struct Sent {
     txid: i64,
     decided: Decided,
+    /// The server session it was sent on, ended if the transaction is still in progress there.
+    server_session: ServerSession,
 }
 
 /// Work for the connection that can be tried again on a new one.
@@ -882,17 +975,23 @@ impl<'a> Work<'a> {
                 plan, prune, sent, ..
             } => {
                 if let Some(earlier) = sent.take() {
-                    if transaction_committed(live, earlier.txid, target).await? {
+                    let committed = transaction_committed(live, &earlier, target).await?;
+                    let txid = earlier.txid;
+                    if committed {
+                        tracing::info!(table = %target.table, txid, "a commit whose answer was lost had committed: its writes are acknowledged with what it decided");
                         return Ok(Loaded::Committed(earlier.decided));
                     }
+                    tracing::warn!(table = %target.table, txid, "a commit whose answer was lost had not committed: trying it again, its conditions checked anew");
                 }
                 add_missing_columns(live, plan, target).await?;
                 let mut relayouts = 0;
                 loop {
+                    let server_session = live.server_session.clone();
                     let committed = commit::commit_once(live, plan, *prune, |txid, decided| {
                         *sent = Some(Sent {
                             txid,
                             decided: decided.clone(),
+                            server_session,
                         });
                     })
                     .await;
@@ -1034,22 +1133,31 @@ impl<'a> Work<'a> {
     }
 }
 
-/// Whether transaction `txid`, whose `COMMIT` was sent on a connection since lost, committed.
-/// While the server still runs it (it has not noticed the lost connection yet), asks again.
+/// Whether the transaction of `sent`, whose `COMMIT` was sent on a connection since lost,
+/// committed. While the server still runs it (it has not noticed the lost connection yet), ends
+/// that old session, which settles the transaction one way or the other, and asks again.
 async fn transaction_committed(
     live: &mut Live,
-    txid: i64,
+    sent: &Sent,
     target: &Target,
 ) -> std::result::Result<bool, Failure> {
+    let mut ended_old_session = false;
     loop {
         let row = live
             .client
-            .query_one(&live.statements.transaction_status, &[&txid])
+            .query_one(&live.statements.transaction_status, &[&sent.txid])
             .await
             .map_err(classify(target))?;
         let status: Option<String> = row.try_get(0).map_err(classify(target))?;
         match status.as_deref() {
             Some("committed") => return Ok(true),
+            Some("in progress") if !ended_old_session => {
+                sent.server_session
+                    .terminate_through(&live.client)
+                    .await
+                    .map_err(classify(target))?;
+                ended_old_session = true;
+            }
             Some("in progress") => tokio::time::sleep(Duration::from_millis(20)).await,
             _ => return Ok(false),
         }
@@ -1304,9 +1412,14 @@ fn classify(target: &Target) -> impl Fn(tokio_postgres::Error) -> Failure + '_ {
             {
                 Failure::Transient(error)
             }
-            // Class 08 (connection exception) and 57P01-57P05 (the server ending the session:
-            // `pg_terminate_backend`, shutdown, restart).
-            Some(code) if code.code().starts_with("08") || code.code().starts_with("57P") => {
+            // Class 08 (connection exception), 57P01-57P05 (the server ending the session:
+            // `pg_terminate_backend`, shutdown, restart) and 25P03 (it ended a session idle in a
+            // transaction for too long).
+            Some(code)
+                if code.code().starts_with("08")
+                    || code.code().starts_with("57P")
+                    || *code == SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT =>
+            {
                 Failure::Connection(error)
             }
             _ => Failure::Refused(target.postgres_error(error)),
