@@ -349,7 +349,7 @@ async fn a_server_that_stops_answering_fails_a_write_within_the_operation_timeou
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_row_locked_elsewhere_fails_its_write_in_time_and_other_keys_commit() {
+async fn a_row_locked_elsewhere_fails_its_write_in_time_naming_it_and_other_keys_commit() {
     const BOUND: Duration = Duration::from_secs(1);
     let table = TestTable::new("row_lock");
     let backend = PostgresBackend::builder(&url())
@@ -397,8 +397,10 @@ async fn a_row_locked_elsewhere_fails_its_write_in_time_and_other_keys_commit() 
     );
     assert!(others_done < BOUND, "{others_done:?}");
     assert!(blocked_done < BOUND, "{blocked_done:?}");
-    assert!(matches!(err, PersistentError::Postgres { .. }), "{err}");
-    assert!(err.to_string().contains("lock timeout"), "{err}");
+    let message = err.to_string();
+    for part in ["lock timeout", "\"locked\"", table.name(), "not committed"] {
+        assert!(message.contains(part), "{part:?} missing from: {message}");
+    }
     assert_eq!(map.get("locked"), Some(1), "memory is unchanged");
 
     lock.rollback().await.unwrap();
@@ -406,4 +408,97 @@ async fn a_row_locked_elsewhere_fails_its_write_in_time_and_other_keys_commit() 
     let stored: HashMap<String, u64> = read_table(&locker, table.name()).await;
     assert_eq!(stored.len(), 9);
     assert_eq!(stored["locked"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_locked_by_another_program_for_ten_seconds_leave_the_other_keys_flowing() {
+    const LOCKED: [&str; 3] = ["hot-0", "hot-1", "hot-2"];
+    const HELD: Duration = Duration::from_secs(10);
+    let table = TestTable::new("row_locks");
+    let map = open(&table).await;
+    for key in LOCKED {
+        map.insert(key.into(), 0).await.unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let free = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let mut writers = Vec::new();
+    for task in 0..11u64 {
+        let (map, stop, free, refused) = (
+            map.clone(),
+            Arc::clone(&stop),
+            Arc::clone(&free),
+            Arc::clone(&refused),
+        );
+        writers.push(tokio::spawn(async move {
+            let key = match LOCKED.get(task as usize) {
+                Some(key) => (*key).to_owned(),
+                None => format!("free-{task}"),
+            };
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                match map.insert(key.clone(), i).await {
+                    Ok(_) if key.starts_with("free") => {
+                        free.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        let message = err.to_string();
+                        assert!(
+                            message.contains("lock timeout") && message.contains(&key),
+                            "{message}"
+                        );
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    let free_rate = |window: Duration| {
+        let free = Arc::clone(&free);
+        async move {
+            let before = free.load(Ordering::Relaxed);
+            tokio::time::sleep(window).await;
+            (free.load(Ordering::Relaxed) - before) as f64 / window.as_secs_f64()
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let unlocked = free_rate(Duration::from_secs(2)).await;
+
+    // Another program (as psql would) locks three rows for ten seconds.
+    let mut locker = admin().await;
+    let lock = locker.transaction().await.unwrap();
+    let locked_rows = lock
+        .execute(
+            &format!(
+                "SELECT 1 FROM \"{}\" WHERE key = ANY($1) FOR UPDATE",
+                table.name()
+            ),
+            &[&LOCKED.as_slice()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(locked_rows, 3);
+    let during = free_rate(HELD).await;
+    lock.rollback().await.unwrap();
+    let after = free_rate(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let refused = refused.load(Ordering::Relaxed);
+    eprintln!(
+        "writes of free keys: {unlocked:.0}/s unlocked, {during:.0}/s while 3 rows were \
+         locked, {after:.0}/s after; {refused} writes of the locked rows refused"
+    );
+    assert!(
+        during >= unlocked / 2.0,
+        "{during:.0}/s against {unlocked:.0}/s"
+    );
+    assert!(refused > 0, "the locked rows' writes waited and failed");
+    // The locked rows are written again once free.
+    for key in LOCKED {
+        map.insert(key.into(), 1).await.unwrap();
+    }
 }

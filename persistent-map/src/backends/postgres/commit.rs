@@ -50,7 +50,12 @@ pub(super) struct Summary {
 /// A commit as decided: each request's outcome, and a summary per table.
 #[derive(Debug, Clone)]
 pub(super) struct Decided {
-    pub(super) outcomes: Vec<Outcome>,
+    /// Per request, in order: what it did, or `None` if it was left out of the commit because
+    /// a row it writes (or a request before it that shares a key with it) is locked by
+    /// another session: it waits, and is tried again with a later group.
+    pub(super) outcomes: Vec<Option<Outcome>>,
+    /// The rows, as table and key, that other sessions held locked.
+    pub(super) locked: Vec<(String, String)>,
     pub(super) tables: BTreeMap<String, Summary>,
 }
 
@@ -66,6 +71,9 @@ pub(super) struct Plan<'a> {
     key_locks: Vec<i32>,
     /// Per table, the keys whose stored values the conditions and previous values need.
     reads: BTreeMap<&'a str, Vec<&'a str>>,
+    /// Per table not cleared, the keys written, whose rows are checked for other sessions'
+    /// locks before anything is written.
+    written: BTreeMap<&'a str, Vec<&'a str>>,
 }
 
 impl<'a> Plan<'a> {
@@ -74,6 +82,7 @@ impl<'a> Plan<'a> {
         struct Needs<'a> {
             locked: Vec<&'a str>,
             read: Vec<&'a str>,
+            written: Vec<&'a str>,
             cleared: bool,
         }
         let mut tables: BTreeMap<&str, Needs<'_>> = BTreeMap::new();
@@ -86,6 +95,7 @@ impl<'a> Plan<'a> {
                 match op.key() {
                     Some(key) => {
                         needs.locked.push(key);
+                        needs.written.push(key);
                         // A sweep deletes only a row it reads as expired.
                         if write.want_previous || matches!(op, RawOp::Sweep { .. }) {
                             needs.read.push(key);
@@ -98,6 +108,7 @@ impl<'a> Plan<'a> {
         let mut table_locks: Vec<(i32, bool)> = Vec::with_capacity(tables.len());
         let mut key_locks = Vec::new();
         let mut reads = BTreeMap::new();
+        let mut written = BTreeMap::new();
         for (table, mut needs) in tables {
             let exclusive = needs.cleared || needs.locked.len() > MAX_KEY_LOCKS;
             table_locks.push((lock_id(table, None), exclusive));
@@ -108,6 +119,12 @@ impl<'a> Plan<'a> {
             needs.read.dedup();
             if !needs.read.is_empty() {
                 reads.insert(table, needs.read);
+            }
+            // A clear deletes every row: it waits for other sessions' row locks (`lock_timeout`).
+            if !needs.cleared && !needs.written.is_empty() {
+                needs.written.sort_unstable();
+                needs.written.dedup();
+                written.insert(table, needs.written);
             }
         }
         // Two tables whose locks collide take it once, exclusive if either needs that.
@@ -126,6 +143,7 @@ impl<'a> Plan<'a> {
             table_locks,
             key_locks,
             reads,
+            written,
         }
     }
 
@@ -180,15 +198,18 @@ impl<'a> Plan<'a> {
         let outcomes = self
             .requests
             .iter()
-            .map(|parts| Outcome::Applied {
-                previous: parts
-                    .iter()
-                    .map(|(_, write)| write.want_previous.then(Vec::new))
-                    .collect(),
+            .map(|parts| {
+                Some(Outcome::Applied {
+                    previous: parts
+                        .iter()
+                        .map(|(_, write)| write.want_previous.then(Vec::new))
+                        .collect(),
+                })
             })
             .collect();
         Decided {
             outcomes,
+            locked: Vec::new(),
             tables: BTreeMap::new(),
         }
     }
@@ -254,6 +275,9 @@ pub(super) async fn commit_once(
     for (table, keys) in &plan.reads {
         steps.push((&live.table(table).select_keys, vec![keys, &now]));
     }
+    for (table, keys) in &plan.written {
+        steps.push((&live.table(table).locked_elsewhere, vec![keys]));
+    }
     let answers = match pipeline(client, &steps).await {
         Ok(answers) => answers,
         Err(error) => {
@@ -278,6 +302,23 @@ pub(super) async fn commit_once(
         client.query(&statements.rollback, &[]).await?;
         return Ok(Committed::LayoutChanged(with_column));
     }
+    let probes = &answers[txid_step + 2 + plan.reads.len()..];
+    let mut locked: Vec<(&str, String)> = Vec::new();
+    for ((table, _), rows) in plan.written.iter().zip(probes) {
+        for row in rows {
+            locked.push((table, row.try_get(0)?));
+        }
+    }
+    let waits = waiting_requests(plan.requests, &locked);
+    if waits.iter().all(|waits| *waits) {
+        // Nothing can be written now: end the transaction, freeing its locks.
+        client.query(&statements.rollback, &[]).await?;
+        return Ok(Committed::Done(Decided {
+            outcomes: vec![None; plan.requests.len()],
+            locked: owned_rows(&locked),
+            tables: BTreeMap::new(),
+        }));
+    }
     let mut stored: HashMap<&str, StoredRows> = HashMap::new();
     for ((table, _), rows) in plan.reads.iter().zip(&answers[txid_step + 2..]) {
         let values = stored.entry(table).or_default();
@@ -293,7 +334,22 @@ pub(super) async fn commit_once(
         }
     }
 
-    let (outcomes, applied) = evaluate(plan.requests, stored);
+    let going: Vec<Request<'_>> = plan
+        .requests
+        .iter()
+        .zip(&waits)
+        .filter(|(_, waits)| !**waits)
+        .map(|(request, _)| request.clone())
+        .collect();
+    let (outcomes, applied) = evaluate(&going, stored);
+    let mut outcomes = outcomes.into_iter();
+    let outcomes: Vec<Option<Outcome>> = waits
+        .iter()
+        .map(|waits| match waits {
+            true => None,
+            false => outcomes.next(),
+        })
+        .collect();
     let mut tables: BTreeMap<&str, Vec<(&RawOp, i64)>> = BTreeMap::new();
     for (table, op, origin) in applied {
         tables.entry(table).or_default().push((op, origin));
@@ -306,6 +362,7 @@ pub(super) async fn commit_once(
     let decided = Decided {
         tables: summarize(plan.requests, &outcomes, &merged),
         outcomes,
+        locked: owned_rows(&locked),
     };
 
     let logged: Vec<(&str, LogRows<'_>)> = merged
@@ -335,6 +392,40 @@ pub(super) async fn commit_once(
     Ok(Committed::Done(decided))
 }
 
+/// Which requests must wait, given the rows (table and key) that other sessions hold locked: a
+/// request that writes one, and every later request that shares a key with a waiting one (so
+/// that the writes of a key are still committed in the order they were handed over).
+fn waiting_requests(requests: &[Request<'_>], locked: &[(&str, String)]) -> Vec<bool> {
+    let mut blocked: std::collections::HashSet<(&str, &str)> = locked
+        .iter()
+        .map(|(table, key)| (*table, key.as_str()))
+        .collect();
+    requests
+        .iter()
+        .map(|parts| {
+            let keys = || {
+                parts.iter().flat_map(|(table, write)| {
+                    let checked = write.conditions.iter().map(|(key, _)| key.as_str());
+                    checked
+                        .chain(write.ops.iter().filter_map(RawOp::key))
+                        .map(move |key| (*table, key))
+                })
+            };
+            let waits = !blocked.is_empty() && keys().any(|key| blocked.contains(&key));
+            if waits {
+                blocked.extend(keys());
+            }
+            waits
+        })
+        .collect()
+}
+
+fn owned_rows(rows: &[(&str, String)]) -> Vec<(String, String)> {
+    rows.iter()
+        .map(|(table, key)| ((*table).to_owned(), key.clone()))
+        .collect()
+}
+
 /// The steps that apply `rows` to their table.
 fn write_steps<'s>(steps: &mut Vec<Step<'s>>, table: &'s TableStatements, rows: &'s Rows<'_>) {
     if rows.cleared {
@@ -359,11 +450,13 @@ fn write_steps<'s>(steps: &mut Vec<Step<'s>>, table: &'s TableStatements, rows: 
 /// conflicts.
 fn summarize(
     requests: &[Request<'_>],
-    outcomes: &[Outcome],
+    outcomes: &[Option<Outcome>],
     merged: &BTreeMap<&str, Rows<'_>>,
 ) -> BTreeMap<String, Summary> {
     let mut tables: BTreeMap<String, Summary> = BTreeMap::new();
-    for (parts, outcome) in requests.iter().zip(outcomes) {
+    let decided = requests.iter().zip(outcomes);
+    for (parts, outcome) in decided.filter_map(|(parts, outcome)| Some((parts, outcome.as_ref()?)))
+    {
         for (table, _) in parts {
             let summary = tables.entry((*table).to_owned()).or_default();
             summary.requests += 1;

@@ -275,6 +275,9 @@ pub(super) struct TableSql {
     /// Locks the table against a schema change (an `expires_at` being added) until the
     /// transaction ends; reads nothing.
     lock_shared: String,
+    /// `$1` keys: those whose row another transaction holds locked, locking the others' rows
+    /// for this transaction.
+    locked_elsewhere: String,
     plain: LayoutSql,
     expiring: LayoutSql,
     /// `$1` now, `$2` the most rows: the keys of expired rows, oldest deadline first.
@@ -311,6 +314,14 @@ impl TableSql {
             delete: format!("DELETE FROM {quoted} WHERE key = ANY($1::text[])"),
             delete_all: format!("DELETE FROM {quoted}"),
             lock_shared: format!("LOCK TABLE {quoted} IN ACCESS SHARE MODE"),
+            // What the upsert and the delete will lock (`FOR UPDATE`), taken now without
+            // waiting: a row that another session holds is skipped, so it is reported.
+            locked_elsewhere: format!(
+                "WITH lockable AS (SELECT key FROM {quoted} WHERE key = ANY($1::text[]) \
+                 FOR UPDATE SKIP LOCKED) \
+                 SELECT key FROM {quoted} WHERE key = ANY($1::text[]) \
+                 AND key NOT IN (SELECT key FROM lockable)"
+            ),
             // The parameters a table without deadlines has no use for are still mentioned, so
             // that both sets take the same ones.
             plain: LayoutSql {
@@ -402,6 +413,8 @@ pub(super) struct TableStatements {
     /// The change log since a revision, with the rows of the keys it names (see `log.rs`).
     pub(super) read_log: Statement,
     pub(super) lock_shared: Statement,
+    /// Which of some keys' rows another session holds locked (see [`TableSql`]).
+    pub(super) locked_elsewhere: Statement,
     /// Only for a table with the column.
     pub(super) sweep_candidates: Option<Statement>,
 }
@@ -768,6 +781,7 @@ async fn prepare_table(
         select_keys,
         read_log,
         lock_shared,
+        locked_elsewhere,
         sweep_candidates,
     ) = tokio::try_join!(
         client.prepare(&layout.upsert),
@@ -777,6 +791,7 @@ async fn prepare_table(
         client.prepare(&layout.select_keys),
         client.prepare(&layout.read_log),
         client.prepare(&sql.lock_shared),
+        client.prepare(&sql.locked_elsewhere),
         sweep_candidates,
     )?;
     sql.expiring_seen.store(expiring, Ordering::Relaxed);
@@ -790,6 +805,7 @@ async fn prepare_table(
         select_keys,
         read_log,
         lock_shared,
+        locked_elsewhere,
         sweep_candidates,
     })
 }

@@ -214,6 +214,18 @@
 //!   (a quarter of it), are back to full speed; measured in `tests/postgres_faults.rs`:
 //!   released after 1.0 s with a 2 s operation timeout, 2.0 s when the server's timeout is
 //!   turned off and the new connection ends it.
+//! - A row that another program keeps locked (`SELECT ... FOR UPDATE` in `psql`) holds up
+//!   only the writes of its key. Each commit first locks the rows it will write without
+//!   waiting (`FOR UPDATE SKIP LOCKED`); a request that writes a row locked elsewhere (and any
+//!   later request sharing a key with it, so that a key's writes keep their order) is left out
+//!   and tried again with the next groups, every 20 ms at least, while the other keys' writes
+//!   commit. After a quarter of the operation timeout it fails with
+//!   [`PersistentError::Backend`], naming the table, the key and the host ("lock timeout",
+//!   not committed), and the key is logged at `warn` when first found locked. Measured in
+//!   `tests/postgres_faults.rs`: with three rows locked for 10 s, 11 writers committed the
+//!   other keys at 629 writes/s against 641/s unlocked. (A row that another program inserted
+//!   and has not committed yet cannot be seen: its key's write waits up to `lock_timeout`,
+//!   and its group is then retried one request at a time.)
 //! - The same timeout sets the session's `lock_timeout` (a quarter of it), `statement_timeout`
 //!   (90%), `idle_in_transaction_session_timeout` (half) and TCP keepalives on both ends (after
 //!   the operation timeout of silence, then every quarter of it, three probes), unless the

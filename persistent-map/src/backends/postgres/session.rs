@@ -19,7 +19,7 @@
 //! next refresh). Meanwhile the task keeps reconnecting on its own, so an idle instance hears
 //! the fleet again soon; the maps then catch up from the change log.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -234,6 +234,10 @@ fn take_queued(
     }
 }
 
+/// How often requests that wait for rows locked by other sessions are tried again when no other
+/// write comes to carry them.
+const ROW_LOCK_RETRY: Duration = Duration::from_millis(20);
+
 /// Write requests merged into one transaction at most.
 const MAX_GROUP_REQUESTS: usize = 4096;
 /// Rows per message of a load.
@@ -285,6 +289,13 @@ pub(super) struct Session {
     last_failure: String,
     /// Transactions committed, to prune the change log every so often.
     commits: u64,
+    /// Requests left out of a commit because a row they write is locked by another session
+    /// (see `commit::waiting_requests`), in the order they came, with since when they wait:
+    /// they go first in the next group, until they have waited a quarter of the operation
+    /// timeout (as long as `lock_timeout` would have let them).
+    waiting: Vec<(WriteRequest, Instant)>,
+    /// The rows (table and key) last found locked by other sessions, each logged once.
+    locked_rows: HashSet<(String, String)>,
 }
 
 impl Session {
@@ -313,6 +324,8 @@ impl Session {
             backoff: FIRST_BACKOFF,
             last_failure: String::new(),
             commits: 0,
+            waiting: Vec::new(),
+            locked_rows: HashSet::new(),
         })
     }
 
@@ -331,28 +344,131 @@ impl Session {
         loop {
             if group.is_empty() {
                 let command = match next.take() {
-                    Some(command) => command,
-                    None => match self.next_command(&mut commands).await {
-                        Some(command) => command,
+                    Some(command) => Some(command),
+                    None if self.waiting.is_empty() => match self.next_command(&mut commands).await
+                    {
+                        Some(command) => Some(command),
                         None => return,
                     },
+                    // Requests wait for rows locked elsewhere: try them again soon.
+                    None => {
+                        match tokio::time::timeout(ROW_LOCK_RETRY, self.next_command(&mut commands))
+                            .await
+                        {
+                            Ok(Some(command)) => Some(command),
+                            Ok(None) => return,
+                            Err(_elapsed) => None,
+                        }
+                    }
                 };
                 match command {
-                    Command::Write { parts, done } => group.push((parts, done)),
-                    other => {
+                    Some(Command::Write { parts, done }) => group.push((parts, done)),
+                    Some(other) => {
                         self.serve(other).await;
                         continue;
                     }
+                    None => {}
                 }
             }
+            let mut waited = self.take_waiting(&mut group);
+            if group.is_empty() {
+                continue;
+            }
             gather(&mut commands, &mut group, &mut next, expected).await;
+            waited.resize(group.len(), None);
             let committed = std::mem::take(&mut group);
             let results = self.commit_group(&committed).await;
             take_queued(&mut commands, &mut group, &mut next);
             expected = committed.len() + group.len();
-            for ((_, done), result) in committed.into_iter().zip(results) {
-                let _ = done.send(result);
+            let settled = committed.into_iter().zip(waited).zip(results);
+            for ((request, waited), result) in settled {
+                match result {
+                    Some(result) => {
+                        let _ = request.1.send(result);
+                    }
+                    None => self
+                        .waiting
+                        .push((request, waited.unwrap_or_else(Instant::now))),
+                }
             }
+            if self.waiting.is_empty() {
+                self.forget_locked_rows();
+            }
+        }
+    }
+
+    /// Puts the requests that wait for rows locked by other sessions at the head of `group`
+    /// (they came first), failing those that have waited long enough; returns, for the head of
+    /// the group, since when each has waited.
+    fn take_waiting(&mut self, group: &mut Vec<WriteRequest>) -> Vec<Option<Instant>> {
+        let patience = self.timeouts.operation / 4;
+        let mut still = Vec::with_capacity(self.waiting.len());
+        let mut since = Vec::with_capacity(self.waiting.len());
+        for (request, waited) in std::mem::take(&mut self.waiting) {
+            if waited.elapsed() < patience {
+                still.push(request);
+                since.push(Some(waited));
+                continue;
+            }
+            let error = self.row_locked_error(&request.0, waited.elapsed());
+            let _ = request.1.send(Err(error));
+        }
+        group.splice(0..0, still);
+        since
+    }
+
+    /// The error of a request that waited `waited` for rows another session kept locked,
+    /// naming them (or, for a request that waited behind another write of its keys, its keys).
+    fn row_locked_error(&self, parts: &[Part], waited: Duration) -> PersistentError {
+        let keys: Vec<(&str, &str)> = parts
+            .iter()
+            .flat_map(|(table, write)| {
+                let checked = write.conditions.iter().map(|(key, _)| key.as_str());
+                let written = write.ops.iter().filter_map(RawOp::key);
+                checked
+                    .chain(written)
+                    .map(|key| (table.sql.name.as_str(), key))
+            })
+            .collect();
+        let locked: Vec<&(&str, &str)> = keys
+            .iter()
+            .filter(|(table, key)| {
+                self.locked_rows
+                    .contains(&((*table).to_owned(), (*key).to_owned()))
+            })
+            .collect();
+        let (table, key) = locked
+            .first()
+            .copied()
+            .or(keys.first())
+            .copied()
+            .unwrap_or_default();
+        tracing::warn!(table = %table, key = %key, waited = ?waited, "a row stayed locked by another session; its write fails");
+        PersistentError::Backend(
+            format!(
+                "PostgreSQL at {}, table {table:?}: the row of key {key:?} stayed locked by \
+                 another session for {waited:?} (lock timeout); the write was not committed",
+                self.endpoint.host
+            )
+            .into(),
+        )
+    }
+
+    /// Logs the rows found locked by other sessions that were not known to be.
+    fn note_locked_rows(&mut self, locked: Vec<(String, String)>) {
+        for row in locked {
+            if !self.locked_rows.contains(&row) {
+                let (table, key) = &row;
+                tracing::warn!(table = %table, key = %key, "the row of a key is locked by another session: its writes wait, the other keys' go on");
+                self.locked_rows.insert(row);
+            }
+        }
+    }
+
+    /// No request waits any more: the rows last found locked are free, or their writes failed.
+    fn forget_locked_rows(&mut self) {
+        for (table, key) in self.locked_rows.drain() {
+            tracing::info!(table = %table, key = %key, "no write waits for the row another session locked any more");
         }
     }
 
@@ -468,15 +584,20 @@ impl Session {
     ///
     /// A server that cannot be reached or does not answer fails the whole group at once: trying
     /// the requests one by one would make each wait as long again.
-    async fn commit_group(&mut self, group: &[WriteRequest]) -> Vec<Result<Outcome>> {
+    /// A request whose result is `None` was left out of the commit: it waits for a row that
+    /// another session holds locked.
+    async fn commit_group(&mut self, group: &[WriteRequest]) -> Vec<Option<Result<Outcome>>> {
         let requests: Vec<&[Part]> = group.iter().map(|(parts, _)| parts.as_slice()).collect();
         match self.commit(&requests).await {
-            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+            Ok(outcomes) => outcomes
+                .into_iter()
+                .map(|outcome| outcome.map(Ok))
+                .collect(),
             Err(Failed::Unavailable(reason)) => requests
                 .iter()
-                .map(|parts| Err(first_target(parts).connect_error(reason.clone())))
+                .map(|parts| Some(Err(first_target(parts).connect_error(reason.clone()))))
                 .collect(),
-            Err(Failed::Refused(error)) if group.len() == 1 => vec![Err(error)],
+            Err(Failed::Refused(error)) if group.len() == 1 => vec![Some(Err(error))],
             Err(Failed::Refused(error)) => {
                 tracing::warn!(
                     table = %first_target(requests[0]).table,
@@ -489,17 +610,17 @@ impl Session {
                 for request in requests {
                     let target = first_target(request);
                     if let Some(reason) = &unavailable {
-                        results.push(Err(target.connect_error(reason.clone())));
+                        results.push(Some(Err(target.connect_error(reason.clone()))));
                         continue;
                     }
                     results.push(match self.commit(&[request]).await {
-                        Ok(mut outcomes) => Ok(outcomes.remove(0)),
+                        Ok(mut outcomes) => outcomes.remove(0).map(Ok),
                         Err(Failed::Unavailable(reason)) => {
                             let error = target.connect_error(reason.clone());
                             unavailable = Some(reason);
-                            Err(error)
+                            Some(Err(error))
                         }
-                        Err(Failed::Refused(error)) => Err(error),
+                        Err(Failed::Refused(error)) => Some(Err(error)),
                     });
                 }
                 results
@@ -509,7 +630,10 @@ impl Session {
 
     /// One transaction serving `requests` (see `commit.rs`), and what it did counted and logged
     /// for each table and backend.
-    async fn commit(&mut self, requests: &[&[Part]]) -> std::result::Result<Vec<Outcome>, Failed> {
+    async fn commit(
+        &mut self,
+        requests: &[&[Part]],
+    ) -> std::result::Result<Vec<Option<Outcome>>, Failed> {
         let named: Vec<Request<'_>> = requests
             .iter()
             .map(|parts| {
@@ -540,6 +664,7 @@ impl Session {
             .is_multiple_of(notify::WAKE_WRITERS_EVERY_COMMITS);
         self.commits += 1;
         count_commit(requests, &decided.outcomes);
+        self.note_locked_rows(decided.locked);
         for (table, summary) in &decided.tables {
             let sole_writer = sole_writer(requests, table).filter(|_| !wake_writers);
             self.listeners.committed(table, sole_writer);
@@ -794,6 +919,7 @@ impl Session {
                 self.live = Some(live);
                 self.backoff = FIRST_BACKOFF;
                 self.link.connected(self.generation);
+                self.link.log_change(|| table_names(&self.attached));
                 self.listeners.connection_changed();
                 for table in &attached {
                     table.counters.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -863,12 +989,13 @@ fn sole_writer<'r>(requests: &[&'r [Part]], table: &str) -> Option<&'r Changes> 
 
 /// Counts a commit for each backend it served: per backend, the parts of its requests that
 /// were applied (acknowledged writes) and refused by a condition (conflicts), and one commit
-/// if the transaction carried a write of its.
-fn count_commit(requests: &[&[Part]], outcomes: &[Outcome]) {
+/// if the transaction carried a write of its. Requests left to wait count as neither.
+fn count_commit(requests: &[&[Part]], outcomes: &[Option<Outcome>]) {
     /// A backend, and its applied and refused parts.
     type Served<'r> = (*const Attached, &'r Attached, u64, u64);
     let mut served: Vec<Served<'_>> = Vec::new();
     for (parts, outcome) in requests.iter().copied().zip(outcomes) {
+        let Some(outcome) = outcome else { continue };
         let applied = matches!(outcome, Outcome::Applied { .. });
         for (table, _) in parts {
             let id: *const Attached = Arc::as_ptr(table);
