@@ -1206,6 +1206,16 @@ where
         }
     }
 
+    /// Writes go to the session's queue as their futures are first polled, and it commits
+    /// them in queue order: a group's requests are decided in order, each seeing those before
+    /// it, and a request left to wait for a row locked elsewhere holds back the later ones of
+    /// its keys. So the next update of a hot key is handed over before the previous one
+    /// commits, and an instance's concurrent updates of one key share one transaction and one
+    /// lock acquisition.
+    fn pipelines_writes(&self) -> bool {
+        true
+    }
+
     /// The server, the database and the table: maps of one process on the same table share
     /// their entries.
     fn storage_id(&self) -> Option<String> {

@@ -31,7 +31,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Statement;
 
-use super::commit::{self, Committed, Decided, Plan, Request, Step};
+use super::commit::{self, Begun, Committed, Decided, Plan, Request, Step};
 use super::connect::{
     self, describe_error, Endpoint, Live, OpenFailure, ServerSession, TableSql, TableStatements,
     Target,
@@ -199,17 +199,19 @@ type WriteRequest = (Vec<Part>, oneshot::Sender<Result<Outcome>>);
 const GROUP_WAIT: Duration = Duration::from_micros(200);
 
 /// Adds what is queued to `group`, then, while the group is smaller than `expected`, lets the
-/// writers just acknowledged send again and takes what they send, for at most [`GROUP_WAIT`].
-/// Tokio's timers count milliseconds, too coarse for this wait, so it yields instead of
-/// sleeping. Stops at a command that is not a write (kept in `next`).
+/// writers just answered send again and takes what they send, for at most `window`
+/// ([`GROUP_WAIT`], or [`HOLD_WAIT`] while a transaction is held open for them). Tokio's timers
+/// count milliseconds, too coarse for this wait, so it yields instead of sleeping. Stops at a
+/// command that is not a write (kept in `next`).
 async fn gather(
     commands: &mut mpsc::UnboundedReceiver<Command>,
     group: &mut Vec<WriteRequest>,
     next: &mut Option<Command>,
     expected: usize,
+    window: Duration,
 ) {
     take_queued(commands, group, next);
-    let deadline = Instant::now() + GROUP_WAIT;
+    let deadline = Instant::now() + window;
     while group.len() < expected.min(MAX_GROUP_REQUESTS) && next.is_none() {
         if Instant::now() >= deadline {
             return;
@@ -233,6 +235,11 @@ fn take_queued(
         }
     }
 }
+
+/// How long a transaction left open after conflicts (see [`Session::held`]) waits for the
+/// requests computed again: a few of the maps' turns (settling the conflict, running the
+/// closure again, sending) for each request, well under a commit.
+const HOLD_WAIT: Duration = Duration::from_millis(1);
 
 /// How often requests that wait for rows locked by other sessions are tried again when no other
 /// write comes to carry them.
@@ -296,6 +303,11 @@ pub(super) struct Session {
     waiting: Vec<(WriteRequest, Instant)>,
     /// The rows (table and key) last found locked by other sessions, each logged once.
     locked_rows: HashSet<(String, String)>,
+    /// The transaction the last commit left open (see [`Committed::Held`]): every request it
+    /// decided conflicted with what another instance committed, and was answered; their maps
+    /// compute them again from what is stored and send them within [`HOLD_WAIT`], to be
+    /// committed in it. Rolled back if they do not come, or before any other work.
+    held: Option<Box<Begun>>,
 }
 
 impl Session {
@@ -326,6 +338,7 @@ impl Session {
             commits: 0,
             waiting: Vec::new(),
             locked_rows: HashSet::new(),
+            held: None,
         })
     }
 
@@ -345,25 +358,15 @@ impl Session {
             if group.is_empty() {
                 let command = match next.take() {
                     Some(command) => Some(command),
-                    None if self.waiting.is_empty() => match self.next_command(&mut commands).await
-                    {
-                        Some(command) => Some(command),
+                    None => match self.next_work(&mut commands).await {
+                        Some(command) => command,
                         None => return,
                     },
-                    // Requests wait for rows locked elsewhere: try them again soon.
-                    None => {
-                        match tokio::time::timeout(ROW_LOCK_RETRY, self.next_command(&mut commands))
-                            .await
-                        {
-                            Ok(Some(command)) => Some(command),
-                            Ok(None) => return,
-                            Err(_elapsed) => None,
-                        }
-                    }
                 };
                 match command {
                     Some(Command::Write { parts, done }) => group.push((parts, done)),
                     Some(other) => {
+                        self.release_held().await;
                         self.serve(other).await;
                         continue;
                     }
@@ -374,7 +377,11 @@ impl Session {
             if group.is_empty() {
                 continue;
             }
-            gather(&mut commands, &mut group, &mut next, expected).await;
+            let window = match self.held {
+                Some(_) => HOLD_WAIT,
+                None => GROUP_WAIT,
+            };
+            gather(&mut commands, &mut group, &mut next, expected, window).await;
             waited.resize(group.len(), None);
             let committed = std::mem::take(&mut group);
             let results = self.commit_group(&committed).await;
@@ -393,6 +400,27 @@ impl Session {
             }
             if self.waiting.is_empty() {
                 self.forget_locked_rows();
+            }
+        }
+    }
+
+    /// Waits for the next command: `Some(None)` if none came in time for the work that cannot
+    /// wait long (a held transaction, which is then rolled back; requests waiting for locked
+    /// rows, to try again); `None` once every sender is dropped.
+    async fn next_work(
+        &mut self,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+    ) -> Option<Option<Command>> {
+        let wait = match (&self.held, self.waiting.is_empty()) {
+            (Some(_), _) => HOLD_WAIT,
+            (None, false) => ROW_LOCK_RETRY,
+            (None, true) => return self.next_command(commands).await.map(Some),
+        };
+        match tokio::time::timeout(wait, self.next_command(commands)).await {
+            Ok(command) => command.map(Some),
+            Err(_elapsed) => {
+                self.release_held().await;
+                Some(None)
             }
         }
     }
@@ -579,53 +607,58 @@ impl Session {
     }
 
     /// Commits a group of write requests in one transaction and answers each. If the shared
-    /// transaction is refused, each request is tried in a transaction of its own, so that one
-    /// bad request fails alone and the others still commit.
+    /// transaction is refused, its halves are tried apart, in order, and theirs in turn, so
+    /// that a bad request fails alone (after about twice the logarithm of the group's size in
+    /// transactions) and the others still commit.
     ///
-    /// A server that cannot be reached or does not answer fails the whole group at once: trying
-    /// the requests one by one would make each wait as long again.
-    /// A request whose result is `None` was left out of the commit: it waits for a row that
-    /// another session holds locked.
+    /// A server that cannot be reached or does not answer fails the rest of the group at once:
+    /// trying the requests apart would make each wait as long again. A request whose result is
+    /// `None` was left out: it waits for a row that another session holds locked, and so does
+    /// every request after it that was not committed yet (a key's writes are committed in the
+    /// order they came).
     async fn commit_group(&mut self, group: &[WriteRequest]) -> Vec<Option<Result<Outcome>>> {
         let requests: Vec<&[Part]> = group.iter().map(|(parts, _)| parts.as_slice()).collect();
-        match self.commit(&requests).await {
-            Ok(outcomes) => outcomes
-                .into_iter()
-                .map(|outcome| outcome.map(Ok))
-                .collect(),
-            Err(Failed::Unavailable(reason)) => requests
-                .iter()
-                .map(|parts| Some(Err(first_target(parts).connect_error(reason.clone()))))
-                .collect(),
-            Err(Failed::Refused(error)) if group.len() == 1 => vec![Some(Err(error))],
-            Err(Failed::Refused(error)) => {
-                tracing::warn!(
-                    table = %first_target(requests[0]).table,
-                    requests = group.len(),
-                    error = %error,
-                    "a group commit was refused; committing its requests one by one"
-                );
-                let mut results = Vec::with_capacity(group.len());
-                let mut unavailable: Option<String> = None;
-                for request in requests {
-                    let target = first_target(request);
-                    if let Some(reason) = &unavailable {
-                        results.push(Some(Err(target.connect_error(reason.clone()))));
-                        continue;
-                    }
-                    results.push(match self.commit(&[request]).await {
-                        Ok(mut outcomes) => outcomes.remove(0).map(Ok),
-                        Err(Failed::Unavailable(reason)) => {
-                            let error = target.connect_error(reason.clone());
-                            unavailable = Some(reason);
-                            Some(Err(error))
-                        }
-                        Err(Failed::Refused(error)) => Some(Err(error)),
-                    });
+        let mut results: Vec<Option<Result<Outcome>>> = Vec::with_capacity(requests.len());
+        let mut ranges = std::collections::VecDeque::new();
+        ranges.push_back(0..requests.len());
+        let (mut unavailable, mut waiting) = (None::<String>, false);
+        while let Some(range) = ranges.pop_front() {
+            let part = &requests[range.clone()];
+            if let Some(reason) = &unavailable {
+                let failed = |parts: &&[Part]| first_target(parts).connect_error(reason.clone());
+                results.extend(part.iter().map(|parts| Some(Err(failed(parts)))));
+                continue;
+            }
+            if waiting {
+                results.extend(part.iter().map(|_| None));
+                continue;
+            }
+            match self.commit(part).await {
+                Ok(outcomes) => {
+                    waiting = outcomes.iter().any(Option::is_none);
+                    results.extend(outcomes.into_iter().map(|outcome| outcome.map(Ok)));
                 }
-                results
+                Err(Failed::Unavailable(reason)) => {
+                    let failed =
+                        |parts: &&[Part]| first_target(parts).connect_error(reason.clone());
+                    results.extend(part.iter().map(|parts| Some(Err(failed(parts)))));
+                    unavailable = Some(reason);
+                }
+                Err(Failed::Refused(error)) if part.len() == 1 => results.push(Some(Err(error))),
+                Err(Failed::Refused(error)) => {
+                    tracing::warn!(
+                        table = %first_target(part[0]).table,
+                        requests = part.len(),
+                        error = %error,
+                        "a group commit was refused; committing its halves apart"
+                    );
+                    let middle = range.start + part.len() / 2;
+                    ranges.push_front(middle..range.end);
+                    ranges.push_front(range.start..middle);
+                }
             }
         }
+        results
     }
 
     /// One transaction serving `requests` (see `commit.rs`), and what it did counted and logged
@@ -652,10 +685,15 @@ impl Session {
             plan: &plan,
             prune: self.commits.is_multiple_of(log::PRUNE_EVERY_COMMITS),
             sent: None,
+            held: self.held.take(),
         };
         let start = Instant::now();
         let decided = match self.retrying(work).await? {
             Loaded::Committed(decided) => decided,
+            Loaded::Held(decided, begun) => {
+                self.held = Some(begun);
+                decided
+            }
             _ => unreachable!("a commit answers with what it decided"),
         };
         let elapsed = start.elapsed();
@@ -937,8 +975,21 @@ impl Session {
         opened
     }
 
+    /// Rolls back the transaction held open, if any, freeing its locks.
+    async fn release_held(&mut self) {
+        if self.held.take().is_none() {
+            return;
+        }
+        if let Some(live) = &self.live {
+            if let Err(error) = live.client.query(&live.statements.rollback, &[]).await {
+                self.drop_connection(describe_error(&error), false);
+            }
+        }
+    }
+
     /// Forgets the connection, lost for `reason` (`unanswered`: the server stopped answering).
     fn drop_connection(&mut self, reason: String, unanswered: bool) {
+        self.held = None;
         self.live = None;
         self.backoff = FIRST_BACKOFF;
         self.link.lost(self.generation, &reason, unanswered);
@@ -1031,6 +1082,8 @@ fn error_of(target: &Target, failed: Failed) -> PersistentError {
 enum Loaded {
     /// What a commit decided.
     Committed(Decided),
+    /// What a commit decided, nothing but conflicts, its transaction left open.
+    Held(Decided, Box<Begun>),
     /// The table is set up on the connection.
     Attached,
     /// The rows of the keys asked for.
@@ -1063,6 +1116,9 @@ enum Work<'a> {
         /// Set once `COMMIT` was sent: if its answer is lost, the next attempt first asks the
         /// server whether that transaction committed, so that a commit is never made twice.
         sent: Option<Sent>,
+        /// A transaction left open by the previous commit (see [`Committed::Held`]): used if it
+        /// covers this plan, else rolled back first.
+        held: Option<Box<Begun>>,
     },
     Attach {
         table: &'a Attached,
@@ -1099,8 +1155,35 @@ impl<'a> Work<'a> {
         let target = self.target();
         match self {
             Work::Commit {
-                plan, prune, sent, ..
+                plan,
+                prune,
+                sent,
+                held,
+                ..
             } => {
+                if let Some(begun) = held.take() {
+                    if begun.covers(plan, live) {
+                        let server_session = live.server_session.clone();
+                        let on_commit_sent = |txid, decided: &Decided| {
+                            *sent = Some(Sent {
+                                txid,
+                                decided: decided.clone(),
+                                server_session,
+                            });
+                        };
+                        let finished =
+                            commit::finish(live, plan, *begun, *prune, false, on_commit_sent).await;
+                        return match finished {
+                            Ok(Committed::Done(decided)) => {
+                                *sent = None;
+                                Ok(Loaded::Committed(decided))
+                            }
+                            Ok(_) => unreachable!("a held transaction is finished, not held again"),
+                            Err(error) => Err(classify(target)(error)),
+                        };
+                    }
+                    rollback(live, target).await?;
+                }
                 if let Some(earlier) = sent.take() {
                     let committed = transaction_committed(live, &earlier, target).await?;
                     let txid = earlier.txid;
@@ -1114,18 +1197,22 @@ impl<'a> Work<'a> {
                 let mut relayouts = 0;
                 loop {
                     let server_session = live.server_session.clone();
-                    let committed = commit::commit_once(live, plan, *prune, |txid, decided| {
+                    let on_commit_sent = |txid, decided: &Decided| {
                         *sent = Some(Sent {
                             txid,
                             decided: decided.clone(),
                             server_session,
                         });
-                    })
-                    .await;
+                    };
+                    let committed =
+                        commit::commit_once(live, plan, *prune, true, on_commit_sent).await;
                     match committed {
                         Ok(Committed::Done(decided)) => {
                             *sent = None;
                             return Ok(Loaded::Committed(decided));
+                        }
+                        Ok(Committed::Held(decided, begun)) => {
+                            return Ok(Loaded::Held(decided, Box::new(begun)));
                         }
                         Ok(Committed::LayoutChanged(with_column)) => {
                             relayouts += 1;
@@ -1258,6 +1345,15 @@ impl<'a> Work<'a> {
     fn commit_sent(&self) -> bool {
         matches!(self, Work::Commit { sent: Some(_), .. })
     }
+}
+
+/// Ends the transaction open on `live`, freeing its locks.
+async fn rollback(live: &Live, target: &Target) -> std::result::Result<(), Failure> {
+    live.client
+        .query(&live.statements.rollback, &[])
+        .await
+        .map(drop)
+        .map_err(classify(target))
 }
 
 /// Whether the transaction of `sent`, whose `COMMIT` was sent on a connection since lost,
