@@ -19,10 +19,8 @@ use persistent_map::postgres::tokio_postgres::{self, NoTls};
 use persistent_map::postgres::PostgresBackend;
 use persistent_map::PersistentMap;
 
+use crate::rows::TASKS_PER_INSTANCE;
 use crate::workload::{report, BenchResult, Options, RESULT_PREFIX};
-
-/// Tasks of each instance.
-pub(crate) const TASKS_PER_INSTANCE: u64 = 8;
 
 /// What a member prints once connected, and reads before it starts.
 const READY: &str = "ready";

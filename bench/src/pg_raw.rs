@@ -80,8 +80,8 @@ pub(crate) fn concurrent(
     })
 }
 
-/// A plain LISTEN/NOTIFY loop: the plan's writes one at a time, each one statement that upserts
-/// the value and `pg_notify`s it (delivered when it commits), timed from its answer to a
+/// A plain LISTEN/NOTIFY loop: the plan's writes one at a time, each an upsert (its own
+/// transaction) and then a `NOTIFY` carrying the value, timed from the upsert's answer to a
 /// listener on another connection receiving the notification.
 pub(crate) fn propagation(
     runtime: &tokio::runtime::Runtime,
@@ -91,7 +91,7 @@ pub(crate) fn propagation(
 ) -> BenchResult {
     let plan = Plan::from_options(options)?;
     let channel = format!("{table}_changes");
-    let (writer, statement, _listener, mut heard) = runtime.block_on(async {
+    let (writer, (plain, notify), _listener, mut heard) = runtime.block_on(async {
         let (writer, connection) = tokio_postgres::connect(url, NoTls).await?;
         tokio::spawn(connection);
         writer.batch_execute(&create(table)).await?;
@@ -102,15 +102,9 @@ pub(crate) fn propagation(
                 .execute(&plain, &[key, &serde_json::to_string(value)?])
                 .await?;
         }
-        let statement = writer
-            .prepare(&format!(
-                "WITH written AS ({} RETURNING value::text) \
-                 SELECT pg_notify('{channel}', value) FROM written",
-                upsert(table)
-            ))
-            .await?;
+        let notify = writer.prepare("SELECT pg_notify($1, $2)").await?;
         let (listener, heard) = listen(url, &channel).await?;
-        BenchResult::Ok((writer, statement, listener, heard))
+        BenchResult::Ok((writer, (plain, notify), listener, heard))
     })?;
     let pause_ns = plan.pause.as_nanos().max(1) as u64;
     let pauses = crate::workload::random_indexes(plan.writes as usize, pause_ns);
@@ -123,8 +117,9 @@ pub(crate) fn propagation(
         std::thread::sleep(Duration::from_nanos(pause));
         let (key, value) = propagation::write(i, &plan);
         let json = serde_json::to_string(&value)?;
-        runtime.block_on(writer.query(&statement, &[&key, &json]))?;
+        runtime.block_on(writer.execute(&plain, &[&key, &json]))?;
         let acknowledged = propagation::now_ns()?;
+        runtime.block_on(writer.query(&notify, &[&channel, &json]))?;
         let (payload, seen) = runtime
             .block_on(heard.recv())
             .ok_or("the listener stopped")?;

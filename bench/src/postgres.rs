@@ -16,9 +16,9 @@
 //! - `concurrent-insert raw-pg --n N`: 16 tokio tasks inserting the same keys and JSON values
 //!   through a deadpool-postgres pool of 16 connections, each one statement
 //!   `INSERT ... ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value` (its own transaction);
-//! - `propagation raw-pg ...`: the same writes, each one statement that upserts and
-//!   `pg_notify`s the value on a channel (one transaction), timed from its answer to a listener
-//!   on a second connection receiving the notification;
+//! - `propagation raw-pg ...`: the same writes, each an upsert (its own transaction) then a
+//!   `NOTIFY` carrying the value, timed from the upsert's answer to a listener on a second
+//!   connection receiving the notification;
 //! - `fleet-update raw-pg --instances N`: N processes with one connection each, 8 tasks sending
 //!   `UPDATE ... SET v = v + 1` (see `fleet.rs`).
 //!

@@ -200,6 +200,7 @@ pub struct PostgresOptions {
     connect_timeout: Option<Duration>,
     reconnect_timeout: Option<Duration>,
     operation_timeout: Option<Duration>,
+    lock_class: Option<i32>,
 }
 
 #[cfg(feature = "postgres")]
@@ -267,6 +268,20 @@ impl PostgresOptions {
         self
     }
 
+    /// The first of the three classes of the crate's advisory locks, the same in every
+    /// instance
+    /// ([`PostgresBuilder::advisory_lock_classes`](crate::postgres::PostgresBuilder::advisory_lock_classes);
+    /// default 28781).
+    ///
+    /// ```
+    /// let options = persistent_map::PostgresOptions::new().advisory_lock_classes(0x4d50);
+    /// # let _ = options;
+    /// ```
+    pub fn advisory_lock_classes(mut self, first: i32) -> Self {
+        self.lock_class = Some(first);
+        self
+    }
+
     /// Connects to the database at `url` and loads the map, with these options.
     ///
     /// Fails as [`PostgresBuilder::connect`](crate::postgres::PostgresBuilder::connect) and
@@ -307,6 +322,9 @@ impl PostgresOptions {
         }
         if let Some(timeout) = self.operation_timeout {
             builder = builder.operation_timeout(timeout);
+        }
+        if let Some(first) = self.lock_class {
+            builder = builder.advisory_lock_classes(first);
         }
         PersistentMap::new(builder.connect().await?).await
     }

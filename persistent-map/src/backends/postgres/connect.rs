@@ -26,11 +26,36 @@ type TlsStream = <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream;
 /// PostgreSQL truncates longer identifiers, which would make two table names one.
 const MAX_IDENTIFIER_BYTES: usize = 63;
 
-/// Our classes of advisory locks (`"pm"` and the next two), so that ours never collide with an
-/// application's: one while a table is created, one per table and one per key while writing.
-const CREATE_LOCK_CLASS: i32 = 0x706d;
-const TABLE_LOCK_CLASS: i32 = 0x706e;
-const KEY_LOCK_CLASS: i32 = 0x706f;
+/// The first of the crate's three classes of advisory locks unless told otherwise: `"pm"`
+/// (0x706d = 28781), then 28782 and 28783.
+pub(super) const DEFAULT_LOCK_CLASS: i32 = 0x706d;
+
+/// The classes (the first of the two keys of a two-key advisory lock) of the crate's advisory
+/// locks: one taken while a table is created, one per table and one per key while writing.
+/// Every instance on a database must use the same, and no other program the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct LockClasses {
+    first: i32,
+}
+
+impl LockClasses {
+    /// The classes `first`, `first + 1` and `first + 2`.
+    pub(super) fn starting_at(first: i32) -> Self {
+        Self { first }
+    }
+
+    pub(super) fn create(self) -> i32 {
+        self.first
+    }
+
+    pub(super) fn table(self) -> i32 {
+        self.first.wrapping_add(1)
+    }
+
+    pub(super) fn key(self) -> i32 {
+        self.first.wrapping_add(2)
+    }
+}
 
 /// What every error of a backend names: where it was and which table.
 #[derive(Debug)]
@@ -90,6 +115,8 @@ pub(super) struct Endpoint {
     pub(super) connect_timeout: Duration,
     /// `SET`s run on every new connection: the server-side limits.
     session_settings: String,
+    /// The classes of the crate's advisory locks.
+    pub(super) lock_classes: LockClasses,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -99,6 +126,7 @@ impl std::fmt::Debug for Endpoint {
             .field("host", &self.host)
             .field("connect_timeout", &self.connect_timeout)
             .field("session_settings", &self.session_settings)
+            .field("lock_classes", &self.lock_classes)
             .finish_non_exhaustive()
     }
 }
@@ -154,6 +182,7 @@ pub(super) fn parse_config(
         host,
         connect_timeout,
         session_settings,
+        lock_classes: LockClasses::starting_at(DEFAULT_LOCK_CLASS),
     })
 }
 
@@ -425,6 +454,8 @@ pub(super) struct Live {
     pub(super) client: Client,
     /// The server session behind the client, to end it from another connection.
     pub(super) server_session: ServerSession,
+    /// The classes of the crate's advisory locks, as the statements take them.
+    pub(super) lock_classes: LockClasses,
     pub(super) statements: Statements,
     /// By table name: the tables this connection listens on and has statements for.
     pub(super) tables: HashMap<String, TableStatements>,
@@ -604,18 +635,20 @@ pub(super) async fn open(
         if !endpoint.session_settings.is_empty() {
             client.batch_execute(&endpoint.session_settings).await?;
         }
-        let statements = match prepare(&client).await {
+        let classes = endpoint.lock_classes;
+        let statements = match prepare(&client, classes).await {
             // The statements of the change log name its tables: on a database that has never
             // seen this crate (or whose tables were dropped), they must be made first.
             Err(error) if error.code() == Some(&SqlState::UNDEFINED_TABLE) => {
-                create_own_tables(&mut client).await?;
-                prepare(&client).await?
+                create_own_tables(&mut client, classes).await?;
+                prepare(&client, classes).await?
             }
             prepared => prepared?,
         };
         let mut live = Live {
             client,
             server_session,
+            lock_classes: classes,
             statements,
             tables: HashMap::new(),
             closed,
@@ -642,7 +675,7 @@ pub(super) async fn attach(
     set_up_table: bool,
 ) -> std::result::Result<(), OpenFailure> {
     if set_up_table {
-        self::set_up_table(&mut live.client, table).await?;
+        self::set_up_table(&mut live.client, table, live.lock_classes).await?;
     }
     if live.tables.contains_key(&table.name) {
         return Ok(());
@@ -721,11 +754,15 @@ fn spawn_reader(
     closed
 }
 
-async fn prepare(client: &Client) -> std::result::Result<Statements, tokio_postgres::Error> {
-    let lock_table = format!("SELECT pg_advisory_xact_lock({TABLE_LOCK_CLASS}, $1)");
-    let lock_table_shared = format!("SELECT pg_advisory_xact_lock_shared({TABLE_LOCK_CLASS}, $1)");
+async fn prepare(
+    client: &Client,
+    classes: LockClasses,
+) -> std::result::Result<Statements, tokio_postgres::Error> {
+    let (table, key) = (classes.table(), classes.key());
+    let lock_table = format!("SELECT pg_advisory_xact_lock({table}, $1)");
+    let lock_table_shared = format!("SELECT pg_advisory_xact_lock_shared({table}, $1)");
     let lock_keys =
-        format!("SELECT pg_advisory_xact_lock({KEY_LOCK_CLASS}, id) FROM unnest($1::int4[]) AS id");
+        format!("SELECT pg_advisory_xact_lock({key}, id) FROM unnest($1::int4[]) AS id");
     // Sent together: one round trip.
     let (notify, lock_table, lock_table_shared, lock_keys, begin, commit, rollback) = tokio::try_join!(
         client.prepare("SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload"),
@@ -819,15 +856,19 @@ type Column = (String, String, bool);
 /// an advisory lock around the creation: `CREATE TABLE IF NOT EXISTS` can fail against a
 /// concurrent one. Existing tables are only read, so a role without the right to create tables
 /// can use ones made for it.
-async fn set_up_table(client: &mut Client, sql: &TableSql) -> std::result::Result<(), OpenFailure> {
-    create_own_tables(client).await?;
+async fn set_up_table(
+    client: &mut Client,
+    sql: &TableSql,
+    classes: LockClasses,
+) -> std::result::Result<(), OpenFailure> {
+    create_own_tables(client, classes).await?;
     let mut found = columns(client, &sql.name).await?;
     if found.is_empty() {
         let transaction = client.transaction().await?;
         transaction
             .execute(
                 "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-                &[&CREATE_LOCK_CLASS, &sql.name],
+                &[&classes.create(), &sql.name],
             )
             .await?;
         transaction.batch_execute(&sql.create).await?;
@@ -851,14 +892,17 @@ async fn set_up_table(client: &mut Client, sql: &TableSql) -> std::result::Resul
 
 /// Makes the crate's own tables (the change log, the key layouts) if any is missing, under the
 /// setup lock: concurrent `CREATE ... IF NOT EXISTS` can fail.
-async fn create_own_tables(client: &mut Client) -> std::result::Result<(), tokio_postgres::Error> {
+async fn create_own_tables(
+    client: &mut Client,
+    classes: LockClasses,
+) -> std::result::Result<(), tokio_postgres::Error> {
     let missing: bool = client.query_one(log::MISSING, &[]).await?.try_get(0)?;
     if missing {
         let transaction = client.transaction().await?;
         transaction
             .execute(
                 "SELECT pg_advisory_xact_lock($1, hashtext('persistent_map_log'))",
-                &[&CREATE_LOCK_CLASS],
+                &[&classes.create()],
             )
             .await?;
         transaction.batch_execute(log::CREATE).await?;

@@ -315,6 +315,7 @@
 //! was ended, at `info` (`pid`), or could not be (`warn`). The example `logging` shows them
 //! with a subscriber.
 
+mod admin;
 mod commit;
 mod connect;
 mod decode;
@@ -492,6 +493,7 @@ impl PostgresBackend {
             layout: "",
             reconcile_every: None,
             instance: None,
+            lock_class: connect::DEFAULT_LOCK_CLASS,
         }
     }
 
@@ -804,6 +806,7 @@ pub struct PostgresBuilder {
     layout: &'static str,
     reconcile_every: Option<Duration>,
     instance: Option<String>,
+    lock_class: i32,
 }
 
 impl fmt::Debug for PostgresBuilder {
@@ -817,6 +820,7 @@ impl fmt::Debug for PostgresBuilder {
             .field("layout", &self.layout)
             .field("reconcile_every", &self.reconcile_every)
             .field("instance", &self.instance)
+            .field("lock_class", &self.lock_class)
             .finish_non_exhaustive()
     }
 }
@@ -1004,6 +1008,68 @@ impl PostgresBuilder {
         self
     }
 
+    /// The classes of the crate's advisory locks: `first` (taken while a table is created),
+    /// `first + 1` (a table's lock) and `first + 2` (a key's lock), the first key of
+    /// PostgreSQL's two-key advisory locks (`pg_advisory_xact_lock(class, id)`). The default,
+    /// 28781 (0x706d, `"pm"`), takes 28781 to 28783; pick another if the application takes
+    /// two-key advisory locks of its own in those classes, which would otherwise wait for the
+    /// crate's (and the crate's for them).
+    ///
+    /// Every instance writing the same tables must use the same classes: instances with
+    /// different ones do not see each other's locks, and their read-modify-writes are then not
+    /// atomic against each other. Backends with other classes get connections of their own.
+    ///
+    /// ```no_run
+    /// # #[tokio::main]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let backend = persistent_map::postgres::PostgresBackend::builder("postgres://postgres@127.0.0.1/test")
+    ///     .advisory_lock_classes(0x4d50) // 19792, 19793, 19794
+    ///     .connect()
+    ///     .await?;
+    /// # let _ = backend;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn advisory_lock_classes(mut self, first: i32) -> Self {
+        self.lock_class = first;
+        self
+    }
+
+    /// Drops the table of this builder and forgets it in the crate's own tables (its rows in
+    /// `persistent_map_log`, `persistent_map_revisions` and `persistent_map_tables`), in one
+    /// transaction that first waits for the table's commits in flight (it takes the table's
+    /// advisory lock exclusively), then announces a reload on the table's channel. Returns
+    /// whether the table existed. Stop the instances that use the table first: their next
+    /// write to it fails. A table created anew under the name starts empty, with no history.
+    ///
+    /// Uses a connection of its own, with this builder's connection string, timeouts and
+    /// [advisory lock classes](Self::advisory_lock_classes).
+    ///
+    /// ```no_run
+    /// use persistent_map::postgres::PostgresBackend;
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let url = "postgres://postgres@127.0.0.1:5432/test";
+    /// let existed = PostgresBackend::builder(url).table("old_sessions").drop_table().await?;
+    /// println!("dropped: {existed}");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn drop_table(self) -> Result<bool> {
+        connect::validate_table(&self.table)?;
+        let endpoint = self.endpoint()?;
+        admin::drop_table(&endpoint, &self.table).await
+    }
+
+    /// How to connect, as this builder says.
+    fn endpoint(&self) -> Result<connect::Endpoint> {
+        let mut endpoint =
+            connect::parse_config(&self.url, self.connect_timeout, self.operation_timeout)?;
+        endpoint.lock_classes = connect::LockClasses::starting_at(self.lock_class);
+        Ok(endpoint)
+    }
+
     /// Connects (or joins the process's connection to that server, see
     /// [the module docs](self#connections)), creates the table if it is missing (and the
     /// crate's own tables: the change log, the key layouts), records or checks the key layout,
@@ -1030,8 +1096,7 @@ impl PostgresBuilder {
     /// ```
     pub async fn connect(self) -> Result<PostgresBackend> {
         connect::validate_table(&self.table)?;
-        let endpoint =
-            connect::parse_config(&self.url, self.connect_timeout, self.operation_timeout)?;
+        let endpoint = self.endpoint()?;
         let database = endpoint
             .config
             .get_dbname()

@@ -57,8 +57,8 @@ pub(super) async fn session(
     target: &Target,
 ) -> Result<Arc<SessionHandle>> {
     let slot = slot(format!(
-        "{url}\u{0}{timeouts:?}\u{0}{:?}",
-        endpoint.connect_timeout
+        "{url}\u{0}{timeouts:?}\u{0}{:?}\u{0}{:?}",
+        endpoint.connect_timeout, endpoint.lock_classes
     ));
     let mut slot = slot.lock().await;
     if let Some(session) = slot.upgrade() {
