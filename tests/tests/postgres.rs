@@ -791,6 +791,26 @@ async fn sslmode_is_honoured_and_a_failed_certificate_check_names_the_host() {
         assert!(message.contains(part), "{part:?} missing from: {message}");
     }
 
+    // Without `sslrootcert` the roots are the system's store, not libpq's
+    // `~/.postgresql/root.crt`: a host whose store holds the server's self-signed certificate
+    // (Debian's snakeoil one, on the host that runs the server) passes `verify-full`.
+    let system_store = std::fs::read_dir("/etc/ssl/certs")
+        .map(|entries| {
+            let served = std::fs::read(&certificate).unwrap_or_default();
+            entries
+                .flatten()
+                .any(|entry| std::fs::read(entry.path()).is_ok_and(|pem| pem == served))
+        })
+        .unwrap_or(false);
+    let url = url_at_host("localhost", None, &[("sslmode", "verify-full")]);
+    let checked = PostgresBackend::with_table(&url, table.name()).await;
+    assert_eq!(
+        checked.is_ok(),
+        system_store,
+        "verify-full without sslrootcert, the server's certificate in the system store: \
+         {system_store}: {checked:?}"
+    );
+
     // Trusting only the public certificate authorities (Debian's bundle), the self-signed
     // certificate fails the chain check.
     let public_roots = "/etc/ssl/certs/ca-certificates.crt";

@@ -156,3 +156,88 @@ async fn the_advisory_lock_classes_are_configurable() {
     assert!(!write_waits(&table, MINE, 0x706e).await);
     assert!(write_waits(&table, MINE, MINE + 1).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_go_to_the_search_path_and_a_role_without_create_uses_tables_made_for_it() {
+    let admin = admin().await;
+    let (schema, role) = (
+        format!("pm_ops_{}", std::process::id()),
+        format!("pm_ops_role_{}", std::process::id()),
+    );
+    let own_tables = "persistent_map_revisions, persistent_map_log, persistent_map_tables";
+    admin
+        .batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE; DROP ROLE IF EXISTS {role}; \
+             CREATE SCHEMA {schema}; CREATE ROLE {role} LOGIN"
+        ))
+        .await
+        .unwrap();
+    let url_in = |user: Option<&str>| {
+        let mut url = with_parameter(&url(), "options", &format!("-c%20search_path%3D{schema}"));
+        if let Some(user) = user {
+            url = url.replacen("postgres@", &format!("{user}@"), 1);
+        }
+        url
+    };
+    // The owner's first open makes the table and the crate's tables in the schema.
+    let owner: Map = PersistentMap::new(
+        PostgresBackend::with_table(&url_in(None), "visits")
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    owner.insert("a".into(), 1).await.unwrap();
+    for relation in ["visits", "persistent_map_log", "persistent_map_revisions"] {
+        let found: bool = admin
+            .query_one(
+                "SELECT to_regclass($1) IS NOT NULL",
+                &[&format!("{schema}.{relation}")],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(found, "{schema}.{relation}");
+    }
+
+    // A role with only USAGE and row rights works on those tables...
+    admin
+        .batch_execute(&format!(
+            "GRANT USAGE ON SCHEMA {schema} TO {role}; \
+             GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.visits TO {role}; \
+             GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {role}",
+            own_tables
+                .split(", ")
+                .map(|table| format!("{schema}.{table}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .await
+        .unwrap();
+    let limited: Map = PersistentMap::new(
+        PostgresBackend::with_table(&url_in(Some(&role)), "visits")
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(limited.get("a"), Some(1));
+    limited.insert("b".into(), 2).await.unwrap();
+    // ... but cannot create a table, nor give one the column `expires_at`.
+    let err = PostgresBackend::with_table(&url_in(Some(&role)), "other")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("permission denied"), "{err}");
+    let err = limited
+        .insert_with_ttl("c".into(), 3, Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("owner"), "{err}");
+    drop((owner, limited));
+    admin
+        .batch_execute(&format!(
+            "DROP SCHEMA {schema} CASCADE; DROP OWNED BY {role}; DROP ROLE {role}"
+        ))
+        .await
+        .unwrap();
+}

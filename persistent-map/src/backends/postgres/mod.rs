@@ -279,11 +279,16 @@
 //! Connections use TLS (rustls; no OpenSSL needed) as the URL's `sslmode` says, with libpq's
 //! meanings: `disable` (plain), `prefer` (the default: TLS if the server offers it),
 //! `require` (TLS, any certificate), `verify-ca` (the certificate chain must lead to a trusted
-//! root) and `verify-full` (and the certificate must name the host connected to). The trusted
-//! roots are those of the PEM file `sslrootcert`, else the system's; as with libpq, a
-//! `sslrootcert` makes `prefer` and `require` check the chain too. A certificate that fails a
-//! check is a [`PersistentError::Connect`] that names the host and the check; an unknown
-//! `sslmode` or an unreadable `sslrootcert` is a [`PersistentError::Config`].
+//! root) and `verify-full` (and the certificate must name the host connected to). `allow` is
+//! accepted and means `prefer` here (libpq tries without TLS first; tokio-postgres cannot).
+//! The trusted roots are those of the PEM file `sslrootcert`, else **the system's store**
+//! (`/etc/ssl/certs` on Debian), not libpq's `~/.postgresql/root.crt`: a certificate the
+//! system trusts passes `verify-full` without `sslrootcert`, as a Debian host's own
+//! self-signed "snakeoil" certificate does for `localhost` on that host. Name the server's CA
+//! with `sslrootcert` to trust it alone. As with libpq, a `sslrootcert` makes `prefer` and
+//! `require` check the chain too. A certificate that fails a check is a
+//! [`PersistentError::Connect`] that names the host and the check; an unknown `sslmode` or an
+//! unreadable `sslrootcert` is a [`PersistentError::Config`].
 //!
 //! ```no_run
 //! # #[tokio::main]
@@ -294,6 +299,53 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Operating it
+//!
+//! What the backend needs and leaves on a server, for the people who run it:
+//!
+//! - **Privileges.** `CONNECT` on the database. On first use, `CREATE` on the schema the
+//!   tables go to: the first open of a table creates it, and the first open on a database the
+//!   crate's own three tables. A role without `CREATE` can use tables made for it beforehand
+//!   (by an open under a role that has it, or by hand with the definitions below), with
+//!   `SELECT, INSERT, UPDATE, DELETE` on them and on the crate's three tables; giving a table
+//!   the column `expires_at` (its first write with a time to live) takes its ownership, so add
+//!   the column and its index beforehand for such a role (see "Expiry"). Ending a stuck
+//!   session of its own (`pg_terminate_backend`) and the session settings need nothing more;
+//!   `LISTEN`, `NOTIFY` and advisory locks need no privilege.
+//! - **Schema.** Names are not schema-qualified: tables are created in, and looked up on, the
+//!   role's `search_path` (by default `"$user", public`: the schema named after the role if
+//!   there is one, else `public`). To choose, set it in the URL, the same for every instance:
+//!   `postgres://app@db/app?options=-c%20search_path%3Dmaps`.
+//! - **Objects created.** Per map: its table (`key TEXT PRIMARY KEY, value JSONB NOT NULL`,
+//!   plus `expires_at BIGINT` and the partial index `persistent_map_expiry_<table>` once it
+//!   stores a time to live). Per database: `persistent_map_revisions (table_name TEXT PRIMARY
+//!   KEY, rev BIGINT, pruned BIGINT)`, `persistent_map_log (table_name TEXT, rev BIGINT, key
+//!   TEXT, origin BIGINT)` with the index `persistent_map_log_by_table (table_name, rev)`, and
+//!   `persistent_map_tables (table_name TEXT PRIMARY KEY, key_layout TEXT)`. Nothing else
+//!   persists: each connection `LISTEN`s on a channel per table (named like it), sets its
+//!   session limits (see "Faults"), and takes transaction-scoped advisory locks in three
+//!   classes, 28781 to 28783 by default (0x706d to 0x706f, `"pm"`): move them with
+//!   [`PostgresBuilder::advisory_lock_classes`] if the application takes two-key advisory
+//!   locks in those classes, the same in every instance.
+//! - **The log's growth.** Every commit adds a row to `persistent_map_log` per key it wrote
+//!   (one for a clear or more than 65,536 keys). Each table keeps the rows of its newest
+//!   16,384 revisions: every 256th commit of an instance deletes up to 10,000 older rows of
+//!   each table it writes. So a table whose commits carry k keys on average settles near
+//!   16,384 x k log rows (12 keys per commit: about 197,000 rows), whatever its write rate;
+//!   autovacuum reclaims what was deleted.
+//! - **Dropping a map for good.** [`PostgresBuilder::drop_table`] drops its table (and index)
+//!   and deletes its rows in the crate's three tables, in one transaction; by hand:
+//!   `DROP TABLE sessions; DELETE FROM persistent_map_log WHERE table_name = 'sessions';`
+//!   and likewise in `persistent_map_revisions` and `persistent_map_tables`. Stop the
+//!   instances using it first.
+//! - **Connection poolers.** Connect directly, or through a pooler in session mode: each
+//!   process holds one long-lived connection that `LISTEN`s, sets session parameters and
+//!   keeps prepared statements. In PgBouncer's transaction (or statement) mode notifications
+//!   are lost (other instances' writes are then picked up only by a refresh made for another
+//!   reason), the session settings leak to other clients, and (before PgBouncer 1.21)
+//!   prepared statements break. The backend needs no pool: one connection per process
+//!   carries all its maps.
 //!
 //! # Logging
 //!
