@@ -83,13 +83,13 @@ fn coordinate(
     let admin = runtime.block_on(connect(url))?;
     let schema = schema(implementation, &table)?;
     runtime.block_on(async {
-        crate::postgres::drop_table(&admin, &table).await?;
+        crate::postgres::drop_table(url, &table).await?;
         admin.batch_execute(&schema).await?;
         BenchResult::Ok(())
     })?;
     let measured = run_members(implementation, &table, seconds, instances);
     let stored = runtime.block_on(stored_counter(&admin, implementation, &table));
-    runtime.block_on(crate::postgres::drop_table(&admin, &table))?;
+    runtime.block_on(crate::postgres::drop_table(url, &table))?;
     let (acknowledged, elapsed, mut metrics) = measured?;
     let stored = stored?;
     if stored != acknowledged {
@@ -264,12 +264,7 @@ fn member(
     })?;
     let mut metrics = vec![("acknowledged", acknowledged as f64), ("elapsed", elapsed)];
     if let Incrementer::Ours(map) = &increment {
-        let stats = map.backend().stats();
-        metrics.extend([
-            ("commits", stats.commits as f64),
-            ("writes", stats.writes as f64),
-            ("conflicts", stats.conflicts as f64),
-        ]);
+        metrics.extend(crate::postgres::stats_metrics(map.backend().stats()));
     }
     report(&metrics)
 }

@@ -1,7 +1,7 @@
 //! The raw anchors of the PostgreSQL rows (feature `postgres`): tokio-postgres over the same
 //! server, doing the same work as our map the plain way (see `postgres.rs` for what each does).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use persistent_map::postgres::tokio_postgres::{self, AsyncMessage, NoTls};
@@ -106,30 +106,29 @@ pub(crate) fn propagation(
         let (listener, heard) = listen(url, &channel).await?;
         BenchResult::Ok((writer, (plain, notify), listener, heard))
     })?;
-    let pause_ns = plan.pause.as_nanos().max(1) as u64;
-    let pauses = crate::workload::random_indexes(plan.writes as usize, pause_ns);
-    let ends = Instant::now() + Duration::from_secs_f64(plan.seconds);
-    let mut times = Vec::with_capacity(plan.writes as usize);
-    for (i, pause) in (0..plan.writes).zip(pauses) {
-        if Instant::now() >= ends {
-            break;
-        }
-        std::thread::sleep(Duration::from_nanos(pause));
-        let (key, value) = propagation::write(i, &plan);
-        let json = serde_json::to_string(&value)?;
-        runtime.block_on(writer.execute(&plain, &[&key, &json]))?;
-        let acknowledged = propagation::now_ns()?;
-        runtime.block_on(writer.query(&notify, &[&channel, &json]))?;
-        let (payload, seen) = runtime
-            .block_on(heard.recv())
-            .ok_or("the listener stopped")?;
-        let received: crate::workload::Session = serde_json::from_str(&payload)?;
-        if received != value {
-            return Err(format!("write {i} was awaited, another value was heard").into());
-        }
-        times.push((seen - acknowledged) as f64 / 1e6);
-    }
-    propagation::report_times(times)
+    let times = propagation::time_writes(
+        &plan,
+        |key, value| {
+            let json = serde_json::to_string(&value)?;
+            runtime.block_on(writer.execute(&plain, &[&key, &json]))?;
+            Ok(())
+        },
+        |i| {
+            // The announcement goes out once the upsert is acknowledged.
+            let (_, value) = propagation::write(i, &plan);
+            let json = serde_json::to_string(&value)?;
+            runtime.block_on(writer.query(&notify, &[&channel, &json]))?;
+            let (payload, seen) = runtime
+                .block_on(heard.recv())
+                .ok_or("the listener stopped")?;
+            let received: crate::workload::Session = serde_json::from_str(&payload)?;
+            if received != value {
+                return Err(format!("write {i} was awaited, another value was heard").into());
+            }
+            Ok(seen)
+        },
+    );
+    propagation::report_times(times?)
 }
 
 /// Hears the notifications of one connection: each payload, with the moment it arrived.

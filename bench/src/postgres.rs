@@ -70,14 +70,14 @@ pub(crate) fn run(
 }
 
 #[cfg(feature = "postgres")]
-pub(crate) use with_backend::{drop_table, probe, run};
+pub(crate) use with_backend::{drop_table, probe, run, stats_metrics};
 
 #[cfg(feature = "postgres")]
 mod with_backend {
     use std::time::Duration;
 
     use persistent_map::postgres::tokio_postgres::{self, NoTls};
-    use persistent_map::postgres::PostgresBackend;
+    use persistent_map::postgres::{PostgresBackend, PostgresStats};
     use persistent_map::PersistentMap;
 
     use super::{url, URL_VARIABLES};
@@ -204,32 +204,30 @@ mod with_backend {
 
     fn drop_tables(runtime: &tokio::runtime::Runtime, url: &str, tables: &[String]) -> BenchResult {
         runtime.block_on(async {
-            let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-            let connection = tokio::spawn(connection);
             for table in tables {
-                drop_table(&client, table).await?;
+                drop_table(url, table).await?;
             }
-            drop(client);
-            connection.await??;
             Ok(())
         })
     }
 
-    /// Drops `table`, and its rows in the crate's own tables if they exist.
-    pub(crate) async fn drop_table(client: &tokio_postgres::Client, table: &str) -> BenchResult {
-        client
-            .batch_execute(&format!(
-                "DROP TABLE IF EXISTS \"{table}\"; \
-                 DO $$ BEGIN \
-                   IF to_regclass('persistent_map_log') IS NOT NULL THEN \
-                     DELETE FROM persistent_map_log WHERE table_name = '{table}'; \
-                     DELETE FROM persistent_map_revisions WHERE table_name = '{table}'; \
-                     DELETE FROM persistent_map_tables WHERE table_name = '{table}'; \
-                   END IF; \
-                 END $$;"
-            ))
+    /// Drops `table`, and its rows in the crate's own tables.
+    pub(crate) async fn drop_table(url: &str, table: &str) -> BenchResult {
+        PostgresBackend::builder(url)
+            .table(table)
+            .drop_table()
             .await?;
         Ok(())
+    }
+
+    /// The backend's counts, as metrics.
+    pub(crate) fn stats_metrics(stats: PostgresStats) -> [(&'static str, f64); 4] {
+        [
+            ("commits", stats.commits as f64),
+            ("writes", stats.writes as f64),
+            ("conflicts", stats.conflicts as f64),
+            ("reconnects", stats.reconnects as f64),
+        ]
     }
 
     /// A map of instance `instance` on `table`, with a connection of its own (named after it):
@@ -271,12 +269,7 @@ mod with_backend {
             // One table: its commits are the connection's. Several: a commit counts for every
             // table it served, so per-table counts do not add up to the connection's.
             if let [map] = &maps[..] {
-                let stats = map.backend().stats();
-                metrics.extend([
-                    ("commits", stats.commits as f64),
-                    ("writes", stats.writes as f64),
-                    ("reconnects", stats.reconnects as f64),
-                ]);
+                metrics.extend(stats_metrics(map.backend().stats()));
             }
             report(&metrics)
         })

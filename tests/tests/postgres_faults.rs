@@ -40,6 +40,44 @@ async fn advisory_locks(admin: &tokio_postgres::Client, pid: i32) -> i64 {
         .get(0)
 }
 
+/// What a test of an instance behind a proxy needs: a table named after `test`, the admin
+/// client, the proxy, and the `application_name` to give the instance's connection.
+async fn behind_a_proxy(test: &str) -> (TestTable, tokio_postgres::Client, FreezingProxy, String) {
+    let table = TestTable::new(test);
+    let proxy = FreezingProxy::start(server_address()).await;
+    let name = format!("pm_{test}_{}", std::process::id());
+    (table, admin().await, proxy, name)
+}
+
+/// A map on `table` at `url` whose attempts wait at most `operation` for the server.
+async fn with_operation_timeout(url: &str, table: &TestTable, operation: Duration) -> Map {
+    let backend = PostgresBackend::builder(url)
+        .table(table.name())
+        .operation_timeout(operation)
+        .connect()
+        .await
+        .unwrap();
+    PersistentMap::new(backend).await.unwrap()
+}
+
+/// Waits until `proxy` froze (on the commit it was armed for), then checks that session `pid`
+/// holds advisory locks, as the test needs; returns when it froze and how many locks.
+async fn frozen_holding_locks(
+    proxy: &FreezingProxy,
+    admin: &tokio_postgres::Client,
+    pid: i32,
+) -> (Instant, i64) {
+    let frozen_at = loop {
+        if proxy.is_frozen() {
+            break Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    let held = advisory_locks(admin, pid).await;
+    assert!(held > 0, "the frozen session held no lock: nothing tested");
+    (frozen_at, held)
+}
+
 /// Tasks bumping keys of a map in a loop until `stop`, counting what was acknowledged.
 struct Bumpers {
     acknowledged: Arc<AtomicU64>,
@@ -116,10 +154,7 @@ const SECOND_TRIP: &[u8] = b"changed";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_instance_holds_no_lock_past_its_bound_and_stalls_no_one() {
     const BOUND: Duration = Duration::from_secs(2);
-    let table = TestTable::new("frozen_fleet");
-    let admin = admin().await;
-    let proxy = FreezingProxy::start(server_address()).await;
-    let name = format!("pm_frozen_{}", std::process::id());
+    let (table, admin, proxy, name) = behind_a_proxy("frozen").await;
     let frozen_url = proxy.url(&[("sslmode", "disable"), ("application_name", &name)]);
     let builder = |url: &str, instance: &str| {
         PostgresBackend::builder(url)
@@ -149,14 +184,7 @@ async fn a_frozen_instance_holds_no_lock_past_its_bound_and_stalls_no_one() {
     // Freeze while the instance's server session holds its locks, its commit held back.
     let pid = pid_of(&admin, &name).await;
     proxy.freeze_when_sent(SECOND_TRIP, false);
-    let frozen_at = loop {
-        if proxy.is_frozen() {
-            break Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    };
-    let held = advisory_locks(&admin, pid).await;
-    assert!(held > 0, "the frozen session held no lock: nothing tested");
+    let (frozen_at, held) = frozen_holding_locks(&proxy, &admin, pid).await;
 
     let (mut released, mut stalled, mut down) = (None, None, None);
     while released.is_none() || down.is_none() {
@@ -230,23 +258,14 @@ async fn a_frozen_instance_holds_no_lock_past_its_bound_and_stalls_no_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_session_is_ended_from_a_new_connection_when_the_operation_times_out() {
     const BOUND: Duration = Duration::from_secs(2);
-    let table = TestTable::new("stuck_session");
-    let admin = admin().await;
-    let proxy = FreezingProxy::start(server_address()).await;
-    let name = format!("pm_stuck_{}", std::process::id());
+    let (table, admin, proxy, name) = behind_a_proxy("stuck").await;
     // The server would never end the session itself: the URL turns its timeout off.
     let url = proxy.url(&[
         ("sslmode", "disable"),
         ("application_name", &name),
         ("options", "-c idle_in_transaction_session_timeout=0"),
     ]);
-    let backend = PostgresBackend::builder(&url)
-        .table(table.name())
-        .operation_timeout(BOUND)
-        .connect()
-        .await
-        .unwrap();
-    let map: Map = PersistentMap::new(backend).await.unwrap();
+    let map = with_operation_timeout(&url, &table, BOUND).await;
     map.insert("k".into(), 1).await.unwrap();
     let pid = pid_of(&admin, &name).await;
 
@@ -256,14 +275,7 @@ async fn a_stuck_session_is_ended_from_a_new_connection_when_the_operation_times
         let map = map.clone();
         async move { map.insert("k".into(), 2).await }
     });
-    let frozen_at = loop {
-        if proxy.is_frozen() {
-            break Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    };
-    let held = advisory_locks(&admin, pid).await;
-    assert!(held > 0, "the frozen session held no lock: nothing tested");
+    let (frozen_at, held) = frozen_holding_locks(&proxy, &admin, pid).await;
     let released = loop {
         if advisory_locks(&admin, pid).await == 0 {
             break frozen_at.elapsed();
@@ -352,13 +364,7 @@ async fn a_server_that_stops_answering_fails_a_write_within_the_operation_timeou
 async fn a_row_locked_elsewhere_fails_its_write_in_time_naming_it_and_other_keys_commit() {
     const BOUND: Duration = Duration::from_secs(1);
     let table = TestTable::new("row_lock");
-    let backend = PostgresBackend::builder(&url())
-        .table(table.name())
-        .operation_timeout(BOUND)
-        .connect()
-        .await
-        .unwrap();
-    let map: Map = PersistentMap::new(backend).await.unwrap();
+    let map = with_operation_timeout(&url(), &table, BOUND).await;
     map.insert("locked".into(), 1).await.unwrap();
 
     let mut locker = admin().await;

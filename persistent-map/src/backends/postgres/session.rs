@@ -1163,14 +1163,7 @@ impl<'a> Work<'a> {
             } => {
                 if let Some(begun) = held.take() {
                     if begun.covers(plan, live) {
-                        let server_session = live.server_session.clone();
-                        let on_commit_sent = |txid, decided: &Decided| {
-                            *sent = Some(Sent {
-                                txid,
-                                decided: decided.clone(),
-                                server_session,
-                            });
-                        };
+                        let on_commit_sent = remember_sent(sent, live);
                         let finished =
                             commit::finish(live, plan, *begun, *prune, false, on_commit_sent).await;
                         return match finished {
@@ -1196,14 +1189,7 @@ impl<'a> Work<'a> {
                 add_missing_columns(live, plan, target).await?;
                 let mut relayouts = 0;
                 loop {
-                    let server_session = live.server_session.clone();
-                    let on_commit_sent = |txid, decided: &Decided| {
-                        *sent = Some(Sent {
-                            txid,
-                            decided: decided.clone(),
-                            server_session,
-                        });
-                    };
+                    let on_commit_sent = remember_sent(sent, live);
                     let committed =
                         commit::commit_once(live, plan, *prune, true, on_commit_sent).await;
                     match committed {
@@ -1344,6 +1330,19 @@ impl<'a> Work<'a> {
 
     fn commit_sent(&self) -> bool {
         matches!(self, Work::Commit { sent: Some(_), .. })
+    }
+}
+
+/// What to do as a commit's `COMMIT` goes out on `live`: remember it in `sent`, to ask the
+/// server about it if the answer is lost.
+fn remember_sent<'s>(sent: &'s mut Option<Sent>, live: &Live) -> impl FnOnce(i64, &Decided) + 's {
+    let server_session = live.server_session.clone();
+    move |txid, decided| {
+        *sent = Some(Sent {
+            txid,
+            decided: decided.clone(),
+            server_session,
+        });
     }
 }
 
