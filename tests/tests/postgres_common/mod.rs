@@ -15,6 +15,8 @@ use persistent_map::PersistentMap;
 use serde::Serialize;
 
 mod proxy;
+// Used by the test files that freeze an instance's path to the server.
+#[allow(unused_imports)]
 pub(crate) use proxy::FreezingProxy;
 
 pub(crate) const URL_VARIABLE: &str = "PM_TEST_POSTGRES_URL";
