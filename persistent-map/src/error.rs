@@ -272,8 +272,8 @@ pub enum PersistentError {
 
     /// A write with a time to live was made on a map whose backend does not store deadlines
     /// ([`StorageBackend::supports_expiry`](crate::StorageBackend::supports_expiry) is
-    /// `false`: the PostgreSQL and CSV backends, and custom backends unless they opt in).
-    /// Nothing was written.
+    /// `false`: the CSV backend, and custom backends unless they opt in; SQLite and
+    /// PostgreSQL store them). Nothing was written.
     #[error("this backend does not store expiry deadlines, so a write with a time to live was refused; nothing was written")]
     ExpiryUnsupported,
 

@@ -174,7 +174,7 @@ where
 /// Every option left unset keeps the default of
 /// [`PostgresBackend::builder`](crate::postgres::PostgresBackend::builder): the key type's
 /// table ([`K::TABLE_NAME`](PersistentKey::TABLE_NAME)), the URL's connect timeout (else 5
-/// seconds), a 10 second reconnect timeout.
+/// seconds), a 10 second reconnect timeout, a 10 second operation timeout.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -199,6 +199,8 @@ pub struct PostgresOptions {
     table: Option<String>,
     connect_timeout: Option<Duration>,
     reconnect_timeout: Option<Duration>,
+    operation_timeout: Option<Duration>,
+    lock_class: Option<i32>,
 }
 
 #[cfg(feature = "postgres")]
@@ -251,6 +253,35 @@ impl PostgresOptions {
         self
     }
 
+    /// How long one attempt at some work may wait for the server, and from it the session's
+    /// server-side limits (`lock_timeout`, `statement_timeout`,
+    /// `idle_in_transaction_session_timeout`, keepalives)
+    /// ([`PostgresBuilder::operation_timeout`](crate::postgres::PostgresBuilder::operation_timeout)).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let options = persistent_map::PostgresOptions::new().operation_timeout(Duration::from_secs(4));
+    /// # let _ = options;
+    /// ```
+    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
+        self.operation_timeout = Some(timeout);
+        self
+    }
+
+    /// The first of the three classes of the crate's advisory locks, the same in every
+    /// instance
+    /// ([`PostgresBuilder::advisory_lock_classes`](crate::postgres::PostgresBuilder::advisory_lock_classes);
+    /// default 28781).
+    ///
+    /// ```
+    /// let options = persistent_map::PostgresOptions::new().advisory_lock_classes(0x4d50);
+    /// # let _ = options;
+    /// ```
+    pub fn advisory_lock_classes(mut self, first: i32) -> Self {
+        self.lock_class = Some(first);
+        self
+    }
+
     /// Connects to the database at `url` and loads the map, with these options.
     ///
     /// Fails as [`PostgresBuilder::connect`](crate::postgres::PostgresBuilder::connect) and
@@ -288,6 +319,12 @@ impl PostgresOptions {
         }
         if let Some(timeout) = self.reconnect_timeout {
             builder = builder.reconnect_timeout(timeout);
+        }
+        if let Some(timeout) = self.operation_timeout {
+            builder = builder.operation_timeout(timeout);
+        }
+        if let Some(first) = self.lock_class {
+            builder = builder.advisory_lock_classes(first);
         }
         PersistentMap::new(builder.connect().await?).await
     }
