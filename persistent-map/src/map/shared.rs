@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use dashmap::DashMap;
-use serde::Serialize;
+use serde::{de::DeserializeOwned, Serialize};
 
 use super::commit::{Answer, Kind, Op, Write};
 use super::entries::{room_for, CacheCapacity, Entries, Held, Hot};
@@ -80,17 +80,13 @@ struct Pending<V> {
 
 impl<K, V> Shared<K, V>
 where
-    K: Eq + Hash + Clone + Serialize + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
+    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     /// Loads everything `backend` holds.
     pub(super) async fn load<B: StorageBackend<K, V> + Send + Sync + ?Sized>(
         backend: &B,
-    ) -> Result<Self>
-    where
-        K: serde::de::DeserializeOwned,
-        V: Serialize + serde::de::DeserializeOwned,
-    {
+    ) -> Result<Self> {
         let began = std::time::Instant::now();
         let entries = DashMap::with_capacity(room_for(backend.len_hint().await));
         let expiry = ExpiryState::default();
@@ -203,10 +199,7 @@ where
         write: Write<K, V>,
         answer: Answer,
         table: &str,
-    ) -> Result<Settled<V>>
-    where
-        V: serde::de::DeserializeOwned,
-    {
+    ) -> Result<Settled<V>> {
         match answer {
             Answer::Applied { previous } => {
                 self.entries.reserve(write.ops.len());
@@ -362,18 +355,14 @@ where
     }
 
     /// Replaces memory with what the backend holds. Scans holding no key's turn, so writes go
-    /// on meanwhile; then takes every turn just to apply what it read, keeping memory's entry
-    /// for each key a write of this map settled while it scanned (that write may have come
-    /// after the scan's read; if it came before, what came after it is reported by the next
-    /// refresh, from the place read before the scan). On error memory is unchanged.
+    /// on meanwhile; then takes every turn to apply what it read, reading again (with nothing
+    /// of this map in flight) the keys that a write of this map settled while it scanned: such
+    /// a write may have come after the scan's read, or before it and after something else the
+    /// scan saw. On error memory is unchanged.
     pub(super) async fn reload<B: StorageBackend<K, V> + Send + Sync + ?Sized>(
         &self,
         backend: &B,
-    ) -> Result<()>
-    where
-        K: serde::de::DeserializeOwned,
-        V: Serialize + serde::de::DeserializeOwned,
-    {
+    ) -> Result<()> {
         let _one_at_a_time = self.reloading.lock().await;
         if self.entries.cached().is_some() {
             let _all_keys = self.key_locks.lock_all().await;
@@ -383,8 +372,18 @@ where
         let scanned = self.scan_all(backend).await;
         let _all_keys = self.key_locks.lock_all().await;
         let written = self.written_meanwhile.take();
-        let (position, stored) = scanned?;
-        self.replace(stored, &written, position);
+        let (position, mut stored) = scanned?;
+        if !written.is_empty() {
+            let keys: Vec<K> = written.into_iter().collect();
+            let mut now = backend.load_keys_expiring(&keys).await?;
+            for key in keys {
+                match now.remove(&key) {
+                    Some((value, deadline)) => drop(stored.insert(key, Slot::new(value, deadline))),
+                    None => drop(stored.remove(&key)),
+                }
+            }
+        }
+        self.replace(stored, position);
         Ok(())
     }
 
@@ -392,16 +391,12 @@ where
     pub(super) async fn reload_in_turn<B: StorageBackend<K, V> + Send + Sync + ?Sized>(
         &self,
         backend: &B,
-    ) -> Result<()>
-    where
-        K: serde::de::DeserializeOwned,
-        V: Serialize + serde::de::DeserializeOwned,
-    {
+    ) -> Result<()> {
         if self.entries.cached().is_some() {
             return self.forget_all(backend).await;
         }
         let (position, stored) = self.scan_all(backend).await?;
-        self.replace(stored, &HashSet::new(), position);
+        self.replace(stored, position);
         Ok(())
     }
 
@@ -429,11 +424,7 @@ where
     async fn scan_all<B: StorageBackend<K, V> + Send + Sync + ?Sized>(
         &self,
         backend: &B,
-    ) -> Result<(Option<ChangePosition>, HashMap<K, Slot<V>>)>
-    where
-        K: serde::de::DeserializeOwned,
-        V: Serialize + serde::de::DeserializeOwned,
-    {
+    ) -> Result<(Option<ChangePosition>, HashMap<K, Slot<V>>)> {
         let mut stored = HashMap::with_capacity(room_for(backend.len_hint().await));
         let position = scan(backend, &self.expiry, |key, slot| match stored.entry(key) {
             hash_map::Entry::Vacant(vacant) => {
@@ -446,32 +437,21 @@ where
         Ok((position, stored))
     }
 
-    /// Makes memory hold `stored`, but for the keys in `keep`; tells subscribers.
-    fn replace(
-        &self,
-        stored: HashMap<K, Slot<V>>,
-        keep: &HashSet<K>,
-        position: Option<ChangePosition>,
-    ) {
+    /// Makes memory hold `stored`; tells subscribers.
+    fn replace(&self, stored: HashMap<K, Slot<V>>, position: Option<ChangePosition>) {
         let entries = self
             .entries
             .resident()
             .expect("only a resident map scans the whole table");
-        entries.retain(|key, _| stored.contains_key(key) || keep.contains(key));
+        entries.retain(|key, _| stored.contains_key(key));
         self.entries
             .reserve(stored.len().saturating_sub(entries.len()));
         for (key, slot) in stored {
-            if !keep.contains(&key) {
-                entries.insert(key, slot);
-            }
+            entries.insert(key, slot);
         }
         self.set_position(position);
         self.changes.publish(Some(Change::Reloaded));
-        tracing::debug!(
-            entries = self.entries.len(),
-            kept = keep.len(),
-            "reloaded a map"
-        );
+        tracing::debug!(entries = self.entries.len(), "reloaded a map");
     }
 }
 
@@ -505,8 +485,8 @@ where
     Ok(position)
 }
 
-/// The keys that writes of this map settled while a reload scanned, which the reload then
-/// leaves as memory has them. Costs a write one atomic load while no reload scans.
+/// The keys that writes of this map settled while a reload scanned, which the reload then reads
+/// again. Costs a write one atomic load while no reload scans.
 pub(super) struct WrittenMeanwhile<K> {
     tracking: AtomicBool,
     keys: Mutex<HashSet<K>>,

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, TransactionBehavior};
 
-use super::writer::{run_statement, RawOp, SweepRequest, TableSql, Writer};
+use super::execute::run_statement;
+use super::writer::{RawOp, SweepRequest, TableSql, Writer};
 use super::Durability;
 use crate::{Deadline, Result};
 

@@ -24,8 +24,9 @@ use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension};
 
+use super::execute::run_statement;
 use super::known::Known;
-use super::writer::{run_statement, RawOp, TableSql, Writer};
+use super::writer::{RawOp, TableSql, Writer};
 use crate::{ChangePosition, Result};
 
 /// The log, its index by table, and the per-table prune marks.
