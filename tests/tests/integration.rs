@@ -4,6 +4,7 @@
 //! the filter: `cargo test -p persistent-map-tests --test integration sigkill::`.
 
 mod bad_input;
+mod cached_map;
 mod cancellation;
 mod csv_backend;
 mod derive_attributes;
