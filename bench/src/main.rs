@@ -21,18 +21,24 @@
 //! | `reads` (`--reads N`) | `ours`: our map, a `DashMap` and a `HashMap` in one process, read in turns |
 //! | `concurrent-insert` | `pg`: our map on the PostgreSQL backend (feature `postgres`, see `postgres.rs`) |
 //! | `concurrent-tables` (`--tables N`: the keys spread over N maps on N tables of one database) | `ours`, `pg` |
-//! | `propagation` (`--interval-us`, `--pause-us`, `--entries`, `--times FILE`: every time as JSON) | `ours` (SQLite; the follower is a second process, `follow ours --db FILE`), `pg` |
+//! | `propagation` (`--interval-us`, `--pause-us`, `--entries`, `--times FILE`: every time as JSON) | `ours` (SQLite; the follower is a second process, `follow ours --db FILE`), `pg`, `raw-pg` |
+//! | `concurrent-insert` | `raw-pg`: a deadpool-postgres pool of 16 connections upserting (see `postgres.rs`) |
+//! | `fleet-update` (`--instances N`, `--seconds S`) | `pg`, `raw-pg`: N processes of 8 tasks incrementing one key (see `fleet.rs`) |
 
 mod charts;
 mod composite;
 mod draw;
 mod driver;
 mod expiry;
+#[cfg(feature = "postgres")]
+mod fleet;
 mod handoff;
 mod keys;
 mod memory;
 mod ours;
 mod paired;
+#[cfg(feature = "postgres")]
+mod pg_raw;
 mod postgres;
 mod propagation;
 mod raw;
@@ -87,7 +93,7 @@ fn run_one(args: &[String]) -> BenchResult {
         "ours" if matches!(workload.as_str(), "propagation" | "follow") => {
             propagation::sqlite(workload, &options)
         }
-        "pg" => postgres::run(workload, &options),
+        "pg" | "raw-pg" => postgres::run(workload, implementation, &options),
         "ours" => ours::run(workload, &options),
         "raw" | "raw-conns" => raw::run(workload, raw::Writers::OwnConnections, &options),
         "raw-mutex" => raw::run(workload, raw::Writers::SharedConnection, &options),

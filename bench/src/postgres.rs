@@ -7,10 +7,26 @@
 //! - `pm-bench run concurrent-tables pg --n N --tables T`: the same with the keys spread over `T`
 //!   maps on `T` tables of the database (one shared connection: a commit serves every table);
 //! - `pm-bench run propagation pg ...`: two maps on two backends in this process, separate
-//!   instances that share the process's connection (see `propagation.rs`).
+//!   instances with a connection each (see `propagation.rs`);
+//! - `pm-bench run fleet-update pg --instances N`: N processes, 8 tasks each, `update(+1)` on one
+//!   key (see `fleet.rs`).
+//!
+//! And their raw anchors, tokio-postgres over the same server (`raw-pg`):
+//!
+//! - `concurrent-insert raw-pg --n N`: 16 tokio tasks inserting the same keys and JSON values
+//!   through a deadpool-postgres pool of 16 connections, each one statement
+//!   `INSERT ... ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value` (its own transaction);
+//! - `propagation raw-pg ...`: the same writes, each an upsert (its own transaction) then a
+//!   `NOTIFY` carrying the value, timed from the upsert's answer to a listener on a second
+//!   connection receiving the notification;
+//! - `fleet-update raw-pg --instances N`: N processes with one connection each, 8 tasks sending
+//!   `UPDATE ... SET v = v + 1` (see `fleet.rs`).
+//!
+//! Both sides connect alike: without TLS (`sslmode=disable` is added to the URL unless it
+//! names an `sslmode`), as a raw client with `NoTls` does.
 //!
 //! Every job works on a table of its own, `pm_bench_<workload>_<pid>` (`..._<pid>_t0` and so on
-//! for several), dropped before and after.
+//! for several), dropped before and after with its rows in the crate's own tables.
 
 /// The environment variables naming the server, in the order they are looked at.
 pub(crate) const URL_VARIABLES: [&str; 2] = ["PM_BENCH_POSTGRES_URL", "PM_TEST_POSTGRES_URL"];
@@ -47,20 +63,21 @@ pub(crate) fn probe() -> Result<String, String> {
 #[cfg(not(feature = "postgres"))]
 pub(crate) fn run(
     _workload: &str,
+    _implementation: &str,
     _options: &crate::workload::Options,
 ) -> crate::workload::BenchResult {
     Err("pm-bench was built without its feature `postgres` (add `--features postgres`)".into())
 }
 
 #[cfg(feature = "postgres")]
-pub(crate) use with_backend::{probe, run};
+pub(crate) use with_backend::{drop_table, probe, run, stats_metrics};
 
 #[cfg(feature = "postgres")]
 mod with_backend {
     use std::time::Duration;
 
     use persistent_map::postgres::tokio_postgres::{self, NoTls};
-    use persistent_map::postgres::PostgresBackend;
+    use persistent_map::postgres::{PostgresBackend, PostgresStats};
     use persistent_map::PersistentMap;
 
     use super::{url, URL_VARIABLES};
@@ -72,10 +89,18 @@ mod with_backend {
     /// How long the driver's check waits for the server.
     const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
+    /// The server's URL, without TLS unless it names an `sslmode` (see the module docs).
     fn url_or_error() -> BenchResult<String> {
-        url()
-            .map(|(_, url)| url)
-            .ok_or_else(|| format!("set {} to the server's URL", URL_VARIABLES.join(" or ")).into())
+        let (_, url) = url()
+            .ok_or_else(|| format!("set {} to the server's URL", URL_VARIABLES.join(" or ")))?;
+        if url.contains("sslmode") {
+            return Ok(url);
+        }
+        Ok(match url.contains("://") {
+            true if url.contains('?') => format!("{url}&sslmode=disable"),
+            true => format!("{url}?sslmode=disable"),
+            false => format!("{url} sslmode=disable"),
+        })
     }
 
     /// Whether the PostgreSQL rows can run: a description of the server, or why not.
@@ -133,8 +158,16 @@ mod with_backend {
         text
     }
 
-    pub(crate) fn run(workload: &str, options: &Options) -> BenchResult {
+    pub(crate) fn run(workload: &str, implementation: &str, options: &Options) -> BenchResult {
         let url = url_or_error()?;
+        if workload.starts_with("fleet-") {
+            return crate::fleet::run(workload, implementation, &url, options);
+        }
+        let raw = match implementation {
+            "pg" => false,
+            "raw-pg" => true,
+            other => return Err(format!("no PostgreSQL implementation `{other}`").into()),
+        };
         let table = format!(
             "pm_bench_{}_{}",
             workload.replace('-', "_"),
@@ -151,11 +184,19 @@ mod with_backend {
             .enable_all()
             .build()?;
         drop_tables(&runtime, &url, &tables)?;
-        let outcome = match workload {
-            "concurrent-insert" => concurrent(&runtime, &url, &tables, options),
-            "concurrent-tables" => concurrent(&runtime, &url, &tables, options),
-            "propagation" => propagation(&runtime, &url, &tables[0], options),
-            other => Err(format!("the PostgreSQL backend has no workload `{other}`").into()),
+        let outcome = match (workload, raw) {
+            ("concurrent-insert", false) => concurrent(&runtime, &url, &tables, options),
+            ("concurrent-tables", false) => concurrent(&runtime, &url, &tables, options),
+            ("propagation", false) => propagation(&runtime, &url, &tables[0], options),
+            ("concurrent-insert", true) => {
+                crate::pg_raw::concurrent(&runtime, &url, &tables[0], options)
+            }
+            ("propagation", true) => {
+                crate::pg_raw::propagation(&runtime, &url, &tables[0], options)
+            }
+            (other, _) => {
+                Err(format!("no PostgreSQL workload `{other}` for `{implementation}`").into())
+            }
         };
         let dropped = drop_tables(&runtime, &url, &tables);
         outcome.and(dropped)
@@ -163,23 +204,42 @@ mod with_backend {
 
     fn drop_tables(runtime: &tokio::runtime::Runtime, url: &str, tables: &[String]) -> BenchResult {
         runtime.block_on(async {
-            let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-            let connection = tokio::spawn(connection);
             for table in tables {
-                client
-                    .batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\""))
-                    .await?;
+                drop_table(url, table).await?;
             }
-            drop(client);
-            connection.await??;
             Ok(())
         })
     }
 
-    /// A map of instance `instance` on `table`: maps of one process on one table share their
-    /// entries unless they are different instances, so the propagation job's two maps are.
+    /// Drops `table`, and its rows in the crate's own tables.
+    pub(crate) async fn drop_table(url: &str, table: &str) -> BenchResult {
+        PostgresBackend::builder(url)
+            .table(table)
+            .drop_table()
+            .await?;
+        Ok(())
+    }
+
+    /// The backend's counts, as metrics.
+    pub(crate) fn stats_metrics(stats: PostgresStats) -> [(&'static str, f64); 4] {
+        [
+            ("commits", stats.commits as f64),
+            ("writes", stats.writes as f64),
+            ("conflicts", stats.conflicts as f64),
+            ("reconnects", stats.reconnects as f64),
+        ]
+    }
+
+    /// A map of instance `instance` on `table`, with a connection of its own (named after it):
+    /// maps of one process on one table share their entries unless they are different
+    /// instances, so the propagation job's two maps are, and each hears the other's `NOTIFY`
+    /// as an instance in another process would.
     async fn open(url: &str, table: &str, instance: &str) -> BenchResult<Map> {
-        let backend = PostgresBackend::builder(url)
+        let named = match url.contains("://") {
+            true => format!("{url}&application_name=pm_bench_{instance}"),
+            false => format!("{url} application_name=pm_bench_{instance}"),
+        };
+        let backend = PostgresBackend::builder(&named)
             .table(table)
             .instance(instance)
             .connect()
@@ -209,12 +269,7 @@ mod with_backend {
             // One table: its commits are the connection's. Several: a commit counts for every
             // table it served, so per-table counts do not add up to the connection's.
             if let [map] = &maps[..] {
-                let stats = map.backend().stats();
-                metrics.extend([
-                    ("commits", stats.commits as f64),
-                    ("writes", stats.writes as f64),
-                    ("reconnects", stats.reconnects as f64),
-                ]);
+                metrics.extend(stats_metrics(map.backend().stats()));
             }
             report(&metrics)
         })

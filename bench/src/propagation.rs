@@ -137,11 +137,30 @@ pub(crate) fn write_one_at_a_time<B>(
     runtime: &tokio::runtime::Runtime,
     writer: &PersistentMap<String, Session, B>,
     plan: &Plan,
-    mut seen: impl FnMut(u64) -> BenchResult<i128>,
+    seen: impl FnMut(u64) -> BenchResult<i128>,
 ) -> BenchResult<Vec<f64>>
 where
     B: StorageBackend<String, Session> + Send + Sync + 'static,
 {
+    time_writes(
+        plan,
+        |key, value| {
+            runtime.block_on(writer.insert(key, value))?;
+            Ok(())
+        },
+        seen,
+    )
+}
+
+/// Makes the plan's writes one at a time with `acknowledged_write`, which returns once the
+/// write is acknowledged, each after its pause; `seen(i)` waits until the other side has write `i` and
+/// gives the moment it did. Returns each write's time from its acknowledgement to that moment,
+/// in milliseconds.
+pub(crate) fn time_writes(
+    plan: &Plan,
+    mut acknowledged_write: impl FnMut(String, Session) -> BenchResult,
+    mut seen: impl FnMut(u64) -> BenchResult<i128>,
+) -> BenchResult<Vec<f64>> {
     let pause_ns = plan.pause.as_nanos().max(1) as u64;
     let pauses = random_indexes(plan.writes as usize, pause_ns);
     let ends = Instant::now() + Duration::from_secs_f64(plan.seconds);
@@ -152,7 +171,7 @@ where
         }
         std::thread::sleep(Duration::from_nanos(pause));
         let (key, value) = write(i, plan);
-        runtime.block_on(writer.insert(key, value))?;
+        acknowledged_write(key, value)?;
         let acknowledged = now_ns()?;
         let visible = seen(i)?;
         times.push((visible - acknowledged) as f64 / 1e6);

@@ -2,6 +2,8 @@
 
 use crate::keys::KeyKind;
 use crate::propagation::ENTRIES;
+/// Tasks of each instance of the fleet row (see `fleet.rs`).
+pub(crate) const TASKS_PER_INSTANCE: u64 = 8;
 use crate::workload::{READS, TASKS};
 
 /// Which binary measures a job.
@@ -648,8 +650,13 @@ pub(crate) fn rows(sizes: &Sizes) -> Vec<Row> {
 /// The options of the `pg-8tables` row's jobs.
 const EIGHT_TABLES: &[(&str, &str)] = &[("tables", "8")];
 
-/// The PostgreSQL backend's rows: "ours" is our map on PostgreSQL, the anchors our map on SQLite
-/// in the same run. They need the feature `postgres` and a server (`postgres.rs`).
+/// The options of the `pg-fleet-update` row's jobs.
+const THREE_INSTANCES: &[(&str, &str)] = &[("instances", "3")];
+
+/// The PostgreSQL backend's rows: "ours" is our map on PostgreSQL; the anchors raw
+/// tokio-postgres over the same server doing the same work the plain way (the targets), and our
+/// map on SQLite, in the same run. They need the feature `postgres` and a server
+/// (`postgres.rs`).
 pub(crate) fn postgres_rows(sizes: &Sizes) -> Vec<Row> {
     use KeyKind::String;
     use Program::Ours;
@@ -666,6 +673,9 @@ pub(crate) fn postgres_rows(sizes: &Sizes) -> Vec<Row> {
     let sqlite_1ms = job(Ours, "propagation", "ours", String)
         .n(writes)
         .args(&[("interval-us", "1000"), ("pause-us", "1000")]);
+    let raw_notify = job(Ours, "propagation", "raw-pg", String)
+        .n(writes)
+        .args(&[("interval-us", "1000000"), ("pause-us", "1000")]);
     let propagation = |id, title: std::string::String, metric| Row {
         id,
         title,
@@ -673,6 +683,12 @@ pub(crate) fn postgres_rows(sizes: &Sizes) -> Vec<Row> {
         better: Better::Lower,
         ours: pg.figure(metric),
         anchors: vec![
+            anchor(
+                "raw tokio-postgres: an upsert, then a `NOTIFY` carrying the value, to a \
+                 listener on a second connection",
+                raw_notify.figure(metric),
+            )
+            .target(1.25),
             anchor(
                 "SQLite backend, a second process on the same file, `refresh_every(10 ms)`",
                 sqlite_10ms.figure(metric),
@@ -695,12 +711,42 @@ pub(crate) fn postgres_rows(sizes: &Sizes) -> Vec<Row> {
             ours: job(Ours, "concurrent-insert", "pg", String)
                 .n(sizes.per_task)
                 .figure("ops_per_sec"),
+            anchors: vec![
+                anchor(
+                    "raw tokio-postgres: a deadpool-postgres pool of 16 connections, each insert \
+                     one `INSERT ... ON CONFLICT DO UPDATE`",
+                    job(Ours, "concurrent-insert", "raw-pg", String)
+                        .n(sizes.per_task)
+                        .figure("ops_per_sec"),
+                )
+                .target(1.0),
+                anchor(
+                    "SQLite backend, the same workload (the `concurrent` row's ours)",
+                    job(Ours, "concurrent-insert", "ours", String)
+                        .n(sizes.per_task)
+                        .figure("ops_per_sec"),
+                ),
+            ],
+        },
+        Row {
+            id: "pg-fleet-update",
+            title: format!(
+                "a fleet's hot counter: 3 instances (processes) x {TASKS_PER_INSTANCE} tasks \
+                 incrementing one key for 3 s, durable"
+            ),
+            unit: "increments/s",
+            better: Better::Higher,
+            ours: job(Ours, "fleet-update", "pg", String)
+                .args(THREE_INSTANCES)
+                .figure("ops_per_sec"),
             anchors: vec![anchor(
-                "SQLite backend, the same workload (the `concurrent` row's ours)",
-                job(Ours, "concurrent-insert", "ours", String)
-                    .n(sizes.per_task)
+                "raw tokio-postgres: 3 processes with one connection each, their tasks sending \
+                 `UPDATE ... SET v = v + 1`",
+                job(Ours, "fleet-update", "raw-pg", String)
+                    .args(THREE_INSTANCES)
                     .figure("ops_per_sec"),
-            )],
+            )
+            .target(1.0)],
         },
         Row {
             id: "pg-8tables",

@@ -6,7 +6,7 @@
 use proc_macro2::TokenStream;
 use quote::{quote, ToTokens};
 use syn::meta::ParseNestedMeta;
-use syn::{Attribute, LitChar, LitStr, Path};
+use syn::{Attribute, Lit, LitStr, Path};
 
 use crate::case::RenameRule;
 use crate::ctxt::Ctxt;
@@ -69,8 +69,9 @@ pub(crate) fn type_attrs(cx: &Ctxt, attrs: &[Attribute]) -> TypeAttrs {
                 let literal: LitStr = meta.value()?.parse()?;
                 set_once(cx, &meta, &mut parsed.table, &literal, literal.value())
             } else if meta.path.is_ident("separator") {
-                let literal: LitChar = meta.value()?.parse()?;
-                set_once(cx, &meta, &mut parsed.separator, &literal, literal.value())
+                let literal: Lit = meta.value()?.parse()?;
+                let separator = separator_char(&literal)?;
+                set_once(cx, &meta, &mut parsed.separator, &literal, separator)
             } else if meta.path.is_ident("rename_all") {
                 let literal: LitStr = meta.value()?.parse()?;
                 let rule = rename_rule(&literal)?;
@@ -207,6 +208,34 @@ fn rename_rule(name: &LitStr) -> syn::Result<RenameRule> {
             ),
         )
     })
+}
+
+/// The separator: one character, written as a character literal (a string of exactly one
+/// character is taken too).
+fn separator_char(literal: &Lit) -> syn::Result<char> {
+    let text = match literal {
+        Lit::Char(character) => return Ok(character.value()),
+        Lit::Str(text) => text.value(),
+        _ => return Err(one_character_expected(literal, String::new())),
+    };
+    let mut chars = text.chars();
+    match (chars.next(), chars.next()) {
+        (Some(only), None) => Ok(only),
+        _ => {
+            let count = text.chars().count();
+            Err(one_character_expected(
+                literal,
+                format!(": {text:?} has {count} characters"),
+            ))
+        }
+    }
+}
+
+fn one_character_expected(literal: &Lit, why: String) -> syn::Error {
+    syn::Error::new_spanned(
+        literal,
+        format!("the separator is one character, written like `separator = '/'`{why}"),
+    )
 }
 
 fn text_mode(mode: &LitStr) -> syn::Result<TextMode> {

@@ -5,10 +5,10 @@
 //! module, reached through the crate path (`::persistent_map` unless `crate = "..."`), and
 //! everything else is fully qualified, so the code means the same whatever the user imported.
 
-use proc_macro2::{Ident, Literal, TokenStream};
-use quote::{format_ident, quote, quote_spanned};
+use proc_macro2::{Group, Ident, Literal, Span, TokenStream, TokenTree};
+use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned;
-use syn::{parse_quote, DeriveInput, Generics, Path, Type, WherePredicate};
+use syn::{parse_quote, DeriveInput, Generics, Type, WherePredicate};
 
 use crate::ast::{Data, Field, Input, Variant};
 use crate::attr::TextMode;
@@ -151,7 +151,7 @@ fn impl_display(input: &Input<'_>) -> TokenStream {
     let body = match &input.data {
         Data::Struct(fields) => {
             let pattern = destructure(quote!(Self), fields);
-            let displays = field_displays(&krate, fields);
+            let displays = field_displays(fields);
             quote! {
                 let #pattern = self;
                 #krate::__private::write_fields(__formatter, #separator, &[#(#displays),*])
@@ -162,7 +162,7 @@ fn impl_display(input: &Input<'_>) -> TokenStream {
                 let ident = &variant.original.ident;
                 let pattern = destructure(quote!(Self::#ident), &variant.fields);
                 let text = &variant.text;
-                let displays = field_displays(&krate, &variant.fields);
+                let displays = field_displays(&variant.fields);
                 quote! {
                     #pattern => #krate::__private::write_variant(
                         __formatter, #separator, #text, &[#(#displays),*],
@@ -273,23 +273,62 @@ fn construct(path: TokenStream, fields: &[Field<'_>]) -> TokenStream {
     let parsed = fields.iter().zip(bindings(fields)).map(|(field, binding)| {
         let ty = field.ty();
         let name = &field.name;
-        // Spanned at the field's type: a type without `FromStr` is reported there.
-        quote_spanned!(ty.span()=> __parser.parse_field::<#ty>(#name, &#binding)?)
+        let text = at_type(binding, ty);
+        // Spanned at the field's type: a type without `FromStr`, or whose error is not an
+        // `Error`, is reported there, by the `from_str` call or the cast of its error. The
+        // type's own tokens get that one span too, so the two places that need `FromStr`
+        // report it once.
+        let ty_tokens = respan(ty.to_token_stream(), ty.span());
+        quote_spanned! {ty.span()=>
+            __parser.parsed_field(
+                #name,
+                &#text,
+                <#ty_tokens as ::core::str::FromStr>::from_str(&#text).map_err(|__error| {
+                    ::std::boxed::Box::new(__error)
+                        as ::std::boxed::Box<
+                            dyn ::core::error::Error + ::core::marker::Send + ::core::marker::Sync,
+                        >
+                }),
+            )?
+        }
     });
     quote!(#path { #(#members: #parsed),* })
 }
 
-/// Each field as a `&dyn Display`, spanned at its type: a type without `Display` is reported
-/// there.
-fn field_displays(krate: &Path, fields: &[Field<'_>]) -> Vec<TokenStream> {
+/// Each field as a `&dyn Display`, a cast spanned at the field's type: a type without
+/// `Display` is reported there, as a cast that needs it.
+fn field_displays(fields: &[Field<'_>]) -> Vec<TokenStream> {
     fields
         .iter()
         .zip(bindings(fields))
         .map(|(field, binding)| {
             let ty = field.ty();
-            quote_spanned!(ty.span()=> #krate::__private::display_field::<#ty>(#binding))
+            let binding = at_type(binding, ty);
+            quote_spanned!(ty.span()=> #binding as &dyn ::core::fmt::Display)
         })
         .collect()
+}
+
+/// `tokens` with every span (inside groups too) set to `span`.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut token| {
+            if let TokenTree::Group(group) = &token {
+                let mut respanned = Group::new(group.delimiter(), respan(group.stream(), span));
+                respanned.set_span(span);
+                token = TokenTree::Group(respanned);
+            }
+            token.set_span(span);
+            token
+        })
+        .collect()
+}
+
+/// The local `binding`, spanned at the field's type so that an error about it points there.
+/// (Both spans resolve at the derive's call site, so it is the same local.)
+fn at_type(binding: Ident, ty: &Type) -> Ident {
+    Ident::new(&binding.to_string(), ty.span())
 }
 
 /// The field types that mention a type parameter, each once: only they need a bound.

@@ -105,8 +105,9 @@ pub struct Condition<K> {
     /// The key whose stored value is checked.
     pub key: K,
     /// The JSON text of the value that must be stored, or `None` for "not stored". It is
-    /// compared with what is stored as JSON (`{"a":1,"b":2}` equals `{"b": 2, "a": 1}`), not
-    /// byte for byte.
+    /// compared with what the stored value means, not byte for byte: as JSON (`{"a":1,"b":2}`
+    /// equals `{"b": 2, "a": 1}`), and as the value type would write what is stored (a row
+    /// lacking a `#[serde(default)]` field holds the value it decodes to).
     pub expected: Option<String>,
 }
 
@@ -294,10 +295,11 @@ impl ChangePosition {
 ///   [`apply_checked`](Self::apply_checked) is the map's acknowledgement to its caller: return
 ///   it only once the write is as durable as the backend promises. `Err` must mean the write
 ///   was not done; the map then leaves its memory unchanged.
-/// - Every write of the map goes through [`apply_checked`](Self::apply_checked), whose default
-///   calls `save`, `delete` or `apply_batch`. How far the map's read-modify-writes are atomic
-///   (one process, or every process and instance on the storage) is how far that method is:
-///   override it where storage can check and write in one step.
+/// - Every write of the map goes through [`apply_checked`](Self::apply_checked) (but `clear`,
+///   which calls [`clear`](Self::clear)), whose default calls `save`, `delete` or
+///   `apply_batch`. How far the map's read-modify-writes are atomic (one process, or every
+///   process and instance on the storage) is how far that method is: override it where storage
+///   can check and write in one step.
 /// - `load_all` (or [`load_each`](Self::load_each)) is called when the map opens and on
 ///   [`PersistentMap::load`](crate::PersistentMap::load), never concurrently with a write from
 ///   that map. A batch ([`apply_batch`](Self::apply_batch), [`clear`](Self::clear)) is likewise
@@ -498,6 +500,14 @@ where
     /// conditions. So what a backend's check is atomic against is what those are atomic against:
     /// the SQLite backend checks and writes in one `IMMEDIATE` transaction (atomic against every
     /// process on the file), the in-memory backend under its lock.
+    ///
+    /// A condition holds when storage holds what the expected JSON means: compare the stored
+    /// value as `V` would write it (decode it, encode it again), not the stored text byte for
+    /// byte, so that a row written before a `#[serde(default)]` field was added satisfies a
+    /// condition built from the value it decodes to. (The default does.) On a conflict, say
+    /// what is stored under each condition's key as read in the same atomic step
+    /// ([`Checked::ConflictWithDeadlines`] where deadlines are stored), so that the map settles
+    /// from that one read.
     ///
     /// The default reads the conditions' keys with [`load_keys`](Self::load_keys), compares, and
     /// then writes with `save`, `delete` or `apply_batch`: atomic only against the writes of

@@ -12,9 +12,9 @@
 //! fn main() -> persistent_map::Result<()> {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("app.db");
-//!     let map: PersistentMap<u64, String, SqliteBackend> = PersistentMap::open(&path)?;
-//!     map.insert(7, "seven".into())?; // committed to SQLite when this returns Ok
-//!     assert_eq!(map.get(&7), Some("seven".to_string()));
+//!     let map: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(&path)?;
+//!     map.insert("seven".into(), 7)?; // committed to SQLite when this returns Ok
+//!     assert_eq!(map.get("seven"), Some(7));
 //!     Ok(())
 //! }
 //! ```
@@ -39,9 +39,9 @@
 //! ```
 //! use persistent_map::{blocking::PersistentMap, in_memory::InMemoryBackend, PersistentError};
 //!
-//! let map: PersistentMap<u32, String, _> = PersistentMap::new(InMemoryBackend::new())?;
+//! let map: PersistentMap<u32, u32, _> = PersistentMap::new(InMemoryBackend::new())?;
 //! let runtime = tokio::runtime::Builder::new_current_thread().build()?;
-//! let err = runtime.block_on(async { map.insert(1, "one".into()) }).unwrap_err();
+//! let err = runtime.block_on(async { map.insert(1, 10) }).unwrap_err();
 //! assert!(matches!(err, PersistentError::BlockingInAsyncContext { operation: "insert" }));
 //! assert!(map.is_empty());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -106,12 +106,15 @@ where
     /// ```
     /// use persistent_map::{blocking::PersistentMap, in_memory::InMemoryBackend};
     ///
-    /// let map: PersistentMap<u32, String, _> = PersistentMap::new(InMemoryBackend::new())?;
+    /// let map: PersistentMap<u32, u32, _> = PersistentMap::new(InMemoryBackend::new())?;
     /// assert!(map.is_empty());
     /// # Ok::<(), persistent_map::PersistentError>(())
     /// ```
     pub fn new(backend: B) -> Result<Self> {
-        Self::open_backend(|| async { Ok(backend) })
+        Self::start(
+            "new",
+            async move { crate::PersistentMap::new(backend).await },
+        )
     }
 
     /// Makes the backend with `make` on the map's own runtime, then creates the map over it:
@@ -133,12 +136,18 @@ where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<B>>,
     {
-        Self::start(async move { crate::PersistentMap::new(make().await?).await })
+        Self::start("open_backend", async move {
+            crate::PersistentMap::new(make().await?).await
+        })
     }
 
-    /// Starts the map's runtime and runs `open` on it to make the async map.
-    fn start(open: impl Future<Output = Result<crate::PersistentMap<K, V, B>>>) -> Result<Self> {
-        refuse_inside_async("open")?;
+    /// Starts the map's runtime and runs `open` on it to make the async map; refused, naming
+    /// the `constructor` that was called, on a thread inside a runtime.
+    fn start(
+        constructor: &'static str,
+        open: impl Future<Output = Result<crate::PersistentMap<K, V, B>>>,
+    ) -> Result<Self> {
+        refuse_inside_async(constructor)?;
         let runtime = Arc::new(Runtime::start()?);
         let map = runtime.handle.block_on(open)?;
         Ok(PersistentMap { map, runtime })
@@ -184,9 +193,9 @@ where
     ///
     /// ```
     /// # use persistent_map::{blocking::PersistentMap, in_memory::InMemoryBackend};
-    /// # let map: PersistentMap<u32, String, _> = PersistentMap::new(InMemoryBackend::new())?;
-    /// assert_eq!(map.insert(1, "one".into())?, None);
-    /// assert_eq!(map.insert(1, "uno".into())?, Some("one".into()));
+    /// # let map: PersistentMap<u32, u32, _> = PersistentMap::new(InMemoryBackend::new())?;
+    /// assert_eq!(map.insert(1, 10)?, None);
+    /// assert_eq!(map.insert(1, 11)?, Some(10));
     /// # Ok::<(), persistent_map::PersistentError>(())
     /// ```
     pub fn insert(&self, key: K, value: V) -> Result<Option<V>> {
@@ -214,8 +223,8 @@ where
     ///
     /// ```
     /// # use persistent_map::{blocking::PersistentMap, in_memory::InMemoryBackend};
-    /// # let hits: PersistentMap<String, u64, _> = PersistentMap::new(InMemoryBackend::new())?;
-    /// let bump = |old: Option<&u64>| Some(old.copied().unwrap_or(0) + 1);
+    /// # let hits: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new())?;
+    /// let bump = |old: Option<&u32>| Some(old.copied().unwrap_or(0) + 1);
     /// assert_eq!(hits.update(&"home".to_string(), bump)?, Some(1));
     /// assert_eq!(hits.update(&"home".to_string(), bump)?, Some(2));
     /// # Ok::<(), persistent_map::PersistentError>(())
@@ -310,11 +319,11 @@ where
     ///
     /// use persistent_map::{blocking::PersistentMap, in_memory::InMemoryBackend};
     ///
-    /// let cache: PersistentMap<String, String, _> = PersistentMap::new(InMemoryBackend::new())?;
-    /// let cache = cache.with_default_ttl(Duration::from_secs(600))?;
-    /// assert_eq!(cache.default_ttl(), Some(Duration::from_secs(600)));
-    /// cache.insert("/index.html".into(), "<html>…</html>".into())?;
-    /// assert!(cache.ttl("/index.html").unwrap() <= Duration::from_secs(600));
+    /// let sessions: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new())?;
+    /// let sessions = sessions.with_default_ttl(Duration::from_secs(600))?;
+    /// assert_eq!(sessions.default_ttl(), Some(Duration::from_secs(600)));
+    /// sessions.insert("token-1".into(), 42)?;
+    /// assert!(sessions.ttl("token-1").unwrap() <= Duration::from_secs(600));
     /// # Ok::<(), persistent_map::PersistentError>(())
     /// ```
     pub fn with_default_ttl(self, ttl: Duration) -> Result<Self> {
@@ -343,7 +352,7 @@ where
     /// use std::time::Duration;
     ///
     /// # use persistent_map::{blocking::PersistentMap, in_memory::InMemoryBackend};
-    /// # let sessions: PersistentMap<String, u64, _> = PersistentMap::new(InMemoryBackend::new())?;
+    /// # let sessions: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new())?;
     /// sessions.insert_with_ttl("token-1".into(), 42, Duration::from_secs(1800))?;
     /// assert_eq!(sessions.get("token-1"), Some(42));
     /// # Ok::<(), persistent_map::PersistentError>(())
@@ -361,11 +370,11 @@ where
     /// use std::time::{Duration, SystemTime};
     ///
     /// # use persistent_map::{blocking::PersistentMap, in_memory::InMemoryBackend};
-    /// # let leases: PersistentMap<String, String, _> = PersistentMap::new(InMemoryBackend::new())?;
+    /// # let leases: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new())?;
     /// let until = SystemTime::now() + Duration::from_secs(30);
-    /// leases.insert_until("scheduler".into(), "node-a".into(), until)?;
+    /// leases.insert_until("scheduler".into(), 1, until)?; // held by node 1
     /// assert!(leases.contains_key("scheduler"));
-    /// leases.insert_until("old".into(), "node-b".into(), SystemTime::UNIX_EPOCH)?;
+    /// leases.insert_until("old".into(), 2, SystemTime::UNIX_EPOCH)?;
     /// assert!(!leases.contains_key("old"));
     /// # Ok::<(), persistent_map::PersistentError>(())
     /// ```
@@ -474,8 +483,8 @@ where
 
     /// Deletes every expired entry from storage now, drops expired entries from memory, and
     /// returns how many rows were deleted from storage; blocks until it is done
-    /// ([`crate::PersistentMap::sweep_expired`]). The map's runtime also sweeps in the
-    /// background, every second once the map holds an entry with a deadline.
+    /// ([`crate::PersistentMap::sweep_expired`]). The map also sweeps in the background, on a
+    /// thread of its own, every second while it holds an entry with a deadline.
     ///
     /// ```
     /// use std::time::SystemTime;
@@ -516,9 +525,9 @@ where
     ///
     /// ```
     /// # use persistent_map::{blocking::PersistentMap, in_memory::InMemoryBackend};
-    /// # let map: PersistentMap<String, String, _> = PersistentMap::new(InMemoryBackend::new())?;
-    /// map.insert("a".into(), "hello".into())?;
-    /// assert_eq!(map.get_with("a", |value| value.len()), Some(5));
+    /// # let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new())?;
+    /// map.insert("a".into(), 21)?;
+    /// assert_eq!(map.get_with("a", |value| value * 2), Some(42));
     /// # Ok::<(), persistent_map::PersistentError>(())
     /// ```
     pub fn get_with<Q, R>(&self, key: &Q, read: impl FnOnce(&V) -> R) -> Option<R>
@@ -618,9 +627,9 @@ where
     ///
     /// ```
     /// # use persistent_map::{blocking::PersistentMap, in_memory::InMemoryBackend};
-    /// # let map: PersistentMap<u32, char, _> = PersistentMap::new(InMemoryBackend::new())?;
-    /// map.insert_many([(1, 'a'), (2, 'b')])?;
-    /// assert_eq!(map.snapshot()?[&2], 'b');
+    /// # let map: PersistentMap<u32, u32, _> = PersistentMap::new(InMemoryBackend::new())?;
+    /// map.insert_many([(1, 10), (2, 20)])?;
+    /// assert_eq!(map.snapshot()?[&2], 20);
     /// # Ok::<(), persistent_map::PersistentError>(())
     /// ```
     pub fn snapshot(&self) -> Result<HashMap<K, V>> {
@@ -731,15 +740,15 @@ where
     ///
     /// # let dir = tempfile::tempdir()?;
     /// # let path = dir.path().join("app.db");
-    /// let map: PersistentMap<char, u32, SqliteBackend> = PersistentMap::open(&path)?;
-    /// map.insert('a', 1)?;
+    /// let map: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(&path)?;
+    /// map.insert("a".into(), 1)?;
     /// drop(map);
-    /// let reopened: PersistentMap<char, u32, SqliteBackend> = PersistentMap::open(&path)?;
-    /// assert_eq!(reopened.get(&'a'), Some(1));
+    /// let reopened: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(&path)?;
+    /// assert_eq!(reopened.get("a"), Some(1));
     /// # Ok::<(), persistent_map::PersistentError>(())
     /// ```
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        Self::open_with(path, crate::SqliteOptions::new())
+        Self::start("open", crate::SqliteOptions::new().open(path))
     }
 
     /// Opens (or creates) the SQLite database at `path` and loads the map, with `options`
@@ -752,13 +761,13 @@ where
     ///
     /// # let dir = tempfile::tempdir()?;
     /// let options = SqliteOptions::new().table("visits").durability(Durability::Normal);
-    /// let map: PersistentMap<u64, u32, SqliteBackend> =
+    /// let map: PersistentMap<String, u32, SqliteBackend> =
     ///     PersistentMap::open_with(dir.path().join("app.db"), options)?;
     /// assert_eq!(map.backend().table(), "visits");
     /// # Ok::<(), persistent_map::PersistentError>(())
     /// ```
     pub fn open_with(path: impl AsRef<Path>, options: crate::SqliteOptions) -> Result<Self> {
-        Self::start(options.open(path))
+        Self::start("open_with", options.open(path))
     }
 }
 
@@ -789,7 +798,7 @@ where
     /// # Ok::<(), persistent_map::PersistentError>(())
     /// ```
     pub fn open_postgres(url: &str) -> Result<Self> {
-        Self::open_postgres_with(url, crate::PostgresOptions::new())
+        Self::start("open_postgres", crate::PostgresOptions::new().connect(url))
     }
 
     /// Connects to the PostgreSQL database at `url` and loads the map, with `options`
@@ -807,7 +816,7 @@ where
     /// # Ok::<(), persistent_map::PersistentError>(())
     /// ```
     pub fn open_postgres_with(url: &str, options: crate::PostgresOptions) -> Result<Self> {
-        Self::start(options.connect(url))
+        Self::start("open_postgres_with", options.connect(url))
     }
 }
 

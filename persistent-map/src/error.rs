@@ -2,6 +2,14 @@
 
 use std::path::PathBuf;
 
+/// `: cause` for an error with a cause, nothing for one without.
+fn describe_cause(source: &Option<Box<dyn std::error::Error + Send + Sync>>) -> String {
+    source
+        .as_ref()
+        .map(|source| format!(" ({source})"))
+        .unwrap_or_default()
+}
+
 /// A specialized `Result` whose error defaults to [`PersistentError`].
 ///
 /// ```
@@ -42,8 +50,10 @@ pub enum PersistentError {
     #[error("JSON error: {0}")]
     Serde(#[from] serde_json::Error),
 
-    /// The database file could not be opened or prepared.
-    #[error("cannot open database {}: {reason}", path.display())]
+    /// The database file could not be opened or prepared. The message says why, with the
+    /// operating system's or SQLite's own words when there are some (also the error's
+    /// `source`), and what to do where that is clear.
+    #[error("cannot open database {}: {reason}{}", path.display(), describe_cause(.source))]
     Open {
         /// The path as given by the caller.
         path: PathBuf,
@@ -179,7 +189,13 @@ pub enum PersistentError {
     },
 
     /// A stored key no longer parses as the map's key type. Nothing was changed on disk.
-    #[error("table {table:?}: stored key {key:?} does not parse: {source}")]
+    ///
+    /// The message ends with what to do: rewrite or delete the row, or open the table with
+    /// the key type that wrote it.
+    #[error(
+        "table {table:?}: stored key {key:?} does not parse: {source}{}",
+        stored_key_fix(source.as_ref())
+    )]
     InvalidStoredKey {
         /// The table holding the row.
         table: String,
@@ -256,8 +272,8 @@ pub enum PersistentError {
 
     /// A write with a time to live was made on a map whose backend does not store deadlines
     /// ([`StorageBackend::supports_expiry`](crate::StorageBackend::supports_expiry) is
-    /// `false`: the PostgreSQL and CSV backends, and custom backends unless they opt in).
-    /// Nothing was written.
+    /// `false`: the CSV backend, and custom backends unless they opt in; SQLite and
+    /// PostgreSQL store them). Nothing was written.
     #[error("this backend does not store expiry deadlines, so a write with a time to live was refused; nothing was written")]
     ExpiryUnsupported,
 
@@ -292,22 +308,69 @@ pub enum PersistentError {
         reason: String,
     },
 
-    /// A write of [`blocking::PersistentMap`](crate::blocking::PersistentMap) was called on a
-    /// thread that runs async code (inside a tokio runtime), where blocking would stall every
-    /// task of that runtime, or deadlock it. Nothing was done: use the async
-    /// [`PersistentMap`](crate::PersistentMap) there
-    /// ([`as_async`](crate::blocking::PersistentMap::as_async)).
+    /// A constructor or a write of [`blocking::PersistentMap`](crate::blocking::PersistentMap)
+    /// was called on a thread that runs async code (inside a tokio runtime), where blocking
+    /// would stall every task of that runtime, or deadlock it. Nothing was done: use the async
+    /// [`PersistentMap`](crate::PersistentMap) there (a map already open:
+    /// [`as_async`](crate::blocking::PersistentMap::as_async); to open one: its async
+    /// constructor).
+    ///
+    /// ```
+    /// use persistent_map::{blocking::PersistentMap, in_memory::InMemoryBackend, PersistentError};
+    ///
+    /// let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    /// let err = runtime
+    ///     .block_on(async { PersistentMap::<u32, u32, _>::new(InMemoryBackend::new()) })
+    ///     .unwrap_err();
+    /// assert!(matches!(err, PersistentError::BlockingInAsyncContext { operation: "new" }));
+    /// assert!(err.to_string().contains("`persistent_map::PersistentMap::new(..).await`"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[error(
         "persistent_map::blocking::PersistentMap::{operation} was called inside an async \
-         runtime, where it would block the runtime's thread; nothing was done. Use the async \
-         PersistentMap there (`.as_async()`), or call it from a thread of your own"
+         runtime, where it would block the runtime's thread; nothing was done. {}, or call it \
+         from a thread of your own",
+        blocking_alternative(operation)
     )]
     BlockingInAsyncContext {
-        /// The method that was called (`insert`, `remove`, ...).
+        /// The method that was called (`new`, `open`, `insert`, `remove`, ...).
         operation: &'static str,
     },
 
     /// An error from a custom backend that fits no other variant.
     #[error("{0}")]
     Backend(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// What to do about a stored key that does not parse, unless its error already says it.
+fn stored_key_fix(source: &(dyn std::error::Error + 'static)) -> &'static str {
+    if source.is::<NonCanonicalKey>() {
+        ""
+    } else {
+        "; rewrite the row's key as the map's key type writes it, delete the row, or open the \
+         table with the key type that wrote it"
+    }
+}
+
+/// A stored key text that parses, but is not the text its key writes (`007` for the number
+/// 7): the source of [`PersistentError::InvalidStoredKey`], which says what to do itself.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "it parses as the key whose text is {own:?}, so writes of that key would not reach this \
+     row; rewrite the row's key as {own:?} or delete the row"
+)]
+pub(crate) struct NonCanonicalKey {
+    /// The text the parsed key writes.
+    pub(crate) own: String,
+}
+
+/// Where a blocking method refused inside a runtime sends its caller: a map already open
+/// has its async map; a constructor has the async map's own constructor.
+fn blocking_alternative(operation: &str) -> String {
+    let constructor = match operation {
+        "new" | "open_backend" => "new",
+        "open" | "open_with" | "open_postgres" | "open_postgres_with" => operation,
+        _ => return "Use the async PersistentMap there (`.as_async()`)".to_owned(),
+    };
+    format!("Open the async map there instead (`persistent_map::PersistentMap::{constructor}(..).await`)")
 }

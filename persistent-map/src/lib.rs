@@ -8,12 +8,12 @@
 //! # async fn main() -> persistent_map::Result<()> {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("app.db");
-//! let map: PersistentMap<String, u64, SqliteBackend> = PersistentMap::open(&path).await?;
+//! let map: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(&path).await?;
 //! map.insert("visits".to_string(), 1).await?; // committed to SQLite when this returns Ok
 //! assert_eq!(map.get(&"visits".to_string()), Some(1)); // served from memory
 //! drop(map);
 //!
-//! let reopened: PersistentMap<String, u64, SqliteBackend> = PersistentMap::open(&path).await?;
+//! let reopened: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(&path).await?;
 //! assert_eq!(reopened.get(&"visits".to_string()), Some(1));
 //! # Ok(())
 //! # }
@@ -26,7 +26,9 @@
 //! - [`PersistentKey`] gives a key type its text form and its own table; derive it (feature
 //!   `derive`, on by default).
 #![warn(missing_docs)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+// On docs.rs (nightly), mark each item with the features it needs. `doc_auto_cfg` was folded
+// into `doc_cfg`, which now does this by itself; naming the old feature fails the build.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
 mod backends;
@@ -63,7 +65,8 @@ pub use deadline::Deadline;
 pub use error::{PersistentError, Result};
 pub use key::{KeyParseError, PersistentKey};
 pub use map::{
-    transaction, Entry, PersistentMap, RefreshTask, Transaction, TransactionalBackend, Upserted,
+    transaction, Entry, PersistentMap, RefreshTask, Transaction, TransactionError,
+    TransactionalBackend, Upserted,
 };
 #[cfg(feature = "postgres")]
 pub use options::PostgresOptions;

@@ -33,8 +33,8 @@ use crate::{PersistentKey, PersistentMap, Result};
 /// # let dir = tempfile::tempdir()?;
 /// # let path = dir.path().join("app.db");
 /// let options = SqliteOptions::new().table("visits").durability(Durability::Normal);
-/// let map: PersistentMap<u64, String, SqliteBackend> = options.open(&path).await?;
-/// map.insert(7, "seven".into()).await?;
+/// let map: PersistentMap<String, u32, SqliteBackend> = options.open(&path).await?;
+/// map.insert("home".into(), 7).await?;
 /// assert_eq!(map.backend().table(), "visits");
 /// assert_eq!(map.backend().durability(), Durability::Normal);
 /// # Ok(())
@@ -111,9 +111,9 @@ impl SqliteOptions {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> persistent_map::Result<()> {
     /// # let dir = tempfile::tempdir()?;
-    /// let map: PersistentMap<char, u32, SqliteBackend> =
+    /// let map: PersistentMap<String, u32, SqliteBackend> =
     ///     SqliteOptions::new().open(dir.path().join("app.db")).await?;
-    /// assert_eq!(map.backend().table(), "std__char");
+    /// assert_eq!(map.backend().table(), "kv"); // the table of `String` keys
     /// # Ok(())
     /// # }
     /// ```
@@ -156,10 +156,10 @@ where
     /// # async fn main() -> persistent_map::Result<()> {
     /// # let dir = tempfile::tempdir()?;
     /// # let path = dir.path().join("app.db");
-    /// let map: PersistentMap<i32, String, SqliteBackend> =
+    /// let map: PersistentMap<String, u32, SqliteBackend> =
     ///     PersistentMap::open_with(&path, SqliteOptions::new().durability(Durability::Normal))
     ///         .await?;
-    /// map.insert(-1, "minus one".into()).await?;
+    /// map.insert("visits".into(), 1).await?;
     /// # Ok(())
     /// # }
     /// ```
@@ -174,7 +174,7 @@ where
 /// Every option left unset keeps the default of
 /// [`PostgresBackend::builder`](crate::postgres::PostgresBackend::builder): the key type's
 /// table ([`K::TABLE_NAME`](PersistentKey::TABLE_NAME)), the URL's connect timeout (else 5
-/// seconds), a 10 second reconnect timeout.
+/// seconds), a 10 second reconnect timeout, a 10 second operation timeout.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -199,6 +199,8 @@ pub struct PostgresOptions {
     table: Option<String>,
     connect_timeout: Option<Duration>,
     reconnect_timeout: Option<Duration>,
+    operation_timeout: Option<Duration>,
+    lock_class: Option<i32>,
 }
 
 #[cfg(feature = "postgres")]
@@ -251,6 +253,35 @@ impl PostgresOptions {
         self
     }
 
+    /// How long one attempt at some work may wait for the server, and from it the session's
+    /// server-side limits (`lock_timeout`, `statement_timeout`,
+    /// `idle_in_transaction_session_timeout`, keepalives)
+    /// ([`PostgresBuilder::operation_timeout`](crate::postgres::PostgresBuilder::operation_timeout)).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let options = persistent_map::PostgresOptions::new().operation_timeout(Duration::from_secs(4));
+    /// # let _ = options;
+    /// ```
+    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
+        self.operation_timeout = Some(timeout);
+        self
+    }
+
+    /// The first of the three classes of the crate's advisory locks, the same in every
+    /// instance
+    /// ([`PostgresBuilder::advisory_lock_classes`](crate::postgres::PostgresBuilder::advisory_lock_classes);
+    /// default 28781).
+    ///
+    /// ```
+    /// let options = persistent_map::PostgresOptions::new().advisory_lock_classes(0x4d50);
+    /// # let _ = options;
+    /// ```
+    pub fn advisory_lock_classes(mut self, first: i32) -> Self {
+        self.lock_class = Some(first);
+        self
+    }
+
     /// Connects to the database at `url` and loads the map, with these options.
     ///
     /// Fails as [`PostgresBuilder::connect`](crate::postgres::PostgresBuilder::connect) and
@@ -288,6 +319,12 @@ impl PostgresOptions {
         }
         if let Some(timeout) = self.reconnect_timeout {
             builder = builder.reconnect_timeout(timeout);
+        }
+        if let Some(timeout) = self.operation_timeout {
+            builder = builder.operation_timeout(timeout);
+        }
+        if let Some(first) = self.lock_class {
+            builder = builder.advisory_lock_classes(first);
         }
         PersistentMap::new(builder.connect().await?).await
     }

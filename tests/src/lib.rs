@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -15,6 +16,23 @@ pub fn temp_db() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("create a temporary directory");
     let path = dir.path().join("test.db");
     (dir, path)
+}
+
+/// A command that runs one `#[ignore]`d test of the running test binary, alone, as a child
+/// process: the multi-process tests run their other process this way. `module` is the
+/// `module_path!()` of the file that holds the test (the integration tests share one binary,
+/// where a test's name starts with its file's module), `test` the test function's name.
+pub fn child_test(module: &str, test: &str) -> Command {
+    let in_binary = module.split_once("::").map_or("", |(_crate, path)| path);
+    let name = if in_binary.is_empty() {
+        test.to_owned()
+    } else {
+        format!("{in_binary}::{test}")
+    };
+    let binary = std::env::current_exe().expect("the running test binary's path");
+    let mut command = Command::new(binary);
+    command.args(["--ignored", "--exact", &name]);
+    command
 }
 
 /// Every `(key, value)` row of `table`, read by a separate SQLite connection, sorted by key.

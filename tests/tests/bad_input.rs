@@ -38,6 +38,10 @@ async fn a_directory_that_does_not_exist_is_named() {
     let message = err.to_string();
     assert!(message.contains(&path.display().to_string()), "{message}");
     assert!(message.contains("missing"), "{message}");
+    // The cause in the operating system's words, and what to do.
+    assert!(message.contains("No such file or directory"), "{message}");
+    assert!(message.contains("create the directory first"), "{message}");
+    assert!(std::error::Error::source(&err).is_some());
     assert!(!path.exists());
 }
 

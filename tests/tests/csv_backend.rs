@@ -5,11 +5,12 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use persistent_map::csv::CsvBackend;
 use persistent_map::{PersistentError, PersistentMap};
+use persistent_map_tests::child_test;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -246,14 +247,8 @@ fn csv_sigkill_child_writer() {
 #[test]
 fn a_sigkill_mid_write_leaves_the_old_or_the_new_file_whole() {
     let (_dir, path) = temp_csv();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "csv_sigkill_child_writer",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let mut child = child_test(module_path!(), "csv_sigkill_child_writer")
+        .args(["--nocapture", "--test-threads=1"])
         .env(CHILD_CSV, &path)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -104,7 +104,7 @@ mod reexport {
 }
 
 #[derive(PersistentKey, Debug, PartialEq)]
-#[persistent_key(crate = "crate::reexport::renamed")]
+#[persistent_key(crate = "crate::derive_attributes::reexport::renamed")]
 struct ThroughReexport {
     a: String,
     b: u8,
@@ -127,7 +127,7 @@ mod stand_in {
 }
 
 #[derive(PersistentKey, Debug, PartialEq)]
-#[persistent_key(crate = "crate::stand_in", table = "stand_in")]
+#[persistent_key(crate = "crate::derive_attributes::stand_in", table = "stand_in")]
 struct ThroughStandIn {
     a: String,
     b: u8,

@@ -225,7 +225,7 @@ fn a_stored_key_that_no_longer_parses_shows_its_whole_chain() {
     assert_eq!(
         chain,
         [
-            r#"cannot parse Outer field `session` from "acme:x": expected a valid `derive_errors::SessionKey`"#,
+            r#"cannot parse Outer field `session` from "acme:x": expected a valid `integration::derive_errors::SessionKey`"#,
             r#"cannot parse SessionKey field `user` from "x": expected a valid `u64`"#,
             "invalid digit found in string",
         ]

@@ -108,6 +108,7 @@ proptest! {
         let _ = parser.split_payload::<1>(&text);
         let _ = parser.split_payload::<4>(&text);
         let _ = parser.variant_name(&text);
-        let _ = parser.parse_field::<u64>("field", &text);
+        let parsed = text.parse::<u64>().map_err(|error| error.into());
+        let _ = parser.parsed_field("field", &text, parsed);
     }
 }

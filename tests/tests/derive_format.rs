@@ -53,6 +53,11 @@ struct FilePath {
     name: String,
 }
 
+/// The separator written as a string of one character, as `separator = "::"` (an error) tempts.
+#[derive(PersistentKey, Debug, Clone, PartialEq)]
+#[persistent_key(separator = "|")]
+struct Piped(String, u32);
+
 #[derive(PersistentKey, Debug, Clone, PartialEq)]
 #[persistent_key(separator = '/')]
 enum Route {
@@ -172,4 +177,5 @@ fn a_custom_separator_joins_and_is_escaped() {
         },
         r"Page/a:b/c\/d",
     );
+    assert_text(Piped("a|b".into(), 7), r"a\|b|7");
 }

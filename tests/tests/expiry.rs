@@ -7,13 +7,13 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use persistent_map::in_memory::InMemoryBackend;
 use persistent_map::sqlite::{Durability, SqliteBackend};
 use persistent_map::{transaction, Change, PersistentError, PersistentMap, Result, StorageBackend};
-use persistent_map_tests::{stored_rows, temp_db};
+use persistent_map_tests::{child_test, stored_rows, temp_db};
 
 type Map = PersistentMap<String, u64, SqliteBackend>;
 
@@ -401,8 +401,8 @@ async fn two_processes_see_the_same_expiry() {
         .unwrap();
     map.insert("other".into(), 2).await.unwrap();
     let deadline_ms = deadline.duration_since(UNIX_EPOCH).unwrap().as_millis();
-    let child = Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "expiry_child", "--nocapture", "-q"])
+    let child = child_test(module_path!(), "expiry_child")
+        .args(["--nocapture", "-q"])
         .env(CHILD_DB, &path)
         .env(CHILD_DEADLINE, deadline_ms.to_string())
         .stdout(Stdio::piped())

@@ -12,7 +12,8 @@
 //! refresh, memory must equal storage exactly.
 //!
 //! `cargo test` runs [`SCHEDULES`] seeds. A failing seed is printed with the command that
-//! replays it; more seeds: `PM_INTERLEAVINGS=100000 cargo test --test interleavings`.
+//! replays it; more seeds:
+//! `PM_INTERLEAVINGS=100000 cargo test -p persistent-map-tests --test integration interleavings::`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::poll_fn;
@@ -471,7 +472,7 @@ impl Feed {
 }
 
 fn replay(seed: u64) -> String {
-    format!("PM_INTERLEAVING_SEED={seed} cargo test --test interleavings")
+    format!("PM_INTERLEAVING_SEED={seed} cargo test -p persistent-map-tests --test integration interleavings::")
 }
 
 async fn settle_tasks() {

@@ -3,12 +3,11 @@
 //! again as a child.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use persistent_map::sqlite::SqliteBackend;
 use persistent_map::{Change, PersistentMap};
-use persistent_map_tests::temp_db;
+use persistent_map_tests::{child_test, temp_db};
 
 const CHILD_DB: &str = "PERSISTENT_MAP_CHILD_DB";
 const CHILD_PREFIX: &str = "PERSISTENT_MAP_CHILD_PREFIX";
@@ -30,13 +29,8 @@ fn other_process_writer() {
 }
 
 fn run_other_process(path: &Path, prefix: &str) {
-    let status = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "other_process_writer",
-            "--test-threads=1",
-        ])
+    let status = child_test(module_path!(), "other_process_writer")
+        .args(["--test-threads=1"])
         .env(CHILD_DB, path)
         .env(CHILD_PREFIX, prefix)
         .stdout(std::process::Stdio::null())

@@ -7,12 +7,12 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use persistent_map::sqlite::{Durability, SqliteBackend};
 use persistent_map::{Change, PersistentMap, StorageBackend};
-use persistent_map_tests::{stored_rows, temp_db};
+use persistent_map_tests::{child_test, stored_rows, temp_db};
 
 type Map = PersistentMap<String, u64, SqliteBackend>;
 
@@ -148,8 +148,8 @@ fn spawn_child(path: &Path, task: &str) -> Child {
 }
 
 fn spawn_child_starting(path: &Path, task: &str, start_ms: u128) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "one_truth_child", "--nocapture"])
+    child_test(module_path!(), "one_truth_child")
+        .args(["--nocapture"])
         .args(["--test-threads=1", "-q"])
         .env(CHILD_DB, path)
         .env(CHILD_NAME, task)

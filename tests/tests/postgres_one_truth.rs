@@ -92,6 +92,28 @@ async fn two_instances_updating_one_key_lose_no_update() {
     for map in [&a, &b] {
         refresh_until_counter(map, total).await;
     }
+    let (a, b) = (a.backend().stats(), b.backend().stats());
+    eprintln!("two instances bumping one key: {a:?}, {b:?}");
+    assert_eq!(
+        a.writes + b.writes,
+        total,
+        "each acknowledged update counted once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_s_concurrent_updates_of_one_key_share_transactions() {
+    let table = TestTable::new("one_truth_hot");
+    let map = open_fast(&table).await;
+    bump_concurrently(&map).await;
+    let total = TASKS * UPDATES_PER_TASK;
+    assert_eq!(stored_counter(table.name()).await, Some(total));
+    let stats = map.backend().stats();
+    eprintln!("{TASKS} tasks bumping one key: {stats:?}");
+    // Each update is computed from the one handed over before it, so none is refused, and
+    // those handed over while a commit runs share the next transaction.
+    assert_eq!((stats.writes, stats.conflicts), (total, 0), "{stats:?}");
+    assert!(stats.commits * 2 <= total, "{stats:?}");
 }
 
 #[test]

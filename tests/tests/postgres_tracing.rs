@@ -1,6 +1,7 @@
 //! The PostgreSQL backend reports to `tracing`: a `debug` event with fields per commit, `info`
-//! on connecting and reconnecting, a `warn` when the connection is lost; a reconnect that is
-//! quick is no error.
+//! on connecting and reconnecting, a `warn` when the connection is lost (one event for the
+//! connection, naming the tables it serves, not one per table); a reconnect that is quick is no
+//! error.
 //!
 //! Alone in its test binary: `tracing` caches per call site whether anyone listens, and with
 //! other tests' sessions emitting the same events to no subscriber on other threads at the same
@@ -9,8 +10,29 @@
 use std::time::Duration;
 
 mod postgres_common;
-use persistent_map_tests::EventLog;
+use persistent_map_tests::{EventLog, SeenEvent};
 use postgres_common::*;
+
+/// The events about the whole connection (field `tables`) that name `table`, at `level`, whose
+/// message holds `message`.
+fn connection_events(
+    log: &EventLog,
+    table: &str,
+    level: tracing::Level,
+    message: &str,
+) -> Vec<SeenEvent> {
+    log.all()
+        .into_iter()
+        .filter(|event| {
+            event.level == level
+                && event.fields["message"].contains(message)
+                && event
+                    .fields
+                    .get("tables")
+                    .is_some_and(|tables| tables.split(',').any(|name| name == table))
+        })
+        .collect()
+}
 
 // One thread, so that every task of the backend runs where the test's subscriber is the
 // default.
@@ -21,6 +43,9 @@ async fn commits_and_reconnects_are_traced_and_a_quick_reconnect_is_no_error() {
     let table = TestTable::new("traced");
     let name = format!("pm_traced_{}", std::process::id());
     let map = open_named(&table, &name).await;
+    // A second table on the same connection.
+    let second = TestTable::new("traced_too");
+    let _second_map = open_named(&second, &name).await;
     assert!(log
         .has(table.name(), tracing::Level::INFO, "connected")
         .is_some());
@@ -56,13 +81,17 @@ async fn commits_and_reconnects_are_traced_and_a_quick_reconnect_is_no_error() {
     })
     .await;
     assert!(reconnected.is_some(), "no reconnection");
-    let lost = log
-        .has(table.name(), tracing::Level::WARN, "lost the connection")
-        .expect("a warning about the lost connection");
-    assert!(lost.fields.contains_key("reason"), "{lost:?}");
-    assert!(log
-        .has(table.name(), tracing::Level::INFO, "reconnected")
-        .is_some());
+    let lost = connection_events(
+        &log,
+        table.name(),
+        tracing::Level::WARN,
+        "lost the connection",
+    );
+    assert_eq!(lost.len(), 1, "one event for the connection: {lost:?}");
+    assert!(lost[0].fields.contains_key("reason"), "{lost:?}");
+    assert!(lost[0].fields["tables"].contains(second.name()), "{lost:?}");
+    let back = connection_events(&log, second.name(), tracing::Level::INFO, "reconnected");
+    assert_eq!(back.len(), 1, "{back:?}");
     assert!(map.backend().health().is_connected());
 
     // The background refresh catches up from the change log after the reconnection, without

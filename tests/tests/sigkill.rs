@@ -8,12 +8,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use persistent_map::sqlite::SqliteBackend;
 use persistent_map::PersistentMap;
-use persistent_map_tests::{integrity_check, stored_rows, temp_db};
+use persistent_map_tests::{child_test, integrity_check, stored_rows, temp_db};
 
 const CHILD_DB: &str = "PERSISTENT_MAP_SIGKILL_CHILD_DB";
 const TASKS: u64 = 16;
@@ -78,14 +78,8 @@ fn sigkill_child_writer() {
 #[test]
 fn acknowledged_writes_survive_sigkill() {
     let (_dir, path) = temp_db();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "sigkill_child_writer",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let mut child = child_test(module_path!(), "sigkill_child_writer")
+        .args(["--nocapture", "--test-threads=1"])
         .env(CHILD_DB, &path)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -219,14 +213,8 @@ fn second_map_child_writer() {
 #[test]
 fn a_second_map_on_the_file_keeps_sqlites_locks() {
     let (_dir, path) = temp_db();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "second_map_child_writer",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let mut child = child_test(module_path!(), "second_map_child_writer")
+        .args(["--nocapture", "--test-threads=1"])
         .env(SECOND_MAP_CHILD_DB, &path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

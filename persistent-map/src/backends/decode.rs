@@ -5,6 +5,7 @@ use std::str::FromStr;
 
 use serde::de::DeserializeOwned;
 
+use crate::error::NonCanonicalKey;
 use crate::{PersistentError, Result};
 
 /// Parses the key text `key` of a row of `table`, and checks that it is the key's own text.
@@ -25,13 +26,7 @@ where
     let parsed: K = key.parse().map_err(|source| invalid(Box::new(source)))?;
     let own = parsed.to_string();
     if own != key {
-        return Err(invalid(
-            format!(
-                "it parses as the key whose text is {own:?}, so writes of that key would not \
-                 reach this row; rewrite the row's key as {own:?} or delete the row"
-            )
-            .into(),
-        ));
+        return Err(invalid(Box::new(NonCanonicalKey { own })));
     }
     Ok(parsed)
 }

@@ -102,6 +102,12 @@ fn non_finite<E: ser::Error>(value: impl Display) -> E {
     ))
 }
 
+/// An error from inside the field `key` of a struct, naming the field (a field inside a
+/// field is named by each in turn, outermost first).
+fn in_field<E: ser::Error>(key: &str, error: E) -> E {
+    E::custom(format_args!("field `{key}`: {error}"))
+}
+
 macro_rules! forward {
     ($($method:ident($($arg:ident: $ty:ty),*);)*) => {
         $(
@@ -279,7 +285,9 @@ macro_rules! checked_struct {
                     key: &'static str,
                     value: &T,
                 ) -> Result<(), C::Error> {
-                    self.0.serialize_field(key, &Finite(value))
+                    self.0
+                        .serialize_field(key, &Finite(value))
+                        .map_err(|error| in_field(key, error))
                 }
 
                 fn skip_field(&mut self, key: &'static str) -> Result<(), C::Error> {

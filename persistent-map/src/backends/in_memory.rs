@@ -293,14 +293,6 @@ fn apply<K: Eq + Hash + Clone, V: Clone + Serialize>(
 
 impl crate::map::sealed::Sealed for InMemoryBackend {}
 
-/// Maps on clones of one backend commit together, under the store's lock.
-impl<K, V> crate::TransactionalBackend<K, V> for InMemoryBackend
-where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-{
-}
-
 /// A map's share of a write on this backend.
 struct WritePart<K, V> {
     conditions: Vec<Condition<K>>,

@@ -25,8 +25,8 @@ where
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> persistent_map::Result<()> {
-    /// let map: PersistentMap<u32, String, _> = PersistentMap::new(InMemoryBackend::new()).await?;
-    /// map.insert_many((0..100).map(|i| (i, format!("item {i}")))).await?;
+    /// let map: PersistentMap<u32, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// map.insert_many((0..100).map(|i| (i, i * i))).await?;
     /// assert_eq!(map.len(), 100);
     /// # Ok(())
     /// # }

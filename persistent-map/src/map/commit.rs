@@ -261,10 +261,6 @@ pub(crate) trait InMemoryPart: Send {
 /// What storage holds under each condition's key: JSON text and deadline.
 pub(crate) type Current = Vec<Option<(String, Option<Deadline>)>>;
 
-/// The parts of one write all come from maps of one store (checked before they are prepared),
-/// so each is of that store's kind.
-const ONE_KIND: &str = "parts of one store are of one kind";
-
 impl Store {
     fn same(&self, other: &Store) -> bool {
         match (self, other) {
@@ -302,49 +298,40 @@ impl Store {
     }
 
     /// Hands every part to the storage in one call; what it did with each.
-    // Each arm takes the parts of its store's kind; with one storage feature, others are gone.
-    #[allow(unreachable_patterns)]
     async fn commit(&self, parts: Vec<Prepared>, want_previous: bool) -> Result<Vec<Answer>> {
+        // The parts of one write are all of its store's kind (checked before they were
+        // prepared); with one storage feature, the other arms are gone.
+        macro_rules! of_kind {
+            ($variant:path) => {
+                parts
+                    .into_iter()
+                    .map(|part| match part {
+                        $variant(part) => part,
+                        #[allow(unreachable_patterns)]
+                        _ => unreachable!("parts of one store are of one kind"),
+                    })
+                    .collect::<Vec<_>>()
+            };
+        }
         match self {
             #[cfg(feature = "sqlite")]
             Store::Sqlite(writer, durability) => {
-                let parts = parts
-                    .into_iter()
-                    .map(|part| match part {
-                        Prepared::Sqlite(part) => part,
-                        _ => unreachable!("{ONE_KIND}"),
-                    })
-                    .collect();
+                let parts = of_kind!(Prepared::Sqlite);
                 writer.commit(parts, *durability, want_previous).await
             }
             #[cfg(feature = "postgres")]
             Store::Postgres(session) => {
-                let parts = parts
-                    .into_iter()
-                    .map(|part| match part {
-                        Prepared::Postgres(part) => part,
-                        _ => unreachable!("{ONE_KIND}"),
-                    })
-                    .collect();
-                session.commit(parts, want_previous).await
+                session
+                    .commit(of_kind!(Prepared::Postgres), want_previous)
+                    .await
             }
             Store::InMemory(stores) => {
-                let parts: Vec<Box<dyn InMemoryPart>> = parts
-                    .into_iter()
-                    .map(|part| match part {
-                        Prepared::InMemory(part) => part,
-                        _ => unreachable!("{ONE_KIND}"),
-                    })
-                    .collect();
-                commit_in_memory(stores, &parts, want_previous)
+                commit_in_memory(stores, &of_kind!(Prepared::InMemory), want_previous)
             }
             Store::Custom(_) => {
                 let mut answers = Vec::with_capacity(1);
-                for part in parts {
-                    match part {
-                        Prepared::Custom(write) => answers.push(write.await?),
-                        _ => unreachable!("{ONE_KIND}"),
-                    }
+                for write in of_kind!(Prepared::Custom) {
+                    answers.push(write.await?);
                 }
                 Ok(answers)
             }

@@ -74,7 +74,7 @@ where
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> persistent_map::Result<()> {
-    /// let visits: PersistentMap<String, u64, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// let visits: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// // Insert if absent, and say whether it inserted:
     /// let first = visits.entry("ada".into()).or_insert(1).await?;
     /// assert!(first.inserted);
@@ -110,10 +110,10 @@ where
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> persistent_map::Result<()> {
-    /// let tags: PersistentMap<String, Vec<String>, _> = PersistentMap::new(InMemoryBackend::new()).await?;
-    /// tags.insert("post".into(), vec!["rust".into()]).await?;
-    /// let now = tags.entry("post".into()).and_modify(|t| t.push("db".into())).modify().await?;
-    /// assert_eq!(now, Some(vec!["rust".to_string(), "db".to_string()]));
+    /// let tags: PersistentMap<String, String, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// tags.insert("post".into(), "rust".into()).await?;
+    /// let now = tags.entry("post".into()).and_modify(|t| t.push_str(",db")).modify().await?;
+    /// assert_eq!(now.as_deref(), Some("rust,db"));
     /// # Ok(())
     /// # }
     /// ```
@@ -147,7 +147,7 @@ where
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> persistent_map::Result<()> {
-    /// let ids: PersistentMap<String, u64, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// let ids: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// let id = ids.entry("ada".into()).or_insert_with(|| 7).await?;
     /// assert_eq!((id.value, id.inserted), (7, true));
     /// # Ok(())

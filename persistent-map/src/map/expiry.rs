@@ -7,11 +7,14 @@
 //! clock, whether or not it has been swept yet. Storage holds the same deadline beside the
 //! value, and treats an expired row as absent in its conditions and loads.
 //!
-//! A background task per map (started by the first entry with a deadline) deletes expired rows
-//! from storage in batches of at most [`SWEEP_BATCH`] rows, each batch one short transaction of
-//! the backend (which may cut it shorter still, as SQLite's does to let live writes through),
-//! and drops them from memory on tokio's blocking pool, telling subscribers
-//! [`Change::Expired`]. One sweep of a map runs at a time: the background sweep skips its turn
+//! A background task per map deletes expired rows from storage in batches of at most
+//! [`SWEEP_BATCH`] rows, each batch one short transaction of the backend (which may cut it
+//! shorter still, as SQLite's does to let live writes through), and drops them from memory in
+//! their keys' turns on tokio's blocking pool, telling subscribers [`Change::Expired`]. The task
+//! belongs to the map, not to any handle's runtime: it runs on a thread of the crate's own, through
+//! whichever handle's backend is still open, starts when a map opens on a backend that stores
+//! deadlines (so expired rows left by an earlier run go without a call) and whenever memory
+//! gains a deadline, and stops once the map is dropped or holds no deadline. One sweep of a map runs at a time: the background sweep skips its turn
 //! while [`PersistentMap::sweep_expired`] runs, and `sweep_expired` waits for a background sweep
 //! under way, so two sweeps never take turns with the live writes.
 
@@ -271,12 +274,12 @@ where
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> persistent_map::Result<()> {
     /// # let dir = tempfile::tempdir()?;
-    /// let cache: PersistentMap<String, String, SqliteBackend> =
-    ///     PersistentMap::open(dir.path().join("cache.db")).await?;
-    /// let cache = cache.with_default_ttl(Duration::from_secs(600))?;
+    /// let sessions: PersistentMap<String, u32, SqliteBackend> =
+    ///     PersistentMap::open(dir.path().join("sessions.db")).await?;
+    /// let sessions = sessions.with_default_ttl(Duration::from_secs(600))?;
     ///
-    /// cache.insert("/index.html".into(), "<html>…</html>".into()).await?;
-    /// let left = cache.ttl("/index.html").unwrap();
+    /// sessions.insert("token-1".into(), 42).await?;
+    /// let left = sessions.ttl("token-1").unwrap();
     /// assert!(left > Duration::from_secs(590) && left <= Duration::from_secs(600));
     /// # Ok(())
     /// # }
@@ -321,7 +324,7 @@ where
     /// use std::time::Duration;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> persistent_map::Result<()> {
-    /// let sessions: PersistentMap<String, u64, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// let sessions: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// sessions.insert_with_ttl("token-1".into(), 42, Duration::from_secs(1800)).await?;
     /// assert_eq!(sessions.get("token-1"), Some(42));
     /// # Ok(())
@@ -476,8 +479,8 @@ where
     /// expired entries from memory, and returns how many rows were deleted from storage. If the
     /// background sweep is under way, waits for it first.
     ///
-    /// The background sweep (every second, once the map holds an entry with a deadline) does
-    /// the same; call this to reclaim space at a moment of your choosing. Expired entries are
+    /// The background sweep (every second while the map holds an entry with a deadline, and once
+    /// soon after the map opens) does the same; call this to reclaim space at a moment of your choosing. Expired entries are
     /// absent to every read either way. Subscribers hear [`Change::Expired`] for each entry
     /// dropped from memory.
     ///

@@ -22,7 +22,7 @@ pub use entry::{Entry, Upserted};
 pub use refresh::RefreshTask;
 pub(crate) use registry::is_open;
 pub(crate) use transaction::sealed;
-pub use transaction::{transaction, Transaction, TransactionalBackend};
+pub use transaction::{transaction, Transaction, TransactionError, TransactionalBackend};
 
 use std::fmt;
 use std::hash::Hash;
@@ -113,7 +113,7 @@ where
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> persistent_map::Result<()> {
-    /// let map: PersistentMap<u32, String, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// let map: PersistentMap<u32, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// assert!(map.is_empty());
     /// # Ok(())
     /// # }
@@ -168,8 +168,8 @@ where
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> persistent_map::Result<()> {
     /// let backend = InMemoryBackend::new();
-    /// let map: PersistentMap<String, u8, _> = PersistentMap::new(backend.clone()).await?;
-    /// backend.save("written-elsewhere".to_string(), 7u8).await?;
+    /// let map: PersistentMap<String, u32, _> = PersistentMap::new(backend.clone()).await?;
+    /// backend.save("written-elsewhere".to_string(), 7u32).await?;
     /// assert_eq!(map.get("written-elsewhere"), None);
     /// map.load().await?;
     /// assert_eq!(map.get("written-elsewhere"), Some(7));
@@ -235,8 +235,9 @@ where
     /// Opens (or creates) the SQLite database at `path` and loads the map stored in the key
     /// type's table, [`K::TABLE_NAME`](crate::PersistentKey::TABLE_NAME).
     ///
-    /// The one-line way in; for options (durability, another table) build a
-    /// [`SqliteBackend`](crate::sqlite::SqliteBackend) and call [`new`](Self::new).
+    /// The one-line way in. For options (another table, durability, a busy timeout), use
+    /// [`open_with`](Self::open_with) and [`SqliteOptions`](crate::SqliteOptions):
+    /// `PersistentMap::open_with(path, SqliteOptions::new().table("visits")).await`.
     ///
     /// ```
     /// use persistent_map::{sqlite::SqliteBackend, PersistentMap};

@@ -48,9 +48,9 @@ where
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> persistent_map::Result<()> {
-    /// let map: PersistentMap<String, Vec<u8>, _> = PersistentMap::new(InMemoryBackend::new()).await?;
-    /// map.insert("blob".to_string(), vec![0; 1024]).await?;
-    /// assert_eq!(map.get_with("blob", |bytes| bytes.len()), Some(1024));
+    /// let map: PersistentMap<String, String, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// map.insert("page".to_string(), "x".repeat(1024)).await?;
+    /// assert_eq!(map.get_with("page", |text| text.len()), Some(1024));
     /// # Ok(())
     /// # }
     /// ```
@@ -146,11 +146,11 @@ where
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> persistent_map::Result<()> {
-    /// let map: PersistentMap<u32, char, _> = PersistentMap::new(InMemoryBackend::new()).await?;
-    /// map.insert_many([(1, 'a'), (2, 'b')]).await?;
-    /// let mut entries: Vec<(u32, char)> = map.iter().collect();
+    /// let map: PersistentMap<u32, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// map.insert_many([(1, 10), (2, 20)]).await?;
+    /// let mut entries: Vec<(u32, u32)> = map.iter().collect();
     /// entries.sort();
-    /// assert_eq!(entries, [(1, 'a'), (2, 'b')]);
+    /// assert_eq!(entries, [(1, 10), (2, 20)]);
     /// # Ok(())
     /// # }
     /// ```
@@ -164,8 +164,8 @@ where
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> persistent_map::Result<()> {
-    /// let map: PersistentMap<u32, char, _> = PersistentMap::new(InMemoryBackend::new()).await?;
-    /// map.insert(7, 'x').await?;
+    /// let map: PersistentMap<u32, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// map.insert(7, 70).await?;
     /// assert_eq!(map.keys().collect::<Vec<_>>(), [7]);
     /// # Ok(())
     /// # }
@@ -180,9 +180,9 @@ where
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> persistent_map::Result<()> {
-    /// let map: PersistentMap<u32, char, _> = PersistentMap::new(InMemoryBackend::new()).await?;
-    /// map.insert(7, 'x').await?;
-    /// assert_eq!(map.values().collect::<Vec<_>>(), ['x']);
+    /// let map: PersistentMap<u32, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// map.insert(7, 70).await?;
+    /// assert_eq!(map.values().collect::<Vec<_>>(), [70]);
     /// # Ok(())
     /// # }
     /// ```
@@ -199,11 +199,11 @@ where
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> persistent_map::Result<()> {
-    /// let map: PersistentMap<u32, char, _> = PersistentMap::new(InMemoryBackend::new()).await?;
-    /// map.insert_many([(1, 'a'), (2, 'b')]).await?;
+    /// let map: PersistentMap<u32, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// map.insert_many([(1, 10), (2, 20)]).await?;
     /// let copy = map.snapshot().await;
     /// assert_eq!(copy.len(), 2);
-    /// assert_eq!(copy[&2], 'b');
+    /// assert_eq!(copy[&2], 20);
     /// # Ok(())
     /// # }
     /// ```

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use dashmap::DashMap;
-use serde::Serialize;
+use serde::{de::DeserializeOwned, Serialize};
 
 use super::commit::{Answer, Kind, Op, Write};
 use super::expiry::{ExpiryState, Slot, Sweepers};
@@ -79,17 +79,13 @@ struct Pending<V> {
 
 impl<K, V> Shared<K, V>
 where
-    K: Eq + Hash + Clone + Serialize + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
+    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     /// Loads everything `backend` holds.
     pub(super) async fn load<B: StorageBackend<K, V> + Send + Sync + ?Sized>(
         backend: &B,
-    ) -> Result<Self>
-    where
-        K: serde::de::DeserializeOwned,
-        V: Serialize + serde::de::DeserializeOwned,
-    {
+    ) -> Result<Self> {
         let began = std::time::Instant::now();
         let entries = DashMap::with_capacity(room_for(backend.len_hint().await));
         let expiry = ExpiryState::default();
@@ -169,10 +165,7 @@ where
         write: Write<K, V>,
         answer: Answer,
         table: &str,
-    ) -> Result<Settled<V>>
-    where
-        V: serde::de::DeserializeOwned,
-    {
+    ) -> Result<Settled<V>> {
         match answer {
             Answer::Applied { previous } => {
                 reserve(&self.entries, write.ops.len());
@@ -290,11 +283,7 @@ where
     pub(super) async fn reload<B: StorageBackend<K, V> + Send + Sync + ?Sized>(
         &self,
         backend: &B,
-    ) -> Result<()>
-    where
-        K: serde::de::DeserializeOwned,
-        V: Serialize + serde::de::DeserializeOwned,
-    {
+    ) -> Result<()> {
         let _one_at_a_time = self.reloading.lock().await;
         self.written_meanwhile.track();
         let scanned = self.scan_all(backend).await;
@@ -319,11 +308,7 @@ where
     pub(super) async fn reload_in_turn<B: StorageBackend<K, V> + Send + Sync + ?Sized>(
         &self,
         backend: &B,
-    ) -> Result<()>
-    where
-        K: serde::de::DeserializeOwned,
-        V: Serialize + serde::de::DeserializeOwned,
-    {
+    ) -> Result<()> {
         let (position, stored) = self.scan_all(backend).await?;
         self.replace(stored, position);
         Ok(())
@@ -333,11 +318,7 @@ where
     async fn scan_all<B: StorageBackend<K, V> + Send + Sync + ?Sized>(
         &self,
         backend: &B,
-    ) -> Result<(Option<ChangePosition>, HashMap<K, Slot<V>>)>
-    where
-        K: serde::de::DeserializeOwned,
-        V: Serialize + serde::de::DeserializeOwned,
-    {
+    ) -> Result<(Option<ChangePosition>, HashMap<K, Slot<V>>)> {
         let mut stored = HashMap::with_capacity(room_for(backend.len_hint().await));
         let position = scan(backend, &self.expiry, |key, slot| match stored.entry(key) {
             hash_map::Entry::Vacant(vacant) => {

@@ -41,6 +41,16 @@ where
 {
 }
 
+/// Every backend of this crate's on the key and value types it stores: the store its maps write
+/// to is what a transaction commits to.
+impl<K, V, B> TransactionalBackend<K, V> for B
+where
+    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    B: StorageBackend<K, V> + sealed::Sealed + Send + Sync + 'static,
+{
+}
+
 pub(crate) mod sealed {
     pub trait Sealed {}
 }
@@ -58,6 +68,13 @@ pub(crate) mod sealed {
 /// of the keys it touched before, so that contended transactions of this process take turns
 /// rather than conflict again (writes of those keys from this process wait meanwhile). When
 /// `body` returns `Err`, nothing is written and the error is returned: that is how to abort.
+/// A run that keeps conflicting gives up after 100 attempts with
+/// [`PersistentError::KeepsChanging`].
+///
+/// The error type `E` is yours, as long as a [`PersistentError`] (the commit's own failure)
+/// converts into it: [`PersistentError`] itself, your own error enum with a
+/// `From<PersistentError>`, or [`TransactionError<A>`](TransactionError) around any abort
+/// reason `A` (a `String`, an enum of yours) — see there for an example.
 ///
 /// So `body` may run more than once, on the caller's task: keep it a function of what it
 /// reads, without side effects that must happen once. Every key's per-key order and failure
@@ -127,6 +144,80 @@ where
     Err(gave_up
         .expect("a transaction that conflicted has a buffer")
         .into())
+}
+
+/// The error of a [`transaction`] whose body aborts with a reason of its own, of any type `A`:
+/// the body returns `Err(TransactionError::Abort(reason))`, or the commit failed
+/// (`Storage`). Either way nothing was written.
+///
+/// Like sled's `ConflictableTransactionError::Abort`. (An error type of your own with a
+/// `From<PersistentError>` serves as well.)
+///
+/// ```
+/// use persistent_map::{in_memory::InMemoryBackend, transaction, PersistentMap, TransactionError};
+///
+/// #[derive(Debug, PartialEq)]
+/// enum Refused {
+///     Insufficient { balance: i64 },
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> persistent_map::Result<()> {
+/// let accounts: PersistentMap<String, i64, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+/// accounts.insert("ada".into(), 20).await?;
+/// let transfer = transaction(|tx| {
+///     let balance = tx.get(&accounts, &"ada".to_string()).unwrap_or(0);
+///     if balance < 30 {
+///         return Err(TransactionError::Abort(Refused::Insufficient { balance }));
+///     }
+///     tx.insert(&accounts, "ada".to_string(), balance - 30);
+///     tx.update(&accounts, &"bob".to_string(), |b| Some(b.copied().unwrap_or(0) + 30));
+///     Ok(())
+/// })
+/// .await;
+/// match transfer {
+///     Err(TransactionError::Abort(refused)) => {
+///         assert_eq!(refused, Refused::Insufficient { balance: 20 });
+///     }
+///     other => panic!("{other:?}"),
+/// }
+/// assert_eq!(accounts.get("ada"), Some(20)); // nothing was written
+/// assert_eq!(accounts.get("bob"), None);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub enum TransactionError<A> {
+    /// The body aborted with this reason.
+    Abort(A),
+    /// The commit failed: storage refused it, or it kept conflicting.
+    Storage(PersistentError),
+}
+
+impl<A> From<PersistentError> for TransactionError<A> {
+    fn from(error: PersistentError) -> Self {
+        TransactionError::Storage(error)
+    }
+}
+
+impl<A: std::fmt::Display> std::fmt::Display for TransactionError<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TransactionError::Abort(reason) => {
+                write!(f, "the transaction aborted, writing nothing: {reason}")
+            }
+            TransactionError::Storage(error) => write!(f, "the transaction failed: {error}"),
+        }
+    }
+}
+
+impl<A: std::fmt::Debug + std::fmt::Display> std::error::Error for TransactionError<A> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TransactionError::Abort(_) => None,
+            TransactionError::Storage(error) => Some(error),
+        }
+    }
 }
 
 /// How one commit of a transaction went.
@@ -239,15 +330,15 @@ impl Transaction {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> persistent_map::Result<()> {
     /// let backend = InMemoryBackend::new();
-    /// let names: PersistentMap<u32, String, _> = PersistentMap::new(backend.clone()).await?;
+    /// let names: PersistentMap<String, String, _> = PersistentMap::new(backend.clone()).await?;
     /// let ids: PersistentMap<String, u32, _> = PersistentMap::new(backend).await?;
     /// transaction(|tx| {
-    ///     tx.insert(&names, 7, "ada".to_string());
+    ///     tx.insert(&names, "user-7".to_string(), "ada".to_string());
     ///     tx.insert(&ids, "ada".to_string(), 7);
     ///     Ok::<_, persistent_map::PersistentError>(())
     /// })
     /// .await?;
-    /// assert_eq!((names.get(&7), ids.get("ada")), (Some("ada".to_string()), Some(7)));
+    /// assert_eq!((names.get("user-7"), ids.get("ada")), (Some("ada".to_string()), Some(7)));
     /// # Ok(())
     /// # }
     /// ```
@@ -296,7 +387,7 @@ impl Transaction {
     /// # use persistent_map::{in_memory::InMemoryBackend, transaction, PersistentMap};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> persistent_map::Result<()> {
-    /// let accounts: PersistentMap<String, i64, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// let accounts: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// accounts.insert("ada".into(), 100).await?;
     /// transaction(|tx| {
     ///     tx.update(&accounts, &"ada".to_string(), |b| b.map(|b| b - 30));

@@ -93,8 +93,8 @@ where
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> persistent_map::Result<()> {
-    /// let hits: PersistentMap<String, u64, _> = PersistentMap::new(InMemoryBackend::new()).await?;
-    /// let bump = |old: Option<&u64>| Some(old.copied().unwrap_or(0) + 1);
+    /// let hits: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// let bump = |old: Option<&u32>| Some(old.copied().unwrap_or(0) + 1);
     /// assert_eq!(hits.update(&"home".to_string(), bump).await?, Some(1));
     /// assert_eq!(hits.update(&"home".to_string(), bump).await?, Some(2));
     /// assert_eq!(hits.update(&"home".to_string(), |_| None).await?, None); // removed
@@ -268,9 +268,10 @@ where
     ///
     /// Shaped like std's `AtomicU64::compare_exchange`: `Ok(previous)` when it wrote (the
     /// previous value is `current`), `Err(actual)` with what storage holds when it did not;
-    /// memory then holds that too. Values are compared as JSON (field order and spacing aside),
-    /// so `V` needs no `PartialEq`. The outer `Result` is the backend's error, as for every
-    /// write.
+    /// memory then holds that too. Values are compared by what they mean as `V`'s JSON (field
+    /// order, spacing, and a stored row's missing `#[serde(default)]` fields aside), so `V`
+    /// needs no `PartialEq`, and a loop that retries with `actual` ends. The outer `Result` is
+    /// the backend's error, as for every write.
     ///
     /// A counter that never loses an increment, however many processes bump it:
     ///
@@ -278,7 +279,7 @@ where
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> persistent_map::Result<()> {
-    /// let counters: PersistentMap<String, u64, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// let counters: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// let key = "jobs".to_string();
     /// let mut seen = counters.get(&key);
     /// loop {

@@ -14,6 +14,11 @@ use persistent_map::postgres::PostgresBackend;
 use persistent_map::PersistentMap;
 use serde::Serialize;
 
+mod proxy;
+// Used by the test files that freeze an instance's path to the server.
+#[allow(unused_imports)]
+pub(crate) use proxy::FreezingProxy;
+
 pub(crate) const URL_VARIABLE: &str = "PM_TEST_POSTGRES_URL";
 
 /// How long two instances may take to agree after a burst of writes: the announcements should
@@ -98,28 +103,20 @@ impl Drop for TestTable {
     }
 }
 
-/// Drops `table`, and its rows in the crate's own tables, from a thread of its own, so that it
-/// works from `Drop` inside a runtime.
+/// Drops `table`, and its rows in the crate's own tables
+/// ([`PostgresBuilder::drop_table`](persistent_map::postgres::PostgresBuilder::drop_table)),
+/// from a thread of its own, so that it works from `Drop` inside a runtime.
 pub(crate) fn drop_table(table: &str) {
-    let drop_sql = format!(
-        "DROP TABLE IF EXISTS \"{table}\"; \
-         DO $$ BEGIN \
-           IF to_regclass('persistent_map_log') IS NOT NULL THEN \
-             DELETE FROM persistent_map_log WHERE table_name = '{table}'; \
-             DELETE FROM persistent_map_revisions WHERE table_name = '{table}'; \
-             DELETE FROM persistent_map_tables WHERE table_name = '{table}'; \
-           END IF; \
-         END $$;"
-    );
+    let table = table.to_owned();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("a runtime to drop the table");
         runtime.block_on(async {
-            admin()
-                .await
-                .batch_execute(&drop_sql)
+            PostgresBackend::builder(&url())
+                .table(table)
+                .drop_table()
                 .await
                 .expect("drop the test table");
         });

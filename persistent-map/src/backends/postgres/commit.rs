@@ -50,7 +50,12 @@ pub(super) struct Summary {
 /// A commit as decided: each request's outcome, and a summary per table.
 #[derive(Debug, Clone)]
 pub(super) struct Decided {
-    pub(super) outcomes: Vec<Outcome>,
+    /// Per request, in order: what it did, or `None` if it was left out of the commit because
+    /// a row it writes (or a request before it that shares a key with it) is locked by
+    /// another session: it waits, and is tried again with a later group.
+    pub(super) outcomes: Vec<Option<Outcome>>,
+    /// The rows, as table and key, that other sessions held locked.
+    pub(super) locked: Vec<(String, String)>,
     pub(super) tables: BTreeMap<String, Summary>,
 }
 
@@ -66,6 +71,9 @@ pub(super) struct Plan<'a> {
     key_locks: Vec<i32>,
     /// Per table, the keys whose stored values the conditions and previous values need.
     reads: BTreeMap<&'a str, Vec<&'a str>>,
+    /// Per table not cleared, the keys written, whose rows are checked for other sessions'
+    /// locks before anything is written.
+    written: BTreeMap<&'a str, Vec<&'a str>>,
 }
 
 impl<'a> Plan<'a> {
@@ -74,6 +82,7 @@ impl<'a> Plan<'a> {
         struct Needs<'a> {
             locked: Vec<&'a str>,
             read: Vec<&'a str>,
+            written: Vec<&'a str>,
             cleared: bool,
         }
         let mut tables: BTreeMap<&str, Needs<'_>> = BTreeMap::new();
@@ -86,6 +95,7 @@ impl<'a> Plan<'a> {
                 match op.key() {
                     Some(key) => {
                         needs.locked.push(key);
+                        needs.written.push(key);
                         // A sweep deletes only a row it reads as expired.
                         if write.want_previous || matches!(op, RawOp::Sweep { .. }) {
                             needs.read.push(key);
@@ -98,6 +108,7 @@ impl<'a> Plan<'a> {
         let mut table_locks: Vec<(i32, bool)> = Vec::with_capacity(tables.len());
         let mut key_locks = Vec::new();
         let mut reads = BTreeMap::new();
+        let mut written = BTreeMap::new();
         for (table, mut needs) in tables {
             let exclusive = needs.cleared || needs.locked.len() > MAX_KEY_LOCKS;
             table_locks.push((lock_id(table, None), exclusive));
@@ -108,6 +119,12 @@ impl<'a> Plan<'a> {
             needs.read.dedup();
             if !needs.read.is_empty() {
                 reads.insert(table, needs.read);
+            }
+            // A clear deletes every row: it waits for other sessions' row locks (`lock_timeout`).
+            if !needs.cleared && !needs.written.is_empty() {
+                needs.written.sort_unstable();
+                needs.written.dedup();
+                written.insert(table, needs.written);
             }
         }
         // Two tables whose locks collide take it once, exclusive if either needs that.
@@ -126,6 +143,7 @@ impl<'a> Plan<'a> {
             table_locks,
             key_locks,
             reads,
+            written,
         }
     }
 
@@ -180,15 +198,18 @@ impl<'a> Plan<'a> {
         let outcomes = self
             .requests
             .iter()
-            .map(|parts| Outcome::Applied {
-                previous: parts
-                    .iter()
-                    .map(|(_, write)| write.want_previous.then(Vec::new))
-                    .collect(),
+            .map(|parts| {
+                Some(Outcome::Applied {
+                    previous: parts
+                        .iter()
+                        .map(|(_, write)| write.want_previous.then(Vec::new))
+                        .collect(),
+                })
             })
             .collect();
         Decided {
             outcomes,
+            locked: Vec::new(),
             tables: BTreeMap::new(),
         }
     }
@@ -214,25 +235,86 @@ pub(super) async fn pipeline(
 /// What one attempt at a commit came to.
 pub(super) enum Committed {
     Done(Decided),
+    /// Every request that was decided conflicted and nothing was written: the transaction is
+    /// left open, holding its locks, so that the requests computed again from what it read can
+    /// be committed in it (see [`Begun::covers`]) instead of queueing for the locks again.
+    Held(Decided, Begun),
     /// The tables' layouts under the locks are not the ones their statements were prepared
     /// for (another instance gave one the column `expires_at`): nothing was written; prepare
     /// them again (with these, the tables that have the column) and try again.
     LayoutChanged(Vec<String>),
 }
 
-/// One attempt at committing `plan`'s requests, in two round trips: `BEGIN`, the locks, the
-/// transaction's id, which tables have the column `expires_at`, and the rows the requests
-/// depend on (read at this instance's clock: an expired row is absent); then, once each request
-/// is decided, the writes, the announcements, the log and `COMMIT`. (If a statement of the
-/// second trip fails, the server turns the `COMMIT` after it into a rollback.)
-/// `on_commit_sent` is called, with the transaction's id and what it decided, just before the
-/// second trip goes out.
+/// A transaction after its first round trip: the locks it holds, its id, and what it read
+/// under them (which nobody of this crate can change while it holds them).
+#[derive(Debug)]
+pub(super) struct Begun {
+    txid: i64,
+    table_locks: Vec<(i32, bool)>,
+    /// Sorted.
+    key_locks: Vec<i32>,
+    /// Per table, the keys read and the rows found.
+    reads: BTreeMap<String, (Vec<String>, StoredRows)>,
+    /// Per table, the keys whose rows were checked for other sessions' locks.
+    probed: BTreeMap<String, Vec<String>>,
+    /// The rows, as table and key, that other sessions held locked.
+    locked: Vec<(String, String)>,
+}
+
+impl Begun {
+    /// Whether `plan` can be decided and committed in this transaction as it stands: its locks
+    /// are held (as strongly), its reads were made and its written rows checked, and no table
+    /// of it needs the column `expires_at` added (which takes a transaction of its own).
+    pub(super) fn covers(&self, plan: &Plan<'_>, live: &Live) -> bool {
+        let locks = plan.table_locks.iter().all(|(id, exclusive)| {
+            self.table_locks
+                .iter()
+                .any(|(held, held_exclusive)| held == id && (held_exclusive >= exclusive))
+        });
+        let keys = plan
+            .key_locks
+            .iter()
+            .all(|id| self.key_locks.binary_search(id).is_ok());
+        let within = |done: Option<&Vec<String>>, wanted: &[&str]| {
+            done.is_some_and(|done| wanted.iter().all(|key| done.iter().any(|d| d == key)))
+        };
+        let reads = plan
+            .reads
+            .iter()
+            .all(|(table, wanted)| within(self.reads.get(*table).map(|(keys, _)| keys), wanted));
+        let probed = plan
+            .written
+            .iter()
+            .all(|(table, wanted)| within(self.probed.get(*table), wanted));
+        let columns = plan
+            .tables_with_deadlines()
+            .iter()
+            .all(|table| live.table(table).expiring);
+        locks && keys && reads && probed && columns
+    }
+}
+
+/// One attempt at committing `plan`'s requests, in two round trips: [`begin`] (the locks, the
+/// reads), then [`finish`] (the decisions, the writes, `COMMIT`).
 pub(super) async fn commit_once(
     live: &Live,
     plan: &Plan<'_>,
     prune: bool,
+    may_hold: bool,
     on_commit_sent: impl FnOnce(i64, &Decided),
 ) -> Attempt<Committed> {
+    match begin(live, plan).await? {
+        Ok(begun) => finish(live, plan, begun, prune, may_hold, on_commit_sent).await,
+        Err(with_column) => Ok(Committed::LayoutChanged(with_column)),
+    }
+}
+
+/// The first round trip of a commit: `BEGIN`, the locks, the transaction's id, which tables
+/// have the column `expires_at`, the rows the requests depend on (read at this instance's
+/// clock: an expired row is absent), and which written rows other sessions hold locked.
+/// `Err` (with the tables that have the column) if the tables' layouts are not the ones their
+/// statements were prepared for; the transaction is then rolled back.
+pub(super) async fn begin(live: &Live, plan: &Plan<'_>) -> Attempt<Result<Begun, Vec<String>>> {
     let (client, statements) = (&live.client, &live.statements);
     let mut steps: Vec<Step<'_>> = Vec::with_capacity(4 + plan.table_locks.len());
     steps.push((&statements.begin, vec![]));
@@ -253,6 +335,9 @@ pub(super) async fn commit_once(
     let now = expiry::now_sql();
     for (table, keys) in &plan.reads {
         steps.push((&live.table(table).select_keys, vec![keys, &now]));
+    }
+    for (table, keys) in &plan.written {
+        steps.push((&live.table(table).locked_elsewhere, vec![keys]));
     }
     let answers = match pipeline(client, &steps).await {
         Ok(answers) => answers,
@@ -276,11 +361,11 @@ pub(super) async fn commit_once(
         .all(|table| live.layout_matches(table, &with_column))
     {
         client.query(&statements.rollback, &[]).await?;
-        return Ok(Committed::LayoutChanged(with_column));
+        return Ok(Err(with_column));
     }
-    let mut stored: HashMap<&str, StoredRows> = HashMap::new();
-    for ((table, _), rows) in plan.reads.iter().zip(&answers[txid_step + 2..]) {
-        let values = stored.entry(table).or_default();
+    let mut reads = BTreeMap::new();
+    for ((table, keys), rows) in plan.reads.iter().zip(&answers[txid_step + 2..]) {
+        let mut values = StoredRows::default();
         for row in rows {
             let (key, value): (String, Option<String>) = (row.try_get(0)?, row.try_get(1)?);
             // A SQL NULL (written by another program) compares as JSON `null`.
@@ -291,9 +376,90 @@ pub(super) async fn commit_once(
                 values.live.insert(key, (value, row.try_get(2)?));
             }
         }
+        let keys = keys.iter().map(|key| (*key).to_owned()).collect();
+        reads.insert((*table).to_owned(), (keys, values));
     }
+    let probes = &answers[txid_step + 2 + plan.reads.len()..];
+    let mut locked = Vec::new();
+    for ((table, _), rows) in plan.written.iter().zip(probes) {
+        for row in rows {
+            locked.push(((*table).to_owned(), row.try_get(0)?));
+        }
+    }
+    let probed = plan
+        .written
+        .iter()
+        .map(|(table, keys)| {
+            let keys = keys.iter().map(|key| (*key).to_owned()).collect();
+            ((*table).to_owned(), keys)
+        })
+        .collect();
+    Ok(Ok(Begun {
+        txid,
+        table_locks: plan.table_locks.clone(),
+        key_locks: plan.key_locks.clone(),
+        reads,
+        probed,
+        locked,
+    }))
+}
 
-    let (outcomes, applied) = evaluate(plan.requests, stored);
+/// The second round trip of a commit, in the transaction `begun` (which covers `plan`): each
+/// request decided in order, then the writes, the announcements, the log and `COMMIT`. (If a
+/// statement of the trip fails, the server turns the `COMMIT` after it into a rollback.)
+/// `on_commit_sent` is called, with the transaction's id and what it decided, just before the
+/// trip goes out.
+///
+/// A transaction that writes nothing is rolled back instead (no commit to flush). If it wrote
+/// nothing because requests conflicted, and `may_hold`, it is left open instead
+/// ([`Committed::Held`]): the conflicts reported what is committed (no request of it wrote
+/// anything), so they can be answered before the transaction ends.
+pub(super) async fn finish(
+    live: &Live,
+    plan: &Plan<'_>,
+    begun: Begun,
+    prune: bool,
+    may_hold: bool,
+    on_commit_sent: impl FnOnce(i64, &Decided),
+) -> Attempt<Committed> {
+    let (client, statements) = (&live.client, &live.statements);
+    let locked: Vec<(&str, String)> = begun
+        .locked
+        .iter()
+        .map(|(table, key)| (table.as_str(), key.clone()))
+        .collect();
+    let waits = waiting_requests(plan.requests, &locked);
+    if waits.iter().all(|waits| *waits) {
+        // Nothing can be written now: end the transaction, freeing its locks.
+        client.query(&statements.rollback, &[]).await?;
+        return Ok(Committed::Done(Decided {
+            outcomes: vec![None; plan.requests.len()],
+            locked: begun.locked,
+            tables: BTreeMap::new(),
+        }));
+    }
+    let stored: HashMap<&str, StoredRows> = plan
+        .reads
+        .keys()
+        .filter_map(|table| Some((*table, begun.reads.get(*table)?.1.clone())))
+        .collect();
+
+    let going: Vec<Request<'_>> = plan
+        .requests
+        .iter()
+        .zip(&waits)
+        .filter(|(_, waits)| !**waits)
+        .map(|(request, _)| request.clone())
+        .collect();
+    let (outcomes, applied) = evaluate(&going, stored);
+    let mut outcomes = outcomes.into_iter();
+    let outcomes: Vec<Option<Outcome>> = waits
+        .iter()
+        .map(|waits| match waits {
+            true => None,
+            false => outcomes.next(),
+        })
+        .collect();
     let mut tables: BTreeMap<&str, Vec<(&RawOp, i64)>> = BTreeMap::new();
     for (table, op, origin) in applied {
         tables.entry(table).or_default().push((op, origin));
@@ -306,7 +472,19 @@ pub(super) async fn commit_once(
     let decided = Decided {
         tables: summarize(plan.requests, &outcomes, &merged),
         outcomes,
+        locked: begun.locked.clone(),
     };
+    if merged.is_empty() {
+        let conflicted = decided
+            .outcomes
+            .iter()
+            .any(|outcome| matches!(outcome, Some(Outcome::Conflict { .. })));
+        if conflicted && may_hold {
+            return Ok(Committed::Held(decided, begun));
+        }
+        client.query(&statements.rollback, &[]).await?;
+        return Ok(Committed::Done(decided));
+    }
 
     let logged: Vec<(&str, LogRows<'_>)> = merged
         .iter()
@@ -330,9 +508,37 @@ pub(super) async fn commit_once(
         steps.push((&statements.log, vec![table, keys, origins]));
     }
     steps.push((&statements.commit, vec![]));
-    on_commit_sent(txid, &decided);
+    on_commit_sent(begun.txid, &decided);
     pipeline(client, &steps).await?;
     Ok(Committed::Done(decided))
+}
+
+/// Which requests must wait, given the rows (table and key) that other sessions hold locked: a
+/// request that writes one, and every later request that shares a key with a waiting one (so
+/// that the writes of a key are still committed in the order they were handed over).
+fn waiting_requests(requests: &[Request<'_>], locked: &[(&str, String)]) -> Vec<bool> {
+    let mut blocked: std::collections::HashSet<(&str, &str)> = locked
+        .iter()
+        .map(|(table, key)| (*table, key.as_str()))
+        .collect();
+    requests
+        .iter()
+        .map(|parts| {
+            let keys = || {
+                parts.iter().flat_map(|(table, write)| {
+                    let checked = write.conditions.iter().map(|(key, _)| key.as_str());
+                    checked
+                        .chain(write.ops.iter().filter_map(RawOp::key))
+                        .map(move |key| (*table, key))
+                })
+            };
+            let waits = !blocked.is_empty() && keys().any(|key| blocked.contains(&key));
+            if waits {
+                blocked.extend(keys());
+            }
+            waits
+        })
+        .collect()
 }
 
 /// The steps that apply `rows` to their table.
@@ -359,11 +565,13 @@ fn write_steps<'s>(steps: &mut Vec<Step<'s>>, table: &'s TableStatements, rows: 
 /// conflicts.
 fn summarize(
     requests: &[Request<'_>],
-    outcomes: &[Outcome],
+    outcomes: &[Option<Outcome>],
     merged: &BTreeMap<&str, Rows<'_>>,
 ) -> BTreeMap<String, Summary> {
     let mut tables: BTreeMap<String, Summary> = BTreeMap::new();
-    for (parts, outcome) in requests.iter().zip(outcomes) {
+    let decided = requests.iter().zip(outcomes);
+    for (parts, outcome) in decided.filter_map(|(parts, outcome)| Some((parts, outcome.as_ref()?)))
+    {
         for (table, _) in parts {
             let summary = tables.entry((*table).to_owned()).or_default();
             summary.requests += 1;
@@ -381,7 +589,7 @@ fn summarize(
 
 /// The rows of a table read under the locks, live and expired apart: key to value JSON, and
 /// for a live row its deadline.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct StoredRows {
     live: HashMap<String, (String, Option<i64>)>,
     expired: HashMap<String, String>,

@@ -14,6 +14,7 @@ use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{AsyncMessage, Client, Config, Connection, Socket, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::link::Link;
 use super::log;
 use super::notify::Listeners;
 use super::tls;
@@ -25,11 +26,36 @@ type TlsStream = <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream;
 /// PostgreSQL truncates longer identifiers, which would make two table names one.
 const MAX_IDENTIFIER_BYTES: usize = 63;
 
-/// Our classes of advisory locks (`"pm"` and the next two), so that ours never collide with an
-/// application's: one while a table is created, one per table and one per key while writing.
-const CREATE_LOCK_CLASS: i32 = 0x706d;
-const TABLE_LOCK_CLASS: i32 = 0x706e;
-const KEY_LOCK_CLASS: i32 = 0x706f;
+/// The first of the crate's three classes of advisory locks unless told otherwise: `"pm"`
+/// (0x706d = 28781), then 28782 and 28783.
+pub(super) const DEFAULT_LOCK_CLASS: i32 = 0x706d;
+
+/// The classes (the first of the two keys of a two-key advisory lock) of the crate's advisory
+/// locks: one taken while a table is created, one per table and one per key while writing.
+/// Every instance on a database must use the same, and no other program the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct LockClasses {
+    first: i32,
+}
+
+impl LockClasses {
+    /// The classes `first`, `first + 1` and `first + 2`.
+    pub(super) fn starting_at(first: i32) -> Self {
+        Self { first }
+    }
+
+    pub(super) fn create(self) -> i32 {
+        self.first
+    }
+
+    pub(super) fn table(self) -> i32 {
+        self.first.wrapping_add(1)
+    }
+
+    pub(super) fn key(self) -> i32 {
+        self.first.wrapping_add(2)
+    }
+}
 
 /// What every error of a backend names: where it was and which table.
 #[derive(Debug)]
@@ -89,6 +115,8 @@ pub(super) struct Endpoint {
     pub(super) connect_timeout: Duration,
     /// `SET`s run on every new connection: the server-side limits.
     session_settings: String,
+    /// The classes of the crate's advisory locks.
+    pub(super) lock_classes: LockClasses,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -98,6 +126,7 @@ impl std::fmt::Debug for Endpoint {
             .field("host", &self.host)
             .field("connect_timeout", &self.connect_timeout)
             .field("session_settings", &self.session_settings)
+            .field("lock_classes", &self.lock_classes)
             .finish_non_exhaustive()
     }
 }
@@ -127,11 +156,13 @@ pub(super) fn parse_config(
     config.connect_timeout(connect_timeout);
     if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
         // libpq's default of two hours would leave an instance deaf to a dead server (and so to
-        // the other instances) for that long; the keepalives find out within about a minute.
+        // the other instances) for that long; these find out within about twice the operation
+        // timeout.
+        let keepalives = Keepalives::for_operation_timeout(operation_timeout);
         config
-            .keepalives_idle(Duration::from_secs(30))
-            .keepalives_interval(Duration::from_secs(10))
-            .keepalives_retries(3);
+            .keepalives_idle(keepalives.idle)
+            .keepalives_interval(keepalives.interval)
+            .keepalives_retries(keepalives.count);
     }
     if config.get_tcp_user_timeout().is_none() {
         // Data the server does not acknowledge for this long breaks the connection in the
@@ -151,23 +182,67 @@ pub(super) fn parse_config(
         host,
         connect_timeout,
         session_settings,
+        lock_classes: LockClasses::starting_at(DEFAULT_LOCK_CLASS),
     })
 }
 
-/// The `SET`s that make the server end a statement before the client gives up on it: a lock
-/// waited for longer than a quarter of `operation_timeout` fails with `lock_timeout`, so a
-/// group of writes stuck behind another program's row lock fails in time for its requests to
-/// be retried one by one and the others to commit; a statement running for 90% of it fails with
-/// `statement_timeout`. A setting the connection string's `options` already give is left alone.
+/// TCP keepalives, set alike on both ends of a connection: the client notices a dead server,
+/// and the server a dead client, within `idle + interval * count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Keepalives {
+    idle: Duration,
+    interval: Duration,
+    count: u32,
+}
+
+impl Keepalives {
+    /// After the operation timeout of silence (at least a second), a probe every quarter of it
+    /// (at least a second), three unanswered probes: about twice the operation timeout.
+    fn for_operation_timeout(operation_timeout: Duration) -> Self {
+        let second = Duration::from_secs(1);
+        Self {
+            idle: operation_timeout.max(second),
+            interval: (operation_timeout / 4).max(second),
+            count: 3,
+        }
+    }
+}
+
+/// The `SET`s run on every new connection, so that no server session holds a lock long past the
+/// work it did, even when this instance froze or its network went dead (a setting that the
+/// connection string's `options` already give is left alone):
+///
+/// - `lock_timeout`, a quarter of `operation_timeout`: a statement that waits that long for a
+///   lock fails, in time to be retried apart from the writes of other keys;
+/// - `statement_timeout`, 90% of it: a statement running that long fails;
+/// - `idle_in_transaction_session_timeout`, half of it: the server ends a session that stopped
+///   talking in the middle of a transaction (this instance froze, or the path to it), which
+///   rolls the transaction back and frees its locks. The crate's transactions never idle: the
+///   only pause is the instant between their two round trips;
+/// - `tcp_keepalives_idle`, `tcp_keepalives_interval`, `tcp_keepalives_count`: the server's
+///   keepalives, as the client's (see [`Keepalives`]), so that the server notices a client
+///   host that went away.
 fn server_limits(options: &str, operation_timeout: Duration) -> String {
+    let millis = |limit: Duration| limit.as_millis().max(1);
+    let keepalives = Keepalives::for_operation_timeout(operation_timeout);
     let limits = [
-        ("lock_timeout", operation_timeout / 4),
-        ("statement_timeout", operation_timeout * 9 / 10),
+        ("lock_timeout", millis(operation_timeout / 4)),
+        ("statement_timeout", millis(operation_timeout * 9 / 10)),
+        (
+            "idle_in_transaction_session_timeout",
+            millis(operation_timeout / 2),
+        ),
+        ("tcp_keepalives_idle", u128::from(keepalives.idle.as_secs())),
+        (
+            "tcp_keepalives_interval",
+            u128::from(keepalives.interval.as_secs()),
+        ),
+        ("tcp_keepalives_count", u128::from(keepalives.count)),
     ];
     limits
         .iter()
         .filter(|(name, _)| !options.contains(name))
-        .map(|(name, limit)| format!("SET {name} = {}; ", limit.as_millis().max(1)))
+        .map(|(name, limit)| format!("SET {name} = {limit}; "))
         .collect()
 }
 
@@ -229,6 +304,9 @@ pub(super) struct TableSql {
     /// Locks the table against a schema change (an `expires_at` being added) until the
     /// transaction ends; reads nothing.
     lock_shared: String,
+    /// `$1` keys: those whose row another transaction holds locked, locking the others' rows
+    /// for this transaction.
+    locked_elsewhere: String,
     plain: LayoutSql,
     expiring: LayoutSql,
     /// `$1` now, `$2` the most rows: the keys of expired rows, oldest deadline first.
@@ -265,6 +343,14 @@ impl TableSql {
             delete: format!("DELETE FROM {quoted} WHERE key = ANY($1::text[])"),
             delete_all: format!("DELETE FROM {quoted}"),
             lock_shared: format!("LOCK TABLE {quoted} IN ACCESS SHARE MODE"),
+            // What the upsert and the delete will lock (`FOR UPDATE`), taken now without
+            // waiting: a row that another session holds is skipped, so it is reported.
+            locked_elsewhere: format!(
+                "WITH lockable AS (SELECT key FROM {quoted} WHERE key = ANY($1::text[]) \
+                 FOR UPDATE SKIP LOCKED) \
+                 SELECT key FROM {quoted} WHERE key = ANY($1::text[]) \
+                 AND key NOT IN (SELECT key FROM lockable)"
+            ),
             // The parameters a table without deadlines has no use for are still mentioned, so
             // that both sets take the same ones.
             plain: LayoutSql {
@@ -356,6 +442,8 @@ pub(super) struct TableStatements {
     /// The change log since a revision, with the rows of the keys it names (see `log.rs`).
     pub(super) read_log: Statement,
     pub(super) lock_shared: Statement,
+    /// Which of some keys' rows another session holds locked (see [`TableSql`]).
+    pub(super) locked_elsewhere: Statement,
     /// Only for a table with the column.
     pub(super) sweep_candidates: Option<Statement>,
 }
@@ -364,6 +452,10 @@ pub(super) struct TableStatements {
 #[derive(Debug)]
 pub(super) struct Live {
     pub(super) client: Client,
+    /// The server session behind the client, to end it from another connection.
+    pub(super) server_session: ServerSession,
+    /// The classes of the crate's advisory locks, as the statements take them.
+    pub(super) lock_classes: LockClasses,
     pub(super) statements: Statements,
     /// By table name: the tables this connection listens on and has statements for.
     pub(super) tables: HashMap<String, TableStatements>,
@@ -387,6 +479,75 @@ impl Live {
         self.tables
             .get(table)
             .expect("work reaches the session only for tables attached to its connection")
+    }
+}
+
+/// A server session (a backend process), told apart from a later one that reuses its process
+/// id by its start time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ServerSession {
+    pub(super) pid: i32,
+    /// `backend_start`, as text.
+    pub(super) started: String,
+}
+
+impl ServerSession {
+    /// `$1` the pid, `$2` the start time: ends that session if it still runs (a row `true`),
+    /// rolling back its transaction and freeing its locks.
+    pub(super) const TERMINATE: &'static str =
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE pid = $1 AND backend_start::text = $2";
+
+    /// Ends this session through `client` (another session): whether it was still running.
+    pub(super) async fn terminate_through(
+        &self,
+        client: &Client,
+    ) -> std::result::Result<bool, tokio_postgres::Error> {
+        let rows = client
+            .query(Self::TERMINATE, &[&self.pid, &self.started])
+            .await?;
+        Ok(rows
+            .first()
+            .map(|row| row.try_get(0))
+            .transpose()?
+            .unwrap_or(false))
+    }
+}
+
+/// Ends `stuck`, a session of a connection that stopped answering, from a new connection to
+/// `endpoint`, so that its transaction's locks are freed now rather than when the server times
+/// it out (`idle_in_transaction_session_timeout`). Logs what came of it; on a path that is dead
+/// both ways the new connection fails too, and the server's timeout does it.
+pub(super) async fn end_stuck_session(
+    config: Config,
+    tls: MakeRustlsConnect,
+    timeout: Duration,
+    host: String,
+    stuck: ServerSession,
+) {
+    let ended = tokio::time::timeout(timeout, async {
+        let (client, connection) = config.connect(tls).await?;
+        let reader = tokio::spawn(connection);
+        let ended = stuck.terminate_through(&client).await;
+        drop(client);
+        let _ = reader.await;
+        ended
+    })
+    .await;
+    let pid = stuck.pid;
+    match ended {
+        Ok(Ok(true)) => {
+            tracing::info!(host = %host, pid, "ended the server session of the connection that stopped answering; its locks are free")
+        }
+        Ok(Ok(false)) => {
+            tracing::info!(host = %host, pid, "the server session of the connection that stopped answering had already ended")
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(host = %host, pid, error = %describe_error(&error), "could not end the server session of the connection that stopped answering; the server ends it after idle_in_transaction_session_timeout")
+        }
+        Err(_) => {
+            tracing::warn!(host = %host, pid, timeout = ?timeout, "could not reach the server to end the session of the connection that stopped answering; the server ends it after idle_in_transaction_session_timeout")
+        }
     }
 }
 
@@ -435,6 +596,7 @@ pub(super) async fn open(
     endpoint: &Endpoint,
     tables: &[Arc<TableSql>],
     listeners: &Arc<Listeners>,
+    link: &Arc<Link>,
     generation: u64,
     timeout: Duration,
 ) -> std::result::Result<Live, OpenFailure> {
@@ -452,30 +614,41 @@ pub(super) async fn open(
     let closed = spawn_reader(
         connection,
         Arc::clone(listeners),
+        Arc::clone(link),
         generation,
         Arc::clone(&own_pid),
     );
     let mut client = client;
     let set_up = async {
-        let pid: i32 = client
-            .query_one("SELECT pg_backend_pid()", &[])
-            .await?
-            .try_get(0)?;
-        own_pid.store(pid, Ordering::SeqCst);
+        let row = client
+            .query_one(
+                "SELECT pg_backend_pid(), (SELECT backend_start::text FROM pg_stat_activity \
+                 WHERE pid = pg_backend_pid())",
+                &[],
+            )
+            .await?;
+        let server_session = ServerSession {
+            pid: row.try_get(0)?,
+            started: row.try_get::<_, Option<String>>(1)?.unwrap_or_default(),
+        };
+        own_pid.store(server_session.pid, Ordering::SeqCst);
         if !endpoint.session_settings.is_empty() {
             client.batch_execute(&endpoint.session_settings).await?;
         }
-        let statements = match prepare(&client).await {
+        let classes = endpoint.lock_classes;
+        let statements = match prepare(&client, classes).await {
             // The statements of the change log name its tables: on a database that has never
             // seen this crate (or whose tables were dropped), they must be made first.
             Err(error) if error.code() == Some(&SqlState::UNDEFINED_TABLE) => {
-                create_own_tables(&mut client).await?;
-                prepare(&client).await?
+                create_own_tables(&mut client, classes).await?;
+                prepare(&client, classes).await?
             }
             prepared => prepared?,
         };
         let mut live = Live {
             client,
+            server_session,
+            lock_classes: classes,
             statements,
             tables: HashMap::new(),
             closed,
@@ -502,7 +675,7 @@ pub(super) async fn attach(
     set_up_table: bool,
 ) -> std::result::Result<(), OpenFailure> {
     if set_up_table {
-        self::set_up_table(&mut live.client, table).await?;
+        self::set_up_table(&mut live.client, table, live.lock_classes).await?;
     }
     if live.tables.contains_key(&table.name) {
         return Ok(());
@@ -555,6 +728,7 @@ pub(super) async fn reprepare_table(
 fn spawn_reader(
     mut connection: Connection<Socket, TlsStream>,
     listeners: Arc<Listeners>,
+    link: Arc<Link>,
     generation: u64,
     own_pid: Arc<AtomicI32>,
 ) -> oneshot::Receiver<()> {
@@ -573,17 +747,22 @@ fn spawn_reader(
                 None => break "the connection was closed".to_owned(),
             }
         };
-        listeners.lost(generation, &reason);
+        link.lost(generation, &reason, false);
+        listeners.connection_changed();
         drop(closing);
     });
     closed
 }
 
-async fn prepare(client: &Client) -> std::result::Result<Statements, tokio_postgres::Error> {
-    let lock_table = format!("SELECT pg_advisory_xact_lock({TABLE_LOCK_CLASS}, $1)");
-    let lock_table_shared = format!("SELECT pg_advisory_xact_lock_shared({TABLE_LOCK_CLASS}, $1)");
+async fn prepare(
+    client: &Client,
+    classes: LockClasses,
+) -> std::result::Result<Statements, tokio_postgres::Error> {
+    let (table, key) = (classes.table(), classes.key());
+    let lock_table = format!("SELECT pg_advisory_xact_lock({table}, $1)");
+    let lock_table_shared = format!("SELECT pg_advisory_xact_lock_shared({table}, $1)");
     let lock_keys =
-        format!("SELECT pg_advisory_xact_lock({KEY_LOCK_CLASS}, id) FROM unnest($1::int4[]) AS id");
+        format!("SELECT pg_advisory_xact_lock({key}, id) FROM unnest($1::int4[]) AS id");
     // Sent together: one round trip.
     let (notify, lock_table, lock_table_shared, lock_keys, begin, commit, rollback) = tokio::try_join!(
         client.prepare("SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload"),
@@ -639,6 +818,7 @@ async fn prepare_table(
         select_keys,
         read_log,
         lock_shared,
+        locked_elsewhere,
         sweep_candidates,
     ) = tokio::try_join!(
         client.prepare(&layout.upsert),
@@ -648,6 +828,7 @@ async fn prepare_table(
         client.prepare(&layout.select_keys),
         client.prepare(&layout.read_log),
         client.prepare(&sql.lock_shared),
+        client.prepare(&sql.locked_elsewhere),
         sweep_candidates,
     )?;
     sql.expiring_seen.store(expiring, Ordering::Relaxed);
@@ -661,6 +842,7 @@ async fn prepare_table(
         select_keys,
         read_log,
         lock_shared,
+        locked_elsewhere,
         sweep_candidates,
     })
 }
@@ -674,15 +856,19 @@ type Column = (String, String, bool);
 /// an advisory lock around the creation: `CREATE TABLE IF NOT EXISTS` can fail against a
 /// concurrent one. Existing tables are only read, so a role without the right to create tables
 /// can use ones made for it.
-async fn set_up_table(client: &mut Client, sql: &TableSql) -> std::result::Result<(), OpenFailure> {
-    create_own_tables(client).await?;
+async fn set_up_table(
+    client: &mut Client,
+    sql: &TableSql,
+    classes: LockClasses,
+) -> std::result::Result<(), OpenFailure> {
+    create_own_tables(client, classes).await?;
     let mut found = columns(client, &sql.name).await?;
     if found.is_empty() {
         let transaction = client.transaction().await?;
         transaction
             .execute(
                 "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-                &[&CREATE_LOCK_CLASS, &sql.name],
+                &[&classes.create(), &sql.name],
             )
             .await?;
         transaction.batch_execute(&sql.create).await?;
@@ -706,14 +892,17 @@ async fn set_up_table(client: &mut Client, sql: &TableSql) -> std::result::Resul
 
 /// Makes the crate's own tables (the change log, the key layouts) if any is missing, under the
 /// setup lock: concurrent `CREATE ... IF NOT EXISTS` can fail.
-async fn create_own_tables(client: &mut Client) -> std::result::Result<(), tokio_postgres::Error> {
+async fn create_own_tables(
+    client: &mut Client,
+    classes: LockClasses,
+) -> std::result::Result<(), tokio_postgres::Error> {
     let missing: bool = client.query_one(log::MISSING, &[]).await?.try_get(0)?;
     if missing {
         let transaction = client.transaction().await?;
         transaction
             .execute(
                 "SELECT pg_advisory_xact_lock($1, hashtext('persistent_map_log'))",
-                &[&CREATE_LOCK_CLASS],
+                &[&classes.create()],
             )
             .await?;
         transaction.batch_execute(log::CREATE).await?;
@@ -863,16 +1052,35 @@ mod tests {
 
     #[test]
     fn server_limits_follow_the_operation_timeout_unless_the_url_sets_them() {
+        let keepalives = "SET tcp_keepalives_idle = 8; SET tcp_keepalives_interval = 2; \
+                          SET tcp_keepalives_count = 3; ";
         assert_eq!(
             server_limits("", OPERATION),
-            "SET lock_timeout = 2000; SET statement_timeout = 7200; "
+            format!(
+                "SET lock_timeout = 2000; SET statement_timeout = 7200; \
+                 SET idle_in_transaction_session_timeout = 4000; {keepalives}"
+            )
         );
         assert_eq!(
-            server_limits("-c lock_timeout=5s", OPERATION),
-            "SET statement_timeout = 7200; "
+            server_limits(
+                "-c lock_timeout=5s -c idle_in_transaction_session_timeout=0",
+                OPERATION
+            ),
+            format!("SET statement_timeout = 7200; {keepalives}")
         );
         let endpoint = parse_config("postgres://u@h/db", None, OPERATION).unwrap();
         assert_eq!(endpoint.config.get_tcp_user_timeout(), Some(&OPERATION));
+        assert_eq!(endpoint.config.get_keepalives_idle(), OPERATION);
+        assert_eq!(
+            endpoint.config.get_keepalives_interval(),
+            Some(Duration::from_secs(2))
+        );
+        let endpoint =
+            parse_config("postgres://u@h/db?keepalives_idle=60", None, OPERATION).unwrap();
+        assert_eq!(
+            endpoint.config.get_keepalives_idle(),
+            Duration::from_secs(60)
+        );
     }
 
     #[test]

@@ -81,14 +81,18 @@ pub(super) const REVISION: &str =
 /// whose statements are for the other layout reads again after preparing them anew.
 pub(super) fn since(quoted: &str, expiring: bool) -> String {
     // A table without the column still mentions `$5`, so that both take the same parameters.
-    let (deadline, live) = if expiring {
+    let (deadline, columns, live) = if expiring {
         (
             "t.expires_at",
+            "t.key, t.value, t.expires_at",
             "AND (t.expires_at IS NULL OR t.expires_at > $5::int8)",
         )
     } else {
-        ("NULL::int8", "AND $5::int8 IS NOT NULL")
+        ("NULL::int8", "t.key, t.value", "AND $5::int8 IS NOT NULL")
     };
+    // Each logged key's row is looked up by the primary key (the `LIMIT` keeps the planner
+    // from turning the lookups into a scan of the whole table, which it chose for small
+    // tables: 0.34 ms against 0.10 ms for one key of a 1,000-row table).
     format!(
         "SELECT r.rev, r.pruned, l.logged, l.key, t.key, t.value::text, {deadline}, \
              EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(quote_ident($1)) \
@@ -99,7 +103,8 @@ pub(super) fn since(quoted: &str, expiring: bool) -> String {
                  SELECT key FROM persistent_map_log \
                  WHERE table_name = $1 AND rev > $2 AND origin <> $3 LIMIT $4) AS recent \
              GROUP BY key) AS l ON true \
-         LEFT JOIN {quoted} t ON t.key = l.key {live} \
+         LEFT JOIN LATERAL (\
+             SELECT {columns} FROM {quoted} t WHERE t.key = l.key {live} LIMIT 1) t ON true \
          WHERE r.table_name = $1"
     )
 }

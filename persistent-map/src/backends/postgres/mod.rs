@@ -194,26 +194,54 @@
 //!
 //! # Faults
 //!
-//! Every wait is bounded:
+//! Every wait is bounded, and no server session of an instance holds a lock past the work it
+//! did:
 //!
 //! - An unreachable server is a [`PersistentError::Connect`] naming the host, after the
 //!   connect timeout at most ([`PostgresBuilder::connect_timeout`], the URL's
 //!   `connect_timeout`, else 5 seconds).
-//! - A server that keeps the connection open but stops answering fails the work in hand with
-//!   [`PersistentError::Connect`] after the operation timeout
-//!   ([`PostgresBuilder::operation_timeout`], 10 seconds by default); the connection is then
-//!   dropped and re-established in the background. The same timeout sets the session's
-//!   `lock_timeout` (a quarter of it) and `statement_timeout` (90%), unless the URL's `options`
-//!   set them, and the TCP user timeout: a write of a row that another program keeps locked
-//!   fails with [`PersistentError::Postgres`] ("lock timeout"), and the writes of other keys
-//!   that shared its transaction are committed without it, so they wait at most about half the
-//!   operation timeout behind it.
+//! - A server that keeps the connection open but stops answering (or a path that goes dead
+//!   without closing) fails the work in hand with [`PersistentError::Connect`] after the
+//!   operation timeout ([`PostgresBuilder::operation_timeout`], 10 seconds by default). The
+//!   connection is then dropped, its server session ended from a new connection
+//!   (`pg_terminate_backend`, which needs the same role or `pg_signal_backend`), and a new
+//!   connection is made in the background. Where that new connection cannot reach the server
+//!   either, the server ends the session itself: every session sets
+//!   `idle_in_transaction_session_timeout` to half the operation timeout (the crate's
+//!   transactions never idle, but one whose instance froze between its two round trips
+//!   would). Either way a stuck instance's advisory and row locks are free within about the
+//!   operation timeout, and the other instances, which wait for them at most `lock_timeout`
+//!   (a quarter of it), are back to full speed; measured in `tests/postgres_faults.rs`:
+//!   released after 1.0 s with a 2 s operation timeout, 2.0 s when the server's timeout is
+//!   turned off and the new connection ends it.
+//! - A row that another program keeps locked (`SELECT ... FOR UPDATE` in `psql`) holds up
+//!   only the writes of its key. Each commit first locks the rows it will write without
+//!   waiting (`FOR UPDATE SKIP LOCKED`); a request that writes a row locked elsewhere (and any
+//!   later request sharing a key with it, so that a key's writes keep their order) is left out
+//!   and tried again with the next groups, every 20 ms at least, while the other keys' writes
+//!   commit. After a quarter of the operation timeout it fails with
+//!   [`PersistentError::Backend`], naming the table, the key and the host ("lock timeout",
+//!   not committed), and the key is logged at `warn` when first found locked. Measured in
+//!   `tests/postgres_faults.rs`: with three rows locked for 10 s, 11 writers committed the
+//!   other keys at 629 writes/s against 641/s unlocked. (A row that another program inserted
+//!   and has not committed yet cannot be seen: its key's write waits up to `lock_timeout`,
+//!   and its group is then retried one request at a time.)
+//! - The same timeout sets the session's `lock_timeout` (a quarter of it), `statement_timeout`
+//!   (90%), `idle_in_transaction_session_timeout` (half) and TCP keepalives on both ends (after
+//!   the operation timeout of silence, then every quarter of it, three probes), unless the
+//!   URL's `options` (`options=-c idle_in_transaction_session_timeout=0`) or keepalive
+//!   parameters set them, and the client's TCP user timeout.
 //! - When the connection breaks (the server restarts, `pg_terminate_backend`, the network), the
 //!   backend reconnects at once, then with growing pauses of up to a second. Work in hand is
 //!   retried on the new connection until the reconnect timeout
-//!   ([`PostgresBuilder::reconnect_timeout`], 10 seconds by default), then fails with
-//!   [`PersistentError::Connect`]. [`PostgresBackend::health`] tells connected, reconnecting
-//!   and down (gone for longer than the reconnect timeout) apart.
+//!   ([`PostgresBuilder::reconnect_timeout`], 10 seconds by default) counted from the loss,
+//!   then fails with [`PersistentError::Connect`].
+//! - [`PostgresBackend::health`] says what work sent now would meet: connected; stalled (the
+//!   work in flight has had no answer for half the operation timeout: new work waits behind
+//!   it); reconnecting (work waits); or down, once the server stopped answering for the
+//!   operation timeout or the connection has been gone for the reconnect timeout. While it is
+//!   down, new work fails at once with [`PersistentError::Connect`] and is never done later;
+//!   the backend keeps reconnecting in the background.
 //! - A refresh while the backend reconnects finds nothing to do (a quick reconnect is not an
 //!   error, for [`RefreshTask::take_error`](crate::RefreshTask::take_error) either); once it is
 //!   down, refreshes return [`PersistentError::Connect`]. Once reconnected, the next refresh
@@ -222,7 +250,8 @@
 //! A write whose commit was sent but not answered has an unknown outcome:
 //!
 //! - If the answer is lost with the connection, the backend asks the server on the new
-//!   connection whether that transaction (by its id, `txid_status`) committed. If it did, the
+//!   connection whether that transaction (by its id, `txid_status`) committed (ending the old
+//!   session first if the server still runs it, which settles it). If it did, the
 //!   write is acknowledged with what that transaction decided; if not, the write is tried
 //!   again, its conditions checked anew. So a write is never applied twice, and a retry never
 //!   puts an older value back over a newer write that another instance had acknowledged.
@@ -250,11 +279,16 @@
 //! Connections use TLS (rustls; no OpenSSL needed) as the URL's `sslmode` says, with libpq's
 //! meanings: `disable` (plain), `prefer` (the default: TLS if the server offers it),
 //! `require` (TLS, any certificate), `verify-ca` (the certificate chain must lead to a trusted
-//! root) and `verify-full` (and the certificate must name the host connected to). The trusted
-//! roots are those of the PEM file `sslrootcert`, else the system's; as with libpq, a
-//! `sslrootcert` makes `prefer` and `require` check the chain too. A certificate that fails a
-//! check is a [`PersistentError::Connect`] that names the host and the check; an unknown
-//! `sslmode` or an unreadable `sslrootcert` is a [`PersistentError::Config`].
+//! root) and `verify-full` (and the certificate must name the host connected to). `allow` is
+//! accepted and means `prefer` here (libpq tries without TLS first; tokio-postgres cannot).
+//! The trusted roots are those of the PEM file `sslrootcert`, else **the system's store**
+//! (`/etc/ssl/certs` on Debian), not libpq's `~/.postgresql/root.crt`: a certificate the
+//! system trusts passes `verify-full` without `sslrootcert`, as a Debian host's own
+//! self-signed "snakeoil" certificate does for `localhost` on that host. Name the server's CA
+//! with `sslrootcert` to trust it alone. As with libpq, a `sslrootcert` makes `prefer` and
+//! `require` check the chain too. A certificate that fails a check is a
+//! [`PersistentError::Connect`] that names the host and the check; an unknown `sslmode` or an
+//! unreadable `sslrootcert` is a [`PersistentError::Config`].
 //!
 //! ```no_run
 //! # #[tokio::main]
@@ -266,21 +300,79 @@
 //! # }
 //! ```
 //!
+//! # Operating it
+//!
+//! What the backend needs and leaves on a server, for the people who run it:
+//!
+//! - **Privileges.** `CONNECT` on the database. On first use, `CREATE` on the schema the
+//!   tables go to: the first open of a table creates it, and the first open on a database the
+//!   crate's own three tables. A role without `CREATE` can use tables made for it beforehand
+//!   (by an open under a role that has it, or by hand with the definitions below), with
+//!   `SELECT, INSERT, UPDATE, DELETE` on them and on the crate's three tables; giving a table
+//!   the column `expires_at` (its first write with a time to live) takes its ownership, so add
+//!   the column and its index beforehand for such a role (see "Expiry"). Ending a stuck
+//!   session of its own (`pg_terminate_backend`) and the session settings need nothing more;
+//!   `LISTEN`, `NOTIFY` and advisory locks need no privilege.
+//! - **Schema.** Names are not schema-qualified: tables are created in, and looked up on, the
+//!   role's `search_path` (by default `"$user", public`: the schema named after the role if
+//!   there is one, else `public`). To choose, set it in the URL, the same for every instance:
+//!   `postgres://app@db/app?options=-c%20search_path%3Dmaps`.
+//! - **Objects created.** Per map: its table (`key TEXT PRIMARY KEY, value JSONB NOT NULL`,
+//!   plus `expires_at BIGINT` and the partial index `persistent_map_expiry_<table>` once it
+//!   stores a time to live). Per database: `persistent_map_revisions (table_name TEXT PRIMARY
+//!   KEY, rev BIGINT, pruned BIGINT)`, `persistent_map_log (table_name TEXT, rev BIGINT, key
+//!   TEXT, origin BIGINT)` with the index `persistent_map_log_by_table (table_name, rev)`, and
+//!   `persistent_map_tables (table_name TEXT PRIMARY KEY, key_layout TEXT)`. Nothing else
+//!   persists: each connection `LISTEN`s on a channel per table (named like it), sets its
+//!   session limits (see "Faults"), and takes transaction-scoped advisory locks in three
+//!   classes, 28781 to 28783 by default (0x706d to 0x706f, `"pm"`): move them with
+//!   [`PostgresBuilder::advisory_lock_classes`] if the application takes two-key advisory
+//!   locks in those classes, the same in every instance.
+//! - **The log's growth.** Every commit adds a row to `persistent_map_log` per key it wrote
+//!   (one for a clear or more than 65,536 keys). Each table keeps the rows of its newest
+//!   16,384 revisions: every 256th commit of an instance deletes up to 10,000 older rows of
+//!   each table it writes. So a table whose commits carry k keys on average settles near
+//!   16,384 x k log rows (12 keys per commit: about 197,000 rows), whatever its write rate;
+//!   autovacuum reclaims what was deleted.
+//! - **Dropping a map for good.** [`PostgresBuilder::drop_table`] drops its table (and index)
+//!   and deletes its rows in the crate's three tables, in one transaction; by hand:
+//!   `DROP TABLE sessions; DELETE FROM persistent_map_log WHERE table_name = 'sessions';`
+//!   and likewise in `persistent_map_revisions` and `persistent_map_tables`. Stop the
+//!   instances using it first.
+//! - **Connection poolers.** Connect directly, or through a pooler in session mode: each
+//!   process holds one long-lived connection that `LISTEN`s, sets session parameters and
+//!   keeps prepared statements. In PgBouncer's transaction (or statement) mode notifications
+//!   are lost (other instances' writes are then picked up only by a refresh made for another
+//!   reason), the session settings leak to other clients, and (before PgBouncer 1.21)
+//!   prepared statements break. The backend needs no pool: one connection per process
+//!   carries all its maps.
+//!
 //! # Logging
 //!
 //! The backend reports through [`tracing`](https://docs.rs/tracing) (with no subscriber
-//! installed, that costs next to nothing), every event with the field `table`: at `debug` each
-//! commit (`requests`, `rows`, `cleared`, `conflicts`, `elapsed`), each load (`rows`,
-//! `elapsed`; `keys` for a load of some keys) and each read of the change log (`since`, `rev`,
-//! `keys`, the `rows` of values read with them, `elapsed`); at `info` connects and reconnects,
-//! and a table gaining the column `expires_at`; at `warn` slow commits (over a second),
-//! retries, lost connections, operation timeouts and forced reloads. The example `tracing`
-//! shows them with a subscriber.
+//! installed, that costs next to nothing). Events about a table's work carry the field
+//! `table`: at `debug` each commit (`requests`, `rows`, `cleared`, `conflicts`, `elapsed`),
+//! each load (`rows`, `elapsed`; `keys` for a load of some keys) and each read of the change
+//! log (`since`, `rev`, `keys`, the `rows` of values read with them, `elapsed`); at `info` a
+//! backend connecting, a table gaining the column `expires_at`, and a commit whose answer was
+//! lost found committed (`txid`); at `warn` slow commits (over a second), retries, a commit
+//! whose answer was lost found not committed (it is tried again), operation timeouts and
+//! forced reloads.
+//!
+//! Events about the connection are one per connection, whatever the number of tables on it,
+//! with the fields `host` and `tables` (the tables it serves, comma-separated): every change
+//! of [`health`](PostgresBackend::health), with its `reason`, at `warn` (stalled, lost and
+//! reconnecting, down) or `info` (answering or reconnected again); each failed reconnect
+//! attempt at `warn`; and whether the server session of a connection that stopped answering
+//! was ended, at `info` (`pid`), or could not be (`warn`). The example `logging` shows them
+//! with a subscriber.
 
+mod admin;
 mod commit;
 mod connect;
 mod decode;
 mod expiry;
+mod link;
 mod log;
 mod notify;
 mod registry;
@@ -357,8 +449,6 @@ struct Shared {
     session: Arc<SessionHandle>,
     /// This backend's table, news and counts, as the session knows them.
     attached: Arc<Attached>,
-    /// How long a lost connection counts as reconnecting rather than down.
-    reconnect_timeout: Duration,
     /// The server and the database (`postgres://host:port/database`), as errors name them.
     database: String,
     /// The server, database and table, for [`StorageBackend::storage_id`].
@@ -456,6 +546,7 @@ impl PostgresBackend {
             layout: "",
             reconcile_every: None,
             instance: None,
+            lock_class: connect::DEFAULT_LOCK_CLASS,
         }
     }
 
@@ -514,15 +605,18 @@ impl PostgresBackend {
         PostgresStats {
             commits: counters.commits.load(Ordering::Relaxed),
             writes: counters.writes.load(Ordering::Relaxed),
+            conflicts: counters.conflicts.load(Ordering::Relaxed),
             reconnects: counters.reconnects.load(Ordering::Relaxed),
             rows_read: counters.rows_read.load(Ordering::Relaxed),
         }
     }
 
-    /// Whether the backend is connected now, reconnecting, or down (disconnected for longer
-    /// than the reconnect timeout): for health checks and alerts. While it reconnects, work
-    /// waits for the connection; once it is down, work fails with
-    /// [`PersistentError::Connect`] (and the backend keeps trying to reconnect).
+    /// What work sent now would meet: for health checks and alerts (see [`Health`]). While the
+    /// connection is stalled or reconnecting, work waits; once it is down (the server stopped
+    /// answering for the operation timeout, or the connection has been gone for the reconnect
+    /// timeout), new work fails at once with [`PersistentError::Connect`] and is never done
+    /// later, while the backend keeps trying to reconnect in the background. Every change of
+    /// health is logged once per connection (see "Logging" in the [module docs](self)).
     ///
     /// ```no_run
     /// use persistent_map::postgres::{Health, PostgresBackend};
@@ -532,6 +626,7 @@ impl PostgresBackend {
     /// let backend = PostgresBackend::connect("postgres://postgres@127.0.0.1:5432/test").await?;
     /// match backend.health() {
     ///     Health::Connected => {}
+    ///     Health::Stalled { since, reason, .. } => eprintln!("stalled for {since:?}: {reason}"),
     ///     Health::Reconnecting { since, reason, .. } => eprintln!("reconnecting for {since:?}: {reason}"),
     ///     Health::Down { since, reason, .. } => eprintln!("down for {since:?}: {reason}"),
     ///     _ => {}
@@ -540,13 +635,7 @@ impl PostgresBackend {
     /// # }
     /// ```
     pub fn health(&self) -> Health {
-        match self.shared.attached.changes.disconnected() {
-            None => Health::Connected,
-            Some((reason, since)) if since < self.shared.reconnect_timeout => {
-                Health::Reconnecting { since, reason }
-            }
-            Some((reason, since)) => Health::Down { since, reason },
-        }
+        self.shared.session.link.health()
     }
 
     /// Commits `write`, to this backend's table alone.
@@ -603,11 +692,12 @@ impl PostgresBackend {
         })
     }
 
+    /// Sends `command` to the session, unless the connection is down: then the work fails at
+    /// once (and is never done later).
     fn send(&self, command: Command) -> Result<()> {
-        self.shared
-            .session
-            .send(command)
-            .map_err(|()| self.stopped())
+        let session = &self.shared.session;
+        session.refuse_if_down(&self.shared.attached.target)?;
+        session.send(command).map_err(|()| self.stopped())
     }
 
     /// This backend, as the session's commands name it.
@@ -677,11 +767,16 @@ impl fmt::Debug for PostgresBackend {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct PostgresStats {
-    /// Transactions committed that carried this backend's writes (a transaction of the shared
-    /// connection may carry other backends' too).
+    /// Transactions committed that carried at least one of this backend's acknowledged writes
+    /// (a transaction of the shared connection may carry other backends' too).
     pub commits: u64,
-    /// Write requests (a single insert or remove, or one batch) committed and acknowledged.
+    /// Write requests (a single insert or remove, one batch, one attempt of a
+    /// read-modify-write whose condition held) committed and acknowledged.
     pub writes: u64,
+    /// Attempts of read-modify-writes (and conditional writes) that wrote nothing because their
+    /// condition no longer held when checked under the key's lock: `update` then runs its
+    /// closure again. `conflicts / writes` is how often a write was computed from a stale value.
+    pub conflicts: u64,
     /// Connections lost and re-established.
     pub reconnects: u64,
     /// Rows read to load the table or to re-read the keys others changed: what catching up
@@ -702,38 +797,54 @@ pub struct PostgresStats {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Health {
-    /// The connection is up and listening for the other instances' announcements.
+    /// The connection is up and listening for the other instances' announcements, and the
+    /// work in flight (if any) has been sent less than half the operation timeout ago.
     Connected,
+    /// The connection is up, but the work in flight has had no answer for `since`, at least
+    /// half the operation timeout: new work waits behind it. If no answer comes within the
+    /// operation timeout, that work fails and the backend is [down](Health::Down).
+    Stalled {
+        /// How long the work in flight has waited for an answer.
+        since: Duration,
+        /// What is waiting.
+        reason: String,
+    },
     /// The connection was lost `since` ago, less than the reconnect timeout: the backend is
-    /// reconnecting, and work waits for it.
+    /// reconnecting, and work waits for it, until the reconnect timeout after the loss.
     Reconnecting {
         /// How long the connection has been gone.
         since: Duration,
         /// Why it was lost, or why the last attempt to reconnect failed.
         reason: String,
     },
-    /// The connection has been gone for longer than the reconnect timeout: work fails with
-    /// [`PersistentError::Connect`] until a reconnect attempt (made in the background, with
-    /// pauses of up to a second) succeeds.
+    /// The connection has been gone for longer than the reconnect timeout, or the server
+    /// stopped answering (work got no answer within the operation timeout): new work fails at
+    /// once with [`PersistentError::Connect`] until a reconnect attempt (made in the
+    /// background, with pauses of up to a second) succeeds.
     Down {
         /// How long the connection has been gone.
         since: Duration,
-        /// Why it was lost.
+        /// Why it was lost, or why the last attempt to reconnect failed.
         reason: String,
     },
 }
 
 impl Health {
-    /// Whether the connection is up.
+    /// Whether the connection is up and answering ([`Health::Connected`]).
     ///
     /// ```
-    /// assert!(persistent_map::postgres::Health::Connected.is_connected());
+    /// use persistent_map::postgres::Health;
+    /// use std::time::Duration;
+    ///
+    /// assert!(Health::Connected.is_connected());
+    /// let stalled = Health::Stalled { since: Duration::from_secs(6), reason: "no answer".into() };
+    /// assert!(!stalled.is_connected() && !stalled.is_down());
     /// ```
     pub fn is_connected(&self) -> bool {
         matches!(self, Health::Connected)
     }
 
-    /// Whether the connection has been gone for longer than the reconnect timeout.
+    /// Whether the backend is down: new work fails at once.
     ///
     /// ```
     /// use persistent_map::postgres::Health;
@@ -757,6 +868,7 @@ pub struct PostgresBuilder {
     layout: &'static str,
     reconcile_every: Option<Duration>,
     instance: Option<String>,
+    lock_class: i32,
 }
 
 impl fmt::Debug for PostgresBuilder {
@@ -770,6 +882,7 @@ impl fmt::Debug for PostgresBuilder {
             .field("layout", &self.layout)
             .field("reconcile_every", &self.reconcile_every)
             .field("instance", &self.instance)
+            .field("lock_class", &self.lock_class)
             .finish_non_exhaustive()
     }
 }
@@ -925,14 +1038,21 @@ impl PostgresBuilder {
     /// dropped and re-established in the background.
     ///
     /// It also sets the server-side limits of each session, unless the connection string's
-    /// `options` set them: `lock_timeout` to a quarter of it (a row locked by another program
-    /// fails the write of that key, and the other writes of its group are then committed
-    /// without it) and `statement_timeout` to 90% of it (so a load of a table that takes longer
-    /// to read than that fails: raise this timeout for such tables), and the TCP user timeout
-    /// to all of it.
+    /// `options` set them (`options=-c idle_in_transaction_session_timeout=0`, say):
+    /// `lock_timeout` to a quarter of it (a write that waits that long for a key's lock
+    /// fails), `statement_timeout` to 90% of it (so a load of a table that takes longer to
+    /// read than that fails: raise this timeout for such tables),
+    /// `idle_in_transaction_session_timeout` to half of it (the server ends a session of this
+    /// instance that stopped talking in the middle of a transaction, freeing its locks), and
+    /// TCP keepalives on both ends (a probe after this long of silence, then every quarter of
+    /// it, three unanswered: gone) unless the URL sets `keepalives_idle`; and the client's TCP
+    /// user timeout to all of it. Work unanswered for half of it makes
+    /// [`health`](PostgresBackend::health) report [`Health::Stalled`].
     ///
     /// A commit that got no answer may have committed or not: the error says which, if it
-    /// knows, or that the outcome is unknown. See the [module docs](self#faults).
+    /// knows, or that the outcome is unknown. Its server session is then ended from a new
+    /// connection (`pg_terminate_backend`), so that its locks are freed at once. See the
+    /// [module docs](self#faults).
     ///
     /// ```no_run
     /// # #[tokio::main]
@@ -948,6 +1068,68 @@ impl PostgresBuilder {
     pub fn operation_timeout(mut self, timeout: Duration) -> Self {
         self.operation_timeout = timeout.max(Duration::from_millis(1));
         self
+    }
+
+    /// The classes of the crate's advisory locks: `first` (taken while a table is created),
+    /// `first + 1` (a table's lock) and `first + 2` (a key's lock), the first key of
+    /// PostgreSQL's two-key advisory locks (`pg_advisory_xact_lock(class, id)`). The default,
+    /// 28781 (0x706d, `"pm"`), takes 28781 to 28783; pick another if the application takes
+    /// two-key advisory locks of its own in those classes, which would otherwise wait for the
+    /// crate's (and the crate's for them).
+    ///
+    /// Every instance writing the same tables must use the same classes: instances with
+    /// different ones do not see each other's locks, and their read-modify-writes are then not
+    /// atomic against each other. Backends with other classes get connections of their own.
+    ///
+    /// ```no_run
+    /// # #[tokio::main]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let backend = persistent_map::postgres::PostgresBackend::builder("postgres://postgres@127.0.0.1/test")
+    ///     .advisory_lock_classes(0x4d50) // 19792, 19793, 19794
+    ///     .connect()
+    ///     .await?;
+    /// # let _ = backend;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn advisory_lock_classes(mut self, first: i32) -> Self {
+        self.lock_class = first;
+        self
+    }
+
+    /// Drops the table of this builder and forgets it in the crate's own tables (its rows in
+    /// `persistent_map_log`, `persistent_map_revisions` and `persistent_map_tables`), in one
+    /// transaction that first waits for the table's commits in flight (it takes the table's
+    /// advisory lock exclusively), then announces a reload on the table's channel. Returns
+    /// whether the table existed. Stop the instances that use the table first: their next
+    /// write to it fails. A table created anew under the name starts empty, with no history.
+    ///
+    /// Uses a connection of its own, with this builder's connection string, timeouts and
+    /// [advisory lock classes](Self::advisory_lock_classes).
+    ///
+    /// ```no_run
+    /// use persistent_map::postgres::PostgresBackend;
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> persistent_map::Result<()> {
+    /// let url = "postgres://postgres@127.0.0.1:5432/test";
+    /// let existed = PostgresBackend::builder(url).table("old_sessions").drop_table().await?;
+    /// println!("dropped: {existed}");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn drop_table(self) -> Result<bool> {
+        connect::validate_table(&self.table)?;
+        let endpoint = self.endpoint()?;
+        admin::drop_table(&endpoint, &self.table).await
+    }
+
+    /// How to connect, as this builder says.
+    fn endpoint(&self) -> Result<connect::Endpoint> {
+        let mut endpoint =
+            connect::parse_config(&self.url, self.connect_timeout, self.operation_timeout)?;
+        endpoint.lock_classes = connect::LockClasses::starting_at(self.lock_class);
+        Ok(endpoint)
     }
 
     /// Connects (or joins the process's connection to that server, see
@@ -976,8 +1158,7 @@ impl PostgresBuilder {
     /// ```
     pub async fn connect(self) -> Result<PostgresBackend> {
         connect::validate_table(&self.table)?;
-        let endpoint =
-            connect::parse_config(&self.url, self.connect_timeout, self.operation_timeout)?;
+        let endpoint = self.endpoint()?;
         let database = endpoint
             .config
             .get_dbname()
@@ -1006,6 +1187,7 @@ impl PostgresBuilder {
         let (done, attaching) = oneshot::channel();
         let table = Arc::clone(&attached);
         let stopped = || PersistentError::Backend("the PostgreSQL session has stopped".into());
+        session.refuse_if_down(&attached.target)?;
         session
             .send(Command::Attach { table, done })
             .map_err(|()| stopped())?;
@@ -1014,7 +1196,6 @@ impl PostgresBuilder {
             shared: Arc::new(Shared {
                 session,
                 attached,
-                reconnect_timeout: self.reconnect_timeout,
                 database,
                 storage_id,
                 created: Instant::now(),
@@ -1125,6 +1306,16 @@ where
         Some(self.target())
     }
 
+    /// Writes go to the session's queue as their futures are first polled, and it commits
+    /// them in queue order: a group's requests are decided in order, each seeing those before
+    /// it, and a request left to wait for a row locked elsewhere holds back the later ones of
+    /// its keys. So the next update of a hot key is handed over before the previous one
+    /// commits, and an instance's concurrent updates of one key share one transaction and one
+    /// lock acquisition.
+    fn pipelines_writes(&self) -> bool {
+        true
+    }
+
     /// The server, the database and the table: maps of one process on the same table share
     /// their entries.
     fn storage_id(&self) -> Option<String> {
@@ -1164,14 +1355,15 @@ where
         let Some(since) = since else {
             return Ok((ExternalChanges::Unknown, None));
         };
-        if let Some((reason, down_for)) = self.shared.attached.changes.disconnected() {
-            if down_for < self.shared.reconnect_timeout {
-                return Ok((ExternalChanges::None, Some(since)));
+        match self.health() {
+            Health::Reconnecting { .. } => return Ok((ExternalChanges::None, Some(since))),
+            Health::Down { since, reason } => {
+                return Err(self.shared.attached.target.connect_error(format!(
+                    "the connection was lost {since:?} ago ({reason}) and is not back; still \
+                     reconnecting, the map will catch up from the change log then"
+                )))
             }
-            return Err(self.shared.attached.target.connect_error(format!(
-                "the connection was lost {down_for:?} ago ({reason}) and is not back; still \
-                 reconnecting, the map will catch up from the change log then"
-            )));
+            Health::Connected | Health::Stalled { .. } => {}
         }
         let position = Position::from_change_position(since);
         let epoch = self.shared.attached.changes.epoch();

@@ -25,7 +25,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -50,10 +49,6 @@ struct Heard {
     /// unlogged change, a commit whose outcome is unknown. A map's position records the epoch
     /// it was taken in, so a refresh that is dropped before it reloads reloads next time.
     epoch: u32,
-    /// The connection that is current; a lost connection only counts if it is this one.
-    generation: u64,
-    /// Why the current connection is gone and since when, while it is.
-    lost: Option<(String, Instant)>,
 }
 
 impl Changes {
@@ -63,33 +58,6 @@ impl Changes {
             self.reload_later();
         }
         self.signal.notify_one();
-    }
-
-    /// Connection `generation` is up and listening. What was committed while no connection
-    /// listened is in the log, so the map is only woken to read it.
-    pub(super) fn connected(&self, generation: u64) {
-        let mut heard = self.lock();
-        heard.generation = generation;
-        heard.lost = None;
-        drop(heard);
-        self.signal.notify_one();
-    }
-
-    /// Connection `generation` is gone; ignored if a newer one is already up.
-    pub(super) fn lost(&self, generation: u64, reason: String) {
-        let mut heard = self.lock();
-        if heard.generation == generation && heard.lost.is_none() {
-            heard.lost = Some((reason, Instant::now()));
-            drop(heard);
-            self.signal.notify_one();
-        }
-    }
-
-    /// Why the connection is down and for how long, while it is.
-    pub(super) fn disconnected(&self) -> Option<(String, Duration)> {
-        let heard = self.lock();
-        let (reason, since) = heard.lost.as_ref()?;
-        Some((reason.clone(), since.elapsed()))
     }
 
     /// Makes every map on the table reload at its next refresh (see [`Heard::epoch`]).
@@ -155,12 +123,10 @@ impl Listeners {
         });
     }
 
-    pub(super) fn connected(&self, generation: u64) {
-        self.each(|changes| changes.connected(generation));
-    }
-
-    pub(super) fn lost(&self, generation: u64, reason: &str) {
-        self.each(|changes| changes.lost(generation, reason.to_owned()));
+    /// The connection was lost or re-established: every map is woken, to read what it missed
+    /// from the log once it is back (the connection's state is the session's `Link`).
+    pub(super) fn connection_changed(&self) {
+        self.each(Changes::wake);
     }
 
     /// A commit's outcome is unknown: every map on `channel` reloads at its next refresh.
@@ -235,9 +201,11 @@ mod tests {
         listeners.heard("t", "reload");
         assert_ne!(a.epoch(), 0);
         assert_eq!(b.epoch(), 0);
-        listeners.connected(1);
-        listeners.lost(1, "gone");
-        assert!(a.disconnected().is_some() && b.disconnected().is_some());
+        let woken = |changes: &Changes| {
+            futures_util::FutureExt::now_or_never(changes.signalled()).is_some()
+        };
+        listeners.connection_changed();
+        assert!(woken(&a) && woken(&b));
         drop(b);
         listeners.add("t", &a);
         assert_eq!(
@@ -245,19 +213,5 @@ mod tests {
             1,
             "a backend that is gone is forgotten"
         );
-    }
-
-    #[test]
-    fn a_lost_connection_is_reported_until_the_next_one_is_up() {
-        let changes = Changes::default();
-        changes.connected(1);
-        changes.lost(1, "gone".to_owned());
-        assert_eq!(
-            changes.disconnected().map(|(reason, _)| reason).as_deref(),
-            Some("gone")
-        );
-        changes.connected(2);
-        changes.lost(1, "late news of the old connection".to_owned());
-        assert_eq!(changes.disconnected(), None);
     }
 }

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::instrument::WithSubscriber;
 
 use super::connect::{Endpoint, Target};
+use super::link::Link;
 use super::session::{Command, Session, Timeouts};
 use crate::{PersistentError, Result};
 
@@ -21,12 +22,23 @@ use crate::{PersistentError, Result};
 #[derive(Debug)]
 pub(super) struct SessionHandle {
     commands: mpsc::UnboundedSender<Command>,
+    /// The state of the session's connection.
+    pub(super) link: Arc<Link>,
 }
 
 impl SessionHandle {
     /// Sends `command`; `Err(())` if the session is gone.
     pub(super) fn send(&self, command: Command) -> std::result::Result<(), ()> {
         self.commands.send(command).map_err(drop)
+    }
+
+    /// Fails new work at once, as a [`PersistentError::Connect`] about `target`, while the
+    /// connection is down.
+    pub(super) fn refuse_if_down(&self, target: &Target) -> Result<()> {
+        match self.link.refusal() {
+            Some(reason) => Err(target.connect_error(reason)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -45,14 +57,16 @@ pub(super) async fn session(
     target: &Target,
 ) -> Result<Arc<SessionHandle>> {
     let slot = slot(format!(
-        "{url}\u{0}{timeouts:?}\u{0}{:?}",
-        endpoint.connect_timeout
+        "{url}\u{0}{timeouts:?}\u{0}{:?}\u{0}{:?}",
+        endpoint.connect_timeout, endpoint.lock_classes
     ));
     let mut slot = slot.lock().await;
     if let Some(session) = slot.upgrade() {
         return Ok(session);
     }
     let runtime = runtime()?;
+    let link = Arc::new(Link::new(endpoint.host.clone(), timeouts));
+    let session_link = Arc::clone(&link);
     let (connected, connecting) = oneshot::channel();
     let target = Target {
         host: target.host.clone(),
@@ -61,7 +75,7 @@ pub(super) async fn session(
     // Whoever opened the first backend sees the session's events with their subscriber.
     runtime.spawn(
         async move {
-            let session = match Session::connect(endpoint, timeouts, &target).await {
+            let session = match Session::connect(endpoint, timeouts, &target, session_link).await {
                 Ok(session) => session,
                 Err(error) => {
                     let _ = connected.send(Err(error));
@@ -77,7 +91,7 @@ pub(super) async fn session(
     let commands = connecting.await.map_err(|_| {
         PersistentError::Backend("the PostgreSQL session task stopped while connecting".into())
     })??;
-    let session = Arc::new(SessionHandle { commands });
+    let session = Arc::new(SessionHandle { commands, link });
     *slot = Arc::downgrade(&session);
     Ok(session)
 }

@@ -19,7 +19,7 @@
 //! next refresh). Meanwhile the task keeps reconnecting on its own, so an idle instance hears
 //! the fleet again soon; the maps then catch up from the change log.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -31,11 +31,13 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Statement;
 
-use super::commit::{self, Committed, Decided, Plan, Request, Step};
+use super::commit::{self, Begun, Committed, Decided, Plan, Request, Step};
 use super::connect::{
-    self, describe_error, Endpoint, Live, OpenFailure, TableSql, TableStatements, Target,
+    self, describe_error, Endpoint, Live, OpenFailure, ServerSession, TableSql, TableStatements,
+    Target,
 };
 use super::expiry;
+use super::link::Link;
 use super::log::{self, LogRead};
 use super::notify::{self, Changes, Listeners};
 use crate::{PersistentError, Result};
@@ -190,6 +192,7 @@ pub(super) enum Scanned {
 pub(super) struct Counters {
     pub(super) commits: AtomicU64,
     pub(super) writes: AtomicU64,
+    pub(super) conflicts: AtomicU64,
     pub(super) reconnects: AtomicU64,
     pub(super) rows_read: AtomicU64,
 }
@@ -211,17 +214,19 @@ type WriteRequest = (Vec<Part>, oneshot::Sender<Result<Outcome>>);
 const GROUP_WAIT: Duration = Duration::from_micros(200);
 
 /// Adds what is queued to `group`, then, while the group is smaller than `expected`, lets the
-/// writers just acknowledged send again and takes what they send, for at most [`GROUP_WAIT`].
-/// Tokio's timers count milliseconds, too coarse for this wait, so it yields instead of
-/// sleeping. Stops at a command that is not a write (kept in `next`).
+/// writers just answered send again and takes what they send, for at most `window`
+/// ([`GROUP_WAIT`], or [`HOLD_WAIT`] while a transaction is held open for them). Tokio's timers
+/// count milliseconds, too coarse for this wait, so it yields instead of sleeping. Stops at a
+/// command that is not a write (kept in `next`).
 async fn gather(
     commands: &mut mpsc::UnboundedReceiver<Command>,
     group: &mut Vec<WriteRequest>,
     next: &mut Option<Command>,
     expected: usize,
+    window: Duration,
 ) {
     take_queued(commands, group, next);
-    let deadline = Instant::now() + GROUP_WAIT;
+    let deadline = Instant::now() + window;
     while group.len() < expected.min(MAX_GROUP_REQUESTS) && next.is_none() {
         if Instant::now() >= deadline {
             return;
@@ -245,6 +250,15 @@ fn take_queued(
         }
     }
 }
+
+/// How long a transaction left open after conflicts (see [`Session::held`]) waits for the
+/// requests computed again: a few of the maps' turns (settling the conflict, running the
+/// closure again, sending) for each request, well under a commit.
+const HOLD_WAIT: Duration = Duration::from_millis(1);
+
+/// How often requests that wait for rows locked by other sessions are tried again when no other
+/// write comes to carry them.
+const ROW_LOCK_RETRY: Duration = Duration::from_millis(20);
 
 /// Write requests merged into one transaction at most.
 const MAX_GROUP_REQUESTS: usize = 4096;
@@ -284,6 +298,8 @@ enum Failed {
 pub(super) struct Session {
     endpoint: Endpoint,
     listeners: Arc<Listeners>,
+    /// The connection's state, as the backends report it and refuse work by it.
+    link: Arc<Link>,
     /// The backends whose tables the connection serves, kept across reconnections.
     attached: Vec<Weak<Attached>>,
     timeouts: Timeouts,
@@ -295,6 +311,18 @@ pub(super) struct Session {
     last_failure: String,
     /// Transactions committed, to prune the change log every so often.
     commits: u64,
+    /// Requests left out of a commit because a row they write is locked by another session
+    /// (see `commit::waiting_requests`), in the order they came, with since when they wait:
+    /// they go first in the next group, until they have waited a quarter of the operation
+    /// timeout (as long as `lock_timeout` would have let them).
+    waiting: Vec<(WriteRequest, Instant)>,
+    /// The rows (table and key) last found locked by other sessions, each logged once.
+    locked_rows: HashSet<(String, String)>,
+    /// The transaction the last commit left open (see [`Committed::Held`]): every request it
+    /// decided conflicted with what another instance committed, and was answered; their maps
+    /// compute them again from what is stored and send them within [`HOLD_WAIT`], to be
+    /// committed in it. Rolled back if they do not come, or before any other work.
+    held: Option<Box<Begun>>,
 }
 
 impl Session {
@@ -304,16 +332,18 @@ impl Session {
         endpoint: Endpoint,
         timeouts: Timeouts,
         target: &Target,
+        link: Arc<Link>,
     ) -> Result<Self> {
         let generation = 1;
         let listeners = Arc::new(Listeners::default());
         let timeout = endpoint.connect_timeout;
-        let live = connect::open(&endpoint, &[], &listeners, generation, timeout)
+        let live = connect::open(&endpoint, &[], &listeners, &link, generation, timeout)
             .await
             .map_err(|failure| failure.into_error(target))?;
         Ok(Self {
             endpoint,
             listeners,
+            link,
             attached: Vec::new(),
             timeouts,
             live: Some(live),
@@ -321,6 +351,9 @@ impl Session {
             backoff: FIRST_BACKOFF,
             last_failure: String::new(),
             commits: 0,
+            waiting: Vec::new(),
+            locked_rows: HashSet::new(),
+            held: None,
         })
     }
 
@@ -339,28 +372,146 @@ impl Session {
         loop {
             if group.is_empty() {
                 let command = match next.take() {
-                    Some(command) => command,
-                    None => match self.next_command(&mut commands).await {
+                    Some(command) => Some(command),
+                    None => match self.next_work(&mut commands).await {
                         Some(command) => command,
                         None => return,
                     },
                 };
                 match command {
-                    Command::Write { parts, done } => group.push((parts, done)),
-                    other => {
+                    Some(Command::Write { parts, done }) => group.push((parts, done)),
+                    Some(other) => {
+                        self.release_held().await;
                         self.serve(other).await;
                         continue;
                     }
+                    None => {}
                 }
             }
-            gather(&mut commands, &mut group, &mut next, expected).await;
+            let mut waited = self.take_waiting(&mut group);
+            if group.is_empty() {
+                continue;
+            }
+            let window = match self.held {
+                Some(_) => HOLD_WAIT,
+                None => GROUP_WAIT,
+            };
+            gather(&mut commands, &mut group, &mut next, expected, window).await;
+            waited.resize(group.len(), None);
             let committed = std::mem::take(&mut group);
             let results = self.commit_group(&committed).await;
             take_queued(&mut commands, &mut group, &mut next);
             expected = committed.len() + group.len();
-            for ((_, done), result) in committed.into_iter().zip(results) {
-                let _ = done.send(result);
+            let settled = committed.into_iter().zip(waited).zip(results);
+            for ((request, waited), result) in settled {
+                match result {
+                    Some(result) => {
+                        let _ = request.1.send(result);
+                    }
+                    None => self
+                        .waiting
+                        .push((request, waited.unwrap_or_else(Instant::now))),
+                }
             }
+            if self.waiting.is_empty() {
+                self.forget_locked_rows();
+            }
+        }
+    }
+
+    /// Waits for the next command: `Some(None)` if none came in time for the work that cannot
+    /// wait long (a held transaction, which is then rolled back; requests waiting for locked
+    /// rows, to try again); `None` once every sender is dropped.
+    async fn next_work(
+        &mut self,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+    ) -> Option<Option<Command>> {
+        let wait = match (&self.held, self.waiting.is_empty()) {
+            (Some(_), _) => HOLD_WAIT,
+            (None, false) => ROW_LOCK_RETRY,
+            (None, true) => return self.next_command(commands).await.map(Some),
+        };
+        match tokio::time::timeout(wait, self.next_command(commands)).await {
+            Ok(command) => command.map(Some),
+            Err(_elapsed) => {
+                self.release_held().await;
+                Some(None)
+            }
+        }
+    }
+
+    /// Puts the requests that wait for rows locked by other sessions at the head of `group`
+    /// (they came first), failing those that have waited long enough; returns, for the head of
+    /// the group, since when each has waited.
+    fn take_waiting(&mut self, group: &mut Vec<WriteRequest>) -> Vec<Option<Instant>> {
+        let patience = self.timeouts.operation / 4;
+        let mut still = Vec::with_capacity(self.waiting.len());
+        let mut since = Vec::with_capacity(self.waiting.len());
+        for (request, waited) in std::mem::take(&mut self.waiting) {
+            if waited.elapsed() < patience {
+                still.push(request);
+                since.push(Some(waited));
+                continue;
+            }
+            let error = self.row_locked_error(&request.0, waited.elapsed());
+            let _ = request.1.send(Err(error));
+        }
+        group.splice(0..0, still);
+        since
+    }
+
+    /// The error of a request that waited `waited` for rows another session kept locked,
+    /// naming them (or, for a request that waited behind another write of its keys, its keys).
+    fn row_locked_error(&self, parts: &[Part], waited: Duration) -> PersistentError {
+        let keys: Vec<(&str, &str)> = parts
+            .iter()
+            .flat_map(|(table, write)| {
+                let checked = write.conditions.iter().map(|(key, _)| key.as_str());
+                let written = write.ops.iter().filter_map(RawOp::key);
+                checked
+                    .chain(written)
+                    .map(|key| (table.sql.name.as_str(), key))
+            })
+            .collect();
+        let locked: Vec<&(&str, &str)> = keys
+            .iter()
+            .filter(|(table, key)| {
+                self.locked_rows
+                    .contains(&((*table).to_owned(), (*key).to_owned()))
+            })
+            .collect();
+        let (table, key) = locked
+            .first()
+            .copied()
+            .or(keys.first())
+            .copied()
+            .unwrap_or_default();
+        tracing::warn!(table = %table, key = %key, waited = ?waited, "a row stayed locked by another session; its write fails");
+        PersistentError::Backend(
+            format!(
+                "PostgreSQL at {}, table {table:?}: the row of key {key:?} stayed locked by \
+                 another session for {waited:?} (lock timeout); the write was not committed",
+                self.endpoint.host
+            )
+            .into(),
+        )
+    }
+
+    /// Logs the rows found locked by other sessions that were not known to be.
+    fn note_locked_rows(&mut self, locked: Vec<(String, String)>) {
+        for row in locked {
+            if !self.locked_rows.contains(&row) {
+                let (table, key) = &row;
+                tracing::warn!(table = %table, key = %key, "the row of a key is locked by another session: its writes wait, the other keys' go on");
+                self.locked_rows.insert(row);
+            }
+        }
+    }
+
+    /// No request waits any more: the rows last found locked are free, or their writes failed.
+    fn forget_locked_rows(&mut self) {
+        for (table, key) in self.locked_rows.drain() {
+            tracing::info!(table = %table, key = %key, "no write waits for the row another session locked any more");
         }
     }
 
@@ -425,13 +576,23 @@ impl Session {
                 Some(live) => tokio::select! {
                     biased;
                     command = commands.recv() => return command,
-                    () = live.closed() => self.drop_connection("the connection was closed".to_owned()),
+                    () = live.closed() => self.drop_connection("the connection was closed".to_owned(), false),
                 },
                 None => tokio::select! {
                     biased;
                     command = commands.recv() => return command,
                     () = tokio::time::sleep(self.backoff) => {
-                        if !self.reconnect(self.endpoint.connect_timeout).await {
+                        // While reconnecting, an attempt ends by the time the connection counts
+                        // as down, so that work queued meanwhile waits no longer than that.
+                        let left = self
+                            .link
+                            .wait_for_connection_until()
+                            .saturating_duration_since(Instant::now());
+                        let timeout = match left.is_zero() {
+                            true => self.endpoint.connect_timeout,
+                            false => self.endpoint.connect_timeout.min(left),
+                        };
+                        if !self.reconnect(timeout).await {
                             self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
                         }
                     }
@@ -448,7 +609,6 @@ impl Session {
             Err(failed) => return Err(error_of(&table.target, failed)),
         }
         self.listeners.add(&table.sql.name, &table.changes);
-        table.changes.connected(self.generation);
         self.attached.retain(|attached| attached.strong_count() > 0);
         self.attached.push(Arc::downgrade(&table));
         let target = &table.target;
@@ -462,53 +622,66 @@ impl Session {
     }
 
     /// Commits a group of write requests in one transaction and answers each. If the shared
-    /// transaction is refused, each request is tried in a transaction of its own, so that one
-    /// bad request fails alone and the others still commit.
+    /// transaction is refused, its halves are tried apart, in order, and theirs in turn, so
+    /// that a bad request fails alone (after about twice the logarithm of the group's size in
+    /// transactions) and the others still commit.
     ///
-    /// A server that cannot be reached or does not answer fails the whole group at once: trying
-    /// the requests one by one would make each wait as long again.
-    async fn commit_group(&mut self, group: &[WriteRequest]) -> Vec<Result<Outcome>> {
+    /// A server that cannot be reached or does not answer fails the rest of the group at once:
+    /// trying the requests apart would make each wait as long again. A request whose result is
+    /// `None` was left out: it waits for a row that another session holds locked, and so does
+    /// every request after it that was not committed yet (a key's writes are committed in the
+    /// order they came).
+    async fn commit_group(&mut self, group: &[WriteRequest]) -> Vec<Option<Result<Outcome>>> {
         let requests: Vec<&[Part]> = group.iter().map(|(parts, _)| parts.as_slice()).collect();
-        match self.commit(&requests).await {
-            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
-            Err(Failed::Unavailable(reason)) => requests
-                .iter()
-                .map(|parts| Err(first_target(parts).connect_error(reason.clone())))
-                .collect(),
-            Err(Failed::Refused(error)) if group.len() == 1 => vec![Err(error)],
-            Err(Failed::Refused(error)) => {
-                tracing::warn!(
-                    table = %first_target(requests[0]).table,
-                    requests = group.len(),
-                    error = %error,
-                    "a group commit was refused; committing its requests one by one"
-                );
-                let mut results = Vec::with_capacity(group.len());
-                let mut unavailable: Option<String> = None;
-                for request in requests {
-                    let target = first_target(request);
-                    if let Some(reason) = &unavailable {
-                        results.push(Err(target.connect_error(reason.clone())));
-                        continue;
-                    }
-                    results.push(match self.commit(&[request]).await {
-                        Ok(mut outcomes) => Ok(outcomes.remove(0)),
-                        Err(Failed::Unavailable(reason)) => {
-                            let error = target.connect_error(reason.clone());
-                            unavailable = Some(reason);
-                            Err(error)
-                        }
-                        Err(Failed::Refused(error)) => Err(error),
-                    });
+        let mut results: Vec<Option<Result<Outcome>>> = Vec::with_capacity(requests.len());
+        let mut ranges = std::collections::VecDeque::new();
+        ranges.push_back(0..requests.len());
+        let (mut unavailable, mut waiting) = (None::<String>, false);
+        while let Some(range) = ranges.pop_front() {
+            let part = &requests[range.clone()];
+            if let Some(reason) = &unavailable {
+                let failed = |parts: &&[Part]| first_target(parts).connect_error(reason.clone());
+                results.extend(part.iter().map(|parts| Some(Err(failed(parts)))));
+                continue;
+            }
+            if waiting {
+                results.extend(part.iter().map(|_| None));
+                continue;
+            }
+            match self.commit(part).await {
+                Ok(outcomes) => {
+                    waiting = outcomes.iter().any(Option::is_none);
+                    results.extend(outcomes.into_iter().map(|outcome| outcome.map(Ok)));
                 }
-                results
+                Err(Failed::Unavailable(reason)) => {
+                    let failed =
+                        |parts: &&[Part]| first_target(parts).connect_error(reason.clone());
+                    results.extend(part.iter().map(|parts| Some(Err(failed(parts)))));
+                    unavailable = Some(reason);
+                }
+                Err(Failed::Refused(error)) if part.len() == 1 => results.push(Some(Err(error))),
+                Err(Failed::Refused(error)) => {
+                    tracing::warn!(
+                        table = %first_target(part[0]).table,
+                        requests = part.len(),
+                        error = %error,
+                        "a group commit was refused; committing its halves apart"
+                    );
+                    let middle = range.start + part.len() / 2;
+                    ranges.push_front(middle..range.end);
+                    ranges.push_front(range.start..middle);
+                }
             }
         }
+        results
     }
 
     /// One transaction serving `requests` (see `commit.rs`), and what it did counted and logged
     /// for each table and backend.
-    async fn commit(&mut self, requests: &[&[Part]]) -> std::result::Result<Vec<Outcome>, Failed> {
+    async fn commit(
+        &mut self,
+        requests: &[&[Part]],
+    ) -> std::result::Result<Vec<Option<Outcome>>, Failed> {
         let named: Vec<Request<'_>> = requests
             .iter()
             .map(|parts| {
@@ -527,10 +700,15 @@ impl Session {
             plan: &plan,
             prune: self.commits.is_multiple_of(log::PRUNE_EVERY_COMMITS),
             sent: None,
+            held: self.held.take(),
         };
         let start = Instant::now();
         let decided = match self.retrying(work).await? {
             Loaded::Committed(decided) => decided,
+            Loaded::Held(decided, begun) => {
+                self.held = Some(begun);
+                decided
+            }
             _ => unreachable!("a commit answers with what it decided"),
         };
         let elapsed = start.elapsed();
@@ -538,7 +716,8 @@ impl Session {
             .commits
             .is_multiple_of(notify::WAKE_WRITERS_EVERY_COMMITS);
         self.commits += 1;
-        count_commit(requests);
+        count_commit(requests, &decided.outcomes);
+        self.note_locked_rows(decided.locked);
         for (table, summary) in &decided.tables {
             let sole_writer = sole_writer(requests, table).filter(|_| !wake_writers);
             self.listeners.committed(table, sole_writer);
@@ -617,20 +796,15 @@ impl Session {
     }
 
     /// Runs `work` on the connection, reconnecting and trying again while the connection
-    /// breaks, until the reconnect timeout. An attempt the server does not finish answering
-    /// within the operation timeout is not tried again: its connection is dropped (the server
-    /// may be stuck with it) and the work fails.
+    /// breaks, until the reconnect timeout counted from the loss. An attempt the server does not
+    /// finish answering within the operation timeout is not tried again: its connection is
+    /// dropped, its server session ended from a new connection (the server may still hold its
+    /// locks), and the work fails.
     async fn retrying(&mut self, mut work: Work<'_>) -> std::result::Result<Loaded, Failed> {
-        let deadline = Instant::now() + self.timeouts.reconnect;
         let mut transient_retries = 0;
         loop {
-            self.connect_before(deadline).await?;
-            let live = self
-                .live
-                .as_mut()
-                .expect("connect_before returns Ok only with a live connection");
-            let attempt = work.attempt(live);
-            let Ok(attempted) = tokio::time::timeout(self.timeouts.operation, attempt).await else {
+            self.connect_before().await?;
+            let Some(attempted) = self.attempt(&mut work).await else {
                 return Err(self.timed_out(&work));
             };
             match attempted {
@@ -649,14 +823,11 @@ impl Session {
                     }
                 }
                 Err(Failure::BrokenMidway(error)) => {
-                    self.drop_connection(describe_error(&error));
+                    self.drop_connection(describe_error(&error), false);
                     return Err(Failed::Refused(work.target().postgres_error(error)));
                 }
                 Err(Failure::Connection(error)) => {
-                    self.drop_connection(describe_error(&error));
-                    if Instant::now() >= deadline {
-                        return Err(Failed::Unavailable(self.unreachable_reason()));
-                    }
+                    self.drop_connection(describe_error(&error), false);
                     tracing::warn!(
                         table = %work.table(),
                         commit_answer_lost = work.commit_sent(),
@@ -667,8 +838,41 @@ impl Session {
         }
     }
 
-    /// The attempt at `work` got no answer in time: drops the connection and says what that
-    /// means for the work.
+    /// One attempt at `work` on the live connection, marked in flight on the link (stalled,
+    /// and logged so, once unanswered for half the operation timeout); `None` if it had no
+    /// answer within the operation timeout.
+    async fn attempt(
+        &mut self,
+        work: &mut Work<'_>,
+    ) -> Option<std::result::Result<Loaded, Failure>> {
+        let live = self
+            .live
+            .as_mut()
+            .expect("connect_before returns Ok only with a live connection");
+        let (link, attached) = (&self.link, &self.attached);
+        let attempt = work.attempt(live);
+        tokio::pin!(attempt);
+        link.sent();
+        let stall_after = link.stall_after();
+        let answered = tokio::select! {
+            biased;
+            attempted = &mut attempt => Some(attempted),
+            () = tokio::time::sleep(stall_after) => {
+                link.log_change(|| table_names(attached));
+                let left = self.timeouts.operation.saturating_sub(stall_after);
+                tokio::time::timeout(left, &mut attempt).await.ok()
+            }
+        };
+        link.answered();
+        if answered.is_some() {
+            link.log_change(|| table_names(attached));
+        }
+        answered
+    }
+
+    /// The attempt at `work` got no answer in time: drops the connection (the link is down at
+    /// once: new work fails until a reconnection succeeds), ends its server session from a new
+    /// connection, and says what that means for the work.
     fn timed_out(&mut self, work: &Work<'_>) -> Failed {
         let timeout = self.timeouts.operation;
         let outcome_unknown = work.commit_sent();
@@ -678,9 +882,19 @@ impl Session {
             outcome_unknown,
             "no answer within the operation timeout; dropping the connection"
         );
-        self.drop_connection(format!(
-            "no answer within the operation timeout of {timeout:?}"
-        ));
+        if let Some(live) = &self.live {
+            tokio::spawn(connect::end_stuck_session(
+                self.endpoint.config.clone(),
+                self.endpoint.tls.clone(),
+                self.endpoint.connect_timeout,
+                self.endpoint.host.clone(),
+                live.server_session.clone(),
+            ));
+        }
+        self.drop_connection(
+            format!("the server did not answer within the operation timeout of {timeout:?}"),
+            true,
+        );
         if let (true, Work::Commit { plan, .. }) = (outcome_unknown, work) {
             // The maps keep their old values; a reload shows what happened. (The log cannot: a
             // commit that did happen is logged as the writing map's own.)
@@ -706,10 +920,18 @@ impl Session {
         })
     }
 
-    /// Makes sure there is a connection, trying until `deadline`.
-    async fn connect_before(&mut self, deadline: Instant) -> std::result::Result<(), Failed> {
+    /// Makes sure there is a connection, trying until the reconnect timeout after the loss;
+    /// fails at once if the link is down.
+    async fn connect_before(&mut self) -> std::result::Result<(), Failed> {
         while self.live.is_none() {
+            if let Some(refusal) = self.link.refusal() {
+                return Err(Failed::Unavailable(refusal));
+            }
+            let deadline = self.link.wait_for_connection_until();
             let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Failed::Unavailable(self.unreachable_reason()));
+            }
             if self
                 .reconnect(self.endpoint.connect_timeout.min(left))
                 .await
@@ -740,37 +962,55 @@ impl Session {
             &self.endpoint,
             &tables,
             &self.listeners,
+            &self.link,
             self.generation,
             timeout,
         )
         .await;
-        match opened {
+        let opened = match opened {
             Ok(live) => {
                 self.live = Some(live);
                 self.backoff = FIRST_BACKOFF;
-                self.listeners.connected(self.generation);
+                self.link.connected(self.generation);
+                self.link.log_change(|| table_names(&self.attached));
+                self.listeners.connection_changed();
                 for table in &attached {
                     table.counters.reconnects.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(table = %table.target.table, host = %self.endpoint.host, generation = self.generation, "reconnected to PostgreSQL; the maps catch up from the change log");
                 }
                 true
             }
             Err(failure) => {
                 self.last_failure = failure.to_string();
-                tracing::debug!(host = %self.endpoint.host, error = %self.last_failure, "a reconnect attempt failed");
+                self.link.reconnect_failed(&self.last_failure);
+                tracing::warn!(host = %self.endpoint.host, tables = %table_names(&self.attached), generation = self.generation, error = %self.last_failure, "a reconnect attempt failed");
                 false
+            }
+        };
+        self.link.log_change(|| table_names(&self.attached));
+        opened
+    }
+
+    /// Rolls back the transaction held open, if any, freeing its locks.
+    async fn release_held(&mut self) {
+        if self.held.take().is_none() {
+            return;
+        }
+        if let Some(live) = &self.live {
+            if let Err(error) = live.client.query(&live.statements.rollback, &[]).await {
+                self.drop_connection(describe_error(&error), false);
             }
         }
     }
 
-    fn drop_connection(&mut self, reason: String) {
-        for table in self.live_tables() {
-            tracing::warn!(table = %table.target.table, host = %self.endpoint.host, reason = %reason, "lost the connection to PostgreSQL");
-        }
+    /// Forgets the connection, lost for `reason` (`unanswered`: the server stopped answering).
+    fn drop_connection(&mut self, reason: String, unanswered: bool) {
+        self.held = None;
         self.live = None;
         self.backoff = FIRST_BACKOFF;
-        self.listeners.lost(self.generation, &reason);
+        self.link.lost(self.generation, &reason, unanswered);
+        self.listeners.connection_changed();
         self.last_failure = reason;
+        self.link.log_change(|| table_names(&self.attached));
     }
 
     fn unreachable_reason(&self) -> String {
@@ -779,6 +1019,18 @@ impl Session {
             self.timeouts.reconnect, self.last_failure
         )
     }
+}
+
+/// The tables a connection serves, for its events: `a,b,c`.
+fn table_names(attached: &[Weak<Attached>]) -> String {
+    let mut names: Vec<String> = attached
+        .iter()
+        .filter_map(Weak::upgrade)
+        .map(|table| table.sql.name.clone())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names.join(",")
 }
 
 /// Whose errors a request reports: its first part's backend. (A request has a part: the
@@ -801,19 +1053,36 @@ fn sole_writer<'r>(requests: &[&'r [Part]], table: &str) -> Option<&'r Changes> 
         .then_some(&**first)
 }
 
-/// Counts a commit for each backend it served: one transaction, and its requests' parts.
-fn count_commit(requests: &[&[Part]]) {
-    let mut served: Vec<(*const Attached, &Attached, u64)> = Vec::new();
-    for (table, _) in requests.iter().copied().flatten() {
-        let id: *const Attached = Arc::as_ptr(table);
-        match served.iter_mut().find(|(seen, _, _)| *seen == id) {
-            Some((_, _, count)) => *count += 1,
-            None => served.push((id, &**table, 1)),
+/// Counts a commit for each backend it served: per backend, the parts of its requests that
+/// were applied (acknowledged writes) and refused by a condition (conflicts), and one commit
+/// if the transaction carried a write of its. Requests left to wait count as neither.
+fn count_commit(requests: &[&[Part]], outcomes: &[Option<Outcome>]) {
+    /// A backend, and its applied and refused parts.
+    type Served<'r> = (*const Attached, &'r Attached, u64, u64);
+    let mut served: Vec<Served<'_>> = Vec::new();
+    for (parts, outcome) in requests.iter().copied().zip(outcomes) {
+        let Some(outcome) = outcome else { continue };
+        let applied = matches!(outcome, Outcome::Applied { .. });
+        for (table, _) in parts {
+            let id: *const Attached = Arc::as_ptr(table);
+            let index = match served.iter().position(|(seen, ..)| *seen == id) {
+                Some(index) => index,
+                None => {
+                    served.push((id, &**table, 0, 0));
+                    served.len() - 1
+                }
+            };
+            let (_, _, writes, conflicts) = &mut served[index];
+            *(if applied { writes } else { conflicts }) += 1;
         }
     }
-    for (_, table, count) in served {
-        table.counters.commits.fetch_add(1, Ordering::Relaxed);
-        table.counters.writes.fetch_add(count, Ordering::Relaxed);
+    for (_, table, writes, conflicts) in served {
+        let counters = &table.counters;
+        if writes > 0 {
+            counters.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        counters.writes.fetch_add(writes, Ordering::Relaxed);
+        counters.conflicts.fetch_add(conflicts, Ordering::Relaxed);
     }
 }
 
@@ -828,6 +1097,8 @@ fn error_of(target: &Target, failed: Failed) -> PersistentError {
 enum Loaded {
     /// What a commit decided.
     Committed(Decided),
+    /// What a commit decided, nothing but conflicts, its transaction left open.
+    Held(Decided, Box<Begun>),
     /// The table is set up on the connection.
     Attached,
     /// The rows of the keys asked for.
@@ -845,6 +1116,8 @@ enum Loaded {
 struct Sent {
     txid: i64,
     decided: Decided,
+    /// The server session it was sent on, ended if the transaction is still in progress there.
+    server_session: ServerSession,
 }
 
 /// Work for the connection that can be tried again on a new one.
@@ -858,6 +1131,9 @@ enum Work<'a> {
         /// Set once `COMMIT` was sent: if its answer is lost, the next attempt first asks the
         /// server whether that transaction committed, so that a commit is never made twice.
         sent: Option<Sent>,
+        /// A transaction left open by the previous commit (see [`Committed::Held`]): used if it
+        /// covers this plan, else rolled back first.
+        held: Option<Box<Begun>>,
     },
     Attach {
         table: &'a Attached,
@@ -894,27 +1170,50 @@ impl<'a> Work<'a> {
         let target = self.target();
         match self {
             Work::Commit {
-                plan, prune, sent, ..
+                plan,
+                prune,
+                sent,
+                held,
+                ..
             } => {
-                if let Some(earlier) = sent.take()
-                    && transaction_committed(live, earlier.txid, target).await?
-                {
-                    return Ok(Loaded::Committed(earlier.decided));
+                if let Some(begun) = held.take() {
+                    if begun.covers(plan, live) {
+                        let on_commit_sent = remember_sent(sent, live);
+                        let finished =
+                            commit::finish(live, plan, *begun, *prune, false, on_commit_sent).await;
+                        return match finished {
+                            Ok(Committed::Done(decided)) => {
+                                *sent = None;
+                                Ok(Loaded::Committed(decided))
+                            }
+                            Ok(_) => unreachable!("a held transaction is finished, not held again"),
+                            Err(error) => Err(classify(target)(error)),
+                        };
+                    }
+                    rollback(live, target).await?;
+                }
+                if let Some(earlier) = sent.take() {
+                    let committed = transaction_committed(live, &earlier, target).await?;
+                    let txid = earlier.txid;
+                    if committed {
+                        tracing::info!(table = %target.table, txid, "a commit whose answer was lost had committed: its writes are acknowledged with what it decided");
+                        return Ok(Loaded::Committed(earlier.decided));
+                    }
+                    tracing::warn!(table = %target.table, txid, "a commit whose answer was lost had not committed: trying it again, its conditions checked anew");
                 }
                 add_missing_columns(live, plan, target).await?;
                 let mut relayouts = 0;
                 loop {
-                    let committed = commit::commit_once(live, plan, *prune, |txid, decided| {
-                        *sent = Some(Sent {
-                            txid,
-                            decided: decided.clone(),
-                        });
-                    })
-                    .await;
+                    let on_commit_sent = remember_sent(sent, live);
+                    let committed =
+                        commit::commit_once(live, plan, *prune, true, on_commit_sent).await;
                     match committed {
                         Ok(Committed::Done(decided)) => {
                             *sent = None;
                             return Ok(Loaded::Committed(decided));
+                        }
+                        Ok(Committed::Held(decided, begun)) => {
+                            return Ok(Loaded::Held(decided, Box::new(begun)));
                         }
                         Ok(Committed::LayoutChanged(with_column)) => {
                             relayouts += 1;
@@ -1049,22 +1348,53 @@ impl<'a> Work<'a> {
     }
 }
 
-/// Whether transaction `txid`, whose `COMMIT` was sent on a connection since lost, committed.
-/// While the server still runs it (it has not noticed the lost connection yet), asks again.
+/// What to do as a commit's `COMMIT` goes out on `live`: remember it in `sent`, to ask the
+/// server about it if the answer is lost.
+fn remember_sent<'s>(sent: &'s mut Option<Sent>, live: &Live) -> impl FnOnce(i64, &Decided) + 's {
+    let server_session = live.server_session.clone();
+    move |txid, decided| {
+        *sent = Some(Sent {
+            txid,
+            decided: decided.clone(),
+            server_session,
+        });
+    }
+}
+
+/// Ends the transaction open on `live`, freeing its locks.
+async fn rollback(live: &Live, target: &Target) -> std::result::Result<(), Failure> {
+    live.client
+        .query(&live.statements.rollback, &[])
+        .await
+        .map(drop)
+        .map_err(classify(target))
+}
+
+/// Whether the transaction of `sent`, whose `COMMIT` was sent on a connection since lost,
+/// committed. While the server still runs it (it has not noticed the lost connection yet), ends
+/// that old session, which settles the transaction one way or the other, and asks again.
 async fn transaction_committed(
     live: &mut Live,
-    txid: i64,
+    sent: &Sent,
     target: &Target,
 ) -> std::result::Result<bool, Failure> {
+    let mut ended_old_session = false;
     loop {
         let row = live
             .client
-            .query_one(&live.statements.transaction_status, &[&txid])
+            .query_one(&live.statements.transaction_status, &[&sent.txid])
             .await
             .map_err(classify(target))?;
         let status: Option<String> = row.try_get(0).map_err(classify(target))?;
         match status.as_deref() {
             Some("committed") => return Ok(true),
+            Some("in progress") if !ended_old_session => {
+                sent.server_session
+                    .terminate_through(&live.client)
+                    .await
+                    .map_err(classify(target))?;
+                ended_old_session = true;
+            }
             Some("in progress") => tokio::time::sleep(Duration::from_millis(20)).await,
             _ => return Ok(false),
         }
@@ -1319,9 +1649,14 @@ fn classify(target: &Target) -> impl Fn(tokio_postgres::Error) -> Failure + '_ {
             {
                 Failure::Transient(error)
             }
-            // Class 08 (connection exception) and 57P01-57P05 (the server ending the session:
-            // `pg_terminate_backend`, shutdown, restart).
-            Some(code) if code.code().starts_with("08") || code.code().starts_with("57P") => {
+            // Class 08 (connection exception), 57P01-57P05 (the server ending the session:
+            // `pg_terminate_backend`, shutdown, restart) and 25P03 (it ended a session idle in a
+            // transaction for too long).
+            Some(code)
+                if code.code().starts_with("08")
+                    || code.code().starts_with("57P")
+                    || *code == SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT =>
+            {
                 Failure::Connection(error)
             }
             _ => Failure::Refused(target.postgres_error(error)),

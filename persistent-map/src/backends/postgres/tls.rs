@@ -238,6 +238,10 @@ impl KeyValues<'_> {
 /// The connector for `options`. Reads `sslrootcert` (or the platform's roots) only if the
 /// certificate chain is to be checked.
 pub(super) fn connector(options: &TlsOptions) -> Result<MakeRustlsConnect> {
+    // rustls 0.23.48 deprecates ring's provider for lacking post-quantum key exchange, which
+    // only aws-lc-rs has (and aws-lc-rs needs cmake to build: see the workspace's Cargo.toml).
+    // It is still rustls's provider for the `ring` feature (rustls allows it the same way).
+    #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let checks = match (options.mode, &options.root_cert) {
         (SslMode::Disable, _) => Checks::Nothing,

@@ -7,8 +7,6 @@
 //! are checked under them, and either every part is written and logged, or none is. A
 //! transaction can share its commit with ordinary writes (group commit).
 
-use std::hash::Hash;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use serde::{de::DeserializeOwned, Serialize};
@@ -127,24 +125,6 @@ where
 }
 
 impl crate::map::sealed::Sealed for PostgresBackend {}
-
-/// Tables of one session commit together: a transaction is one write request of the session.
-impl<K, V> crate::TransactionalBackend<K, V> for PostgresBackend
-where
-    K: Eq
-        + Hash
-        + Clone
-        + Serialize
-        + DeserializeOwned
-        + Send
-        + Sync
-        + 'static
-        + ToString
-        + FromStr,
-    <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-{
-}
 
 impl PostgresBackend {
     /// Where a map on this backend writes.

@@ -124,11 +124,11 @@ impl Durability {
 /// # async fn main() -> persistent_map::Result<()> {
 /// # let dir = tempfile::tempdir()?;
 /// # let path = dir.path().join("app.db");
-/// let users = PersistentMap::<u64, String, _>::new(SqliteBackend::with_table(&path, "users").await?).await?;
-/// let flags = PersistentMap::<String, bool, _>::new(SqliteBackend::with_table(&path, "flags").await?).await?;
-/// users.insert(1, "ada".to_string()).await?;
-/// flags.insert("beta".to_string(), true).await?;
-/// assert_eq!(users.backend().path(), flags.backend().path());
+/// let ages = PersistentMap::<String, u32, _>::new(SqliteBackend::with_table(&path, "ages").await?).await?;
+/// let visits = PersistentMap::<String, u32, _>::new(SqliteBackend::with_table(&path, "visits").await?).await?;
+/// ages.insert("ada".to_string(), 36).await?;
+/// visits.insert("ada".to_string(), 1).await?;
+/// assert_eq!(ages.backend().path(), visits.backend().path());
 /// # Ok(())
 /// # }
 /// ```
@@ -692,24 +692,6 @@ where
 }
 
 impl crate::map::sealed::Sealed for SqliteBackend {}
-
-/// Tables of one file commit together: a transaction is one write of the file's writer.
-impl<K, V> crate::TransactionalBackend<K, V> for SqliteBackend
-where
-    K: Eq
-        + Hash
-        + Clone
-        + Serialize
-        + DeserializeOwned
-        + Send
-        + Sync
-        + 'static
-        + ToString
-        + FromStr,
-    <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-{
-}
 
 impl SqliteBackend {
     /// The name of `table` on this backend's file, as [`StorageBackend::storage_id`] gives it.

@@ -163,14 +163,72 @@ fn open_error(path: &Path, reason: &str) -> PersistentError {
     }
 }
 
+/// An open that failed for `reason`, caused by `source`; with a hint of what to do when the
+/// cause is one a user can act on (permissions, a missing directory).
 fn open_failure(
     path: &Path,
     reason: &str,
     source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
 ) -> PersistentError {
+    let source = source.into();
+    let reason = match hint(path, &*source) {
+        Some(hint) => format!("{reason}; {hint}"),
+        None => reason.to_owned(),
+    };
     PersistentError::Open {
         path: path.to_path_buf(),
-        reason: reason.to_owned(),
-        source: Some(source.into()),
+        reason,
+        source: Some(source),
+    }
+}
+
+/// What to do about `cause`, if it is clear.
+fn hint(path: &Path, cause: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let name = path
+        .file_name()
+        .map_or_else(String::new, |name| name.to_string_lossy().into_owned());
+    let permissions = format!(
+        "check that this process may read and write the file and its directory: SQLite also \
+         creates {name}-wal and {name}-shm beside it"
+    );
+    if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+        return match io.kind() {
+            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+                Some(permissions)
+            }
+            std::io::ErrorKind::NotFound => Some("create the directory first".to_owned()),
+            _ => None,
+        };
+    }
+    let sqlite = cause.downcast_ref::<rusqlite::Error>()?;
+    match sqlite.sqlite_error_code()? {
+        rusqlite::ErrorCode::ReadOnly
+        | rusqlite::ErrorCode::CannotOpen
+        | rusqlite::ErrorCode::PermissionDenied => Some(permissions),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_open_error_says_its_cause_and_what_to_do() {
+        let path = Path::new("/srv/app/data.db");
+        let readonly = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY),
+            Some("attempt to write a readonly database".into()),
+        );
+        let message = open_failure(path, "SQLite cannot set it up", readonly).to_string();
+        assert!(
+            message.contains("attempt to write a readonly database"),
+            "{message}"
+        );
+        assert!(message.contains("data.db-wal and data.db-shm"), "{message}");
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let message = open_failure(path, "cannot read its metadata", denied).to_string();
+        assert!(message.contains("permission denied"), "{message}");
+        assert!(message.contains("may read and write"), "{message}");
     }
 }
