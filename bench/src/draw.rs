@@ -23,9 +23,12 @@ const FLOOR: RGBColor = RGBColor(255, 127, 14);
 const RAW: RGBColor = RGBColor(110, 110, 110);
 const THIRD: RGBColor = RGBColor(44, 160, 44);
 
+/// Draws one chart of `ChartData` into the file at the path.
+type DrawChart = fn(&ChartData, &Path) -> BenchResult;
+
 /// Draws every chart into `out`; returns the files written.
 pub(crate) fn all(data: &ChartData, out: &Path) -> BenchResult<Vec<PathBuf>> {
-    let charts: [(&str, fn(&ChartData, &Path) -> BenchResult); 3] = [
+    let charts: [(&str, DrawChart); 3] = [
         ("writers.svg", writers),
         ("open.svg", open),
         ("propagation.svg", propagation),
