@@ -7,11 +7,12 @@
 //! | --- | --- |
 //! | [`durability`] | the backends, what an acknowledged write survives, how SQLite is written, what a file holds, options |
 //! | [`keys`] | keys from std, derived keys and their text on disk, tables, several maps in one file |
-//! | [`writes`] | read-modify-writes, the entry API, batches, transactions, hot keys, the one write path |
+//! | [`writes`] | read-modify-writes, the entry API, batches, transactions and their abort reasons, hot keys, the one write path |
 //! | [`coherence`] | handles, processes and instances on one table: refresh, the change log, subscriptions |
 //! | [`expiry`] | entries with a time to live: exact expiry, the clock, storage, the sweep |
 //! | [`blocking_api`] | the same map without an async runtime |
-//! | [`postgresql`] | one store for many instances (feature `postgres`) |
+//! | [`postgresql`] | one store for many instances (feature `postgres`): across instances, health, faults, operating it |
+//! | [`errors`] | what can go wrong, what each message names, and what it says to do |
 //! | [`upgrading`] | coming from persistent-map 0.1.3: what is kept, fixed and changed, and what a first open changes in a 0.1.3 file |
 //! | [`speed`] | the current figures against raw rusqlite, `HashMap` and 0.1.3, and where the benchmarks live |
 //! | [`repository`] | the repository: layout, example apps, the tests and how to run the long ones |
@@ -55,6 +56,7 @@
 pub mod blocking_api;
 pub mod coherence;
 pub mod durability;
+pub mod errors;
 pub mod expiry;
 pub mod keys;
 pub mod postgresql;
