@@ -6,7 +6,8 @@
 //! | --- | --- |
 //! | `persistent-map/` | the crate: the map, the backend trait, the SQLite, PostgreSQL, CSV and in-memory backends, errors, the key trait, and these guides (`src/guide/`) |
 //! | `persistent-map-derive/` | `#[derive(PersistentKey)]`, re-exported by `persistent-map` (feature `derive`, on by default) |
-//! | `tests/` | integration tests written as a user would, the derive's compile-fail suite (`tests/ui/`), the example apps' tests |
+//! | `tests/` | integration tests written as a user would, in one test binary (`tests/tests/integration.rs`, a module per file; the PostgreSQL tests and the few that need a process of their own are binaries of their own), and the example apps' tests |
+//! | `tests/ui/` | the derive's compile-fail suite, a crate of its own (trybuild) |
 //! | `examples/` | the example apps below |
 //! | `bench/` | the benchmark suite and the charts of `BENCHMARKS.md` (`bench/README.md` says how it works); `bench/old` measures persistent-map 0.1.3 |
 //! | `.ci/run` | what CI runs: `cargo fmt --all --check`, `cargo clippy --workspace --all-targets -- -D warnings`, `cargo test --workspace`, `cargo doc --workspace --no-deps` with `RUSTDOCFLAGS=-D warnings`, then the same with `--features postgres` against a PostgreSQL server |
@@ -33,19 +34,24 @@
 //!
 //! `cargo test --workspace` runs every test: unit tests and doctests (these guides' examples
 //! and the README's code blocks among them), the integration tests in `tests/` (each guarantee,
-//! a writer killed with SIGKILL, several processes on one file, the key format, the compile
-//! errors of the derive), and `tests/tests/examples.rs`, which builds and runs every example
-//! app and checks what it prints and stores.
+//! a writer killed with SIGKILL, several processes on one file, the key format, the derive's
+//! output), the compile errors of the derive (`tests/ui/`), and `tests/tests/examples.rs`,
+//! which builds and runs every example app and checks what it prints and stores.
 //!
+//! - The integration tests are one binary, `integration`, so that a cold build compiles and
+//!   links the map's generic code once. Run one file's tests with its module's name as the
+//!   filter: `cargo test -p persistent-map-tests --test integration sigkill::`.
 //! - `tests/tests/interleavings.rs` drives the write path through seeded schedules: a scripted
 //!   store holds every write at its hand-over, commits and answers them in the order the
 //!   schedule says, while several handles write, another writer changes storage behind the
 //!   map's back, the map refreshes and expired rows are swept. After every step the change feed
 //!   must show each key's values in commit order, and at the end memory must equal storage.
-//!   `cargo test` runs 2,000 seeds; a failing seed is printed with the command that replays it;
-//!   for a longer run: `PM_INTERLEAVINGS=100000 cargo test --test interleavings`.
+//!   `cargo test` runs 2,000 seeds; a failing seed is printed with the command that replays it.
+//!   For a longer run:
+//!   `PM_INTERLEAVINGS=100000 cargo test -p persistent-map-tests --test integration interleavings::`.
 //! - The PostgreSQL tests run with the feature `postgres` and a server:
 //!   `PM_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test cargo test --workspace
-//!   --features postgres`.
-//! - The derive's compile-fail cases are `tests/ui/*.rs` with their `.stderr`; regenerate them
-//!   with `TRYBUILD=overwrite` and read the diff.
+//!   --features postgres` ([`postgresql`](super::postgresql#the-tests)).
+//! - The derive's compile-fail cases are `tests/ui/*.rs` with their `.stderr`, one file per
+//!   error; regenerate them with `TRYBUILD=overwrite cargo test -p persistent-map-compile-fail` and read
+//!   the diff.
