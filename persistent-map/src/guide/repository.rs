@@ -53,5 +53,5 @@
 //!   `PM_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test cargo test --workspace
 //!   --features postgres` ([`postgresql`](super::postgresql#the-tests)).
 //! - The derive's compile-fail cases are `tests/ui/*.rs` with their `.stderr`, one file per
-//!   error; regenerate them with `TRYBUILD=overwrite cargo test -p persistent-map-compile-fail` and read
-//!   the diff.
+//!   error; regenerate them with `TRYBUILD=overwrite cargo test -p persistent-map-compile-fail`
+//!   and read the diff.
