@@ -44,6 +44,10 @@ table says why they were skipped:
   PM_BENCH_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test \
       cargo run --release -p persistent-map-bench --features postgres
 
+The charts of BENCHMARKS.md, measured and drawn as SVG into bench/charts (see `charts --help`):
+
+  cargo run --release -p persistent-map-bench -- charts
+
 A single measurement: pm-bench run WORKLOAD IMPL --name value ... (see src/main.rs).";
 
 impl Settings {
@@ -292,6 +296,16 @@ fn write_fixtures(dir: &Path, rows: &[&Row]) -> BenchResult {
 
 /// Runs one job in a process of its own, in an empty directory, and returns its metrics.
 fn measure(job: &Job, dir: &Path, old_binary: Option<&Path>) -> BenchResult<Vec<(String, f64)>> {
+    measure_with(job, dir, old_binary, &[])
+}
+
+/// [`measure`], with `extra` appended to the job's command line.
+pub(crate) fn measure_with(
+    job: &Job,
+    dir: &Path,
+    old_binary: Option<&Path>,
+    extra: &[std::ffi::OsString],
+) -> BenchResult<Vec<(String, f64)>> {
     let work = dir.join("work");
     if work.exists() {
         std::fs::remove_dir_all(&work)?;
@@ -322,6 +336,7 @@ fn measure(job: &Job, dir: &Path, old_binary: Option<&Path>) -> BenchResult<Vec<
             .arg("--db")
             .arg(dir.join("fixtures").join(fixture.file_name()));
     }
+    command.args(extra);
     let output = command.stderr(Stdio::inherit()).output()?;
     std::fs::remove_dir_all(&work)?;
     if !output.status.success() {
@@ -348,7 +363,7 @@ fn describe(metrics: &[(String, f64)]) -> String {
 
 /// Microseconds per 4 KiB write + `fdatasync` in the benchmark directory, into a file written
 /// and synced beforehand (as SQLite reuses its WAL file): the floor of a durable commit.
-fn measure_fsync(dir: &Path) -> BenchResult<f64> {
+pub(crate) fn measure_fsync(dir: &Path) -> BenchResult<f64> {
     use std::os::unix::fs::FileExt;
     const WRITES: u64 = 200;
     let path = dir.join("fsync-probe");
@@ -552,7 +567,7 @@ fn figure_text(value: Option<f64>) -> String {
 }
 
 /// A figure with three significant digits and thousands separators.
-fn number(value: f64) -> String {
+pub(crate) fn number(value: f64) -> String {
     if !value.is_finite() {
         return value.to_string();
     }
@@ -593,7 +608,7 @@ fn samples_json(samples: &Samples) -> BenchResult<String> {
     Ok(serde_json::to_string_pretty(&map)?)
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
@@ -639,7 +654,7 @@ fn filesystem(dir: &Path) -> String {
         .map_or_else(|| "unknown filesystem".to_owned(), |(_, fs)| fs)
 }
 
-fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|load| {
             load.split_whitespace()

@@ -13,7 +13,7 @@ use crate::keys::{entries, with_keys, BenchKey, KeyKind};
 use crate::memory::{dashmap_of, hashmap_of, queries};
 use crate::workload::{
     consume, hot_key, key, leak, named, peak_rss_mib, per_second, report, time_reads, value,
-    BenchResult, Budget, Options, Session, TASKS,
+    BenchResult, Budget, Options, Session,
 };
 
 type Map<K> = PersistentMap<K, Session, SqliteBackend>;
@@ -94,8 +94,8 @@ async fn seq_insert<K: BenchKey>(dir: &Path, n: u64, options: &Options) -> Bench
     report_writes(&map, done, began)
 }
 
-/// [`TASKS`] tasks, each inserting `per_task` entries one at a time; `key_of(task, index)` as in
-/// the raw anchor.
+/// [`TASKS`](crate::workload::TASKS) tasks, each inserting `per_task` entries one at a time;
+/// `key_of(task, index)` as in the raw anchor.
 async fn concurrent(
     dir: &Path,
     per_task: u64,
@@ -128,9 +128,10 @@ pub(crate) fn table_names(options: &Options) -> BenchResult<Vec<String>> {
         .collect())
 }
 
-/// Runs [`TASKS`] tokio tasks against `maps`, task `t` inserting its `per_task` entries
-/// (`key_of(t, index)`, into map `index % maps.len()`) one at a time, each awaited; returns how
-/// many inserts were done and when they began. The concurrent rows of every backend run this.
+/// Runs `--tasks` tokio tasks ([`TASKS`](crate::workload::TASKS) unless it says otherwise) against
+/// `maps`, task `t` inserting its `per_task` entries (`key_of(t, index)`, into map `index %
+/// maps.len()`) one at a time, each awaited; returns how many inserts were done and when they
+/// began. The concurrent rows of every backend run this.
 pub(crate) async fn run_writers<B>(
     maps: &[PersistentMap<String, Session, B>],
     per_task: u64,
@@ -140,7 +141,7 @@ pub(crate) async fn run_writers<B>(
 where
     B: StorageBackend<String, Session> + Send + Sync + 'static,
 {
-    let work: Vec<Vec<(usize, String, Session)>> = (0..TASKS)
+    let work: Vec<Vec<(usize, String, Session)>> = (0..options.tasks()?)
         .map(|task| {
             (task * per_task..(task + 1) * per_task)
                 .map(|index| {

@@ -128,7 +128,7 @@ pub(crate) fn propagation(
             Ok(seen)
         },
     );
-    propagation::report_times(times?)
+    propagation::report_times(times?, options)
 }
 
 /// Hears the notifications of one connection: each payload, with the moment it arrived.

@@ -324,6 +324,6 @@ mod with_backend {
             }
         });
         watcher.abort();
-        propagation::report_times(times?)
+        propagation::report_times(times?, options)
     }
 }

@@ -179,12 +179,16 @@ pub(crate) fn time_writes(
     Ok(times)
 }
 
-/// Reports the median, p99 (nearest rank), minimum and maximum of `times` (ms), and `ops`.
-pub(crate) fn report_times(mut times: Vec<f64>) -> BenchResult {
+/// Reports the median, p99 (nearest rank), minimum and maximum of `times` (ms), and `ops`; with
+/// `--times FILE`, also writes every time to `FILE` as a JSON array (the charts' distribution).
+pub(crate) fn report_times(mut times: Vec<f64>, options: &Options) -> BenchResult {
     if times.is_empty() {
         return Err("no write was made".into());
     }
     times.sort_by(f64::total_cmp);
+    if let Ok(file) = options.text("times") {
+        std::fs::write(file, serde_json::to_string(&times)?)?;
+    }
     let rank = |fraction: f64| {
         let index = (fraction * times.len() as f64).ceil() as usize;
         times[index.clamp(1, times.len()) - 1]
@@ -208,14 +212,14 @@ pub(crate) fn sqlite(workload: &str, options: &Options) -> BenchResult {
         .enable_all()
         .build()?;
     match workload {
-        "propagation" => sqlite_writer(&runtime, Path::new(options.text("dir")?), &plan),
+        "propagation" => sqlite_writer(&runtime, options, &plan),
         "follow" => sqlite_follower(&runtime, Path::new(options.text("db")?), &plan),
         other => Err(format!("propagation has no workload `{other}`").into()),
     }
 }
 
-fn sqlite_writer(runtime: &tokio::runtime::Runtime, dir: &Path, plan: &Plan) -> BenchResult {
-    let path = dir.join("ours.db");
+fn sqlite_writer(runtime: &tokio::runtime::Runtime, options: &Options, plan: &Plan) -> BenchResult {
+    let path = Path::new(options.text("dir")?).join("ours.db");
     let writer = runtime.block_on(async {
         let map = SqliteMap::open(&path).await?;
         map.insert_many(plan.initial()).await?;
@@ -225,7 +229,7 @@ fn sqlite_writer(runtime: &tokio::runtime::Runtime, dir: &Path, plan: &Plan) -> 
     let mut follower = Follower::start(&path, plan)?;
     let times = write_one_at_a_time(runtime, &writer, plan, |i| follower.seen(i));
     follower.stop()?;
-    report_times(times?)
+    report_times(times?, options)
 }
 
 /// The follower process, read line by line.

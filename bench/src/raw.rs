@@ -14,7 +14,6 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 use crate::keys::{entries, with_keys, BenchKey, KeyKind};
 use crate::workload::{
     hot_key, key, leak, per_second, report, timed, value, BenchResult, Budget, Options, Session,
-    TASKS,
 };
 
 /// How the concurrent workloads' 16 writers reach SQLite.
@@ -140,9 +139,9 @@ fn report_writes(ops: u64, began: Instant) -> BenchResult {
     ])
 }
 
-/// [`TASKS`] threads, each writing `per_task` entries, each entry in a transaction of its own;
-/// `key_of(task, index)` names the key of the write `index` (counted over all threads) of thread
-/// `task`.
+/// [`TASKS`](crate::workload::TASKS) (or `--tasks`) threads, each writing `per_task` entries, each
+/// entry in a transaction of its own; `key_of(task, index)` names the key of the write `index`
+/// (counted over all threads) of thread `task`.
 fn concurrent(
     dir: &Path,
     per_task: u64,
@@ -153,10 +152,11 @@ fn concurrent(
     let path = dir.join("raw.db");
     let first = open(&path, "kv")?;
     let shared_connection = Arc::new(Mutex::new(first));
-    let start = Arc::new(Barrier::new(TASKS as usize + 1));
+    let tasks = options.tasks()?;
+    let start = Arc::new(Barrier::new(tasks as usize + 1));
     // Counts from before the threads' setup, which takes milliseconds of its seconds.
     let budget = Budget::start(options)?;
-    let writers = (0..TASKS)
+    let writers = (0..tasks)
         .map(|task| {
             let work: Vec<(String, Session)> = (task * per_task..(task + 1) * per_task)
                 .map(|index| (key_of(task, index), value(index)))
@@ -200,8 +200,9 @@ fn concurrent(
     report_writes(done, began)
 }
 
-/// The writes of [`concurrent`]'s threads, committed by one thread [`TASKS`] at a time: the
-/// `i`-th write of every writer in one transaction.
+/// The writes of [`concurrent`]'s threads, committed by one thread
+/// [`TASKS`](crate::workload::TASKS) (or `--tasks`) at a time: the `i`-th write of every writer in
+/// one transaction.
 fn grouped(
     dir: &Path,
     per_task: u64,
@@ -209,9 +210,10 @@ fn grouped(
     key_of: fn(u64, u64) -> String,
 ) -> BenchResult {
     let mut connection = open(&dir.join("raw.db"), "kv")?;
+    let tasks = options.tasks()?;
     let rounds: Vec<Vec<(String, Session)>> = (0..per_task)
         .map(|i| {
-            (0..TASKS)
+            (0..tasks)
                 .map(|task| {
                     let index = task * per_task + i;
                     (key_of(task, index), value(index))

@@ -19,7 +19,7 @@ pub(crate) type BenchResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
 /// JSON; everything else it prints is for people.
 pub(crate) const RESULT_PREFIX: &str = "PM-BENCH-RESULT ";
 
-/// Writers in the concurrent workloads.
+/// Writers in the concurrent workloads, unless `--tasks` says otherwise.
 pub(crate) const TASKS: u64 = 16;
 
 /// Keys the 16 writers of the hot-keys workload share.
@@ -232,6 +232,14 @@ impl Options {
 
     pub(crate) fn number(&self, name: &str) -> BenchResult<u64> {
         Ok(self.text(name)?.parse()?)
+    }
+
+    /// How many writers a concurrent workload runs (`--tasks`, default [`TASKS`]).
+    pub(crate) fn tasks(&self) -> BenchResult<u64> {
+        match self.0.contains_key("tasks") {
+            true => Ok(self.number("tasks")?.max(1)),
+            false => Ok(TASKS),
+        }
     }
 
     /// How many random reads a `load` workload measures (`--reads`, default [`READS`]).

@@ -28,6 +28,10 @@
 //! - [`in_memory::InMemoryBackend`] keeps the store in process memory, for tests.
 //! - [`PersistentKey`] gives a key type its text form and its own table; derive it (feature
 //!   `derive`, on by default).
+//!
+//! The [`guide`] explains how the map behaves, a page per subject: writes and transactions,
+//! durability, keys, several processes on one table, expiry, the blocking API, PostgreSQL,
+//! errors, and coming from persistent-map 0.1.3.
 #![warn(missing_docs)]
 // On docs.rs (nightly), mark each item with the features it needs. `doc_auto_cfg` was folded
 // into `doc_cfg`, which now does this by itself; naming the old feature fails the build.
@@ -40,6 +44,8 @@ mod changes;
 mod completion;
 mod deadline;
 mod error;
+// Documentation only: no items, just pages (and the README's code blocks as doctests).
+pub mod guide;
 mod key;
 mod key_locks;
 mod map;

@@ -307,7 +307,7 @@ async fn a_stuck_session_is_ended_from_a_new_connection_when_the_operation_times
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_stops_answering_fails_a_write_within_the_operation_timeout() {
     const BOUND: Duration = Duration::from_millis(500);
-    let table = TestTable::new("frozen");
+    let table = TestTable::new("unanswered");
     let proxy = FreezingProxy::start(server_address()).await;
     let url = url_at_host(
         &proxy.address.ip().to_string(),

@@ -466,7 +466,9 @@ struct GatedLoads {
 impl StorageBackend<String, u64> for GatedLoads {
     async fn load_all(&self) -> Result<HashMap<String, u64>> {
         let read = StorageBackend::<String, u64>::load_all(&self.store).await;
-        if self.hold.load(Ordering::SeqCst) {
+        // Only the first load waits: the reload then reads the keys written meanwhile, which
+        // the default `load_keys` does with another full load.
+        if self.hold.swap(false, Ordering::SeqCst) {
             self.scanned.notify_one();
             self.gate.notified().await;
         }

@@ -995,10 +995,10 @@ impl Session {
         if self.held.take().is_none() {
             return;
         }
-        if let Some(live) = &self.live {
-            if let Err(error) = live.client.query(&live.statements.rollback, &[]).await {
-                self.drop_connection(describe_error(&error), false);
-            }
+        if let Some(live) = &self.live
+            && let Err(error) = live.client.query(&live.statements.rollback, &[]).await
+        {
+            self.drop_connection(describe_error(&error), false);
         }
     }
 

@@ -57,6 +57,11 @@ impl TransactionSession {
         parts: Vec<TransactionPart>,
         want_previous: bool,
     ) -> Result<Vec<Answer>> {
+        // While the connection is down, new work fails at once and is never done later, as
+        // every other write of the session does.
+        if let Some(part) = parts.first() {
+            self.session.refuse_if_down(&part.table.target)?;
+        }
         let (done, committed) = oneshot::channel();
         let parts = parts
             .into_iter()
