@@ -51,7 +51,10 @@ async fn assert_memory_equals_storage(map: &Cached, path: &Path, keys: &[String]
         }
         assert_eq!(map.get(key.as_str()).await.unwrap(), in_storage, "{key}");
     }
-    assert!(known > 0, "memory held none of the keys: nothing was checked");
+    assert!(
+        known > 0,
+        "memory held none of the keys: nothing was checked"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,7 +88,10 @@ async fn memory_equals_storage_for_every_cached_entry_after_racing_writers() {
     }
     let stats = map.cache_stats();
     assert!(stats.entries as u64 <= stats.capacity, "{stats:?}");
-    assert!(stats.storage_reads > 0, "the small cache made reads go to storage");
+    assert!(
+        stats.storage_reads > 0,
+        "the small cache made reads go to storage"
+    );
     assert_memory_equals_storage(&map, &path, &keys).await;
 }
 
@@ -117,6 +123,9 @@ async fn a_read_that_misses_never_puts_an_older_value_over_a_newer_write() {
             while writing.load(Ordering::SeqCst) {
                 map.get(format!("other{}", i % 50).as_str()).await.unwrap();
                 i += 1;
+                // A read memory answers is ready at once: without a yield, these loops would
+                // keep both workers and the writers would never run.
+                tokio::task::yield_now().await;
             }
         })
     };
@@ -131,6 +140,7 @@ async fn a_read_that_misses_never_puts_an_older_value_over_a_newer_write() {
                     assert!(now >= last, "read {now} after {last}");
                     last = now;
                     reads += 1;
+                    tokio::task::yield_now().await;
                 }
                 reads
             })
@@ -169,7 +179,11 @@ async fn a_failed_write_leaves_no_cached_trace() {
 
     let err = map.insert("new".into(), 666).await.unwrap_err();
     assert!(err.to_string().contains("666 is not allowed"), "{err}");
-    assert_eq!(map.cached("new"), CacheLookup::NotCached, "no trace of the refused write");
+    assert_eq!(
+        map.cached("new"),
+        CacheLookup::NotCached,
+        "no trace of the refused write"
+    );
 
     let err = map
         .insert_many([("a".into(), 1), ("b".into(), 666)])
@@ -235,7 +249,10 @@ async fn the_cache_holds_at_most_its_capacity_and_a_weigher_counts_what_it_says(
     .await
     .unwrap();
     for i in 0..100 {
-        weighed.insert(format!("t{i:02}"), "x".repeat(997)).await.unwrap();
+        weighed
+            .insert(format!("t{i:02}"), "x".repeat(997))
+            .await
+            .unwrap();
     }
     let stats = weighed.cache_stats();
     assert!(stats.weight <= 10_000 && stats.entries <= 10, "{stats:?}");
@@ -263,10 +280,17 @@ async fn expired_entries_are_absent_whether_cached_or_read_from_storage() {
 async fn subscribers_hear_every_write_whether_or_not_memory_held_the_key() {
     let (_dir, path) = temp_db();
     let map = open(&path, 1).await;
-    map.insert_many([("a".into(), 1), ("b".into(), 2)]).await.unwrap();
+    map.insert_many([("a".into(), 1), ("b".into(), 2)])
+        .await
+        .unwrap();
     let mut changes = map.subscribe();
     map.insert("c".into(), 3).await.unwrap(); // `a` and `b` are no longer both held
-    assert_eq!(map.remove_many(["a".into(), "b".into(), "z".into()]).await.unwrap(), 2);
+    assert_eq!(
+        map.remove_many(["a".into(), "b".into(), "z".into()])
+            .await
+            .unwrap(),
+        2
+    );
     assert_eq!(map.remove(&"z".into()).await.unwrap(), None);
     let mut heard = Vec::new();
     while let Ok(Some(change)) = changes.try_recv() {
@@ -275,7 +299,10 @@ async fn subscribers_hear_every_write_whether_or_not_memory_held_the_key() {
     assert_eq!(
         heard,
         [
-            Change::Inserted { key: "c".into(), value: 3 },
+            Change::Inserted {
+                key: "c".into(),
+                value: 3
+            },
             Change::Removed { key: "a".into() },
             Change::Removed { key: "b".into() },
         ]
@@ -289,7 +316,9 @@ const CHILD_DB: &str = "PERSISTENT_MAP_CACHED_CHILD_DB";
 fn cached_other_process_writer() {
     let path = std::env::var_os(CHILD_DB).expect("run by a parent test");
     tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let map: Cached = CachedMap::open(path, CacheCapacity::entries(4)).await.unwrap();
+        let map: Cached = CachedMap::open(path, CacheCapacity::entries(4))
+            .await
+            .unwrap();
         for i in 0..20 {
             map.insert(format!("k{i}"), 100 + i).await.unwrap();
         }
@@ -317,7 +346,10 @@ async fn a_write_in_another_process_is_never_served_stale_after_a_refresh() {
     assert_eq!(map.cached("k3"), CacheLookup::Present(3), "no refresh yet");
     assert!(map.refresh().await.unwrap());
     for i in 0..20 {
-        assert_eq!(map.get(format!("k{i}").as_str()).await.unwrap(), Some(100 + i));
+        assert_eq!(
+            map.get(format!("k{i}").as_str()).await.unwrap(),
+            Some(100 + i)
+        );
     }
     assert_eq!(map.get("gone").await.unwrap(), None);
     let mut heard = 0;
@@ -353,8 +385,16 @@ async fn a_scan_of_a_table_larger_than_the_cache_visits_every_key_once_in_order(
         visited.extend(page.into_iter().map(|(key, _)| key));
     }
     assert_eq!(visited.len(), keys.len(), "each key once");
-    assert_eq!(visited, keys.iter().cloned().collect::<Vec<_>>(), "in key order");
-    assert_eq!(map.cache_stats().storage_reads, reads_before, "memory was left alone");
+    assert_eq!(
+        visited,
+        keys.iter().cloned().collect::<Vec<_>>(),
+        "in key order"
+    );
+    assert_eq!(
+        map.cache_stats().storage_reads,
+        reads_before,
+        "memory was left alone"
+    );
 
     // The resident map streams the same way.
     drop(map);
@@ -383,7 +423,9 @@ async fn a_scan_skips_expired_rows_and_goes_on_past_pages_of_them() {
     assert_eq!(scan.next_page().await.unwrap(), None);
 }
 
-#[derive(PersistentKey, Clone, PartialEq, Eq, Hash, Debug, serde::Serialize, serde::Deserialize)]
+#[derive(
+    PersistentKey, Clone, PartialEq, Eq, Hash, Debug, serde::Serialize, serde::Deserialize,
+)]
 #[persistent_key(table = "sessions")]
 struct SessionKey {
     tenant: String,
@@ -394,7 +436,9 @@ struct SessionKey {
 async fn a_prefix_scan_visits_the_keys_of_one_tenant_and_no_other() {
     let (_dir, path) = temp_db();
     let sessions: CachedMap<SessionKey, String, SqliteBackend> =
-        CachedMap::open(&path, CacheCapacity::entries(5)).await.unwrap();
+        CachedMap::open(&path, CacheCapacity::entries(5))
+            .await
+            .unwrap();
     let key = |tenant: &str, user| SessionKey {
         tenant: tenant.into(),
         user,
@@ -419,11 +463,10 @@ async fn a_prefix_scan_visits_the_keys_of_one_tenant_and_no_other() {
     let mut nothing = sessions.scan_prefix("zzz");
     assert_eq!(nothing.next().await.unwrap(), None);
     // The resident map scans prefixes too.
-    let resident: PersistentMap<SessionKey, String, _> = PersistentMap::new(
-        SqliteBackend::for_key::<SessionKey>(&path).await.unwrap(),
-    )
-    .await
-    .unwrap();
+    let resident: PersistentMap<SessionKey, String, _> =
+        PersistentMap::new(SqliteBackend::for_key::<SessionKey>(&path).await.unwrap())
+            .await
+            .unwrap();
     let mut globex = resident.scan_prefix("globex:");
     let mut count = 0;
     while globex.next().await.unwrap().is_some() {
@@ -528,7 +571,11 @@ fn acknowledged_writes_of_a_cached_map_survive_sigkill() {
     let stored = stored(&path);
     for (key, value) in &expected {
         if !uncertain.contains(key) {
-            assert_eq!(stored.get(key), Some(value), "acknowledged insert of {key} was lost");
+            assert_eq!(
+                stored.get(key),
+                Some(value),
+                "acknowledged insert of {key} was lost"
+            );
         }
     }
     for key in stored.keys() {
@@ -537,5 +584,9 @@ fn acknowledged_writes_of_a_cached_map_survive_sigkill() {
             "{key} is stored but its removal was acknowledged"
         );
     }
-    assert!(expected.len() > 200, "the child wrote {} keys", expected.len());
+    assert!(
+        expected.len() > 200,
+        "the child wrote {} keys",
+        expected.len()
+    );
 }

@@ -604,3 +604,69 @@ async fn a_commit_whose_answer_is_lost_is_acknowledged_once_and_never_sent_again
     assert_eq!(contents(&proxied), stored);
     assert_eq!(contents(&other), stored);
 }
+
+/// A `CachedMap` on PostgreSQL: a key memory does not hold is read from the server; a write by
+/// another instance is never served stale from the cache once a refresh has run; a
+/// read-modify-write is checked in storage against the other instance's writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_map_on_postgres_reads_misses_from_the_server_and_is_never_stale_after_a_refresh()
+{
+    use persistent_map::{CacheCapacity, CacheLookup, CachedMap};
+    type Cached = CachedMap<String, u64, PostgresBackend>;
+
+    let table = TestTable::new("cached");
+    let writer: Map = PersistentMap::new(instance(&table).await).await.unwrap();
+    writer
+        .insert_many((0..50).map(|i| (format!("k{i}"), i)))
+        .await
+        .unwrap();
+    let cached: Cached = CachedMap::new(instance(&table).await, CacheCapacity::entries(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        cached.cached("k3"),
+        CacheLookup::NotCached,
+        "opening reads no row"
+    );
+    for i in 0..50 {
+        assert_eq!(cached.get(format!("k{i}").as_str()).await.unwrap(), Some(i));
+    }
+    assert_eq!(cached.get("absent").await.unwrap(), None);
+    assert!(cached.cache_stats().storage_reads >= 50);
+
+    // Another instance writes keys the cache holds and keys it does not.
+    for i in 40..50 {
+        writer.insert(format!("k{i}"), 1000 + i).await.unwrap();
+    }
+    writer.remove(&"k0".to_string()).await.unwrap();
+    cached.refresh().await.unwrap();
+    for i in 40..50 {
+        assert_eq!(
+            cached.get(format!("k{i}").as_str()).await.unwrap(),
+            Some(1000 + i)
+        );
+    }
+    assert_eq!(cached.get("k0").await.unwrap(), None);
+
+    // Updates from both instances on one key: none is lost.
+    let bumps = |map: Cached| async move {
+        for _ in 0..50 {
+            map.update(&"k1".to_string(), |v| v.map(|v| v + 1))
+                .await
+                .unwrap();
+        }
+    };
+    let other = async {
+        for _ in 0..50 {
+            writer
+                .update(&"k1".to_string(), |v| v.map(|v| v + 1))
+                .await
+                .unwrap();
+        }
+    };
+    tokio::join!(bumps(cached.clone()), other);
+    let stored = read_table::<u64>(&admin().await, table.name()).await;
+    assert_eq!(stored.get("k1"), Some(&101));
+    cached.refresh().await.unwrap();
+    assert_eq!(cached.get("k1").await.unwrap(), Some(101));
+}
