@@ -25,6 +25,7 @@
 //! | `concurrent-insert` | `raw-pg`: a deadpool-postgres pool of 16 connections upserting (see `postgres.rs`) |
 //! | `fleet-update` (`--instances N`, `--seconds S`) | `pg`, `raw-pg`: N processes of 8 tasks incrementing one key (see `fleet.rs`) |
 
+mod cached;
 mod charts;
 mod composite;
 mod draw;

@@ -54,6 +54,14 @@ pub(crate) fn run(workload: &str, options: &Options) -> BenchResult {
                     reads_with_ttl(Path::new(options.text("db")?), options.reads()?).await
                 )
             }
+            "cached" => {
+                crate::cached::cached(
+                    Path::new(options.text("db")?),
+                    options.number("capacity")?,
+                    options.reads()?,
+                )
+                .await
+            }
             "sweep" => crate::expiry::sweep(dir()?, n()?).await,
             "insert-many" => insert_many(dir()?, n()?).await,
             "hot-update" | "tx3" => crate::updates::ours(workload, dir()?, n()?, options).await,

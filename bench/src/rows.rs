@@ -275,6 +275,13 @@ pub(crate) fn rows(sizes: &Sizes) -> Vec<Row> {
     };
     let raw = |workload, keys| job(Ours, workload, "raw", keys);
     let old = |workload| job(Old, workload, "old", String);
+    let cached = ours("cached", String)
+        .fixture(sizes.large)
+        .args(if sizes.large >= 1_000_000 {
+            &[("capacity", "100000")]
+        } else {
+            &[("capacity", "20000")]
+        });
     let raw_threads = |workload, per_task| Anchor {
         label: "raw rusqlite, 16 threads, 1 transaction/insert",
         figures: vec![
@@ -526,6 +533,78 @@ pub(crate) fn rows(sizes: &Sizes) -> Vec<Row> {
                 ),
                 anchor(OLD, old("load").fixture(large).figure("rss_mib")),
             ],
+        },
+        Row {
+            id: "cached-open",
+            title: format!(
+                "open a {}-row file as a `CachedMap` (cache of {} entries)",
+                count(large),
+                count(large / 10)
+            ),
+            unit: "s",
+            better: Better::Lower,
+            ours: cached.figure("open_secs"),
+            anchors: vec![anchor(
+                "`PersistentMap::open` of the same file (loads every row)",
+                ours("load", String).fixture(large).figure("secs"),
+            )],
+        },
+        Row {
+            id: "cached-rss",
+            title: format!(
+                "peak RSS, `CachedMap` of {} entries over {} rows, hot set read",
+                count(large / 10),
+                count(large)
+            ),
+            unit: "MiB",
+            better: Better::Lower,
+            ours: cached.figure("rss_mib"),
+            anchors: vec![anchor(
+                "`PersistentMap` holding every row",
+                ours("load", String).fixture(large).figure("rss_mib"),
+            )
+            .target(0.1)],
+        },
+        Row {
+            id: "cached-get",
+            title: "`CachedMap::get` of a cached key (awaited)".to_owned(),
+            unit: "ns/get",
+            better: Better::Lower,
+            ours: cached.figure("hit_ns"),
+            anchors: vec![anchor(
+                "`DashMap` get + value clone, same keys, same process",
+                cached.figure("dashmap_get_clone_ns"),
+            )
+            .target(1.5)],
+        },
+        Row {
+            id: "cached-miss",
+            title: "`CachedMap::get` of a key the cache does not hold".to_owned(),
+            unit: "ns/get",
+            better: Better::Lower,
+            ours: cached.figure("miss_ns"),
+            anchors: vec![anchor(
+                "raw rusqlite point SELECT + decode on a blocking thread, same process",
+                cached.figure("raw_miss_ns"),
+            )
+            // 0.7x of raw's reads per second.
+            .target(1.43)],
+        },
+        Row {
+            id: "cached-zipf",
+            title: format!(
+                "zipfian reads (s = 1.0) over {} rows through a cache of {} entries",
+                count(large),
+                count(large / 10)
+            ),
+            unit: "ns/get",
+            better: Better::Lower,
+            ours: cached.figure("zipf_ns"),
+            // The hit rate (`zipf_hit_rate`) is in the job's samples.
+            anchors: vec![anchor(
+                "raw rusqlite point SELECT + decode for every read (no cache), same process",
+                cached.figure("raw_miss_ns"),
+            )],
         },
         Row {
             id: "get",
