@@ -1,12 +1,14 @@
 //! Helpers shared by the integration tests: temporary databases, a second SQLite client that
 //! reads what a map wrote, and a backend that refuses writes on demand.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use persistent_map::{BatchOp, PersistentError, Result, StorageBackend};
 use serde::{de::DeserializeOwned, Serialize};
@@ -33,6 +35,51 @@ pub fn child_test(module: &str, test: &str) -> Command {
     let mut command = Command::new(binary);
     command.args(["--ignored", "--exact", &name]);
     command
+}
+
+/// Tells a parent test that a child's task `task` had its step `step` acknowledged: one line,
+/// written whole, that [`kill_after_acks`] reads.
+pub fn print_ack(task: u64, step: u64) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ack {task} {step}").unwrap();
+    out.flush().unwrap();
+}
+
+/// Reads `child`'s acknowledgements ([`print_ack`], on its piped stdout) until `wanted` came
+/// (within a minute), kills it with SIGKILL, reads those already in the pipe, and returns each
+/// task's last acknowledged step. Each task's steps must come in order, from 0.
+pub fn kill_after_acks(child: &mut Child, wanted: usize) -> BTreeMap<u64, u64> {
+    let mut lines = BufReader::new(child.stdout.take().expect("a piped stdout")).lines();
+    let mut acked: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut record = |line: &str| -> bool {
+        // The test harness may print its own words before the first line without a newline.
+        let Some((_, rest)) = line.split_once("ack ") else {
+            return false;
+        };
+        let (task, step) = rest.split_once(' ').unwrap();
+        let (task, step): (u64, u64) = (task.parse().unwrap(), step.parse().unwrap());
+        let previous = acked.insert(task, step);
+        assert_eq!(
+            previous.map_or(0, |p| p + 1),
+            step,
+            "task {task} acknowledged out of order"
+        );
+        true
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut count = 0;
+    while count < wanted {
+        assert!(Instant::now() < deadline, "the child wrote too slowly");
+        let line = lines.next().expect("the child exited early").unwrap();
+        count += usize::from(record(&line));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+                           // Acknowledgements already in the pipe count too.
+    for line in lines.map_while(std::result::Result::ok) {
+        record(&line);
+    }
+    child.wait().unwrap();
+    acked
 }
 
 /// Every `(key, value)` row of `table`, read by a separate SQLite connection, sorted by key.

@@ -3,18 +3,20 @@
 //! never go back in time; a refresh leaves nothing stale; scans visit every key once.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Write};
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use persistent_map::sqlite::SqliteBackend;
 use persistent_map::{
     CacheCapacity, CacheLookup, CachedMap, Change, PersistentError, PersistentKey, PersistentMap,
 };
-use persistent_map_tests::{child_test, integrity_check, stored_rows, temp_db};
+use persistent_map_tests::{
+    child_test, integrity_check, kill_after_acks, print_ack, stored_rows, temp_db,
+};
 
 type Cached = CachedMap<String, u64, SqliteBackend>;
 
@@ -510,9 +512,7 @@ fn cached_sigkill_child_writer() {
                             (key, Some(value)) => drop(map.insert(key, value).await.unwrap()),
                             (key, None) => drop(map.remove(&key).await.unwrap()),
                         }
-                        let mut out = std::io::stdout().lock();
-                        writeln!(out, "ack {task} {step}").unwrap();
-                        out.flush().unwrap();
+                        print_ack(task, step);
                     }
                 })
             })
@@ -533,28 +533,7 @@ fn acknowledged_writes_of_a_cached_map_survive_sigkill() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut acked: BTreeMap<u64, u64> = BTreeMap::new();
-    let record = |line: &str, acked: &mut BTreeMap<u64, u64>| {
-        let Some((_, rest)) = line.split_once("ack ") else {
-            return false;
-        };
-        let (task, step) = rest.split_once(' ').unwrap();
-        acked.insert(task.parse().unwrap(), step.parse().unwrap());
-        true
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut count = 0;
-    while count < 600 {
-        assert!(Instant::now() < deadline, "the child wrote too slowly");
-        let line = lines.next().expect("the child exited early").unwrap();
-        count += usize::from(record(&line, &mut acked));
-    }
-    child.kill().unwrap(); // SIGKILL on Unix
-    for line in lines.map_while(Result::ok) {
-        record(&line, &mut acked);
-    }
-    child.wait().unwrap();
+    let acked = kill_after_acks(&mut child, 600);
 
     let mut expected: BTreeMap<String, u64> = BTreeMap::new();
     let mut uncertain = BTreeSet::new();

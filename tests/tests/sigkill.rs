@@ -9,11 +9,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use persistent_map::sqlite::SqliteBackend;
 use persistent_map::PersistentMap;
-use persistent_map_tests::{child_test, integrity_check, stored_rows, temp_db};
+use persistent_map_tests::{
+    child_test, integrity_check, kill_after_acks, print_ack, stored_rows, temp_db,
+};
 
 const CHILD_DB: &str = "PERSISTENT_MAP_SIGKILL_CHILD_DB";
 const TASKS: u64 = 16;
@@ -61,10 +62,7 @@ fn sigkill_child_writer() {
                                 map.remove(&key).await.unwrap();
                             }
                         }
-                        // One line per acknowledgement, written whole.
-                        let mut out = std::io::stdout().lock();
-                        writeln!(out, "ack {task} {step}").unwrap();
-                        out.flush().unwrap();
+                        print_ack(task, step);
                     }
                 })
             })
@@ -85,41 +83,8 @@ fn acknowledged_writes_survive_sigkill() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-
     // The last acknowledged step of each task.
-    let mut acked: BTreeMap<u64, u64> = BTreeMap::new();
-    let mut count = 0;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let record = |line: &str, acked: &mut BTreeMap<u64, u64>| -> bool {
-        // The test harness may print its own words before the first line without a newline.
-        let Some((_, rest)) = line.split_once("ack ") else {
-            return false;
-        };
-        let (task, step) = rest.split_once(' ').unwrap();
-        let (task, step): (u64, u64) = (task.parse().unwrap(), step.parse().unwrap());
-        let previous = acked.insert(task, step);
-        assert_eq!(
-            previous.map_or(0, |p| p + 1),
-            step,
-            "task {task} acknowledged out of order"
-        );
-        true
-    };
-    while count < ACKS_BEFORE_KILL {
-        assert!(Instant::now() < deadline, "the child wrote too slowly");
-        let line = lines.next().expect("the child exited early").unwrap();
-        if record(&line, &mut acked) {
-            count += 1;
-        }
-    }
-    child.kill().unwrap(); // SIGKILL on Unix
-                           // Acknowledgements already in the pipe count too.
-    for line in lines {
-        let Ok(line) = line else { break };
-        record(&line, &mut acked);
-    }
-    child.wait().unwrap();
+    let acked = kill_after_acks(&mut child, ACKS_BEFORE_KILL);
 
     // What must be stored: every acknowledged step applied in order. A task's next step may have
     // run without being acknowledged; the keys it touches may go either way.

@@ -695,9 +695,7 @@ impl PostgresBackend {
     /// Sends `command` to the session, unless the connection is down: then the work fails at
     /// once (and is never done later).
     fn send(&self, command: Command) -> Result<()> {
-        let session = &self.shared.session;
-        session.refuse_if_down(&self.shared.attached.target)?;
-        session.send(command).map_err(|()| self.stopped())
+        (self.shared.session).send(&self.shared.attached.target, command, || self.stopped())
     }
 
     /// This backend, as the session's commands name it.
@@ -1187,10 +1185,7 @@ impl PostgresBuilder {
         let (done, attaching) = oneshot::channel();
         let table = Arc::clone(&attached);
         let stopped = || PersistentError::Backend("the PostgreSQL session has stopped".into());
-        session.refuse_if_down(&attached.target)?;
-        session
-            .send(Command::Attach { table, done })
-            .map_err(|()| stopped())?;
+        session.send(&attached.target, Command::Attach { table, done }, stopped)?;
         attaching.await.map_err(|_| stopped())??;
         Ok(PostgresBackend {
             shared: Arc::new(Shared {

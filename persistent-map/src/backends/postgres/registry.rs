@@ -27,18 +27,20 @@ pub(super) struct SessionHandle {
 }
 
 impl SessionHandle {
-    /// Sends `command`; `Err(())` if the session is gone.
-    pub(super) fn send(&self, command: Command) -> std::result::Result<(), ()> {
-        self.commands.send(command).map_err(drop)
-    }
-
-    /// Fails new work at once, as a [`PersistentError::Connect`] about `target`, while the
-    /// connection is down.
-    pub(super) fn refuse_if_down(&self, target: &Target) -> Result<()> {
-        match self.link.refusal() {
-            Some(reason) => Err(target.connect_error(reason)),
-            None => Ok(()),
+    /// Sends `command` for work on `target`'s table. While the connection is down, new work
+    /// fails at once with a [`PersistentError::Connect`] about `target` (and is never done
+    /// later); if the session is gone, with `stopped()`. Every command goes through here, so
+    /// none can queue behind a connection that is down and keep the session from reconnecting.
+    pub(super) fn send(
+        &self,
+        target: &Target,
+        command: Command,
+        stopped: impl FnOnce() -> PersistentError,
+    ) -> Result<()> {
+        if let Some(reason) = self.link.refusal() {
+            return Err(target.connect_error(reason));
         }
+        self.commands.send(command).map_err(|_| stopped())
     }
 }
 

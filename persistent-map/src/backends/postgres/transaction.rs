@@ -57,11 +57,9 @@ impl TransactionSession {
         parts: Vec<TransactionPart>,
         want_previous: bool,
     ) -> Result<Vec<Answer>> {
-        // While the connection is down, new work fails at once and is never done later, as
-        // every other write of the session does.
-        if let Some(part) = parts.first() {
-            self.session.refuse_if_down(&part.table.target)?;
-        }
+        let Some(first) = parts.first().map(|part| Arc::clone(&part.table)) else {
+            return Ok(Vec::new());
+        };
         let (done, committed) = oneshot::channel();
         let parts = parts
             .into_iter()
@@ -79,9 +77,7 @@ impl TransactionSession {
                 .into(),
             )
         };
-        self.session
-            .send(Command::Write { parts, done })
-            .map_err(|()| stopped())?;
+        (self.session).send(&first.target, Command::Write { parts, done }, stopped)?;
         Ok(answers(committed.await.map_err(|_| stopped())??))
     }
 }
