@@ -403,12 +403,18 @@ async fn a_read_modify_write_that_keeps_conflicting_gives_up_naming_the_key() {
         .unwrap_err();
     let message = err.to_string();
     assert!(
-        matches!(err, PersistentError::KeepsChanging { attempts: 100, .. }),
+        matches!(
+            err,
+            PersistentError::KeepsChanging {
+                attempts: 1_000,
+                ..
+            }
+        ),
         "{err:?}"
     );
     assert!(message.contains("\"hot\""), "{message}");
     assert!(message.contains("always-conflicting"), "{message}");
-    assert_eq!(map.backend().answers.load(Ordering::SeqCst), 100);
+    assert_eq!(map.backend().answers.load(Ordering::SeqCst), 1_000);
 }
 
 /// A transaction whose reads another writer changes at every run gives up too.
@@ -435,11 +441,17 @@ async fn a_transaction_that_keeps_conflicting_gives_up_naming_the_key() {
     .await
     .unwrap_err();
     assert!(
-        matches!(err, PersistentError::KeepsChanging { attempts: 100, .. }),
+        matches!(
+            err,
+            PersistentError::KeepsChanging {
+                attempts: 1_000,
+                ..
+            }
+        ),
         "{err:?}"
     );
     assert!(err.to_string().contains("\"hot\""), "{err}");
-    assert_eq!(runs.load(Ordering::SeqCst), 100);
+    assert_eq!(runs.load(Ordering::SeqCst), 1_000);
 }
 
 #[tokio::test]

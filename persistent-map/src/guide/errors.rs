@@ -22,7 +22,7 @@
 //! | [`IncompatibleKeyLayout`](crate::PersistentError::IncompatibleKeyLayout) | the table was written by a key type laid out differently | move the keys with `sqlite::migrate_keys`, or open the table with the key type that wrote it ([`keys`](super::keys#layouts)) |
 //! | [`TableInUse`](crate::PersistentError::TableInUse) | a key migration while a map of this process is open on the table | drop the maps on it first, then try again |
 //! | [`InvalidValue`](crate::PersistentError::InvalidValue) | a value JSON cannot hold (a NaN or infinite float) or whose `Serialize` fails | (names the table and the key; nothing was stored) |
-//! | [`KeepsChanging`](crate::PersistentError::KeepsChanging) | a read-modify-write or transaction conflicted at each of its 100 attempts | (names the table and the key; nothing was written by the call) |
+//! | [`KeepsChanging`](crate::PersistentError::KeepsChanging) | a read-modify-write or transaction conflicted at each of its 1,000 attempts | (names the table and the key; nothing was written by the call) |
 //! | [`MixedStorage`](crate::PersistentError::MixedStorage) | a transaction over maps of two files, databases or connections | (names both; nothing was written) |
 //! | [`ExpiryUnsupported`](crate::PersistentError::ExpiryUnsupported) | a write with a time to live on a backend that stores no deadlines (CSV) | (nothing was written) |
 //! | [`BlockingInAsyncContext`](crate::PersistentError::BlockingInAsyncContext) | a [blocking](super::blocking_api) call inside an async runtime | use the async map there: `.as_async()` for a map already open, or the async constructor it names |

@@ -48,7 +48,7 @@
 //! # }
 //! ```
 //!
-//! A read-modify-write that keeps conflicting gives up after 100 attempts with
+//! A read-modify-write that keeps conflicting gives up after 1,000 attempts with
 //! [`PersistentError::KeepsChanging`](crate::PersistentError::KeepsChanging), naming the table
 //! and the key; nothing was written by that call.
 //!
@@ -135,7 +135,7 @@
 //! or connections (or a file and an in-memory store, or PostgreSQL and SQLite) in one
 //! transaction are refused with
 //! [`PersistentError::MixedStorage`](crate::PersistentError::MixedStorage) before anything is
-//! written. A transaction that keeps conflicting gives up after 100 attempts, as a
+//! written. A transaction that keeps conflicting gives up after 1,000 attempts, as a
 //! read-modify-write does.
 //!
 //! # Hot keys

@@ -68,7 +68,7 @@ pub(crate) mod sealed {
 /// of the keys it touched before, so that contended transactions of this process take turns
 /// rather than conflict again (writes of those keys from this process wait meanwhile). When
 /// `body` returns `Err`, nothing is written and the error is returned: that is how to abort.
-/// A run that keeps conflicting gives up after 100 attempts with
+/// A run that keeps conflicting gives up after 1,000 attempts with
 /// [`PersistentError::KeepsChanging`].
 ///
 /// The error type `E` is yours, as long as a [`PersistentError`] (the commit's own failure)
