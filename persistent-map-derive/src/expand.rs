@@ -15,6 +15,12 @@ use crate::attr::TextMode;
 use crate::ctxt::Ctxt;
 use crate::{fallback, valid};
 
+/// An impl's header (`impl ... for Type where ...`) and its items, apart.
+struct Impl {
+    header: TokenStream,
+    items: TokenStream,
+}
+
 /// The whole derive: read, check, then write the impls, or the errors and placeholder impls.
 pub(crate) fn derive(node: &DeriveInput) -> TokenStream {
     let cx = Ctxt::default();
@@ -47,9 +53,27 @@ fn expand_text_and_key(input: &Input<'_>) -> TokenStream {
             bounds.extend(from_str_bounds(input));
             let layout = input.key_layout();
             let persistent_key = impl_persistent_key(input, &table_name, &layout, bounds);
+            // Through a local macro whose name is the fix: when the type also has its own
+            // `Display` or `FromStr`, rustc's conflict (E0119), which no attribute can word,
+            // then says that it "originates in the macro" named so.
+            // The bodies are the macro's arguments, so an error in them (a field without
+            // `Display`) is not said to originate in it.
+            let (display_header, display_items) = (display.header, display.items);
+            let (from_str_header, from_str_items) = (from_str.header, from_str.items);
             quote! {
-                #display
-                #from_str
+                const _: () = {
+                    macro_rules! to_keep_your_own_Display_and_FromStr_add_persistent_key_text_display {
+                        ({ $($display:tt)* } { $($from_str:tt)* }) => {
+                            #[automatically_derived]
+                            #display_header { $($display)* }
+                            #[automatically_derived]
+                            #from_str_header { $($from_str)* }
+                        };
+                    }
+                    to_keep_your_own_Display_and_FromStr_add_persistent_key_text_display! {
+                        { #display_items } { #from_str_items }
+                    }
+                };
                 #persistent_key
             }
         }
@@ -145,7 +169,7 @@ pub(crate) fn own_text_bounds(input: &Input<'_>) -> Vec<WherePredicate> {
     bounds
 }
 
-fn impl_display(input: &Input<'_>) -> TokenStream {
+fn impl_display(input: &Input<'_>) -> Impl {
     let krate = input.krate();
     let separator = input.separator();
     let body = match &input.data {
@@ -180,17 +204,19 @@ fn impl_display(input: &Input<'_>) -> TokenStream {
     let generics = with_bounds(input.generics(), display_bounds(input));
     let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();
     let ident = &input.original.ident;
-    quote! {
-        #[automatically_derived]
-        impl #impl_generics ::core::fmt::Display for #ident #ty_generics #where_clause {
+    Impl {
+        header: quote! {
+            impl #impl_generics ::core::fmt::Display for #ident #ty_generics #where_clause
+        },
+        items: quote! {
             fn fmt(&self, __formatter: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
                 #body
             }
-        }
+        },
     }
 }
 
-fn impl_from_str(input: &Input<'_>) -> TokenStream {
+fn impl_from_str(input: &Input<'_>) -> Impl {
     let krate = input.krate();
     let type_name = input.type_name();
     let separator = input.separator();
@@ -221,16 +247,18 @@ fn impl_from_str(input: &Input<'_>) -> TokenStream {
     let generics = with_bounds(input.generics(), from_str_bounds(input));
     let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();
     let ident = &input.original.ident;
-    quote! {
-        #[automatically_derived]
-        impl #impl_generics ::core::str::FromStr for #ident #ty_generics #where_clause {
+    Impl {
+        header: quote! {
+            impl #impl_generics ::core::str::FromStr for #ident #ty_generics #where_clause
+        },
+        items: quote! {
             type Err = #krate::__private::KeyParseError;
 
             fn from_str(__text: &str) -> ::core::result::Result<Self, <Self as ::core::str::FromStr>::Err> {
                 let __parser = #krate::__private::KeyParser::new(#type_name, #separator);
                 #body
             }
-        }
+        },
     }
 }
 

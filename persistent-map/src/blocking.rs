@@ -47,6 +47,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use crate::{MapKey, MapValue};
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::fmt;
@@ -57,7 +58,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::oneshot;
 
 use crate::{Change, Deadline, PersistentError, RecvError, RefreshTask, Result, StorageBackend};
@@ -82,8 +82,8 @@ use crate::{Change, Deadline, PersistentError, RecvError, RefreshTask, Result, S
 /// ```
 pub struct PersistentMap<K, V, B>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
     B: StorageBackend<K, V> + Send + Sync + 'static,
 {
     map: crate::PersistentMap<K, V, B>,
@@ -92,8 +92,8 @@ where
 
 impl<K, V, B> PersistentMap<K, V, B>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
     B: StorageBackend<K, V> + Send + Sync + 'static,
 {
     /// Creates a map over `backend` and loads everything it holds, as
@@ -721,16 +721,8 @@ where
 #[cfg(feature = "sqlite")]
 impl<K, V> PersistentMap<K, V, crate::sqlite::SqliteBackend>
 where
-    K: crate::PersistentKey
-        + Eq
-        + Hash
-        + Clone
-        + Serialize
-        + DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: crate::PersistentKey + MapKey,
+    V: MapValue,
 {
     /// Opens (or creates) the SQLite database at `path` and loads the map stored in the key
     /// type's table ([`crate::PersistentMap::open`]).
@@ -774,16 +766,8 @@ where
 #[cfg(feature = "postgres")]
 impl<K, V> PersistentMap<K, V, crate::postgres::PostgresBackend>
 where
-    K: crate::PersistentKey
-        + Eq
-        + Hash
-        + Clone
-        + Serialize
-        + DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: crate::PersistentKey + MapKey,
+    V: MapValue,
 {
     /// Connects to the PostgreSQL database at `url` and loads the map stored in the key type's
     /// table ([`crate::PersistentMap::open_postgres`]). The connection is kept, and the other
@@ -822,8 +806,8 @@ where
 
 impl<K, V, B> Clone for PersistentMap<K, V, B>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
     B: StorageBackend<K, V> + Send + Sync + 'static,
 {
     fn clone(&self) -> Self {
@@ -836,8 +820,8 @@ where
 
 impl<K, V, B> fmt::Debug for PersistentMap<K, V, B>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
     B: StorageBackend<K, V> + Send + Sync + 'static,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -231,7 +231,8 @@ use std::str::FromStr;
 /// It is opt-in, not automatic: the derive cannot see whether the type also derives or
 /// implements serde's traits, and writing them unasked would clash with every key that
 /// already derives them (as keys did before this attribute). Without either, the compiler
-/// reports the key type as not implementing `Serialize` where it meets the map.
+/// reports, where the key meets a map, that the type cannot key a map
+/// ([`MapKey`](crate::MapKey)) and names this attribute.
 ///
 /// ```
 /// use persistent_map::{sqlite::SqliteBackend, PersistentKey, PersistentMap};
@@ -301,7 +302,9 @@ use std::str::FromStr;
 /// `Display` or `FromStr`; an invalid table name (given, or made from the type's name); an
 /// unknown or repeated attribute; `serde` given a value; a backslash separator; a variant text
 /// that contains the separator or a backslash; two variants with the same text; an enum with
-/// no variants.
+/// no variants. A type with its own `Display` or `FromStr` and a derived text is a conflict
+/// (E0119) that rustc reports as originating in the macro
+/// `to_keep_your_own_Display_and_FromStr_add_persistent_key_text_display`: its name is the fix.
 pub trait PersistentKey:
     fmt::Display + FromStr<Err: std::error::Error + Send + Sync + 'static>
 {

@@ -40,6 +40,7 @@
 mod backend;
 mod backends;
 pub mod blocking;
+mod bounds;
 mod changes;
 mod completion;
 mod deadline;
@@ -69,6 +70,7 @@ pub use backends::in_memory;
 pub use backends::postgres;
 #[cfg(feature = "sqlite")]
 pub use backends::sqlite;
+pub use bounds::{MapKey, MapValue};
 pub use changes::{Change, RecvError, Subscription, CHANGE_BUFFER};
 pub use deadline::Deadline;
 pub use error::{PersistentError, Result};

@@ -6,12 +6,10 @@
 //! [`PostgresBackend::builder`](crate::postgres::PostgresBackend::builder)): each option is
 //! handed to the builder as it is, so the two cannot disagree on a default.
 
-use std::hash::Hash;
+use crate::{MapKey, MapValue};
 #[cfg(feature = "sqlite")]
 use std::path::Path;
 use std::time::Duration;
-
-use serde::{de::DeserializeOwned, Serialize};
 
 #[cfg(feature = "sqlite")]
 use crate::sqlite::{Durability, SqliteBackend};
@@ -122,8 +120,8 @@ impl SqliteOptions {
         path: impl AsRef<Path>,
     ) -> Result<PersistentMap<K, V, SqliteBackend>>
     where
-        K: PersistentKey + Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-        V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+        K: PersistentKey + MapKey,
+        V: MapValue,
     {
         let mut builder = SqliteBackend::builder(path).key::<K>();
         if let Some(table) = self.table {
@@ -142,8 +140,8 @@ impl SqliteOptions {
 #[cfg(feature = "sqlite")]
 impl<K, V> PersistentMap<K, V, SqliteBackend>
 where
-    K: PersistentKey + Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: PersistentKey + MapKey,
+    V: MapValue,
 {
     /// Opens (or creates) the SQLite database at `path` and loads the map, with `options`: the
     /// same as `options.open(path)`, in the manner of rusqlite's `open_with_flags`.
@@ -307,8 +305,8 @@ impl PostgresOptions {
         url: &str,
     ) -> Result<PersistentMap<K, V, crate::postgres::PostgresBackend>>
     where
-        K: PersistentKey + Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-        V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+        K: PersistentKey + MapKey,
+        V: MapValue,
     {
         let mut builder = crate::postgres::PostgresBackend::builder(url).table(K::TABLE_NAME);
         if let Some(table) = self.table {
@@ -333,8 +331,8 @@ impl PostgresOptions {
 #[cfg(feature = "postgres")]
 impl<K, V> PersistentMap<K, V, crate::postgres::PostgresBackend>
 where
-    K: PersistentKey + Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: PersistentKey + MapKey,
+    V: MapValue,
 {
     /// Connects to the PostgreSQL database at `url` and loads the map, with `options`: the same
     /// as `options.connect(url)`.

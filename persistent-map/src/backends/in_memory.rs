@@ -1,12 +1,13 @@
 //! A backend that keeps its store in process memory.
 
+use crate::{MapKey, MapValue};
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use serde::{de::DeserializeOwned, Serialize};
+use serde::Serialize;
 
 use crate::backends::encode::{encode_value, same_json};
 use crate::deadline::{is_live, now_millis};
@@ -112,8 +113,8 @@ impl fmt::Debug for InMemoryBackend {
 #[async_trait::async_trait]
 impl<K, V> StorageBackend<K, V> for InMemoryBackend
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
 {
     async fn load_all(&self) -> Result<HashMap<K, V>, PersistentError> {
         let now = now_millis();

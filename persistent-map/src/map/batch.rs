@@ -1,9 +1,7 @@
 //! Batches: several writes, all or nothing, in memory and in storage.
 
+use crate::{MapKey, MapValue};
 use std::collections::HashSet;
-use std::hash::Hash;
-
-use serde::{de::DeserializeOwned, Serialize};
 
 use super::commit::{commit_one, MapWrite, Op, Turn, Write};
 use super::entries::Lookup;
@@ -14,8 +12,8 @@ use crate::{BatchOp, PersistentError, Result, StorageBackend};
 
 impl<K, V, B> PersistentMap<K, V, B>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
     B: StorageBackend<K, V> + Send + Sync + 'static,
 {
     /// Stores every `(key, value)` pair as one all-or-nothing batch (for SQLite, one
@@ -164,8 +162,8 @@ pub(super) async fn undo_partial_batch<K, V, B>(
     cause: PersistentError,
 ) -> PersistentError
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
     B: StorageBackend<K, V> + Send + Sync + ?Sized,
 {
     let partial = |cause| PersistentError::PartialBatch {

@@ -8,14 +8,13 @@
 //! reading: a key memory does not hold is read from storage, in the key's turn, so that the
 //! read never puts an older value over a write of this map that settled meanwhile.
 
+use crate::{MapKey, MapValue};
 use std::borrow::Borrow;
 use std::fmt;
 use std::hash::Hash;
 #[cfg(feature = "sqlite")]
 use std::path::Path;
 use std::time::{Duration, SystemTime};
-
-use serde::{de::DeserializeOwned, Serialize};
 
 use super::entries::{CacheCapacity, Lookup};
 use super::{PersistentMap, RefreshTask, Scan};
@@ -90,8 +89,8 @@ use crate::{Deadline, PersistentError, Result, StorageBackend, Subscription};
 /// ```
 pub struct CachedMap<K, V, B>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
     B: StorageBackend<K, V> + Send + Sync + 'static,
 {
     /// The map whose shared entries are a bounded cache: every write goes through it.
@@ -178,8 +177,8 @@ pub struct CacheStats {
 
 impl<K, V, B> CachedMap<K, V, B>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
     B: StorageBackend<K, V> + Send + Sync + 'static,
 {
     /// Creates a map over `backend` that keeps at most `capacity` of its entries in memory.
@@ -832,8 +831,8 @@ where
 
 impl<K, V, B> CachedMap<K, V, B>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static + ToString,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey + ToString,
+    V: MapValue,
     B: StorageBackend<K, V> + Send + Sync + 'static,
 {
     /// Every stored entry, in the order of the key text, a page at a time, read from storage
@@ -888,16 +887,8 @@ where
 #[cfg(feature = "sqlite")]
 impl<K, V> CachedMap<K, V, crate::sqlite::SqliteBackend>
 where
-    K: crate::PersistentKey
-        + Eq
-        + Hash
-        + Clone
-        + Serialize
-        + DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: crate::PersistentKey + MapKey,
+    V: MapValue,
 {
     /// Opens (or creates) the SQLite database at `path` and the key type's table
     /// ([`K::TABLE_NAME`](crate::PersistentKey::TABLE_NAME)), keeping at most `capacity` of its
@@ -925,16 +916,8 @@ where
 #[cfg(feature = "postgres")]
 impl<K, V> CachedMap<K, V, crate::postgres::PostgresBackend>
 where
-    K: crate::PersistentKey
-        + Eq
-        + Hash
-        + Clone
-        + Serialize
-        + DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: crate::PersistentKey + MapKey,
+    V: MapValue,
 {
     /// Connects to the PostgreSQL database at `url` and the key type's table (created if
     /// missing), keeping at most `capacity` of its entries in memory; every instance of a
@@ -963,8 +946,8 @@ where
 
 impl<K, V, B> Clone for CachedMap<K, V, B>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
     B: StorageBackend<K, V> + Send + Sync + 'static,
 {
     fn clone(&self) -> Self {
@@ -976,8 +959,8 @@ where
 
 impl<K, V, B> fmt::Debug for CachedMap<K, V, B>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
     B: StorageBackend<K, V> + Send + Sync + 'static,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -33,14 +33,14 @@
 //! The sweep of expired rows has its own backend call (`sweep_expired`) and settles through the
 //! same [`Shared::settle`]; a refresh applies what storage holds, never a write of its own.
 
+use crate::{MapKey, MapValue};
 use std::any::Any;
 use std::future::Future;
-use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
-use serde::{de::DeserializeOwned, Serialize};
+use serde::de::DeserializeOwned;
 
 use super::shared::Settled;
 use super::PersistentMap;
@@ -377,8 +377,8 @@ fn commit_in_memory(
 /// [`apply_checked`](StorageBackend::apply_checked) (or its `clear`), alone.
 pub(super) fn custom_target<K, V, B>(backend: &Arc<B>) -> TransactionTarget<K, V>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
     B: StorageBackend<K, V> + Send + Sync + 'static,
 {
     let address = Arc::as_ptr(backend) as *const () as usize;
@@ -438,8 +438,8 @@ async fn answer_of<K, V, B>(
     checked: Checked<V>,
 ) -> Result<Answer>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
     B: StorageBackend<K, V> + Send + Sync + ?Sized,
 {
     let encode = crate::backends::encode::encode_value;
@@ -494,8 +494,8 @@ pub(super) enum Turn {
 /// One map's share of a write, with the map and its turns, once committed: how it settled.
 pub(super) struct MapWrite<K, V, B>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
     B: StorageBackend<K, V> + Send + Sync + 'static,
 {
     map: PersistentMap<K, V, B>,
@@ -526,8 +526,8 @@ pub(super) trait Part: Send {
 
 impl<K, V, B> MapWrite<K, V, B>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
     B: StorageBackend<K, V> + Send + Sync + 'static,
 {
     pub(super) fn new(map: &PersistentMap<K, V, B>, write: Write<K, V>, turn: Turn) -> Self {
@@ -553,8 +553,8 @@ where
 
 impl<K, V, B> Part for MapWrite<K, V, B>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
     B: StorageBackend<K, V> + Send + Sync + 'static,
 {
     fn as_any_mut(&mut self) -> &mut dyn Any {
@@ -743,8 +743,8 @@ async fn fail(parts: &mut [Box<dyn Part>], error: PersistentError) -> Result<()>
 /// written.
 pub(super) async fn commit_one<K, V, B>(write: MapWrite<K, V, B>) -> Result<Settled<V>>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
     B: StorageBackend<K, V> + Send + Sync + 'static,
 {
     let (mut parts, _) = commit(vec![Box::new(write)]).await;

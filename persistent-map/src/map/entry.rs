@@ -1,10 +1,9 @@
 //! The entry API: one key's "insert if absent" and "modify in place", each one atomic write,
 //! in the manner of `HashMap::entry` (async, since each ends in a write).
 
+use crate::{MapKey, MapValue};
 use std::fmt;
 use std::hash::Hash;
-
-use serde::{de::DeserializeOwned, Serialize};
 
 use super::PersistentMap;
 use crate::{Result, StorageBackend};
@@ -39,8 +38,8 @@ type Modify<'a, V> = dyn FnMut(&mut V) + Send + 'a;
 #[must_use = "an entry does nothing until one of its async methods is awaited"]
 pub struct Entry<'a, K, V, B>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
     B: StorageBackend<K, V> + Send + Sync + 'static,
 {
     map: &'a PersistentMap<K, V, B>,
@@ -50,8 +49,8 @@ where
 
 impl<K, V, B> fmt::Debug for Entry<'_, K, V, B>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static + fmt::Debug,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey + fmt::Debug,
+    V: MapValue,
     B: StorageBackend<K, V> + Send + Sync + 'static,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -64,8 +63,8 @@ where
 
 impl<K, V, B> PersistentMap<K, V, B>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
     B: StorageBackend<K, V> + Send + Sync + 'static,
 {
     /// The entry of `key`, to insert if absent or modify in place, each as one atomic write.
@@ -97,8 +96,8 @@ where
 
 impl<'a, K, V, B> Entry<'a, K, V, B>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
     B: StorageBackend<K, V> + Send + Sync + 'static,
 {
     /// Modifies the stored value in place when the entry is finished, if the key is present.

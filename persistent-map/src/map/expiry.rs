@@ -18,6 +18,7 @@
 //! while [`PersistentMap::sweep_expired`] runs, and `sweep_expired` waits for a background sweep
 //! under way, so two sweeps never take turns with the live writes.
 
+use crate::{MapKey, MapValue};
 use std::future::Future;
 use std::hash::Hash;
 use std::marker::PhantomData;
@@ -26,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
-use serde::{de::DeserializeOwned, Serialize};
+use serde::Serialize;
 
 use super::commit::{Answer, Kind, Op, Write};
 use super::entries::Lookup;
@@ -160,8 +161,8 @@ struct WeakBackend<B, V> {
 
 impl<K, V, B> Sweeper<K> for WeakBackend<B, V>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
     B: StorageBackend<K, V> + Send + Sync + 'static,
 {
     fn address(&self) -> usize {
@@ -193,8 +194,8 @@ impl<K: Send + 'static> Sweepers<K> {
     /// Lets the sweep use `backend` (once).
     pub(super) fn add<V, B>(&self, backend: &Arc<B>)
     where
-        K: Eq + Hash + Clone + Serialize + DeserializeOwned + Sync,
-        V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+        K: MapKey,
+        V: MapValue,
         B: StorageBackend<K, V> + Send + Sync + 'static,
     {
         let address = Arc::as_ptr(backend) as *const () as usize;
@@ -243,8 +244,8 @@ where
 
 impl<K, V, B> PersistentMap<K, V, B>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
     B: StorageBackend<K, V> + Send + Sync + 'static,
 {
     /// This handle with a default time to live: every later write of it that stores a value
@@ -590,8 +591,8 @@ fn sweep_runtime() -> Option<&'static tokio::runtime::Handle> {
 /// alive. Holds neither the map nor a backend in between, so dropping the map stops it.
 async fn sweep_in_background<K, V>(shared: Weak<Shared<K, V>>)
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
 {
     let mut ticks =
         tokio::time::interval_at(tokio::time::Instant::now() + SWEEP_EVERY, SWEEP_EVERY);
@@ -632,8 +633,8 @@ where
 /// rows were deleted. The caller holds the sweep's turn.
 async fn sweep_storage<K, V>(shared: &Arc<Shared<K, V>>) -> Result<usize>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
 {
     let mut swept = 0;
     let mut dropping = None;

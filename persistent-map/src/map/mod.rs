@@ -32,13 +32,11 @@ pub use scan::Scan;
 pub(crate) use transaction::sealed;
 pub use transaction::{transaction, Transaction, TransactionError, TransactionalBackend};
 
+use crate::{MapKey, MapValue};
 use std::fmt;
-use std::hash::Hash;
 #[cfg(feature = "sqlite")]
 use std::path::Path;
 use std::sync::Arc;
-
-use serde::{de::DeserializeOwned, Serialize};
 
 use self::shared::Shared;
 use crate::completion::run_to_completion;
@@ -88,8 +86,8 @@ use crate::{PersistentError, Result, StorageBackend};
 /// ```
 pub struct PersistentMap<K, V, B>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
     B: StorageBackend<K, V> + Send + Sync + 'static,
 {
     shared: Arc<Shared<K, V>>,
@@ -102,8 +100,8 @@ where
 
 impl<K, V, B> PersistentMap<K, V, B>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
     B: StorageBackend<K, V> + Send + Sync + 'static,
 {
     /// Creates a map over `backend` and loads everything the backend holds.
@@ -262,16 +260,8 @@ where
 #[cfg(feature = "sqlite")]
 impl<K, V> PersistentMap<K, V, crate::sqlite::SqliteBackend>
 where
-    K: crate::PersistentKey
-        + Eq
-        + Hash
-        + Clone
-        + Serialize
-        + DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: crate::PersistentKey + MapKey,
+    V: MapValue,
 {
     /// Opens (or creates) the SQLite database at `path` and loads the map stored in the key
     /// type's table, [`K::TABLE_NAME`](crate::PersistentKey::TABLE_NAME).
@@ -300,8 +290,8 @@ where
 
 impl<K, V, B> Clone for PersistentMap<K, V, B>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
     B: StorageBackend<K, V> + Send + Sync + 'static,
 {
     fn clone(&self) -> Self {
@@ -316,8 +306,8 @@ where
 
 impl<K, V, B> fmt::Debug for PersistentMap<K, V, B>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
     B: StorageBackend<K, V> + Send + Sync + 'static,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -330,16 +320,8 @@ where
 #[cfg(feature = "postgres")]
 impl<K, V> PersistentMap<K, V, crate::postgres::PostgresBackend>
 where
-    K: crate::PersistentKey
-        + Eq
-        + Hash
-        + Clone
-        + Serialize
-        + DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: crate::PersistentKey + MapKey,
+    V: MapValue,
 {
     /// Connects to the PostgreSQL database at `url` and loads the map stored in the key type's
     /// table, [`K::TABLE_NAME`](crate::PersistentKey::TABLE_NAME) (created if missing).

@@ -1,10 +1,9 @@
 //! Reads: from memory only, never waiting for the backend.
 
+use crate::{MapKey, MapValue};
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
-
-use serde::{de::DeserializeOwned, Serialize};
 
 use super::entries::Lookup;
 use super::PersistentMap;
@@ -12,8 +11,8 @@ use crate::{Deadline, Result, StorageBackend, Subscription};
 
 impl<K, V, B> PersistentMap<K, V, B>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
     B: StorageBackend<K, V> + Send + Sync + 'static,
 {
     /// Returns a clone of the value under `key`, from memory.

@@ -1,11 +1,9 @@
 //! Catching up with what others wrote: another process on the same SQLite file, another
 //! instance on PostgreSQL, another backend on the same table.
 
-use std::hash::Hash;
+use crate::{MapKey, MapValue};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-
-use serde::{de::DeserializeOwned, Serialize};
 
 use super::PersistentMap;
 use crate::completion::run_to_completion;
@@ -13,8 +11,8 @@ use crate::{ChangePosition, Deadline, ExternalChanges, PersistentError, Result, 
 
 impl<K, V, B> PersistentMap<K, V, B>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
     B: StorageBackend<K, V> + Send + Sync + 'static,
 {
     /// Catches up with changes that others (another process on the same SQLite file, another

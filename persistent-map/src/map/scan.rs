@@ -1,13 +1,11 @@
 //! Scans: a map's stored entries in the order of their key text, read from storage a page at a
 //! time, so that a table larger than memory is never held in memory at once.
 
+use crate::{MapKey, MapValue};
 use std::collections::VecDeque;
 use std::fmt;
-use std::hash::Hash;
 use std::marker::PhantomData;
 use std::sync::Arc;
-
-use serde::{de::DeserializeOwned, Serialize};
 
 use super::PersistentMap;
 use crate::{Result, StorageBackend};
@@ -71,8 +69,8 @@ pub struct Scan<K, V, B> {
 
 impl<K, V, B> PersistentMap<K, V, B>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static + ToString,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey + ToString,
+    V: MapValue,
     B: StorageBackend<K, V> + Send + Sync + 'static,
 {
     /// Every stored entry, in the order of the key text, a page at a time (see [`Scan`]):
@@ -151,8 +149,8 @@ where
 
 impl<K, V, B> Scan<K, V, B>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static + ToString,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey + ToString,
+    V: MapValue,
     B: StorageBackend<K, V> + Send + Sync + 'static,
 {
     /// The scan with pages of at most `entries` entries (at least 1; 1,024 unless set).

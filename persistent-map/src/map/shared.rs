@@ -1,13 +1,14 @@
 //! What every handle on one table in this process shares: the entries, the keys' turns, the
 //! change feed, and where the entries stand in the backend's history of changes.
 
+use crate::{MapKey, MapValue};
 use std::collections::{hash_map, HashMap, HashSet};
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use dashmap::DashMap;
-use serde::{de::DeserializeOwned, Serialize};
+use serde::Serialize;
 
 use super::commit::{Answer, Kind, Op, Write};
 use super::entries::{room_for, CacheCapacity, Entries, Held, Hot};
@@ -80,8 +81,8 @@ struct Pending<V> {
 
 impl<K, V> Shared<K, V>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
 {
     /// Loads everything `backend` holds.
     pub(super) async fn load<B: StorageBackend<K, V> + Send + Sync + ?Sized>(

@@ -9,14 +9,12 @@
 //! another writer changed something the body read, nothing is written, memory takes what
 //! storage holds, and the body runs again.
 
+use crate::{MapKey, MapValue};
 use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
-use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::Arc;
-
-use serde::{de::DeserializeOwned, Serialize};
 
 use super::commit::{commit, MapWrite, Op, Part, Turn, Write, MAX_ATTEMPTS};
 use super::PersistentMap;
@@ -36,8 +34,8 @@ use crate::{Condition, Deadline, PersistentError, Result, StorageBackend};
 pub trait TransactionalBackend<K, V>:
     StorageBackend<K, V> + sealed::Sealed + Send + Sync + 'static
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
 {
 }
 
@@ -45,8 +43,8 @@ where
 /// to is what a transaction commits to.
 impl<K, V, B> TransactionalBackend<K, V> for B
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
     B: StorageBackend<K, V> + sealed::Sealed + Send + Sync + 'static,
 {
 }
@@ -316,8 +314,8 @@ impl Transaction {
     /// ```
     pub fn get<K, V, B>(&mut self, map: &PersistentMap<K, V, B>, key: &K) -> Option<V>
     where
-        K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-        V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+        K: MapKey,
+        V: MapValue,
         B: TransactionalBackend<K, V>,
     {
         self.buffer(map).read(key)
@@ -344,8 +342,8 @@ impl Transaction {
     /// ```
     pub fn insert<K, V, B>(&mut self, map: &PersistentMap<K, V, B>, key: K, value: V)
     where
-        K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-        V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+        K: MapKey,
+        V: MapValue,
         B: TransactionalBackend<K, V>,
     {
         let deadline = map.default_deadline();
@@ -372,8 +370,8 @@ impl Transaction {
     /// ```
     pub fn remove<K, V, B>(&mut self, map: &PersistentMap<K, V, B>, key: &K)
     where
-        K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-        V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+        K: MapKey,
+        V: MapValue,
         B: TransactionalBackend<K, V>,
     {
         self.buffer(map).write(key.clone(), None, None);
@@ -406,8 +404,8 @@ impl Transaction {
         change: impl FnOnce(Option<&V>) -> Option<V>,
     ) -> Option<V>
     where
-        K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-        V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+        K: MapKey,
+        V: MapValue,
         B: TransactionalBackend<K, V>,
     {
         let deadline = map.default_deadline();
@@ -423,8 +421,8 @@ impl Transaction {
     /// This transaction's buffer for `map`, made on first use.
     fn buffer<K, V, B>(&mut self, map: &PersistentMap<K, V, B>) -> &mut MapBuffer<K, V, B>
     where
-        K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-        V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+        K: MapKey,
+        V: MapValue,
         B: TransactionalBackend<K, V>,
     {
         let address = Arc::as_ptr(&map.shared) as usize;
@@ -511,8 +509,8 @@ trait Buffer: Send + Sync {
 /// One map's reads and writes in a transaction.
 struct MapBuffer<K, V, B>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
     B: TransactionalBackend<K, V>,
 {
     map: PersistentMap<K, V, B>,
@@ -527,8 +525,8 @@ where
 
 impl<K, V, B> MapBuffer<K, V, B>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
     B: TransactionalBackend<K, V>,
 {
     fn read(&mut self, key: &K) -> Option<V> {
@@ -552,8 +550,8 @@ where
 
 impl<K, V, B> Buffer for MapBuffer<K, V, B>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
     B: TransactionalBackend<K, V>,
 {
     fn as_any(&self) -> &dyn Any {

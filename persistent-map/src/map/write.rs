@@ -1,9 +1,7 @@
 //! Writes of one key: each is one [`Write`] on the write path (`commit.rs`), in its key's
 //! turn; the read-modify-writes are a loop around it.
 
-use std::hash::Hash;
-
-use serde::{de::DeserializeOwned, Serialize};
+use crate::{MapKey, MapValue};
 
 use super::commit::{commit_one, Kind, MapWrite, Op, Turn, Write, MAX_ATTEMPTS};
 use super::shared::Settled;
@@ -13,8 +11,8 @@ use crate::{Condition, Deadline, PersistentError, Result, StorageBackend, Stored
 
 impl<K, V, B> PersistentMap<K, V, B>
 where
-    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: MapKey,
+    V: MapValue,
     B: StorageBackend<K, V> + Send + Sync + 'static,
 {
     /// Stores `value` under `key`, then returns the value it replaced: the value storage held,

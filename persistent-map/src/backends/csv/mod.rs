@@ -48,6 +48,7 @@
 
 mod file;
 
+use crate::{MapKey, MapValue};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::Hash;
@@ -230,18 +231,9 @@ async fn run_blocking<T: Send + 'static>(
 #[async_trait::async_trait]
 impl<K, V> StorageBackend<K, V> for CsvBackend
 where
-    K: Eq
-        + Hash
-        + Clone
-        + Serialize
-        + DeserializeOwned
-        + Send
-        + Sync
-        + 'static
-        + ToString
-        + FromStr,
+    K: MapKey + ToString + FromStr,
     <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    V: MapValue,
 {
     /// Reads and decodes the whole file; a damaged file is an error naming the line, and
     /// nothing is changed.

@@ -380,9 +380,9 @@ mod session;
 mod tls;
 mod transaction;
 
+use crate::{MapKey, MapValue};
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::Hash;
 use std::str::FromStr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -1203,18 +1203,9 @@ impl PostgresBuilder {
 #[async_trait::async_trait]
 impl<K, V> StorageBackend<K, V> for PostgresBackend
 where
-    K: Eq
-        + Hash
-        + Clone
-        + Serialize
-        + DeserializeOwned
-        + Send
-        + Sync
-        + 'static
-        + ToString
-        + FromStr,
+    K: MapKey + ToString + FromStr,
     <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    V: MapValue,
 {
     async fn load_all(&self) -> Result<HashMap<K, V>, PersistentError> {
         let mut entries = HashMap::new();

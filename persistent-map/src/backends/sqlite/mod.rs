@@ -45,6 +45,7 @@ mod writer;
 
 pub use layout::migrate_keys;
 
+use crate::{MapKey, MapValue};
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
@@ -501,18 +502,9 @@ impl SqliteBuilder {
 #[async_trait::async_trait]
 impl<K, V> StorageBackend<K, V> for SqliteBackend
 where
-    K: Eq
-        + Hash
-        + Clone
-        + Serialize
-        + DeserializeOwned
-        + Send
-        + Sync
-        + 'static
-        + ToString
-        + FromStr,
+    K: MapKey + ToString + FromStr,
     <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
-    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    V: MapValue,
 {
     async fn load_all(&self) -> Result<HashMap<K, V>, PersistentError> {
         let mut entries = HashMap::new();
