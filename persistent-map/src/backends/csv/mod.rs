@@ -51,7 +51,6 @@ mod file;
 use crate::{MapKey, MapValue};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::hash::Hash;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
