@@ -1,4 +1,4 @@
-//! The map larger than memory, [`CachedMap`], on the 1M-row fixture: how long it takes to open,
+//! The map larger than memory, [`CachedMap`], on the 5M-row fixture (200k with `--quick`): how long it takes to open,
 //! the peak memory of a process whose cache holds `--capacity` entries, a `get` the cache
 //! answers against a `DashMap` get + clone, a miss against raw rusqlite's point `SELECT` and
 //! decode on a blocking thread (what a miss does without the map), and a zipfian read mix

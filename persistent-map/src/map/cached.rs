@@ -27,7 +27,7 @@ use crate::{Deadline, PersistentError, Result, StorageBackend, Subscription};
 ///
 /// A [`PersistentMap`] holds every entry in memory: its `get` is a hash lookup and never
 /// waits, and opening it loads the whole table (a 5M-row file: seconds, and gigabytes). A
-/// `CachedMap` opens in milliseconds whatever the size of the table (2 ms for 1M rows in
+/// `CachedMap` opens in milliseconds whatever the size of the table (2-4 ms for 5M rows in
 /// BENCHMARKS.md; it reads only where the table's history of changes stands), keeps its
 /// memory within its capacity, and pays a storage read for each key it does not hold. Pick it
 /// when the table is larger than you want in memory, or when only some of it is read at a time.

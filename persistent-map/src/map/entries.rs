@@ -74,6 +74,15 @@ impl<V> Held<V> {
 /// under it.
 type Known<V> = Option<Slot<V>>;
 
+/// How the cache holds it: quick_cache's `get` hands out a clone of what it holds, and a clone
+/// of an `Arc` costs less than one of the value (which the reader clones once more anyway).
+type InCache<V> = Arc<Known<V>>;
+
+/// What the cache held, taken out of it: the entry itself if no reader still shares it.
+fn taken<V: Clone>(known: InCache<V>) -> Known<V> {
+    Arc::try_unwrap(known).unwrap_or_else(|shared| (*shared).clone())
+}
+
 /// How much a cached map's memory holds at most, in entries or in a weight of your choosing
 /// (bytes, say): when it is full, the cache lets the least promising entries go (quick_cache's
 /// S3-FIFO-like policy: an entry read once is let go before one read again and again). What is
@@ -168,9 +177,9 @@ impl<K, V> Clone for Weight<K, V> {
     }
 }
 
-impl<K, V> quick_cache::Weighter<K, Known<V>> for Weight<K, V> {
-    fn weight(&self, key: &K, known: &Known<V>) -> u64 {
-        match (&self.0, known) {
+impl<K, V> quick_cache::Weighter<K, InCache<V>> for Weight<K, V> {
+    fn weight(&self, key: &K, known: &InCache<V>) -> u64 {
+        match (&self.0, known.as_ref()) {
             // Never 0: quick_cache never lets go of an entry that weighs nothing.
             (Some(weigh), Some(slot)) => weigh(key, slot.value()).max(1),
             _ => 1,
@@ -180,7 +189,7 @@ impl<K, V> quick_cache::Weighter<K, Known<V>> for Weight<K, V> {
 
 /// A cached map's memory: quick_cache's sharded cache of what is known of the hot keys.
 pub(super) struct Hot<K, V> {
-    cache: quick_cache::sync::Cache<K, Known<V>, Weight<K, V>>,
+    cache: quick_cache::sync::Cache<K, InCache<V>, Weight<K, V>>,
     /// Keys read from storage because memory did not know them.
     storage_reads: AtomicU64,
 }
@@ -259,7 +268,7 @@ where
                 },
                 None => Lookup::Absent,
             },
-            Entries::Cached(hot) => match hot.cache.get(key) {
+            Entries::Cached(hot) => match hot.cache.get(key).as_deref() {
                 Some(Some(slot)) => match slot.live() {
                     Some(value) => Lookup::Live(read(value, slot.deadline())),
                     None => Lookup::Absent,
@@ -313,10 +322,10 @@ where
             Entries::Cached(hot) => {
                 let removed = hot
                     .cache
-                    .remove_if(key, |known| known.as_ref().is_some_and(expired));
-                match removed {
-                    Some((_, Some(old))) => Held::Slot(old),
-                    Some((_, None)) => unreachable!("only an entry that has expired is removed"),
+                    .remove_if(key, |known| known.as_ref().as_ref().is_some_and(expired));
+                match removed.map(|(_, old)| taken(old)) {
+                    Some(Some(old)) => Held::Slot(old),
+                    Some(None) => unreachable!("only an entry that has expired is removed"),
                     None if hot.cache.contains_key(key) => Held::Absent,
                     None => Held::NotCached,
                 }
@@ -347,7 +356,7 @@ where
             Entries::Resident(entries) => entries.retain(|key, slot| keep(key, slot)),
             Entries::Cached(hot) => hot
                 .cache
-                .retain(|key, known| known.as_ref().is_none_or(|slot| keep(key, slot))),
+                .retain(|key, known| known.as_ref().as_ref().is_none_or(|slot| keep(key, slot))),
         }
         count.get()
     }
@@ -364,10 +373,12 @@ where
     pub(super) fn any_live(&self, now: u64) -> bool {
         match self {
             Entries::Resident(entries) => entries.iter().any(|entry| entry.value().is_live_at(now)),
-            Entries::Cached(hot) => hot
-                .cache
-                .iter()
-                .any(|(_, known)| known.is_some_and(|slot| slot.is_live_at(now))),
+            Entries::Cached(hot) => hot.cache.iter().any(|(_, known)| {
+                known
+                    .as_ref()
+                    .as_ref()
+                    .is_some_and(|slot| slot.is_live_at(now))
+            }),
         }
     }
 
@@ -380,7 +391,8 @@ where
                 .for_each(|entry| each(entry.key(), entry.value().value())),
             Entries::Cached(hot) => {
                 for (key, known) in hot.cache.iter() {
-                    if let Some(slot) = known.filter(|slot| slot.is_live_at(now)) {
+                    if let Some(slot) = known.as_ref().as_ref().filter(|slot| slot.is_live_at(now))
+                    {
                         each(&key, slot.value());
                     }
                 }
@@ -434,12 +446,12 @@ where
     /// key's turn, so no other write or fill of the key comes in between; a read meanwhile may
     /// find the key not cached, and then reads storage in the key's turn, after this.
     fn set(&self, key: K, known: Known<V>) -> Held<V> {
-        let old = match self.cache.remove(&key) {
-            Some((_, Some(old))) => Held::Slot(old),
-            Some((_, None)) => Held::Absent,
+        let old = match self.cache.remove(&key).map(|(_, old)| taken(old)) {
+            Some(Some(old)) => Held::Slot(old),
+            Some(None) => Held::Absent,
             None => Held::NotCached,
         };
-        self.cache.insert(key, known);
+        self.cache.insert(key, Arc::new(known));
         old
     }
 }
