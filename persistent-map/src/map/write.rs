@@ -123,14 +123,21 @@ where
         kind: Kind,
         mut change: impl FnMut(Option<&V>) -> Option<V>,
     ) -> Result<Option<V>> {
-        // After a conflict: what storage holds, value and text from one read, and the count of
-        // turns ended when memory took it.
+        let pipelined = self.backend.pipelines_writes();
+        // After a conflict in an exclusive turn: what storage holds, value and text from one
+        // read, and the count of turns ended when memory took it.
         let mut read: Option<(Option<Stored<V>>, u64)> = None;
+        let mut conflicted = false;
         for _ in 0..MAX_ATTEMPTS {
-            // After a conflict the key's turn is taken whole: the writes of it in flight (computed
-            // from a value that may be gone too) settle first, and this attempt builds on what
-            // they left rather than conflicting along with them.
-            let (turn, pending) = if self.backend.pipelines_writes() && read.is_none() {
+            let (turn, pending) = if pipelined {
+                if conflicted {
+                    // The writes of the key handed over before this conflict was known were
+                    // computed from a value that may be gone too: they settle first, so that
+                    // this attempt builds on what they left rather than conflicting along with
+                    // them. Then it joins the pipeline again, and the attempts of the other
+                    // writers that conflicted go with it, in one commit.
+                    self.shared.key_locks.finished_so_far(key).await;
+                }
                 let (guard, ticket) = self.shared.key_locks.pipeline(key).await;
                 let pending = self.shared.pending_value(key);
                 let turn = Turn::Pipelined {
@@ -183,6 +190,9 @@ where
             }
             match commit_one(MapWrite::new(self, write, turn)).await? {
                 Settled::Applied { .. } => return Ok(new),
+                // A pipelined attempt builds on memory, which took this read, or on the writes
+                // handed over after it.
+                Settled::Conflict(_) if pipelined => conflicted = true,
                 Settled::Conflict(mut now) => {
                     read = Some((now.pop().flatten(), self.shared.key_locks.turns_ended()));
                 }
