@@ -38,9 +38,10 @@
 //! output), the compile errors of the derive (`tests/ui/`), and `tests/tests/examples.rs`,
 //! which builds and runs every example app and checks what it prints and stores.
 //!
-//! - The integration tests are one binary, `integration`, so that a cold build compiles and
-//!   links the map's generic code once. Run one file's tests with its module's name as the
-//!   filter: `cargo test -p persistent-map-tests --test integration sigkill::`.
+//! - The integration tests are two binaries, `integration` (the map) and `files_and_keys`
+//!   (keys, files, error messages), so that a cold build compiles and links the map's generic
+//!   code twice rather than once per file, on both cores. Run one file's tests with its
+//!   module's name as the filter: `cargo test -p persistent-map-tests --test integration sigkill::`.
 //! - `tests/tests/interleavings.rs` drives the write path through seeded schedules: a scripted
 //!   store holds every write at its hand-over, commits and answers them in the order the
 //!   schedule says, while several handles write, another writer changes storage behind the
