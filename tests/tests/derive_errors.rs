@@ -222,10 +222,15 @@ fn a_stored_key_that_no_longer_parses_shows_its_whole_chain() {
         chain.push(error.to_string());
         next = error.source();
     }
+    // The type is named by its path: this module's, in whichever test binary holds it.
+    let outer = format!(
+        r#"cannot parse Outer field `session` from "acme:x": expected a valid `{}::SessionKey`"#,
+        module_path!()
+    );
     assert_eq!(
         chain,
         [
-            r#"cannot parse Outer field `session` from "acme:x": expected a valid `integration::derive_errors::SessionKey`"#,
+            outer.as_str(),
             r#"cannot parse SessionKey field `user` from "x": expected a valid `u64`"#,
             "invalid digit found in string",
         ]
