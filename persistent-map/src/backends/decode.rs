@@ -42,6 +42,8 @@ pub(crate) fn decode_value<V: DeserializeOwned>(table: &str, key: &str, value: &
 
 /// Which cell of a row was not text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// A key cell that is not text is SQLite's alone (PostgreSQL's column is `TEXT NOT NULL`).
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) enum Column {
     Key,
     Value,

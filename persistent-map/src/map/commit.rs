@@ -158,8 +158,9 @@ impl<K: Clone, V: Clone> Write<K, V> {
     }
 }
 
-/// What storage did with one map's share of a write.
+/// What storage did with one map's share of a write: the SQL backends' answer.
 #[derive(Debug)]
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 pub(crate) enum Answer {
     /// Every condition of every part held and every op was applied. With `want_previous`: per
     /// op, the JSON text its key held just before it.
@@ -173,6 +174,7 @@ pub(crate) enum Answer {
     },
 }
 
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 impl Answer {
     /// The answer as a backend's own [`apply_checked`](StorageBackend::apply_checked) gives it:
     /// a conflict's values decoded (an error names `table` and the key), with their deadlines.

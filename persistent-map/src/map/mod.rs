@@ -21,12 +21,15 @@ mod transaction;
 mod write;
 
 pub use cached::{CacheLookup, CacheStats, CachedMap};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) use commit::Answer;
 #[doc(hidden)]
 pub use commit::TransactionTarget;
-pub(crate) use commit::{Answer, Current, InMemoryPart, Op, Prepared, Store, Write};
+pub(crate) use commit::{Current, InMemoryPart, Op, Prepared, Store, Write};
 pub use entries::CacheCapacity;
 pub use entry::{Entry, Upserted};
 pub use refresh::RefreshTask;
+#[cfg(feature = "sqlite")]
 pub(crate) use registry::is_open;
 pub use scan::Scan;
 pub(crate) use transaction::sealed;

@@ -63,6 +63,7 @@ where
 }
 
 /// Whether a map of any types is open on the table named `storage_id` in this process.
+#[cfg(feature = "sqlite")]
 pub(crate) fn is_open(storage_id: &str) -> bool {
     let slots = SLOTS.lock().unwrap_or_else(PoisonError::into_inner);
     slots.as_ref().is_some_and(|slots| {
