@@ -583,11 +583,22 @@ fn seeded_interleavings_keep_memory_the_feed_and_storage_in_step() {
             (0..count).collect()
         }
     };
-    for seed in seeds {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        runtime.block_on(schedule(seed));
-    }
+    // The schedules are independent: a thread per core runs every n-th of them, so the suite
+    // waits for them about half as long on two cores. A failing schedule's panic (its seed and
+    // how to replay it) fails the test when its thread is joined.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    std::thread::scope(|scope| {
+        for first in 0..threads {
+            let seeds = &seeds;
+            scope.spawn(move || {
+                for &seed in seeds.iter().skip(first).step_by(threads) {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_time()
+                        .build()
+                        .unwrap();
+                    runtime.block_on(schedule(seed));
+                }
+            });
+        }
+    });
 }
