@@ -153,8 +153,9 @@ impl KeyLocks {
         )
     }
 
-    /// Waits until every write of `key`'s stripe handed over before this call has finished
-    /// (not those handed over meanwhile, which a hot key never runs out of).
+    /// Waits until every write of `key`'s stripe (its key's and the others that share the
+    /// stripe) handed over before this call has finished; not those handed over meanwhile,
+    /// which a hot key never runs out of.
     pub(crate) async fn finished_so_far<K: Hash + ?Sized>(&self, key: &K) {
         let stripe = &self.stripes[self.stripe_of(key)];
         let next = *stripe.sending.lock().await;

@@ -21,8 +21,9 @@
 //! - **Conflicts.** A condition that does not hold writes nothing, anywhere. Storage answers
 //!   with what it holds under each condition's key, value text and deadline from the same read
 //!   (inside the transaction that checked); memory takes exactly that, and a read-modify-write
-//!   computes its next attempt from that value and expects that text. Nothing is re-read
-//!   around writes in flight. Storage compares a condition with what a value means (an old
+//!   computes its next attempt from it (that value and that text, or memory's value once the
+//!   writes of its key's stripe in flight before it have settled, when writes pipeline).
+//!   Nothing is re-read around writes in flight. Storage compares a condition with what a value means (an old
 //!   row that lacks a `#[serde(default)]` field, or has another key order, matches the value it
 //!   decodes to), so an old row's spelling never refuses a write.
 //! - **Bounded.** A read-modify-write that keeps conflicting gives up after [`MAX_ATTEMPTS`]

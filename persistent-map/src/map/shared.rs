@@ -77,6 +77,9 @@ struct Pending<V> {
     in_flight: usize,
     /// The ticket of the last write handed over.
     last: u64,
+    /// A write in flight conflicted: the writes handed over after it were computed from a value
+    /// storage did not hold, and will conflict too.
+    doomed: bool,
 }
 
 impl<K, V> Shared<K, V>
@@ -152,16 +155,28 @@ where
         self.pending.get(key).map(|pending| pending.value.clone())
     }
 
-    /// A pipelined write of `key` (ticket `ticket`) that will leave `value` was handed over.
-    pub(super) fn pend(&self, key: K, value: Option<V>, ticket: u64) {
+    /// Whether the pipelined writes of `key` in flight build on a write that conflicted: a
+    /// read-modify-write that built on them would conflict along with them.
+    pub(super) fn pending_doomed(&self, key: &K) -> bool {
+        self.pending.get(key).is_some_and(|pending| pending.doomed)
+    }
+
+    /// A pipelined write of `key` (ticket `ticket`) that will leave `value` was handed over;
+    /// `unconditional` if it holds whatever storage holds (an insert or a remove), so that the
+    /// writes after it build on what it leaves, whatever came before.
+    pub(super) fn pend(&self, key: K, value: Option<V>, ticket: u64, unconditional: bool) {
         let mut pending = self.pending.entry(key).or_insert(Pending {
             value: None,
             in_flight: 0,
             last: ticket,
+            doomed: false,
         });
         pending.value = value;
         pending.in_flight += 1;
         pending.last = ticket;
+        if unconditional {
+            pending.doomed = false;
+        }
     }
 
     /// The pipelined write of `key` with ticket `ticket` is settled in memory. If it did not
@@ -177,6 +192,8 @@ where
                 // A cached map that no longer holds the key says `None`: the next
                 // read-modify-write expects that, conflicts, and goes on from storage's value.
                 state.value = self.entries.lookup(key, |value, _| value.clone()).live();
+            } else if !stored {
+                state.doomed = true;
             }
         }
     }

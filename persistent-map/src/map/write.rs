@@ -83,7 +83,8 @@ where
     /// # What `change` may assume
     ///
     /// It runs on the caller's task, once or more (once more per write that beat it), each time
-    /// with what storage held at that moment. Keep it a pure function of its argument: no side
+    /// with what storage held at that moment, or with what this map's writes of `key` already
+    /// on their way to storage will leave there (the write is conditional on that too). Keep it a pure function of its argument: no side
     /// effects that must happen exactly once. Writes of `key` from this process wait while it
     /// runs, so keep it short, and do not write `key` from inside it.
     ///
@@ -114,8 +115,9 @@ where
     /// (saved expiring at `deadline`) from what it holds, and the write is conditional on the
     /// key still holding that. The value and the text expected come from one source: the
     /// writes of this map still in flight (a hot key's next update is computed from the one
-    /// before it, before that one commits), else the last conflict's read of storage, else
-    /// memory. Gives up after [`MAX_ATTEMPTS`] conflicts.
+    /// before it, before that one commits), else (on a backend that does not pipeline) the
+    /// last conflict's read of storage, else memory, which took that read. Gives up after
+    /// [`MAX_ATTEMPTS`] conflicts.
     pub(super) async fn read_modify_write(
         &self,
         key: &K,
@@ -130,12 +132,14 @@ where
         let mut conflicted = false;
         for _ in 0..MAX_ATTEMPTS {
             let (turn, pending) = if pipelined {
-                if conflicted {
-                    // The writes of the key handed over before this conflict was known were
-                    // computed from a value that may be gone too: they settle first, so that
-                    // this attempt builds on what they left rather than conflicting along with
-                    // them. Then it joins the pipeline again, and the attempts of the other
-                    // writers that conflicted go with it, in one commit.
+                // After a conflict, the writes of the key's stripe handed over before were
+                // computed from a value that may be gone too; and while a write of the key in
+                // flight is known to have conflicted, those after it build on a value storage
+                // does not hold. They settle first, so that this attempt builds on what they
+                // left rather than conflicting along with them. Then it joins the pipeline, and
+                // the other writers that waited go with it, in one commit.
+                while conflicted || self.shared.pending_doomed(key) {
+                    conflicted = false;
                     self.shared.key_locks.finished_so_far(key).await;
                 }
                 let (guard, ticket) = self.shared.key_locks.pipeline(key).await;
@@ -186,12 +190,13 @@ where
                 ..
             } = &turn
             {
-                self.shared.pend(key.clone(), new.clone(), ticket.number());
+                self.shared
+                    .pend(key.clone(), new.clone(), ticket.number(), false);
             }
             match commit_one(MapWrite::new(self, write, turn)).await? {
                 Settled::Applied { .. } => return Ok(new),
-                // A pipelined attempt builds on memory, which took this read, or on the writes
-                // handed over after it.
+                // Memory took this read: a pipelined attempt builds on it, or on the writes of
+                // this map handed over since.
                 Settled::Conflict(_) if pipelined => conflicted = true,
                 Settled::Conflict(mut now) => {
                     read = Some((now.pop().flatten(), self.shared.key_locks.turns_ended()));
@@ -371,7 +376,7 @@ where
                 Op::Save { value, .. } => Some(value.clone()),
                 _ => None,
             };
-            self.shared.pend(key, value, ticket.number());
+            self.shared.pend(key, value, ticket.number(), true);
             Turn::Pipelined {
                 handover: Some(guard),
                 ticket: Some(ticket),
