@@ -280,6 +280,25 @@ mod tests {
         drop(locks.lock("k").await);
     }
 
+    #[tokio::test]
+    async fn finished_so_far_waits_for_the_tickets_before_it_and_not_for_later_ones() {
+        let locks = KeyLocks::new();
+        let (guard, first) = locks.pipeline("k").await;
+        drop(guard);
+        let mut waiting = Box::pin(locks.finished_so_far("k"));
+        // The first ticket is in flight: it waits.
+        let early = tokio::time::timeout(std::time::Duration::from_millis(20), waiting.as_mut());
+        assert!(early.await.is_err());
+        // A ticket handed out after the call does not hold it up once the first finishes.
+        let (guard, later) = locks.pipeline("k").await;
+        drop(guard);
+        first.finish();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("done once the tickets before it finished, with a later one in flight");
+        drop(later);
+    }
+
     /// Counts how often it is woken.
     struct Counting(std::sync::atomic::AtomicUsize);
 

@@ -51,8 +51,8 @@
 //!   updates conflict with another's keeps the key's lock for a moment; once the updates it
 //!   had sent are answered, the ones that conflicted are computed again from what is stored
 //!   and sent together, to commit in that transaction under that lock. Under heavy contention
-//!   (3 processes × 8 tasks on one key in the bench) that costs 1.7 conflicts per update and
-//!   makes 0.64-0.69x of raw SQL's increments (about 2,800/s).
+//!   (3 processes × 8 tasks on one key in the bench) that costs 1.5 conflicts per update and
+//!   makes 0.72-0.78x of raw SQL's increments (about 2,600-3,200/s).
 //! - **Catch-up costs what changed.** Each commit logs the keys it wrote under its table's next
 //!   revision (`persistent_map_log`, `persistent_map_revisions`) and sends a `NOTIFY` that wakes
 //!   the other instances' `refresh_every` at once; a map keeps its own position in that log and

@@ -30,7 +30,7 @@
 //! | peak memory holding 1M entries | 0.88x | a plain `HashMap` of the same data |
 //! | `get` | 1.12x | a `DashMap` get and clone |
 //! | `insert_many` of 1M rows | 1.06x | raw rusqlite, one transaction |
-//! | PostgreSQL: 3 processes × 8 tasks `update(+1)` on one key | 0.64-0.69x (about 2,800/s) | 3 connections sending `UPDATE ... SET v = v + 1` |
+//! | PostgreSQL: 3 processes × 8 tasks `update(+1)` on one key | 0.72-0.78x (about 2,600-3,200/s) | 3 connections sending `UPDATE ... SET v = v + 1` |
 //! | PostgreSQL: 16 tasks inserting | 0.62-0.69x | raw tokio-postgres, a pool of 16 connections |
 //! | PostgreSQL: acknowledged write to another instance's `get` | 0.43 ms median (2.00x) | a plain `INSERT` + `NOTIFY` loop: 0.21 ms |
 //!
