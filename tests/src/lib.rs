@@ -22,7 +22,7 @@ pub fn temp_db() -> (tempfile::TempDir, PathBuf) {
 
 /// A command that runs one `#[ignore]`d test of the running test binary, alone, as a child
 /// process: the multi-process tests run their other process this way. `module` is the
-/// `module_path!()` of the file that holds the test (the integration tests share one binary,
+/// `module_path!()` of the file that holds the test (the integration tests share two binaries,
 /// where a test's name starts with its file's module), `test` the test function's name.
 pub fn child_test(module: &str, test: &str) -> Command {
     let in_binary = module.split_once("::").map_or("", |(_crate, path)| path);

@@ -6,7 +6,7 @@
 //! | --- | --- |
 //! | `persistent-map/` | the crate: the map, the backend trait, the SQLite, PostgreSQL, CSV and in-memory backends, errors, the key trait, and these guides (`src/guide/`) |
 //! | `persistent-map-derive/` | `#[derive(PersistentKey)]`, re-exported by `persistent-map` (feature `derive`, on by default) |
-//! | `tests/` | integration tests written as a user would, in one test binary (`tests/tests/integration.rs`, a module per file; the PostgreSQL tests and the few that need a process of their own are binaries of their own), and the example apps' tests |
+//! | `tests/` | integration tests written as a user would, in two test binaries (`tests/tests/integration.rs`, the map, and `tests/tests/files_and_keys.rs`, keys, files and errors; a module per file; the PostgreSQL tests and the few that need a process of their own are binaries of their own), and the example apps' tests |
 //! | `tests/ui/` | the derive's compile-fail suite, a crate of its own (trybuild) |
 //! | `examples/` | the example apps below |
 //! | `bench/` | the benchmark suite and the charts of `BENCHMARKS.md` (`bench/README.md` says how it works); `bench/old` measures persistent-map 0.1.3 |
