@@ -77,7 +77,11 @@
 //! A key type needs no serde derive of its own: `#[persistent_key(serde)]` derives `Serialize`
 //! and `Deserialize` through the key's text, so the key is the same string in JSON as in the
 //! database. It is opt-in, because the derive cannot see serde impls the type already has, and
-//! writing them unasked would clash with every key that derives serde's traits itself.
+//! writing them unasked would clash with every key that derives serde's traits itself. With
+//! neither, the compiler says where the key meets a map that the type cannot key a map
+//! ([`MapKey`](crate::MapKey)) and names this attribute. Likewise a type that writes its own
+//! `Display` or `FromStr` without `text = "display"` gets a conflict (E0119) that rustc says
+//! "originates in the macro `to_keep_your_own_Display_and_FromStr_add_persistent_key_text_display`".
 //!
 //! ```
 //! use persistent_map::PersistentKey;
