@@ -279,13 +279,15 @@ pub(crate) fn rows(sizes: &Sizes) -> Vec<Row> {
     };
     let raw = |workload, keys| job(Ours, workload, "raw", keys);
     let old = |workload| job(Old, workload, "old", String);
+    // The cache's capacity: a fiftieth of the full suite's 5M rows, a tenth of --quick's 200k.
+    let (capacity, capacity_args): (u64, &'static [(&str, &str)]) = if sizes.huge >= 1_000_000 {
+        (100_000, &[("capacity", "100000")])
+    } else {
+        (20_000, &[("capacity", "20000")])
+    };
     let cached = ours("cached", String)
         .fixture(sizes.huge)
-        .args(if sizes.huge >= 1_000_000 {
-            &[("capacity", "100000")]
-        } else {
-            &[("capacity", "20000")]
-        });
+        .args(capacity_args);
     // The same file loaded whole by the resident map.
     let resident = ours("load", String).fixture(sizes.huge);
     let raw_threads = |workload, per_task| Anchor {
@@ -332,7 +334,6 @@ pub(crate) fn rows(sizes: &Sizes) -> Vec<Row> {
         huge,
         propagation: _,
     } = *sizes;
-    let capacity = if huge >= 1_000_000 { 100_000 } else { 20_000 };
 
     vec![
         Row {

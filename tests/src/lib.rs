@@ -1,11 +1,11 @@
 //! Helpers shared by the integration tests: temporary databases, a second SQLite client that
 //! reads what a map wrote, and a backend that refuses writes on demand.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::Hash;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +35,57 @@ pub fn child_test(module: &str, test: &str) -> Command {
     let mut command = Command::new(binary);
     command.args(["--ignored", "--exact", &name]);
     command
+}
+
+/// [`child_test`] for a child whose acknowledgements the parent reads ([`print_ack`] and
+/// [`kill_after_acks`]): one test thread, its output on a piped stdout, its errors shown.
+pub fn acking_child(module: &str, test: &str) -> Command {
+    let mut command = child_test(module, test);
+    command
+        .args(["--nocapture", "--test-threads=1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    command
+}
+
+/// Checks what a killed child left in `stored` against what it acknowledged: each task's
+/// steps up to its last acknowledged one (`acked`, from [`kill_after_acks`]) applied in order,
+/// `step(task, step)` giving the key a step writes and its value (`None`: removed). Every
+/// value so left is stored, and nothing else, except under a key that a task's next,
+/// unacknowledged step touches (it may have committed). Returns how many keys those steps
+/// leave.
+pub fn assert_acknowledged_steps_kept(
+    stored: &BTreeMap<String, u64>,
+    acked: &BTreeMap<u64, u64>,
+    step: impl Fn(u64, u64) -> (String, Option<u64>),
+) -> usize {
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    let mut uncertain: BTreeSet<String> = BTreeSet::new();
+    for (&task, &last) in acked {
+        for number in 0..=last {
+            match step(task, number) {
+                (key, Some(value)) => expected.insert(key, value),
+                (key, None) => expected.remove(&key),
+            };
+        }
+        uncertain.insert(step(task, last + 1).0);
+    }
+    for (key, value) in &expected {
+        if !uncertain.contains(key) {
+            assert_eq!(
+                stored.get(key),
+                Some(value),
+                "acknowledged insert of {key} was lost"
+            );
+        }
+    }
+    for key in stored.keys() {
+        assert!(
+            expected.contains_key(key) || uncertain.contains(key),
+            "{key} is stored but its removal was acknowledged (or it was never written)"
+        );
+    }
+    expected.len()
 }
 
 /// Tells a parent test that a child's task `task` had its step `step` acknowledged: one line,

@@ -15,7 +15,8 @@ use persistent_map::{
     CacheCapacity, CacheLookup, CachedMap, Change, PersistentError, PersistentKey, PersistentMap,
 };
 use persistent_map_tests::{
-    child_test, integrity_check, kill_after_acks, print_ack, stored_rows, temp_db,
+    acking_child, assert_acknowledged_steps_kept, child_test, integrity_check, kill_after_acks,
+    print_ack, stored_rows, temp_db,
 };
 
 type Cached = CachedMap<String, u64, SqliteBackend>;
@@ -526,46 +527,13 @@ fn cached_sigkill_child_writer() {
 #[test]
 fn acknowledged_writes_of_a_cached_map_survive_sigkill() {
     let (_dir, path) = temp_db();
-    let mut child = child_test(module_path!(), "cached_sigkill_child_writer")
-        .args(["--nocapture", "--test-threads=1"])
+    let mut child = acking_child(module_path!(), "cached_sigkill_child_writer")
         .env(SIGKILL_CHILD_DB, &path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
     let acked = kill_after_acks(&mut child, 600);
 
-    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
-    let mut uncertain = BTreeSet::new();
-    for (&task, &last) in &acked {
-        for step in 0..=last {
-            match step_key(task, step) {
-                (key, Some(value)) => expected.insert(key, value),
-                (key, None) => expected.remove(&key),
-            };
-        }
-        uncertain.insert(step_key(task, last + 1).0);
-    }
     assert_eq!(integrity_check(&path), "ok");
-    let stored = stored(&path);
-    for (key, value) in &expected {
-        if !uncertain.contains(key) {
-            assert_eq!(
-                stored.get(key),
-                Some(value),
-                "acknowledged insert of {key} was lost"
-            );
-        }
-    }
-    for key in stored.keys() {
-        assert!(
-            expected.contains_key(key) || uncertain.contains(key),
-            "{key} is stored but its removal was acknowledged"
-        );
-    }
-    assert!(
-        expected.len() > 200,
-        "the child wrote {} keys",
-        expected.len()
-    );
+    let written = assert_acknowledged_steps_kept(&stored(&path), &acked, step_key);
+    assert!(written > 200, "the child wrote {written} keys");
 }

@@ -5,12 +5,11 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use persistent_map::csv::CsvBackend;
 use persistent_map::{PersistentError, PersistentMap};
-use persistent_map_tests::child_test;
+use persistent_map_tests::acking_child;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -247,11 +246,8 @@ fn csv_sigkill_child_writer() {
 #[test]
 fn a_sigkill_mid_write_leaves_the_old_or_the_new_file_whole() {
     let (_dir, path) = temp_csv();
-    let mut child = child_test(module_path!(), "csv_sigkill_child_writer")
-        .args(["--nocapture", "--test-threads=1"])
+    let mut child = acking_child(module_path!(), "csv_sigkill_child_writer")
         .env(CHILD_CSV, &path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();

@@ -13,7 +13,8 @@ use std::process::{Command, Stdio};
 use persistent_map::sqlite::SqliteBackend;
 use persistent_map::PersistentMap;
 use persistent_map_tests::{
-    child_test, integrity_check, kill_after_acks, print_ack, stored_rows, temp_db,
+    acking_child, assert_acknowledged_steps_kept, integrity_check, kill_after_acks, print_ack,
+    stored_rows, temp_db,
 };
 
 const CHILD_DB: &str = "PERSISTENT_MAP_SIGKILL_CHILD_DB";
@@ -76,57 +77,26 @@ fn sigkill_child_writer() {
 #[test]
 fn acknowledged_writes_survive_sigkill() {
     let (_dir, path) = temp_db();
-    let mut child = child_test(module_path!(), "sigkill_child_writer")
-        .args(["--nocapture", "--test-threads=1"])
+    let mut child = acking_child(module_path!(), "sigkill_child_writer")
         .env(CHILD_DB, &path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
     // The last acknowledged step of each task.
     let acked = kill_after_acks(&mut child, ACKS_BEFORE_KILL);
 
-    // What must be stored: every acknowledged step applied in order. A task's next step may have
+    // Every acknowledged step must be stored, applied in order. A task's next step may have
     // run without being acknowledged; the keys it touches may go either way.
-    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
-    let mut uncertain: BTreeSet<String> = BTreeSet::new();
-    for (&task, &last) in &acked {
-        for step in 0..=last {
-            match op(task, step) {
-                Op::Insert(key, value) => expected.insert(key, value),
-                Op::Remove(key) => expected.remove(&key),
-            };
-        }
-        match op(task, last + 1) {
-            Op::Insert(key, _) | Op::Remove(key) => uncertain.insert(key),
-        };
-    }
-
     assert_eq!(integrity_check(&path), "ok");
     let stored: BTreeMap<String, u64> = stored_rows(&path, "kv")
         .into_iter()
         .map(|(key, value)| (key, value.parse().unwrap()))
         .collect();
-    for (key, value) in &expected {
-        if !uncertain.contains(key) {
-            assert_eq!(
-                stored.get(key),
-                Some(value),
-                "acknowledged insert of {key} was lost"
-            );
-        }
-    }
-    for key in stored.keys() {
-        assert!(
-            expected.contains_key(key) || uncertain.contains(key),
-            "{key} is stored but its removal was acknowledged (or it was never written)"
-        );
-    }
-    assert!(
-        expected.len() > 500,
-        "the child wrote {} keys",
-        expected.len()
-    );
+    let written =
+        assert_acknowledged_steps_kept(&stored, &acked, |task, step| match op(task, step) {
+            Op::Insert(key, value) => (key, Some(value)),
+            Op::Remove(key) => (key, None),
+        });
+    assert!(written > 500, "the child wrote {written} keys");
 
     // And the map itself opens on what the killed process left.
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -178,12 +148,9 @@ fn second_map_child_writer() {
 #[test]
 fn a_second_map_on_the_file_keeps_sqlites_locks() {
     let (_dir, path) = temp_db();
-    let mut child = child_test(module_path!(), "second_map_child_writer")
-        .args(["--nocapture", "--test-threads=1"])
+    let mut child = acking_child(module_path!(), "second_map_child_writer")
         .env(SECOND_MAP_CHILD_DB, &path)
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
