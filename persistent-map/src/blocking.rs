@@ -55,6 +55,7 @@ use std::future::Future;
 use std::hash::Hash;
 #[cfg(feature = "sqlite")]
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -171,8 +172,11 @@ where
 
     /// Runs `work` to completion on this thread, with the map's runtime driving I/O and
     /// timers; refused on a thread inside a runtime.
-    fn block_on<F: Future>(&self, operation: &'static str, work: F) -> Result<F::Output> {
+    /// (Boxed, so that tokio's `block_on` is compiled once per result type rather than once per
+    /// method and map type: see `tasks`.)
+    fn block_on<T>(&self, operation: &'static str, work: impl Future<Output = T>) -> Result<T> {
         refuse_inside_async(operation)?;
+        let work: Pin<Box<dyn Future<Output = T> + '_>> = Box::pin(work);
         Ok(self.runtime.handle.block_on(work))
     }
 

@@ -46,27 +46,34 @@ impl<F: Future + Send + 'static> Drop for CompleteOnDrop<F> {
             // A task, on the caller's runtime, so that a backend whose I/O belongs to that
             // runtime can go on using it. If the runtime is shutting down and drops the task
             // unfinished, `Finish` moves the write to a thread.
-            Ok(runtime) => drop(runtime.spawn(Finish { write: Some(write) })),
-            Err(_) => finish_on_thread(write),
+            Ok(runtime) => drop(runtime.spawn(Finish {
+                write: Some(crate::tasks::task(discard_output(write))),
+            })),
+            Err(_) => finish_on_thread(crate::tasks::task(discard_output(write))),
         }
     }
 }
 
-/// The rest of an abandoned write, as a task.
-struct Finish<F: Future + Send + 'static> {
-    write: Option<Pin<Box<F>>>,
+/// The rest of `write`, whose outcome nobody waits for any more.
+async fn discard_output<F: Future>(write: Pin<Box<F>>) {
+    write.await;
 }
 
-impl<F: Future + Send + 'static> Future for Finish<F> {
+/// The rest of an abandoned write, as a task (its type erased: see `tasks`).
+struct Finish {
+    write: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl Future for Finish {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         // Nobody waits for the outcome any more; finishing the write is what matters.
-        poll_slot(&mut self.write, cx).map(drop)
+        poll_slot(&mut self.write, cx)
     }
 }
 
-impl<F: Future + Send + 'static> Drop for Finish<F> {
+impl Drop for Finish {
     fn drop(&mut self) {
         if let Some(write) = self.write.take() {
             finish_on_thread(write);
@@ -76,7 +83,10 @@ impl<F: Future + Send + 'static> Drop for Finish<F> {
 
 /// Polls the future in `slot`, emptying the slot once it is done, or if it panicked: a panicked
 /// future must not be polled again, which finishing it on drop would do.
-fn poll_slot<F: Future>(slot: &mut Option<Pin<Box<F>>>, cx: &mut Context<'_>) -> Poll<F::Output> {
+fn poll_slot<F: Future + ?Sized>(
+    slot: &mut Option<Pin<Box<F>>>,
+    cx: &mut Context<'_>,
+) -> Poll<F::Output> {
     let write = slot
         .as_mut()
         .expect("a write is not polled after it completed");
@@ -96,10 +106,10 @@ fn poll_slot<F: Future>(slot: &mut Option<Pin<Box<F>>>, cx: &mut Context<'_>) ->
 /// Finishes `write` on a new thread, polling it there: with no runtime to run it (none is
 /// current, or it is shutting down), the writes of this crate need none. A write whose own
 /// code panics there ends that thread only.
-fn finish_on_thread<F: Future + Send + 'static>(write: Pin<Box<F>>) {
+fn finish_on_thread(write: Pin<Box<dyn Future<Output = ()> + Send>>) {
     let spawned = std::thread::Builder::new()
         .name("persistent-map-finish".into())
-        .spawn(move || drop(block_on(write)));
+        .spawn(move || block_on(write));
     // No thread to be had: nothing is left that could finish the write.
     drop(spawned);
 }

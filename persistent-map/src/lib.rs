@@ -54,6 +54,7 @@ mod map;
 mod options;
 mod std_keys;
 mod table_name;
+mod tasks;
 
 #[doc(hidden)]
 #[path = "private.rs"]

@@ -67,21 +67,25 @@ where
         return encode_run(items);
     }
     let (first, second) = items.split_at(items.len() / 2);
-    std::thread::scope(|scope| {
-        let helper = std::thread::Builder::new()
-            .name("persistent-map-encode".into())
-            .spawn_scoped(scope, || encode_run(first));
-        let Ok(helper) = helper else {
-            // No thread to be had: encode it all here.
-            return encode_run(items);
-        };
-        let second = encode_run(second);
-        let mut encoded = helper
+    let mut encoded_first = None;
+    let encoded_second = std::thread::scope(|scope| {
+        let work = || encoded_first = Some(encode_run(first));
+        let helper = crate::tasks::spawn_scoped(scope, "persistent-map-encode", work)?;
+        let encoded_second = encode_run(second);
+        helper
             .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
-        encoded.extend(second?);
-        Ok(encoded)
-    })
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        Some(encoded_second)
+    });
+    match (encoded_first, encoded_second) {
+        (Some(first), Some(second)) => {
+            let mut encoded = first?;
+            encoded.extend(second?);
+            Ok(encoded)
+        }
+        // No thread to be had: encode it all here.
+        _ => encode_run(items),
+    }
 }
 
 /// Serializes the wrapped value with every float checked on the way.

@@ -557,7 +557,7 @@ where
         }
         let shared = Arc::downgrade(&self.shared);
         match sweep_runtime() {
-            Some(runtime) => drop(runtime.spawn(sweep_in_background(shared))),
+            Some(runtime) => drop(runtime.spawn(crate::tasks::task(sweep_in_background(shared)))),
             None => state.sweeping.store(false, Ordering::Release),
         }
     }
@@ -654,7 +654,7 @@ where
         // must not hear of it out of order.
         let turns = shared.key_locks.lock_many(&keys).await;
         let shared = Arc::clone(shared);
-        dropping = Some(tokio::task::spawn_blocking(move || {
+        dropping = Some(crate::tasks::spawn_blocking(move || {
             let _turns = turns;
             let mut write = Write::new(Vec::new(), keys.into_iter().map(Op::Delete).collect());
             write.kind = Kind::Sweep;
@@ -668,12 +668,12 @@ where
 /// Runs `work` on tokio's blocking pool, off the workers that serve the map's callers: a pass
 /// over many entries takes their shards' locks and the CPU for a while.
 async fn off_workers<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) {
-    join_off_workers(tokio::task::spawn_blocking(work)).await;
+    join_off_workers(crate::tasks::spawn_blocking(work)).await;
 }
 
 /// Waits for work on the blocking pool; a panic in it is resumed here. (A runtime shutting
 /// down cancels it: nothing is left to wait for.)
-async fn join_off_workers<T>(work: tokio::task::JoinHandle<T>) {
+async fn join_off_workers<T>(work: impl Future<Output = Result<T, tokio::task::JoinError>>) {
     if let Err(error) = work.await
         && error.is_panic()
     {

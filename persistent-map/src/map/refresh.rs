@@ -165,7 +165,7 @@ where
         let errors = Arc::clone(&last_error);
         // A zero period would make `interval` panic inside the task.
         let interval = interval.max(Duration::from_millis(1));
-        let task = tokio::spawn(async move {
+        let task = crate::tasks::spawn(async move {
             let mut ticks = tokio::time::interval(interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {

@@ -219,7 +219,7 @@ where
 async fn run_blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    tokio::task::spawn_blocking(work)
+    crate::tasks::spawn_blocking(work)
         .await
         .unwrap_or_else(|join_error| match join_error.try_into_panic() {
             Ok(panic) => std::panic::resume_unwind(panic),

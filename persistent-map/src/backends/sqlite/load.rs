@@ -103,13 +103,15 @@ where
         // would hold up every write to the file, even the caller's own (a deadlock).
         Some(reader) => {
             let reader = reader.clone();
-            tokio::task::spawn_blocking(move || match reader.connect() {
-                Ok(connection) => scan_and_report(&connection, &table_name, path, &sender),
-                Err(source) => {
-                    let failed = PersistentError::Sqlite { path, source };
-                    let _ = sender.blocking_send(Scanned::Failed(failed));
+            drop(crate::tasks::spawn_blocking(move || {
+                match reader.connect() {
+                    Ok(connection) => scan_and_report(&connection, &table_name, path, &sender),
+                    Err(source) => {
+                        let failed = PersistentError::Sqlite { path, source };
+                        let _ = sender.blocking_send(Scanned::Failed(failed));
+                    }
                 }
-            });
+            }));
         }
         // `:memory:`: no other connection sees the database, so the writer scans.
         None => writer.start(Box::new(move |connection| {

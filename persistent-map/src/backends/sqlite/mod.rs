@@ -483,7 +483,7 @@ impl SqliteBuilder {
         // The blocking thread (and the writer thread it may start) report to the caller's
         // `tracing` subscriber.
         let dispatch = tracing::dispatcher::get_default(Clone::clone);
-        let writer = tokio::task::spawn_blocking(move || {
+        let writer = crate::tasks::spawn_blocking(move || {
             tracing::dispatcher::with_default(&dispatch, || open::writer_for(&path, busy_timeout))
         })
         .await

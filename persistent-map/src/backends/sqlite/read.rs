@@ -63,7 +63,7 @@ impl Readers {
         let readers = Arc::clone(self);
         let reader = reader.clone();
         let path = reader.path().to_path_buf();
-        let read = tokio::task::spawn_blocking(move || readers.read_with(&reader, read))
+        let read = crate::tasks::spawn_blocking(move || readers.read_with(&reader, read))
             .await
             .map_err(|join_error| match join_error.try_into_panic() {
                 Ok(panic) => std::panic::resume_unwind(panic),
