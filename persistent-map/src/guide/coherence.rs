@@ -20,8 +20,8 @@
 //! # async fn main() -> persistent_map::Result<()> {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("app.db");
-//! let a: PersistentMap<String, u64, SqliteBackend> = PersistentMap::open(&path).await?;
-//! let b: PersistentMap<String, u64, SqliteBackend> = PersistentMap::open(&path).await?;
+//! let a: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(&path).await?;
+//! let b: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(&path).await?;
 //! a.insert("visits".into(), 1).await?;
 //! assert_eq!(b.get("visits"), Some(1)); // at once: one map in memory
 //! # Ok(())
@@ -62,7 +62,7 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("app.db");
-//! let map: PersistentMap<String, u64, SqliteBackend> = PersistentMap::open(&path).await?;
+//! let map: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(&path).await?;
 //! assert!(!map.refresh().await?); // nothing changed
 //!
 //! // Another program writes the file (here: a plain SQLite connection, which does not log).
@@ -96,7 +96,7 @@
 //! # async fn main() -> persistent_map::Result<()> {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("app.db");
-//! let map: PersistentMap<String, u64, SqliteBackend> = PersistentMap::open(&path).await?;
+//! let map: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(&path).await?;
 //! let mut changes = map.subscribe();
 //! map.insert("a".into(), 1).await?;
 //! map.remove(&"a".into()).await?;

@@ -33,9 +33,9 @@
 //! # let path = dir.path().join("app.db");
 //! // A cache that may lose its last writes to a power cut, in return for no fsync per commit.
 //! let options = SqliteOptions::new().table("cache").durability(Durability::Normal);
-//! let cache: PersistentMap<String, String, SqliteBackend> =
+//! let cache: PersistentMap<u64, String, SqliteBackend> =
 //!     PersistentMap::open_with(&path, options).await?;
-//! cache.insert("/index.html".into(), "<html>".into()).await?;
+//! cache.insert(404, "<html>Not found</html>".into()).await?;
 //! assert_eq!(cache.backend().durability(), Durability::Normal);
 //! # Ok(())
 //! # }

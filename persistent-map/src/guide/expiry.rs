@@ -11,9 +11,9 @@
 //! # let path = dir.path().join("app.db");
 //!
 //! // A cache whose entries live ten minutes after their last write.
-//! let cache: PersistentMap<String, String, SqliteBackend> = PersistentMap::open(&path).await?;
+//! let cache: PersistentMap<u64, String, SqliteBackend> = PersistentMap::open(&path).await?;
 //! let cache = cache.with_default_ttl(Duration::from_secs(600))?;
-//! cache.insert("/index.html".into(), "<html>".into()).await?;
+//! cache.insert(404, "<html>Not found</html>".into()).await?;
 //!
 //! let sessions: PersistentMap<u64, String, SqliteBackend> = PersistentMap::open(&path).await?;
 //! let half_hour = Duration::from_secs(1800);

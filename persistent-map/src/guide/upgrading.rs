@@ -59,7 +59,7 @@
 //!                    INSERT INTO kv VALUES ('visits', '41');")?;
 //! drop(old);
 //!
-//! let map: PersistentMap<String, u64, _> = PersistentMap::new(SqliteBackend::new(&path).await?).await?;
+//! let map: PersistentMap<String, u32, _> = PersistentMap::new(SqliteBackend::new(&path).await?).await?;
 //! assert_eq!(map.get("visits"), Some(41));
 //! map.insert("visits".to_string(), 42).await?;
 //!

@@ -30,7 +30,7 @@
 //! # async fn main() -> persistent_map::Result<()> {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("app.db");
-//! let hits: PersistentMap<String, u64, SqliteBackend> = PersistentMap::open(&path).await?;
+//! let hits: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(&path).await?;
 //! let home = "home".to_string();
 //! // A counter no process can lose an increment of:
 //! hits.update(&home, |n| Some(n.copied().unwrap_or(0) + 1)).await?;
@@ -65,12 +65,13 @@
 //! # async fn main() -> persistent_map::Result<()> {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("app.db");
-//! let squares: PersistentMap<u64, u64, SqliteBackend> = PersistentMap::open(&path).await?;
-//! squares.insert_many((0..10).map(|i| (i, i * i))).await?;
-//! assert_eq!(squares.retain(|_, square| *square < 20).await?, 5); // 5 removed
-//! assert_eq!(squares.remove_many([0, 1, 99]).await?, 2);
-//! squares.clear().await?;
-//! assert!(squares.is_empty());
+//! let stock: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(&path).await?;
+//! let fruit = ["apples", "pears", "plums", "kiwis"].map(String::from);
+//! stock.insert_many(fruit.iter().cloned().zip([3, 0, 12, 0])).await?;
+//! assert_eq!(stock.retain(|_, count| *count > 0).await?, 2); // 2 removed
+//! assert_eq!(stock.remove_many([fruit[0].clone(), "figs".into()]).await?, 1);
+//! stock.clear().await?;
+//! assert!(stock.is_empty());
 //! # Ok(())
 //! # }
 //! ```
@@ -92,11 +93,11 @@
 //! ```
 //! use persistent_map::{sqlite::SqliteBackend, transaction, PersistentMap, TransactionError};
 //!
-//! type Accounts = PersistentMap<String, u64, SqliteBackend>;
+//! type Accounts = PersistentMap<String, u32, SqliteBackend>;
 //!
 //! /// Moves `amount` from `from` to `to`, or aborts with the balance that was too low.
-//! async fn transfer(accounts: &Accounts, from: &String, to: &String, amount: u64)
-//!     -> Result<(), TransactionError<u64>>
+//! async fn transfer(accounts: &Accounts, from: &String, to: &String, amount: u32)
+//!     -> Result<(), TransactionError<u32>>
 //! {
 //!     transaction(|tx| {
 //!         let balance = tx.get(accounts, from).unwrap_or(0);

@@ -79,11 +79,11 @@ use crate::{Deadline, PersistentError, Result, StorageBackend, Subscription};
 /// # async fn main() -> persistent_map::Result<()> {
 /// # let dir = tempfile::tempdir()?;
 /// # let path = dir.path().join("app.db");
-/// let map: CachedMap<String, String, SqliteBackend> =
+/// let map: CachedMap<u64, String, SqliteBackend> =
 ///     CachedMap::open(&path, CacheCapacity::entries(100_000)).await?;
-/// map.insert("greeting".into(), "hello".into()).await?; // committed when Ok
-/// assert_eq!(map.get("greeting").await?, Some("hello".into())); // from memory
-/// assert_eq!(map.get("missing").await?, None); // read from storage: not stored
+/// map.insert(1, "hello".into()).await?; // committed when Ok
+/// assert_eq!(map.get(&1).await?, Some("hello".into())); // from memory
+/// assert_eq!(map.get(&2).await?, None); // read from storage: not stored
 /// # Ok(())
 /// # }
 /// ```
@@ -195,7 +195,7 @@ where
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> persistent_map::Result<()> {
-    /// let map: CachedMap<u64, String, _> =
+    /// let map: CachedMap<String, u32, _> =
     ///     CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(1_000)).await?;
     /// assert_eq!(map.len().await?, 0);
     /// # Ok(())
@@ -479,9 +479,9 @@ where
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> persistent_map::Result<()> {
-    /// let hits: CachedMap<String, u64, _> =
+    /// let hits: CachedMap<String, u32, _> =
     ///     CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
-    /// let bump = |old: Option<&u64>| Some(old.copied().unwrap_or(0) + 1);
+    /// let bump = |old: Option<&u32>| Some(old.copied().unwrap_or(0) + 1);
     /// assert_eq!(hits.update(&"home".into(), bump).await?, Some(1));
     /// assert_eq!(hits.update(&"home".into(), bump).await?, Some(2));
     /// # Ok(())

@@ -82,7 +82,7 @@ where
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> persistent_map::Result<()> {
     /// # let dir = tempfile::tempdir()?;
-    /// let map: PersistentMap<u32, String, SqliteBackend> =
+    /// let map: PersistentMap<u64, String, SqliteBackend> =
     ///     PersistentMap::open(dir.path().join("app.db")).await?;
     /// map.insert_many((0..3).map(|i| (i, format!("item {i}")))).await?;
     /// let mut scan = map.scan();
@@ -159,7 +159,7 @@ where
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> persistent_map::Result<()> {
-    /// let map: PersistentMap<String, u8, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// map.insert_many([("a".into(), 1), ("b".into(), 2)]).await?;
     /// let mut scan = map.scan().page_size(1);
     /// assert_eq!(scan.next_page().await?, Some(vec![("a".into(), 1)]));
@@ -225,7 +225,7 @@ where
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> persistent_map::Result<()> {
-    /// let map: PersistentMap<String, u8, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// map.insert("only".into(), 1).await?;
     /// let mut scan = map.scan();
     /// assert_eq!(scan.next().await?, Some(("only".into(), 1)));

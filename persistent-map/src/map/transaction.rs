@@ -99,11 +99,11 @@ pub(crate) mod sealed {
 /// # async fn main() -> persistent_map::Result<()> {
 /// # let dir = tempfile::tempdir()?;
 /// # let path = dir.path().join("hits.db");
-/// let per_link = PersistentMap::<String, u64, _>::new(SqliteBackend::with_table(&path, "per_link").await?).await?;
-/// let per_day = PersistentMap::<String, u64, _>::new(SqliteBackend::with_table(&path, "per_day").await?).await?;
-/// let total = PersistentMap::<String, u64, _>::new(SqliteBackend::with_table(&path, "total").await?).await?;
+/// let per_link = PersistentMap::<String, u32, _>::new(SqliteBackend::with_table(&path, "per_link").await?).await?;
+/// let per_day = PersistentMap::<String, u32, _>::new(SqliteBackend::with_table(&path, "per_day").await?).await?;
+/// let total = PersistentMap::<String, u32, _>::new(SqliteBackend::with_table(&path, "total").await?).await?;
 ///
-/// let bump = |n: Option<&u64>| Some(n.copied().unwrap_or(0) + 1);
+/// let bump = |n: Option<&u32>| Some(n.copied().unwrap_or(0) + 1);
 /// let hits = transaction(|tx| {
 ///     tx.update(&per_link, &"/docs".to_string(), bump);
 ///     tx.update(&per_day, &"2026-12-01".to_string(), bump);
@@ -156,12 +156,12 @@ where
 ///
 /// #[derive(Debug, PartialEq)]
 /// enum Refused {
-///     Insufficient { balance: i64 },
+///     Insufficient { balance: u32 },
 /// }
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> persistent_map::Result<()> {
-/// let accounts: PersistentMap<String, i64, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+/// let accounts: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
 /// accounts.insert("ada".into(), 20).await?;
 /// let transfer = transaction(|tx| {
 ///     let balance = tx.get(&accounts, &"ada".to_string()).unwrap_or(0);
