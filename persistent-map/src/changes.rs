@@ -94,8 +94,8 @@ impl<K: Clone, V: Clone> Subscription<K, V> {
     /// ```
     /// use persistent_map::{in_memory::InMemoryBackend, Change, PersistentMap};
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// let mut changes = map.subscribe();
     /// map.insert("a".into(), 1).await?;
@@ -103,6 +103,8 @@ impl<K: Clone, V: Clone> Subscription<K, V> {
     /// assert_eq!(changes.recv().await.unwrap(), Change::Inserted { key: "a".into(), value: 1 });
     /// assert_eq!(changes.recv().await.unwrap(), Change::Removed { key: "a".into() });
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn recv(&mut self) -> Result<Change<K, V>, RecvError> {
@@ -117,12 +119,14 @@ impl<K: Clone, V: Clone> Subscription<K, V> {
     /// ```
     /// use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// let mut changes = map.subscribe();
     /// assert_eq!(changes.try_recv(), Ok(None));
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn try_recv(&mut self) -> Result<Option<Change<K, V>>, RecvError> {

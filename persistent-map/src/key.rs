@@ -244,8 +244,8 @@ use std::str::FromStr;
 ///     user: u64,
 /// }
 ///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>>> = Box::pin(async {
 /// let key = SessionKey { tenant: "acme".into(), user: 42 };
 /// assert_eq!(serde_json::to_string(&key)?, r#""acme:42""#);
 /// assert_eq!(serde_json::from_str::<SessionKey>(r#""acme:42""#)?, key);
@@ -257,6 +257,8 @@ use std::str::FromStr;
 /// let map: PersistentMap<SessionKey, u32, SqliteBackend> = PersistentMap::open(&path).await?;
 /// map.insert(key, 1).await?;
 /// # Ok(())
+/// # });
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
 /// # }
 /// ```
 ///

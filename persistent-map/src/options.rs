@@ -26,8 +26,8 @@ use crate::{PersistentKey, PersistentMap, Result};
 /// use persistent_map::sqlite::{Durability, SqliteBackend};
 /// use persistent_map::{PersistentMap, SqliteOptions};
 ///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> persistent_map::Result<()> {
+/// # fn main() -> persistent_map::Result<()> {
+/// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
 /// # let dir = tempfile::tempdir()?;
 /// # let path = dir.path().join("app.db");
 /// let options = SqliteOptions::new().table("visits").durability(Durability::Normal);
@@ -36,6 +36,8 @@ use crate::{PersistentKey, PersistentMap, Result};
 /// assert_eq!(map.backend().table(), "visits");
 /// assert_eq!(map.backend().durability(), Durability::Normal);
 /// # Ok(())
+/// # });
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
 /// # }
 /// ```
 #[cfg(feature = "sqlite")]
@@ -106,13 +108,15 @@ impl SqliteOptions {
     /// ```
     /// use persistent_map::{sqlite::SqliteBackend, PersistentMap, SqliteOptions};
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let map: PersistentMap<String, u32, SqliteBackend> =
     ///     SqliteOptions::new().open(dir.path().join("app.db")).await?;
     /// assert_eq!(map.backend().table(), "kv"); // the table of `String` keys
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn open<K, V>(
@@ -150,8 +154,8 @@ where
     /// use persistent_map::sqlite::{Durability, SqliteBackend};
     /// use persistent_map::{PersistentMap, SqliteOptions};
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// # let path = dir.path().join("app.db");
     /// let map: PersistentMap<String, u32, SqliteBackend> =
@@ -159,6 +163,8 @@ where
     ///         .await?;
     /// map.insert("visits".into(), 1).await?;
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
@@ -179,8 +185,8 @@ where
 ///
 /// use persistent_map::{postgres::PostgresBackend, PersistentMap, PostgresOptions};
 ///
-/// # #[tokio::main]
-/// # async fn main() -> persistent_map::Result<()> {
+/// # fn main() -> persistent_map::Result<()> {
+/// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
 /// let map: PersistentMap<u64, String, PostgresBackend> = PostgresOptions::new()
 ///     .table("visits")
 ///     .connect_timeout(Duration::from_secs(2))
@@ -188,6 +194,8 @@ where
 ///     .await?;
 /// map.insert(7, "seven".into()).await?;
 /// # Ok(())
+/// # });
+/// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
 /// # }
 /// ```
 #[cfg(feature = "postgres")]
@@ -290,14 +298,16 @@ impl PostgresOptions {
     ///
     /// use persistent_map::{postgres::PostgresBackend, PersistentMap, PostgresOptions};
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
+    /// # fn main() {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> = Box::pin(async {
     /// let err = PostgresOptions::new()
     ///     .connect_timeout(Duration::from_millis(500))
     ///     .connect::<u64, String>("postgres://postgres@127.0.0.1:1/test")
     ///     .await
     ///     .unwrap_err();
     /// assert!(err.to_string().starts_with("cannot connect to PostgreSQL at 127.0.0.1:1"), "{err}");
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn connect<K, V>(
@@ -342,14 +352,16 @@ where
     ///
     /// use persistent_map::{postgres::PostgresBackend, PersistentMap, PostgresOptions};
     ///
-    /// # #[tokio::main]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let options = PostgresOptions::new().reconnect_timeout(Duration::from_secs(60));
     /// let map: PersistentMap<String, u32, PostgresBackend> =
     ///     PersistentMap::open_postgres_with("postgres://postgres@127.0.0.1:5432/test", options)
     ///         .await?;
     /// map.insert("a".to_string(), 1).await?;
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn open_postgres_with(url: &str, options: PostgresOptions) -> Result<Self> {

@@ -29,8 +29,8 @@ use crate::{
 /// ```
 /// use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
 ///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> persistent_map::Result<()> {
+/// # fn main() -> persistent_map::Result<()> {
+/// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
 /// let backend = InMemoryBackend::new();
 /// let map: PersistentMap<String, u32, _> = PersistentMap::new(backend.clone()).await?;
 /// map.insert("visits".to_string(), 1).await?;
@@ -39,6 +39,8 @@ use crate::{
 /// let reopened: PersistentMap<String, u32, _> = PersistentMap::new(backend).await?;
 /// assert_eq!(reopened.get(&"visits".to_string()), Some(1));
 /// # Ok(())
+/// # });
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
 /// # }
 /// ```
 #[derive(Clone, Default)]

@@ -16,8 +16,8 @@
 //!
 //! ```
 //! # use persistent_map::{sqlite::SqliteBackend, PersistentMap};
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> persistent_map::Result<()> {
+//! # fn main() -> persistent_map::Result<()> {
+//! # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("app.db");
 //! let a: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(&path).await?;
@@ -25,6 +25,8 @@
 //! a.insert("visits".into(), 1).await?;
 //! assert_eq!(b.get("visits"), Some(1)); // at once: one map in memory
 //! # Ok(())
+//! # });
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
 //! # }
 //! ```
 //!
@@ -58,8 +60,8 @@
 //!
 //! ```
 //! # use persistent_map::{sqlite::SqliteBackend, PersistentMap};
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let main: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>>> = Box::pin(async {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("app.db");
 //! let map: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(&path).await?;
@@ -70,6 +72,8 @@
 //! assert!(map.refresh().await?);
 //! assert_eq!(map.get("other"), Some(5));
 //! # Ok(())
+//! # });
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
 //! # }
 //! ```
 //!
@@ -92,8 +96,8 @@
 //!
 //! ```
 //! # use persistent_map::{sqlite::SqliteBackend, Change, PersistentMap};
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> persistent_map::Result<()> {
+//! # fn main() -> persistent_map::Result<()> {
+//! # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("app.db");
 //! let map: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(&path).await?;
@@ -103,6 +107,8 @@
 //! assert_eq!(changes.recv().await.unwrap(), Change::Inserted { key: "a".into(), value: 1 });
 //! assert_eq!(changes.recv().await.unwrap(), Change::Removed { key: "a".into() });
 //! # Ok(())
+//! # });
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
 //! # }
 //! ```
 //!

@@ -27,8 +27,8 @@
 //! use persistent_map::sqlite::{Durability, SqliteBackend};
 //! use persistent_map::{PersistentMap, SqliteOptions};
 //!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> persistent_map::Result<()> {
+//! # fn main() -> persistent_map::Result<()> {
+//! # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("app.db");
 //! // A cache that may lose its last writes to a power cut, in return for no fsync per commit.
@@ -38,6 +38,8 @@
 //! cache.insert(404, "<html>Not found</html>".into()).await?;
 //! assert_eq!(cache.backend().durability(), Durability::Normal);
 //! # Ok(())
+//! # });
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
 //! # }
 //! ```
 //!

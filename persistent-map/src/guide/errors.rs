@@ -36,8 +36,8 @@
 //! ```
 //! use persistent_map::{sqlite::SqliteBackend, PersistentError, PersistentMap};
 //!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let main: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>>> = Box::pin(async {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("app.db");
 //! let map: PersistentMap<u64, String, SqliteBackend> = PersistentMap::open(&path).await?;
@@ -53,6 +53,8 @@
 //!     if table == "std__u64" && key == "seven"));
 //! assert!(err.to_string().contains("delete the row"), "{err}"); // what to do
 //! # Ok(())
+//! # });
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
 //! # }
 //! ```
 //!

@@ -5,8 +5,8 @@
 //! ```
 //! use std::time::{Duration, SystemTime};
 //! # use persistent_map::{sqlite::SqliteBackend, PersistentMap};
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> persistent_map::Result<()> {
+//! # fn main() -> persistent_map::Result<()> {
+//! # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("app.db");
 //!
@@ -25,6 +25,8 @@
 //! assert!(left.is_some_and(|left| left <= Duration::from_secs(60)));
 //! assert_eq!(sessions.ttl(&8), None);
 //! # Ok(())
+//! # });
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
 //! # }
 //! ```
 //!

@@ -18,8 +18,8 @@
 //!
 //! ```
 //! # use persistent_map::{sqlite::SqliteBackend, PersistentMap};
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> persistent_map::Result<()> {
+//! # fn main() -> persistent_map::Result<()> {
+//! # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("app.db");
 //! let users: PersistentMap<u64, String, SqliteBackend> = PersistentMap::open(&path).await?;
@@ -27,6 +27,8 @@
 //! assert_eq!(users.backend().table(), "std__u64");
 //! assert_eq!(by_letter.backend().table(), "std__char");
 //! # Ok(())
+//! # });
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
 //! # }
 //! ```
 //!
@@ -61,8 +63,8 @@
 //!     user: u64,
 //! }
 //!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> persistent_map::Result<()> {
+//! # fn main() -> persistent_map::Result<()> {
+//! # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("app.db");
 //! let key = SessionKey { tenant: "a:b".into(), user: 42 };
@@ -71,6 +73,8 @@
 //! sessions.insert(key.clone(), 1).await?; // the row `a\:b:42 | 1` of the table `sessions`
 //! assert_eq!(sessions.get(&key), Some(1));
 //! # Ok(())
+//! # });
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
 //! # }
 //! ```
 //!
@@ -110,8 +114,8 @@
 //!
 //! ```
 //! # use persistent_map::{sqlite::SqliteBackend, PersistentMap, SqliteOptions};
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> persistent_map::Result<()> {
+//! # fn main() -> persistent_map::Result<()> {
+//! # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("app.db");
 //! let names: PersistentMap<u64, String, SqliteBackend> = PersistentMap::open(&path).await?;
@@ -123,6 +127,8 @@
 //! );
 //! assert_eq!((a?, b?), (None, None));
 //! # Ok(())
+//! # });
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
 //! # }
 //! ```
 //!

@@ -38,6 +38,12 @@
 //! output), the compile errors of the derive (`tests/ui/`), and `tests/tests/examples.rs`,
 //! which builds and runs every example app and checks what it prints and stores.
 //!
+//! - The doctests are compiled as one crate, so each key, value and backend type they use, and
+//!   each future handed to tokio's `block_on`, compiles the map's generic code once more. So
+//!   they share a handful of key and value types, and their hidden lines box the example's
+//!   future before `block_on` instead of using `#[tokio::main]` (which would compile tokio's
+//!   `block_on` once per example): compiling them takes 11.6 s instead of 21.8 s. A new example
+//!   should do the same; copy the hidden lines of one nearby.
 //! - The integration tests are two binaries, `integration` (the map) and `files_and_keys`
 //!   (keys, files, error messages), so that a cold build compiles and links the map's generic
 //!   code twice rather than once per file, on both cores. Run one file's tests with its

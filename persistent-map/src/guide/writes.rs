@@ -26,8 +26,8 @@
 //!
 //! ```
 //! # use persistent_map::{sqlite::SqliteBackend, PersistentMap};
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> persistent_map::Result<()> {
+//! # fn main() -> persistent_map::Result<()> {
+//! # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("app.db");
 //! let hits: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(&path).await?;
@@ -45,6 +45,8 @@
 //! let swapped = hits.compare_exchange(&home, seen.as_ref(), Some(0)).await?.is_ok();
 //! assert!(swapped);
 //! # Ok(())
+//! # });
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
 //! # }
 //! ```
 //!
@@ -61,8 +63,8 @@
 //!
 //! ```
 //! # use persistent_map::{sqlite::SqliteBackend, PersistentMap};
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> persistent_map::Result<()> {
+//! # fn main() -> persistent_map::Result<()> {
+//! # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("app.db");
 //! let stock: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(&path).await?;
@@ -73,6 +75,8 @@
 //! stock.clear().await?;
 //! assert!(stock.is_empty());
 //! # Ok(())
+//! # });
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
 //! # }
 //! ```
 //!
@@ -111,8 +115,8 @@
 //!     .await
 //! }
 //!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let main: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>>> = Box::pin(async {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("bank.db");
 //! let accounts: Accounts = PersistentMap::open(&path).await?;
@@ -124,6 +128,8 @@
 //! assert!(matches!(refused, Err(TransactionError::Abort(40))));
 //! assert_eq!((accounts.get(&ada), accounts.get(&bob)), (Some(40), Some(60)));
 //! # Ok(())
+//! # });
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
 //! # }
 //! ```
 //!

@@ -75,8 +75,8 @@ use crate::{Deadline, PersistentError, Result, StorageBackend, Subscription};
 /// ```
 /// use persistent_map::{sqlite::SqliteBackend, CacheCapacity, CachedMap};
 ///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> persistent_map::Result<()> {
+/// # fn main() -> persistent_map::Result<()> {
+/// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
 /// # let dir = tempfile::tempdir()?;
 /// # let path = dir.path().join("app.db");
 /// let map: CachedMap<u64, String, SqliteBackend> =
@@ -85,6 +85,8 @@ use crate::{Deadline, PersistentError, Result, StorageBackend, Subscription};
 /// assert_eq!(map.get(&1).await?, Some("hello".into())); // from memory
 /// assert_eq!(map.get(&2).await?, None); // read from storage: not stored
 /// # Ok(())
+/// # });
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
 /// # }
 /// ```
 pub struct CachedMap<K, V, B>
@@ -150,8 +152,8 @@ impl<V> CacheLookup<V> {
 /// ```
 /// use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
 ///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> persistent_map::Result<()> {
+/// # fn main() -> persistent_map::Result<()> {
+/// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
 /// let map: CachedMap<String, u32, _> =
 ///     CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
 /// map.get("a").await?; // not known: read from storage, remembered as absent
@@ -159,6 +161,8 @@ impl<V> CacheLookup<V> {
 /// let stats = map.cache_stats();
 /// assert_eq!((stats.entries, stats.storage_reads, stats.capacity), (1, 1, 10));
 /// # Ok(())
+/// # });
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
 /// # }
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,12 +197,14 @@ where
     /// ```
     /// use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let map: CachedMap<String, u32, _> =
     ///     CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(1_000)).await?;
     /// assert_eq!(map.len().await?, 0);
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn new(backend: B, capacity: CacheCapacity<K, V>) -> Result<Self> {
@@ -218,8 +224,8 @@ where
     /// ```
     /// use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap, StorageBackend};
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let backend = InMemoryBackend::new();
     /// backend.save("stored".to_string(), 7u32).await?; // stored before the map opened
     /// let map: CachedMap<String, u32, _> =
@@ -228,6 +234,8 @@ where
     /// assert_eq!(map.get("stored").await?, Some(7)); // from memory
     /// assert_eq!(map.get("absent").await?, None);
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn get<Q>(&self, key: &Q) -> Result<Option<V>>
@@ -252,13 +260,15 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let map: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// map.insert("a".into(), 1).await?;
     /// assert!(map.contains_key("a").await?);
     /// assert!(!map.contains_key("b").await?);
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn contains_key<Q>(&self, key: &Q) -> Result<bool>
@@ -279,8 +289,8 @@ where
     /// ```
     /// use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CacheLookup, CachedMap};
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let map: CachedMap<String, u32, _> =
     ///     CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// assert_eq!(map.cached("a"), CacheLookup::NotCached);
@@ -289,6 +299,8 @@ where
     /// map.remove(&"a".into()).await?;
     /// assert_eq!(map.cached("a"), CacheLookup::Absent);
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn cached<Q>(&self, key: &Q) -> CacheLookup<V>
@@ -314,14 +326,16 @@ where
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
     /// use std::time::{Duration, SystemTime};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let map: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// let until = SystemTime::now() + Duration::from_secs(60);
     /// map.insert_until("a".into(), 1, until).await?;
     /// assert!(map.deadline("a").await?.unwrap().to_system_time() >= until);
     /// assert_eq!(map.deadline("b").await?, None);
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn deadline<Q>(&self, key: &Q) -> Result<Option<Deadline>>
@@ -342,12 +356,14 @@ where
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
     /// use std::time::Duration;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let map: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// map.insert_with_ttl("a".into(), 1, Duration::from_secs(60)).await?;
     /// assert!(map.ttl("a").await?.unwrap() <= Duration::from_secs(60));
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn ttl<Q>(&self, key: &Q) -> Result<Option<Duration>>
@@ -374,12 +390,14 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let map: CachedMap<u32, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(1)).await?;
     /// map.insert_many((0..5).map(|i| (i, i))).await?;
     /// assert_eq!(map.len().await?, 5); // though memory holds at most one
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn len(&self) -> Result<usize> {
@@ -390,11 +408,13 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let map: CachedMap<u32, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(1)).await?;
     /// assert!(map.is_empty().await?);
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn is_empty(&self) -> Result<bool> {
@@ -405,13 +425,15 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let map: CachedMap<u32, u32, _> =
     ///     CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(2)).await?;
     /// map.insert_many((0..100).map(|i| (i, i))).await?;
     /// assert!(map.cache_stats().entries <= 2);
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn cache_stats(&self) -> CacheStats {
@@ -441,12 +463,14 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let map: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// assert_eq!(map.insert("a".into(), 1).await?, None);
     /// assert_eq!(map.insert("a".into(), 2).await?, Some(1));
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn insert(&self, key: K, value: V) -> Result<Option<V>> {
@@ -458,13 +482,15 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let map: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// map.insert("a".into(), 1).await?;
     /// assert_eq!(map.remove(&"a".into()).await?, Some(1));
     /// assert_eq!(map.get("a").await?, None);
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn remove(&self, key: &K) -> Result<Option<V>> {
@@ -477,14 +503,16 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let hits: CachedMap<String, u32, _> =
     ///     CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// let bump = |old: Option<&u32>| Some(old.copied().unwrap_or(0) + 1);
     /// assert_eq!(hits.update(&"home".into(), bump).await?, Some(1));
     /// assert_eq!(hits.update(&"home".into(), bump).await?, Some(2));
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn update(
@@ -500,12 +528,14 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let ids: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// assert_eq!(ids.get_or_insert_with("ada".into(), || 1).await?, 1);
     /// assert_eq!(ids.get_or_insert_with("ada".into(), || 2).await?, 1);
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn get_or_insert_with(&self, key: K, make: impl FnOnce() -> V) -> Result<V> {
@@ -518,12 +548,14 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let map: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// assert_eq!(map.compare_exchange(&"k".into(), None, Some(1)).await?, Ok(None));
     /// assert_eq!(map.compare_exchange(&"k".into(), None, Some(2)).await?, Err(Some(1)));
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn compare_exchange(
@@ -540,12 +572,14 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let map: CachedMap<u32, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// map.insert_many((0..100).map(|i| (i, i * 2))).await?;
     /// assert_eq!(map.get(&99).await?, Some(198));
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn insert_many(&self, entries: impl IntoIterator<Item = (K, V)>) -> Result<()> {
@@ -557,12 +591,14 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let map: CachedMap<u32, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(1)).await?;
     /// map.insert_many([(1, 1), (2, 2), (3, 3)]).await?;
     /// assert_eq!(map.remove_many([1, 2, 9]).await?, 2);
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn remove_many(&self, keys: impl IntoIterator<Item = K>) -> Result<usize> {
@@ -573,13 +609,15 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let map: CachedMap<u32, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// map.insert_many([(1, 1), (2, 2)]).await?;
     /// map.clear().await?;
     /// assert!(map.is_empty().await?);
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn clear(&self) -> Result<()> {
@@ -591,12 +629,14 @@ where
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
     /// use std::time::Duration;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let map: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// map.insert_with_ttl("token".into(), 42, Duration::from_secs(1800)).await?;
     /// assert_eq!(map.get("token").await?, Some(42));
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn insert_with_ttl(&self, key: K, value: V, ttl: Duration) -> Result<Option<V>> {
@@ -608,12 +648,14 @@ where
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
     /// use std::time::SystemTime;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let map: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// map.insert_until("old".into(), 1, SystemTime::UNIX_EPOCH).await?;
     /// assert_eq!(map.get("old").await?, None); // expired at once
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn insert_until(&self, key: K, value: V, deadline: SystemTime) -> Result<Option<V>> {
@@ -626,13 +668,15 @@ where
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
     /// use std::time::Duration;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let map: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// map.insert("a".into(), 1).await?;
     /// assert!(map.expire(&"a".into(), Duration::from_secs(60)).await?);
     /// assert!(!map.expire(&"b".into(), Duration::from_secs(60)).await?);
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn expire(&self, key: &K, ttl: Duration) -> Result<bool> {
@@ -644,13 +688,15 @@ where
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
     /// use std::time::{Duration, SystemTime};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let map: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// map.insert("a".into(), 1).await?;
     /// assert!(map.expire_at(&"a".into(), SystemTime::now() - Duration::from_secs(1)).await?);
     /// assert_eq!(map.get("a").await?, None);
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn expire_at(&self, key: &K, deadline: SystemTime) -> Result<bool> {
@@ -663,13 +709,15 @@ where
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
     /// use std::time::Duration;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let map: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// map.insert_with_ttl("a".into(), 1, Duration::from_secs(60)).await?;
     /// assert!(map.persist(&"a".into()).await?);
     /// assert_eq!(map.ttl("a").await?, None);
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn persist(&self, key: &K) -> Result<bool> {
@@ -682,14 +730,16 @@ where
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
     /// use std::time::Duration;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let map: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// let map = map.with_default_ttl(Duration::from_secs(600))?;
     /// map.insert("a".into(), 1).await?;
     /// assert!(map.ttl("a").await?.is_some());
     /// assert_eq!(map.default_ttl(), Some(Duration::from_secs(600)));
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn with_default_ttl(self, ttl: Duration) -> Result<Self> {
@@ -702,11 +752,13 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let map: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// assert_eq!(map.default_ttl(), None);
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn default_ttl(&self) -> Option<Duration> {
@@ -719,12 +771,14 @@ where
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
     /// use std::time::SystemTime;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let map: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// map.insert_until("gone".into(), 1, SystemTime::UNIX_EPOCH).await?;
     /// assert!(map.sweep_expired().await? <= 1); // 0 if the background sweep came first
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn sweep_expired(&self) -> Result<usize> {
@@ -738,13 +792,15 @@ where
     /// ```
     /// use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap, Change};
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let map: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// let mut changes = map.subscribe();
     /// map.insert("a".into(), 1).await?;
     /// assert_eq!(changes.recv().await.unwrap(), Change::Inserted { key: "a".into(), value: 1 });
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn subscribe(&self) -> Subscription<K, V> {
@@ -760,8 +816,8 @@ where
     /// ```
     /// use persistent_map::{sqlite::SqliteBackend, CacheCapacity, CachedMap};
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>>> = Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// # let path = dir.path().join("app.db");
     /// let map: CachedMap<String, u32, SqliteBackend> =
@@ -773,6 +829,8 @@ where
     /// assert!(map.refresh().await?);
     /// assert_eq!(map.get("n").await?, Some(2));
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn refresh(&self) -> Result<bool> {
@@ -785,12 +843,14 @@ where
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
     /// use std::time::Duration;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let map: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// let refresher = map.refresh_every(Duration::from_secs(1));
     /// assert!(refresher.take_error().is_none());
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn refresh_every(&self, interval: Duration) -> RefreshTask {
@@ -801,11 +861,13 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let map: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// map.flush().await?;
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn flush(&self) -> Result<(), PersistentError> {
@@ -816,12 +878,14 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let map: CachedMap<String, u32, _> =
     ///     CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// let _backend: &InMemoryBackend = map.backend();
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn backend(&self) -> &B {
@@ -842,8 +906,8 @@ where
     /// ```
     /// use persistent_map::{sqlite::SqliteBackend, CacheCapacity, CachedMap};
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let map: CachedMap<String, u32, SqliteBackend> =
     ///     CachedMap::open(dir.path().join("app.db"), CacheCapacity::entries(2)).await?;
@@ -855,6 +919,8 @@ where
     /// }
     /// assert_eq!(visited, 10);
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn scan(&self) -> Scan<K, V, B> {
@@ -867,8 +933,8 @@ where
     /// ```
     /// use persistent_map::{sqlite::SqliteBackend, CacheCapacity, CachedMap};
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let map: CachedMap<String, u32, SqliteBackend> =
     ///     CachedMap::open(dir.path().join("app.db"), CacheCapacity::entries(100)).await?;
@@ -877,6 +943,8 @@ where
     /// assert_eq!(acme.next_page().await?, Some(vec![("acme:1".into(), 1), ("acme:2".into(), 2)]));
     /// assert_eq!(acme.next_page().await?, None);
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn scan_prefix(&self, prefix: impl Into<String>) -> Scan<K, V, B> {
@@ -898,13 +966,15 @@ where
     /// ```
     /// use persistent_map::{sqlite::SqliteBackend, CacheCapacity, CachedMap};
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let map: CachedMap<u64, String, SqliteBackend> =
     ///     CachedMap::open(dir.path().join("app.db"), CacheCapacity::entries(10_000)).await?;
     /// map.insert(1, "one".into()).await?;
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn open(path: impl AsRef<Path>, capacity: CacheCapacity<K, V>) -> Result<Self> {
@@ -927,8 +997,8 @@ where
     /// ```no_run
     /// use persistent_map::{postgres::PostgresBackend, CacheCapacity, CachedMap};
     ///
-    /// # #[tokio::main]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let map: CachedMap<String, u32, PostgresBackend> = CachedMap::open_postgres(
     ///     "postgres://postgres@127.0.0.1:5432/test",
     ///     CacheCapacity::entries(100_000),
@@ -936,6 +1006,8 @@ where
     /// .await?;
     /// let _follow = map.refresh_every(std::time::Duration::from_secs(10));
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn open_postgres(url: &str, capacity: CacheCapacity<K, V>) -> Result<Self> {

@@ -71,8 +71,8 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let visits: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// // Insert if absent, and say whether it inserted:
     /// let first = visits.entry("ada".into()).or_insert(1).await?;
@@ -83,6 +83,8 @@ where
     /// // Modify in place only if present:
     /// assert_eq!(visits.entry("bob".into()).and_modify(|n| *n += 1).modify().await?, None);
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn entry(&self, key: K) -> Entry<'_, K, V, B> {
@@ -107,13 +109,15 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let tags: PersistentMap<String, String, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// tags.insert("post".into(), "rust".into()).await?;
     /// let now = tags.entry("post".into()).and_modify(|t| t.push_str(",db")).modify().await?;
     /// assert_eq!(now.as_deref(), Some("rust,db"));
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn and_modify(mut self, modify: impl FnMut(&mut V) + Send + 'a) -> Self {
@@ -126,13 +130,15 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let owners: PersistentMap<String, String, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// assert!(owners.entry("lock".into()).or_insert("a".into()).await?.inserted);
     /// let second = owners.entry("lock".into()).or_insert("b".into()).await?;
     /// assert_eq!((second.value.as_str(), second.inserted), ("a", false));
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn or_insert(self, value: V) -> Result<Upserted<V>> {
@@ -144,12 +150,14 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let ids: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// let id = ids.entry("ada".into()).or_insert_with(|| 7).await?;
     /// assert_eq!((id.value, id.inserted), (7, true));
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn or_insert_with(self, make: impl FnOnce() -> V) -> Result<Upserted<V>> {
@@ -187,12 +195,14 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let counts: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// let n = counts.entry("x".into()).and_modify(|n| *n += 1).or_default().await?;
     /// assert_eq!(n.value, 0);
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn or_default(self) -> Result<Upserted<V>>
@@ -207,14 +217,16 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let stock: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// stock.insert("tea".into(), 3).await?;
     /// assert_eq!(stock.entry("tea".into()).and_modify(|n| *n -= 1).modify().await?, Some(2));
     /// assert_eq!(stock.entry("milk".into()).and_modify(|n| *n -= 1).modify().await?, None);
     /// assert!(!stock.contains_key("milk"));
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn modify(self) -> Result<Option<V>> {

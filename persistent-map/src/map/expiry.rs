@@ -265,8 +265,8 @@ where
     /// use persistent_map::{sqlite::SqliteBackend, PersistentMap};
     /// use std::time::Duration;
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let sessions: PersistentMap<String, u32, SqliteBackend> =
     ///     PersistentMap::open(dir.path().join("sessions.db")).await?;
@@ -276,6 +276,8 @@ where
     /// let left = sessions.ttl("token-1").unwrap();
     /// assert!(left > Duration::from_secs(590) && left <= Duration::from_secs(600));
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn with_default_ttl(mut self, ttl: Duration) -> Result<Self> {
@@ -290,11 +292,13 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// assert_eq!(map.default_ttl(), None);
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn default_ttl(&self) -> Option<Duration> {
@@ -316,12 +320,14 @@ where
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
     /// use std::time::Duration;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let sessions: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// sessions.insert_with_ttl("token-1".into(), 42, Duration::from_secs(1800)).await?;
     /// assert_eq!(sessions.get("token-1"), Some(42));
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn insert_with_ttl(&self, key: K, value: V, ttl: Duration) -> Result<Option<V>> {
@@ -336,8 +342,8 @@ where
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
     /// use std::time::{Duration, SystemTime};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let leases: PersistentMap<String, String, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// let until = SystemTime::now() + Duration::from_secs(30);
     /// leases.insert_until("scheduler".into(), "node-a".into(), until).await?;
@@ -346,6 +352,8 @@ where
     /// leases.insert_until("old".into(), "node-b".into(), SystemTime::UNIX_EPOCH).await?;
     /// assert!(!leases.contains_key("old"));
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn insert_until(&self, key: K, value: V, deadline: SystemTime) -> Result<Option<V>> {
@@ -363,14 +371,16 @@ where
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
     /// use std::time::Duration;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// map.insert("a".into(), 1).await?;
     /// assert!(map.expire(&"a".into(), Duration::from_secs(60)).await?);
     /// assert!(map.ttl("a").is_some());
     /// assert!(!map.expire(&"missing".into(), Duration::from_secs(60)).await?);
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn expire(&self, key: &K, ttl: Duration) -> Result<bool> {
@@ -382,13 +392,15 @@ where
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
     /// use std::time::{Duration, SystemTime};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// map.insert("a".into(), 1).await?;
     /// assert!(map.expire_at(&"a".into(), SystemTime::now() - Duration::from_secs(1)).await?);
     /// assert_eq!(map.get("a"), None); // expired at once
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn expire_at(&self, key: &K, deadline: SystemTime) -> Result<bool> {
@@ -402,14 +414,16 @@ where
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
     /// use std::time::Duration;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// map.insert_with_ttl("a".into(), 1, Duration::from_secs(60)).await?;
     /// assert!(map.persist(&"a".into()).await?);
     /// assert_eq!(map.ttl("a"), None);
     /// assert_eq!(map.get("a"), Some(1));
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn persist(&self, key: &K) -> Result<bool> {
@@ -426,14 +440,16 @@ where
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
     /// use std::time::Duration;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// map.insert_with_ttl("a".into(), 1, Duration::from_secs(60)).await?;
     /// map.insert("b".into(), 2).await?;
     /// assert!(map.ttl("a").unwrap() <= Duration::from_secs(60));
     /// assert_eq!(map.ttl("b"), None);
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn ttl<Q>(&self, key: &Q) -> Option<Duration>
@@ -450,13 +466,15 @@ where
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
     /// use std::time::{Duration, SystemTime};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// let until = SystemTime::now() + Duration::from_secs(60);
     /// map.insert_until("a".into(), 1, until).await?;
     /// assert!(map.deadline("a").unwrap().to_system_time() >= until);
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn deadline<Q>(&self, key: &Q) -> Option<Deadline>
@@ -485,14 +503,16 @@ where
     /// use persistent_map::{sqlite::SqliteBackend, PersistentMap};
     /// use std::time::SystemTime;
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let map: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(dir.path().join("a.db")).await?;
     /// map.insert_until("gone".into(), 1, SystemTime::UNIX_EPOCH).await?;
     /// assert!(map.sweep_expired().await? <= 1); // 0 if the background sweep came first
     /// assert_eq!(map.sweep_expired().await?, 0);
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn sweep_expired(&self) -> Result<usize> {

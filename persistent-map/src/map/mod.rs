@@ -76,8 +76,8 @@ use crate::{PersistentError, Result, StorageBackend};
 /// ```
 /// use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
 ///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> persistent_map::Result<()> {
+/// # fn main() -> persistent_map::Result<()> {
+/// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
 /// let map: PersistentMap<String, String, _> = PersistentMap::new(InMemoryBackend::new()).await?;
 /// assert_eq!(map.insert("k".into(), "v1".into()).await?, None);
 /// assert_eq!(map.insert("k".into(), "v2".into()).await?, Some("v1".into()));
@@ -85,6 +85,8 @@ use crate::{PersistentError, Result, StorageBackend};
 /// assert_eq!(map.remove(&"k".to_string()).await?, Some("v2".into()));
 /// assert!(map.is_empty());
 /// # Ok(())
+/// # });
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
 /// # }
 /// ```
 pub struct PersistentMap<K, V, B>
@@ -120,11 +122,13 @@ where
     /// ```
     /// use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let map: PersistentMap<u32, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// assert!(map.is_empty());
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn new(backend: B) -> Result<Self> {
@@ -207,8 +211,8 @@ where
     /// ```
     /// use persistent_map::{in_memory::InMemoryBackend, PersistentMap, StorageBackend};
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let backend = InMemoryBackend::new();
     /// let map: PersistentMap<String, u32, _> = PersistentMap::new(backend.clone()).await?;
     /// backend.save("written-elsewhere".to_string(), 7u32).await?;
@@ -216,6 +220,8 @@ where
     /// map.load().await?;
     /// assert_eq!(map.get("written-elsewhere"), Some(7));
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn load(&self) -> Result<(), PersistentError> {
@@ -233,11 +239,13 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// map.flush().await?;
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn flush(&self) -> Result<(), PersistentError> {
@@ -248,11 +256,13 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// let _backend: &InMemoryBackend = map.backend();
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn backend(&self) -> &B {
@@ -276,14 +286,16 @@ where
     /// ```
     /// use persistent_map::{sqlite::SqliteBackend, PersistentMap};
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// # let path = dir.path().join("app.db");
     /// // String keys live in the table `kv`.
     /// let map: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(&path).await?;
     /// map.insert("a".to_string(), 1).await?;
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
@@ -337,14 +349,16 @@ where
     /// use persistent_map::{postgres::PostgresBackend, PersistentMap};
     /// use std::time::Duration;
     ///
-    /// # #[tokio::main]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// // String keys live in the table `kv`.
     /// let map: PersistentMap<String, u32, PostgresBackend> =
     ///     PersistentMap::open_postgres("postgres://postgres@127.0.0.1:5432/test").await?;
     /// let _follow = map.refresh_every(Duration::from_secs(10));
     /// map.insert("a".to_string(), 1).await?;
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn open_postgres(url: &str) -> Result<Self> {

@@ -37,8 +37,8 @@ where
     /// ```
     /// use persistent_map::{sqlite::SqliteBackend, PersistentMap};
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>>> = Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// # let path = dir.path().join("app.db");
     /// let map: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(&path).await?;
@@ -49,6 +49,8 @@ where
     /// assert!(map.refresh().await?);
     /// assert_eq!(map.get("other"), Some(5));
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn refresh(&self) -> Result<bool> {
@@ -148,8 +150,8 @@ where
     /// use persistent_map::{sqlite::SqliteBackend, PersistentMap};
     /// use std::time::Duration;
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let map: PersistentMap<String, u32, SqliteBackend> =
     ///     PersistentMap::open(dir.path().join("app.db")).await?;
@@ -157,6 +159,8 @@ where
     /// assert!(refresher.take_error().is_none());
     /// drop(refresher); // stops refreshing
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn refresh_every(&self, interval: Duration) -> RefreshTask {
@@ -200,12 +204,14 @@ impl RefreshTask {
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// let task = map.refresh_every(std::time::Duration::from_secs(1));
     /// assert!(task.take_error().is_none());
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     ///

@@ -37,8 +37,8 @@ const PAGE: usize = 1024;
 /// ```
 /// use persistent_map::{sqlite::SqliteBackend, PersistentMap};
 ///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> persistent_map::Result<()> {
+/// # fn main() -> persistent_map::Result<()> {
+/// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
 /// # let dir = tempfile::tempdir()?;
 /// let map: PersistentMap<String, u32, SqliteBackend> =
 ///     PersistentMap::open(dir.path().join("app.db")).await?;
@@ -52,6 +52,8 @@ const PAGE: usize = 1024;
 /// }
 /// assert_eq!(seen, [("a".into(), 1), ("b".into(), 2), ("c".into(), 3)]);
 /// # Ok(())
+/// # });
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
 /// # }
 /// ```
 pub struct Scan<K, V, B> {
@@ -79,8 +81,8 @@ where
     /// ```
     /// use persistent_map::{sqlite::SqliteBackend, PersistentMap};
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let map: PersistentMap<u64, String, SqliteBackend> =
     ///     PersistentMap::open(dir.path().join("app.db")).await?;
@@ -93,6 +95,8 @@ where
     /// }
     /// assert_eq!(count, 3);
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn scan(&self) -> Scan<K, V, B> {
@@ -112,8 +116,8 @@ where
     /// #[derive(PersistentKey, Clone, PartialEq, Eq, Hash, Debug, serde::Serialize, serde::Deserialize)]
     /// struct SessionKey { tenant: String, user: u64 }
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let sessions: PersistentMap<SessionKey, String, SqliteBackend> =
     ///     PersistentMap::open(dir.path().join("app.db")).await?;
@@ -132,6 +136,8 @@ where
     /// }
     /// assert_eq!(users, [1, 2]);
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn scan_prefix(&self, prefix: impl Into<String>) -> Scan<K, V, B> {
@@ -157,8 +163,8 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// map.insert_many([("a".into(), 1), ("b".into(), 2)]).await?;
     /// let mut scan = map.scan().page_size(1);
@@ -166,6 +172,8 @@ where
     /// assert_eq!(scan.next_page().await?, Some(vec![("b".into(), 2)]));
     /// assert_eq!(scan.next_page().await?, None);
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     #[must_use]
@@ -185,8 +193,8 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let map: PersistentMap<u32, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// map.insert_many((0..5).map(|i| (i, i * i))).await?;
     /// let mut scan = map.scan().page_size(2);
@@ -197,6 +205,8 @@ where
     /// }
     /// assert_eq!(pages, 3);
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn next_page(&mut self) -> Result<Option<Vec<(K, V)>>> {
@@ -223,14 +233,16 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// map.insert("only".into(), 1).await?;
     /// let mut scan = map.scan();
     /// assert_eq!(scan.next().await?, Some(("only".into(), 1)));
     /// assert_eq!(scan.next().await?, None);
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn next(&mut self) -> Result<Option<(K, V)>> {

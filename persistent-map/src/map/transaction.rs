@@ -95,8 +95,8 @@ pub(crate) mod sealed {
 /// ```
 /// use persistent_map::{sqlite::SqliteBackend, transaction, PersistentMap};
 ///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> persistent_map::Result<()> {
+/// # fn main() -> persistent_map::Result<()> {
+/// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
 /// # let dir = tempfile::tempdir()?;
 /// # let path = dir.path().join("hits.db");
 /// let per_link = PersistentMap::<String, u32, _>::new(SqliteBackend::with_table(&path, "per_link").await?).await?;
@@ -113,6 +113,8 @@ pub(crate) mod sealed {
 /// assert_eq!(hits, Some(1));
 /// assert_eq!(per_day.get("2026-12-01"), Some(1));
 /// # Ok(())
+/// # });
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
 /// # }
 /// ```
 pub async fn transaction<T, E>(
@@ -159,8 +161,8 @@ where
 ///     Insufficient { balance: u32 },
 /// }
 ///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> persistent_map::Result<()> {
+/// # fn main() -> persistent_map::Result<()> {
+/// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
 /// let accounts: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
 /// accounts.insert("ada".into(), 20).await?;
 /// let transfer = transaction(|tx| {
@@ -182,6 +184,8 @@ where
 /// assert_eq!(accounts.get("ada"), Some(20)); // nothing was written
 /// assert_eq!(accounts.get("bob"), None);
 /// # Ok(())
+/// # });
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
 /// # }
 /// ```
 #[derive(Debug)]
@@ -298,8 +302,8 @@ impl Transaction {
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, transaction, PersistentMap};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let stock: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// stock.insert("tea".into(), 3).await?;
     /// let left = transaction(|tx| {
@@ -310,6 +314,8 @@ impl Transaction {
     /// .await?;
     /// assert_eq!(left, Some(2));
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn get<K, V, B>(&mut self, map: &PersistentMap<K, V, B>, key: &K) -> Option<V>
@@ -325,8 +331,8 @@ impl Transaction {
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, transaction, PersistentMap};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let backend = InMemoryBackend::new();
     /// let names: PersistentMap<String, String, _> = PersistentMap::new(backend.clone()).await?;
     /// let ids: PersistentMap<String, u32, _> = PersistentMap::new(backend).await?;
@@ -338,6 +344,8 @@ impl Transaction {
     /// .await?;
     /// assert_eq!((names.get("user-7"), ids.get("ada")), (Some("ada".to_string()), Some(7)));
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn insert<K, V, B>(&mut self, map: &PersistentMap<K, V, B>, key: K, value: V)
@@ -354,8 +362,8 @@ impl Transaction {
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, transaction, PersistentMap};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// map.insert("old".into(), 1).await?;
     /// transaction(|tx| {
@@ -366,6 +374,8 @@ impl Transaction {
     /// .await?;
     /// assert_eq!(map.keys().collect::<Vec<_>>(), ["new"]);
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn remove<K, V, B>(&mut self, map: &PersistentMap<K, V, B>, key: &K)
@@ -383,8 +393,8 @@ impl Transaction {
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, transaction, PersistentMap};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let accounts: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// accounts.insert("ada".into(), 100).await?;
     /// transaction(|tx| {
@@ -395,6 +405,8 @@ impl Transaction {
     /// .await?;
     /// assert_eq!((accounts.get("ada"), accounts.get("bob")), (Some(70), Some(30)));
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn update<K, V, B>(

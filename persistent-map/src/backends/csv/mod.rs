@@ -4,8 +4,8 @@
 //! ```
 //! use persistent_map::{csv::CsvBackend, PersistentMap};
 //!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> persistent_map::Result<()> {
+//! # fn main() -> persistent_map::Result<()> {
+//! # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("data.csv");
 //! // A file as persistent-map 0.1.3 wrote it: one `key,value` record per entry, no header.
@@ -15,6 +15,8 @@
 //! map.insert("carol".into(), 41).await?; // the file is replaced, durably, before this returns
 //! assert_eq!(std::fs::read_to_string(&path)?, "alice,30\nbob,25\ncarol,41\n");
 //! # Ok(())
+//! # });
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
 //! # }
 //! ```
 //!
@@ -65,14 +67,16 @@ use crate::{BatchOp, PersistentError, Result, StorageBackend};
 /// ```
 /// use persistent_map::{csv::CsvBackend, PersistentMap};
 ///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> persistent_map::Result<()> {
+/// # fn main() -> persistent_map::Result<()> {
+/// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
 /// # let dir = tempfile::tempdir()?;
 /// let backend = CsvBackend::new(dir.path().join("scores.csv"));
 /// let map: PersistentMap<u64, f64, _> = PersistentMap::new(backend).await?;
 /// map.insert(7, 0.5).await?;
 /// assert_eq!(std::fs::read_to_string(map.backend().path())?, "7,0.5\n");
 /// # Ok(())
+/// # });
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
 /// # }
 /// ```
 #[derive(Clone)]

@@ -12,8 +12,8 @@
 //!     user: u64,
 //! }
 //!
-//! # #[tokio::main]
-//! # async fn main() -> persistent_map::Result<()> {
+//! # fn main() -> persistent_map::Result<()> {
+//! # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
 //! let url = "postgres://app@db.internal:5432/app";
 //! let sessions: PersistentMap<SessionKey, String, PostgresBackend> =
 //!     PersistentMap::open_postgres(url).await?;
@@ -25,6 +25,8 @@
 //! sessions.insert(key.clone(), "token".into()).await?; // committed when this returns Ok
 //! assert_eq!(sessions.get(&key), Some("token".to_string())); // from memory
 //! # Ok(())
+//! # });
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
 //! # }
 //! ```
 //!
@@ -291,12 +293,14 @@
 //! unreadable `sslrootcert` is a [`PersistentError::Config`].
 //!
 //! ```no_run
-//! # #[tokio::main]
-//! # async fn main() -> persistent_map::Result<()> {
+//! # fn main() -> persistent_map::Result<()> {
+//! # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
 //! let url = "postgres://app@db.internal/app?sslmode=verify-full&sslrootcert=/etc/app/db-ca.pem";
 //! let backend = persistent_map::postgres::PostgresBackend::connect(url).await?;
 //! # let _ = backend;
 //! # Ok(())
+//! # });
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
 //! # }
 //! ```
 //!
@@ -429,13 +433,15 @@ const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
 /// ```no_run
 /// use persistent_map::{postgres::PostgresBackend, PersistentMap};
 ///
-/// # #[tokio::main]
-/// # async fn main() -> persistent_map::Result<()> {
+/// # fn main() -> persistent_map::Result<()> {
+/// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
 /// let url = "postgres://postgres@127.0.0.1:5432/test";
 /// let users = PersistentMap::<u64, String, _>::new(PostgresBackend::with_table(url, "users").await?).await?;
 /// users.insert(1, "ada".to_string()).await?;
 /// assert_eq!(users.backend().table(), "users");
 /// # Ok(())
+/// # });
+/// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
 /// # }
 /// ```
 #[derive(Clone)]
@@ -466,14 +472,16 @@ impl PostgresBackend {
     /// `key=value` form.
     ///
     /// ```no_run
-    /// # #[tokio::main]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let backend = persistent_map::postgres::PostgresBackend::connect(
     ///     "postgres://postgres@127.0.0.1:5432/test",
     /// )
     /// .await?;
     /// assert_eq!(backend.table(), "kv");
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn connect(url: &str) -> Result<Self> {
@@ -486,8 +494,8 @@ impl PostgresBackend {
     /// ```no_run
     /// use persistent_map::{postgres::PostgresBackend, PersistentError};
     ///
-    /// # #[tokio::main]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let url = "postgres://postgres@127.0.0.1:5432/test";
     /// let backend = PostgresBackend::with_table(url, "sessions").await?;
     /// assert_eq!(backend.table(), "sessions");
@@ -495,6 +503,8 @@ impl PostgresBackend {
     /// let err = PostgresBackend::with_table(url, "bad name").await.unwrap_err();
     /// assert!(matches!(err, PersistentError::InvalidTableName { .. }));
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn with_table(url: &str, table: &str) -> Result<Self> {
@@ -505,12 +515,14 @@ impl PostgresBackend {
     /// [`K::TABLE_NAME`](PersistentKey::TABLE_NAME).
     ///
     /// ```no_run
-    /// # #[tokio::main]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let url = "postgres://postgres@127.0.0.1:5432/test";
     /// let backend = persistent_map::postgres::PostgresBackend::for_key::<String>(url).await?;
     /// assert_eq!(backend.table(), "kv");
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn for_key<K: PersistentKey>(url: &str) -> Result<Self> {
@@ -524,8 +536,8 @@ impl PostgresBackend {
     /// use persistent_map::postgres::PostgresBackend;
     /// use std::time::Duration;
     ///
-    /// # #[tokio::main]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let backend = PostgresBackend::builder("postgres://postgres@127.0.0.1:5432/test")
     ///     .table("events")
     ///     .connect_timeout(Duration::from_secs(2))
@@ -534,6 +546,8 @@ impl PostgresBackend {
     ///     .await?;
     /// # let _ = backend;
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn builder(url: &str) -> PostgresBuilder {
@@ -553,12 +567,14 @@ impl PostgresBackend {
     /// The table this backend stores its map in.
     ///
     /// ```no_run
-    /// # #[tokio::main]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let url = "postgres://postgres@127.0.0.1:5432/test";
     /// let backend = persistent_map::postgres::PostgresBackend::with_table(url, "t").await?;
     /// assert_eq!(backend.table(), "t");
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn table(&self) -> &str {
@@ -568,12 +584,14 @@ impl PostgresBackend {
     /// The server as `host:port` (comma-separated if the URL names several), as errors name it.
     ///
     /// ```no_run
-    /// # #[tokio::main]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let url = "postgres://postgres@127.0.0.1/test";
     /// let backend = persistent_map::postgres::PostgresBackend::connect(url).await?;
     /// assert_eq!(backend.host(), "127.0.0.1:5432");
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn host(&self) -> &str {
@@ -590,14 +608,16 @@ impl PostgresBackend {
     /// ```no_run
     /// use persistent_map::{postgres::PostgresBackend, PersistentMap};
     ///
-    /// # #[tokio::main]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let url = "postgres://postgres@127.0.0.1:5432/test";
     /// let map: PersistentMap<String, u32, PostgresBackend> = PersistentMap::open_postgres(url).await?;
     /// map.insert("a".to_string(), 1).await?;
     /// let stats = map.backend().stats();
     /// assert_eq!((stats.commits, stats.writes), (1, 1));
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn stats(&self) -> PostgresStats {
@@ -621,8 +641,8 @@ impl PostgresBackend {
     /// ```no_run
     /// use persistent_map::postgres::{Health, PostgresBackend};
     ///
-    /// # #[tokio::main]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let backend = PostgresBackend::connect("postgres://postgres@127.0.0.1:5432/test").await?;
     /// match backend.health() {
     ///     Health::Connected => {}
@@ -632,6 +652,8 @@ impl PostgresBackend {
     ///     _ => {}
     /// }
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn health(&self) -> Health {
@@ -889,14 +911,16 @@ impl PostgresBuilder {
     /// The table to store the map in (default `kv`).
     ///
     /// ```no_run
-    /// # #[tokio::main]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let backend = persistent_map::postgres::PostgresBackend::builder("postgres://postgres@127.0.0.1/test")
     ///     .table("orders")
     ///     .connect()
     ///     .await?;
     /// assert_eq!(backend.table(), "orders");
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn table(mut self, table: impl Into<String>) -> Self {
@@ -917,14 +941,16 @@ impl PostgresBuilder {
     /// #[persistent_key(table = "deployments")]
     /// struct Deployment { name: String, env: String }
     ///
-    /// # #[tokio::main]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let backend = PostgresBackend::builder("postgres://postgres@127.0.0.1/test")
     ///     .key::<Deployment>()
     ///     .connect()
     ///     .await?;
     /// assert_eq!(backend.table(), "deployments");
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn key<K: PersistentKey>(mut self) -> Self {
@@ -945,14 +971,16 @@ impl PostgresBuilder {
     /// ```no_run
     /// use std::time::Duration;
     ///
-    /// # #[tokio::main]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let backend = persistent_map::postgres::PostgresBackend::builder("postgres://postgres@127.0.0.1/test")
     ///     .reconcile_every(Duration::from_secs(300))
     ///     .connect()
     ///     .await?;
     /// # let _ = backend;
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn reconcile_every(mut self, interval: Duration) -> Self {
@@ -970,8 +998,8 @@ impl PostgresBuilder {
     /// ```no_run
     /// use persistent_map::{postgres::PostgresBackend, PersistentMap};
     ///
-    /// # #[tokio::main]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let url = "postgres://postgres@127.0.0.1/test";
     /// let backend = |name: &str| PostgresBackend::builder(url).table("fleet").instance(name).connect();
     /// let a: PersistentMap<String, u32, _> = PersistentMap::new(backend("a").await?).await?;
@@ -981,6 +1009,8 @@ impl PostgresBuilder {
     /// b.refresh().await?;
     /// assert_eq!(b.get("k"), Some(1));
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn instance(mut self, name: impl Into<String>) -> Self {
@@ -995,8 +1025,8 @@ impl PostgresBuilder {
     /// use persistent_map::{postgres::PostgresBackend, PersistentError};
     /// use std::time::Duration;
     ///
-    /// # #[tokio::main]
-    /// # async fn main() {
+    /// # fn main() {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> = Box::pin(async {
     /// let err = PostgresBackend::builder("postgres://postgres@192.0.2.1:5432/test")
     ///     .connect_timeout(Duration::from_millis(500))
     ///     .connect()
@@ -1004,6 +1034,8 @@ impl PostgresBuilder {
     ///     .unwrap_err();
     /// assert!(matches!(err, PersistentError::Connect { .. }));
     /// assert!(err.to_string().contains("192.0.2.1:5432"));
+    /// # });
+    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
@@ -1015,14 +1047,16 @@ impl PostgresBuilder {
     /// [`PersistentError::Connect`] (default 10 seconds).
     ///
     /// ```no_run
-    /// # #[tokio::main]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let backend = persistent_map::postgres::PostgresBackend::builder("postgres://postgres@127.0.0.1/test")
     ///     .reconnect_timeout(std::time::Duration::from_secs(60))
     ///     .connect()
     ///     .await?;
     /// # let _ = backend;
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn reconnect_timeout(mut self, timeout: Duration) -> Self {
@@ -1053,14 +1087,16 @@ impl PostgresBuilder {
     /// [module docs](self#faults).
     ///
     /// ```no_run
-    /// # #[tokio::main]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let backend = persistent_map::postgres::PostgresBackend::builder("postgres://postgres@127.0.0.1/test")
     ///     .operation_timeout(std::time::Duration::from_secs(2))
     ///     .connect()
     ///     .await?;
     /// # let _ = backend;
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn operation_timeout(mut self, timeout: Duration) -> Self {
@@ -1080,14 +1116,16 @@ impl PostgresBuilder {
     /// atomic against each other. Backends with other classes get connections of their own.
     ///
     /// ```no_run
-    /// # #[tokio::main]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let backend = persistent_map::postgres::PostgresBackend::builder("postgres://postgres@127.0.0.1/test")
     ///     .advisory_lock_classes(0x4d50) // 19792, 19793, 19794
     ///     .connect()
     ///     .await?;
     /// # let _ = backend;
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn advisory_lock_classes(mut self, first: i32) -> Self {
@@ -1108,12 +1146,14 @@ impl PostgresBuilder {
     /// ```no_run
     /// use persistent_map::postgres::PostgresBackend;
     ///
-    /// # #[tokio::main]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let url = "postgres://postgres@127.0.0.1:5432/test";
     /// let existed = PostgresBackend::builder(url).table("old_sessions").drop_table().await?;
     /// println!("dropped: {existed}");
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn drop_table(self) -> Result<bool> {
@@ -1145,13 +1185,15 @@ impl PostgresBuilder {
     /// ```no_run
     /// use persistent_map::{postgres::PostgresBackend, PersistentError};
     ///
-    /// # #[tokio::main]
-    /// # async fn main() {
+    /// # fn main() {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> = Box::pin(async {
     /// let err = PostgresBackend::builder("postgres://postgres@127.0.0.1:1/test")
     ///     .connect()
     ///     .await
     ///     .unwrap_err();
     /// assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
+    /// # });
+    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn connect(self) -> Result<PostgresBackend> {

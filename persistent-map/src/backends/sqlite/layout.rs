@@ -44,8 +44,8 @@ use crate::{PersistentError, PersistentKey, Result};
 /// #[persistent_key(table = "sessions")]
 /// struct SessionKey { tenant: String, user: u64 }
 ///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> persistent_map::Result<()> {
+/// # fn main() -> persistent_map::Result<()> {
+/// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
 /// # let dir = tempfile::tempdir()?;
 /// # let path = dir.path().join("app.db");
 /// let old: PersistentMap<SessionKeyV1, u32, SqliteBackend> = PersistentMap::open(&path).await?;
@@ -61,6 +61,8 @@ use crate::{PersistentError, PersistentKey, Result};
 /// let map: PersistentMap<SessionKey, u32, SqliteBackend> = PersistentMap::open(&path).await?;
 /// assert_eq!(map.get(&SessionKey { tenant: "acme".into(), user: 42 }), Some(7));
 /// # Ok(())
+/// # });
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
 /// # }
 /// ```
 pub async fn migrate_keys<Old, New>(

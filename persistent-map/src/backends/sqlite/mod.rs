@@ -13,8 +13,8 @@
 //! ```
 //! use persistent_map::sqlite::{Durability, SqliteBackend};
 //!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> persistent_map::Result<()> {
+//! # fn main() -> persistent_map::Result<()> {
+//! # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("app.db");
 //! let kv = SqliteBackend::new(&path).await?; // table `kv`
@@ -26,6 +26,8 @@
 //! assert_eq!(kv.table(), "kv");
 //! assert_eq!(cache.durability(), Durability::Normal);
 //! # Ok(())
+//! # });
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
 //! # }
 //! ```
 
@@ -123,8 +125,8 @@ impl Durability {
 /// ```
 /// use persistent_map::{sqlite::SqliteBackend, PersistentMap};
 ///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> persistent_map::Result<()> {
+/// # fn main() -> persistent_map::Result<()> {
+/// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
 /// # let dir = tempfile::tempdir()?;
 /// # let path = dir.path().join("app.db");
 /// let ages = PersistentMap::<String, u32, _>::new(SqliteBackend::with_table(&path, "ages").await?).await?;
@@ -133,6 +135,8 @@ impl Durability {
 /// visits.insert("ada".to_string(), 1).await?;
 /// assert_eq!(ages.backend().path(), visits.backend().path());
 /// # Ok(())
+/// # });
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
 /// # }
 /// ```
 #[derive(Clone)]
@@ -150,12 +154,14 @@ impl SqliteBackend {
     /// Opens (or creates) the database at `path` and its table `kv`, as persistent-map 0.1.3.
     ///
     /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let backend = persistent_map::sqlite::SqliteBackend::new(dir.path().join("app.db")).await?;
     /// assert_eq!(backend.table(), "kv");
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn new(path: impl AsRef<Path>) -> Result<Self> {
@@ -168,8 +174,8 @@ impl SqliteBackend {
     /// ```
     /// use persistent_map::{sqlite::SqliteBackend, PersistentError};
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// # let path = dir.path().join("app.db");
     /// let backend = SqliteBackend::with_table(&path, "sessions").await?;
@@ -178,6 +184,8 @@ impl SqliteBackend {
     /// let err = SqliteBackend::with_table(&path, "bad name").await.unwrap_err();
     /// assert!(matches!(err, PersistentError::InvalidTableName { .. }));
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn with_table(path: impl AsRef<Path>, table: &str) -> Result<Self> {
@@ -188,12 +196,14 @@ impl SqliteBackend {
     /// [`K::TABLE_NAME`](PersistentKey::TABLE_NAME).
     ///
     /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let backend = persistent_map::sqlite::SqliteBackend::for_key::<String>(dir.path().join("a.db")).await?;
     /// assert_eq!(backend.table(), "kv");
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     ///
@@ -210,8 +220,8 @@ impl SqliteBackend {
     /// use persistent_map::sqlite::{Durability, SqliteBackend};
     /// use std::time::Duration;
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let backend = SqliteBackend::builder(dir.path().join("app.db"))
     ///     .table("events")
@@ -221,6 +231,8 @@ impl SqliteBackend {
     ///     .await?;
     /// # let _ = backend;
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn builder(path: impl AsRef<Path>) -> SqliteBuilder {
@@ -236,13 +248,15 @@ impl SqliteBackend {
     /// The database file, as given to the first backend opened on it in this process.
     ///
     /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let path = dir.path().join("app.db");
     /// let backend = persistent_map::sqlite::SqliteBackend::new(&path).await?;
     /// assert_eq!(backend.path(), path);
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn path(&self) -> &Path {
@@ -252,12 +266,14 @@ impl SqliteBackend {
     /// The table this backend stores its map in.
     ///
     /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let backend = persistent_map::sqlite::SqliteBackend::with_table(dir.path().join("a.db"), "t").await?;
     /// assert_eq!(backend.table(), "t");
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn table(&self) -> &str {
@@ -267,13 +283,15 @@ impl SqliteBackend {
     /// How durable an acknowledged write of this backend is.
     ///
     /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// use persistent_map::sqlite::{Durability, SqliteBackend};
     /// let backend = SqliteBackend::new(dir.path().join("a.db")).await?;
     /// assert_eq!(backend.durability(), Durability::Full);
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn durability(&self) -> Durability {
@@ -288,8 +306,8 @@ impl SqliteBackend {
     /// ```
     /// use persistent_map::{sqlite::SqliteBackend, PersistentMap};
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let map: PersistentMap<String, u32, SqliteBackend> =
     ///     PersistentMap::open(dir.path().join("a.db")).await?;
@@ -297,6 +315,8 @@ impl SqliteBackend {
     /// let stats = map.backend().stats();
     /// assert_eq!((stats.commits, stats.writes), (1, 1));
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn stats(&self) -> SqliteStats {
@@ -365,8 +385,8 @@ impl SqliteBuilder {
     /// The table to store the map in (default `kv`).
     ///
     /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let backend = persistent_map::sqlite::SqliteBackend::builder(dir.path().join("a.db"))
     ///     .table("orders")
@@ -374,6 +394,8 @@ impl SqliteBuilder {
     ///     .await?;
     /// assert_eq!(backend.table(), "orders");
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn table(mut self, table: impl Into<String>) -> Self {
@@ -391,8 +413,8 @@ impl SqliteBuilder {
     /// #[derive(PersistentKey)]
     /// struct SessionKey { tenant: String, user: u64 }
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let backend = SqliteBackend::builder(dir.path().join("a.db"))
     ///     .key::<SessionKey>()
@@ -401,6 +423,8 @@ impl SqliteBuilder {
     ///     .await?;
     /// assert_eq!(backend.table(), "session_key");
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn key<K: PersistentKey>(mut self) -> Self {
@@ -412,8 +436,8 @@ impl SqliteBuilder {
     /// How durable a write must be before it is acknowledged (default [`Durability::Full`]).
     ///
     /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// use persistent_map::sqlite::{Durability, SqliteBackend};
     /// let fast = SqliteBackend::builder(dir.path().join("a.db"))
@@ -422,6 +446,8 @@ impl SqliteBuilder {
     ///     .await?;
     /// assert_eq!(fast.durability(), Durability::Normal);
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn durability(mut self, durability: Durability) -> Self {
@@ -434,8 +460,8 @@ impl SqliteBuilder {
     /// opens, so it is the first backend's value on a file that counts.
     ///
     /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let backend = persistent_map::sqlite::SqliteBackend::builder(dir.path().join("a.db"))
     ///     .busy_timeout(std::time::Duration::from_secs(60))
@@ -443,6 +469,8 @@ impl SqliteBuilder {
     ///     .await?;
     /// # let _ = backend;
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub fn busy_timeout(mut self, timeout: Duration) -> Self {
@@ -460,8 +488,8 @@ impl SqliteBuilder {
     /// ```
     /// use persistent_map::{sqlite::SqliteBackend, PersistentError};
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> persistent_map::Result<()> {
+    /// # fn main() -> persistent_map::Result<()> {
+    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let not_a_db = dir.path().join("notes.txt");
     /// std::fs::write(&not_a_db, "my notes")?;
@@ -469,6 +497,8 @@ impl SqliteBuilder {
     /// assert!(matches!(err, PersistentError::NotADatabase { .. }));
     /// assert_eq!(std::fs::read_to_string(&not_a_db)?, "my notes");
     /// # Ok(())
+    /// # });
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
     /// # }
     /// ```
     pub async fn open(self) -> Result<SqliteBackend> {
