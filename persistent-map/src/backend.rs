@@ -650,6 +650,26 @@ where
         Ok((self.external_changes().await?.without_values(), None))
     }
 
+    /// [`changes_since`](Self::changes_since), answered from what the backend has already heard
+    /// (without I/O), or `None` (the default) when it cannot answer that way.
+    ///
+    /// A map's background refresh ([`PersistentMap::refresh_every`](crate::PersistentMap::refresh_every))
+    /// asks this first when [`external_change_signal`](Self::external_change_signal) woke it:
+    /// a backend whose announcements carry the changes themselves (the PostgreSQL backend's,
+    /// when they fit in a notification) answers with them, and the map applies them without a
+    /// round trip. The answer need not include changes not heard yet (their announcements will
+    /// wake the map again), but must be what `changes_since` would have said up to the position
+    /// it returns. An explicit [`refresh`](crate::PersistentMap::refresh) never asks it: it
+    /// must see every write acknowledged before it was called, heard or not.
+    fn changes_heard(
+        &self,
+        since: Option<ChangePosition>,
+        origin: u64,
+    ) -> Option<(ExternalChanges<K, V>, Option<ChangePosition>)> {
+        let _ = (since, origin);
+        None
+    }
+
     /// Whether this backend stores deadlines ([`WriteOptions::deadline`]), so that a map on it
     /// can hold entries with a time to live; the default is `false`.
     ///

@@ -174,6 +174,64 @@ async fn two_instances_converge_after_bursts_of_concurrent_writes() {
     }
 }
 
+/// A map of text values on `table`, an instance of its own named `name` with a connection of
+/// its own: as another machine's would be.
+async fn open_text_instance(table: &TestTable, name: &str) -> Map<String> {
+    let url = with_parameter(&url(), "application_name", name);
+    let backend = PostgresBackend::builder(&url)
+        .table(table.name())
+        .instance(name)
+        .connect()
+        .await
+        .unwrap();
+    PersistentMap::new(backend).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_applies_the_writes_an_announcement_carried_without_reading_the_log() {
+    let table = TestTable::new("carried");
+    let writer = open_text_instance(&table, "pm_carried_writer").await;
+    let follower = open_text_instance(&table, "pm_carried_follower").await;
+    // Once a minute: anything sooner is the announcements' doing. Its first tick is at once.
+    let _follow = follower.refresh_every(Duration::from_secs(60));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = follower.backend().stats().rows_read;
+
+    for i in 0..20 {
+        writer
+            .insert(format!("k{i}"), format!("v{i}"))
+            .await
+            .unwrap();
+    }
+    writer.remove(&"k0".to_string()).await.unwrap();
+    let seen = wait_for(CONVERGENCE_BOUND, || {
+        follower.len() == 19 && follower.get("k19").as_deref() == Some("v19")
+    });
+    assert!(seen.await.is_some(), "the follower never caught up");
+    assert_eq!(follower.get("k0"), None);
+    assert_eq!(
+        follower.backend().stats().rows_read,
+        before,
+        "the follower read the writes from the server instead of applying what it heard"
+    );
+
+    // Writes too large for a notification are announced without them: read from the log.
+    let large = "x".repeat(10_000);
+    writer.insert("large".into(), large.clone()).await.unwrap();
+    let seen = wait_for(CONVERGENCE_BOUND, || {
+        follower.get("large") == Some(large.clone())
+    });
+    assert!(seen.await.is_some(), "the large value never arrived");
+    assert!(follower.backend().stats().rows_read > before);
+    // And the writes after it are carried again.
+    writer.insert("after".into(), "1".into()).await.unwrap();
+    let seen = wait_for(CONVERGENCE_BOUND, || follower.get("after").is_some());
+    assert!(
+        seen.await.is_some(),
+        "the write after the large one never arrived"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_rereads_only_what_others_wrote() {
     let table = TestTable::new("announce");

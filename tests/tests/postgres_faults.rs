@@ -147,9 +147,10 @@ async fn rate(bumpers: &[Bumpers], window: Duration) -> f64 {
 
 const KEYS: [&str; 4] = ["k0", "k1", "k2", "k3"];
 
-/// The payload of every commit's `NOTIFY`, sent in its second round trip only: a proxy that
-/// freezes on it holds the commit while the server holds the transaction's locks.
-const SECOND_TRIP: &[u8] = b"changed";
+/// The start of the writes a commit's announcement carries (JSON, where every other parameter
+/// is sent in binary), sent in its second round trip only: a proxy that freezes on it holds the
+/// commit while the server holds the transaction's locks.
+const SECOND_TRIP: &[u8] = b"[[\"";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_instance_holds_no_lock_past_its_bound_and_stalls_no_one() {

@@ -54,10 +54,22 @@ where
     /// # }
     /// ```
     pub async fn refresh(&self) -> Result<bool> {
+        self.catch_up(false).await
+    }
+
+    /// [`refresh`](Self::refresh); with `heard`, from what the backend has already heard if it
+    /// can answer that way ([`StorageBackend::changes_heard`]).
+    async fn catch_up(&self, heard: bool) -> Result<bool> {
         let _one_at_a_time = self.shared.refreshing.lock().await;
         let since = self.shared.position();
         let turns = self.shared.key_locks.turns_ended();
-        let (changes, next) = self.backend.changes_since(since, self.shared.id).await?;
+        let answered = heard
+            .then(|| self.backend.changes_heard(since, self.shared.id))
+            .flatten();
+        let (changes, next) = match answered {
+            Some(answer) => answer,
+            None => self.backend.changes_since(since, self.shared.id).await?,
+        };
         match changes {
             ExternalChanges::None => {
                 self.shared.set_position(next);
@@ -144,7 +156,9 @@ where
     /// signals a change (PostgreSQL's `NOTIFY`). Dropping the returned task stops it.
     ///
     /// The task keeps the map alive while it runs. A refresh that fails is retried at the next
-    /// tick; the last failure is kept in the task.
+    /// tick; the last failure is kept in the task. Woken by an announcement that carried the
+    /// changes themselves (PostgreSQL's, when they fit in a notification), it applies them
+    /// without asking the server ([`StorageBackend::changes_heard`]).
     ///
     /// ```
     /// use persistent_map::{sqlite::SqliteBackend, PersistentMap};
@@ -173,11 +187,12 @@ where
             let mut ticks = tokio::time::interval(interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tokio::select! {
-                    _ = ticks.tick() => {}
-                    () = map.backend.external_change_signal() => {}
-                }
-                if let Err(error) = map.refresh().await {
+                // Woken by an announcement, what was heard may be all the map needs.
+                let heard = tokio::select! {
+                    _ = ticks.tick() => false,
+                    () = map.backend.external_change_signal() => true,
+                };
+                if let Err(error) = map.catch_up(heard).await {
                     *errors.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
                 }
             }

@@ -57,6 +57,9 @@ pub(super) struct Decided {
     /// The rows, as table and key, that other sessions held locked.
     pub(super) locked: Vec<(String, String)>,
     pub(super) tables: BTreeMap<String, Summary>,
+    /// Per table written, once committed: its new revision and the writes its announcement
+    /// carried (`""`: none).
+    pub(super) announced: Vec<(String, i64, String)>,
 }
 
 /// Why an attempt at a commit failed, with the statement error when there is one.
@@ -211,6 +214,7 @@ impl<'a> Plan<'a> {
             outcomes,
             locked: Vec::new(),
             tables: BTreeMap::new(),
+            announced: Vec::new(),
         }
     }
 }
@@ -436,6 +440,7 @@ pub(super) async fn finish(
             outcomes: vec![None; plan.requests.len()],
             locked: begun.locked,
             tables: BTreeMap::new(),
+            announced: Vec::new(),
         }));
     }
     let stored: HashMap<&str, StoredRows> = plan
@@ -473,6 +478,7 @@ pub(super) async fn finish(
         tables: summarize(plan.requests, &outcomes, &merged),
         outcomes,
         locked: begun.locked.clone(),
+        announced: Vec::new(),
     };
     if merged.is_empty() {
         let conflicted = decided
@@ -490,7 +496,7 @@ pub(super) async fn finish(
         .iter()
         .map(|(table, rows)| (*table, rows.logged()))
         .collect();
-    let payloads: Vec<&str> = vec![notify::CHANGED];
+    let carried: Vec<Option<String>> = merged.values().map(Rows::carried).collect();
     let mut steps: Vec<Step<'_>> = Vec::new();
     for (table, rows) in &merged {
         write_steps(&mut steps, live.table(table), rows);
@@ -500,16 +506,26 @@ pub(super) async fn finish(
                 vec![table, &log::REVISIONS_KEPT, &log::PRUNE_BATCH_ROWS],
             ));
         }
-        steps.push((&statements.notify, vec![table, &payloads]));
     }
     // Last, in table order: each revision row's lock orders its table's commits, so it is held
     // briefly, and taken in one order by every transaction.
-    for (table, (keys, origins)) in &logged {
-        steps.push((&statements.log, vec![table, keys, origins]));
+    let first_log = steps.len();
+    for ((table, (keys, origins)), writes) in logged.iter().zip(&carried) {
+        steps.push((&statements.log, vec![table, keys, origins, writes]));
     }
     steps.push((&statements.commit, vec![]));
     on_commit_sent(begun.txid, &decided);
-    pipeline(client, &steps).await?;
+    let answers = pipeline(client, &steps).await?;
+    let mut decided = decided;
+    for (((table, _), writes), rows) in logged.iter().zip(carried).zip(&answers[first_log..]) {
+        let rev = match rows.first() {
+            Some(row) => row.try_get(0)?,
+            None => 0,
+        };
+        decided
+            .announced
+            .push(((*table).to_owned(), rev, writes.unwrap_or_default()));
+    }
     Ok(Committed::Done(decided))
 }
 
@@ -804,6 +820,32 @@ impl<'a> Rows<'a> {
         !self.cleared && self.upsert_keys.is_empty() && self.delete_keys.is_empty()
     }
 
+    /// The writes the commit's announcement carries (see `notify.rs`): each key's last write
+    /// with its origin, as JSON; `None` for a clear, or writes too large for a notification.
+    fn carried(&self) -> Option<String> {
+        let values: usize = self.upsert_values.iter().map(|value| value.len()).sum();
+        let keys: usize = self
+            .upsert_keys
+            .iter()
+            .chain(&self.delete_keys)
+            .map(|key| key.len())
+            .sum();
+        if self.cleared || values + keys > notify::MAX_CARRIED_BYTES {
+            return None;
+        }
+        let saved = self.upsert_values.iter().zip(&self.upsert_deadlines);
+        let saved = saved.map(|(value, deadline)| (Some(*value), *deadline));
+        let deleted = self.delete_keys.iter().map(|_| (None, None));
+        let keys = self.upsert_keys.iter().chain(&self.delete_keys);
+        let writes: Vec<(&str, Option<&str>, Option<i64>, i64)> = keys
+            .zip(saved.chain(deleted))
+            .zip(&self.origins)
+            .map(|((key, (value, deadline)), origin)| (*key, value, deadline, *origin))
+            .collect();
+        let writes = serde_json::to_string(&writes).ok()?;
+        (writes.len() <= notify::MAX_CARRIED_BYTES).then_some(writes)
+    }
+
     /// The change log's rows for these writes: each key with the origin that wrote it last,
     /// or one `NULL` key ("anything") for a clear or too many keys.
     fn logged(&self) -> LogRows<'a> {
@@ -926,6 +968,21 @@ mod tests {
         let (clear, later) = ([RawOp::DeleteAll], [upsert("c", "1")]);
         let rows = Rows::merge(by(3, &clear).into_iter().chain(by(4, &later)));
         assert_eq!(rows.logged(), (vec![None], vec![0]));
+    }
+
+    #[test]
+    fn an_announcement_carries_each_keys_last_write_unless_too_large_or_a_clear() {
+        let ops = [upsert("b", "1"), delete("a"), upsert("b", "2")];
+        let rows = Rows::merge(by(7, &ops));
+        assert_eq!(
+            rows.carried().as_deref(),
+            Some(r#"[["b","2",null,7],["a",null,null,7]]"#)
+        );
+        let large = "x".repeat(notify::MAX_CARRIED_BYTES);
+        let ops = [upsert("k", &large)];
+        assert_eq!(Rows::merge(by(7, &ops)).carried(), None);
+        let ops = [RawOp::DeleteAll, upsert("k", "1")];
+        assert_eq!(Rows::merge(by(7, &ops)).carried(), None);
     }
 
     #[test]

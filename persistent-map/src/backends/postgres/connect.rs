@@ -404,8 +404,6 @@ impl TableSql {
 /// The statements of one connection that serve every table, prepared once.
 #[derive(Debug)]
 pub(super) struct Statements {
-    /// `$1` the channel, `$2` the payloads.
-    pub(super) notify: Statement,
     /// `$1` the table's lock id: exclusive and shared.
     pub(super) lock_table: Statement,
     pub(super) lock_table_shared: Statement,
@@ -764,8 +762,7 @@ async fn prepare(
     let lock_keys =
         format!("SELECT pg_advisory_xact_lock({key}, id) FROM unnest($1::int4[]) AS id");
     // Sent together: one round trip.
-    let (notify, lock_table, lock_table_shared, lock_keys, begin, commit, rollback) = tokio::try_join!(
-        client.prepare("SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload"),
+    let (lock_table, lock_table_shared, lock_keys, begin, commit, rollback) = tokio::try_join!(
         client.prepare(&lock_table),
         client.prepare(&lock_table_shared),
         client.prepare(&lock_keys),
@@ -782,7 +779,6 @@ async fn prepare(
         client.prepare(log::REVISION),
     )?;
     Ok(Statements {
-        notify,
         lock_table,
         lock_table_shared,
         lock_keys,

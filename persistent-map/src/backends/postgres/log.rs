@@ -42,15 +42,19 @@ pub(super) const ADD_TABLE: &str =
     "INSERT INTO persistent_map_revisions (table_name, rev, pruned) \
      VALUES ($1, 0, 0) ON CONFLICT (table_name) DO NOTHING";
 
-/// `$1` the table, `$2` the keys (`NULL`: anything), `$3` their origins: bumps the revision
-/// (taking its row lock until `COMMIT`) and logs the keys under it.
+/// `$1` the table, `$2` the keys (`NULL`: anything), `$3` their origins, `$4` the writes the
+/// announcement carries (`NULL`: none, see `notify.rs`): bumps the revision (taking its row lock
+/// until `COMMIT`), logs the keys under it, announces it, and returns it.
 pub(super) const LOG: &str = "\
     WITH bumped AS (\
         INSERT INTO persistent_map_revisions AS r (table_name, rev, pruned) VALUES ($1, 1, 0) \
-        ON CONFLICT (table_name) DO UPDATE SET rev = r.rev + 1 RETURNING rev) \
-    INSERT INTO persistent_map_log (table_name, rev, key, origin) \
-    SELECT $1, bumped.rev, u.key, u.origin \
-    FROM bumped, unnest($2::text[], $3::int8[]) AS u(key, origin)";
+        ON CONFLICT (table_name) DO UPDATE SET rev = r.rev + 1 RETURNING rev), \
+    logged AS (\
+        INSERT INTO persistent_map_log (table_name, rev, key, origin) \
+        SELECT $1, bumped.rev, u.key, u.origin \
+        FROM bumped, unnest($2::text[], $3::int8[]) AS u(key, origin)) \
+    SELECT bumped.rev, pg_notify($1, 'c' || bumped.rev || coalesce(':' || $4::text, '')) \
+    FROM bumped";
 
 /// `$1` the table, `$2` how many revisions to keep, `$3` the most rows to delete: deletes log
 /// rows of older revisions and records the newest revision deleted.

@@ -166,13 +166,21 @@
 //! `persistent_map_revisions` and `persistent_map_tables`). A table created anew under an old
 //! name starts with its old log and layout forgotten.
 //!
-//! The transaction also sends `NOTIFY` on the channel named like the table, with the payload
-//! `changed`, to wake the other instances: every backend `LISTEN`s on its table's channel, and
+//! The transaction also sends `NOTIFY` on the channel named like the table, to wake the other
+//! instances: every backend `LISTEN`s on its table's channel, and
 //! [`refresh_every`](crate::PersistentMap::refresh_every) refreshes as soon as a notification
-//! arrives (the interval only retries a refresh that failed). A notification carries no data,
-//! so one missed (while disconnected) only delays the catch-up to the next refresh. Any other
-//! payload means "something that was not logged changed": every instance reloads the table at
-//! its next refresh. After editing a table by hand, `NOTIFY sessions, 'reload'` brings every
+//! arrives (the interval only retries a refresh that failed). The payload is `c<revision>`,
+//! followed, when they fit in a notification (under 7,900 bytes of keys and values), by
+//! `:` and what the transaction wrote, as JSON: `[[key, value JSON text or null for a delete,
+//! deadline in Unix ms or null, id of the map that wrote it], ...]`. A map woken by a run of
+//! such announcements that starts just after its position applies them without a round trip
+//! (PostgreSQL delivers a table's notifications in commit order, that is in revision order);
+//! otherwise, and on an explicit [`refresh`](crate::PersistentMap::refresh) (which must see
+//! every write acknowledged before it, heard or not), it reads the log. So a notification
+//! missed (while disconnected), or too large to carry the writes, only costs that read. A
+//! payload of `changed` (what earlier versions of 0.2 sent) is read as "logged: read the
+//! log"; any other payload means "something that was not logged changed": every instance
+//! reloads the table at its next refresh. After editing a table by hand, `NOTIFY sessions, 'reload'` brings every
 //! instance up to date. `NOTIFY` folds an unquoted name to lower case, so a table with
 //! capitals needs the name in double quotes, `NOTIFY "MyTable", 'reload'` (or
 //! `SELECT pg_notify('MyTable', 'reload')`, which takes the name as written).
@@ -183,7 +191,7 @@
 //!   with `refresh_every`), re-reading the keys they wrote; after a reconnection too, from the
 //!   log (no reload), unless the map fell more than 16,384 revisions behind;
 //! - everything (a full reload): after a clear or a transaction of more than 65,536 keys,
-//!   after a payload other than `changed`, when the map's position was pruned from the log,
+//!   after a payload other than `changed` or `c<revision>`, when the map's position was pruned from the log,
 //!   and after a commit of this instance whose outcome is unknown (see "Faults");
 //! - rows that other programs change without `NOTIFY` (a hand `UPDATE`): never by the log.
 //!   With [`PostgresBuilder::reconcile_every`] set, the first refresh once that long has
@@ -704,6 +712,47 @@ impl PostgresBackend {
     fn clock(&self) -> u32 {
         let tenths = self.shared.created.elapsed().as_millis() / 100;
         u32::try_from(tenths).unwrap_or(u32::MAX)
+    }
+
+    /// The changes `logged` (read from the log, or heard) as a map takes them, with `next`, the
+    /// position they bring it to.
+    fn decode_logged<K, V>(
+        &self,
+        logged: Logged,
+        next: Position,
+    ) -> Result<(ExternalChanges<K, V>, Option<ChangePosition>)>
+    where
+        K: MapKey + ToString + FromStr,
+        <K as FromStr>::Err: std::error::Error + Send + Sync + 'static,
+        V: MapValue,
+    {
+        let logged = match logged {
+            Logged::Unknown => return Ok((ExternalChanges::Unknown, None)),
+            Logged::Entries(logged) if logged.is_empty() => {
+                return Ok((ExternalChanges::None, Some(next.to_change_position())))
+            }
+            Logged::Entries(logged) => logged,
+        };
+        let mut entries = Vec::with_capacity(logged.len());
+        for (text, row) in logged {
+            // A key this type cannot parse was not written by a map of this type: reload,
+            // which reports the row that does not parse.
+            let Ok(key) = decode::decode_key(self.table(), &text) else {
+                return Ok((ExternalChanges::Unknown, None));
+            };
+            let stored = match row {
+                Some(row) => {
+                    let (_, value, deadline) = decode::decode_row::<K, V>(self.table(), row)?;
+                    Some((value, deadline))
+                }
+                None => None,
+            };
+            entries.push((key, stored));
+        }
+        Ok((
+            ExternalChanges::Entries(entries),
+            Some(next.to_change_position()),
+        ))
     }
 
     /// Whether a map whose last full load is recorded in `position` is due for a reconcile.
@@ -1410,33 +1459,30 @@ where
             rev: read.rev,
             ..position
         };
-        let logged = match read.since(position.rev) {
-            Logged::Unknown => return Ok((ExternalChanges::Unknown, None)),
-            Logged::Entries(logged) if logged.is_empty() => {
-                return Ok((ExternalChanges::None, Some(next.to_change_position())))
-            }
-            Logged::Entries(logged) => logged,
-        };
-        let mut entries = Vec::with_capacity(logged.len());
-        for (text, row) in logged {
-            // A key this type cannot parse was not written by a map of this type: reload,
-            // which reports the row that does not parse.
-            let Ok(key) = decode::decode_key(self.table(), &text) else {
-                return Ok((ExternalChanges::Unknown, None));
-            };
-            let stored = match row {
-                Some(row) => {
-                    let (_, value, deadline) = decode::decode_row::<K, V>(self.table(), row)?;
-                    Some((value, deadline))
-                }
-                None => None,
-            };
-            entries.push((key, stored));
+        self.decode_logged(read.since(position.rev), next)
+    }
+
+    /// What the announcements heard since `since` carried, when they cover every revision after
+    /// it (see `notify.rs`), decoded as [`changes_since`](Self::changes_since) would have read
+    /// them from the log; `None` otherwise, or while the connection is not up.
+    fn changes_heard(
+        &self,
+        since: Option<ChangePosition>,
+        origin: u64,
+    ) -> Option<(ExternalChanges<K, V>, Option<ChangePosition>)> {
+        if !matches!(self.health(), Health::Connected | Health::Stalled { .. }) {
+            return None;
         }
-        Ok((
-            ExternalChanges::Entries(entries),
-            Some(next.to_change_position()),
-        ))
+        let position = Position::from_change_position(since?);
+        let epoch = self.shared.attached.changes.epoch();
+        if position.epoch != epoch || self.reconcile_due(position) {
+            return None;
+        }
+        let changes = &self.shared.attached.changes;
+        let (rev, logged) =
+            changes.announced_since(position.rev, origin as i64, expiry::now_sql())?;
+        let next = Position { rev, ..position };
+        self.decode_logged(logged, next).ok()
     }
 
     /// Resolves when another instance's announcement arrives, or the connection is lost or

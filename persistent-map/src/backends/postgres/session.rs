@@ -718,9 +718,11 @@ impl Session {
         self.commits += 1;
         count_commit(requests, &decided.outcomes);
         self.note_locked_rows(decided.locked);
-        for (table, summary) in &decided.tables {
+        for (table, rev, writes) in &decided.announced {
             let sole_writer = sole_writer(requests, table).filter(|_| !wake_writers);
-            self.listeners.committed(table, sole_writer);
+            self.listeners.committed(table, (*rev, writes), sole_writer);
+        }
+        for (table, summary) in &decided.tables {
             let commit::Summary {
                 requests,
                 rows,
