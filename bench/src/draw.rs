@@ -302,6 +302,9 @@ fn open(data: &ChartData, path: &Path) -> BenchResult {
     Ok(())
 }
 
+/// The left edge of the propagation chart's log axis, in milliseconds.
+const EDGE_MS: f64 = 0.01;
+
 /// The cumulative distribution of propagation times, on a log axis of milliseconds.
 fn propagation(data: &ChartData, path: &Path) -> BenchResult {
     let what = format!(
@@ -312,12 +315,15 @@ fn propagation(data: &ChartData, path: &Path) -> BenchResult {
             None => format!("PostgreSQL: {}", short_server(&data.taken.postgres)),
         }
     );
+    // A log axis has no room for the times at or below zero (the other instance's `get`
+    // returned the value before `insert` returned): they are drawn at its left edge.
+    let what = format!("{what}; times under {EDGE_MS} ms (down to a get before the insert returned) at the left edge");
     let area = canvas(path, &data.taken, &what)?;
     let all = data
         .propagation
         .iter()
-        .flat_map(|distribution| distribution.times_ms.iter().copied());
-    let fastest = all.clone().fold(f64::INFINITY, f64::min).max(0.01);
+        .flat_map(|distribution| distribution.times_ms.iter().map(|ms| ms.max(EDGE_MS)));
+    let fastest = all.clone().fold(f64::INFINITY, f64::min).max(EDGE_MS);
     let slowest = all.fold(fastest, f64::max);
     let mut chart = ChartBuilder::on(&area)
         .caption(
@@ -351,8 +357,9 @@ fn propagation(data: &ChartData, path: &Path) -> BenchResult {
             None => distribution.label.clone(),
         };
         let line = ShapeStyle::from(color).stroke_width(2);
+        let edged: Vec<f64> = times.iter().map(|ms| ms.max(EDGE_MS)).collect();
         chart
-            .draw_series(LineSeries::new(cumulative(times), line))?
+            .draw_series(LineSeries::new(cumulative(&edged), line))?
             .label(label)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], line));
     }
