@@ -1,7 +1,7 @@
-//! Your own struct as the key, every write committed to `quickstart.db` before it returns.
-//!
-//! `cargo run --example quickstart` opens `quickstart.db` in the current directory (or the
-//! path given as the first argument). Run it twice: the second run finds the first run's data.
+// Your own struct as the key, every write committed to `quickstart.db` before it returns.
+//
+// `cargo run --example quickstart` opens `quickstart.db` in the current directory (or the
+// path given as the first argument). Run it twice: the second run finds the first run's data.
 
 use persistent_map::{sqlite::SqliteBackend, PersistentKey, PersistentMap};
 use serde::{Deserialize, Serialize};
