@@ -111,10 +111,12 @@ where
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
     /// # fn main() -> persistent_map::Result<()> {
     /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
-    /// let tags: PersistentMap<String, String, _> = PersistentMap::new(InMemoryBackend::new()).await?;
-    /// tags.insert("post".into(), "rust".into()).await?;
-    /// let now = tags.entry("post".into()).and_modify(|t| t.push_str(",db")).modify().await?;
-    /// assert_eq!(now.as_deref(), Some("rust,db"));
+    /// let likes: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// likes.insert("post".into(), 1).await?;
+    /// let now = likes.entry("post".into()).and_modify(|n| *n += 1).modify().await?;
+    /// assert_eq!(now, Some(2));
+    /// // An absent key stays absent.
+    /// assert_eq!(likes.entry("draft".into()).and_modify(|n| *n += 1).modify().await?, None);
     /// # Ok(())
     /// # });
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
@@ -132,10 +134,11 @@ where
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
     /// # fn main() -> persistent_map::Result<()> {
     /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
-    /// let owners: PersistentMap<String, String, _> = PersistentMap::new(InMemoryBackend::new()).await?;
-    /// assert!(owners.entry("lock".into()).or_insert("a".into()).await?.inserted);
-    /// let second = owners.entry("lock".into()).or_insert("b".into()).await?;
-    /// assert_eq!((second.value.as_str(), second.inserted), ("a", false));
+    /// // Which node holds the lock: the first to ask.
+    /// let owners: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// assert!(owners.entry("lock".into()).or_insert(1).await?.inserted);
+    /// let second = owners.entry("lock".into()).or_insert(2).await?;
+    /// assert_eq!((second.value, second.inserted), (1, false));
     /// # Ok(())
     /// # });
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)

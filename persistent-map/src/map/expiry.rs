@@ -344,12 +344,13 @@ where
     /// use std::time::{Duration, SystemTime};
     /// # fn main() -> persistent_map::Result<()> {
     /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
-    /// let leases: PersistentMap<String, String, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// // Which node holds each lease.
+    /// let leases: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// let until = SystemTime::now() + Duration::from_secs(30);
-    /// leases.insert_until("scheduler".into(), "node-a".into(), until).await?;
+    /// leases.insert_until("scheduler".into(), 1, until).await?;
     /// assert!(leases.contains_key("scheduler"));
     ///
-    /// leases.insert_until("old".into(), "node-b".into(), SystemTime::UNIX_EPOCH).await?;
+    /// leases.insert_until("old".into(), 2, SystemTime::UNIX_EPOCH).await?;
     /// assert!(!leases.contains_key("old"));
     /// # Ok(())
     /// # });

@@ -78,11 +78,11 @@ use crate::{PersistentError, Result, StorageBackend};
 ///
 /// # fn main() -> persistent_map::Result<()> {
 /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
-/// let map: PersistentMap<String, String, _> = PersistentMap::new(InMemoryBackend::new()).await?;
-/// assert_eq!(map.insert("k".into(), "v1".into()).await?, None);
-/// assert_eq!(map.insert("k".into(), "v2".into()).await?, Some("v1".into()));
-/// assert_eq!(map.get("k"), Some("v2".to_string()));
-/// assert_eq!(map.remove(&"k".to_string()).await?, Some("v2".into()));
+/// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+/// assert_eq!(map.insert("k".into(), 1).await?, None);
+/// assert_eq!(map.insert("k".into(), 2).await?, Some(1));
+/// assert_eq!(map.get("k"), Some(2));
+/// assert_eq!(map.remove(&"k".to_string()).await?, Some(2));
 /// assert!(map.is_empty());
 /// # Ok(())
 /// # });

@@ -47,12 +47,14 @@ where
     /// this map from inside it.
     ///
     /// ```
-    /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
+    /// # use persistent_map::{sqlite::SqliteBackend, PersistentMap};
     /// # fn main() -> persistent_map::Result<()> {
     /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
-    /// let map: PersistentMap<String, String, _> = PersistentMap::new(InMemoryBackend::new()).await?;
-    /// map.insert("page".to_string(), "x".repeat(1024)).await?;
-    /// assert_eq!(map.get_with("page", |text| text.len()), Some(1024));
+    /// # let dir = tempfile::tempdir()?;
+    /// let pages: PersistentMap<u64, String, SqliteBackend> =
+    ///     PersistentMap::open(dir.path().join("app.db")).await?;
+    /// pages.insert(1, "x".repeat(1024)).await?;
+    /// assert_eq!(pages.get_with(&1, |text| text.len()), Some(1024));
     /// # Ok(())
     /// # });
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)

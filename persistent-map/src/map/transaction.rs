@@ -334,15 +334,15 @@ impl Transaction {
     /// # fn main() -> persistent_map::Result<()> {
     /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
     /// let backend = InMemoryBackend::new();
-    /// let names: PersistentMap<String, String, _> = PersistentMap::new(backend.clone()).await?;
-    /// let ids: PersistentMap<String, u32, _> = PersistentMap::new(backend).await?;
+    /// let ids: PersistentMap<String, u32, _> = PersistentMap::new(backend.clone()).await?;
+    /// let ages: PersistentMap<u32, u32, _> = PersistentMap::new(backend).await?;
     /// transaction(|tx| {
-    ///     tx.insert(&names, "user-7".to_string(), "ada".to_string());
     ///     tx.insert(&ids, "ada".to_string(), 7);
+    ///     tx.insert(&ages, 7, 36);
     ///     Ok::<_, persistent_map::PersistentError>(())
     /// })
     /// .await?;
-    /// assert_eq!((names.get("user-7"), ids.get("ada")), (Some("ada".to_string()), Some(7)));
+    /// assert_eq!((ids.get("ada"), ages.get(&7)), (Some(7), Some(36)));
     /// # Ok(())
     /// # });
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
