@@ -51,9 +51,9 @@ pub(super) const CHANGED: &str = "changed";
 /// The most bytes of writes a payload carries: PostgreSQL takes payloads of under 8,000 bytes.
 pub(super) const MAX_CARRIED_BYTES: usize = 7_900;
 
-/// The revisions whose writes a backend keeps, newest first: a map that falls further behind
-/// reads the log.
-const REVISIONS_HEARD: usize = 1_024;
+/// The revisions whose writes a backend keeps, the newest: a map that falls further behind
+/// reads the log. (At most about 2 MB of writes.)
+const REVISIONS_HEARD: usize = 256;
 
 /// A commit's writes as carried by its payload: key, value JSON text and deadline (`None`:
 /// deleted), origin.
