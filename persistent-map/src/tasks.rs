@@ -13,6 +13,8 @@ use std::pin::Pin;
 
 use tokio::task::{JoinError, JoinHandle};
 
+use crate::PersistentError;
+
 /// A task's future, its type erased.
 type Task = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
@@ -45,6 +47,19 @@ pub(crate) fn spawn_blocking<T: Send + 'static>(
             .await
             .expect("blocking work that returned sent its result"))
     }
+}
+
+/// [`spawn_blocking`], awaited: a panic in `work` is resumed in the caller, and work that the
+/// runtime dropped unstarted (it is shutting down) is a [`PersistentError::Backend`].
+pub(crate) async fn run_blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, PersistentError> {
+    spawn_blocking(work)
+        .await
+        .map_err(|join_error| match join_error.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(cancelled) => PersistentError::Backend(cancelled.into()),
+        })
 }
 
 /// Runs `work` on a new scoped thread named `name`, its type erased; `None` if no thread can be

@@ -223,12 +223,7 @@ where
 async fn run_blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    crate::tasks::spawn_blocking(work)
-        .await
-        .unwrap_or_else(|join_error| match join_error.try_into_panic() {
-            Ok(panic) => std::panic::resume_unwind(panic),
-            Err(join_error) => Err(PersistentError::Backend(join_error.into())),
-        })
+    crate::tasks::run_blocking(work).await?
 }
 
 #[async_trait::async_trait]

@@ -78,28 +78,57 @@ struct Heard {
     /// it was taken in, so a refresh that is dropped before it reloads reloads next time.
     epoch: u32,
     /// The writes of the latest revisions heard, by revision.
-    revisions: BTreeMap<i64, Vec<Carried>>,
+    revisions: BTreeMap<i64, Arc<Vec<Carried>>>,
+}
+
+/// What a payload says, read once for every backend on its channel.
+#[derive(Debug)]
+enum Announcement {
+    /// A logged commit, revision and writes.
+    Carried(i64, Arc<Vec<Carried>>),
+    /// A logged commit whose writes are not here (too large, a clear, an older version's
+    /// `changed`, or writes that do not parse): the log has them.
+    Logged,
+    /// Something that was not logged may have changed.
+    Unlogged,
+}
+
+impl Announcement {
+    fn parse(payload: &str) -> Self {
+        match parse_commit(payload) {
+            Some((rev, writes)) => Self::of_commit(rev, writes),
+            None if payload == CHANGED => Announcement::Logged,
+            None => Announcement::Unlogged,
+        }
+    }
+
+    /// Revision `rev`, which wrote `writes` (a payload's JSON, or `""` if it carried none).
+    fn of_commit(rev: i64, writes: &str) -> Self {
+        match serde_json::from_str(writes) {
+            Ok(writes) => Announcement::Carried(rev, Arc::new(writes)),
+            Err(_) => Announcement::Logged,
+        }
+    }
 }
 
 impl Changes {
-    /// Records a payload sent by another instance.
-    pub(super) fn heard(&self, payload: &str) {
-        if let Some((rev, writes)) = parse_commit(payload) {
-            self.carried(rev, writes);
-        } else if payload != CHANGED {
-            self.reload_later();
+    /// Records what another instance announced, and wakes the map.
+    fn heard(&self, announcement: &Announcement) {
+        match announcement {
+            Announcement::Carried(..) => self.record(announcement),
+            Announcement::Logged => {}
+            Announcement::Unlogged => self.reload_later(),
         }
         self.signal.notify_one();
     }
 
-    /// Records the `writes` (a payload's JSON, or `""` if it carried none) of revision `rev`.
-    /// Writes that do not parse are not recorded: the log has them.
-    pub(super) fn carried(&self, rev: i64, writes: &str) {
-        let Ok(writes) = serde_json::from_str::<Vec<Carried>>(writes) else {
+    /// Keeps the writes a commit's announcement carried; nothing for any other announcement.
+    fn record(&self, announcement: &Announcement) {
+        let Announcement::Carried(rev, writes) = announcement else {
             return;
         };
         let mut heard = self.lock();
-        heard.revisions.insert(rev, writes);
+        heard.revisions.insert(*rev, Arc::clone(writes));
         while heard.revisions.len() > REVISIONS_HEARD {
             heard.revisions.pop_first();
         }
@@ -123,7 +152,7 @@ impl Changes {
                 break;
             }
             rev = at;
-            for (key, value, deadline, by) in writes {
+            for (key, value, deadline, by) in writes.iter() {
                 let live = deadline.is_none_or(|deadline| deadline > now);
                 let row = value
                     .as_ref()
@@ -202,7 +231,8 @@ impl Listeners {
 
     /// Another process's `payload` on `channel`.
     pub(super) fn heard(&self, channel: &str, payload: &str) {
-        self.each_on(channel, |changes| changes.heard(payload));
+        let announcement = Announcement::parse(payload);
+        self.each_on(channel, |changes| changes.heard(&announcement));
     }
 
     /// This process committed `writes` (as its payload carried them, or `""`) to `channel` as
@@ -216,8 +246,9 @@ impl Listeners {
         (rev, writes): (i64, &str),
         sole_writer: Option<&Changes>,
     ) {
+        let announcement = Announcement::of_commit(rev, writes);
         self.each_on(channel, |changes| {
-            changes.carried(rev, writes);
+            changes.record(&announcement);
             if !sole_writer.is_some_and(|writer| std::ptr::eq(writer, changes)) {
                 changes.wake();
             }
@@ -267,22 +298,26 @@ mod tests {
     fn only_announcements_of_unlogged_changes_move_the_epoch() {
         let changes = Changes::default();
         let start = changes.epoch();
-        changes.heard(CHANGED);
+        changes.heard(&Announcement::parse(CHANGED));
         assert_eq!(changes.epoch(), start);
-        changes.heard("reload");
+        changes.heard(&Announcement::parse("reload"));
         assert_ne!(changes.epoch(), start);
         let after_reload = changes.epoch();
-        changes.heard("k:a");
+        changes.heard(&Announcement::parse("k:a"));
         assert_ne!(changes.epoch(), after_reload);
     }
 
-    /// A payload of revision `rev` carrying `writes` (key, value or `None`, origin).
-    fn payload(rev: i64, writes: &[(&str, Option<&str>, i64)]) -> String {
+    /// The announcement of revision `rev` carrying `writes` (key, value or `None`, origin), as
+    /// its payload is read.
+    fn announced(rev: i64, writes: &[(&str, Option<&str>, i64)]) -> Announcement {
         let writes: Vec<Carried> = writes
             .iter()
             .map(|&(key, value, origin)| (key.into(), value.map(Into::into), None, origin))
             .collect();
-        format!("c{rev}:{}", serde_json::to_string(&writes).unwrap())
+        Announcement::parse(&format!(
+            "c{rev}:{}",
+            serde_json::to_string(&writes).unwrap()
+        ))
     }
 
     fn row(key: &str, value: &str) -> Option<RawRow> {
@@ -292,9 +327,9 @@ mod tests {
     #[test]
     fn a_run_of_revisions_heard_answers_as_the_log_would() {
         let changes = Changes::default();
-        changes.heard(&payload(5, &[("a", Some("1"), 7), ("b", Some("1"), 7)]));
-        changes.heard(&payload(6, &[("a", Some("2"), 8)]));
-        changes.heard(&payload(7, &[("b", None, 7), ("c", Some("3"), 9)]));
+        changes.heard(&announced(5, &[("a", Some("1"), 7), ("b", Some("1"), 7)]));
+        changes.heard(&announced(6, &[("a", Some("2"), 8)]));
+        changes.heard(&announced(7, &[("b", None, 7), ("c", Some("3"), 9)]));
         // Map 7 at revision 4: the keys others wrote (a, c), each with its last value; b was
         // written by 7 alone, so it is not news to 7.
         let (rev, changed) = changes.announced_since(4, 7, 0).unwrap();
@@ -322,10 +357,10 @@ mod tests {
     #[test]
     fn a_revision_not_heard_ends_the_run() {
         let changes = Changes::default();
-        changes.heard(&payload(1, &[("a", Some("1"), 1)]));
-        changes.heard("c2"); // too large to carry its writes
-        changes.heard(&payload(3, &[("a", Some("3"), 1)]));
-        changes.heard("changed");
+        changes.heard(&announced(1, &[("a", Some("1"), 1)]));
+        changes.heard(&Announcement::parse("c2")); // too large to carry its writes
+        changes.heard(&announced(3, &[("a", Some("3"), 1)]));
+        changes.heard(&Announcement::parse("changed"));
         assert_eq!(
             changes.epoch(),
             0,
@@ -337,7 +372,7 @@ mod tests {
         assert!(changes.announced_since(1, 2, 0).is_none());
         assert!(changes.announced_since(2, 2, 0).is_some());
         // Writes that do not parse are not taken either.
-        changes.heard("c4:[[\"a\"");
+        changes.heard(&Announcement::parse("c4:[[\"a\""));
         assert_eq!(changes.announced_since(2, 2, 0).unwrap().0, 3);
     }
 
@@ -345,7 +380,7 @@ mod tests {
     fn a_value_whose_deadline_has_passed_is_absent() {
         let changes = Changes::default();
         let writes = r#"[["a","1",1000,1],["b","2",3000,1]]"#;
-        changes.carried(1, writes);
+        changes.heard(&Announcement::of_commit(1, writes));
         let (_, changed) = changes.announced_since(0, 2, 2000).unwrap();
         assert_eq!(
             changed,
@@ -360,7 +395,7 @@ mod tests {
     fn only_the_latest_revisions_are_kept() {
         let changes = Changes::default();
         for rev in 1..=(REVISIONS_HEARD as i64 + 10) {
-            changes.carried(rev, "[]");
+            changes.heard(&Announcement::of_commit(rev, "[]"));
         }
         assert!(changes.announced_since(0, 1, 0).is_none());
         assert!(changes.announced_since(10, 1, 0).is_some());

@@ -63,12 +63,7 @@ impl Readers {
         let readers = Arc::clone(self);
         let reader = reader.clone();
         let path = reader.path().to_path_buf();
-        let read = crate::tasks::spawn_blocking(move || readers.read_with(&reader, read))
-            .await
-            .map_err(|join_error| match join_error.try_into_panic() {
-                Ok(panic) => std::panic::resume_unwind(panic),
-                Err(cancelled) => PersistentError::Backend(cancelled.into()),
-            })?;
+        let read = crate::tasks::run_blocking(move || readers.read_with(&reader, read)).await?;
         read.map_err(|source| PersistentError::Sqlite { path, source })?
     }
 
