@@ -51,6 +51,8 @@ struct Stripe {
 #[derive(Default)]
 struct Finished {
     next: u64,
+    /// Tickets handed out so far (the number of the next one).
+    issued: u64,
     early: BTreeSet<u64>,
     /// Who waits for `next` to reach each number. Only those whose number is reached are
     /// woken: on a hot key, waking every waiter at each finish would wake n tasks for each of
@@ -139,6 +141,7 @@ impl KeyLocks {
         let mut sending = Arc::clone(&stripe.sending).lock_owned().await;
         let number = *sending;
         *sending += 1;
+        stripe.finished().issued = number + 1;
         let ticket = Ticket {
             stripe: Arc::clone(stripe),
             number,
@@ -160,6 +163,11 @@ impl KeyLocks {
         let stripe = &self.stripes[self.stripe_of(key)];
         let next = *stripe.sending.lock().await;
         stripe.wait_for(next).await;
+    }
+
+    /// Waits until every ticket of `key`'s stripe numbered below `issued` has finished.
+    pub(crate) async fn finished_before<K: Hash + ?Sized>(&self, key: &K, issued: u64) {
+        self.stripes[self.stripe_of(key)].wait_for(issued).await;
     }
 
     async fn lock_stripes(&self, ascending: impl Iterator<Item = usize>) -> KeyGuard {
@@ -216,9 +224,12 @@ impl Ticket {
         self.stripe.wait_for(self.number).await;
     }
 
-    /// This ticket's write is done with memory: the next one may go.
-    pub(crate) fn finish(mut self) {
+    /// This ticket's write is done with memory: the next one may go. Returns how many tickets
+    /// of the stripe had been handed out by then (see [`KeyLocks::finished_before`]).
+    pub(crate) fn finish(mut self) -> u64 {
+        let issued = self.stripe.finished().issued;
         self.mark_finished();
+        issued
     }
 
     /// The ticket's number, for telling the last write of a key from earlier ones.
@@ -297,6 +308,34 @@ mod tests {
             .await
             .expect("done once the tickets before it finished, with a later one in flight");
         drop(later);
+    }
+
+    #[tokio::test]
+    async fn a_finished_ticket_tells_the_tickets_issued_and_only_those_are_waited_for() {
+        let locks = KeyLocks::new();
+        let mut tickets = Vec::new();
+        for _ in 0..3 {
+            let (guard, ticket) = locks.pipeline("k").await;
+            drop(guard);
+            tickets.push(ticket);
+        }
+        let mut tickets = tickets.into_iter();
+        // A write that conflicted: the two after it were handed over before it settled.
+        let issued = tickets.next().unwrap().finish();
+        assert_eq!(issued, 3);
+        // Its retry comes after another writer's, handed over since.
+        let (guard, since) = locks.pipeline("k").await;
+        drop(guard);
+        let mut waiting = Box::pin(locks.finished_before("k", issued));
+        let early = tokio::time::timeout(std::time::Duration::from_millis(20), waiting.as_mut());
+        assert!(early.await.is_err(), "the two before it are in flight");
+        tickets.for_each(|ticket| {
+            ticket.finish();
+        });
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("done once those issued before it settled, with a later one in flight");
+        drop(since);
     }
 
     /// Counts how often it is woken.

@@ -506,6 +506,9 @@ where
     turn: Turn,
     /// What memory took, once settled.
     pub(super) settled: Option<Result<Settled<V>>>,
+    /// For a pipelined write, the tickets of its stripe handed out when it settled: those
+    /// after it among them built on what it meant to leave.
+    issued_when_settled: u64,
 }
 
 /// A [`MapWrite`] with its types erased, so that one write holds maps of any types.
@@ -539,6 +542,7 @@ where
             write,
             turn,
             settled: None,
+            issued_when_settled: 0,
         }
     }
 
@@ -612,7 +616,7 @@ where
             if let Turn::Pipelined { ticket, .. } = &mut self.turn
                 && let Some(ticket) = ticket.take()
             {
-                ticket.finish();
+                self.issued_when_settled = ticket.finish();
             }
             self.settled = Some(settled);
         })
@@ -750,10 +754,22 @@ where
     V: MapValue,
     B: StorageBackend<K, V> + Send + Sync + 'static,
 {
+    commit_pipelined(write).await.0
+}
+
+/// [`commit_one`], and for a pipelined write the number of tickets of its stripe handed out
+/// when it settled.
+pub(super) async fn commit_pipelined<K, V, B>(write: MapWrite<K, V, B>) -> (Result<Settled<V>>, u64)
+where
+    K: MapKey,
+    V: MapValue,
+    B: StorageBackend<K, V> + Send + Sync + 'static,
+{
     let (mut parts, _) = commit(vec![Box::new(write)]).await;
     let write = parts[0]
         .as_any_mut()
         .downcast_mut::<MapWrite<K, V, B>>()
         .expect("the part committed is the one given");
-    write.settled.take().expect("a committed part has settled")
+    let settled = write.settled.take().expect("a committed part has settled");
+    (settled, write.issued_when_settled)
 }

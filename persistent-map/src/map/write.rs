@@ -3,7 +3,7 @@
 
 use crate::{MapKey, MapValue};
 
-use super::commit::{commit_one, Kind, MapWrite, Op, Turn, Write, MAX_ATTEMPTS};
+use super::commit::{commit_one, commit_pipelined, Kind, MapWrite, Op, Turn, Write, MAX_ATTEMPTS};
 use super::shared::Settled;
 use super::PersistentMap;
 use crate::backends::encode::encode_value;
@@ -135,17 +135,22 @@ where
         // After a conflict in an exclusive turn: what storage holds, value and text from one
         // read, and the count of turns ended when memory took it.
         let mut read: Option<(Option<Stored<V>>, u64)> = None;
-        let mut conflicted = false;
+        // After a pipelined conflict: the tickets of the key's stripe handed out when it
+        // settled.
+        let mut conflicted: Option<u64> = None;
         for _ in 0..MAX_ATTEMPTS {
             let (turn, pending) = if pipelined {
-                // After a conflict, the writes of the key's stripe handed over before were
-                // computed from a value that may be gone too; and while a write of the key in
+                // After a conflict, the writes of the key's stripe handed over before it settled
+                // were computed from a value that is gone too; and while a write of the key in
                 // flight is known to have conflicted, those after it build on a value storage
                 // does not hold. They settle first, so that this attempt builds on what they
-                // left rather than conflicting along with them. Then it joins the pipeline, and
-                // the other writers that waited go with it, in one commit.
-                while conflicted || self.shared.pending_doomed(key) {
-                    conflicted = false;
+                // left rather than conflicting along with them. Not the writes handed over
+                // since (the other writers' attempts again, which build on what is stored):
+                // this one joins them in the pipeline, and they go in one commit.
+                if let Some(issued) = conflicted.take() {
+                    self.shared.key_locks.finished_before(key, issued).await;
+                }
+                while self.shared.pending_doomed(key) {
                     self.shared.key_locks.finished_so_far(key).await;
                 }
                 let (guard, ticket) = self.shared.key_locks.pipeline(key).await;
@@ -199,11 +204,12 @@ where
                 self.shared
                     .pend(key.clone(), new.clone(), ticket.number(), false);
             }
-            match commit_one(MapWrite::new(self, write, turn)).await? {
+            let (settled, issued) = commit_pipelined(MapWrite::new(self, write, turn)).await;
+            match settled? {
                 Settled::Applied { .. } => return Ok(new),
                 // Memory took this read: a pipelined attempt builds on it, or on the writes of
                 // this map handed over since.
-                Settled::Conflict(_) if pipelined => conflicted = true,
+                Settled::Conflict(_) if pipelined => conflicted = Some(issued),
                 Settled::Conflict(mut now) => {
                     read = Some((now.pop().flatten(), self.shared.key_locks.turns_ended()));
                 }

@@ -216,8 +216,10 @@ const GROUP_WAIT: Duration = Duration::from_micros(200);
 /// Adds what is queued to `group`, then, while the group is smaller than `expected`, lets the
 /// writers just answered send again and takes what they send, for at most `window`
 /// ([`GROUP_WAIT`], or [`HOLD_WAIT`] while a transaction is held open for them). Tokio's timers
-/// count milliseconds, too coarse for this wait, so it yields instead of sleeping. Stops at a
-/// command that is not a write (kept in `next`).
+/// count milliseconds, too coarse for the first, so it yields instead of sleeping; the second
+/// sleeps until a request comes, since spinning while locks are held would take the CPU from
+/// the writers it waits for (measured: a fleet's hot key). Stops at a command that is not a
+/// write (kept in `next`).
 async fn gather(
     commands: &mut mpsc::UnboundedReceiver<Command>,
     group: &mut Vec<WriteRequest>,
@@ -231,7 +233,15 @@ async fn gather(
         if Instant::now() >= deadline {
             return;
         }
-        tokio::task::yield_now().await;
+        if window >= HOLD_WAIT {
+            match tokio::time::timeout_at(deadline.into(), commands.recv()).await {
+                Ok(Some(Command::Write { parts, done })) => group.push((parts, done)),
+                Ok(Some(other)) => *next = Some(other),
+                Ok(None) | Err(_) => return,
+            }
+        } else {
+            tokio::task::yield_now().await;
+        }
         take_queued(commands, group, next);
     }
 }
@@ -369,6 +379,8 @@ impl Session {
         let mut next: Option<Command> = None;
         // Writers acknowledged by the last commit plus those already queued for the next one.
         let mut expected = 0;
+        let mut queued_before_answers = false;
+        let mut answered_while_held = 0;
         loop {
             if group.is_empty() {
                 let command = match next.take() {
@@ -393,6 +405,10 @@ impl Session {
                 continue;
             }
             let window = match self.held {
+                // Requests queued before the held transaction's conflicts were answered are
+                // not the ones computed again, and on a hot key those wait for them: they go
+                // at once (on the key they conflict too, decided without a round trip).
+                Some(_) if queued_before_answers => Duration::ZERO,
                 Some(_) => HOLD_WAIT,
                 None => GROUP_WAIT,
             };
@@ -401,7 +417,13 @@ impl Session {
             let committed = std::mem::take(&mut group);
             let results = self.commit_group(&committed).await;
             take_queued(&mut commands, &mut group, &mut next);
-            expected = committed.len() + group.len();
+            queued_before_answers = !group.is_empty();
+            // While a transaction is held, every request it answered is to come again.
+            answered_while_held = match self.held {
+                Some(_) => answered_while_held + committed.len(),
+                None => 0,
+            };
+            expected = committed.len().max(answered_while_held) + group.len();
             let settled = committed.into_iter().zip(waited).zip(results);
             for ((request, waited), result) in settled {
                 match result {
