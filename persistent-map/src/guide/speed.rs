@@ -30,7 +30,7 @@
 //! | peak memory holding 1M entries | 0.88x | a plain `HashMap` of the same data |
 //! | `get` | 1.12x | a `DashMap` get and clone |
 //! | `insert_many` of 1M rows | 1.06x | raw rusqlite, one transaction |
-//! | PostgreSQL: 3 processes × 8 tasks `update(+1)` on one key | 0.72-0.78x (about 2,600-3,200/s) on one machine, 0.54-0.57x on another | 3 connections sending `UPDATE ... SET v = v + 1` |
+//! | PostgreSQL: 3 processes × 8 tasks `update(+1)` on one key | 0.86-1.08x, median 0.94x (about 2,400-3,700/s; 0.67x before 840b20c on the same machine) | 3 connections sending `UPDATE ... SET v = v + 1` |
 //! | PostgreSQL: 16 tasks inserting | 0.56-0.69x | raw tokio-postgres, a pool of 16 connections |
 //! | PostgreSQL: acknowledged write to another instance's `get` | -0.02 ms median, 0.09 ms p99 (seen before `insert` returned, in most writes) | a plain upsert + `NOTIFY` loop: 0.15 ms median, 0.32 ms p99 |
 //!
