@@ -313,13 +313,7 @@ mod tests {
     #[tokio::test]
     async fn a_finished_ticket_tells_the_tickets_issued_and_only_those_are_waited_for() {
         let locks = KeyLocks::new();
-        let mut tickets = Vec::new();
-        for _ in 0..3 {
-            let (guard, ticket) = locks.pipeline("k").await;
-            drop(guard);
-            tickets.push(ticket);
-        }
-        let mut tickets = tickets.into_iter();
+        let mut tickets = handed_over(&locks, 3).await.into_iter();
         // A write that conflicted: the two after it were handed over before it settled.
         let issued = tickets.next().unwrap().finish();
         assert_eq!(issued, 3);
@@ -338,6 +332,17 @@ mod tests {
         drop(since);
     }
 
+    /// `count` pipelined writes of the key `k`, handed over.
+    async fn handed_over(locks: &KeyLocks, count: usize) -> Vec<Ticket> {
+        let mut tickets = Vec::new();
+        for _ in 0..count {
+            let (guard, ticket) = locks.pipeline("k").await;
+            drop(guard);
+            tickets.push(ticket);
+        }
+        tickets
+    }
+
     /// Counts how often it is woken.
     struct Counting(std::sync::atomic::AtomicUsize);
 
@@ -350,12 +355,7 @@ mod tests {
     #[tokio::test]
     async fn a_finished_ticket_wakes_only_the_next_one() {
         let locks = KeyLocks::new();
-        let mut tickets = Vec::new();
-        for _ in 0..8 {
-            let (guard, ticket) = locks.pipeline("k").await;
-            drop(guard);
-            tickets.push(ticket);
-        }
+        let tickets = handed_over(&locks, 8).await;
         // Tickets 1..8 wait for their turns, each with a waker that counts.
         let counters: Vec<_> = (1..8)
             .map(|_| Arc::new(Counting(Default::default())))
