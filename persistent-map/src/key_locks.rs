@@ -38,9 +38,8 @@ pub(crate) struct KeyLocks {
 }
 
 struct Stripe {
-    /// Held while a write is handed to the backend (or, for an exclusive turn, throughout);
-    /// holds the number of the next ticket.
-    sending: Arc<AsyncMutex<u64>>,
+    /// Held while a write is handed to the backend (or, for an exclusive turn, throughout).
+    sending: Arc<AsyncMutex<()>>,
     /// Which tickets have finished, and who waits for which.
     finished: Mutex<Finished>,
     /// The [`KeyLocks`]' count of turns ended.
@@ -51,7 +50,7 @@ struct Stripe {
 #[derive(Default)]
 struct Finished {
     next: u64,
-    /// Tickets handed out so far (the number of the next one).
+    /// Tickets handed out so far (the number of the next one), under `sending`.
     issued: u64,
     early: BTreeSet<u64>,
     /// Who waits for `next` to reach each number. Only those whose number is reached are
@@ -62,7 +61,7 @@ struct Finished {
 
 /// Held stripes; dropping it lets the next writer of those keys go.
 pub(crate) struct KeyGuard {
-    _stripes: Vec<OwnedMutexGuard<u64>>,
+    _stripes: Vec<OwnedMutexGuard<()>>,
     ended: Arc<AtomicU64>,
 }
 
@@ -82,7 +81,7 @@ impl KeyLocks {
             stripes: (0..STRIPES)
                 .map(|_| {
                     Arc::new(Stripe {
-                        sending: Arc::new(AsyncMutex::new(0)),
+                        sending: Arc::new(AsyncMutex::new(())),
                         finished: Mutex::new(Finished::default()),
                         ended: Arc::clone(&ended),
                     })
@@ -138,10 +137,12 @@ impl KeyLocks {
     /// write's ticket.
     pub(crate) async fn pipeline<K: Hash + ?Sized>(&self, key: &K) -> (KeyGuard, Ticket) {
         let stripe = &self.stripes[self.stripe_of(key)];
-        let mut sending = Arc::clone(&stripe.sending).lock_owned().await;
-        let number = *sending;
-        *sending += 1;
-        stripe.finished().issued = number + 1;
+        let sending = Arc::clone(&stripe.sending).lock_owned().await;
+        let number = {
+            let mut finished = stripe.finished();
+            finished.issued += 1;
+            finished.issued - 1
+        };
         let ticket = Ticket {
             stripe: Arc::clone(stripe),
             number,
@@ -161,7 +162,10 @@ impl KeyLocks {
     /// which a hot key never runs out of.
     pub(crate) async fn finished_so_far<K: Hash + ?Sized>(&self, key: &K) {
         let stripe = &self.stripes[self.stripe_of(key)];
-        let next = *stripe.sending.lock().await;
+        let next = {
+            let _sending = stripe.sending.lock().await;
+            stripe.finished().issued
+        };
         stripe.wait_for(next).await;
     }
 
@@ -176,7 +180,8 @@ impl KeyLocks {
             let stripe = &self.stripes[index];
             let sending = Arc::clone(&stripe.sending).lock_owned().await;
             // Every ticket handed out must have finished: no write of the stripe in flight.
-            stripe.wait_for(*sending).await;
+            let issued = stripe.finished().issued;
+            stripe.wait_for(issued).await;
             guards.push(sending);
         }
         KeyGuard {

@@ -21,8 +21,9 @@
 //! - **Conflicts.** A condition that does not hold writes nothing, anywhere. Storage answers
 //!   with what it holds under each condition's key, value text and deadline from the same read
 //!   (inside the transaction that checked); memory takes exactly that, and a read-modify-write
-//!   computes its next attempt from it (that value and that text, or memory's value once the
-//!   writes of its key's stripe in flight before it have settled, when writes pipeline).
+//!   computes its next attempt from it (that value and that text; when writes pipeline, once the
+//!   writes of its key's stripe in flight when it conflicted have settled, memory's value or
+//!   the writes of the key handed over since, as a first attempt would).
 //!   Nothing is re-read around writes in flight. Storage compares a condition with what a value means (an old
 //!   row that lacks a `#[serde(default)]` field, or has another key order, matches the value it
 //!   decodes to), so an old row's spelling never refuses a write.
