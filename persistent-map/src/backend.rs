@@ -389,15 +389,11 @@ impl<K, V> ScanPage<K, V> {
 ///     }
 /// }
 ///
-/// # fn main() -> persistent_map::Result<()> {
-/// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+/// # persistent_map::__private::run_example(Box::pin(async {
 /// let map = persistent_map::PersistentMap::new(JsonLinesBackend::default()).await?;
 /// map.insert("answer".to_string(), 42).await?;
 /// assert_eq!(map.get(&"answer".to_string()), Some(42));
-/// # Ok(())
-/// # });
-/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-/// # }
+/// # Ok(()) }));
 /// ```
 #[async_trait::async_trait]
 pub trait StorageBackend<K, V>

@@ -94,18 +94,14 @@ impl<K: Clone, V: Clone> Subscription<K, V> {
     /// ```
     /// use persistent_map::{in_memory::InMemoryBackend, Change, PersistentMap};
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// let mut changes = map.subscribe();
     /// map.insert("a".into(), 1).await?;
     /// map.remove(&"a".into()).await?;
     /// assert_eq!(changes.recv().await.unwrap(), Change::Inserted { key: "a".into(), value: 1 });
     /// assert_eq!(changes.recv().await.unwrap(), Change::Removed { key: "a".into() });
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn recv(&mut self) -> Result<Change<K, V>, RecvError> {
         self.receiver.recv().await.map_err(|error| match error {
@@ -119,15 +115,11 @@ impl<K: Clone, V: Clone> Subscription<K, V> {
     /// ```
     /// use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// let mut changes = map.subscribe();
     /// assert_eq!(changes.try_recv(), Ok(None));
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn try_recv(&mut self) -> Result<Option<Change<K, V>>, RecvError> {
         match self.receiver.try_recv() {

@@ -244,8 +244,7 @@ use std::str::FromStr;
 ///     user: u64,
 /// }
 ///
-/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>>> = Box::pin(async {
+/// # persistent_map::__private::run_example(Box::pin(async {
 /// let key = SessionKey { tenant: "acme".into(), user: 42 };
 /// assert_eq!(serde_json::to_string(&key)?, r#""acme:42""#);
 /// assert_eq!(serde_json::from_str::<SessionKey>(r#""acme:42""#)?, key);
@@ -256,10 +255,7 @@ use std::str::FromStr;
 /// # let path = dir.path().join("app.db");
 /// let map: PersistentMap<SessionKey, u32, SqliteBackend> = PersistentMap::open(&path).await?;
 /// map.insert(key, 1).await?;
-/// # Ok(())
-/// # });
-/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-/// # }
+/// # Ok(()) }));
 /// ```
 ///
 /// # Keys from std

@@ -4,8 +4,7 @@
 //! ```
 //! use persistent_map::{sqlite::SqliteBackend, PersistentMap};
 //!
-//! # fn main() -> persistent_map::Result<()> {
-//! # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+//! # persistent_map::__private::run_example(Box::pin(async {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("app.db");
 //! let map: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(&path).await?;
@@ -15,10 +14,7 @@
 //!
 //! let reopened: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(&path).await?;
 //! assert_eq!(reopened.get(&"visits".to_string()), Some(1));
-//! # Ok(())
-//! # });
-//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-//! # }
+//! # Ok(()) }));
 //! ```
 //!
 //! - [`PersistentMap`] holds the entries in memory and writes through to a [`StorageBackend`].

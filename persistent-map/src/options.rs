@@ -26,8 +26,7 @@ use crate::{PersistentKey, PersistentMap, Result};
 /// use persistent_map::sqlite::{Durability, SqliteBackend};
 /// use persistent_map::{PersistentMap, SqliteOptions};
 ///
-/// # fn main() -> persistent_map::Result<()> {
-/// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+/// # persistent_map::__private::run_example(Box::pin(async {
 /// # let dir = tempfile::tempdir()?;
 /// # let path = dir.path().join("app.db");
 /// let options = SqliteOptions::new().table("visits").durability(Durability::Normal);
@@ -35,10 +34,7 @@ use crate::{PersistentKey, PersistentMap, Result};
 /// map.insert("home".into(), 7).await?;
 /// assert_eq!(map.backend().table(), "visits");
 /// assert_eq!(map.backend().durability(), Durability::Normal);
-/// # Ok(())
-/// # });
-/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-/// # }
+/// # Ok(()) }));
 /// ```
 #[cfg(feature = "sqlite")]
 #[derive(Debug, Clone, Default)]
@@ -108,16 +104,12 @@ impl SqliteOptions {
     /// ```
     /// use persistent_map::{sqlite::SqliteBackend, PersistentMap, SqliteOptions};
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let map: PersistentMap<String, u32, SqliteBackend> =
     ///     SqliteOptions::new().open(dir.path().join("app.db")).await?;
     /// assert_eq!(map.backend().table(), "kv"); // the table of `String` keys
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn open<K, V>(
         self,
@@ -154,18 +146,14 @@ where
     /// use persistent_map::sqlite::{Durability, SqliteBackend};
     /// use persistent_map::{PersistentMap, SqliteOptions};
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// # let path = dir.path().join("app.db");
     /// let map: PersistentMap<String, u32, SqliteBackend> =
     ///     PersistentMap::open_with(&path, SqliteOptions::new().durability(Durability::Normal))
     ///         .await?;
     /// map.insert("visits".into(), 1).await?;
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
         options.open(path).await
@@ -185,18 +173,14 @@ where
 ///
 /// use persistent_map::{postgres::PostgresBackend, PersistentMap, PostgresOptions};
 ///
-/// # fn main() -> persistent_map::Result<()> {
-/// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+/// # persistent_map::__private::run_example(Box::pin(async {
 /// let map: PersistentMap<u64, String, PostgresBackend> = PostgresOptions::new()
 ///     .table("visits")
 ///     .connect_timeout(Duration::from_secs(2))
 ///     .connect("postgres://postgres@127.0.0.1:5432/test")
 ///     .await?;
 /// map.insert(7, "seven".into()).await?;
-/// # Ok(())
-/// # });
-/// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
-/// # }
+/// # Ok(()) }));
 /// ```
 #[cfg(feature = "postgres")]
 #[derive(Debug, Clone, Default)]
@@ -352,17 +336,13 @@ where
     ///
     /// use persistent_map::{postgres::PostgresBackend, PersistentMap, PostgresOptions};
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let options = PostgresOptions::new().reconnect_timeout(Duration::from_secs(60));
     /// let map: PersistentMap<String, u32, PostgresBackend> =
     ///     PersistentMap::open_postgres_with("postgres://postgres@127.0.0.1:5432/test", options)
     ///         .await?;
     /// map.insert("a".to_string(), 1).await?;
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn open_postgres_with(url: &str, options: PostgresOptions) -> Result<Self> {
         options.connect(url).await

@@ -9,10 +9,27 @@ use std::array;
 use std::borrow::Cow;
 use std::error::Error;
 use std::fmt::{self, Display, Write as _};
+use std::future::Future;
+use std::pin::Pin;
 use std::str::FromStr;
 
 pub use crate::key::{KeyParseError, PersistentKey};
 pub use serde;
+
+/// Runs a documentation example on a current-thread runtime and panics with its error, if it
+/// fails. Every async example's hidden first and last lines call this, instead of each
+/// spelling out a runtime: `# persistent_map::__private::run_example(Box::pin(async {` and
+/// `# Ok(()) }));`. (Boxed, so that it is compiled once here, not once per example.)
+#[allow(clippy::type_complexity)]
+pub fn run_example(example: Pin<Box<dyn Future<Output = Result<(), Box<dyn Error>>>>>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime for the example");
+    if let Err(error) = runtime.block_on(example) {
+        panic!("the example failed: {error}");
+    }
+}
 
 /// `Serialize` for `#[persistent_key(serde)]`: the key as its text.
 pub fn serialize_key_text<K: Display + ?Sized, S: serde::Serializer>(

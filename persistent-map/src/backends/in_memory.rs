@@ -29,8 +29,7 @@ use crate::{
 /// ```
 /// use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
 ///
-/// # fn main() -> persistent_map::Result<()> {
-/// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+/// # persistent_map::__private::run_example(Box::pin(async {
 /// let backend = InMemoryBackend::new();
 /// let map: PersistentMap<String, u32, _> = PersistentMap::new(backend.clone()).await?;
 /// map.insert("visits".to_string(), 1).await?;
@@ -38,10 +37,7 @@ use crate::{
 ///
 /// let reopened: PersistentMap<String, u32, _> = PersistentMap::new(backend).await?;
 /// assert_eq!(reopened.get(&"visits".to_string()), Some(1));
-/// # Ok(())
-/// # });
-/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-/// # }
+/// # Ok(()) }));
 /// ```
 #[derive(Clone, Default)]
 pub struct InMemoryBackend {

@@ -16,18 +16,14 @@
 //!
 //! ```
 //! # use persistent_map::{sqlite::SqliteBackend, PersistentMap};
-//! # fn main() -> persistent_map::Result<()> {
-//! # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+//! # persistent_map::__private::run_example(Box::pin(async {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("app.db");
 //! let a: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(&path).await?;
 //! let b: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(&path).await?;
 //! a.insert("visits".into(), 1).await?;
 //! assert_eq!(b.get("visits"), Some(1)); // at once: one map in memory
-//! # Ok(())
-//! # });
-//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-//! # }
+//! # Ok(()) }));
 //! ```
 //!
 //! # Other processes: refresh
@@ -60,8 +56,7 @@
 //!
 //! ```
 //! # use persistent_map::{sqlite::SqliteBackend, PersistentMap};
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! # let main: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>>> = Box::pin(async {
+//! # persistent_map::__private::run_example(Box::pin(async {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("app.db");
 //! let map: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(&path).await?;
@@ -71,10 +66,7 @@
 //! rusqlite::Connection::open(&path)?.execute("INSERT INTO kv VALUES ('other', '5')", [])?;
 //! assert!(map.refresh().await?);
 //! assert_eq!(map.get("other"), Some(5));
-//! # Ok(())
-//! # });
-//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-//! # }
+//! # Ok(()) }));
 //! ```
 //!
 //! On PostgreSQL the log is shared by the instances, and each commit also sends a `NOTIFY`
@@ -96,8 +88,7 @@
 //!
 //! ```
 //! # use persistent_map::{sqlite::SqliteBackend, Change, PersistentMap};
-//! # fn main() -> persistent_map::Result<()> {
-//! # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+//! # persistent_map::__private::run_example(Box::pin(async {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("app.db");
 //! let map: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(&path).await?;
@@ -106,10 +97,7 @@
 //! map.remove(&"a".into()).await?;
 //! assert_eq!(changes.recv().await.unwrap(), Change::Inserted { key: "a".into(), value: 1 });
 //! assert_eq!(changes.recv().await.unwrap(), Change::Removed { key: "a".into() });
-//! # Ok(())
-//! # });
-//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-//! # }
+//! # Ok(()) }));
 //! ```
 //!
 //! # Reading many entries

@@ -27,8 +27,7 @@
 //! use persistent_map::sqlite::{Durability, SqliteBackend};
 //! use persistent_map::{PersistentMap, SqliteOptions};
 //!
-//! # fn main() -> persistent_map::Result<()> {
-//! # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+//! # persistent_map::__private::run_example(Box::pin(async {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("app.db");
 //! // A cache that may lose its last writes to a power cut, in return for no fsync per commit.
@@ -37,10 +36,7 @@
 //!     PersistentMap::open_with(&path, options).await?;
 //! cache.insert(404, "<html>Not found</html>".into()).await?;
 //! assert_eq!(cache.backend().durability(), Durability::Normal);
-//! # Ok(())
-//! # });
-//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-//! # }
+//! # Ok(()) }));
 //! ```
 //!
 //! [`PostgresOptions`](../../struct.PostgresOptions.html) (feature `postgres`) does the same

@@ -36,8 +36,7 @@
 //! ```
 //! use persistent_map::{sqlite::SqliteBackend, PersistentError, PersistentMap};
 //!
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! # let main: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>>> = Box::pin(async {
+//! # persistent_map::__private::run_example(Box::pin(async {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("app.db");
 //! let map: PersistentMap<u64, String, SqliteBackend> = PersistentMap::open(&path).await?;
@@ -52,10 +51,7 @@
 //! assert!(matches!(&err, PersistentError::InvalidStoredKey { table, key, .. }
 //!     if table == "std__u64" && key == "seven"));
 //! assert!(err.to_string().contains("delete the row"), "{err}"); // what to do
-//! # Ok(())
-//! # });
-//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-//! # }
+//! # Ok(()) }));
 //! ```
 //!
 //! # Transactions: your own reasons to abort

@@ -5,8 +5,7 @@
 //! ```
 //! use std::time::{Duration, SystemTime};
 //! # use persistent_map::{sqlite::SqliteBackend, PersistentMap};
-//! # fn main() -> persistent_map::Result<()> {
-//! # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+//! # persistent_map::__private::run_example(Box::pin(async {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("app.db");
 //!
@@ -24,10 +23,7 @@
 //! let left: Option<Duration> = sessions.ttl(&7); // time left, from memory
 //! assert!(left.is_some_and(|left| left <= Duration::from_secs(60)));
 //! assert_eq!(sessions.ttl(&8), None);
-//! # Ok(())
-//! # });
-//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-//! # }
+//! # Ok(()) }));
 //! ```
 //!
 //! # Exact

@@ -18,18 +18,14 @@
 //!
 //! ```
 //! # use persistent_map::{sqlite::SqliteBackend, PersistentMap};
-//! # fn main() -> persistent_map::Result<()> {
-//! # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+//! # persistent_map::__private::run_example(Box::pin(async {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("app.db");
 //! let users: PersistentMap<u64, String, SqliteBackend> = PersistentMap::open(&path).await?;
 //! let by_letter: PersistentMap<char, u64, SqliteBackend> = PersistentMap::open(&path).await?;
 //! assert_eq!(users.backend().table(), "std__u64");
 //! assert_eq!(by_letter.backend().table(), "std__char");
-//! # Ok(())
-//! # });
-//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-//! # }
+//! # Ok(()) }));
 //! ```
 //!
 //! # Derived keys
@@ -63,8 +59,7 @@
 //!     user: u64,
 //! }
 //!
-//! # fn main() -> persistent_map::Result<()> {
-//! # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+//! # persistent_map::__private::run_example(Box::pin(async {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("app.db");
 //! let key = SessionKey { tenant: "a:b".into(), user: 42 };
@@ -72,10 +67,7 @@
 //! let sessions: PersistentMap<SessionKey, u64, SqliteBackend> = PersistentMap::open(&path).await?;
 //! sessions.insert(key.clone(), 1).await?; // the row `a\:b:42 | 1` of the table `sessions`
 //! assert_eq!(sessions.get(&key), Some(1));
-//! # Ok(())
-//! # });
-//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-//! # }
+//! # Ok(()) }));
 //! ```
 //!
 //! A key type needs no serde derive of its own: `#[persistent_key(serde)]` derives `Serialize`
@@ -114,8 +106,7 @@
 //!
 //! ```
 //! # use persistent_map::{sqlite::SqliteBackend, PersistentMap, SqliteOptions};
-//! # fn main() -> persistent_map::Result<()> {
-//! # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+//! # persistent_map::__private::run_example(Box::pin(async {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("app.db");
 //! let names: PersistentMap<u64, String, SqliteBackend> = PersistentMap::open(&path).await?;
@@ -126,10 +117,7 @@
 //!     emails.insert(7, "ada@example.com".into()),
 //! );
 //! assert_eq!((a?, b?), (None, None));
-//! # Ok(())
-//! # });
-//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-//! # }
+//! # Ok(()) }));
 //! ```
 //!
 //! # Layouts

@@ -49,8 +49,7 @@
 //!
 //! ```
 //! # use persistent_map::{sqlite::SqliteBackend, PersistentMap};
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! # let main: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>>> = Box::pin(async {
+//! # persistent_map::__private::run_example(Box::pin(async {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("app.db");
 //! // A file as 0.1.3 left it: the table `kv`, SQLite's default rollback journal.
@@ -71,10 +70,7 @@
 //!     .query_map([], |row| row.get(0))?
 //!     .collect::<Result<_, _>>()?;
 //! assert_eq!(tables, ["kv", "persistent_map_log", "persistent_map_log_pruned", "persistent_map_tables"]);
-//! # Ok(())
-//! # });
-//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-//! # }
+//! # Ok(()) }));
 //! ```
 //!
 //! # Fixed

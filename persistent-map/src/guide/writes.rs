@@ -26,8 +26,7 @@
 //!
 //! ```
 //! # use persistent_map::{sqlite::SqliteBackend, PersistentMap};
-//! # fn main() -> persistent_map::Result<()> {
-//! # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+//! # persistent_map::__private::run_example(Box::pin(async {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("app.db");
 //! let hits: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(&path).await?;
@@ -44,10 +43,7 @@
 //! let seen = hits.get(&home);
 //! let swapped = hits.compare_exchange(&home, seen.as_ref(), Some(0)).await?.is_ok();
 //! assert!(swapped);
-//! # Ok(())
-//! # });
-//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-//! # }
+//! # Ok(()) }));
 //! ```
 //!
 //! A read-modify-write that keeps conflicting gives up after 1,000 attempts with
@@ -63,8 +59,7 @@
 //!
 //! ```
 //! # use persistent_map::{sqlite::SqliteBackend, PersistentMap};
-//! # fn main() -> persistent_map::Result<()> {
-//! # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+//! # persistent_map::__private::run_example(Box::pin(async {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("app.db");
 //! let stock: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(&path).await?;
@@ -74,10 +69,7 @@
 //! assert_eq!(stock.remove_many([fruit[0].clone(), "figs".into()]).await?, 1);
 //! stock.clear().await?;
 //! assert!(stock.is_empty());
-//! # Ok(())
-//! # });
-//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-//! # }
+//! # Ok(()) }));
 //! ```
 //!
 //! # Transactions
@@ -115,8 +107,7 @@
 //!     .await
 //! }
 //!
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! # let main: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>>> = Box::pin(async {
+//! # persistent_map::__private::run_example(Box::pin(async {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("bank.db");
 //! let accounts: Accounts = PersistentMap::open(&path).await?;
@@ -127,10 +118,7 @@
 //! let refused = transfer(&accounts, &ada, &bob, 60).await;
 //! assert!(matches!(refused, Err(TransactionError::Abort(40))));
 //! assert_eq!((accounts.get(&ada), accounts.get(&bob)), (Some(40), Some(60)));
-//! # Ok(())
-//! # });
-//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-//! # }
+//! # Ok(()) }));
 //! ```
 //!
 //! Transactions take the SQLite, PostgreSQL and in-memory backends

@@ -22,15 +22,11 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let map: PersistentMap<u32, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// map.insert_many((0..100).map(|i| (i, i * i))).await?;
     /// assert_eq!(map.len(), 100);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn insert_many(&self, entries: impl IntoIterator<Item = (K, V)>) -> Result<()> {
         let deadline = self.default_deadline();
@@ -50,16 +46,12 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let map: PersistentMap<u32, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// map.insert_many([(1, 1), (2, 2), (3, 3)]).await?;
     /// assert_eq!(map.remove_many([1, 2, 9]).await?, 2);
     /// assert_eq!(map.keys().collect::<Vec<_>>(), [3]);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn remove_many(&self, keys: impl IntoIterator<Item = K>) -> Result<usize> {
         self.write_batch(keys.into_iter().map(Op::Delete).collect())
@@ -74,16 +66,12 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let map: PersistentMap<u32, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// map.insert_many((0..10).map(|i| (i, i * i))).await?;
     /// assert_eq!(map.retain(|_, square| *square < 20).await?, 5);
     /// assert_eq!(map.len(), 5);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn retain(&self, mut keep: impl FnMut(&K, &V) -> bool) -> Result<usize> {
         let all_keys = self.shared.key_locks.lock_all().await;
@@ -113,8 +101,7 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap, StorageBackend};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let backend = InMemoryBackend::new();
     /// let map: PersistentMap<u32, u32, _> = PersistentMap::new(backend.clone()).await?;
     /// map.insert_many([(1, 1), (2, 2)]).await?;
@@ -122,10 +109,7 @@ where
     /// assert!(map.is_empty());
     /// let stored: std::collections::HashMap<u32, u32> = backend.load_all().await?;
     /// assert!(stored.is_empty());
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn clear(&self) -> Result<()> {
         let all_keys = self.shared.key_locks.lock_all().await;

@@ -75,8 +75,7 @@ use crate::{Deadline, PersistentError, Result, StorageBackend, Subscription};
 /// ```
 /// use persistent_map::{sqlite::SqliteBackend, CacheCapacity, CachedMap};
 ///
-/// # fn main() -> persistent_map::Result<()> {
-/// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+/// # persistent_map::__private::run_example(Box::pin(async {
 /// # let dir = tempfile::tempdir()?;
 /// # let path = dir.path().join("app.db");
 /// let map: CachedMap<u64, String, SqliteBackend> =
@@ -84,10 +83,7 @@ use crate::{Deadline, PersistentError, Result, StorageBackend, Subscription};
 /// map.insert(1, "hello".into()).await?; // committed when Ok
 /// assert_eq!(map.get(&1).await?, Some("hello".into())); // from memory
 /// assert_eq!(map.get(&2).await?, None); // read from storage: not stored
-/// # Ok(())
-/// # });
-/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-/// # }
+/// # Ok(()) }));
 /// ```
 pub struct CachedMap<K, V, B>
 where
@@ -152,18 +148,14 @@ impl<V> CacheLookup<V> {
 /// ```
 /// use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
 ///
-/// # fn main() -> persistent_map::Result<()> {
-/// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+/// # persistent_map::__private::run_example(Box::pin(async {
 /// let map: CachedMap<String, u32, _> =
 ///     CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
 /// map.get("a").await?; // not known: read from storage, remembered as absent
 /// map.get("a").await?; // known
 /// let stats = map.cache_stats();
 /// assert_eq!((stats.entries, stats.storage_reads, stats.capacity), (1, 1, 10));
-/// # Ok(())
-/// # });
-/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-/// # }
+/// # Ok(()) }));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -197,15 +189,11 @@ where
     /// ```
     /// use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let map: CachedMap<String, u32, _> =
     ///     CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(1_000)).await?;
     /// assert_eq!(map.len().await?, 0);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn new(backend: B, capacity: CacheCapacity<K, V>) -> Result<Self> {
         let map = PersistentMap::open_on(backend, Some(&capacity)).await?;
@@ -224,8 +212,7 @@ where
     /// ```
     /// use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap, StorageBackend};
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let backend = InMemoryBackend::new();
     /// backend.save("stored".to_string(), 7u32).await?; // stored before the map opened
     /// let map: CachedMap<String, u32, _> =
@@ -233,10 +220,7 @@ where
     /// assert_eq!(map.get("stored").await?, Some(7)); // read from storage
     /// assert_eq!(map.get("stored").await?, Some(7)); // from memory
     /// assert_eq!(map.get("absent").await?, None);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn get<Q>(&self, key: &Q) -> Result<Option<V>>
     where
@@ -260,16 +244,12 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let map: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// map.insert("a".into(), 1).await?;
     /// assert!(map.contains_key("a").await?);
     /// assert!(!map.contains_key("b").await?);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn contains_key<Q>(&self, key: &Q) -> Result<bool>
     where
@@ -289,8 +269,7 @@ where
     /// ```
     /// use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CacheLookup, CachedMap};
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let map: CachedMap<String, u32, _> =
     ///     CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// assert_eq!(map.cached("a"), CacheLookup::NotCached);
@@ -298,10 +277,7 @@ where
     /// assert_eq!(map.cached("a"), CacheLookup::Present(1));
     /// map.remove(&"a".into()).await?;
     /// assert_eq!(map.cached("a"), CacheLookup::Absent);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn cached<Q>(&self, key: &Q) -> CacheLookup<V>
     where
@@ -326,17 +302,13 @@ where
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
     /// use std::time::{Duration, SystemTime};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let map: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// let until = SystemTime::now() + Duration::from_secs(60);
     /// map.insert_until("a".into(), 1, until).await?;
     /// assert!(map.deadline("a").await?.unwrap().to_system_time() >= until);
     /// assert_eq!(map.deadline("b").await?, None);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn deadline<Q>(&self, key: &Q) -> Result<Option<Deadline>>
     where
@@ -356,15 +328,11 @@ where
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
     /// use std::time::Duration;
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let map: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// map.insert_with_ttl("a".into(), 1, Duration::from_secs(60)).await?;
     /// assert!(map.ttl("a").await?.unwrap() <= Duration::from_secs(60));
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn ttl<Q>(&self, key: &Q) -> Result<Option<Duration>>
     where
@@ -390,15 +358,11 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let map: CachedMap<u32, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(1)).await?;
     /// map.insert_many((0..5).map(|i| (i, i))).await?;
     /// assert_eq!(map.len().await?, 5); // though memory holds at most one
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn len(&self) -> Result<usize> {
         self.map.backend.count_live().await
@@ -408,14 +372,10 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let map: CachedMap<u32, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(1)).await?;
     /// assert!(map.is_empty().await?);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn is_empty(&self) -> Result<bool> {
         Ok(self.len().await? == 0)
@@ -425,16 +385,12 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let map: CachedMap<u32, u32, _> =
     ///     CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(2)).await?;
     /// map.insert_many((0..100).map(|i| (i, i))).await?;
     /// assert!(map.cache_stats().entries <= 2);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn cache_stats(&self) -> CacheStats {
         match self.map.shared.entries.cached() {
@@ -463,15 +419,11 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let map: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// assert_eq!(map.insert("a".into(), 1).await?, None);
     /// assert_eq!(map.insert("a".into(), 2).await?, Some(1));
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn insert(&self, key: K, value: V) -> Result<Option<V>> {
         self.map.insert(key, value).await
@@ -482,16 +434,12 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let map: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// map.insert("a".into(), 1).await?;
     /// assert_eq!(map.remove(&"a".into()).await?, Some(1));
     /// assert_eq!(map.get("a").await?, None);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn remove(&self, key: &K) -> Result<Option<V>> {
         self.map.remove(key).await
@@ -503,17 +451,13 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let hits: CachedMap<String, u32, _> =
     ///     CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// let bump = |old: Option<&u32>| Some(old.copied().unwrap_or(0) + 1);
     /// assert_eq!(hits.update(&"home".into(), bump).await?, Some(1));
     /// assert_eq!(hits.update(&"home".into(), bump).await?, Some(2));
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn update(
         &self,
@@ -528,15 +472,11 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let ids: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// assert_eq!(ids.get_or_insert_with("ada".into(), || 1).await?, 1);
     /// assert_eq!(ids.get_or_insert_with("ada".into(), || 2).await?, 1);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn get_or_insert_with(&self, key: K, make: impl FnOnce() -> V) -> Result<V> {
         self.map.get_or_insert_with(key, make).await
@@ -548,15 +488,11 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let map: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// assert_eq!(map.compare_exchange(&"k".into(), None, Some(1)).await?, Ok(None));
     /// assert_eq!(map.compare_exchange(&"k".into(), None, Some(2)).await?, Err(Some(1)));
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn compare_exchange(
         &self,
@@ -572,15 +508,11 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let map: CachedMap<u32, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// map.insert_many((0..100).map(|i| (i, i * 2))).await?;
     /// assert_eq!(map.get(&99).await?, Some(198));
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn insert_many(&self, entries: impl IntoIterator<Item = (K, V)>) -> Result<()> {
         self.map.insert_many(entries).await
@@ -591,15 +523,11 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let map: CachedMap<u32, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(1)).await?;
     /// map.insert_many([(1, 1), (2, 2), (3, 3)]).await?;
     /// assert_eq!(map.remove_many([1, 2, 9]).await?, 2);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn remove_many(&self, keys: impl IntoIterator<Item = K>) -> Result<usize> {
         self.map.remove_many(keys).await
@@ -609,16 +537,12 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let map: CachedMap<u32, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// map.insert_many([(1, 1), (2, 2)]).await?;
     /// map.clear().await?;
     /// assert!(map.is_empty().await?);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn clear(&self) -> Result<()> {
         self.map.clear().await
@@ -629,15 +553,11 @@ where
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
     /// use std::time::Duration;
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let map: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// map.insert_with_ttl("token".into(), 42, Duration::from_secs(1800)).await?;
     /// assert_eq!(map.get("token").await?, Some(42));
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn insert_with_ttl(&self, key: K, value: V, ttl: Duration) -> Result<Option<V>> {
         self.map.insert_with_ttl(key, value, ttl).await
@@ -648,15 +568,11 @@ where
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
     /// use std::time::SystemTime;
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let map: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// map.insert_until("old".into(), 1, SystemTime::UNIX_EPOCH).await?;
     /// assert_eq!(map.get("old").await?, None); // expired at once
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn insert_until(&self, key: K, value: V, deadline: SystemTime) -> Result<Option<V>> {
         self.map.insert_until(key, value, deadline).await
@@ -668,16 +584,12 @@ where
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
     /// use std::time::Duration;
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let map: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// map.insert("a".into(), 1).await?;
     /// assert!(map.expire(&"a".into(), Duration::from_secs(60)).await?);
     /// assert!(!map.expire(&"b".into(), Duration::from_secs(60)).await?);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn expire(&self, key: &K, ttl: Duration) -> Result<bool> {
         self.map.expire(key, ttl).await
@@ -688,16 +600,12 @@ where
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
     /// use std::time::{Duration, SystemTime};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let map: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// map.insert("a".into(), 1).await?;
     /// assert!(map.expire_at(&"a".into(), SystemTime::now() - Duration::from_secs(1)).await?);
     /// assert_eq!(map.get("a").await?, None);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn expire_at(&self, key: &K, deadline: SystemTime) -> Result<bool> {
         self.map.expire_at(key, deadline).await
@@ -709,16 +617,12 @@ where
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
     /// use std::time::Duration;
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let map: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// map.insert_with_ttl("a".into(), 1, Duration::from_secs(60)).await?;
     /// assert!(map.persist(&"a".into()).await?);
     /// assert_eq!(map.ttl("a").await?, None);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn persist(&self, key: &K) -> Result<bool> {
         self.map.persist(key).await
@@ -730,17 +634,13 @@ where
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
     /// use std::time::Duration;
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let map: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// let map = map.with_default_ttl(Duration::from_secs(600))?;
     /// map.insert("a".into(), 1).await?;
     /// assert!(map.ttl("a").await?.is_some());
     /// assert_eq!(map.default_ttl(), Some(Duration::from_secs(600)));
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn with_default_ttl(self, ttl: Duration) -> Result<Self> {
         Ok(Self {
@@ -752,14 +652,10 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let map: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// assert_eq!(map.default_ttl(), None);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn default_ttl(&self) -> Option<Duration> {
         self.map.default_ttl()
@@ -771,15 +667,11 @@ where
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
     /// use std::time::SystemTime;
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let map: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// map.insert_until("gone".into(), 1, SystemTime::UNIX_EPOCH).await?;
     /// assert!(map.sweep_expired().await? <= 1); // 0 if the background sweep came first
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn sweep_expired(&self) -> Result<usize> {
         self.map.sweep_expired().await
@@ -792,16 +684,12 @@ where
     /// ```
     /// use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap, Change};
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let map: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// let mut changes = map.subscribe();
     /// map.insert("a".into(), 1).await?;
     /// assert_eq!(changes.recv().await.unwrap(), Change::Inserted { key: "a".into(), value: 1 });
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn subscribe(&self) -> Subscription<K, V> {
         self.map.subscribe()
@@ -816,8 +704,7 @@ where
     /// ```
     /// use persistent_map::{sqlite::SqliteBackend, CacheCapacity, CachedMap};
     ///
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// # let path = dir.path().join("app.db");
     /// let map: CachedMap<String, u32, SqliteBackend> =
@@ -828,10 +715,7 @@ where
     /// rusqlite::Connection::open(&path)?.execute("UPDATE kv SET value = '2' WHERE key = 'n'", [])?;
     /// assert!(map.refresh().await?);
     /// assert_eq!(map.get("n").await?, Some(2));
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn refresh(&self) -> Result<bool> {
         self.map.refresh().await
@@ -843,15 +727,11 @@ where
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
     /// use std::time::Duration;
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let map: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// let refresher = map.refresh_every(Duration::from_secs(1));
     /// assert!(refresher.take_error().is_none());
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn refresh_every(&self, interval: Duration) -> RefreshTask {
         self.map.refresh_every(interval)
@@ -861,14 +741,10 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let map: CachedMap<String, u32, _> = CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// map.flush().await?;
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn flush(&self) -> Result<(), PersistentError> {
         self.map.flush().await
@@ -878,15 +754,11 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, CacheCapacity, CachedMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let map: CachedMap<String, u32, _> =
     ///     CachedMap::new(InMemoryBackend::new(), CacheCapacity::entries(10)).await?;
     /// let _backend: &InMemoryBackend = map.backend();
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn backend(&self) -> &B {
         self.map.backend()
@@ -906,8 +778,7 @@ where
     /// ```
     /// use persistent_map::{sqlite::SqliteBackend, CacheCapacity, CachedMap};
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let map: CachedMap<String, u32, SqliteBackend> =
     ///     CachedMap::open(dir.path().join("app.db"), CacheCapacity::entries(2)).await?;
@@ -918,10 +789,7 @@ where
     ///     visited += 1;
     /// }
     /// assert_eq!(visited, 10);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn scan(&self) -> Scan<K, V, B> {
         self.map.scan()
@@ -933,8 +801,7 @@ where
     /// ```
     /// use persistent_map::{sqlite::SqliteBackend, CacheCapacity, CachedMap};
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let map: CachedMap<String, u32, SqliteBackend> =
     ///     CachedMap::open(dir.path().join("app.db"), CacheCapacity::entries(100)).await?;
@@ -942,10 +809,7 @@ where
     /// let mut acme = map.scan_prefix("acme:");
     /// assert_eq!(acme.next_page().await?, Some(vec![("acme:1".into(), 1), ("acme:2".into(), 2)]));
     /// assert_eq!(acme.next_page().await?, None);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn scan_prefix(&self, prefix: impl Into<String>) -> Scan<K, V, B> {
         self.map.scan_prefix(prefix)
@@ -966,16 +830,12 @@ where
     /// ```
     /// use persistent_map::{sqlite::SqliteBackend, CacheCapacity, CachedMap};
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let map: CachedMap<u64, String, SqliteBackend> =
     ///     CachedMap::open(dir.path().join("app.db"), CacheCapacity::entries(10_000)).await?;
     /// map.insert(1, "one".into()).await?;
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn open(path: impl AsRef<Path>, capacity: CacheCapacity<K, V>) -> Result<Self> {
         let backend = crate::sqlite::SqliteBackend::for_key::<K>(path).await?;
@@ -997,18 +857,14 @@ where
     /// ```no_run
     /// use persistent_map::{postgres::PostgresBackend, CacheCapacity, CachedMap};
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let map: CachedMap<String, u32, PostgresBackend> = CachedMap::open_postgres(
     ///     "postgres://postgres@127.0.0.1:5432/test",
     ///     CacheCapacity::entries(100_000),
     /// )
     /// .await?;
     /// let _follow = map.refresh_every(std::time::Duration::from_secs(10));
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn open_postgres(url: &str, capacity: CacheCapacity<K, V>) -> Result<Self> {
         let backend = crate::postgres::PostgresBackend::for_key::<K>(url).await?;

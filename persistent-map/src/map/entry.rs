@@ -71,8 +71,7 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let visits: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// // Insert if absent, and say whether it inserted:
     /// let first = visits.entry("ada".into()).or_insert(1).await?;
@@ -82,10 +81,7 @@ where
     /// assert_eq!((second.value, second.inserted), (2, false));
     /// // Modify in place only if present:
     /// assert_eq!(visits.entry("bob".into()).and_modify(|n| *n += 1).modify().await?, None);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn entry(&self, key: K) -> Entry<'_, K, V, B> {
         Entry {
@@ -109,18 +105,14 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let likes: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// likes.insert("post".into(), 1).await?;
     /// let now = likes.entry("post".into()).and_modify(|n| *n += 1).modify().await?;
     /// assert_eq!(now, Some(2));
     /// // An absent key stays absent.
     /// assert_eq!(likes.entry("draft".into()).and_modify(|n| *n += 1).modify().await?, None);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn and_modify(mut self, modify: impl FnMut(&mut V) + Send + 'a) -> Self {
         self.modify = Some(Box::new(modify));
@@ -132,17 +124,13 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// // Which node holds the lock: the first to ask.
     /// let owners: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// assert!(owners.entry("lock".into()).or_insert(1).await?.inserted);
     /// let second = owners.entry("lock".into()).or_insert(2).await?;
     /// assert_eq!((second.value, second.inserted), (1, false));
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn or_insert(self, value: V) -> Result<Upserted<V>> {
         self.or_insert_with(|| value).await
@@ -153,15 +141,11 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let ids: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// let id = ids.entry("ada".into()).or_insert_with(|| 7).await?;
     /// assert_eq!((id.value, id.inserted), (7, true));
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn or_insert_with(self, make: impl FnOnce() -> V) -> Result<Upserted<V>> {
         let Entry { map, key, modify } = self;
@@ -198,15 +182,11 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let counts: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// let n = counts.entry("x".into()).and_modify(|n| *n += 1).or_default().await?;
     /// assert_eq!(n.value, 0);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn or_default(self) -> Result<Upserted<V>>
     where
@@ -220,17 +200,13 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let stock: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// stock.insert("tea".into(), 3).await?;
     /// assert_eq!(stock.entry("tea".into()).and_modify(|n| *n -= 1).modify().await?, Some(2));
     /// assert_eq!(stock.entry("milk".into()).and_modify(|n| *n -= 1).modify().await?, None);
     /// assert!(!stock.contains_key("milk"));
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn modify(self) -> Result<Option<V>> {
         let Entry { map, key, modify } = self;

@@ -265,8 +265,7 @@ where
     /// use persistent_map::{sqlite::SqliteBackend, PersistentMap};
     /// use std::time::Duration;
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let sessions: PersistentMap<String, u32, SqliteBackend> =
     ///     PersistentMap::open(dir.path().join("sessions.db")).await?;
@@ -275,10 +274,7 @@ where
     /// sessions.insert("token-1".into(), 42).await?;
     /// let left = sessions.ttl("token-1").unwrap();
     /// assert!(left > Duration::from_secs(590) && left <= Duration::from_secs(600));
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn with_default_ttl(mut self, ttl: Duration) -> Result<Self> {
         if !self.backend.supports_expiry() {
@@ -292,14 +288,10 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// assert_eq!(map.default_ttl(), None);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn default_ttl(&self) -> Option<Duration> {
         self.default_ttl
@@ -320,15 +312,11 @@ where
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
     /// use std::time::Duration;
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let sessions: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// sessions.insert_with_ttl("token-1".into(), 42, Duration::from_secs(1800)).await?;
     /// assert_eq!(sessions.get("token-1"), Some(42));
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn insert_with_ttl(&self, key: K, value: V, ttl: Duration) -> Result<Option<V>> {
         self.write_until(key, value, Some(Deadline::after(ttl)))
@@ -342,8 +330,7 @@ where
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
     /// use std::time::{Duration, SystemTime};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// // Which node holds each lease.
     /// let leases: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// let until = SystemTime::now() + Duration::from_secs(30);
@@ -352,10 +339,7 @@ where
     ///
     /// leases.insert_until("old".into(), 2, SystemTime::UNIX_EPOCH).await?;
     /// assert!(!leases.contains_key("old"));
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn insert_until(&self, key: K, value: V, deadline: SystemTime) -> Result<Option<V>> {
         self.write_until(key, value, Some(Deadline::at(deadline)))
@@ -372,17 +356,13 @@ where
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
     /// use std::time::Duration;
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// map.insert("a".into(), 1).await?;
     /// assert!(map.expire(&"a".into(), Duration::from_secs(60)).await?);
     /// assert!(map.ttl("a").is_some());
     /// assert!(!map.expire(&"missing".into(), Duration::from_secs(60)).await?);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn expire(&self, key: &K, ttl: Duration) -> Result<bool> {
         self.set_deadline(key, Some(Deadline::after(ttl))).await
@@ -393,16 +373,12 @@ where
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
     /// use std::time::{Duration, SystemTime};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// map.insert("a".into(), 1).await?;
     /// assert!(map.expire_at(&"a".into(), SystemTime::now() - Duration::from_secs(1)).await?);
     /// assert_eq!(map.get("a"), None); // expired at once
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn expire_at(&self, key: &K, deadline: SystemTime) -> Result<bool> {
         self.set_deadline(key, Some(Deadline::at(deadline))).await
@@ -415,17 +391,13 @@ where
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
     /// use std::time::Duration;
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// map.insert_with_ttl("a".into(), 1, Duration::from_secs(60)).await?;
     /// assert!(map.persist(&"a".into()).await?);
     /// assert_eq!(map.ttl("a"), None);
     /// assert_eq!(map.get("a"), Some(1));
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn persist(&self, key: &K) -> Result<bool> {
         let known = self.shared.entries.lookup(key, |_, deadline| deadline);
@@ -441,17 +413,13 @@ where
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
     /// use std::time::Duration;
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// map.insert_with_ttl("a".into(), 1, Duration::from_secs(60)).await?;
     /// map.insert("b".into(), 2).await?;
     /// assert!(map.ttl("a").unwrap() <= Duration::from_secs(60));
     /// assert_eq!(map.ttl("b"), None);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn ttl<Q>(&self, key: &Q) -> Option<Duration>
     where
@@ -467,16 +435,12 @@ where
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
     /// use std::time::{Duration, SystemTime};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// let until = SystemTime::now() + Duration::from_secs(60);
     /// map.insert_until("a".into(), 1, until).await?;
     /// assert!(map.deadline("a").unwrap().to_system_time() >= until);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn deadline<Q>(&self, key: &Q) -> Option<Deadline>
     where
@@ -504,17 +468,13 @@ where
     /// use persistent_map::{sqlite::SqliteBackend, PersistentMap};
     /// use std::time::SystemTime;
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let map: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(dir.path().join("a.db")).await?;
     /// map.insert_until("gone".into(), 1, SystemTime::UNIX_EPOCH).await?;
     /// assert!(map.sweep_expired().await? <= 1); // 0 if the background sweep came first
     /// assert_eq!(map.sweep_expired().await?, 0);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn sweep_expired(&self) -> Result<usize> {
         self.shared.sweepers.add(&self.backend);

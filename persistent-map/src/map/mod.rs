@@ -76,18 +76,14 @@ use crate::{PersistentError, Result, StorageBackend};
 /// ```
 /// use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
 ///
-/// # fn main() -> persistent_map::Result<()> {
-/// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+/// # persistent_map::__private::run_example(Box::pin(async {
 /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
 /// assert_eq!(map.insert("k".into(), 1).await?, None);
 /// assert_eq!(map.insert("k".into(), 2).await?, Some(1));
 /// assert_eq!(map.get("k"), Some(2));
 /// assert_eq!(map.remove(&"k".to_string()).await?, Some(2));
 /// assert!(map.is_empty());
-/// # Ok(())
-/// # });
-/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-/// # }
+/// # Ok(()) }));
 /// ```
 pub struct PersistentMap<K, V, B>
 where
@@ -122,14 +118,10 @@ where
     /// ```
     /// use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let map: PersistentMap<u32, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// assert!(map.is_empty());
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn new(backend: B) -> Result<Self> {
         Self::open_on(backend, None).await
@@ -211,18 +203,14 @@ where
     /// ```
     /// use persistent_map::{in_memory::InMemoryBackend, PersistentMap, StorageBackend};
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let backend = InMemoryBackend::new();
     /// let map: PersistentMap<String, u32, _> = PersistentMap::new(backend.clone()).await?;
     /// backend.save("written-elsewhere".to_string(), 7u32).await?;
     /// assert_eq!(map.get("written-elsewhere"), None);
     /// map.load().await?;
     /// assert_eq!(map.get("written-elsewhere"), Some(7));
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn load(&self) -> Result<(), PersistentError> {
         let shared = Arc::clone(&self.shared);
@@ -239,14 +227,10 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// map.flush().await?;
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn flush(&self) -> Result<(), PersistentError> {
         self.backend.flush().await
@@ -256,14 +240,10 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// let _backend: &InMemoryBackend = map.backend();
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn backend(&self) -> &B {
         &self.backend
@@ -286,17 +266,13 @@ where
     /// ```
     /// use persistent_map::{sqlite::SqliteBackend, PersistentMap};
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// # let path = dir.path().join("app.db");
     /// // String keys live in the table `kv`.
     /// let map: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(&path).await?;
     /// map.insert("a".to_string(), 1).await?;
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
         Self::new(crate::sqlite::SqliteBackend::for_key::<K>(path).await?).await
@@ -349,17 +325,13 @@ where
     /// use persistent_map::{postgres::PostgresBackend, PersistentMap};
     /// use std::time::Duration;
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// // String keys live in the table `kv`.
     /// let map: PersistentMap<String, u32, PostgresBackend> =
     ///     PersistentMap::open_postgres("postgres://postgres@127.0.0.1:5432/test").await?;
     /// let _follow = map.refresh_every(Duration::from_secs(10));
     /// map.insert("a".to_string(), 1).await?;
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn open_postgres(url: &str) -> Result<Self> {
         Self::new(crate::postgres::PostgresBackend::for_key::<K>(url).await?).await

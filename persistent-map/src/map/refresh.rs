@@ -37,8 +37,7 @@ where
     /// ```
     /// use persistent_map::{sqlite::SqliteBackend, PersistentMap};
     ///
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// # let path = dir.path().join("app.db");
     /// let map: PersistentMap<String, u32, SqliteBackend> = PersistentMap::open(&path).await?;
@@ -48,10 +47,7 @@ where
     /// rusqlite::Connection::open(&path)?.execute("INSERT INTO kv VALUES ('other', '5')", [])?;
     /// assert!(map.refresh().await?);
     /// assert_eq!(map.get("other"), Some(5));
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn refresh(&self) -> Result<bool> {
         self.catch_up(false).await
@@ -164,18 +160,14 @@ where
     /// use persistent_map::{sqlite::SqliteBackend, PersistentMap};
     /// use std::time::Duration;
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let map: PersistentMap<String, u32, SqliteBackend> =
     ///     PersistentMap::open(dir.path().join("app.db")).await?;
     /// let refresher = map.refresh_every(Duration::from_millis(100));
     /// assert!(refresher.take_error().is_none());
     /// drop(refresher); // stops refreshing
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn refresh_every(&self, interval: Duration) -> RefreshTask {
         let map = self.clone();
@@ -219,15 +211,11 @@ impl RefreshTask {
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// let task = map.refresh_every(std::time::Duration::from_secs(1));
     /// assert!(task.take_error().is_none());
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     ///
     /// A task that has stopped (a refresh panicked, in a key's `FromStr` or a value's

@@ -37,8 +37,7 @@ const PAGE: usize = 1024;
 /// ```
 /// use persistent_map::{sqlite::SqliteBackend, PersistentMap};
 ///
-/// # fn main() -> persistent_map::Result<()> {
-/// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+/// # persistent_map::__private::run_example(Box::pin(async {
 /// # let dir = tempfile::tempdir()?;
 /// let map: PersistentMap<String, u32, SqliteBackend> =
 ///     PersistentMap::open(dir.path().join("app.db")).await?;
@@ -51,10 +50,7 @@ const PAGE: usize = 1024;
 ///     seen.extend(page);
 /// }
 /// assert_eq!(seen, [("a".into(), 1), ("b".into(), 2), ("c".into(), 3)]);
-/// # Ok(())
-/// # });
-/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-/// # }
+/// # Ok(()) }));
 /// ```
 pub struct Scan<K, V, B> {
     backend: Arc<B>,
@@ -81,8 +77,7 @@ where
     /// ```
     /// use persistent_map::{sqlite::SqliteBackend, PersistentMap};
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let map: PersistentMap<u64, String, SqliteBackend> =
     ///     PersistentMap::open(dir.path().join("app.db")).await?;
@@ -94,10 +89,7 @@ where
     ///     count += 1;
     /// }
     /// assert_eq!(count, 3);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn scan(&self) -> Scan<K, V, B> {
         self.scan_prefix("")
@@ -116,8 +108,7 @@ where
     /// #[derive(PersistentKey, Clone, PartialEq, Eq, Hash, Debug, serde::Serialize, serde::Deserialize)]
     /// struct SessionKey { tenant: String, user: u64 }
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let sessions: PersistentMap<SessionKey, String, SqliteBackend> =
     ///     PersistentMap::open(dir.path().join("app.db")).await?;
@@ -135,10 +126,7 @@ where
     ///     users.push(key.user);
     /// }
     /// assert_eq!(users, [1, 2]);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn scan_prefix(&self, prefix: impl Into<String>) -> Scan<K, V, B> {
         Scan {
@@ -163,18 +151,14 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// map.insert_many([("a".into(), 1), ("b".into(), 2)]).await?;
     /// let mut scan = map.scan().page_size(1);
     /// assert_eq!(scan.next_page().await?, Some(vec![("a".into(), 1)]));
     /// assert_eq!(scan.next_page().await?, Some(vec![("b".into(), 2)]));
     /// assert_eq!(scan.next_page().await?, None);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     #[must_use]
     pub fn page_size(mut self, entries: usize) -> Self {
@@ -193,8 +177,7 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let map: PersistentMap<u32, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// map.insert_many((0..5).map(|i| (i, i * i))).await?;
     /// let mut scan = map.scan().page_size(2);
@@ -204,10 +187,7 @@ where
     ///     assert!(!page.is_empty() && page.len() <= 2);
     /// }
     /// assert_eq!(pages, 3);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn next_page(&mut self) -> Result<Option<Vec<(K, V)>>> {
         if !self.page.is_empty() {
@@ -233,17 +213,13 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// map.insert("only".into(), 1).await?;
     /// let mut scan = map.scan();
     /// assert_eq!(scan.next().await?, Some(("only".into(), 1)));
     /// assert_eq!(scan.next().await?, None);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn next(&mut self) -> Result<Option<(K, V)>> {
         if self.page.is_empty() {

@@ -95,8 +95,7 @@ pub(crate) mod sealed {
 /// ```
 /// use persistent_map::{sqlite::SqliteBackend, transaction, PersistentMap};
 ///
-/// # fn main() -> persistent_map::Result<()> {
-/// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+/// # persistent_map::__private::run_example(Box::pin(async {
 /// # let dir = tempfile::tempdir()?;
 /// # let path = dir.path().join("hits.db");
 /// let per_link = PersistentMap::<String, u32, _>::new(SqliteBackend::with_table(&path, "per_link").await?).await?;
@@ -112,10 +111,7 @@ pub(crate) mod sealed {
 /// .await?;
 /// assert_eq!(hits, Some(1));
 /// assert_eq!(per_day.get("2026-12-01"), Some(1));
-/// # Ok(())
-/// # });
-/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-/// # }
+/// # Ok(()) }));
 /// ```
 pub async fn transaction<T, E>(
     mut body: impl FnMut(&mut Transaction) -> Result<T, E>,
@@ -161,8 +157,7 @@ where
 ///     Insufficient { balance: u32 },
 /// }
 ///
-/// # fn main() -> persistent_map::Result<()> {
-/// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+/// # persistent_map::__private::run_example(Box::pin(async {
 /// let accounts: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
 /// accounts.insert("ada".into(), 20).await?;
 /// let transfer = transaction(|tx| {
@@ -183,10 +178,7 @@ where
 /// }
 /// assert_eq!(accounts.get("ada"), Some(20)); // nothing was written
 /// assert_eq!(accounts.get("bob"), None);
-/// # Ok(())
-/// # });
-/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-/// # }
+/// # Ok(()) }));
 /// ```
 #[derive(Debug)]
 pub enum TransactionError<A> {
@@ -302,8 +294,7 @@ impl Transaction {
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, transaction, PersistentMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let stock: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// stock.insert("tea".into(), 3).await?;
     /// let left = transaction(|tx| {
@@ -313,10 +304,7 @@ impl Transaction {
     /// })
     /// .await?;
     /// assert_eq!(left, Some(2));
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn get<K, V, B>(&mut self, map: &PersistentMap<K, V, B>, key: &K) -> Option<V>
     where
@@ -331,8 +319,7 @@ impl Transaction {
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, transaction, PersistentMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let backend = InMemoryBackend::new();
     /// let ids: PersistentMap<String, u32, _> = PersistentMap::new(backend.clone()).await?;
     /// let ages: PersistentMap<u32, u32, _> = PersistentMap::new(backend).await?;
@@ -343,10 +330,7 @@ impl Transaction {
     /// })
     /// .await?;
     /// assert_eq!((ids.get("ada"), ages.get(&7)), (Some(7), Some(36)));
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn insert<K, V, B>(&mut self, map: &PersistentMap<K, V, B>, key: K, value: V)
     where
@@ -362,8 +346,7 @@ impl Transaction {
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, transaction, PersistentMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// map.insert("old".into(), 1).await?;
     /// transaction(|tx| {
@@ -373,10 +356,7 @@ impl Transaction {
     /// })
     /// .await?;
     /// assert_eq!(map.keys().collect::<Vec<_>>(), ["new"]);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn remove<K, V, B>(&mut self, map: &PersistentMap<K, V, B>, key: &K)
     where
@@ -393,8 +373,7 @@ impl Transaction {
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, transaction, PersistentMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let accounts: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// accounts.insert("ada".into(), 100).await?;
     /// transaction(|tx| {
@@ -404,10 +383,7 @@ impl Transaction {
     /// })
     /// .await?;
     /// assert_eq!((accounts.get("ada"), accounts.get("bob")), (Some(70), Some(30)));
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn update<K, V, B>(
         &mut self,

@@ -24,15 +24,11 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// assert_eq!(map.insert("a".to_string(), 1).await?, None);
     /// assert_eq!(map.insert("a".to_string(), 2).await?, Some(1));
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn insert(&self, key: K, value: V) -> Result<Option<V>> {
         let deadline = self.default_deadline();
@@ -52,16 +48,12 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// map.insert("a".to_string(), 1).await?;
     /// assert_eq!(map.remove(&"a".to_string()).await?, Some(1));
     /// assert_eq!(map.remove(&"a".to_string()).await?, None);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn remove(&self, key: &K) -> Result<Option<V>> {
         self.write_one(Op::Delete(key.clone())).await
@@ -94,18 +86,14 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let hits: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// let bump = |old: Option<&u32>| Some(old.copied().unwrap_or(0) + 1);
     /// assert_eq!(hits.update(&"home".to_string(), bump).await?, Some(1));
     /// assert_eq!(hits.update(&"home".to_string(), bump).await?, Some(2));
     /// assert_eq!(hits.update(&"home".to_string(), |_| None).await?, None); // removed
     /// assert!(hits.is_empty());
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn update(
         &self,
@@ -236,15 +224,11 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let ids: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// assert_eq!(ids.get_or_insert_with("ada".to_string(), || 1).await?, 1);
     /// assert_eq!(ids.get_or_insert_with("ada".to_string(), || 2).await?, 1);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn get_or_insert_with(&self, key: K, make: impl FnOnce() -> V) -> Result<V> {
         self.insert_absent(key, make).await.map(|(value, _)| value)
@@ -304,8 +288,7 @@ where
     ///
     /// ```
     /// # use persistent_map::{in_memory::InMemoryBackend, PersistentMap};
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let counters: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
     /// let key = "jobs".to_string();
     /// let mut seen = counters.get(&key);
@@ -317,10 +300,7 @@ where
     ///     }
     /// }
     /// assert_eq!(counters.get(&key), Some(1));
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     ///
     /// A lease: one owner at a time, taken over only once it has expired.
@@ -348,15 +328,11 @@ where
     ///     Ok(leases.compare_exchange(&key, held.as_ref(), Some(mine)).await?.is_ok())
     /// }
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let leases = PersistentMap::new(InMemoryBackend::new()).await?;
     /// assert!(acquire(&leases, "node-a", 30_000).await?);
     /// assert!(!acquire(&leases, "node-b", 30_000).await?);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn compare_exchange(
         &self,

@@ -4,8 +4,7 @@
 //! ```
 //! use persistent_map::{csv::CsvBackend, PersistentMap};
 //!
-//! # fn main() -> persistent_map::Result<()> {
-//! # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+//! # persistent_map::__private::run_example(Box::pin(async {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("data.csv");
 //! // A file as persistent-map 0.1.3 wrote it: one `key,value` record per entry, no header.
@@ -14,10 +13,7 @@
 //! assert_eq!(map.get("alice"), Some(30));
 //! map.insert("carol".into(), 41).await?; // the file is replaced, durably, before this returns
 //! assert_eq!(std::fs::read_to_string(&path)?, "alice,30\nbob,25\ncarol,41\n");
-//! # Ok(())
-//! # });
-//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-//! # }
+//! # Ok(()) }));
 //! ```
 //!
 //! # The format
@@ -67,17 +63,13 @@ use crate::{BatchOp, PersistentError, Result, StorageBackend};
 /// ```
 /// use persistent_map::{csv::CsvBackend, PersistentMap};
 ///
-/// # fn main() -> persistent_map::Result<()> {
-/// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+/// # persistent_map::__private::run_example(Box::pin(async {
 /// # let dir = tempfile::tempdir()?;
 /// let backend = CsvBackend::new(dir.path().join("scores.csv"));
 /// let map: PersistentMap<u64, f64, _> = PersistentMap::new(backend).await?;
 /// map.insert(7, 0.5).await?;
 /// assert_eq!(std::fs::read_to_string(map.backend().path())?, "7,0.5\n");
-/// # Ok(())
-/// # });
-/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-/// # }
+/// # Ok(()) }));
 /// ```
 #[derive(Clone)]
 pub struct CsvBackend {

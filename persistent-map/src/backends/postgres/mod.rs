@@ -12,8 +12,7 @@
 //!     user: u64,
 //! }
 //!
-//! # fn main() -> persistent_map::Result<()> {
-//! # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+//! # persistent_map::__private::run_example(Box::pin(async {
 //! let url = "postgres://app@db.internal:5432/app";
 //! let sessions: PersistentMap<SessionKey, String, PostgresBackend> =
 //!     PersistentMap::open_postgres(url).await?;
@@ -24,10 +23,7 @@
 //! let key = SessionKey { tenant: "acme".into(), user: 42 };
 //! sessions.insert(key.clone(), "token".into()).await?; // committed when this returns Ok
 //! assert_eq!(sessions.get(&key), Some("token".to_string())); // from memory
-//! # Ok(())
-//! # });
-//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
-//! # }
+//! # Ok(()) }));
 //! ```
 //!
 //! # Storage
@@ -301,15 +297,11 @@
 //! unreadable `sslrootcert` is a [`PersistentError::Config`].
 //!
 //! ```no_run
-//! # fn main() -> persistent_map::Result<()> {
-//! # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+//! # persistent_map::__private::run_example(Box::pin(async {
 //! let url = "postgres://app@db.internal/app?sslmode=verify-full&sslrootcert=/etc/app/db-ca.pem";
 //! let backend = persistent_map::postgres::PostgresBackend::connect(url).await?;
 //! # let _ = backend;
-//! # Ok(())
-//! # });
-//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
-//! # }
+//! # Ok(()) }));
 //! ```
 //!
 //! # Operating it
@@ -441,16 +433,12 @@ const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
 /// ```no_run
 /// use persistent_map::{postgres::PostgresBackend, PersistentMap};
 ///
-/// # fn main() -> persistent_map::Result<()> {
-/// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+/// # persistent_map::__private::run_example(Box::pin(async {
 /// let url = "postgres://postgres@127.0.0.1:5432/test";
 /// let users = PersistentMap::<u64, String, _>::new(PostgresBackend::with_table(url, "users").await?).await?;
 /// users.insert(1, "ada".to_string()).await?;
 /// assert_eq!(users.backend().table(), "users");
-/// # Ok(())
-/// # });
-/// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
-/// # }
+/// # Ok(()) }));
 /// ```
 #[derive(Clone)]
 pub struct PostgresBackend {
@@ -480,17 +468,13 @@ impl PostgresBackend {
     /// `key=value` form.
     ///
     /// ```no_run
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let backend = persistent_map::postgres::PostgresBackend::connect(
     ///     "postgres://postgres@127.0.0.1:5432/test",
     /// )
     /// .await?;
     /// assert_eq!(backend.table(), "kv");
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn connect(url: &str) -> Result<Self> {
         Self::builder(url).connect().await
@@ -502,18 +486,14 @@ impl PostgresBackend {
     /// ```no_run
     /// use persistent_map::{postgres::PostgresBackend, PersistentError};
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let url = "postgres://postgres@127.0.0.1:5432/test";
     /// let backend = PostgresBackend::with_table(url, "sessions").await?;
     /// assert_eq!(backend.table(), "sessions");
     ///
     /// let err = PostgresBackend::with_table(url, "bad name").await.unwrap_err();
     /// assert!(matches!(err, PersistentError::InvalidTableName { .. }));
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn with_table(url: &str, table: &str) -> Result<Self> {
         Self::builder(url).table(table).connect().await
@@ -523,15 +503,11 @@ impl PostgresBackend {
     /// [`K::TABLE_NAME`](PersistentKey::TABLE_NAME).
     ///
     /// ```no_run
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let url = "postgres://postgres@127.0.0.1:5432/test";
     /// let backend = persistent_map::postgres::PostgresBackend::for_key::<String>(url).await?;
     /// assert_eq!(backend.table(), "kv");
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn for_key<K: PersistentKey>(url: &str) -> Result<Self> {
         Self::builder(url).key::<K>().connect().await
@@ -544,8 +520,7 @@ impl PostgresBackend {
     /// use persistent_map::postgres::PostgresBackend;
     /// use std::time::Duration;
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let backend = PostgresBackend::builder("postgres://postgres@127.0.0.1:5432/test")
     ///     .table("events")
     ///     .connect_timeout(Duration::from_secs(2))
@@ -553,10 +528,7 @@ impl PostgresBackend {
     ///     .connect()
     ///     .await?;
     /// # let _ = backend;
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn builder(url: &str) -> PostgresBuilder {
         PostgresBuilder {
@@ -575,15 +547,11 @@ impl PostgresBackend {
     /// The table this backend stores its map in.
     ///
     /// ```no_run
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let url = "postgres://postgres@127.0.0.1:5432/test";
     /// let backend = persistent_map::postgres::PostgresBackend::with_table(url, "t").await?;
     /// assert_eq!(backend.table(), "t");
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn table(&self) -> &str {
         &self.shared.attached.target.table
@@ -592,15 +560,11 @@ impl PostgresBackend {
     /// The server as `host:port` (comma-separated if the URL names several), as errors name it.
     ///
     /// ```no_run
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let url = "postgres://postgres@127.0.0.1/test";
     /// let backend = persistent_map::postgres::PostgresBackend::connect(url).await?;
     /// assert_eq!(backend.host(), "127.0.0.1:5432");
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn host(&self) -> &str {
         &self.shared.attached.target.host
@@ -616,17 +580,13 @@ impl PostgresBackend {
     /// ```no_run
     /// use persistent_map::{postgres::PostgresBackend, PersistentMap};
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let url = "postgres://postgres@127.0.0.1:5432/test";
     /// let map: PersistentMap<String, u32, PostgresBackend> = PersistentMap::open_postgres(url).await?;
     /// map.insert("a".to_string(), 1).await?;
     /// let stats = map.backend().stats();
     /// assert_eq!((stats.commits, stats.writes), (1, 1));
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn stats(&self) -> PostgresStats {
         let counters = &self.shared.attached.counters;
@@ -649,8 +609,7 @@ impl PostgresBackend {
     /// ```no_run
     /// use persistent_map::postgres::{Health, PostgresBackend};
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let backend = PostgresBackend::connect("postgres://postgres@127.0.0.1:5432/test").await?;
     /// match backend.health() {
     ///     Health::Connected => {}
@@ -659,10 +618,7 @@ impl PostgresBackend {
     ///     Health::Down { since, reason, .. } => eprintln!("down for {since:?}: {reason}"),
     ///     _ => {}
     /// }
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn health(&self) -> Health {
         self.shared.session.link.health()
@@ -960,17 +916,13 @@ impl PostgresBuilder {
     /// The table to store the map in (default `kv`).
     ///
     /// ```no_run
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let backend = persistent_map::postgres::PostgresBackend::builder("postgres://postgres@127.0.0.1/test")
     ///     .table("orders")
     ///     .connect()
     ///     .await?;
     /// assert_eq!(backend.table(), "orders");
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn table(mut self, table: impl Into<String>) -> Self {
         self.table = table.into();
@@ -990,17 +942,13 @@ impl PostgresBuilder {
     /// #[persistent_key(table = "deployments")]
     /// struct Deployment { name: String, env: String }
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let backend = PostgresBackend::builder("postgres://postgres@127.0.0.1/test")
     ///     .key::<Deployment>()
     ///     .connect()
     ///     .await?;
     /// assert_eq!(backend.table(), "deployments");
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn key<K: PersistentKey>(mut self) -> Self {
         self.table = K::TABLE_NAME.to_owned();
@@ -1020,17 +968,13 @@ impl PostgresBuilder {
     /// ```no_run
     /// use std::time::Duration;
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let backend = persistent_map::postgres::PostgresBackend::builder("postgres://postgres@127.0.0.1/test")
     ///     .reconcile_every(Duration::from_secs(300))
     ///     .connect()
     ///     .await?;
     /// # let _ = backend;
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn reconcile_every(mut self, interval: Duration) -> Self {
         self.reconcile_every = Some(interval);
@@ -1047,8 +991,7 @@ impl PostgresBuilder {
     /// ```no_run
     /// use persistent_map::{postgres::PostgresBackend, PersistentMap};
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let url = "postgres://postgres@127.0.0.1/test";
     /// let backend = |name: &str| PostgresBackend::builder(url).table("fleet").instance(name).connect();
     /// let a: PersistentMap<String, u32, _> = PersistentMap::new(backend("a").await?).await?;
@@ -1057,10 +1000,7 @@ impl PostgresBuilder {
     /// assert_eq!(b.get("k"), None); // another instance: it hears of it at its refresh
     /// b.refresh().await?;
     /// assert_eq!(b.get("k"), Some(1));
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn instance(mut self, name: impl Into<String>) -> Self {
         self.instance = Some(name.into());
@@ -1096,17 +1036,13 @@ impl PostgresBuilder {
     /// [`PersistentError::Connect`] (default 10 seconds).
     ///
     /// ```no_run
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let backend = persistent_map::postgres::PostgresBackend::builder("postgres://postgres@127.0.0.1/test")
     ///     .reconnect_timeout(std::time::Duration::from_secs(60))
     ///     .connect()
     ///     .await?;
     /// # let _ = backend;
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn reconnect_timeout(mut self, timeout: Duration) -> Self {
         self.reconnect_timeout = timeout;
@@ -1136,17 +1072,13 @@ impl PostgresBuilder {
     /// [module docs](self#faults).
     ///
     /// ```no_run
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let backend = persistent_map::postgres::PostgresBackend::builder("postgres://postgres@127.0.0.1/test")
     ///     .operation_timeout(std::time::Duration::from_secs(2))
     ///     .connect()
     ///     .await?;
     /// # let _ = backend;
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn operation_timeout(mut self, timeout: Duration) -> Self {
         self.operation_timeout = timeout.max(Duration::from_millis(1));
@@ -1165,17 +1097,13 @@ impl PostgresBuilder {
     /// atomic against each other. Backends with other classes get connections of their own.
     ///
     /// ```no_run
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let backend = persistent_map::postgres::PostgresBackend::builder("postgres://postgres@127.0.0.1/test")
     ///     .advisory_lock_classes(0x4d50) // 19792, 19793, 19794
     ///     .connect()
     ///     .await?;
     /// # let _ = backend;
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn advisory_lock_classes(mut self, first: i32) -> Self {
         self.lock_class = first;
@@ -1195,15 +1123,11 @@ impl PostgresBuilder {
     /// ```no_run
     /// use persistent_map::postgres::PostgresBackend;
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// let url = "postgres://postgres@127.0.0.1:5432/test";
     /// let existed = PostgresBackend::builder(url).table("old_sessions").drop_table().await?;
     /// println!("dropped: {existed}");
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn drop_table(self) -> Result<bool> {
         connect::validate_table(&self.table)?;

@@ -44,8 +44,7 @@ use crate::{PersistentError, PersistentKey, Result};
 /// #[persistent_key(table = "sessions")]
 /// struct SessionKey { tenant: String, user: u64 }
 ///
-/// # fn main() -> persistent_map::Result<()> {
-/// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+/// # persistent_map::__private::run_example(Box::pin(async {
 /// # let dir = tempfile::tempdir()?;
 /// # let path = dir.path().join("app.db");
 /// let old: PersistentMap<SessionKeyV1, u32, SqliteBackend> = PersistentMap::open(&path).await?;
@@ -60,10 +59,7 @@ use crate::{PersistentError, PersistentKey, Result};
 /// assert_eq!(moved, 1);
 /// let map: PersistentMap<SessionKey, u32, SqliteBackend> = PersistentMap::open(&path).await?;
 /// assert_eq!(map.get(&SessionKey { tenant: "acme".into(), user: 42 }), Some(7));
-/// # Ok(())
-/// # });
-/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-/// # }
+/// # Ok(()) }));
 /// ```
 pub async fn migrate_keys<Old, New>(
     path: impl AsRef<Path>,

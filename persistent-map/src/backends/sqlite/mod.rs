@@ -13,8 +13,7 @@
 //! ```
 //! use persistent_map::sqlite::{Durability, SqliteBackend};
 //!
-//! # fn main() -> persistent_map::Result<()> {
-//! # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+//! # persistent_map::__private::run_example(Box::pin(async {
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("app.db");
 //! let kv = SqliteBackend::new(&path).await?; // table `kv`
@@ -25,10 +24,7 @@
 //!     .await?;
 //! assert_eq!(kv.table(), "kv");
 //! assert_eq!(cache.durability(), Durability::Normal);
-//! # Ok(())
-//! # });
-//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-//! # }
+//! # Ok(()) }));
 //! ```
 
 mod execute;
@@ -125,8 +121,7 @@ impl Durability {
 /// ```
 /// use persistent_map::{sqlite::SqliteBackend, PersistentMap};
 ///
-/// # fn main() -> persistent_map::Result<()> {
-/// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+/// # persistent_map::__private::run_example(Box::pin(async {
 /// # let dir = tempfile::tempdir()?;
 /// # let path = dir.path().join("app.db");
 /// let ages = PersistentMap::<String, u32, _>::new(SqliteBackend::with_table(&path, "ages").await?).await?;
@@ -134,10 +129,7 @@ impl Durability {
 /// ages.insert("ada".to_string(), 36).await?;
 /// visits.insert("ada".to_string(), 1).await?;
 /// assert_eq!(ages.backend().path(), visits.backend().path());
-/// # Ok(())
-/// # });
-/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-/// # }
+/// # Ok(()) }));
 /// ```
 #[derive(Clone)]
 pub struct SqliteBackend {
@@ -154,15 +146,11 @@ impl SqliteBackend {
     /// Opens (or creates) the database at `path` and its table `kv`, as persistent-map 0.1.3.
     ///
     /// ```
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let backend = persistent_map::sqlite::SqliteBackend::new(dir.path().join("app.db")).await?;
     /// assert_eq!(backend.table(), "kv");
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn new(path: impl AsRef<Path>) -> Result<Self> {
         Self::builder(path).open().await
@@ -174,8 +162,7 @@ impl SqliteBackend {
     /// ```
     /// use persistent_map::{sqlite::SqliteBackend, PersistentError};
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// # let path = dir.path().join("app.db");
     /// let backend = SqliteBackend::with_table(&path, "sessions").await?;
@@ -183,10 +170,7 @@ impl SqliteBackend {
     ///
     /// let err = SqliteBackend::with_table(&path, "bad name").await.unwrap_err();
     /// assert!(matches!(err, PersistentError::InvalidTableName { .. }));
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn with_table(path: impl AsRef<Path>, table: &str) -> Result<Self> {
         Self::builder(path).table(table).open().await
@@ -196,15 +180,11 @@ impl SqliteBackend {
     /// [`K::TABLE_NAME`](PersistentKey::TABLE_NAME).
     ///
     /// ```
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let backend = persistent_map::sqlite::SqliteBackend::for_key::<String>(dir.path().join("a.db")).await?;
     /// assert_eq!(backend.table(), "kv");
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     ///
     /// The key type's [layout](PersistentKey::KEY_LAYOUT), if it has one, is recorded with the
@@ -220,8 +200,7 @@ impl SqliteBackend {
     /// use persistent_map::sqlite::{Durability, SqliteBackend};
     /// use std::time::Duration;
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let backend = SqliteBackend::builder(dir.path().join("app.db"))
     ///     .table("events")
@@ -230,10 +209,7 @@ impl SqliteBackend {
     ///     .open()
     ///     .await?;
     /// # let _ = backend;
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn builder(path: impl AsRef<Path>) -> SqliteBuilder {
         SqliteBuilder {
@@ -248,16 +224,12 @@ impl SqliteBackend {
     /// The database file, as given to the first backend opened on it in this process.
     ///
     /// ```
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let path = dir.path().join("app.db");
     /// let backend = persistent_map::sqlite::SqliteBackend::new(&path).await?;
     /// assert_eq!(backend.path(), path);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn path(&self) -> &Path {
         self.writer.path()
@@ -266,15 +238,11 @@ impl SqliteBackend {
     /// The table this backend stores its map in.
     ///
     /// ```
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let backend = persistent_map::sqlite::SqliteBackend::with_table(dir.path().join("a.db"), "t").await?;
     /// assert_eq!(backend.table(), "t");
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn table(&self) -> &str {
         &self.table.name
@@ -283,16 +251,12 @@ impl SqliteBackend {
     /// How durable an acknowledged write of this backend is.
     ///
     /// ```
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// use persistent_map::sqlite::{Durability, SqliteBackend};
     /// let backend = SqliteBackend::new(dir.path().join("a.db")).await?;
     /// assert_eq!(backend.durability(), Durability::Full);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn durability(&self) -> Durability {
         self.durability
@@ -306,18 +270,14 @@ impl SqliteBackend {
     /// ```
     /// use persistent_map::{sqlite::SqliteBackend, PersistentMap};
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let map: PersistentMap<String, u32, SqliteBackend> =
     ///     PersistentMap::open(dir.path().join("a.db")).await?;
     /// map.insert("a".to_string(), 1).await?;
     /// let stats = map.backend().stats();
     /// assert_eq!((stats.commits, stats.writes), (1, 1));
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn stats(&self) -> SqliteStats {
         let (commits, writes) = self.writer.counts();
@@ -385,18 +345,14 @@ impl SqliteBuilder {
     /// The table to store the map in (default `kv`).
     ///
     /// ```
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let backend = persistent_map::sqlite::SqliteBackend::builder(dir.path().join("a.db"))
     ///     .table("orders")
     ///     .open()
     ///     .await?;
     /// assert_eq!(backend.table(), "orders");
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn table(mut self, table: impl Into<String>) -> Self {
         self.table = table.into();
@@ -413,8 +369,7 @@ impl SqliteBuilder {
     /// #[derive(PersistentKey)]
     /// struct SessionKey { tenant: String, user: u64 }
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let backend = SqliteBackend::builder(dir.path().join("a.db"))
     ///     .key::<SessionKey>()
@@ -422,10 +377,7 @@ impl SqliteBuilder {
     ///     .open()
     ///     .await?;
     /// assert_eq!(backend.table(), "session_key");
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn key<K: PersistentKey>(mut self) -> Self {
         self.table = K::TABLE_NAME.to_owned();
@@ -436,8 +388,7 @@ impl SqliteBuilder {
     /// How durable a write must be before it is acknowledged (default [`Durability::Full`]).
     ///
     /// ```
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// use persistent_map::sqlite::{Durability, SqliteBackend};
     /// let fast = SqliteBackend::builder(dir.path().join("a.db"))
@@ -445,10 +396,7 @@ impl SqliteBuilder {
     ///     .open()
     ///     .await?;
     /// assert_eq!(fast.durability(), Durability::Normal);
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn durability(mut self, durability: Durability) -> Self {
         self.durability = durability;
@@ -460,18 +408,14 @@ impl SqliteBuilder {
     /// opens, so it is the first backend's value on a file that counts.
     ///
     /// ```
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let backend = persistent_map::sqlite::SqliteBackend::builder(dir.path().join("a.db"))
     ///     .busy_timeout(std::time::Duration::from_secs(60))
     ///     .open()
     ///     .await?;
     /// # let _ = backend;
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub fn busy_timeout(mut self, timeout: Duration) -> Self {
         self.busy_timeout = timeout;
@@ -488,18 +432,14 @@ impl SqliteBuilder {
     /// ```
     /// use persistent_map::{sqlite::SqliteBackend, PersistentError};
     ///
-    /// # fn main() -> persistent_map::Result<()> {
-    /// # let main: std::pin::Pin<Box<dyn std::future::Future<Output = persistent_map::Result<()>>>> = Box::pin(async {
+    /// # persistent_map::__private::run_example(Box::pin(async {
     /// # let dir = tempfile::tempdir()?;
     /// let not_a_db = dir.path().join("notes.txt");
     /// std::fs::write(&not_a_db, "my notes")?;
     /// let err = SqliteBackend::builder(&not_a_db).open().await.unwrap_err();
     /// assert!(matches!(err, PersistentError::NotADatabase { .. }));
     /// assert_eq!(std::fs::read_to_string(&not_a_db)?, "my notes");
-    /// # Ok(())
-    /// # });
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(main)
-    /// # }
+    /// # Ok(()) }));
     /// ```
     pub async fn open(self) -> Result<SqliteBackend> {
         crate::validate_table_name(&self.table)?;
