@@ -6,6 +6,7 @@
 //! whichever side of the deadline the read fell on, given the clock read before or after it.
 
 use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -418,6 +419,116 @@ async fn two_processes_see_the_same_expiry() {
     assert!(map.contains_key("other"));
     map.refresh().await.unwrap();
     assert!(!map.contains_key("other"));
+}
+
+const SWEPT_DB: &str = "PERSISTENT_MAP_SWEPT_DB";
+const SWEPT_KEYS: u64 = 2000;
+
+/// Rows the change log holds for the table `kv`.
+fn log_rows(path: &Path) -> i64 {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM persistent_map_log WHERE table_name = 'kv'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap()
+}
+
+#[test]
+#[ignore = "the other process of `a_sweep_logs_a_row_per_transaction_and_other_processes_see_its_keys_gone`"]
+fn swept_follower_child() {
+    let path = std::env::var_os(SWEPT_DB).expect("run by a parent test");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let map = open(Path::new(&path)).await;
+        assert_eq!(
+            map.len() as u64,
+            SWEPT_KEYS + 1,
+            "loaded before the deadline"
+        );
+        println!("loaded");
+        std::io::stdout().flush().unwrap();
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "swept");
+        map.refresh().await.unwrap();
+        // The parent's write after the sweep came through the log; the swept keys, whose
+        // rows the log did not name one by one, read as absent all the same.
+        assert_eq!(map.get("after"), Some(2));
+        assert_eq!(map.len(), 2);
+        for i in 0..SWEPT_KEYS {
+            assert_eq!(map.get(&format!("old-{i:04}")), None);
+        }
+    });
+}
+
+/// A sweep logs one row per transaction, not one per key: the other processes hold the swept
+/// keys with the deadline storage had, so they read them as absent without reading them again
+/// (a sweep of 1M rows wrote 1M log rows before).
+#[tokio::test]
+async fn a_sweep_logs_a_row_per_transaction_and_other_processes_see_its_keys_gone() {
+    let (_dir, path) = temp_db();
+    let map = open(&path).await;
+    let expiring = map
+        .clone()
+        .with_default_ttl(Duration::from_secs(3))
+        .unwrap();
+    expiring
+        .insert_many((0..SWEPT_KEYS).map(|i| (format!("old-{i:04}"), i)))
+        .await
+        .unwrap();
+    map.insert("keep".into(), 1).await.unwrap();
+    let mut child = child_test(module_path!(), "swept_follower_child")
+        .args(["--nocapture", "-q"])
+        .env(SWEPT_DB, &path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let (loaded, mut stdout) = tokio::task::spawn_blocking(move || {
+        let mut stdout = stdout;
+        let mut line = String::new();
+        while stdout.read_line(&mut line).unwrap() > 0 {
+            if line.trim() == "loaded" {
+                return (true, stdout);
+            }
+            line.clear();
+        }
+        (false, stdout)
+    })
+    .await
+    .unwrap();
+    assert!(loaded, "the child ended before it loaded the map");
+
+    let logged_before = log_rows(&path);
+    while map.contains_key("old-0000") {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The background sweep may take some of them first; either way each transaction logs one
+    // row.
+    map.sweep_expired().await.unwrap();
+    assert_eq!(stored_rows(&path, "kv").len(), 1);
+    let logged = log_rows(&path) - logged_before;
+    assert!(
+        (1..100).contains(&logged),
+        "sweeping {SWEPT_KEYS} rows logged {logged} rows"
+    );
+    map.insert("after".into(), 2).await.unwrap();
+
+    child.stdin.take().unwrap().write_all(b"swept\n").unwrap();
+    let status = tokio::task::spawn_blocking(move || {
+        std::io::copy(&mut stdout, &mut std::io::sink()).unwrap();
+        child.wait().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "the child failed (its panic is above)");
 }
 
 /// Runs 16 tasks writing `per_task` keys each (one at a time) and returns every write's time.
