@@ -51,9 +51,9 @@
 //!   updates conflict with another's keeps the key's lock for a moment; once the updates it
 //!   had sent are answered, the ones that conflicted are computed again from what is stored
 //!   and sent together, to commit in that transaction under that lock. Under heavy contention
-//!   (3 processes × 8 tasks on one key in the bench) that costs 1.3-1.4 conflicts per update (5 runs at 9787c79), and
-//!   makes 0.86-1.21x of raw SQL's increments (a median of 0.94x over 8 runs on one 2-core
-//!   host, 1.21x over 5 on another, about 2,400-5,300/s).
+//!   (3 processes × 8 tasks on one key in the bench) that costs 1.3-1.4 conflicts per update
+//!   (5 runs at 9787c79), and makes 0.86-1.21x of raw SQL's increments (a median of 0.94x
+//!   over 8 runs on one 2-core host, 1.21x over 5 on another; about 2,400-5,300/s).
 //! - **Catch-up costs what changed.** Each commit logs the keys it wrote under its table's next
 //!   revision (`persistent_map_log`, `persistent_map_revisions`) and sends a `NOTIFY` carrying
 //!   what it wrote (when that is under 7,900 bytes), which wakes the other instances'
