@@ -93,16 +93,12 @@
 //! at least. Only when no write is coming does it take a transaction of its own, sized to about
 //! 2 ms, not synced (the next synced commit syncs it; a sweep lost to a power cut only brings
 //! back rows that are expired anyway), and cut short when work arrives. In the bench's 1M mass
-//! expiry (3 runs at 24501ff on a 2-core VM), 16 tasks writing throughout, the median write took
-//! 1.05-1.13 ms during the sweep against 0.46-0.53 ms before it (about two commits), the 99th
-//! percentile 5.1-5.3 ms against plain writes' own 3.8-5.6 ms (SQLite's checkpoints give plain
-//! writes a tail too), and the slowest write 28-153 ms. The price is a slower sweep while writes
-//! keep coming: 18-21 s for 1M rows.
-//!
-//! Other processes are not told key by key: their entries carry the deadline storage had, so
-//! they read as absent already, and their own memory pass drops them (telling their
-//! subscribers). Each sweep transaction logs one of its keys, so that they see this crate
-//! committed rather than another program.
+//! expiry on an idle machine, 16 tasks writing throughout, the median write took 1.18-1.19 ms
+//! during the sweep against 0.60-0.65 ms before it (about two commits), the 99th percentile
+//! 4.2-4.9 ms against plain writes' own 2.4 ms (SQLite's checkpoints give plain writes a tail
+//! too), and the slowest write 15-23 ms against plain writes' slowest of 7-15 ms. The price is a
+//! slower sweep while writes keep coming: 20-22 s for 1M rows. Other processes learn of the
+//! deletes from the change log when they refresh.
 //!
 //! On PostgreSQL a sweep finds up to 256 expired rows by the partial index and deletes those
 //! still expired under their keys' advisory locks in one commit (shared with other writes, as

@@ -100,16 +100,13 @@ impl<V> Slot<V> {
     }
 }
 
-/// Rows a sweep asks storage to delete at a time, at most. A backend may delete fewer per
-/// transaction to keep it short (SQLite bounds each by time too).
+/// Rows deleted per sweep transaction at most, within what the change log records key by key
+/// (1,024). A backend may delete fewer per transaction to keep it short (SQLite bounds each by
+/// time too).
 pub(crate) const SWEEP_BATCH: usize = 1000;
 
 /// How often the background sweep runs.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
-
-/// Batches a sweep has deleted from storage that may wait at once for their keys' turns to
-/// leave memory, while storage sweeps on.
-const SETTLING_BATCHES: usize = 8;
 
 /// Every this many background sweeps, memory is also scanned for expired entries that another
 /// process swept from storage (this map's own sweep finds no row for them).
@@ -613,51 +610,36 @@ where
 
 /// Sweeps storage in batches until a batch comes back empty (a backend may cut a batch short
 /// with more rows expired), through a live backend of the map's handles. What a batch deleted
-/// leaves memory in its keys' turns, on the blocking pool, while storage sweeps the next ones.
-/// Returns how many rows were deleted. The caller holds the sweep's turn.
+/// is dropped from memory on the blocking pool while storage sweeps the next. Returns how many
+/// rows were deleted. The caller holds the sweep's turn.
 async fn sweep_storage<K, V>(shared: &Arc<Shared<K, V>>) -> Result<usize>
 where
     K: MapKey,
     V: MapValue,
 {
     let mut swept = 0;
-    let settling = Arc::new(tokio::sync::Semaphore::new(SETTLING_BATCHES));
-    let mut last: Option<tokio::task::JoinHandle<()>> = None;
+    let mut dropping = None;
     loop {
-        let keys = match shared.sweepers.sweep(SWEEP_BATCH, shared.id).await {
-            Some(Ok(keys)) if !keys.is_empty() => keys,
-            // Done, or every handle is gone, or storage failed: once what was deleted has
-            // settled.
-            done => {
-                if let Some(last) = last {
-                    join_off_workers(last).await;
-                }
-                return done.unwrap_or(Ok(Vec::new())).map(|_| swept);
-            }
+        let Some(keys) = shared.sweepers.sweep(SWEEP_BATCH, shared.id).await else {
+            return Ok(swept); // Every handle is gone.
         };
+        let keys = keys?;
+        if let Some(dropped) = dropping.take() {
+            join_off_workers(dropped).await;
+        }
+        if keys.is_empty() {
+            return Ok(swept);
+        }
         swept += keys.len();
-        // In the keys' turns, as every write settles (a write of one of them settling meanwhile
-        // must not hear of it out of order), each batch after the one before it; waiting for
-        // the turns is not storage's business, so storage sweeps on meanwhile, a few batches
-        // ahead at most.
-        let settle = Arc::clone(&settling)
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        let (shared, before) = (Arc::clone(shared), last.take());
-        last = Some(crate::tasks::spawn(async move {
-            let _settle = settle;
-            if let Some(before) = before {
-                join_off_workers(before).await;
-            }
-            let turns = shared.key_locks.lock_many(&keys).await;
-            join_off_workers(crate::tasks::spawn_blocking(move || {
-                let _turns = turns;
-                let mut write = Write::new(Vec::new(), keys.into_iter().map(Op::Delete).collect());
-                write.kind = Kind::Sweep;
-                let _ = shared.settle(write, Answer::Applied { previous: None }, "");
-            }))
-            .await;
+        // In the keys' turns, as every write settles: a write of one of them settling meanwhile
+        // must not hear of it out of order.
+        let turns = shared.key_locks.lock_many(&keys).await;
+        let shared = Arc::clone(shared);
+        dropping = Some(crate::tasks::spawn_blocking(move || {
+            let _turns = turns;
+            let mut write = Write::new(Vec::new(), keys.into_iter().map(Op::Delete).collect());
+            write.kind = Kind::Sweep;
+            let _ = shared.settle(write, Answer::Applied { previous: None }, "");
         }));
         // Let the writes queued meanwhile go first.
         tokio::task::yield_now().await;

@@ -302,15 +302,8 @@ fn without_sync<T>(
 
 /// Deletes rows of the request's table whose deadline has passed (one clock reading for all),
 /// `step` rows per statement, until `limit` rows (at most the request's) are deleted, none is
-/// left, or `enough()` says so after a step; logs the last of them. In the caller's transaction.
-///
-/// One log row, not one per key: the other processes need not read those keys again. Their
-/// entries there carry the deadline storage had (the log gave it to them, and one host has one
-/// clock), so they read as absent already and leave memory with its next pass, telling
-/// subscribers; a process behind on the log reads the keys' later log rows, joined with what
-/// the table holds now (nothing). The row is there so that they see this crate committed
-/// (`PRAGMA data_version` moved with a logged commit, not another program's), and re-reading
-/// one key that was deleted costs a lookup.
+/// left, or `enough()` says so after a step; logs their keys (other processes' refreshes re-read
+/// them, and tell their subscribers). In the caller's transaction.
 fn delete_expired(
     connection: &Connection,
     request: &SweepRequest,
@@ -344,12 +337,25 @@ fn delete_expired(
     if deleted.is_empty() {
         return Ok(deleted);
     }
-    let last = RawOp::Delete {
-        key: deleted[deleted.len() - 1].clone(),
-    };
-    let mut known = super::known::Known::default();
-    super::log::log_ops(connection, &mut known, table, &[last], request.origin, id)?;
-    Ok(deleted)
+    let ops: Vec<RawOp> = deleted
+        .into_iter()
+        .map(|key| RawOp::Delete { key })
+        .collect();
+    super::log::log_ops(
+        connection,
+        &mut super::known::Known::default(),
+        table,
+        &ops,
+        request.origin,
+        id,
+    )?;
+    Ok(ops
+        .into_iter()
+        .filter_map(|op| match op {
+            RawOp::Delete { key } => Some(key),
+            _ => None,
+        })
+        .collect())
 }
 
 #[cfg(test)]

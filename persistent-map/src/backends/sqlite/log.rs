@@ -4,9 +4,7 @@
 //! Every transaction of this crate logs each key it wrote in `persistent_map_log`, numbered in
 //! commit order (SQLite commits one transaction at a time), with the writing map's id (its
 //! origin: a map skips its own writes) and the writing connection's (`writer`). A key `NULL`
-//! means "any key of the table": a clear, or a key migration. A sweep of expired rows logs just
-//! one of the keys it deleted (see `expiry::delete_expired`): the others read as absent in
-//! every process already.
+//! means "any key of the table": a clear, or a key migration.
 //!
 //! Each table keeps its newest [`ROWS_KEPT`] rows: a busy table prunes its own rows, never a
 //! quiet table's. Pruning happens in short transactions of their own while the writer is idle
