@@ -1,4 +1,4 @@
-//! Not public API. Referenced by macro-generated code.
+//! Not public API. Referenced by macro-generated code and by the documentation's examples.
 //!
 //! The key text format (DESIGN.md, "The key format"; documented on
 //! [`PersistentKey`](crate::PersistentKey)) is implemented here, once: `#[derive(PersistentKey)]`
